@@ -1,0 +1,383 @@
+package telemetry
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"reflect"
+	"regexp"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
+	"github.com/go-playground/validator/v10"
+)
+
+// Limits bounds what one telemetry message may carry. Zero fields take the
+// documented defaults.
+type Limits struct {
+	MaxMetrics   int           // metrics per reading; default 100
+	MaxReadings  int           // readings per message; default 1,000
+	MaxStringLen int           // bytes in a string value; default 256
+	MaxFuture    time.Duration // how far ahead of the hub's clock a ts may be; default 5m
+	MaxAge       time.Duration // how far behind the hub's clock a ts may be; default 7 days
+}
+
+// Default limits, as documented in docs/protocol.md.
+const (
+	DefaultMaxMetrics   = 100
+	DefaultMaxReadings  = 1000
+	DefaultMaxStringLen = 256
+	DefaultMaxFuture    = 5 * time.Minute
+	DefaultMaxAge       = 7 * 24 * time.Hour
+	MaxIDLen            = 64
+	MaxResultErrorLen   = 1024
+)
+
+func (l *Limits) ensureDefaults() {
+	if l.MaxMetrics <= 0 {
+		l.MaxMetrics = DefaultMaxMetrics
+	}
+	if l.MaxReadings <= 0 {
+		l.MaxReadings = DefaultMaxReadings
+	}
+	if l.MaxStringLen <= 0 {
+		l.MaxStringLen = DefaultMaxStringLen
+	}
+	if l.MaxFuture <= 0 {
+		l.MaxFuture = DefaultMaxFuture
+	}
+	if l.MaxAge <= 0 {
+		l.MaxAge = DefaultMaxAge
+	}
+}
+
+// NamePattern is the rule for metric names and command names: safe as an
+// InfluxDB field key and readable in any tool.
+const NamePattern = `^[A-Za-z_][A-Za-z0-9_.-]{0,63}$`
+
+var nameRE = regexp.MustCompile(NamePattern)
+
+// ValidName reports whether s is a valid metric or command name.
+func ValidName(s string) bool { return nameRE.MatchString(s) }
+
+// Frame is one decoded device -> hub frame. Decoding is strict: member names
+// match exactly, duplicates and unknown members are refused, so a payload
+// can never be silently reinterpreted.
+type Frame struct {
+	V        *int           `json:"v"`
+	Type     string         `json:"type"`
+	ID       string         `json:"id"`
+	TS       *int64         `json:"ts"`
+	Metrics  Metrics        `json:"metrics"`
+	Readings []wireReading  `json:"readings"`
+	Status   string         `json:"status"`
+	Result   jsontext.Value `json:"result"`
+	Error    *string        `json:"error"`
+}
+
+type wireReading struct {
+	TS      *int64  `json:"ts"`
+	Metrics Metrics `json:"metrics"`
+}
+
+// Codec decodes and validates device frames. One Codec serves every
+// transport, so a reading means the same thing whichever way it arrived.
+// It is safe for concurrent use.
+type Codec struct {
+	limits Limits
+	now    func() time.Time
+	v      *validator.Validate
+}
+
+// NewCodec returns a Codec enforcing l. now is the clock timestamps are
+// judged against; nil means time.Now.
+func NewCodec(l Limits, now func() time.Time) *Codec {
+	l.ensureDefaults()
+	if now == nil {
+		now = time.Now
+	}
+	c := &Codec{limits: l, now: now, v: validator.New()}
+	c.v.RegisterTagNameFunc(func(f reflect.StructField) string {
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		return name
+	})
+	// Registration fails only for an empty tag or nil func; these are constants.
+	must(c.v.RegisterValidation("readings", func(fl validator.FieldLevel) bool {
+		n := fl.Field().Len()
+		return n >= 1 && n <= c.limits.MaxReadings
+	}))
+	must(c.v.RegisterValidation("metrics", func(fl validator.FieldLevel) bool {
+		n := fl.Field().Len()
+		return n >= 1 && n <= c.limits.MaxMetrics
+	}))
+	must(c.v.RegisterValidation("metricname", func(fl validator.FieldLevel) bool {
+		return nameRE.MatchString(fl.Field().String())
+	}))
+	must(c.v.RegisterValidation("metricvalue", func(fl validator.FieldLevel) bool {
+		v, ok := fl.Field().Interface().(Value)
+		return ok && c.valueReason(v) == ""
+	}))
+	must(c.v.RegisterValidation("ts", func(fl validator.FieldLevel) bool {
+		return c.tsOK(fl.Field().Int())
+	}))
+	return c
+}
+
+func must(err error) {
+	if err != nil {
+		panic(err) // programming error at construction, never on input
+	}
+}
+
+// Limits returns the limits c enforces.
+func (c *Codec) Limits() Limits { return c.limits }
+
+// Decode parses one device frame. It checks syntax, member names and the
+// frame type; Telemetry and CommandResult check the rules of each type.
+func (c *Codec) Decode(data []byte) (*Frame, error) {
+	f := new(Frame)
+	if err := json.Unmarshal(data, f, json.RejectUnknownMembers(true)); err != nil {
+		return nil, decodeError(err)
+	}
+	if f.V != nil && *f.V != ProtocolVersion {
+		return f, &Error{Code: CodeInvalid, Message: fmt.Sprintf("v: unsupported protocol version %d; this hub speaks %d", *f.V, ProtocolVersion),
+			Fields: []FieldError{{Field: "v", Reason: fmt.Sprintf("unsupported protocol version; this hub speaks %d", ProtocolVersion)}}}
+	}
+	switch f.Type {
+	case TypeTelemetry, TypeCommandResult, TypePing:
+		return f, nil
+	case "":
+		return f, &Error{Code: CodeUnknownType, Message: `type: required ("telemetry", "command_result" or "ping")`}
+	default:
+		return f, &Error{Code: CodeUnknownType, Message: fmt.Sprintf(`type: unknown frame type %q; expected "telemetry", "command_result" or "ping"`, truncate(f.Type, 32))}
+	}
+}
+
+// DecodeTelemetry decodes and validates a telemetry payload whose "type"
+// may be omitted (the MQTT telemetry topic already says what it is).
+func (c *Codec) DecodeTelemetry(data []byte) (*Telemetry, error) {
+	f, err := c.Decode(data)
+	if f != nil && f.Type == "" {
+		f.Type, err = TypeTelemetry, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if f.Type != TypeTelemetry {
+		return nil, &Error{Code: CodeUnknownType, Message: fmt.Sprintf(`type: %q is not allowed here; expected "telemetry"`, f.Type)}
+	}
+	return c.Telemetry(f)
+}
+
+func decodeError(err error) *Error {
+	var serr *json.SemanticError
+	var synerr *jsontext.SyntacticError
+	switch {
+	case errors.As(err, &serr):
+		path := pointerPath(serr.JSONPointer.Tokens())
+		switch {
+		case errors.Is(serr.Err, json.ErrUnknownName):
+			return newError(CodeBadJSON, fmt.Sprintf("%s: unknown field (names are case-sensitive)", path))
+		case serr.JSONKind != 0 && serr.GoType != nil:
+			return newError(CodeBadJSON, fmt.Sprintf("%s: expected %s, got %s", orTop(path), kindWord(serr.GoType), serr.JSONKind.String()))
+		case serr.Err != nil && errors.As(serr.Err, &synerr):
+			return syntaxError(synerr)
+		}
+		return newError(CodeBadJSON, fmt.Sprintf("%s: malformed value", orTop(path)))
+	case errors.As(err, &synerr):
+		return syntaxError(synerr)
+	}
+	return newError(CodeBadJSON, "malformed JSON")
+}
+
+func syntaxError(e *jsontext.SyntacticError) *Error {
+	path := pointerPath(e.JSONPointer.Tokens())
+	if errors.Is(e.Err, jsontext.ErrDuplicateName) {
+		return newError(CodeBadJSON, fmt.Sprintf("%s: duplicate field", orTop(path)))
+	}
+	return newError(CodeBadJSON, fmt.Sprintf("malformed JSON at byte %d", e.ByteOffset))
+}
+
+func orTop(path string) string {
+	if path == "" {
+		return "message"
+	}
+	return path
+}
+
+func kindWord(t reflect.Type) string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Int, reflect.Int64, reflect.Int32, reflect.Float64:
+		return "a number"
+	case reflect.Map, reflect.Struct:
+		return "an object"
+	case reflect.Slice:
+		return "an array"
+	}
+	return "a different kind of value"
+}
+
+// telemetryMsg is the validated shape of a telemetry message.
+type telemetryMsg struct {
+	ID       string    `json:"id" validate:"max=64"`
+	Readings []Reading `json:"readings" validate:"readings,dive"`
+}
+
+// Telemetry validates a decoded telemetry frame and returns its readings,
+// with missing timestamps set to the receive time.
+func (c *Codec) Telemetry(f *Frame) (*Telemetry, error) {
+	if f.Status != "" || f.Result != nil || f.Error != nil {
+		return nil, fieldErr("status", "not allowed in a telemetry message")
+	}
+	now := c.now().UnixMilli()
+	msg := telemetryMsg{ID: f.ID}
+	single := f.Readings == nil
+	switch {
+	case f.Metrics != nil && f.Readings != nil:
+		return nil, fieldErr("readings", `send either "metrics" or "readings", not both`)
+	case f.Readings != nil && f.TS != nil:
+		return nil, fieldErr("ts", `not allowed beside "readings"; give each reading its own ts`)
+	case single:
+		if f.Metrics == nil {
+			return nil, fieldErr("metrics", `required (or "readings" for a batch)`)
+		}
+		ts := now
+		if f.TS != nil {
+			ts = *f.TS
+		}
+		msg.Readings = []Reading{{TS: ts, Metrics: f.Metrics}}
+	default:
+		msg.Readings = make([]Reading, len(f.Readings))
+		for i, r := range f.Readings {
+			ts := now
+			if r.TS != nil {
+				ts = *r.TS
+			}
+			msg.Readings[i] = Reading{TS: ts, Metrics: r.Metrics}
+		}
+	}
+	if err := c.v.Struct(&msg); err != nil {
+		return nil, c.validationError(err, single)
+	}
+	return &Telemetry{ID: msg.ID, Readings: msg.Readings, Single: single}, nil
+}
+
+// CommandResult validates a decoded command_result frame.
+func (c *Codec) CommandResult(f *Frame) (*CommandResult, error) {
+	switch {
+	case f.Metrics != nil || f.Readings != nil || f.TS != nil:
+		return nil, fieldErr("metrics", "not allowed in a command_result message")
+	case f.ID == "" || len(f.ID) > MaxIDLen:
+		return nil, fieldErr("id", "required: the id of the command being answered (at most 64 characters)")
+	case f.Status != ResultOK && f.Status != ResultError:
+		return nil, fieldErr("status", `must be "ok" or "error"`)
+	case f.Result != nil && f.Result.Kind() != '{' && f.Result.Kind() != 'n':
+		return nil, fieldErr("result", "must be a JSON object")
+	case f.Error != nil && len(*f.Error) > MaxResultErrorLen:
+		return nil, fieldErr("error", fmt.Sprintf("must be at most %d bytes", MaxResultErrorLen))
+	}
+	r := &CommandResult{ID: f.ID, Status: f.Status, Result: f.Result}
+	if f.Error != nil {
+		r.Error = *f.Error
+	}
+	return r, nil
+}
+
+func fieldErr(field, reason string) *Error {
+	return &Error{Code: CodeInvalid, Message: field + ": " + reason, Fields: []FieldError{{Field: field, Reason: reason}}}
+}
+
+func (c *Codec) tsOK(ts int64) bool {
+	now := c.now()
+	return ts <= now.Add(c.limits.MaxFuture).UnixMilli() && ts >= now.Add(-c.limits.MaxAge).UnixMilli()
+}
+
+// valueReason says why v is not an acceptable metric value, or "" if it is.
+func (c *Codec) valueReason(v Value) string {
+	switch v.Kind {
+	case KindNumber:
+		if math.IsInf(v.Num, 0) || math.IsNaN(v.Num) {
+			return "must be a finite number"
+		}
+	case KindBool:
+	case KindString:
+		switch {
+		case len(v.Str) > c.limits.MaxStringLen:
+			return fmt.Sprintf("string must be at most %d bytes", c.limits.MaxStringLen)
+		case !utf8.ValidString(v.Str):
+			return "string must be valid UTF-8"
+		case strings.ContainsFunc(v.Str, isControl):
+			return "string must not contain control characters"
+		}
+	default:
+		return "must be a number, a boolean or a string (not null, an object or an array)"
+	}
+	return ""
+}
+
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
+
+// validationError turns validator's errors into paths and reasons a firmware
+// developer understands.
+func (c *Codec) validationError(err error, single bool) *Error {
+	var verrs validator.ValidationErrors
+	if !errors.As(err, &verrs) {
+		return newError(CodeInvalid, "message is invalid")
+	}
+	out := &Error{Code: CodeInvalid}
+	for _, fe := range verrs {
+		path := fieldPath(fe.Namespace(), single)
+		var reason string
+		switch fe.Tag() {
+		case "max":
+			reason = fmt.Sprintf("must be at most %d characters", MaxIDLen)
+		case "readings":
+			reason = fmt.Sprintf("must contain 1 to %d readings", c.limits.MaxReadings)
+		case "metrics":
+			reason = fmt.Sprintf("must contain 1 to %d metrics", c.limits.MaxMetrics)
+		case "metricname":
+			reason = "metric name must start with a letter or '_' and contain only letters, digits, '_', '.' or '-' (at most 64 characters)"
+		case "metricvalue":
+			v, _ := fe.Value().(Value)
+			reason = c.valueReason(v)
+		case "ts":
+			reason = fmt.Sprintf("timestamp (unix milliseconds) must be at most %s ahead of and at most %s behind the hub's clock", c.limits.MaxFuture, c.limits.MaxAge)
+		default:
+			reason = "breaks rule " + fe.Tag()
+		}
+		out.Fields = append(out.Fields, FieldError{Field: path, Reason: reason})
+	}
+	out.Message = out.Fields[0].Field + ": " + out.Fields[0].Reason
+	if n := len(out.Fields); n > 1 {
+		out.Message += fmt.Sprintf(" (and %d more)", n-1)
+	}
+	return out
+}
+
+// fieldPath converts validator's namespace ("telemetryMsg.readings[3].metrics[temp]")
+// into the JSON path ("readings[3].metrics.temp").
+func fieldPath(ns string, single bool) string {
+	_, ns, _ = strings.Cut(ns, ".")
+	if i := strings.Index(ns, "metrics["); i >= 0 && strings.HasSuffix(ns, "]") {
+		ns = ns[:i] + "metrics." + ns[i+len("metrics["):len(ns)-1]
+	}
+	if single {
+		ns = strings.TrimPrefix(ns, "readings[0].")
+	}
+	return ns
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
