@@ -1,0 +1,100 @@
+package influx
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/fieldhub/fieldhub/telemetry"
+)
+
+// HistoryQuery asks for one metric of one device over a time range. Every
+// part is validated before it goes into a Flux query, and strings enter the
+// query only through strconv.Quote: there is no way to inject Flux.
+type HistoryQuery struct {
+	Device string
+	Metric string
+	Start  time.Time
+	Stop   time.Time
+	// Every, when set, aggregates into windows of that size with Fn.
+	Every time.Duration
+	Fn    string // mean, min, max, sum, count, last, first; default mean
+	Limit int    // raw points only; default and maximum 10,000
+}
+
+// Point is one value of a history series.
+type Point struct {
+	TS    int64 `json:"ts"`
+	Value any   `json:"value"`
+}
+
+// MaxHistoryPoints bounds a raw history answer.
+const MaxHistoryPoints = 10000
+
+// AggregateFns are the aggregate functions the history API accepts.
+var AggregateFns = map[string]bool{"mean": true, "min": true, "max": true, "sum": true, "count": true, "last": true, "first": true, "median": true}
+
+// ErrBadQuery wraps a HistoryQuery that breaks a rule.
+var ErrBadQuery = errors.New("bad history query")
+
+// Flux returns the Flux query for q against bucket.
+func (q HistoryQuery) Flux(bucket string) (string, error) {
+	switch {
+	case !telemetry.ValidName(q.Metric):
+		return "", fmt.Errorf("%w: metric name is invalid", ErrBadQuery)
+	case q.Device == "" || len(q.Device) > 64:
+		return "", fmt.Errorf("%w: device is invalid", ErrBadQuery)
+	case !q.Start.Before(q.Stop):
+		return "", fmt.Errorf("%w: start must be before stop", ErrBadQuery)
+	case q.Every < 0 || (q.Every > 0 && q.Every < time.Second):
+		return "", fmt.Errorf("%w: every must be at least 1s", ErrBadQuery)
+	}
+	fn := q.Fn
+	if fn == "" {
+		fn = "mean"
+	}
+	if !AggregateFns[fn] {
+		return "", fmt.Errorf("%w: fn must be one of mean, min, max, sum, count, first, last, median", ErrBadQuery)
+	}
+	limit := q.Limit
+	if limit <= 0 || limit > MaxHistoryPoints {
+		limit = MaxHistoryPoints
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "from(bucket: %s)\n", strconv.Quote(bucket))
+	fmt.Fprintf(&b, "  |> range(start: %s, stop: %s)\n", q.Start.UTC().Format(time.RFC3339Nano), q.Stop.UTC().Format(time.RFC3339Nano))
+	fmt.Fprintf(&b, "  |> filter(fn: (r) => r._measurement == %s and r.%s == %s and r._field == %s)\n",
+		strconv.Quote(telemetry.Measurement), telemetry.DeviceTag, strconv.Quote(q.Device), strconv.Quote(q.Metric))
+	b.WriteString("  |> keep(columns: [\"_time\", \"_value\"])\n")
+	if q.Every > 0 {
+		fmt.Fprintf(&b, "  |> aggregateWindow(every: %ds, fn: %s, createEmpty: false)\n", int64(q.Every/time.Second), fn)
+	}
+	b.WriteString("  |> sort(columns: [\"_time\"])\n")
+	fmt.Fprintf(&b, "  |> limit(n: %d)\n", limit)
+	return b.String(), nil
+}
+
+// History runs q and returns its points in time order.
+func (c *Client) History(ctx context.Context, q HistoryQuery) ([]Point, error) {
+	flux, err := q.Flux(c.opts.Bucket)
+	if err != nil {
+		return nil, err
+	}
+	res, err := c.query.Query(ctx, flux)
+	if err != nil {
+		return nil, fmt.Errorf("query influxdb: %w", err)
+	}
+	defer res.Close()
+	points := []Point{}
+	for res.Next() {
+		r := res.Record()
+		points = append(points, Point{TS: r.Time().UnixMilli(), Value: r.Value()})
+	}
+	if err := res.Err(); err != nil {
+		return nil, fmt.Errorf("read influxdb answer: %w", err)
+	}
+	return points, nil
+}

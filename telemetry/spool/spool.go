@@ -1,0 +1,732 @@
+// Package spool is the hub's durable queue between accepting readings and
+// writing them to InfluxDB: an append-only log of checksummed records in
+// fixed-size segment files under the data directory, written with group
+// commit (one fsync for every append that arrived while the previous fsync
+// ran), read in order by one consumer, and trimmed only after the consumer
+// confirms what it read.
+//
+// A device is acknowledged only after Append returns nil, so a reading the
+// hub acknowledged survives a crash: on Open, every record after the last
+// confirmed position is replayed, and a torn or corrupt tail is detected by
+// its checksum, truncated and counted rather than refusing to start.
+//
+// Lock order: Spool.mu is a leaf lock; no other lock is taken while it is held.
+// It imports only the standard library.
+package spool
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// Sentinel errors returned by Append.
+var (
+	// ErrFull means the spool holds MaxBytes (or the disk is full); the
+	// caller should answer "overloaded" and the sender retry later.
+	ErrFull = errors.New("spool full")
+	// ErrClosed means the spool is shutting down.
+	ErrClosed = errors.New("spool closed")
+	// ErrTooLarge means one record exceeds the segment size.
+	ErrTooLarge = errors.New("record larger than a segment")
+)
+
+const (
+	headerSize = 20 // payload length, crc32c, point count (u32 each), append time (i64 ms)
+	segSuffix  = ".seg"
+	// maxGroup bounds how many appends share one write+fsync, so one
+	// commit's latency stays bounded under any load.
+	maxGroup = 4096
+	// queueLen bounds appends waiting for the committer; a full queue makes
+	// Append wait (bounded by its context), which is back-pressure.
+	queueLen = 8192
+)
+
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+// Options configures a Spool. Zero values take the documented defaults.
+type Options struct {
+	// Dir holds the segment files and the checkpoint. Required.
+	Dir string
+	// MaxBytes bounds the segment files on disk; default 1 GiB.
+	MaxBytes int64
+	// SegmentBytes is the size at which a new segment starts; default the
+	// smaller of 64 MiB and MaxBytes/8.
+	SegmentBytes int64
+	// NoSync skips fsync. Only benchmarks that measure the cost of
+	// everything else set it.
+	NoSync bool
+	Logger *slog.Logger
+}
+
+// Position addresses a record boundary: a segment and a byte offset in it.
+type Position struct {
+	Segment uint64
+	Offset  int64
+}
+
+func (p Position) less(q Position) bool {
+	return p.Segment < q.Segment || p.Segment == q.Segment && p.Offset < q.Offset
+}
+
+// Stats is a snapshot for readiness and metrics.
+type Stats struct {
+	Bytes          int64     // segment bytes on disk
+	MaxBytes       int64     // the bound on Bytes
+	PendingPoints  int64     // points appended and not yet confirmed
+	OldestPending  time.Time // append time of the oldest unconfirmed record; zero if none
+	RecoveredTorn  int64     // corrupt or torn tails truncated at Open
+	AppendedPoints int64     // points appended since Open
+}
+
+type appendReq struct {
+	data   []byte
+	points uint32
+	done   chan error
+}
+
+// Spool is a durable, bounded, single-consumer log. Append is safe for
+// concurrent use; Read and Confirm are for the one consumer.
+type Spool struct {
+	opts Options
+	log  *slog.Logger
+
+	reqs    chan *appendReq
+	quit    chan struct{}
+	stopped chan struct{}
+	notify  chan struct{} // cap 1: wakes the consumer after a commit
+	pool    sync.Pool     // of chan error, cap 1
+
+	// Owned by the committer goroutine.
+	active    *os.File
+	activeSeq uint64
+	activeLen int64
+	buf       []byte
+
+	mu        sync.Mutex
+	segments  []uint64          // sorted sequence numbers of segment files
+	sizes     map[uint64]int64  // durable size of each segment
+	durable   Position          // end of the last fsynced record
+	confirmed Position          // start of the first unconfirmed record
+	times     []pendingTime     // append times of unconfirmed commits, oldest first
+	bytes     int64             // sum of sizes
+	readers   map[uint64]*os.File
+
+	pending   atomic.Int64
+	appended  atomic.Int64
+	recovered int64
+	closeOnce sync.Once
+}
+
+type pendingTime struct {
+	end Position
+	at  int64
+}
+
+// Open opens or creates the spool in opts.Dir, recovering what a crash left:
+// records after the last checkpoint are kept for replay, a torn or corrupt
+// tail is truncated and counted. It starts the committer, which Close stops.
+func Open(opts Options) (*Spool, error) {
+	if opts.Dir == "" {
+		return nil, errors.New("spool: Dir is required")
+	}
+	if opts.MaxBytes <= 0 {
+		opts.MaxBytes = 1 << 30
+	}
+	if opts.SegmentBytes <= 0 {
+		opts.SegmentBytes = min(64<<20, opts.MaxBytes/8)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(opts.Dir, 0o750); err != nil {
+		return nil, fmt.Errorf("create spool dir: %w", err)
+	}
+	s := &Spool{
+		opts:    opts,
+		log:     opts.Logger,
+		reqs:    make(chan *appendReq, queueLen),
+		quit:    make(chan struct{}),
+		stopped: make(chan struct{}),
+		notify:  make(chan struct{}, 1),
+		sizes:   map[uint64]int64{},
+		readers: map[uint64]*os.File{},
+	}
+	s.pool.New = func() any { return make(chan error, 1) }
+	if err := s.recover(); err != nil {
+		return nil, err
+	}
+	if err := s.roll(); err != nil {
+		return nil, err
+	}
+	go s.commitLoop()
+	return s, nil
+}
+
+func segName(seq uint64) string { return fmt.Sprintf("%016x%s", seq, segSuffix) }
+
+func (s *Spool) segPath(seq uint64) string { return filepath.Join(s.opts.Dir, segName(seq)) }
+
+// recover scans the segments from the checkpoint on, truncating at the first
+// record whose header or checksum is wrong.
+func (s *Spool) recover() error {
+	entries, err := os.ReadDir(s.opts.Dir)
+	if err != nil {
+		return fmt.Errorf("list spool dir: %w", err)
+	}
+	var segs []uint64
+	for _, e := range entries {
+		name, ok := strings.CutSuffix(e.Name(), segSuffix)
+		if !ok {
+			continue
+		}
+		seq, err := strconv.ParseUint(name, 16, 64)
+		if err != nil {
+			continue
+		}
+		segs = append(segs, seq)
+	}
+	slices.Sort(segs)
+	cp := s.readCheckpoint()
+	for _, seq := range segs {
+		if seq < cp.Segment {
+			if err := os.Remove(s.segPath(seq)); err != nil {
+				return fmt.Errorf("remove confirmed segment: %w", err)
+			}
+			continue
+		}
+		size, points, torn, err := s.scan(seq, cp)
+		if err != nil {
+			return err
+		}
+		if torn {
+			s.recovered++
+		}
+		s.segments = append(s.segments, seq)
+		s.sizes[seq] = size
+		s.bytes += size
+		s.pending.Add(points)
+		s.durable = Position{seq, size}
+	}
+	if len(s.segments) > 0 && cp.less(Position{s.segments[0], 0}) {
+		cp = Position{s.segments[0], 0}
+	}
+	if len(s.segments) == 0 {
+		cp = Position{}
+	}
+	if cp.Segment == s.durable.Segment && cp.Offset > s.durable.Offset {
+		cp.Offset = s.durable.Offset // the checkpoint pointed into a truncated tail
+	}
+	s.confirmed = cp
+	if s.recovered > 0 {
+		s.log.Warn("spool: truncated corrupt or torn records after a crash", "segments", s.recovered)
+	}
+	if p := s.pending.Load(); p > 0 {
+		s.log.Info("spool: replaying unconfirmed readings", "points", p)
+	}
+	return nil
+}
+
+// scan validates one segment, truncating it at the first bad record, and
+// counts the points at or after cp.
+func (s *Spool) scan(seq uint64, cp Position) (size, points int64, torn bool, err error) {
+	f, err := os.OpenFile(s.segPath(seq), os.O_RDWR, 0)
+	if err != nil {
+		return 0, 0, false, fmt.Errorf("open segment: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(f)
+	if err != nil {
+		return 0, 0, false, fmt.Errorf("read segment: %w", err)
+	}
+	var off int64
+	var now = time.Now().UnixMilli()
+	for off < int64(len(data)) {
+		n, pts, at, ok := parseRecord(data[off:])
+		if !ok {
+			torn = true
+			break
+		}
+		if !(Position{seq, off}).less(cp) {
+			points += int64(pts)
+			if at > now || at <= 0 {
+				at = now
+			}
+			s.times = append(s.times, pendingTime{end: Position{seq, off + n}, at: at})
+		}
+		off += n
+	}
+	if torn {
+		if err := f.Truncate(off); err != nil {
+			return 0, 0, false, fmt.Errorf("truncate torn segment: %w", err)
+		}
+		if err := f.Sync(); err != nil {
+			return 0, 0, false, fmt.Errorf("sync truncated segment: %w", err)
+		}
+	}
+	return off, points, torn, nil
+}
+
+// parseRecord returns the length of the record at the start of b, its
+// point count and append time, or ok=false if b does not start with a whole,
+// intact record.
+func parseRecord(b []byte) (n int64, points uint32, at int64, ok bool) {
+	if len(b) < headerSize {
+		return 0, 0, 0, false
+	}
+	length := binary.LittleEndian.Uint32(b[0:4])
+	sum := binary.LittleEndian.Uint32(b[4:8])
+	if int64(length) > int64(len(b)-headerSize) {
+		return 0, 0, 0, false
+	}
+	if crc32.Checksum(b[8:headerSize+int(length)], crcTable) != sum {
+		return 0, 0, 0, false
+	}
+	return headerSize + int64(length), binary.LittleEndian.Uint32(b[8:12]), int64(binary.LittleEndian.Uint64(b[12:20])), true
+}
+
+func appendRecord(b []byte, points uint32, at int64, payload []byte) []byte {
+	start := len(b)
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(payload)))
+	b = binary.LittleEndian.AppendUint32(b, 0) // crc, filled below
+	b = binary.LittleEndian.AppendUint32(b, points)
+	b = binary.LittleEndian.AppendUint64(b, uint64(at))
+	b = append(b, payload...)
+	binary.LittleEndian.PutUint32(b[start+4:], crc32.Checksum(b[start+8:], crcTable))
+	return b
+}
+
+// roll starts a new active segment. Called from Open and the committer.
+func (s *Spool) roll() error {
+	if s.active != nil {
+		if err := s.active.Close(); err != nil {
+			return fmt.Errorf("close segment: %w", err)
+		}
+	}
+	s.mu.Lock()
+	seq := uint64(1)
+	if n := len(s.segments); n > 0 {
+		seq = s.segments[n-1] + 1
+	}
+	s.mu.Unlock()
+	f, err := os.OpenFile(s.segPath(seq), os.O_CREATE|os.O_EXCL|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		return fmt.Errorf("create segment: %w", err)
+	}
+	if !s.opts.NoSync {
+		if err := syncDir(s.opts.Dir); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	s.active, s.activeSeq, s.activeLen = f, seq, 0
+	s.mu.Lock()
+	s.segments = append(s.segments, seq)
+	s.sizes[seq] = 0
+	if len(s.segments) == 1 {
+		s.confirmed = Position{seq, 0}
+		s.durable = Position{seq, 0}
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("open spool dir: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync spool dir: %w", err)
+	}
+	return nil
+}
+
+// Append makes payload (points line-protocol lines) durable. It returns nil
+// only once the record is fsynced; ErrFull when the spool or disk is full;
+// the context's error if ctx ends first (the record may or may not be
+// durable then; the caller must not acknowledge it).
+func (s *Spool) Append(ctx context.Context, points int, payload []byte) error {
+	if int64(len(payload)+headerSize) > s.opts.SegmentBytes {
+		return ErrTooLarge
+	}
+	done := s.pool.Get().(chan error)
+	r := &appendReq{data: payload, points: uint32(points), done: done}
+	select {
+	case s.reqs <- r:
+	case <-s.quit:
+		s.pool.Put(done)
+		return ErrClosed
+	case <-ctx.Done():
+		s.pool.Put(done)
+		return ctx.Err()
+	}
+	select {
+	case err := <-done:
+		s.pool.Put(done)
+		return err
+	case <-s.stopped:
+		select {
+		case err := <-done:
+			return err
+		default:
+			return ErrClosed
+		}
+	case <-ctx.Done():
+		// done is not returned to the pool: the committer may still send on it.
+		return ctx.Err()
+	}
+}
+
+func (s *Spool) commitLoop() {
+	defer close(s.stopped)
+	group := make([]*appendReq, 0, 64)
+	for {
+		select {
+		case r := <-s.reqs:
+			group = append(group[:0], r)
+		case <-s.quit:
+			// Commit what is already queued, then stop.
+			for {
+				group = group[:0]
+			drain:
+				for len(group) < maxGroup {
+					select {
+					case r := <-s.reqs:
+						group = append(group, r)
+					default:
+						break drain
+					}
+				}
+				if len(group) == 0 {
+					return
+				}
+				s.commit(group)
+			}
+		}
+	more:
+		for len(group) < maxGroup {
+			select {
+			case r := <-s.reqs:
+				group = append(group, r)
+			default:
+				break more
+			}
+		}
+		s.commit(group)
+	}
+}
+
+// commit writes a group of records with one write and one fsync (two when
+// the group crosses into a new segment).
+func (s *Spool) commit(group []*appendReq) {
+	now := time.Now().UnixMilli()
+	s.mu.Lock()
+	room := s.opts.MaxBytes - s.bytes
+	s.mu.Unlock()
+	s.buf = s.buf[:0]
+	accepted := make([]*appendReq, 0, len(group))
+	var points int64
+	for _, r := range group {
+		n := int64(headerSize + len(r.data))
+		if n > room {
+			r.done <- ErrFull
+			continue
+		}
+		if s.activeLen+int64(len(s.buf))+n > s.opts.SegmentBytes && s.activeLen+int64(len(s.buf)) > 0 {
+			s.flush(accepted, points, now)
+			accepted, points, s.buf = accepted[:0], 0, s.buf[:0]
+			if err := s.roll(); err != nil {
+				s.log.Error("spool: roll segment", "err", err)
+				r.done <- fmt.Errorf("roll segment: %w", err)
+				continue
+			}
+		}
+		s.buf = appendRecord(s.buf, r.points, now, r.data)
+		accepted = append(accepted, r)
+		points += int64(r.points)
+		room -= n
+	}
+	s.flush(accepted, points, now)
+}
+
+// flush writes s.buf to the active segment, fsyncs and answers the group.
+func (s *Spool) flush(group []*appendReq, points, now int64) {
+	if len(group) == 0 {
+		return
+	}
+	err := s.write(s.buf)
+	if err == nil {
+		s.mu.Lock()
+		s.activeLen += int64(len(s.buf))
+		s.sizes[s.activeSeq] = s.activeLen
+		s.bytes += int64(len(s.buf))
+		s.durable = Position{s.activeSeq, s.activeLen}
+		s.times = append(s.times, pendingTime{end: s.durable, at: now})
+		s.mu.Unlock()
+		s.pending.Add(points)
+		s.appended.Add(points)
+		select {
+		case s.notify <- struct{}{}:
+		default: // already signalled; the consumer reads everything durable
+		}
+	}
+	for _, r := range group {
+		r.done <- err
+	}
+}
+
+func (s *Spool) write(b []byte) error {
+	if _, err := s.active.Write(b); err != nil {
+		// Cut off whatever part was written so the segment ends on a record.
+		if terr := s.active.Truncate(s.activeLen); terr != nil {
+			s.log.Error("spool: truncate after failed write", "err", terr)
+		}
+		if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+			return ErrFull
+		}
+		return fmt.Errorf("write segment: %w", err)
+	}
+	if s.opts.NoSync {
+		return nil
+	}
+	if err := s.active.Sync(); err != nil {
+		if terr := s.active.Truncate(s.activeLen); terr != nil {
+			s.log.Error("spool: truncate after failed fsync", "err", terr)
+		}
+		if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+			return ErrFull
+		}
+		return fmt.Errorf("fsync segment: %w", err)
+	}
+	return nil
+}
+
+// Notify returns a channel that receives after new records became durable.
+func (s *Spool) Notify() <-chan struct{} { return s.notify }
+
+// Confirmed returns the position of the first unconfirmed record, where a
+// consumer starts reading after Open.
+func (s *Spool) Confirmed() Position {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.confirmed
+}
+
+// Batch is a run of whole records read from the spool.
+type Batch struct {
+	Data   []byte // line protocol, one point per line
+	Points int
+	Next   Position // where the next Read starts
+}
+
+// Read returns the durable records from pos on, whole records only, until
+// the batch holds maxPoints points or maxBytes bytes (at least one record
+// when any is durable). It returns a Batch with Points == 0 when nothing is
+// durable past pos. buf is reused for Data.
+func (s *Spool) Read(pos Position, maxPoints int, maxBytes int, buf []byte) (Batch, error) {
+	b := Batch{Data: buf[:0], Next: pos}
+	for b.Points < maxPoints && len(b.Data) < maxBytes {
+		s.mu.Lock()
+		durable := s.durable
+		segs := s.segments
+		s.mu.Unlock()
+		if !b.Next.less(durable) {
+			return b, nil
+		}
+		end := s.segEnd(b.Next.Segment, durable)
+		if b.Next.Offset >= end {
+			next, ok := nextSegment(segs, b.Next.Segment)
+			if !ok {
+				return b, nil
+			}
+			b.Next = Position{next, 0}
+			continue
+		}
+		f, err := s.reader(b.Next.Segment)
+		if err != nil {
+			return b, err
+		}
+		want := min(end-b.Next.Offset, int64(maxBytes-len(b.Data))+headerSize)
+		chunk := make([]byte, want)
+		if _, err := f.ReadAt(chunk, b.Next.Offset); err != nil && !errors.Is(err, io.EOF) {
+			return b, fmt.Errorf("read segment: %w", err)
+		}
+		progressed := false
+		for len(chunk) > 0 && b.Points < maxPoints {
+			n, pts, _, ok := parseRecord(chunk)
+			if !ok {
+				if !progressed && int64(len(chunk)) == end-b.Next.Offset {
+					return b, fmt.Errorf("spool: corrupt record at segment %d offset %d", b.Next.Segment, b.Next.Offset)
+				}
+				break // the chunk cut a record: it is read whole next time round
+			}
+			if len(b.Data) > 0 && len(b.Data)+int(n) > maxBytes {
+				return b, nil
+			}
+			b.Data = append(b.Data, chunk[headerSize:n]...)
+			b.Points += int(pts)
+			b.Next.Offset += n
+			chunk = chunk[n:]
+			progressed = true
+		}
+		if !progressed {
+			return b, nil
+		}
+	}
+	return b, nil
+}
+
+// nextSegment returns the first segment after seq.
+func nextSegment(segs []uint64, seq uint64) (uint64, bool) {
+	i, found := slices.BinarySearch(segs, seq)
+	if found {
+		i++
+	}
+	if i >= len(segs) {
+		return 0, false
+	}
+	return segs[i], true
+}
+
+func (s *Spool) segEnd(seq uint64, durable Position) int64 {
+	if seq == durable.Segment {
+		return durable.Offset
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sizes[seq]
+}
+
+func (s *Spool) reader(seq uint64) (*os.File, error) {
+	s.mu.Lock()
+	f := s.readers[seq]
+	s.mu.Unlock()
+	if f != nil {
+		return f, nil
+	}
+	f, err := os.Open(s.segPath(seq))
+	if err != nil {
+		return nil, fmt.Errorf("open segment for reading: %w", err)
+	}
+	s.mu.Lock()
+	s.readers[seq] = f
+	s.mu.Unlock()
+	return f, nil
+}
+
+// Confirm records that everything before pos is safely in InfluxDB: those
+// records will not be replayed, and segments wholly before pos are deleted.
+func (s *Spool) Confirm(pos Position, points int) error {
+	s.mu.Lock()
+	if !s.confirmed.less(pos) {
+		s.mu.Unlock()
+		return nil
+	}
+	s.confirmed = pos
+	i := 0
+	for i < len(s.times) && !pos.less(s.times[i].end) {
+		i++
+	}
+	s.times = s.times[i:]
+	var drop []uint64
+	for len(s.segments) > 1 && s.segments[0] < pos.Segment {
+		seq := s.segments[0]
+		drop = append(drop, seq)
+		s.bytes -= s.sizes[seq]
+		delete(s.sizes, seq)
+		if f := s.readers[seq]; f != nil {
+			f.Close()
+			delete(s.readers, seq)
+		}
+		s.segments = s.segments[1:]
+	}
+	s.mu.Unlock()
+	s.pending.Add(-int64(points))
+	if err := s.writeCheckpoint(pos); err != nil {
+		return err
+	}
+	for _, seq := range drop {
+		if err := os.Remove(s.segPath(seq)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove confirmed segment: %w", err)
+		}
+	}
+	return nil
+}
+
+// The checkpoint need not be fsynced: if a crash loses it, the records after
+// an older checkpoint are written to InfluxDB again, and a point written
+// twice (same series and timestamp) is stored once.
+func (s *Spool) writeCheckpoint(pos Position) error {
+	var b []byte
+	b = binary.LittleEndian.AppendUint64(b, pos.Segment)
+	b = binary.LittleEndian.AppendUint64(b, uint64(pos.Offset))
+	b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, crcTable))
+	tmp := filepath.Join(s.opts.Dir, "checkpoint.tmp")
+	if err := os.WriteFile(tmp, b, 0o640); err != nil {
+		return fmt.Errorf("write checkpoint: %w", err)
+	}
+	if err := os.Rename(tmp, filepath.Join(s.opts.Dir, "checkpoint")); err != nil {
+		return fmt.Errorf("replace checkpoint: %w", err)
+	}
+	return nil
+}
+
+func (s *Spool) readCheckpoint() Position {
+	b, err := os.ReadFile(filepath.Join(s.opts.Dir, "checkpoint"))
+	if err != nil || len(b) != 20 || crc32.Checksum(b[:16], crcTable) != binary.LittleEndian.Uint32(b[16:]) {
+		return Position{}
+	}
+	return Position{binary.LittleEndian.Uint64(b[0:8]), int64(binary.LittleEndian.Uint64(b[8:16]))}
+}
+
+// Stats returns a snapshot of the spool's state.
+func (s *Spool) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := Stats{
+		Bytes:          s.bytes,
+		MaxBytes:       s.opts.MaxBytes,
+		PendingPoints:  s.pending.Load(),
+		RecoveredTorn:  s.recovered,
+		AppendedPoints: s.appended.Load(),
+	}
+	if len(s.times) > 0 {
+		st.OldestPending = time.UnixMilli(s.times[0].at)
+	}
+	return st
+}
+
+// Close stops accepting appends, commits what was already queued and closes
+// the files. Unconfirmed records stay on disk for the next Open.
+func (s *Spool) Close() error {
+	var err error
+	s.closeOnce.Do(func() {
+		close(s.quit)
+		<-s.stopped
+		s.mu.Lock()
+		for seq, f := range s.readers {
+			f.Close()
+			delete(s.readers, seq)
+		}
+		s.mu.Unlock()
+		if s.active != nil {
+			err = s.active.Close()
+		}
+	})
+	return err
+}
