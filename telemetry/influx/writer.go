@@ -119,9 +119,9 @@ type WriterStats struct {
 	DeadLettered   int64
 	Retries        int64
 	ErrorsByClass  map[string]int64
-	LastError      string    // empty when the last write succeeded
+	LastError      string // empty when the last write succeeded
 	LastErrorAt    time.Time
-	Healthy        bool      // the last write (or ping) succeeded
+	Healthy        bool // the last write (or ping) succeeded
 	LastBatchSize  int
 	LastWriteNanos int64
 }

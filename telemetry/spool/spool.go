@@ -117,12 +117,12 @@ type Spool struct {
 	buf       []byte
 
 	mu        sync.Mutex
-	segments  []uint64          // sorted sequence numbers of segment files
-	sizes     map[uint64]int64  // durable size of each segment
-	durable   Position          // end of the last fsynced record
-	confirmed Position          // start of the first unconfirmed record
-	times     []pendingTime     // append times of unconfirmed commits, oldest first
-	bytes     int64             // sum of sizes
+	segments  []uint64         // sorted sequence numbers of segment files
+	sizes     map[uint64]int64 // durable size of each segment
+	durable   Position         // end of the last fsynced record
+	confirmed Position         // start of the first unconfirmed record
+	times     []pendingTime    // append times of unconfirmed commits, oldest first
+	bytes     int64            // sum of sizes
 	readers   map[uint64]*os.File
 
 	pending   atomic.Int64

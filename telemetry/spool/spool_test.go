@@ -108,7 +108,9 @@ func TestTornAndCorruptTail(t *testing.T) {
 			b[len(b)-3] ^= 0xff // flip a byte in the last record's payload
 			return os.WriteFile(p, b, 0o640)
 		}},
-		{"garbage length", func(p string) error { return appendBytes(p, []byte{0xff, 0xff, 0xff, 0x7f, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17}) }},
+		{"garbage length", func(p string) error {
+			return appendBytes(p, []byte{0xff, 0xff, 0xff, 0x7f, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17})
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
