@@ -1,0 +1,179 @@
+package devices
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Record is the persistent form of a device.
+type Record struct {
+	ID        string            `json:"id"`
+	Name      string            `json:"name"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	CreatedAt time.Time         `json:"created_at"`
+	Tokens    []StoredToken     `json:"tokens"`
+	LastSeen  time.Time         `json:"last_seen,omitzero"`
+}
+
+// StoredToken is a device token's hash and, during a rotation's grace
+// period, when it stops working.
+type StoredToken struct {
+	Hash      TokenHash `json:"hash"`
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+}
+
+// OperatorToken is an operator's API credential, without its secret.
+type OperatorToken struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	Role      Role      `json:"role"`
+	CreatedAt time.Time `json:"created_at"`
+	LastUsed  time.Time `json:"last_used,omitzero"`
+	Hash      TokenHash `json:"-"`
+}
+
+type storedOperator struct {
+	OperatorToken
+	Hash TokenHash `json:"hash"`
+}
+
+// Snapshot is everything a Store holds.
+type Snapshot struct {
+	Devices   []Record
+	Operators []OperatorToken
+}
+
+// Change is one atomic write to a Store.
+type Change struct {
+	PutDevices      []Record
+	DeleteDevices   []string
+	PutOperators    []OperatorToken
+	DeleteOperators []string
+}
+
+// Store persists the registry. Apply must be atomic: all of a Change or
+// none of it. The embedded bbolt store is the default; a PostgreSQL store
+// serves several hub instances.
+type Store interface {
+	Load(ctx context.Context) (Snapshot, error)
+	Apply(ctx context.Context, c Change) error
+	Close() error
+}
+
+var (
+	bucketDevices   = []byte("devices")
+	bucketOperators = []byte("operator_tokens")
+)
+
+// BoltStore is the embedded Store: one bbolt file, fsynced on every commit.
+type BoltStore struct {
+	db *bolt.DB
+}
+
+// OpenBolt opens or creates the registry database at path.
+func OpenBolt(path string) (*BoltStore, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("open registry %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketDevices, bucketOperators} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("init registry: %w", err)
+	}
+	return &BoltStore{db: db}, nil
+}
+
+// Load reads every device and operator token.
+func (s *BoltStore) Load(ctx context.Context) (Snapshot, error) {
+	var snap Snapshot
+	err := s.db.View(func(tx *bolt.Tx) error {
+		err := tx.Bucket(bucketDevices).ForEach(func(k, v []byte) error {
+			var r Record
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("device %q: %w", k, err)
+			}
+			snap.Devices = append(snap.Devices, r)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bucketOperators).ForEach(func(k, v []byte) error {
+			var o storedOperator
+			if err := json.Unmarshal(v, &o); err != nil {
+				return fmt.Errorf("operator token %q: %w", k, err)
+			}
+			o.OperatorToken.Hash = o.Hash
+			snap.Operators = append(snap.Operators, o.OperatorToken)
+			return nil
+		})
+	})
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("load registry: %w", err)
+	}
+	return snap, nil
+}
+
+// Apply writes c in one transaction.
+func (s *BoltStore) Apply(ctx context.Context, c Change) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		devs, ops := tx.Bucket(bucketDevices), tx.Bucket(bucketOperators)
+		for _, r := range c.PutDevices {
+			v, err := json.Marshal(r)
+			if err != nil {
+				return err
+			}
+			if err := devs.Put([]byte(r.ID), v); err != nil {
+				return err
+			}
+		}
+		for _, id := range c.DeleteDevices {
+			if err := devs.Delete([]byte(id)); err != nil {
+				return err
+			}
+		}
+		for _, o := range c.PutOperators {
+			v, err := json.Marshal(storedOperator{OperatorToken: o, Hash: o.Hash})
+			if err != nil {
+				return err
+			}
+			if err := ops.Put([]byte(o.ID), v); err != nil {
+				return err
+			}
+		}
+		for _, id := range c.DeleteOperators {
+			if err := ops.Delete([]byte(id)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("write registry: %w", err)
+	}
+	return nil
+}
+
+// Close closes the database file.
+func (s *BoltStore) Close() error {
+	if err := s.db.Close(); err != nil && !errors.Is(err, bolt.ErrDatabaseNotOpen) {
+		return fmt.Errorf("close registry: %w", err)
+	}
+	return nil
+}
