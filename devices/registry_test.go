@@ -29,7 +29,11 @@ type changes struct {
 }
 
 func (c *changes) record(id string) { c.mu.Lock(); c.ids = append(c.ids, id); c.mu.Unlock() }
-func (c *changes) list() []string  { c.mu.Lock(); defer c.mu.Unlock(); return append([]string(nil), c.ids...) }
+func (c *changes) list() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.ids...)
+}
 
 func openRegistry(t *testing.T, path string, opts Options) *Registry {
 	t.Helper()
