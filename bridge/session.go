@@ -1,0 +1,182 @@
+package bridge
+
+import (
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/fieldhub/fieldhub/devices"
+	"github.com/fieldhub/fieldhub/telemetry"
+)
+
+// Closer ends a transport connection. Close must not block: it records the
+// reason, starts the close and returns; the transport then calls
+// Bridge.Disconnect from its own goroutine.
+type Closer interface {
+	Close(reason string)
+}
+
+// Session is one live connection of one device on one transport.
+type Session struct {
+	ID          uint64
+	DeviceID    string
+	Transport   string
+	Remote      string
+	ConnectedAt time.Time
+
+	hash    devices.TokenHash
+	limiter *rate.Limiter
+	closer  Closer
+	reason  atomic.Pointer[string]
+	ended   atomic.Bool
+	logLim  *logLimiter
+}
+
+// Kick closes the session for reason; the first reason given wins.
+func (s *Session) Kick(reason string) {
+	s.reason.CompareAndSwap(nil, &reason)
+	s.closer.Close(reason)
+}
+
+// Reason returns why the session was kicked, or def if it was not.
+func (s *Session) Reason(def string) string {
+	if r := s.reason.Load(); r != nil {
+		return *r
+	}
+	return def
+}
+
+func (s *Session) logReject(log *slog.Logger, e *telemetry.Error) {
+	if n, ok := s.logLim.allow(); ok {
+		log.Debug("message rejected", "device", s.DeviceID, "transport", s.Transport, "code", e.Code, "reason", e.Message, "suppressed", n)
+	}
+}
+
+// Connect registers a new authenticated session. An older session of the
+// same device is closed with reason "superseded"; its late Disconnect will
+// not touch the new session's presence.
+func (b *Bridge) Connect(deviceID, transport, remote string, h devices.TokenHash, c Closer) *Session {
+	now := b.opts.Now()
+	s := &Session{
+		ID: b.nextID.Add(1), DeviceID: deviceID, Transport: transport, Remote: remote, ConnectedAt: now,
+		hash: h, closer: c, logLim: &b.logLim,
+	}
+	b.mu.Lock()
+	s.limiter = b.limiterLocked(deviceID)
+	old := b.sessions[deviceID]
+	b.sessions[deviceID] = s
+	b.mu.Unlock()
+	if old != nil {
+		old.Kick(ReasonSuperseded)
+	}
+	b.opts.Devices.SetPresence(deviceID, devices.Presence{Online: true, Transport: transport, ConnectedAt: &now, LastSeen: &now, RemoteAddr: remote})
+	b.stats.connects(transport).Add(1)
+	b.stats.connected(transport).Add(1)
+	b.log.Info("device connected", "device", deviceID, "transport", transport, "remote", remote)
+	b.publishPresence(deviceID, true, transport, "", now)
+	return s
+}
+
+// limiterLocked returns the device's rate limiter: one per device, kept
+// across reconnects so reconnecting never refills the bucket. Callers hold mu.
+func (b *Bridge) limiterLocked(deviceID string) *rate.Limiter {
+	l := b.limiters[deviceID]
+	if l == nil {
+		l = rate.NewLimiter(rate.Limit(b.opts.RatePerSec), b.opts.Burst)
+		b.limiters[deviceID] = l
+	}
+	return l
+}
+
+// Ephemeral returns a session for one request of a device that holds no
+// connection (the HTTP fallback). It shares the device's rate limit and
+// does not change presence.
+func (b *Bridge) Ephemeral(deviceID, transport, remote string) *Session {
+	b.mu.Lock()
+	lim := b.limiterLocked(deviceID)
+	b.mu.Unlock()
+	return &Session{DeviceID: deviceID, Transport: transport, Remote: remote, ConnectedAt: b.opts.Now(), limiter: lim, logLim: &b.logLim}
+}
+
+// Disconnect ends a session. Presence goes offline only if s is still the
+// device's current session. It is safe to call more than once.
+func (b *Bridge) Disconnect(s *Session, reason string) {
+	if !s.ended.CompareAndSwap(false, true) {
+		return
+	}
+	reason = s.Reason(reason)
+	now := b.opts.Now()
+	b.mu.Lock()
+	current := b.sessions[s.DeviceID] == s
+	if current {
+		delete(b.sessions, s.DeviceID)
+	}
+	b.mu.Unlock()
+	b.stats.connected(s.Transport).Add(-1)
+	b.stats.disconnects(s.Transport, reason).Add(1)
+	b.log.Info("device disconnected", "device", s.DeviceID, "transport", s.Transport, "remote", s.Remote,
+		"duration", now.Sub(s.ConnectedAt).Round(time.Millisecond), "reason", reason)
+	if current {
+		b.opts.Devices.SetPresence(s.DeviceID, devices.Presence{Online: false, LastSeen: &now, Reason: reason})
+		b.publishPresence(s.DeviceID, false, s.Transport, reason, now)
+	}
+}
+
+func (b *Bridge) publishPresence(id string, online bool, transport, reason string, at time.Time) {
+	if b.opts.Fanout == nil {
+		return
+	}
+	b.opts.Fanout.Publish(telemetry.Event{Type: telemetry.EventPresence, Device: id, Online: &online, Transport: transport, Reason: reason, At: at.UnixMilli()})
+}
+
+// CredentialsChanged re-checks the device's session after its tokens
+// changed or it was deleted, and closes it with reason "revoked" if its
+// token no longer works. The registry calls it.
+func (b *Bridge) CredentialsChanged(deviceID string) {
+	b.mu.Lock()
+	s := b.sessions[deviceID]
+	b.mu.Unlock()
+	if s != nil && !b.opts.Devices.StillValid(deviceID, s.hash) {
+		s.Kick(ReasonRevoked)
+	}
+}
+
+// Current returns the device's current session, or nil.
+func (b *Bridge) Current(deviceID string) *Session {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.sessions[deviceID]
+}
+
+// CloseAll kicks every session, for shutdown.
+func (b *Bridge) CloseAll(reason string) {
+	b.mu.Lock()
+	all := make([]*Session, 0, len(b.sessions))
+	for _, s := range b.sessions {
+		all = append(all, s)
+	}
+	b.mu.Unlock()
+	for _, s := range all {
+		s.Kick(reason)
+	}
+}
+
+// logLimiter keeps a faulty fleet from flooding the log with per-message
+// errors: a few lines a second, and the next line says how many it skipped.
+type logLimiter struct {
+	once       sync.Once
+	lim        *rate.Limiter
+	suppressed atomic.Int64
+}
+
+func (l *logLimiter) allow() (suppressed int64, ok bool) {
+	l.once.Do(func() { l.lim = rate.NewLimiter(10, 20) })
+	if !l.lim.Allow() {
+		l.suppressed.Add(1)
+		return 0, false
+	}
+	return l.suppressed.Swap(0), true
+}

@@ -1,0 +1,360 @@
+// Package ws is the device WebSocket transport (GET /ws/device) and the
+// plain-HTTP fallback for devices that cannot hold a socket
+// (POST /api/v1/telemetry). It is the only package that imports
+// gorilla/websocket for devices, and it talks to the rest of the hub only
+// through the bridge.
+//
+// Each connection has exactly one reader (the handler goroutine) and one
+// writer goroutine; everything written goes through the writer's bounded
+// queue, and a device that stops reading is disconnected rather than
+// allowed to hold the hub up.
+package ws
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/fieldhub/fieldhub/bridge"
+	"github.com/fieldhub/fieldhub/devices"
+	"github.com/fieldhub/fieldhub/telemetry"
+)
+
+// Close codes sent to devices. 1000-1015 are RFC 6455's; 4000-4999 are ours
+// and documented in docs/protocol.md.
+const (
+	CloseSuperseded = 4000 // another connection of the same device took over
+	CloseRevoked    = 4003 // the token was revoked or rotated, or the device deleted
+)
+
+// Authenticator checks a device token. *devices.Registry implements it.
+type Authenticator interface {
+	Authenticate(token string) (id string, h devices.TokenHash, ok bool)
+}
+
+// Options configures the device transport. Zero values take the
+// documented defaults.
+type Options struct {
+	Bridge *bridge.Bridge
+	Auth   Authenticator
+	// Failures rate-limits failed authentications per client address.
+	Failures *devices.FailureLimiter
+	// ReadLimit is the largest message accepted; default 256 KiB. Larger
+	// frames close the connection with 1009 and nothing of them is stored.
+	ReadLimit int64
+	// PingInterval is how often the hub pings; a device silent for two
+	// intervals is disconnected (heartbeat_timeout). Default 30 s.
+	PingInterval time.Duration
+	// WriteWait bounds one write to a device; default 10 s.
+	WriteWait time.Duration
+	// SendQueue bounds frames waiting for the writer; default 64.
+	SendQueue int
+	// OnAuthFailure, if set, is told of each refused credential (metrics).
+	OnAuthFailure func(transport string)
+	Logger        *slog.Logger
+}
+
+func (o *Options) ensureDefaults() {
+	if o.ReadLimit <= 0 {
+		o.ReadLimit = 256 << 10
+	}
+	if o.PingInterval <= 0 {
+		o.PingInterval = 30 * time.Second
+	}
+	if o.WriteWait <= 0 {
+		o.WriteWait = 10 * time.Second
+	}
+	if o.SendQueue <= 0 {
+		o.SendQueue = 64
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Handler serves the device transports.
+type Handler struct {
+	opts     Options
+	log      *slog.Logger
+	upgrader websocket.Upgrader
+	wg       sync.WaitGroup // live connections, for Wait
+}
+
+// New returns a Handler.
+func New(opts Options) (*Handler, error) {
+	if opts.Bridge == nil || opts.Auth == nil {
+		return nil, errors.New("ws: Bridge and Auth are required")
+	}
+	opts.ensureDefaults()
+	h := &Handler{opts: opts, log: opts.Logger}
+	h.upgrader = websocket.Upgrader{
+		HandshakeTimeout: 10 * time.Second,
+		ReadBufferSize:   1024,
+		WriteBufferSize:  1024,
+		// A shared pool: idle connections hold no write buffer.
+		WriteBufferPool:   &sync.Pool{},
+		EnableCompression: true,
+		// Devices authenticate with an explicit token, never an ambient
+		// browser credential, so a cross-site page gains nothing: any
+		// Origin is allowed here (the operator socket checks it).
+		CheckOrigin: func(*http.Request) bool { return true },
+	}
+	return h, nil
+}
+
+// Wait blocks until every connection handler has returned (after the
+// bridge's CloseAll at shutdown).
+func (h *Handler) Wait() { h.wg.Wait() }
+
+// DeviceToken extracts a device token from Authorization: Bearer or the
+// token query parameter.
+func DeviceToken(r *http.Request) string {
+	if a := r.Header.Get("Authorization"); a != "" {
+		if t, ok := strings.CutPrefix(a, "Bearer "); ok {
+			return strings.TrimSpace(t)
+		}
+		return ""
+	}
+	return r.URL.Query().Get("token")
+}
+
+// RemoteIP returns the client's address without its port.
+func RemoteIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// authenticate answers 401/429 itself when the device may not go on.
+func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request) (string, devices.TokenHash, bool) {
+	ip := RemoteIP(r)
+	if h.opts.Failures != nil && h.opts.Failures.Blocked(ip) {
+		writeError(w, http.StatusTooManyRequests, &telemetry.Error{Code: telemetry.CodeRateLimited, Message: "too many failed authentications from this address; retry later"})
+		return "", devices.TokenHash{}, false
+	}
+	id, hash, ok := h.opts.Auth.Authenticate(DeviceToken(r))
+	if !ok {
+		if h.opts.Failures != nil {
+			h.opts.Failures.Fail(ip)
+		}
+		if h.opts.OnAuthFailure != nil {
+			h.opts.OnAuthFailure(devices.TransportWS)
+		}
+		h.log.Info("device authentication failed", "remote", ip, "path", r.URL.Path)
+		writeError(w, http.StatusUnauthorized, &telemetry.Error{Code: "unauthorized", Message: "missing or invalid device token"})
+		return "", devices.TokenHash{}, false
+	}
+	return id, hash, true
+}
+
+func writeError(w http.ResponseWriter, status int, e *telemetry.Error) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = w.Write(telemetry.EncodeError("", e))
+}
+
+// ServeHTTP upgrades an authenticated device to a WebSocket session.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	id, hash, ok := h.authenticate(w, r)
+	if !ok {
+		return
+	}
+	conn, err := h.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		return // the upgrader already answered
+	}
+	h.wg.Add(1)
+	defer h.wg.Done()
+	c := &conn_{
+		h: h, ws: conn,
+		send: make(chan []byte, h.opts.SendQueue),
+		kick: make(chan string, 1),
+		done: make(chan struct{}),
+	}
+	c.session = h.opts.Bridge.Connect(id, devices.TransportWS, r.RemoteAddr, hash, c)
+	c.run(r.Context())
+}
+
+// conn_ is one device connection.
+type conn_ struct {
+	h       *Handler
+	ws      *websocket.Conn
+	session *bridge.Session
+	send    chan []byte   // frames for the writer; bounded
+	kick    chan string   // close requests for the writer; cap 1
+	done    chan struct{} // closed when the reader stops
+}
+
+// Close implements bridge.Closer: the writer sends the close frame.
+func (c *conn_) Close(reason string) {
+	select {
+	case c.kick <- reason:
+	default: // a close is already on its way
+	}
+}
+
+func (c *conn_) run(ctx context.Context) {
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		c.writeLoop()
+	}()
+	reason := c.readLoop(ctx)
+	close(c.done)
+	<-writerDone
+	c.ws.Close()
+	c.h.opts.Bridge.Disconnect(c.session, reason)
+}
+
+// queue hands a frame to the writer. A full queue means the device is not
+// reading: it is disconnected, never waited for.
+func (c *conn_) queue(frame []byte) {
+	select {
+	case c.send <- frame:
+	default:
+		c.session.Kick(bridge.ReasonSlowConsumer)
+	}
+}
+
+func (c *conn_) readLoop(ctx context.Context) string {
+	pongWait := 2 * c.h.opts.PingInterval
+	c.ws.SetReadLimit(c.h.opts.ReadLimit)
+	_ = c.ws.SetReadDeadline(time.Now().Add(pongWait))
+	c.ws.SetPongHandler(func(string) error {
+		return c.ws.SetReadDeadline(time.Now().Add(pongWait))
+	})
+	codec := c.h.opts.Bridge.Codec()
+	for {
+		mt, data, err := c.ws.ReadMessage()
+		if err != nil {
+			return readErrorReason(err)
+		}
+		// Any message proves the device is alive, like a pong.
+		_ = c.ws.SetReadDeadline(time.Now().Add(pongWait))
+		if terr := c.h.opts.Bridge.Admit(c.session); terr != nil {
+			c.queue(telemetry.EncodeError("", terr))
+			continue
+		}
+		if mt != websocket.TextMessage {
+			c.queue(telemetry.EncodeError("", &telemetry.Error{Code: telemetry.CodeBadJSON, Message: "binary frames are not supported; send JSON text frames"}))
+			continue
+		}
+		f, derr := codec.Decode(data)
+		if derr != nil {
+			id := ""
+			if f != nil {
+				id = f.ID
+			}
+			c.queue(c.reject(id, derr))
+			continue
+		}
+		switch f.Type {
+		case telemetry.TypeTelemetry:
+			id, terr := c.h.opts.Bridge.IngestFrame(ctx, c.session, f)
+			if terr != nil {
+				c.queue(telemetry.EncodeError(id, terr))
+			} else {
+				c.queue(telemetry.EncodeAck(id))
+			}
+		case telemetry.TypePing:
+			c.queue([]byte(`{"type":"pong"}`))
+		case telemetry.TypeCommandResult:
+			if _, err := codec.CommandResult(f); err != nil {
+				c.queue(c.reject(f.ID, err))
+			}
+			// Results are routed by the command service (see the commands issue).
+		}
+	}
+}
+
+func (c *conn_) reject(id string, err error) []byte {
+	var e *telemetry.Error
+	if !errors.As(err, &e) {
+		e = &telemetry.Error{Code: telemetry.CodeBadJSON, Message: "malformed message"}
+	}
+	c.h.opts.Bridge.Reject(c.session, e)
+	return telemetry.EncodeError(id, e)
+}
+
+func readErrorReason(err error) string {
+	var ne net.Error
+	switch {
+	case errors.Is(err, websocket.ErrReadLimit):
+		return bridge.ReasonReadLimit
+	case websocket.IsCloseError(err, websocket.CloseNormalClosure, websocket.CloseGoingAway, websocket.CloseNoStatusReceived):
+		return bridge.ReasonClientClosed
+	case errors.As(err, &ne) && ne.Timeout():
+		return bridge.ReasonHeartbeatTimeout
+	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
+		return bridge.ReasonNetworkError
+	}
+	var ce *websocket.CloseError
+	if errors.As(err, &ce) {
+		if ce.Code == websocket.CloseProtocolError || ce.Code == websocket.CloseUnsupportedData {
+			return bridge.ReasonProtocolError
+		}
+		return bridge.ReasonClientClosed
+	}
+	return bridge.ReasonProtocolError
+}
+
+// closeCode maps a kick reason to the close frame the device sees.
+func closeCode(reason string) int {
+	switch reason {
+	case bridge.ReasonSuperseded:
+		return CloseSuperseded
+	case bridge.ReasonRevoked:
+		return CloseRevoked
+	case bridge.ReasonServerShutdown:
+		return websocket.CloseGoingAway
+	case bridge.ReasonSlowConsumer:
+		return websocket.ClosePolicyViolation
+	}
+	return websocket.CloseNormalClosure
+}
+
+func (c *conn_) writeLoop() {
+	ping := time.NewTicker(c.h.opts.PingInterval)
+	defer ping.Stop()
+	wait := c.h.opts.WriteWait
+	for {
+		select {
+		case <-c.done:
+			return
+		case frame := <-c.send:
+			_ = c.ws.SetWriteDeadline(time.Now().Add(wait))
+			if err := c.ws.WriteMessage(websocket.TextMessage, frame); err != nil {
+				c.session.Kick(bridge.ReasonNetworkError)
+				c.abort()
+				return
+			}
+		case <-ping.C:
+			if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(wait)); err != nil {
+				c.session.Kick(bridge.ReasonNetworkError)
+				c.abort()
+				return
+			}
+		case reason := <-c.kick:
+			msg := websocket.FormatCloseMessage(closeCode(reason), reason)
+			_ = c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
+			// Give the device a moment to answer the close, then the
+			// reader's deadline ends the connection either way.
+			_ = c.ws.SetReadDeadline(time.Now().Add(time.Second))
+			<-c.done
+			return
+		}
+	}
+}
+
+// abort ends the reader at once after a failed write.
+func (c *conn_) abort() { _ = c.ws.SetReadDeadline(time.Now()) }
