@@ -1,0 +1,301 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// config is every setting of `fieldhub serve`. Each comes from a flag whose
+// default is the FIELDHUB_* environment variable, so flags win.
+type config struct {
+	HTTPAddr        string
+	MQTTAddr        string
+	MQTTTLSAddr     string
+	MQTTWSPath      string
+	DataDir         string
+	InfluxURL       string
+	InfluxOrg       string
+	InfluxBucket    string
+	InfluxToken     string
+	InfluxGzip      bool
+	InfluxBatch     int
+	InfluxFlush     time.Duration
+	AdminToken      string
+	AllowedOrigins  []string
+	TLSCert         string
+	TLSKey          string
+	LogFormat       string
+	LogLevel        slog.Level
+	ShutdownTimeout time.Duration
+	MaxMessageBytes int64
+	SpoolMaxBytes   int64
+	RateLimit       float64
+	RateBurst       int
+	WSPingInterval  time.Duration
+	MaxFuture       time.Duration
+	MaxAge          time.Duration
+	TagLabels       []string
+	MQTTMaxConns    int
+	Pprof           bool
+}
+
+// LogValue keeps secrets out of logs whatever logs the config.
+func (c config) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("http_addr", c.HTTPAddr), slog.String("mqtt_addr", c.MQTTAddr),
+		slog.String("data_dir", c.DataDir), slog.String("influx_bucket", c.InfluxBucket),
+		slog.Bool("influx_token_set", c.InfluxToken != ""), slog.Bool("admin_token_set", c.AdminToken != ""),
+		slog.Bool("tls", c.TLSCert != ""),
+	)
+}
+
+// setting describes one flag/environment pair, for parsing and for the
+// README's configuration table.
+type setting struct {
+	flag, env, def, usage string
+	secret                bool
+}
+
+var settings = []setting{
+	{"http-addr", "FIELDHUB_HTTP_ADDR", ":8080", "address for the REST API, dashboard and WebSockets", false},
+	{"mqtt-addr", "FIELDHUB_MQTT_ADDR", ":1883", "address of the embedded MQTT broker (empty disables it)", false},
+	{"mqtt-tls-addr", "FIELDHUB_MQTT_TLS_ADDR", "", "address of the MQTT TLS listener (default :8883 when a TLS cert is set)", false},
+	{"mqtt-ws-path", "FIELDHUB_MQTT_WS_PATH", "/mqtt", "HTTP path of MQTT over WebSocket for browser-based devices (empty disables it)", false},
+	{"data-dir", "FIELDHUB_DATA_DIR", "./data", "directory for the registry, spool, command queue and dead letters", false},
+	{"influx-url", "FIELDHUB_INFLUX_URL", "http://127.0.0.1:8086", "InfluxDB base URL", false},
+	{"influx-org", "FIELDHUB_INFLUX_ORG", "", "InfluxDB organisation (ignored by InfluxDB 1.8)", false},
+	{"influx-bucket", "FIELDHUB_INFLUX_BUCKET", "telemetry", "InfluxDB bucket (1.8: database or database/retention-policy)", false},
+	{"influx-token", "FIELDHUB_INFLUX_TOKEN", "", "InfluxDB token (1.8: user:password or empty)", true},
+	{"influx-gzip", "FIELDHUB_INFLUX_GZIP", "false", "gzip write bodies to InfluxDB", false},
+	{"influx-batch", "FIELDHUB_INFLUX_BATCH", "5000", "maximum points per InfluxDB write", false},
+	{"influx-flush", "FIELDHUB_INFLUX_FLUSH", "100ms", "longest wait to fill an InfluxDB write batch", false},
+	{"admin-token", "FIELDHUB_ADMIN_TOKEN", "", "bootstrap admin API token (generated and printed once if unset and no admin exists)", true},
+	{"allowed-origins", "FIELDHUB_ALLOWED_ORIGINS", "", "comma-separated extra origins allowed on operator sockets (e.g. https://ops.example.com)", false},
+	{"tls-cert", "FIELDHUB_TLS_CERT", "", "TLS certificate file (PEM); with --tls-key serves HTTPS/WSS and MQTT over TLS", false},
+	{"tls-key", "FIELDHUB_TLS_KEY", "", "TLS private key file (PEM)", false},
+	{"log-format", "FIELDHUB_LOG_FORMAT", "text", "log format: text or json", false},
+	{"log-level", "FIELDHUB_LOG_LEVEL", "info", "log level: debug, info, warn or error", false},
+	{"shutdown-timeout", "FIELDHUB_SHUTDOWN_TIMEOUT", "10s", "how long a graceful shutdown may take", false},
+	{"max-message-bytes", "FIELDHUB_MAX_MESSAGE_BYTES", "262144", "largest device message (WebSocket frame, MQTT packet, HTTP body)", false},
+	{"spool-max-bytes", "FIELDHUB_SPOOL_MAX_BYTES", "1073741824", "disk bound of the durable spool; when full, devices get 'overloaded'", false},
+	{"rate-limit", "FIELDHUB_RATE_LIMIT", "50", "messages per second per device", false},
+	{"rate-burst", "FIELDHUB_RATE_BURST", "100", "burst of messages per device", false},
+	{"ws-ping-interval", "FIELDHUB_WS_PING_INTERVAL", "30s", "WebSocket ping interval; no pong within two intervals disconnects", false},
+	{"max-future", "FIELDHUB_MAX_FUTURE", "5m", "how far ahead of the hub's clock a reading's ts may be", false},
+	{"max-age", "FIELDHUB_MAX_AGE", "168h", "how far behind the hub's clock a reading's ts may be", false},
+	{"tag-labels", "FIELDHUB_TAG_LABELS", "", "comma-separated device labels written to InfluxDB as tags", false},
+	{"mqtt-max-conns", "FIELDHUB_MQTT_MAX_CONNS", "60000", "maximum MQTT connections", false},
+	{"pprof", "FIELDHUB_PPROF", "false", "serve /debug/pprof (admin token required)", false},
+}
+
+// errHelp is returned after --help printed the usage.
+var errHelp = errors.New("help requested")
+
+// parseConfig reads flags over environment defaults and validates them,
+// naming the setting in every error.
+func parseConfig(args []string, getenv func(string) string, out io.Writer) (config, error) {
+	fs := flag.NewFlagSet("fieldhub serve", flag.ContinueOnError)
+	fs.SetOutput(out)
+	vals := make(map[string]*string, len(settings))
+	for _, s := range settings {
+		def := s.def
+		if v := getenv(s.env); v != "" {
+			def = v
+		}
+		shown := def
+		if s.secret && shown != "" {
+			shown = "<set>"
+		}
+		v := new(string)
+		*v = def
+		fs.Func(s.flag, fmt.Sprintf("%s (env %s, default %q)", s.usage, s.env, shown), func(x string) error { *v = x; return nil })
+		vals[s.flag] = v
+	}
+	fs.Usage = func() {
+		fmt.Fprintf(out, "Usage: fieldhub serve [flags]\n\nRuns the hub. Every flag defaults to its FIELDHUB_* environment variable.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return config{}, errHelp
+		}
+		return config{}, err
+	}
+	if fs.NArg() > 0 {
+		return config{}, fmt.Errorf("serve: unexpected argument %q", fs.Arg(0))
+	}
+	p := &parser{vals: vals}
+	c := config{
+		HTTPAddr:        p.addr("http-addr", false),
+		MQTTAddr:        p.addr("mqtt-addr", true),
+		MQTTTLSAddr:     p.addr("mqtt-tls-addr", true),
+		MQTTWSPath:      p.str("mqtt-ws-path"),
+		DataDir:         p.nonEmpty("data-dir"),
+		InfluxURL:       p.url("influx-url"),
+		InfluxOrg:       p.str("influx-org"),
+		InfluxBucket:    p.nonEmpty("influx-bucket"),
+		InfluxToken:     p.str("influx-token"),
+		InfluxGzip:      p.boolean("influx-gzip"),
+		InfluxBatch:     p.intRange("influx-batch", 1, 100000),
+		InfluxFlush:     p.duration("influx-flush"),
+		AdminToken:      p.str("admin-token"),
+		AllowedOrigins:  p.list("allowed-origins"),
+		TLSCert:         p.str("tls-cert"),
+		TLSKey:          p.str("tls-key"),
+		LogFormat:       p.oneOf("log-format", "text", "json"),
+		LogLevel:        p.level("log-level"),
+		ShutdownTimeout: p.duration("shutdown-timeout"),
+		MaxMessageBytes: int64(p.intRange("max-message-bytes", 1024, 16<<20)),
+		SpoolMaxBytes:   int64(p.intRange("spool-max-bytes", 1<<20, 1<<50)),
+		RateLimit:       p.float("rate-limit"),
+		RateBurst:       p.intRange("rate-burst", 1, 1<<20),
+		WSPingInterval:  p.duration("ws-ping-interval"),
+		MaxFuture:       p.duration("max-future"),
+		MaxAge:          p.duration("max-age"),
+		TagLabels:       p.list("tag-labels"),
+		MQTTMaxConns:    p.intRange("mqtt-max-conns", 1, 1<<22),
+		Pprof:           p.boolean("pprof"),
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		p.fail("tls-cert", "FIELDHUB_TLS_CERT and FIELDHUB_TLS_KEY must be set together")
+	}
+	if c.TLSCert != "" && c.MQTTTLSAddr == "" && c.MQTTAddr != "" {
+		c.MQTTTLSAddr = ":8883"
+	}
+	if c.MQTTWSPath != "" && !strings.HasPrefix(c.MQTTWSPath, "/") {
+		p.fail("mqtt-ws-path", "must start with /")
+	}
+	if p.err != nil {
+		return config{}, p.err
+	}
+	return c, nil
+}
+
+// parser converts setting strings, keeping the first error, which names
+// both the environment variable and the flag.
+type parser struct {
+	vals map[string]*string
+	err  error
+}
+
+func envOf(flagName string) string {
+	for _, s := range settings {
+		if s.flag == flagName {
+			return s.env
+		}
+	}
+	return ""
+}
+
+func (p *parser) fail(name, msg string) {
+	if p.err == nil {
+		p.err = fmt.Errorf("invalid setting %s (--%s): %s", envOf(name), name, msg)
+	}
+}
+
+func (p *parser) str(name string) string { return strings.TrimSpace(*p.vals[name]) }
+
+func (p *parser) nonEmpty(name string) string {
+	v := p.str(name)
+	if v == "" {
+		p.fail(name, "must not be empty")
+	}
+	return v
+}
+
+func (p *parser) addr(name string, emptyOK bool) string {
+	v := p.str(name)
+	if v == "" {
+		if !emptyOK {
+			p.fail(name, "must not be empty")
+		}
+		return v
+	}
+	_, port, err := net.SplitHostPort(v)
+	if err != nil {
+		p.fail(name, fmt.Sprintf("%q is not host:port (e.g. :8080 or 127.0.0.1:8080)", v))
+		return v
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		p.fail(name, fmt.Sprintf("%q has an invalid port", v))
+	}
+	return v
+}
+
+func (p *parser) url(name string) string {
+	v := p.str(name)
+	u, err := url.Parse(v)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		p.fail(name, fmt.Sprintf("%q is not an http(s) URL", v))
+	}
+	return v
+}
+
+func (p *parser) boolean(name string) bool {
+	v, err := strconv.ParseBool(p.str(name))
+	if err != nil {
+		p.fail(name, "must be true or false")
+	}
+	return v
+}
+
+func (p *parser) intRange(name string, lo, hi int) int {
+	v, err := strconv.Atoi(p.str(name))
+	if err != nil || v < lo || v > hi {
+		p.fail(name, fmt.Sprintf("must be a whole number from %d to %d", lo, hi))
+	}
+	return v
+}
+
+func (p *parser) float(name string) float64 {
+	v, err := strconv.ParseFloat(p.str(name), 64)
+	if err != nil || v <= 0 || v > 1e6 {
+		p.fail(name, "must be a number above 0")
+	}
+	return v
+}
+
+func (p *parser) duration(name string) time.Duration {
+	v, err := time.ParseDuration(p.str(name))
+	if err != nil || v <= 0 {
+		p.fail(name, "must be a positive duration such as 500ms, 10s or 5m")
+	}
+	return v
+}
+
+func (p *parser) oneOf(name string, opts ...string) string {
+	v := p.str(name)
+	for _, o := range opts {
+		if v == o {
+			return v
+		}
+	}
+	p.fail(name, "must be one of "+strings.Join(opts, ", "))
+	return v
+}
+
+func (p *parser) level(name string) slog.Level {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(p.str(name))); err != nil {
+		p.fail(name, "must be debug, info, warn or error")
+	}
+	return l
+}
+
+func (p *parser) list(name string) []string {
+	var out []string
+	for _, s := range strings.Split(p.str(name), ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}

@@ -1,0 +1,141 @@
+package main
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/fieldhub/fieldhub/bridge"
+	"github.com/fieldhub/fieldhub/devices"
+	"github.com/fieldhub/fieldhub/telemetry/influx"
+	"github.com/fieldhub/fieldhub/telemetry/spool"
+)
+
+// metrics is the hub's Prometheus registry. Components keep their own
+// atomic counters; a collector reads them at scrape time, so the hot paths
+// never touch Prometheus and no component imports it. Histograms, which
+// need per-event observation, hang off components' callbacks. Every name
+// is fieldhub_*, and no label has a value per device.
+type metrics struct {
+	reg          *prometheus.Registry
+	authFailures *prometheus.CounterVec
+	writeLatency prometheus.Histogram
+	batchSize    prometheus.Histogram
+	writeErrors  *prometheus.CounterVec
+}
+
+func newMetrics() *metrics {
+	m := &metrics{reg: prometheus.NewRegistry()}
+	m.authFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "fieldhub_auth_failures_total", Help: "Refused credentials, by transport (ws, mqtt, http, api).",
+	}, []string{"transport"})
+	m.writeLatency = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "fieldhub_influx_write_duration_seconds", Help: "Duration of successful InfluxDB writes.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
+	})
+	m.batchSize = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "fieldhub_influx_batch_points", Help: "Points per successful InfluxDB write.",
+		Buckets: prometheus.ExponentialBuckets(1, 4, 8),
+	})
+	m.writeErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "fieldhub_influx_write_errors_total", Help: "Failed InfluxDB writes, by class (network, server, throttled, auth, rejected).",
+	}, []string{"class"})
+	m.reg.MustRegister(m.authFailures, m.writeLatency, m.batchSize, m.writeErrors,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+func (m *metrics) authFailure(transport string) { m.authFailures.WithLabelValues(transport).Inc() }
+
+func (m *metrics) register(br *bridge.Bridge, sp *spool.Spool, w *influx.Writer, reg *devices.Registry) {
+	w.OnBatch = func(points int, d time.Duration) {
+		m.batchSize.Observe(float64(points))
+		m.writeLatency.Observe(d.Seconds())
+	}
+	w.OnError = func(class string) { m.writeErrors.WithLabelValues(class).Inc() }
+	m.reg.MustRegister(&hubCollector{br: br, sp: sp, w: w, reg: reg})
+}
+
+func (m *metrics) handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+var (
+	descConnected     = prometheus.NewDesc("fieldhub_devices_connected", "Devices connected now, by transport.", []string{"transport"}, nil)
+	descConnects      = prometheus.NewDesc("fieldhub_device_connects_total", "Device sessions opened, by transport.", []string{"transport"}, nil)
+	descDisconnects   = prometheus.NewDesc("fieldhub_device_disconnects_total", "Device sessions closed, by transport and reason.", []string{"transport", "reason"}, nil)
+	descMessages      = prometheus.NewDesc("fieldhub_messages_received_total", "Device messages received, by transport.", []string{"transport"}, nil)
+	descReadings      = prometheus.NewDesc("fieldhub_readings_accepted_total", "Readings made durable, by transport.", []string{"transport"}, nil)
+	descRejected      = prometheus.NewDesc("fieldhub_messages_rejected_total", "Device messages refused, by error code.", []string{"code"}, nil)
+	descSpoolBytes    = prometheus.NewDesc("fieldhub_spool_bytes", "Bytes of spool segments on disk.", nil, nil)
+	descSpoolMax      = prometheus.NewDesc("fieldhub_spool_max_bytes", "Bound on spool bytes.", nil, nil)
+	descSpoolPending  = prometheus.NewDesc("fieldhub_spool_pending_readings", "Readings durable in the spool and not yet in InfluxDB.", nil, nil)
+	descSpoolAge      = prometheus.NewDesc("fieldhub_spool_oldest_pending_seconds", "Age of the oldest reading not yet in InfluxDB.", nil, nil)
+	descSpoolTorn     = prometheus.NewDesc("fieldhub_spool_recovered_torn_segments", "Segments whose torn or corrupt tail was truncated at start.", nil, nil)
+	descWritten       = prometheus.NewDesc("fieldhub_influx_points_written_total", "Points InfluxDB accepted.", nil, nil)
+	descDeadLettered  = prometheus.NewDesc("fieldhub_influx_points_dead_lettered_total", "Points InfluxDB permanently rejected, kept in the dead-letter file.", nil, nil)
+	descInfluxHealthy = prometheus.NewDesc("fieldhub_influx_up", "1 when the last InfluxDB write succeeded.", nil, nil)
+	descDevices       = prometheus.NewDesc("fieldhub_devices_registered", "Devices in the registry.", nil, nil)
+)
+
+// hubCollector reads the components' counters at scrape time.
+type hubCollector struct {
+	br  *bridge.Bridge
+	sp  *spool.Spool
+	w   *influx.Writer
+	reg *devices.Registry
+}
+
+func (c *hubCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descConnected, descConnects, descDisconnects, descMessages, descReadings, descRejected,
+		descSpoolBytes, descSpoolMax, descSpoolPending, descSpoolAge, descSpoolTorn, descWritten, descDeadLettered, descInfluxHealthy, descDevices} {
+		ch <- d
+	}
+}
+
+func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.br.Stats()
+	for t, v := range st.Connected {
+		ch <- prometheus.MustNewConstMetric(descConnected, prometheus.GaugeValue, float64(v.Load()), t)
+	}
+	for t, v := range st.Connects {
+		ch <- prometheus.MustNewConstMetric(descConnects, prometheus.CounterValue, float64(v.Load()), t)
+	}
+	for t, byReason := range st.Disconnects {
+		for r, v := range byReason {
+			ch <- prometheus.MustNewConstMetric(descDisconnects, prometheus.CounterValue, float64(v.Load()), t, r)
+		}
+	}
+	for t, v := range st.Messages {
+		ch <- prometheus.MustNewConstMetric(descMessages, prometheus.CounterValue, float64(v.Load()), t)
+	}
+	for t, v := range st.Readings {
+		ch <- prometheus.MustNewConstMetric(descReadings, prometheus.CounterValue, float64(v.Load()), t)
+	}
+	for code, v := range st.Rejected {
+		ch <- prometheus.MustNewConstMetric(descRejected, prometheus.CounterValue, float64(v.Load()), code)
+	}
+	ss := c.sp.Stats()
+	ch <- prometheus.MustNewConstMetric(descSpoolBytes, prometheus.GaugeValue, float64(ss.Bytes))
+	ch <- prometheus.MustNewConstMetric(descSpoolMax, prometheus.GaugeValue, float64(ss.MaxBytes))
+	ch <- prometheus.MustNewConstMetric(descSpoolPending, prometheus.GaugeValue, float64(ss.PendingPoints))
+	age := 0.0
+	if !ss.OldestPending.IsZero() {
+		age = time.Since(ss.OldestPending).Seconds()
+	}
+	ch <- prometheus.MustNewConstMetric(descSpoolAge, prometheus.GaugeValue, age)
+	ch <- prometheus.MustNewConstMetric(descSpoolTorn, prometheus.GaugeValue, float64(ss.RecoveredTorn))
+	ws := c.w.Stats()
+	ch <- prometheus.MustNewConstMetric(descWritten, prometheus.CounterValue, float64(ws.WrittenPoints))
+	ch <- prometheus.MustNewConstMetric(descDeadLettered, prometheus.CounterValue, float64(ws.DeadLettered))
+	up := 0.0
+	if ws.Healthy {
+		up = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descInfluxHealthy, prometheus.GaugeValue, up)
+	total, _ := c.reg.Counts()
+	ch <- prometheus.MustNewConstMetric(descDevices, prometheus.GaugeValue, float64(total))
+}

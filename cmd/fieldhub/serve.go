@@ -1,0 +1,339 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/fieldhub/fieldhub/bridge"
+	"github.com/fieldhub/fieldhub/bridge/ws"
+	"github.com/fieldhub/fieldhub/dashboard"
+	"github.com/fieldhub/fieldhub/devices"
+	"github.com/fieldhub/fieldhub/telemetry"
+	"github.com/fieldhub/fieldhub/telemetry/influx"
+	"github.com/fieldhub/fieldhub/telemetry/spool"
+)
+
+func newLogger(c config, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: c.LogLevel}
+	if c.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// listen binds addr, naming the setting to change when it cannot.
+func listen(addr, env string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return nil, fmt.Errorf("%s: address %s is already in use; set %s to a free address", env, addr, env)
+		}
+		return nil, fmt.Errorf("%s: listen on %s: %w", env, addr, err)
+	}
+	return ln, nil
+}
+
+// serve runs the hub until ctx ends, then shuts down in order: stop
+// accepting, close device and dashboard sockets, drain the spool to
+// InfluxDB for what is left of the shutdown deadline, close stores.
+func serve(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cfg, err := parseConfig(args, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg, stderr)
+	started := time.Now()
+
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return fmt.Errorf("FIELDHUB_DATA_DIR: create %s: %w", cfg.DataDir, err)
+	}
+	var tlsCfg *tls.Config
+	if cfg.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+		if err != nil {
+			return fmt.Errorf("FIELDHUB_TLS_CERT/FIELDHUB_TLS_KEY: %w", err)
+		}
+		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+
+	// Bind first, so a taken port fails before anything starts.
+	httpLn, err := listen(cfg.HTTPAddr, "FIELDHUB_HTTP_ADDR")
+	if err != nil {
+		return err
+	}
+	defer httpLn.Close()
+
+	store, err := devices.OpenBolt(filepath.Join(cfg.DataDir, "registry.db"))
+	if err != nil {
+		return fmt.Errorf("FIELDHUB_DATA_DIR: %w", err)
+	}
+	defer store.Close()
+	var br *bridge.Bridge
+	reg, err := devices.Open(ctx, store, devices.Options{
+		Logger:    log,
+		TagLabels: cfg.TagLabels,
+		OnCredentialsChanged: func(id string) {
+			if br != nil {
+				br.CredentialsChanged(id)
+			}
+		},
+	})
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	if cfg.AdminToken != "" {
+		reg.SetBootstrapAdmin(cfg.AdminToken)
+	} else {
+		secret, err := reg.EnsureAdmin(ctx)
+		if err != nil {
+			return fmt.Errorf("create bootstrap admin token: %w", err)
+		}
+		if secret != "" {
+			// Shown once, on stdout, never in the log.
+			fmt.Fprintf(stdout, "\nGenerated admin API token (shown once; store it now):\n\n    %s\n\n", secret)
+		}
+	}
+
+	sp, err := spool.Open(spool.Options{Dir: filepath.Join(cfg.DataDir, "spool"), MaxBytes: cfg.SpoolMaxBytes, Logger: log})
+	if err != nil {
+		return fmt.Errorf("FIELDHUB_DATA_DIR: open spool: %w", err)
+	}
+	defer sp.Close()
+
+	ic := influx.NewClient(influx.Options{
+		URL: cfg.InfluxURL, Org: cfg.InfluxOrg, Bucket: cfg.InfluxBucket, Token: cfg.InfluxToken,
+		Gzip: cfg.InfluxGzip, BatchPoints: cfg.InfluxBatch, FlushInterval: cfg.InfluxFlush,
+		DeadLetterPath: filepath.Join(cfg.DataDir, "deadletter.lp"), Logger: log,
+	})
+	defer ic.Close()
+	writer, err := influx.NewWriter(ic, sp)
+	if err != nil {
+		return err
+	}
+
+	m := newMetrics()
+	codec := telemetry.NewCodec(telemetry.Limits{MaxFuture: cfg.MaxFuture, MaxAge: cfg.MaxAge}, nil)
+	br, err = bridge.New(bridge.Options{
+		Codec: codec, Store: sp, Devices: reg,
+		RatePerSec: cfg.RateLimit, Burst: cfg.RateBurst, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	failures := devices.NewFailureLimiter(10, 20)
+	deviceWS, err := ws.New(ws.Options{
+		Bridge: br, Auth: reg, Failures: failures, ReadLimit: cfg.MaxMessageBytes,
+		PingInterval: cfg.WSPingInterval, Logger: log, OnAuthFailure: m.authFailure,
+	})
+	if err != nil {
+		return err
+	}
+	api, err := dashboard.New(dashboard.Options{
+		Registry: reg, History: ic, Failures: failures, Logger: log,
+		OnAuthFailure: func() { m.authFailure("api") },
+	})
+	if err != nil {
+		return err
+	}
+	m.register(br, sp, writer, reg)
+
+	mux := http.NewServeMux()
+	api.Register(mux)
+	mux.Handle("GET /ws/device", deviceWS)
+	mux.HandleFunc("POST /api/v1/telemetry", deviceWS.ServeTelemetry)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	rd := &readiness{reg: reg, sp: sp, writer: writer, influx: ic, mqttAddr: cfg.MQTTAddr}
+	mux.Handle("GET /readyz", rd)
+	mux.Handle("GET /metrics", m.handler())
+	if cfg.Pprof {
+		admin := func(h http.HandlerFunc) http.Handler { return api.RequireRole(devices.RoleAdmin, h) }
+		mux.Handle("GET /debug/pprof/", admin(pprof.Index))
+		mux.Handle("GET /debug/pprof/cmdline", admin(pprof.Cmdline))
+		mux.Handle("GET /debug/pprof/profile", admin(pprof.Profile))
+		mux.Handle("GET /debug/pprof/symbol", admin(pprof.Symbol))
+		mux.Handle("GET /debug/pprof/trace", admin(pprof.Trace))
+	}
+
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    32 << 10,
+		TLSConfig:         tlsCfg,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	writerCtx, stopWriter := context.WithCancel(context.Background())
+	defer stopWriter()
+	g.Go(func() error {
+		if err := writer.Run(writerCtx); err != nil {
+			return fmt.Errorf("influx writer: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		var err error
+		if tlsCfg != nil {
+			err = srv.ServeTLS(httpLn, "", "")
+		} else {
+			err = srv.Serve(httpLn)
+		}
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return fmt.Errorf("http server: %w", err)
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+		defer cancel()
+		log.Info("shutting down", "timeout", cfg.ShutdownTimeout)
+		// 1. Stop accepting connections and requests.
+		if err := srv.Shutdown(shutdownCtx); err != nil {
+			log.Warn("http shutdown", "err", err)
+		}
+		// 2. Close device sockets with a proper close code; net/http does
+		// not close hijacked connections.
+		br.CloseAll(bridge.ReasonServerShutdown)
+		deviceWS.Wait()
+		// 3. Drain what is spooled to InfluxDB while time remains; what is
+		// left is replayed at the next start.
+		drainSpool(shutdownCtx, sp)
+		stopWriter()
+		return nil
+	})
+	url := "http://"
+	if tlsCfg != nil {
+		url = "https://"
+	}
+	log.Info("fieldhub ready", "config", cfg, "http", httpLn.Addr().String(), "startup", time.Since(started).Round(time.Millisecond))
+	fmt.Fprintf(stdout, "Fieldhub is serving on %s%s (dashboard at /, API at /api/v1)\n", url, displayAddr(httpLn.Addr()))
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	if p := sp.Stats().PendingPoints; p > 0 {
+		log.Info("stopped with readings still spooled; they are written at the next start", "points", p)
+	}
+	log.Info("fieldhub stopped")
+	return nil
+}
+
+func drainSpool(ctx context.Context, sp *spool.Spool) {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for sp.Stats().PendingPoints > 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func displayAddr(a net.Addr) string {
+	host, port, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
+}
+
+// readiness is GET /readyz: the state of each dependency, 200 when the hub
+// can accept readings and 503 when it cannot.
+type readiness struct {
+	reg      *devices.Registry
+	sp       *spool.Spool
+	writer   *influx.Writer
+	influx   *influx.Client
+	mqttAddr string
+}
+
+type check struct {
+	Status string `json:"status"`
+	Detail any    `json:"detail,omitempty"`
+}
+
+func (rd *readiness) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	checks := map[string]check{}
+	ready := true
+
+	if err := rd.reg.Ping(ctx); err != nil {
+		checks["registry"] = check{Status: "unavailable", Detail: err.Error()}
+		ready = false
+	} else {
+		total, online := rd.reg.Counts()
+		checks["registry"] = check{Status: "ok", Detail: map[string]int{"devices": total, "online": online}}
+	}
+
+	st := rd.sp.Stats()
+	spoolDetail := map[string]any{"bytes": st.Bytes, "max_bytes": st.MaxBytes, "pending_points": st.PendingPoints}
+	if !st.OldestPending.IsZero() {
+		spoolDetail["oldest_pending_seconds"] = time.Since(st.OldestPending).Seconds()
+	}
+	// Full means a new message of normal size may not fit: refuse traffic
+	// from load balancers before devices start hearing "overloaded".
+	if st.Bytes >= st.MaxBytes-st.MaxBytes/50 {
+		checks["spool"] = check{Status: "full", Detail: spoolDetail}
+		ready = false
+	} else {
+		checks["spool"] = check{Status: "ok", Detail: spoolDetail}
+	}
+
+	ws := rd.writer.Stats()
+	influxDetail := map[string]any{"backlog_points": st.PendingPoints}
+	if !st.OldestPending.IsZero() {
+		influxDetail["backlog_age_seconds"] = time.Since(st.OldestPending).Seconds()
+	}
+	pingErr := rd.influx.Ping(ctx)
+	switch {
+	case pingErr == nil && ws.Healthy:
+		checks["influxdb"] = check{Status: "ok", Detail: influxDetail}
+	default:
+		// Ingest goes on into the spool: degraded, not unready.
+		if pingErr != nil {
+			influxDetail["error"] = pingErr.Error()
+		} else {
+			influxDetail["error"] = ws.LastError
+		}
+		checks["influxdb"] = check{Status: "spooling", Detail: influxDetail}
+	}
+	if rd.mqttAddr == "" {
+		checks["mqtt"] = check{Status: "disabled"}
+	} else {
+		checks["mqtt"] = check{Status: "not_implemented"}
+	}
+
+	status, code := "ready", http.StatusOK
+	if !ready {
+		status, code = "not_ready", http.StatusServiceUnavailable
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(map[string]any{"status": status, "checks": checks})
+}

@@ -1,0 +1,325 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/fieldhub/fieldhub/telemetry/influxtest"
+)
+
+// syncBuf is a goroutine-safe buffer for captured output.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// hub is a whole Fieldhub running in-process through run().
+type hub struct {
+	url            string
+	adminToken     string
+	stdout, stderr *syncBuf
+	cancel         context.CancelFunc
+	done           chan error
+	env            map[string]string
+}
+
+func startHub(t *testing.T, influx *influxtest.Server, extraEnv map[string]string) *hub {
+	t.Helper()
+	addr := freePort(t)
+	h := &hub{url: "http://" + addr, adminToken: "test-admin-secret-" + fmt.Sprint(time.Now().UnixNano()), stdout: &syncBuf{}, stderr: &syncBuf{}, done: make(chan error, 1)}
+	h.env = map[string]string{
+		"FIELDHUB_HTTP_ADDR":     addr,
+		"FIELDHUB_MQTT_ADDR":     "",
+		"FIELDHUB_DATA_DIR":      filepath.Join(t.TempDir(), "data"),
+		"FIELDHUB_INFLUX_URL":    influx.URL,
+		"FIELDHUB_INFLUX_BUCKET": influx.Bucket,
+		"FIELDHUB_ADMIN_TOKEN":   h.adminToken,
+		"FIELDHUB_LOG_LEVEL":     "debug",
+	}
+	for k, v := range extraEnv {
+		h.env[k] = v
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h.cancel = cancel
+	go func() {
+		h.done <- run(ctx, []string{"fieldhub", "serve"}, func(k string) string { return h.env[k] }, h.stdout, h.stderr)
+	}()
+	t.Cleanup(func() { h.stop(t) })
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		resp, err := http.Get(h.url + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return h
+			}
+		}
+		select {
+		case err := <-h.done:
+			t.Fatalf("hub exited during start: %v\n%s", err, h.stderr)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("hub not healthy after 15s\n%s", h.stderr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (h *hub) stop(t *testing.T) {
+	if h.cancel == nil {
+		return
+	}
+	h.cancel()
+	h.cancel = nil
+	select {
+	case err := <-h.done:
+		if err != nil {
+			t.Errorf("hub run: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Error("hub did not stop within 15s")
+	}
+}
+
+func (h *hub) api(t *testing.T, method, path, token string, body any) (int, map[string]any) {
+	t.Helper()
+	var r io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		r = bytes.NewReader(b)
+	}
+	req, _ := http.NewRequest(method, h.url+path, r)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var m map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&m)
+	return resp.StatusCode, m
+}
+
+func waitUntil(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}
+
+// TestHubEndToEnd runs the real hub against a real influxd: health,
+// readiness, metrics, a device streaming over WebSocket into InfluxDB, the
+// history API, and a clean shutdown.
+func TestHubEndToEnd(t *testing.T) {
+	influx := influxtest.Start(t)
+	h := startHub(t, influx, nil)
+
+	status, ready := h.api(t, "GET", "/readyz", "", nil)
+	if status != 200 || ready["status"] != "ready" {
+		t.Fatalf("readyz %d %v", status, ready)
+	}
+	checks := ready["checks"].(map[string]any)
+	for _, dep := range []string{"registry", "spool", "influxdb", "mqtt"} {
+		if _, ok := checks[dep]; !ok {
+			t.Errorf("readyz lacks %s: %v", dep, checks)
+		}
+	}
+	if checks["influxdb"].(map[string]any)["status"] != "ok" {
+		t.Errorf("influxdb check %v", checks["influxdb"])
+	}
+
+	status, created := h.api(t, "POST", "/api/v1/devices", h.adminToken, map[string]any{"id": "boiler-7", "name": "Boiler 7"})
+	if status != 201 {
+		t.Fatalf("create device: %d %v", status, created)
+	}
+	devToken := created["token"].(string)
+
+	c, _, err := websocket.DefaultDialer.Dial(strings.Replace(h.url, "http", "ws", 1)+"/ws/device", http.Header{"Authorization": {"Bearer " + devToken}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	base := time.Now().Add(-time.Minute).UnixMilli()
+	for i := range 20 {
+		msg := fmt.Sprintf(`{"type":"telemetry","id":"%d","ts":%d,"metrics":{"temp":%d,"ok":true}}`, i, base+int64(i)*1000, 20+i)
+		if err := c.WriteMessage(websocket.TextMessage, []byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		var ack map[string]any
+		if err := c.ReadJSON(&ack); err != nil || ack["type"] != "ack" {
+			t.Fatalf("ack %d: %v %v", i, ack, err)
+		}
+	}
+	waitUntil(t, "20 points in InfluxDB", 15*time.Second, func() bool {
+		n, _ := influx.Count("boiler-7", "temp")
+		return n == 20
+	})
+
+	status, hist := h.api(t, "GET", "/api/v1/devices/boiler-7/readings?metric=temp&start=-5m", h.adminToken, nil)
+	if status != 200 || len(hist["points"].([]any)) != 20 {
+		t.Fatalf("history %d %v", status, hist)
+	}
+
+	resp, err := http.Get(h.url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`fieldhub_readings_accepted_total{transport="ws"} 20`,
+		`fieldhub_devices_connected{transport="ws"} 1`,
+		`fieldhub_influx_points_written_total 20`,
+		`go_goroutines`,
+		`process_resident_memory_bytes`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+
+	// Shutdown closes the device socket with 1001 and returns cleanly.
+	h.stop(t)
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, _, err = c.ReadMessage()
+	if !websocket.IsCloseError(err, websocket.CloseGoingAway) {
+		t.Errorf("device saw %v, want close 1001", err)
+	}
+	logs := h.stderr.String()
+	for _, secret := range []string{devToken, h.adminToken} {
+		if strings.Contains(logs+h.stdout.String(), secret) {
+			t.Errorf("a secret appears in the output")
+		}
+	}
+	if !strings.Contains(logs, "fieldhub stopped") {
+		t.Errorf("no clean stop in logs:\n%s", logs)
+	}
+}
+
+func TestBadSettings(t *testing.T) {
+	tests := []struct {
+		env  map[string]string
+		args []string
+		want string
+	}{
+		{map[string]string{"FIELDHUB_HTTP_ADDR": "nonsense"}, nil, "FIELDHUB_HTTP_ADDR"},
+		{map[string]string{"FIELDHUB_LOG_LEVEL": "loud"}, nil, "FIELDHUB_LOG_LEVEL"},
+		{map[string]string{"FIELDHUB_INFLUX_URL": "ftp://x"}, nil, "FIELDHUB_INFLUX_URL"},
+		{map[string]string{"FIELDHUB_SHUTDOWN_TIMEOUT": "-1s"}, nil, "FIELDHUB_SHUTDOWN_TIMEOUT"},
+		{map[string]string{"FIELDHUB_TLS_CERT": "/x.pem"}, nil, "FIELDHUB_TLS_CERT"},
+		{nil, []string{"--rate-limit", "zero"}, "FIELDHUB_RATE_LIMIT"},
+	}
+	for _, tt := range tests {
+		var out syncBuf
+		err := run(context.Background(), append([]string{"fieldhub", "serve"}, tt.args...), func(k string) string { return tt.env[k] }, &out, &out)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("env %v args %v: err %v, want it to name %s", tt.env, tt.args, err, tt.want)
+		}
+	}
+}
+
+func TestPortInUseNamesSetting(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	env := map[string]string{"FIELDHUB_HTTP_ADDR": ln.Addr().String(), "FIELDHUB_DATA_DIR": t.TempDir()}
+	var out syncBuf
+	err = run(context.Background(), []string{"fieldhub", "serve"}, func(k string) string { return env[k] }, &out, &out)
+	if err == nil || !strings.Contains(err.Error(), "FIELDHUB_HTTP_ADDR") || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestServeHelpListsEverySetting(t *testing.T) {
+	var out syncBuf
+	if err := run(context.Background(), []string{"fieldhub", "serve", "--help"}, func(string) string { return "" }, &out, &out); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range settings {
+		if !strings.Contains(out.String(), "-"+s.flag) || !strings.Contains(out.String(), s.env) {
+			t.Errorf("--help lacks %s / %s", s.flag, s.env)
+		}
+	}
+}
+
+// TestAdminCLI drives the device and token subcommands against a running
+// hub, and checks the registry survives a restart of the hub.
+func TestAdminCLI(t *testing.T) {
+	influx := influxtest.Start(t)
+	h := startHub(t, influx, nil)
+	cli := func(args ...string) (string, error) {
+		var out, errOut syncBuf
+		env := map[string]string{"FIELDHUB_URL": h.url, "FIELDHUB_TOKEN": h.adminToken}
+		err := run(context.Background(), append([]string{"fieldhub"}, args...), func(k string) string { return env[k] }, &out, &errOut)
+		return out.String() + errOut.String(), err
+	}
+	out, err := cli("device", "create", "tank-1", "--name", "Tank", "--label", "site=north")
+	if err != nil || !strings.Contains(out, "fhd_") {
+		t.Fatalf("create: %v\n%s", err, out)
+	}
+	out, err = cli("device", "list", "--json")
+	if err != nil || !strings.Contains(out, `"id": "tank-1"`) {
+		t.Fatalf("list: %v\n%s", err, out)
+	}
+	if out, err = cli("device", "list"); err != nil || !strings.Contains(out, "tank-1") || !strings.Contains(out, "Tank") {
+		t.Fatalf("table: %v\n%s", err, out)
+	}
+	if out, err = cli("device", "rotate", "tank-1", "--grace", "1h", "--json"); err != nil || !strings.Contains(out, "fhd_") {
+		t.Fatalf("rotate: %v\n%s", err, out)
+	}
+	if out, err = cli("token", "create", "screen", "--role", "viewer"); err != nil || !strings.Contains(out, "fho_") {
+		t.Fatalf("token create: %v\n%s", err, out)
+	}
+	if out, err = cli("token", "list"); err != nil || !strings.Contains(out, "screen") {
+		t.Fatalf("token list: %v\n%s", err, out)
+	}
+	if _, err = cli("device", "create", "tank-1"); err == nil || !strings.Contains(err.Error(), "409") {
+		t.Fatalf("duplicate create: %v", err)
+	}
+
+	// Restart on the same data directory: the device is still there.
+	env := h.env
+	h.stop(t)
+	h2 := startHub(t, influx, map[string]string{"FIELDHUB_DATA_DIR": env["FIELDHUB_DATA_DIR"]})
+	if st, m := h2.api(t, "GET", "/api/v1/devices/tank-1", h2.adminToken, nil); st != 200 {
+		t.Fatalf("after restart: %d %v", st, m)
+	}
+	h = h2
+	if out, err = cli("device", "delete", "tank-1"); err != nil {
+		t.Fatalf("delete: %v\n%s", err, out)
+	}
+}

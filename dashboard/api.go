@@ -1,0 +1,561 @@
+package dashboard
+
+import (
+	"context"
+	"encoding/csv"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/fieldhub/fieldhub/devices"
+	"github.com/fieldhub/fieldhub/telemetry/influx"
+)
+
+// Historian answers history queries. *influx.Client implements it.
+type Historian interface {
+	History(ctx context.Context, q influx.HistoryQuery) ([]influx.Point, error)
+}
+
+// Options configures the operator API. Zero values take the documented
+// defaults.
+type Options struct {
+	Registry *devices.Registry
+	History  Historian
+	// Failures rate-limits failed authentications per client address.
+	Failures *devices.FailureLimiter
+	// OnAuthFailure, if set, is told of each refused operator credential.
+	OnAuthFailure func()
+	// MaxBodyBytes bounds request bodies; default 1 MiB (bulk import 16 MiB).
+	MaxBodyBytes int64
+	Logger       *slog.Logger
+	Now          func() time.Time
+}
+
+// Server is the operator HTTP API.
+type Server struct {
+	opts Options
+	log  *slog.Logger
+}
+
+// Bounds of the bulk import.
+const (
+	maxBatchDevices = 10000
+	maxBatchBody    = 16 << 20
+)
+
+// New returns the operator API.
+func New(opts Options) (*Server, error) {
+	if opts.Registry == nil {
+		return nil, errors.New("dashboard: Registry is required")
+	}
+	if opts.MaxBodyBytes <= 0 {
+		opts.MaxBodyBytes = 1 << 20
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	return &Server{opts: opts, log: opts.Logger}, nil
+}
+
+// Register adds the API's routes to mux.
+func (s *Server) Register(mux *http.ServeMux) {
+	mux.Handle("GET /api/v1/me", s.auth(devices.RoleViewer, s.me))
+	mux.Handle("POST /api/v1/devices", s.auth(devices.RoleAdmin, s.createDevice))
+	mux.Handle("POST /api/v1/devices:batch", s.auth(devices.RoleAdmin, s.createBatch))
+	mux.Handle("GET /api/v1/devices", s.auth(devices.RoleViewer, s.listDevices))
+	mux.Handle("GET /api/v1/devices/{id}", s.auth(devices.RoleViewer, s.getDevice))
+	mux.Handle("DELETE /api/v1/devices/{id}", s.auth(devices.RoleAdmin, s.deleteDevice))
+	mux.Handle("POST /api/v1/devices/{id}/token", s.auth(devices.RoleAdmin, s.rotateToken))
+	mux.Handle("GET /api/v1/devices/{id}/readings", s.auth(devices.RoleViewer, s.readings))
+	mux.Handle("POST /api/v1/tokens", s.auth(devices.RoleAdmin, s.createToken))
+	mux.Handle("GET /api/v1/tokens", s.auth(devices.RoleAdmin, s.listTokens))
+	mux.Handle("DELETE /api/v1/tokens/{id}", s.auth(devices.RoleAdmin, s.revokeToken))
+}
+
+// apiError is the body of every error answer.
+type apiError struct {
+	Error struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	_ = enc.Encode(v) // the client went away; nothing to do
+}
+
+func writeErr(w http.ResponseWriter, status int, code, msg string) {
+	var e apiError
+	e.Error.Code, e.Error.Message = code, msg
+	writeJSON(w, status, e)
+}
+
+// writeStoreErr maps registry errors to statuses.
+func (s *Server) writeStoreErr(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, devices.ErrNotFound):
+		writeErr(w, http.StatusNotFound, "not_found", err.Error())
+	case errors.Is(err, devices.ErrExists):
+		writeErr(w, http.StatusConflict, "conflict", err.Error())
+	case errors.Is(err, devices.ErrInvalid):
+		writeErr(w, http.StatusBadRequest, "bad_request", err.Error())
+	default:
+		s.log.Error("registry operation failed", "err", err)
+		writeErr(w, http.StatusInternalServerError, "internal", "registry unavailable; retry later")
+	}
+}
+
+// decodeBody reads a JSON body strictly, within the size limit. It answers
+// the error itself and returns false.
+func (s *Server) decodeBody(w http.ResponseWriter, r *http.Request, v any, optional bool) bool {
+	body := http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes)
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if errors.Is(err, io.EOF) && optional {
+		return true
+	}
+	if err == nil && dec.More() {
+		err = errors.New("trailing data after the JSON object")
+	}
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			writeErr(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body exceeds %d bytes", s.opts.MaxBodyBytes))
+			return false
+		}
+		writeErr(w, http.StatusBadRequest, "bad_request", "invalid JSON body: "+err.Error())
+		return false
+	}
+	return true
+}
+
+type ctxKey struct{}
+
+// OperatorFrom returns the operator authenticated for r.
+func OperatorFrom(ctx context.Context) devices.Operator {
+	op, _ := ctx.Value(ctxKey{}).(devices.Operator)
+	return op
+}
+
+// BearerToken returns the token of an Authorization: Bearer header.
+func BearerToken(r *http.Request) string {
+	t, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		return ""
+	}
+	return strings.TrimSpace(t)
+}
+
+func remoteIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// authenticate returns the operator behind r's credential, answering
+// 401/429 itself when there is none.
+func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (devices.Operator, bool) {
+	ip := remoteIP(r)
+	if s.opts.Failures != nil && s.opts.Failures.Blocked(ip) {
+		w.Header().Set("Retry-After", "1")
+		writeErr(w, http.StatusTooManyRequests, "rate_limited", "too many failed authentications from this address; retry later")
+		return devices.Operator{}, false
+	}
+	token := BearerToken(r)
+	if token == "" {
+		token = sessionToken(r)
+	}
+	op, ok := s.opts.Registry.AuthenticateOperator(r.Context(), token)
+	if !ok {
+		if s.opts.Failures != nil {
+			s.opts.Failures.Fail(ip)
+		}
+		if s.opts.OnAuthFailure != nil {
+			s.opts.OnAuthFailure()
+		}
+		s.log.Info("operator authentication failed", "remote", ip, "path", r.URL.Path)
+		w.Header().Set("WWW-Authenticate", `Bearer realm="fieldhub"`)
+		writeErr(w, http.StatusUnauthorized, "unauthorized", "missing or invalid API token")
+		return devices.Operator{}, false
+	}
+	return op, true
+}
+
+// RequireRole wraps h so it runs only for operators whose role allows
+// need; the hub uses it for endpoints outside this package (pprof).
+func (s *Server) RequireRole(need devices.Role, h http.HandlerFunc) http.Handler { return s.auth(need, h) }
+
+// auth wraps h so it runs only for operators whose role allows need.
+func (s *Server) auth(need devices.Role, h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		op, ok := s.authenticate(w, r)
+		if !ok {
+			return
+		}
+		if !op.Role.Allows(need) {
+			writeErr(w, http.StatusForbidden, "forbidden", fmt.Sprintf("this needs the %s role; the token has %s", need, op.Role))
+			return
+		}
+		h(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, op)))
+	})
+}
+
+func (s *Server) me(w http.ResponseWriter, r *http.Request) {
+	op := OperatorFrom(r.Context())
+	writeJSON(w, http.StatusOK, map[string]any{"name": op.Name, "role": op.Role, "token_id": op.TokenID})
+}
+
+func (s *Server) createDevice(w http.ResponseWriter, r *http.Request) {
+	var spec devices.Spec
+	if !s.decodeBody(w, r, &spec, false) {
+		return
+	}
+	c, err := s.opts.Registry.Create(r.Context(), spec)
+	if err != nil {
+		s.writeStoreErr(w, err)
+		return
+	}
+	s.log.Info("device created", "device", c.Device.ID, "by", OperatorFrom(r.Context()).Name)
+	writeJSON(w, http.StatusCreated, c)
+}
+
+// createBatch is the bulk import: JSON lines of {"id","name","labels"}, or
+// CSV with an id,name[,labels] header where labels are k=v pairs separated
+// by ';'. Out come ids and tokens, as JSON or (Accept: text/csv) CSV.
+func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) {
+	body := http.MaxBytesReader(w, r.Body, maxBatchBody)
+	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	var specs []devices.Spec
+	var err error
+	if mt == "text/csv" {
+		specs, err = parseCSV(body)
+	} else {
+		specs, err = parseJSONLines(body)
+	}
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			writeErr(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body exceeds %d bytes", maxBatchBody))
+			return
+		}
+		writeErr(w, http.StatusBadRequest, "bad_request", err.Error())
+		return
+	}
+	if len(specs) == 0 || len(specs) > maxBatchDevices {
+		writeErr(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("send 1 to %d devices", maxBatchDevices))
+		return
+	}
+	created, err := s.opts.Registry.CreateBatch(r.Context(), specs)
+	if err != nil {
+		s.writeStoreErr(w, err)
+		return
+	}
+	s.log.Info("devices created in bulk", "count", len(created), "by", OperatorFrom(r.Context()).Name)
+	if accepts(r, "text/csv") {
+		w.Header().Set("Content-Type", "text/csv")
+		w.WriteHeader(http.StatusCreated)
+		cw := csv.NewWriter(w)
+		_ = cw.Write([]string{"id", "token"})
+		for _, c := range created {
+			_ = cw.Write([]string{c.Device.ID, c.Token})
+		}
+		cw.Flush()
+		return
+	}
+	type idToken struct {
+		ID    string `json:"id"`
+		Token string `json:"token"`
+	}
+	out := make([]idToken, len(created))
+	for i, c := range created {
+		out[i] = idToken{c.Device.ID, c.Token}
+	}
+	writeJSON(w, http.StatusCreated, map[string]any{"devices": out})
+}
+
+func accepts(r *http.Request, mt string) bool {
+	return strings.Contains(r.Header.Get("Accept"), mt)
+}
+
+func parseJSONLines(r io.Reader) ([]devices.Spec, error) {
+	dec := json.NewDecoder(r)
+	dec.DisallowUnknownFields()
+	var specs []devices.Spec
+	for line := 1; ; line++ {
+		var s devices.Spec
+		err := dec.Decode(&s)
+		if errors.Is(err, io.EOF) {
+			return specs, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("record %d: %w", line, err)
+		}
+		if len(specs) >= maxBatchDevices {
+			return nil, fmt.Errorf("more than %d devices", maxBatchDevices)
+		}
+		specs = append(specs, s)
+	}
+}
+
+func parseCSV(r io.Reader) ([]devices.Spec, error) {
+	cr := csv.NewReader(r)
+	cr.FieldsPerRecord = -1
+	header, err := cr.Read()
+	if err != nil {
+		return nil, fmt.Errorf("csv header: %w", err)
+	}
+	col := map[string]int{}
+	for i, h := range header {
+		col[strings.TrimSpace(strings.ToLower(h))] = i
+	}
+	if _, ok := col["id"]; !ok {
+		return nil, errors.New(`csv header must name an "id" column (and optionally "name", "labels")`)
+	}
+	get := func(rec []string, name string) string {
+		if i, ok := col[name]; ok && i < len(rec) {
+			return strings.TrimSpace(rec[i])
+		}
+		return ""
+	}
+	var specs []devices.Spec
+	for line := 2; ; line++ {
+		rec, err := cr.Read()
+		if errors.Is(err, io.EOF) {
+			return specs, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("csv line %d: %w", line, err)
+		}
+		if len(specs) >= maxBatchDevices {
+			return nil, fmt.Errorf("more than %d devices", maxBatchDevices)
+		}
+		s := devices.Spec{ID: get(rec, "id"), Name: get(rec, "name")}
+		if l := get(rec, "labels"); l != "" {
+			s.Labels = map[string]string{}
+			for _, kv := range strings.Split(l, ";") {
+				k, v, ok := strings.Cut(kv, "=")
+				if !ok {
+					return nil, fmt.Errorf("csv line %d: label %q is not key=value", line, kv)
+				}
+				s.Labels[strings.TrimSpace(k)] = strings.TrimSpace(v)
+			}
+		}
+		specs = append(specs, s)
+	}
+}
+
+func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	f := devices.Filter{Search: q.Get("q"), After: q.Get("after")}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > devices.MaxListPageSize {
+			writeErr(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("limit must be 1 to %d", devices.MaxListPageSize))
+			return
+		}
+		f.Limit = n
+	}
+	if v := q.Get("online"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			writeErr(w, http.StatusBadRequest, "bad_request", "online must be true or false")
+			return
+		}
+		f.Online = &b
+	}
+	for _, l := range q["label"] {
+		k, v, ok := strings.Cut(l, "=")
+		if !ok {
+			writeErr(w, http.StatusBadRequest, "bad_request", "label filter must be key=value")
+			return
+		}
+		if f.Labels == nil {
+			f.Labels = map[string]string{}
+		}
+		f.Labels[k] = v
+	}
+	devs, next, total := s.opts.Registry.List(f)
+	writeJSON(w, http.StatusOK, map[string]any{"devices": devs, "next": next, "total": total})
+}
+
+func (s *Server) getDevice(w http.ResponseWriter, r *http.Request) {
+	d, err := s.opts.Registry.Get(r.PathValue("id"))
+	if err != nil {
+		s.writeStoreErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"device": d})
+}
+
+func (s *Server) deleteDevice(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if err := s.opts.Registry.Delete(r.Context(), id); err != nil {
+		s.writeStoreErr(w, err)
+		return
+	}
+	s.log.Info("device deleted", "device", id, "by", OperatorFrom(r.Context()).Name)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) rotateToken(w http.ResponseWriter, r *http.Request) {
+	var body struct {
+		Grace string `json:"grace"`
+	}
+	if !s.decodeBody(w, r, &body, true) {
+		return
+	}
+	var grace time.Duration
+	if body.Grace != "" {
+		var err error
+		if grace, err = time.ParseDuration(body.Grace); err != nil {
+			writeErr(w, http.StatusBadRequest, "bad_request", "grace must be a duration such as 1h")
+			return
+		}
+	}
+	id := r.PathValue("id")
+	token, err := s.opts.Registry.Rotate(r.Context(), id, grace)
+	if err != nil {
+		s.writeStoreErr(w, err)
+		return
+	}
+	s.log.Info("device token rotated", "device", id, "grace", grace, "by", OperatorFrom(r.Context()).Name)
+	writeJSON(w, http.StatusOK, map[string]any{"token": token})
+}
+
+func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
+	var body struct {
+		Name string       `json:"name"`
+		Role devices.Role `json:"role"`
+	}
+	if !s.decodeBody(w, r, &body, false) {
+		return
+	}
+	tok, secret, err := s.opts.Registry.CreateOperatorToken(r.Context(), body.Name, body.Role)
+	if err != nil {
+		s.writeStoreErr(w, err)
+		return
+	}
+	s.log.Info("operator token created", "token_id", tok.ID, "role", tok.Role, "by", OperatorFrom(r.Context()).Name)
+	writeJSON(w, http.StatusCreated, map[string]any{"token": tok, "secret": secret})
+}
+
+func (s *Server) listTokens(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{"tokens": s.opts.Registry.ListOperatorTokens()})
+}
+
+func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if err := s.opts.Registry.RevokeOperatorToken(r.Context(), id); err != nil {
+		s.writeStoreErr(w, err)
+		return
+	}
+	s.log.Info("operator token revoked", "token_id", id, "by", OperatorFrom(r.Context()).Name)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// readings is the history API: GET /api/v1/devices/{id}/readings?metric=
+// &start=-1h&stop=now&every=1m&fn=mean&limit=.
+func (s *Server) readings(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if !s.opts.Registry.Exists(id) {
+		writeErr(w, http.StatusNotFound, "not_found", fmt.Sprintf("device %q not found", id))
+		return
+	}
+	if s.opts.History == nil {
+		writeErr(w, http.StatusServiceUnavailable, "unavailable", "history is not configured")
+		return
+	}
+	q := r.URL.Query()
+	now := s.opts.Now()
+	hq := influx.HistoryQuery{Device: id, Metric: q.Get("metric"), Fn: q.Get("fn")}
+	var err error
+	if hq.Start, err = parseTime(q.Get("start"), now, now.Add(-time.Hour)); err != nil {
+		writeErr(w, http.StatusBadRequest, "bad_request", "start: "+err.Error())
+		return
+	}
+	if hq.Stop, err = parseTime(q.Get("stop"), now, now); err != nil {
+		writeErr(w, http.StatusBadRequest, "bad_request", "stop: "+err.Error())
+		return
+	}
+	if v := q.Get("every"); v != "" {
+		if hq.Every, err = time.ParseDuration(v); err != nil {
+			writeErr(w, http.StatusBadRequest, "bad_request", "every must be a duration such as 1m")
+			return
+		}
+	}
+	if v := q.Get("limit"); v != "" {
+		if hq.Limit, err = strconv.Atoi(v); err != nil || hq.Limit < 1 || hq.Limit > influx.MaxHistoryPoints {
+			writeErr(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("limit must be 1 to %d", influx.MaxHistoryPoints))
+			return
+		}
+	}
+	if _, err := hq.Flux("x"); err != nil {
+		writeErr(w, http.StatusBadRequest, "bad_request", strings.TrimPrefix(err.Error(), influx.ErrBadQuery.Error()+": "))
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+	defer cancel()
+	points, err := s.opts.History.History(ctx, hq)
+	if err != nil {
+		s.log.Warn("history query failed", "device", id, "err", err)
+		writeErr(w, http.StatusBadGateway, "unavailable", "InfluxDB did not answer the history query; retry later")
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"device": id, "metric": hq.Metric, "points": points})
+}
+
+// parseTime accepts "now", a negative duration relative to now ("-1h"),
+// RFC 3339, or unix milliseconds.
+func parseTime(v string, now, def time.Time) (time.Time, error) {
+	switch {
+	case v == "":
+		return def, nil
+	case v == "now":
+		return now, nil
+	case strings.HasPrefix(v, "-"):
+		d, err := time.ParseDuration(v[1:])
+		if err != nil {
+			return time.Time{}, errors.New("relative times look like -15m, -1h or -168h")
+		}
+		return now.Add(-d), nil
+	}
+	if ms, err := strconv.ParseInt(v, 10, 64); err == nil {
+		return time.UnixMilli(ms), nil
+	}
+	t, err := time.Parse(time.RFC3339, v)
+	if err != nil {
+		return time.Time{}, errors.New("use now, -1h, RFC 3339 or unix milliseconds")
+	}
+	return t, nil
+}
+
+// sessionToken returns the operator token of the dashboard's session
+// cookie; the web UI (see ui.go) sets it at sign-in.
+func sessionToken(r *http.Request) string {
+	c, err := r.Cookie(SessionCookie)
+	if err != nil {
+		return ""
+	}
+	return c.Value
+}
+
+// SessionCookie is the name of the dashboard's HttpOnly session cookie.
+const SessionCookie = "fieldhub_session"
