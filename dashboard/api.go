@@ -201,7 +201,9 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (devices.O
 
 // RequireRole wraps h so it runs only for operators whose role allows
 // need; the hub uses it for endpoints outside this package (pprof).
-func (s *Server) RequireRole(need devices.Role, h http.HandlerFunc) http.Handler { return s.auth(need, h) }
+func (s *Server) RequireRole(need devices.Role, h http.HandlerFunc) http.Handler {
+	return s.auth(need, h)
+}
 
 // auth wraps h so it runs only for operators whose role allows need.
 func (s *Server) auth(need devices.Role, h http.HandlerFunc) http.Handler {

@@ -22,15 +22,19 @@ type lockedBuf struct {
 	b  bytes.Buffer
 }
 
-func (l *lockedBuf) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Write(p) }
-func (l *lockedBuf) String() string              { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
+func (l *lockedBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+func (l *lockedBuf) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
 
 type apiRig struct {
-	srv                    *httptest.Server
-	reg                    *devices.Registry
-	path                   string
+	srv                     *httptest.Server
+	reg                     *devices.Registry
+	path                    string
 	admin, operator, viewer string
-	logs                   *lockedBuf
+	logs                    *lockedBuf
 }
 
 func newAPIRig(t *testing.T, path string) *apiRig {

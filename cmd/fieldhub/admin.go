@@ -158,7 +158,7 @@ func admin(ctx context.Context, group string, args []string, getenv func(string)
 		}
 		var out struct {
 			Device struct{ ID string } `json:"device"`
-			Token  string             `json:"token"`
+			Token  string              `json:"token"`
 		}
 		_ = json.Unmarshal(raw, &out)
 		fmt.Fprintf(tw, "device\t%s\ntoken\t%s\t(shown once; store it now)\n", out.Device.ID, out.Token)
