@@ -8,6 +8,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // Record is the persistent form of a device.
@@ -172,7 +173,7 @@ func (s *BoltStore) Apply(ctx context.Context, c Change) error {
 
 // Close closes the database file.
 func (s *BoltStore) Close() error {
-	if err := s.db.Close(); err != nil && !errors.Is(err, bolt.ErrDatabaseNotOpen) {
+	if err := s.db.Close(); err != nil && !errors.Is(err, berrors.ErrDatabaseNotOpen) {
 		return fmt.Errorf("close registry: %w", err)
 	}
 	return nil

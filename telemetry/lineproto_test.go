@@ -113,7 +113,7 @@ func TestAppendLinesRoundTrip(t *testing.T) {
 // accept encodes to a line that parses back unchanged.
 func FuzzAppendLines(f *testing.F) {
 	f.Add("north yard", "idle", 21.5, int64(1795000000000))
-	f.Add(`a,b=c`, `"\`, -0.0, int64(0))
+	f.Add(`a,b=c`, `"\`, math.Copysign(0, -1), int64(0))
 	f.Add("x\\", "a\x00b", math.Inf(1), int64(-1))
 	c := testCodec()
 	f.Fuzz(func(t *testing.T, tag, s string, num float64, ts int64) {

@@ -1,7 +1,6 @@
 package ws
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -402,5 +401,4 @@ func TestHTTPFallback(t *testing.T) {
 	if n := r.stored(t); n != 1 {
 		t.Fatalf("stored %d, want 1", n)
 	}
-	_ = bytes.MinRead
 }

@@ -1,0 +1,255 @@
+// Package mqtt is the device MQTT transport: an embedded broker (mochi-mqtt
+// v2) with per-device authentication, a strict per-device ACL and
+// ack-after-durable ingest through the bridge. It is the only package that
+// imports mochi-mqtt.
+//
+// Topics (device {id}):
+//
+//	devices/{id}/telemetry        device -> hub, telemetry JSON ("type" optional)
+//	devices/{id}/commands         hub -> device, QoS 1
+//	devices/{id}/commands/result  device -> hub
+//	devices/{id}/errors           hub -> device, error frames (for MQTT 3.1.1)
+//
+// The broker's stock defaults are unsafe on an open network, so New sets a
+// maximum packet size, a CONNECT deadline, a connection cap, a per-address
+// connect rate and keep-alive enforcement.
+package mqtt
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"golang.org/x/time/rate"
+
+	"github.com/fieldhub/fieldhub/bridge"
+	"github.com/fieldhub/fieldhub/devices"
+)
+
+// Authenticator checks a device id and token pair. *devices.Registry
+// implements it.
+type Authenticator interface {
+	AuthenticateDevice(id, token string) (devices.TokenHash, bool)
+}
+
+// Options configures the broker. Zero values take the documented defaults.
+type Options struct {
+	Bridge *bridge.Bridge
+	Auth   Authenticator
+	// Failures rate-limits failed authentications per client address.
+	Failures *devices.FailureLimiter
+	// Listener is the plain MQTT listener; TLSListener, if set, an already
+	// TLS-wrapped one. The caller binds them so bind errors surface first.
+	Listener    net.Listener
+	TLSListener net.Listener
+	// MaxPacketBytes bounds every packet, CONNECT included; default 256 KiB.
+	MaxPacketBytes int
+	// ConnectTimeout bounds the wait for CONNECT after TCP accept; default 10 s.
+	ConnectTimeout time.Duration
+	// MaxConns caps connected clients; default 60,000.
+	MaxConns int
+	// ConnectRate and ConnectBurst bound new connections per client
+	// address; defaults 20/s and 50.
+	ConnectRate  float64
+	ConnectBurst int
+	// MaxKeepalive is the longest keep-alive a client may have; a client
+	// asking for none or more gets this (v5 clients are told). Default 300 s.
+	MaxKeepalive time.Duration
+	// OnAuthFailure and OnACLDenied, if set, observe refusals (metrics).
+	OnAuthFailure func(transport string)
+	OnACLDenied   func()
+	Logger        *slog.Logger
+}
+
+func (o *Options) ensureDefaults() {
+	if o.MaxPacketBytes <= 0 {
+		o.MaxPacketBytes = 256 << 10
+	}
+	if o.ConnectTimeout <= 0 {
+		o.ConnectTimeout = 10 * time.Second
+	}
+	if o.MaxConns <= 0 {
+		o.MaxConns = 60000
+	}
+	if o.ConnectRate <= 0 {
+		o.ConnectRate = 20
+	}
+	if o.ConnectBurst <= 0 {
+		o.ConnectBurst = 50
+	}
+	if o.MaxKeepalive <= 0 {
+		o.MaxKeepalive = 300 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Broker is the embedded MQTT broker.
+type Broker struct {
+	opts   Options
+	log    *slog.Logger
+	srv    *mqtt.Server
+	hook   *hook
+	kicks  sync.WaitGroup // in-flight disconnects started by Kick
+	denied atomic.Int64
+}
+
+// New returns a broker serving on opts' listeners once Run is called.
+func New(opts Options) (*Broker, error) {
+	if opts.Bridge == nil || opts.Auth == nil || opts.Listener == nil {
+		return nil, errors.New("mqtt: Bridge, Auth and Listener are required")
+	}
+	opts.ensureDefaults()
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumPacketSize = uint32(opts.MaxPacketBytes)
+	caps.MaximumClients = int64(opts.MaxConns)
+	caps.RetainAvailable = 0 // devices' messages are never kept
+	caps.MaximumQos = 1
+	caps.MaximumSessionExpiryInterval = 3600
+	caps.MaximumMessageExpiryInterval = 3600
+	caps.MaximumClientWritesPending = 256
+	b := &Broker{opts: opts, log: opts.Logger}
+	b.srv = mqtt.New(&mqtt.Options{
+		Capabilities:             caps,
+		InlineClient:             true, // the hub publishes commands and errors
+		ClientNetWriteBufferSize: 1024,
+		ClientNetReadBufferSize:  1024,
+		SysTopicResendInterval:   60,
+		// mochi logs every connection at info; ours are logged by the bridge.
+		Logger: slog.New(levelFloor{opts.Logger.Handler(), slog.LevelWarn}),
+	})
+	b.hook = &hook{b: b, pending: map[*mqtt.Client]devices.TokenHash{}, sessions: map[*mqtt.Client]*bridge.Session{}}
+	if err := b.srv.AddHook(b.hook, nil); err != nil {
+		return nil, fmt.Errorf("mqtt: add hook: %w", err)
+	}
+	limit := newConnLimiter(opts.ConnectRate, opts.ConnectBurst)
+	if err := b.srv.AddListener(listeners.NewNet("tcp", guard(opts.Listener, opts.ConnectTimeout, limit))); err != nil {
+		return nil, fmt.Errorf("mqtt: add listener: %w", err)
+	}
+	if opts.TLSListener != nil {
+		if err := b.srv.AddListener(listeners.NewNet("tls", guard(opts.TLSListener, opts.ConnectTimeout, limit))); err != nil {
+			return nil, fmt.Errorf("mqtt: add TLS listener: %w", err)
+		}
+	}
+	return b, nil
+}
+
+// Run serves until ctx ends, then closes the broker and every client.
+func (b *Broker) Run(ctx context.Context) error {
+	if err := b.srv.Serve(); err != nil {
+		return fmt.Errorf("mqtt: serve: %w", err)
+	}
+	<-ctx.Done()
+	b.kicks.Wait()
+	if err := b.srv.Close(); err != nil {
+		return fmt.Errorf("mqtt: close: %w", err)
+	}
+	return nil
+}
+
+// Addr returns the plain listener's address.
+func (b *Broker) Addr() net.Addr { return b.opts.Listener.Addr() }
+
+// Publish sends a message from the hub to topic (commands, errors). The
+// inline client bypasses the ACL.
+func (b *Broker) Publish(topic string, payload []byte, qos byte) error {
+	return b.srv.Publish(topic, payload, false, qos)
+}
+
+// ACLDenials returns how many publishes and subscriptions the ACL refused.
+func (b *Broker) ACLDenials() int64 { return b.denied.Load() }
+
+// levelFloor drops records below a minimum level.
+type levelFloor struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (h levelFloor) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.min && h.Handler.Enabled(ctx, l)
+}
+
+func (h levelFloor) WithAttrs(as []slog.Attr) slog.Handler {
+	return levelFloor{h.Handler.WithAttrs(as), h.min}
+}
+
+func (h levelFloor) WithGroup(name string) slog.Handler {
+	return levelFloor{h.Handler.WithGroup(name), h.min}
+}
+
+// connLimiter bounds new connections per client address, with a bounded
+// table (idle entries are dropped when it fills).
+type connLimiter struct {
+	perSec float64
+	burst  int
+	mu     sync.Mutex
+	m      map[string]*rate.Limiter
+}
+
+func newConnLimiter(perSec float64, burst int) *connLimiter {
+	return &connLimiter{perSec: perSec, burst: burst, m: map[string]*rate.Limiter{}}
+}
+
+func (l *connLimiter) allow(addr net.Addr) bool {
+	host, _, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		host = addr.String()
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	lim, ok := l.m[host]
+	if !ok {
+		if len(l.m) >= 10000 {
+			for k, v := range l.m {
+				if v.Tokens() >= float64(l.burst) {
+					delete(l.m, k)
+				}
+			}
+			if len(l.m) >= 10000 {
+				return false // every address is busy connecting: shed
+			}
+		}
+		lim = rate.NewLimiter(rate.Limit(l.perSec), l.burst)
+		l.m[host] = lim
+	}
+	return lim.Allow()
+}
+
+// guardedListener puts a deadline on the CONNECT of every accepted
+// connection (mochi replaces it with the keep-alive deadline once the
+// client is connected) and sheds addresses that connect too fast.
+type guardedListener struct {
+	net.Listener
+	timeout time.Duration
+	limit   *connLimiter
+}
+
+func guard(ln net.Listener, timeout time.Duration, limit *connLimiter) net.Listener {
+	return &guardedListener{Listener: ln, timeout: timeout, limit: limit}
+}
+
+func (g *guardedListener) Accept() (net.Conn, error) {
+	for {
+		c, err := g.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if !g.limit.allow(c.RemoteAddr()) {
+			c.Close()
+			continue
+		}
+		if err := c.SetDeadline(time.Now().Add(g.timeout)); err != nil {
+			c.Close()
+			continue
+		}
+		return c, nil
+	}
+}

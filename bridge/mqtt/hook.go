@@ -1,0 +1,287 @@
+package mqtt
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/fieldhub/fieldhub/bridge"
+	"github.com/fieldhub/fieldhub/devices"
+	"github.com/fieldhub/fieldhub/telemetry"
+)
+
+// Topic parts of the device contract.
+const (
+	topicPrefix = "devices/"
+	suffixTelem = "/telemetry"
+	suffixCmds  = "/commands"
+	suffixRes   = "/commands/result"
+	suffixErrs  = "/errors"
+)
+
+// hook connects mochi's callbacks to the bridge. Every callback decodes,
+// hands off and returns; the only wait is OnPublish's for durability, which
+// the bridge bounds (StoreTimeout), and which holds up only the publishing
+// client, since mochi reads each client's packets in order.
+type hook struct {
+	mqtt.HookBase
+	b *Broker
+
+	mu       sync.Mutex // guards pending and sessions
+	pending  map[*mqtt.Client]devices.TokenHash
+	sessions map[*mqtt.Client]*bridge.Session
+}
+
+func (h *hook) ID() string { return "fieldhub" }
+
+func (h *hook) Provides(b byte) bool {
+	switch b {
+	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSessionEstablished,
+		mqtt.OnDisconnect, mqtt.OnPublish:
+		return true
+	}
+	return false
+}
+
+// OnConnect enforces keep-alive: a client asking for none, or for more than
+// the maximum, gets the maximum (MQTT 5 clients are told in CONNACK).
+func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	maxKA := uint16(h.b.opts.MaxKeepalive / time.Second)
+	if cl.State.Keepalive == 0 || cl.State.Keepalive > maxKA {
+		cl.State.Keepalive = maxKA
+		cl.State.ServerKeepalive = true
+	}
+	// No wills: a last will publishes on the device's behalf after it is
+	// gone, outside the ACL.
+	cl.Properties.Will = mqtt.Will{}
+	return nil
+}
+
+// OnConnectAuthenticate checks username = device id, password = token.
+func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	ip := remoteIP(cl.Net.Remote)
+	if f := h.b.opts.Failures; f != nil && f.Blocked(ip) {
+		return false
+	}
+	id := string(pk.Connect.Username)
+	hash, ok := h.b.opts.Auth.AuthenticateDevice(id, string(pk.Connect.Password))
+	if !ok {
+		if f := h.b.opts.Failures; f != nil {
+			f.Fail(ip)
+		}
+		if h.b.opts.OnAuthFailure != nil {
+			h.b.opts.OnAuthFailure(devices.TransportMQTT)
+		}
+		h.b.log.Info("device authentication failed", "transport", "mqtt", "remote", ip)
+		return false
+	}
+	h.mu.Lock()
+	h.pending[cl] = hash
+	h.mu.Unlock()
+	return true
+}
+
+func remoteIP(addr string) string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	return host
+}
+
+// OnSessionEstablished opens the bridge session (and with it presence).
+func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
+	h.mu.Lock()
+	hash, ok := h.pending[cl]
+	delete(h.pending, cl)
+	h.mu.Unlock()
+	if !ok {
+		return
+	}
+	s := h.b.opts.Bridge.Connect(string(cl.Properties.Username), devices.TransportMQTT, cl.Net.Remote, hash, &closer{b: h.b, cl: cl})
+	h.mu.Lock()
+	h.sessions[cl] = s
+	h.mu.Unlock()
+}
+
+func (h *hook) session(cl *mqtt.Client) *bridge.Session {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.sessions[cl]
+}
+
+// OnDisconnect ends the bridge session with the reason the client left.
+func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	h.mu.Lock()
+	s := h.sessions[cl]
+	delete(h.sessions, cl)
+	delete(h.pending, cl)
+	h.mu.Unlock()
+	if s != nil {
+		h.b.opts.Bridge.Disconnect(s, disconnectReason(err))
+	}
+}
+
+func disconnectReason(err error) string {
+	var ne net.Error
+	switch {
+	case err == nil, errors.Is(err, io.EOF), errors.Is(err, packets.CodeDisconnect):
+		return bridge.ReasonClientClosed
+	case errors.Is(err, packets.ErrSessionTakenOver):
+		return bridge.ReasonSuperseded
+	case errors.Is(err, packets.ErrServerShuttingDown):
+		return bridge.ReasonServerShutdown
+	case errors.Is(err, packets.ErrPacketTooLarge):
+		return bridge.ReasonReadLimit
+	case errors.Is(err, packets.ErrKeepAliveTimeout), errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return bridge.ReasonHeartbeatTimeout
+	case errors.Is(err, net.ErrClosed), errors.Is(err, io.ErrUnexpectedEOF):
+		return bridge.ReasonNetworkError
+	}
+	var code packets.Code
+	if errors.As(err, &code) && code.Code == packets.CodeDisconnectWillMessage.Code {
+		return bridge.ReasonClientClosed
+	}
+	return bridge.ReasonProtocolError
+}
+
+// ownTopic splits devices/{id}/{rest} and reports whether id is cl's.
+func ownTopic(cl *mqtt.Client, topic string) (rest string, ok bool) {
+	id := string(cl.Properties.Username)
+	prefix := topicPrefix + id
+	if id == "" || !strings.HasPrefix(topic, prefix) {
+		return "", false
+	}
+	return topic[len(prefix):], true
+}
+
+// OnACLCheck allows a device to publish only to its own telemetry and
+// command results, and to subscribe only to its own commands and errors.
+// Everything else, wildcards included, is denied.
+func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	rest, ok := ownTopic(cl, topic)
+	allowed := ok && (write && (rest == suffixTelem || rest == suffixRes) || !write && (rest == suffixCmds || rest == suffixErrs))
+	if !allowed {
+		h.b.denied.Add(1)
+		if h.b.opts.OnACLDenied != nil {
+			h.b.opts.OnACLDenied()
+		}
+		h.b.log.Debug("mqtt acl denied", "device", string(cl.Properties.Username), "topic", truncate(topic, 128), "write", write)
+	}
+	return allowed
+}
+
+// OnPublish runs device messages through the bridge before mochi answers
+// them: the PUBACK goes out only after this returns.
+//
+// Outcomes (checked against mochi v2.7.9): nil-with-Ignore acks without
+// routing or retaining; packets.ErrRejectPacket withholds the PUBACK so an
+// MQTT 3.1.1 device resends; a packets.Code answers an MQTT 5 QoS 1 publish
+// with that reason code.
+func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if cl.Net.Inline {
+		return pk, nil
+	}
+	s := h.session(cl)
+	rest, own := ownTopic(cl, pk.TopicName)
+	if s == nil || !own {
+		return pk, packets.ErrRejectPacket
+	}
+	switch rest {
+	case suffixTelem:
+		_, terr := h.b.opts.Bridge.Ingest(context.Background(), s, pk.Payload)
+		if terr == nil {
+			return pk, packets.CodeSuccessIgnore
+		}
+		return pk, h.refuse(cl, pk, terr)
+	case suffixRes:
+		f, err := h.b.opts.Bridge.Codec().Decode(pk.Payload)
+		if f != nil && f.Type == "" {
+			f.Type, err = telemetry.TypeCommandResult, nil
+		}
+		if err == nil {
+			_, err = h.b.opts.Bridge.Codec().CommandResult(f)
+		}
+		if err != nil {
+			var terr *telemetry.Error
+			if !errors.As(err, &terr) {
+				terr = &telemetry.Error{Code: telemetry.CodeBadJSON, Message: "malformed command result"}
+			}
+			h.b.opts.Bridge.Reject(s, terr)
+			return pk, h.refuse(cl, pk, terr)
+		}
+		// Results are routed by the command service (see the commands issue).
+		return pk, packets.CodeSuccessIgnore
+	}
+	return pk, packets.ErrRejectPacket
+}
+
+// refuse answers a refused publish the way the client's protocol allows.
+func (h *hook) refuse(cl *mqtt.Client, pk packets.Packet, terr *telemetry.Error) error {
+	v5 := cl.Properties.ProtocolVersion == 5
+	retryLater := terr.Code == telemetry.CodeOverloaded || terr.Code == telemetry.CodeInternal
+	if v5 && pk.FixedHeader.Qos > 0 {
+		switch terr.Code {
+		case telemetry.CodeOverloaded, telemetry.CodeInternal:
+			return packets.Code{Code: packets.ErrQuotaExceeded.Code, Reason: terr.Code + ": " + terr.Message}
+		case telemetry.CodeRateLimited:
+			return packets.Code{Code: packets.ErrMessageRateTooHigh.Code, Reason: terr.Code + ": " + terr.Message}
+		case telemetry.CodeTooLarge:
+			return packets.Code{Code: packets.ErrPacketTooLarge.Code, Reason: terr.Code + ": " + terr.Message}
+		default:
+			return packets.Code{Code: packets.ErrPayloadFormatInvalid.Code, Reason: truncate(terr.Code+": "+terr.Message, 256)}
+		}
+	}
+	// MQTT 3.1.1 (or QoS 0): tell the device on its errors topic.
+	id := string(cl.Properties.Username)
+	if err := h.b.Publish(topicPrefix+id+suffixErrs, telemetry.EncodeError("", terr), 0); err != nil {
+		h.b.log.Debug("publish device error", "device", id, "err", err)
+	}
+	if retryLater && pk.FixedHeader.Qos > 0 {
+		// No PUBACK: the device keeps the message and sends it again.
+		return packets.ErrRejectPacket
+	}
+	return packets.CodeSuccessIgnore
+}
+
+// closer ends an MQTT session for the bridge (revoked, superseded,
+// shutdown) without blocking the caller.
+type closer struct {
+	b    *Broker
+	cl   *mqtt.Client
+	once sync.Once
+}
+
+func (c *closer) Close(reason string) {
+	c.once.Do(func() {
+		code := packets.ErrNotAuthorized
+		switch reason {
+		case bridge.ReasonSuperseded:
+			code = packets.ErrSessionTakenOver
+		case bridge.ReasonServerShutdown:
+			code = packets.ErrServerShuttingDown
+		case bridge.ReasonSlowConsumer:
+			code = packets.ErrQuotaExceeded
+		}
+		c.b.kicks.Add(1)
+		go func() { // owner: the broker; Run waits for kicks before closing
+			defer c.b.kicks.Done()
+			_ = c.b.srv.DisconnectClient(c.cl, code)
+		}()
+	})
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
