@@ -13,7 +13,10 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
+
+	"github.com/gorilla/websocket"
 
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/telemetry/influx"
@@ -35,14 +38,23 @@ type Options struct {
 	OnAuthFailure func()
 	// MaxBodyBytes bounds request bodies; default 1 MiB (bulk import 16 MiB).
 	MaxBodyBytes int64
-	Logger       *slog.Logger
-	Now          func() time.Time
+	// Live is the fan-out behind /ws/live and /api/v1/live; nil disables them.
+	Live *Live
+	// AllowedOrigins are browser origins besides the hub's own allowed on
+	// operator sockets (e.g. https://ops.example.com).
+	AllowedOrigins []string
+	Logger         *slog.Logger
+	Now            func() time.Time
 }
 
-// Server is the operator HTTP API.
+// Server is the operator HTTP API and the live sockets.
 type Server struct {
-	opts Options
-	log  *slog.Logger
+	opts     Options
+	log      *slog.Logger
+	upgrader websocket.Upgrader
+	liveWG   sync.WaitGroup // live connections, for Shutdown
+	stopLive chan struct{}  // closed by Shutdown
+	stopOnce sync.Once
 }
 
 // Bounds of the bulk import.
@@ -65,7 +77,23 @@ func New(opts Options) (*Server, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Server{opts: opts, log: opts.Logger}, nil
+	s := &Server{opts: opts, log: opts.Logger, stopLive: make(chan struct{})}
+	s.upgrader = websocket.Upgrader{
+		HandshakeTimeout: 10 * time.Second,
+		ReadBufferSize:   1024,
+		WriteBufferSize:  4096,
+		WriteBufferPool:  &sync.Pool{},
+		// The Origin check runs before the upgrade, with a JSON 403.
+		CheckOrigin: func(*http.Request) bool { return true },
+	}
+	return s, nil
+}
+
+// Shutdown closes every live connection (WebSocket close 1001) and waits
+// for their handlers; net/http does not close hijacked connections.
+func (s *Server) Shutdown() {
+	s.stopOnce.Do(func() { close(s.stopLive) })
+	s.liveWG.Wait()
 }
 
 // Register adds the API's routes to mux.
@@ -81,6 +109,10 @@ func (s *Server) Register(mux *http.ServeMux) {
 	mux.Handle("POST /api/v1/tokens", s.auth(devices.RoleAdmin, s.createToken))
 	mux.Handle("GET /api/v1/tokens", s.auth(devices.RoleAdmin, s.listTokens))
 	mux.Handle("DELETE /api/v1/tokens/{id}", s.auth(devices.RoleAdmin, s.revokeToken))
+	if s.opts.Live != nil {
+		mux.HandleFunc("GET /ws/live", s.serveLiveWS)
+		mux.Handle("GET /api/v1/live", s.authQuery(devices.RoleViewer, s.serveSSE))
+	}
 }
 
 // apiError is the body of every error answer.
@@ -172,7 +204,7 @@ func remoteIP(r *http.Request) string {
 
 // authenticate returns the operator behind r's credential, answering
 // 401/429 itself when there is none.
-func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (devices.Operator, bool) {
+func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, allowQuery bool) (devices.Operator, bool) {
 	ip := remoteIP(r)
 	if s.opts.Failures != nil && s.opts.Failures.Blocked(ip) {
 		w.Header().Set("Retry-After", "1")
@@ -180,6 +212,10 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (devices.O
 		return devices.Operator{}, false
 	}
 	token := BearerToken(r)
+	if token == "" && allowQuery {
+		// Browsers' WebSocket and EventSource cannot set headers.
+		token = r.URL.Query().Get("token")
+	}
 	if token == "" {
 		token = sessionToken(r)
 	}
@@ -207,8 +243,17 @@ func (s *Server) RequireRole(need devices.Role, h http.HandlerFunc) http.Handler
 
 // auth wraps h so it runs only for operators whose role allows need.
 func (s *Server) auth(need devices.Role, h http.HandlerFunc) http.Handler {
+	return s.authWith(need, h, false)
+}
+
+// authQuery is auth that also takes the token query parameter.
+func (s *Server) authQuery(need devices.Role, h http.HandlerFunc) http.Handler {
+	return s.authWith(need, h, true)
+}
+
+func (s *Server) authWith(need devices.Role, h http.HandlerFunc, allowQuery bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		op, ok := s.authenticate(w, r)
+		op, ok := s.authenticate(w, r, allowQuery)
 		if !ok {
 			return
 		}

@@ -66,7 +66,7 @@ type setting struct {
 
 var settings = []setting{
 	{"http-addr", "FIELDHUB_HTTP_ADDR", ":8080", "address for the REST API, dashboard and WebSockets", false},
-	{"mqtt-addr", "FIELDHUB_MQTT_ADDR", ":1883", "address of the embedded MQTT broker (empty disables it)", false},
+	{"mqtt-addr", "FIELDHUB_MQTT_ADDR", ":1883", "address of the embedded MQTT broker (off disables it)", false},
 	{"mqtt-tls-addr", "FIELDHUB_MQTT_TLS_ADDR", "", "address of the MQTT TLS listener (default :8883 when a TLS cert is set)", false},
 	{"mqtt-ws-path", "FIELDHUB_MQTT_WS_PATH", "/mqtt", "HTTP path of MQTT over WebSocket for browser-based devices (empty disables it)", false},
 	{"data-dir", "FIELDHUB_DATA_DIR", "./data", "directory for the registry, spool, command queue and dead letters", false},
@@ -213,6 +213,9 @@ func (p *parser) nonEmpty(name string) string {
 
 func (p *parser) addr(name string, emptyOK bool) string {
 	v := p.str(name)
+	if emptyOK && v == "off" {
+		return ""
+	}
 	if v == "" {
 		if !emptyOK {
 			p.fail(name, "must not be empty")

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/fieldhub/fieldhub/bridge"
+	"github.com/fieldhub/fieldhub/dashboard"
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/telemetry/influx"
 	"github.com/fieldhub/fieldhub/telemetry/spool"
@@ -25,6 +26,7 @@ type metrics struct {
 	writeLatency prometheus.Histogram
 	batchSize    prometheus.Histogram
 	writeErrors  *prometheus.CounterVec
+	aclDenied    prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -43,20 +45,23 @@ func newMetrics() *metrics {
 	m.writeErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "fieldhub_influx_write_errors_total", Help: "Failed InfluxDB writes, by class (network, server, throttled, auth, rejected).",
 	}, []string{"class"})
-	m.reg.MustRegister(m.authFailures, m.writeLatency, m.batchSize, m.writeErrors,
+	m.aclDenied = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "fieldhub_mqtt_acl_denied_total", Help: "MQTT publishes and subscriptions the per-device ACL refused.",
+	})
+	m.reg.MustRegister(m.authFailures, m.writeLatency, m.batchSize, m.writeErrors, m.aclDenied,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
 func (m *metrics) authFailure(transport string) { m.authFailures.WithLabelValues(transport).Inc() }
 
-func (m *metrics) register(br *bridge.Bridge, sp *spool.Spool, w *influx.Writer, reg *devices.Registry) {
+func (m *metrics) register(br *bridge.Bridge, sp *spool.Spool, w *influx.Writer, reg *devices.Registry, live *dashboard.Live) {
 	w.OnBatch = func(points int, d time.Duration) {
 		m.batchSize.Observe(float64(points))
 		m.writeLatency.Observe(d.Seconds())
 	}
 	w.OnError = func(class string) { m.writeErrors.WithLabelValues(class).Inc() }
-	m.reg.MustRegister(&hubCollector{br: br, sp: sp, w: w, reg: reg})
+	m.reg.MustRegister(&hubCollector{br: br, sp: sp, w: w, reg: reg, live: live})
 }
 
 func (m *metrics) handler() http.Handler {
@@ -79,19 +84,25 @@ var (
 	descDeadLettered  = prometheus.NewDesc("fieldhub_influx_points_dead_lettered_total", "Points InfluxDB permanently rejected, kept in the dead-letter file.", nil, nil)
 	descInfluxHealthy = prometheus.NewDesc("fieldhub_influx_up", "1 when the last InfluxDB write succeeded.", nil, nil)
 	descDevices       = prometheus.NewDesc("fieldhub_devices_registered", "Devices in the registry.", nil, nil)
+	descLiveSubs      = prometheus.NewDesc("fieldhub_live_subscribers", "Dashboard live connections (WebSocket and SSE).", nil, nil)
+	descLiveSent      = prometheus.NewDesc("fieldhub_live_events_sent_total", "Live events written to dashboards.", nil, nil)
+	descLiveCoalesced = prometheus.NewDesc("fieldhub_live_events_coalesced_total", "Readings merged into a newer value for a dashboard that fell behind.", nil, nil)
+	descLiveSlow      = prometheus.NewDesc("fieldhub_live_slow_consumer_disconnects_total", "Dashboards disconnected for staying behind.", nil, nil)
 )
 
 // hubCollector reads the components' counters at scrape time.
 type hubCollector struct {
-	br  *bridge.Bridge
-	sp  *spool.Spool
-	w   *influx.Writer
-	reg *devices.Registry
+	br   *bridge.Bridge
+	sp   *spool.Spool
+	w    *influx.Writer
+	reg  *devices.Registry
+	live *dashboard.Live
 }
 
 func (c *hubCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConnected, descConnects, descDisconnects, descMessages, descReadings, descRejected,
-		descSpoolBytes, descSpoolMax, descSpoolPending, descSpoolAge, descSpoolTorn, descWritten, descDeadLettered, descInfluxHealthy, descDevices} {
+		descSpoolBytes, descSpoolMax, descSpoolPending, descSpoolAge, descSpoolTorn, descWritten, descDeadLettered, descInfluxHealthy, descDevices,
+		descLiveSubs, descLiveSent, descLiveCoalesced, descLiveSlow} {
 		ch <- d
 	}
 }
@@ -138,4 +149,9 @@ func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descInfluxHealthy, prometheus.GaugeValue, up)
 	total, _ := c.reg.Counts()
 	ch <- prometheus.MustNewConstMetric(descDevices, prometheus.GaugeValue, float64(total))
+	ls := c.live.Stats()
+	ch <- prometheus.MustNewConstMetric(descLiveSubs, prometheus.GaugeValue, float64(ls.Subscribers))
+	ch <- prometheus.MustNewConstMetric(descLiveSent, prometheus.CounterValue, float64(ls.Sent))
+	ch <- prometheus.MustNewConstMetric(descLiveCoalesced, prometheus.CounterValue, float64(ls.Coalesced))
+	ch <- prometheus.MustNewConstMetric(descLiveSlow, prometheus.CounterValue, float64(ls.SlowDisconnects))
 }

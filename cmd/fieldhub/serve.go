@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/fieldhub/fieldhub/bridge"
+	"github.com/fieldhub/fieldhub/bridge/mqtt"
 	"github.com/fieldhub/fieldhub/bridge/ws"
 	"github.com/fieldhub/fieldhub/dashboard"
 	"github.com/fieldhub/fieldhub/devices"
@@ -76,6 +77,21 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return err
 	}
 	defer httpLn.Close()
+	var mqttLn, mqttTLSLn net.Listener
+	if cfg.MQTTAddr != "" {
+		if mqttLn, err = listen(cfg.MQTTAddr, "FIELDHUB_MQTT_ADDR"); err != nil {
+			return err
+		}
+		defer mqttLn.Close()
+		if tlsCfg != nil && cfg.MQTTTLSAddr != "" {
+			ln, err := listen(cfg.MQTTTLSAddr, "FIELDHUB_MQTT_TLS_ADDR")
+			if err != nil {
+				return err
+			}
+			defer ln.Close()
+			mqttTLSLn = tls.NewListener(ln, tlsCfg)
+		}
+	}
 
 	store, err := devices.OpenBolt(filepath.Join(cfg.DataDir, "registry.db"))
 	if err != nil {
@@ -83,12 +99,17 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	defer store.Close()
 	var br *bridge.Bridge
-	reg, err := devices.Open(ctx, store, devices.Options{
+	var reg *devices.Registry
+	live := dashboard.NewLive(dashboard.LiveOptions{Logger: log})
+	reg, err = devices.Open(ctx, store, devices.Options{
 		Logger:    log,
 		TagLabels: cfg.TagLabels,
 		OnCredentialsChanged: func(id string) {
 			if br != nil {
 				br.CredentialsChanged(id)
+			}
+			if reg != nil && !reg.Exists(id) {
+				live.Forget(id)
 			}
 		},
 	})
@@ -129,7 +150,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	m := newMetrics()
 	codec := telemetry.NewCodec(telemetry.Limits{MaxFuture: cfg.MaxFuture, MaxAge: cfg.MaxAge}, nil)
 	br, err = bridge.New(bridge.Options{
-		Codec: codec, Store: sp, Devices: reg,
+		Codec: codec, Store: sp, Devices: reg, Fanout: live,
 		RatePerSec: cfg.RateLimit, Burst: cfg.RateBurst, Logger: log,
 	})
 	if err != nil {
@@ -145,12 +166,24 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	api, err := dashboard.New(dashboard.Options{
 		Registry: reg, History: ic, Failures: failures, Logger: log,
+		Live: live, AllowedOrigins: cfg.AllowedOrigins,
 		OnAuthFailure: func() { m.authFailure("api") },
 	})
 	if err != nil {
 		return err
 	}
-	m.register(br, sp, writer, reg)
+	var broker *mqtt.Broker
+	if mqttLn != nil {
+		broker, err = mqtt.New(mqtt.Options{
+			Bridge: br, Auth: reg, Failures: failures, Listener: mqttLn, TLSListener: mqttTLSLn,
+			MaxPacketBytes: int(cfg.MaxMessageBytes), MaxConns: cfg.MQTTMaxConns, Logger: log,
+			OnAuthFailure: m.authFailure, OnACLDenied: m.aclDenied.Inc,
+		})
+		if err != nil {
+			return err
+		}
+	}
+	m.register(br, sp, writer, reg, live)
 
 	mux := http.NewServeMux()
 	api.Register(mux)
@@ -160,7 +193,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = io.WriteString(w, "ok\n")
 	})
-	rd := &readiness{reg: reg, sp: sp, writer: writer, influx: ic, mqttAddr: cfg.MQTTAddr}
+	rd := &readiness{reg: reg, sp: sp, writer: writer, influx: ic, mqtt: broker}
 	mux.Handle("GET /readyz", rd)
 	mux.Handle("GET /metrics", m.handler())
 	if cfg.Pprof {
@@ -191,6 +224,11 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		}
 		return nil
 	})
+	mqttCtx, stopMQTT := context.WithCancel(context.Background())
+	defer stopMQTT()
+	if broker != nil {
+		g.Go(func() error { return broker.Run(mqttCtx) })
+	}
 	g.Go(func() error {
 		var err error
 		if tlsCfg != nil {
@@ -216,6 +254,8 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		// not close hijacked connections.
 		br.CloseAll(bridge.ReasonServerShutdown)
 		deviceWS.Wait()
+		stopMQTT()
+		api.Shutdown()
 		// 3. Drain what is spooled to InfluxDB while time remains; what is
 		// left is replayed at the next start.
 		drainSpool(shutdownCtx, sp)
@@ -226,7 +266,11 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if tlsCfg != nil {
 		url = "https://"
 	}
-	log.Info("fieldhub ready", "config", cfg, "http", httpLn.Addr().String(), "startup", time.Since(started).Round(time.Millisecond))
+	mqttAddr := "disabled"
+	if broker != nil {
+		mqttAddr = broker.Addr().String()
+	}
+	log.Info("fieldhub ready", "config", cfg, "http", httpLn.Addr().String(), "mqtt", mqttAddr, "startup", time.Since(started).Round(time.Millisecond))
 	fmt.Fprintf(stdout, "Fieldhub is serving on %s%s (dashboard at /, API at /api/v1)\n", url, displayAddr(httpLn.Addr()))
 	if err := g.Wait(); err != nil {
 		return err
@@ -264,11 +308,11 @@ func displayAddr(a net.Addr) string {
 // readiness is GET /readyz: the state of each dependency, 200 when the hub
 // can accept readings and 503 when it cannot.
 type readiness struct {
-	reg      *devices.Registry
-	sp       *spool.Spool
-	writer   *influx.Writer
-	influx   *influx.Client
-	mqttAddr string
+	reg    *devices.Registry
+	sp     *spool.Spool
+	writer *influx.Writer
+	influx *influx.Client
+	mqtt   *mqtt.Broker
 }
 
 type check struct {
@@ -322,10 +366,10 @@ func (rd *readiness) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		checks["influxdb"] = check{Status: "spooling", Detail: influxDetail}
 	}
-	if rd.mqttAddr == "" {
+	if rd.mqtt == nil {
 		checks["mqtt"] = check{Status: "disabled"}
 	} else {
-		checks["mqtt"] = check{Status: "not_implemented"}
+		checks["mqtt"] = check{Status: "listening", Detail: map[string]string{"addr": rd.mqtt.Addr().String()}}
 	}
 
 	status, code := "ready", http.StatusOK

@@ -54,7 +54,7 @@ func startHub(t *testing.T, influx *influxtest.Server, extraEnv map[string]strin
 	h := &hub{url: "http://" + addr, adminToken: "test-admin-secret-" + fmt.Sprint(time.Now().UnixNano()), stdout: &syncBuf{}, stderr: &syncBuf{}, done: make(chan error, 1)}
 	h.env = map[string]string{
 		"FIELDHUB_HTTP_ADDR":     addr,
-		"FIELDHUB_MQTT_ADDR":     "",
+		"FIELDHUB_MQTT_ADDR":     freePort(t),
 		"FIELDHUB_DATA_DIR":      filepath.Join(t.TempDir(), "data"),
 		"FIELDHUB_INFLUX_URL":    influx.URL,
 		"FIELDHUB_INFLUX_BUCKET": influx.Bucket,
@@ -81,6 +81,7 @@ func startHub(t *testing.T, influx *influxtest.Server, extraEnv map[string]strin
 		}
 		select {
 		case err := <-h.done:
+			h.cancel = nil
 			t.Fatalf("hub exited during start: %v\n%s", err, h.stderr)
 		default:
 		}

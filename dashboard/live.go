@@ -1,0 +1,368 @@
+package dashboard
+
+import (
+	"encoding/json"
+	"log/slog"
+	"maps"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/fieldhub/fieldhub/telemetry"
+)
+
+// liveEvent is one published event with a hub-wide sequence number. It is
+// shared by every subscriber it goes to, and encoded at most once.
+type liveEvent struct {
+	seq  uint64
+	ev   telemetry.Event
+	once sync.Once
+	data []byte
+}
+
+func (e *liveEvent) encoded() []byte {
+	e.once.Do(func() { e.data = encodeEvent(e.ev) })
+	return e.data
+}
+
+func encodeEvent(ev telemetry.Event) []byte {
+	b, err := json.Marshal(eventJSON(ev))
+	if err != nil {
+		return []byte(`{"type":"error","message":"encode event"}`)
+	}
+	return b
+}
+
+// eventJSON gives metrics their plain JSON values (encoding/json does not
+// know telemetry.Value's encoder).
+func eventJSON(ev telemetry.Event) any {
+	type out struct {
+		Type      string         `json:"type"`
+		Device    string         `json:"device"`
+		TS        int64          `json:"ts,omitempty"`
+		Metrics   map[string]any `json:"metrics,omitempty"`
+		Online    *bool          `json:"online,omitempty"`
+		Transport string         `json:"transport,omitempty"`
+		Reason    string         `json:"reason,omitempty"`
+		At        int64          `json:"at,omitempty"`
+		ID        string         `json:"id,omitempty"`
+		Status    string         `json:"status,omitempty"`
+	}
+	o := out{Type: ev.Type, Device: ev.Device, TS: ev.TS, Online: ev.Online, Transport: ev.Transport, Reason: ev.Reason, At: ev.At, ID: ev.ID, Status: ev.Status}
+	if len(ev.Metrics) > 0 {
+		o.Metrics = make(map[string]any, len(ev.Metrics))
+		for k, v := range ev.Metrics {
+			switch v.Kind {
+			case telemetry.KindNumber:
+				o.Metrics[k] = v.Num
+			case telemetry.KindBool:
+				o.Metrics[k] = v.Bool
+			case telemetry.KindString:
+				o.Metrics[k] = v.Str
+			}
+		}
+	}
+	return o
+}
+
+// LiveOptions configures the live fan-out. Zero values take the defaults.
+type LiveOptions struct {
+	// QueueLen bounds each subscriber's queue of events; past it, readings
+	// are coalesced to the latest value per device and metric. Default 1024.
+	QueueLen int
+	// SlowAfter is how long a subscriber may stay behind before it is
+	// disconnected (close 1013). Default 5 s.
+	SlowAfter time.Duration
+	// ReplayLen bounds the in-memory window SSE clients resume from with
+	// Last-Event-ID. Default 10,000 events.
+	ReplayLen int
+	// MaxSubscribers caps concurrent live clients; default 1,000.
+	MaxSubscribers int
+	Logger         *slog.Logger
+}
+
+// Live is the live fan-out: it receives every accepted reading, presence
+// change and command status (bridge.Fanout) and republishes them to the
+// dashboards subscribed to that device. Publish never blocks: each
+// subscriber has a bounded queue and a coalescing overflow, so one slow or
+// stalled dashboard delays no one else and never holds up ingest.
+//
+// Lock order: Live.mu, then subscriber.mu; latestMu and replayMu are leaves.
+type Live struct {
+	opts LiveOptions
+	log  *slog.Logger
+	seq  atomic.Uint64
+
+	mu   sync.RWMutex
+	subs map[*subscriber]struct{}
+
+	latestMu sync.Mutex
+	latest   map[string]telemetry.Event // last reading per device, metrics merged
+
+	replayMu sync.Mutex
+	replay   []*liveEvent // ring
+	replayAt int
+
+	sent, coalesced, slowDisconnects atomic.Int64
+}
+
+// NewLive returns a live fan-out.
+func NewLive(opts LiveOptions) *Live {
+	if opts.QueueLen <= 0 {
+		opts.QueueLen = 1024
+	}
+	if opts.SlowAfter <= 0 {
+		opts.SlowAfter = 5 * time.Second
+	}
+	if opts.ReplayLen <= 0 {
+		opts.ReplayLen = 10000
+	}
+	if opts.MaxSubscribers <= 0 {
+		opts.MaxSubscribers = 1000
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Live{opts: opts, log: opts.Logger, subs: map[*subscriber]struct{}{}, latest: map[string]telemetry.Event{}, replay: make([]*liveEvent, 0, opts.ReplayLen)}
+}
+
+// LiveStats are the fan-out's counters for metrics.
+type LiveStats struct {
+	Subscribers, Sent, Coalesced, SlowDisconnects int64
+}
+
+// Stats returns the fan-out's counters.
+func (l *Live) Stats() LiveStats {
+	l.mu.RLock()
+	n := len(l.subs)
+	l.mu.RUnlock()
+	return LiveStats{Subscribers: int64(n), Sent: l.sent.Load(), Coalesced: l.coalesced.Load(), SlowDisconnects: l.slowDisconnects.Load()}
+}
+
+// Publish implements bridge.Fanout. It never blocks on a subscriber.
+func (l *Live) Publish(ev telemetry.Event) {
+	le := &liveEvent{seq: l.seq.Add(1), ev: ev}
+	if ev.Type == telemetry.EventReading {
+		l.latestMu.Lock()
+		cur, ok := l.latest[ev.Device]
+		if !ok || ev.TS >= cur.TS {
+			m := make(telemetry.Metrics, len(cur.Metrics)+len(ev.Metrics))
+			maps.Copy(m, cur.Metrics)
+			maps.Copy(m, ev.Metrics)
+			l.latest[ev.Device] = telemetry.Event{Type: ev.Type, Device: ev.Device, TS: ev.TS, Metrics: m}
+		}
+		l.latestMu.Unlock()
+	}
+	l.replayMu.Lock()
+	if len(l.replay) < l.opts.ReplayLen {
+		l.replay = append(l.replay, le)
+	} else {
+		l.replay[l.replayAt] = le
+		l.replayAt = (l.replayAt + 1) % l.opts.ReplayLen
+	}
+	l.replayMu.Unlock()
+	now := time.Now()
+	l.mu.RLock()
+	for s := range l.subs {
+		s.offer(le, now)
+	}
+	l.mu.RUnlock()
+}
+
+// Forget drops a deleted device's latest values.
+func (l *Live) Forget(device string) {
+	l.latestMu.Lock()
+	delete(l.latest, device)
+	l.latestMu.Unlock()
+}
+
+func (l *Live) add(s *subscriber) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.subs) >= l.opts.MaxSubscribers {
+		return false
+	}
+	l.subs[s] = struct{}{}
+	return true
+}
+
+func (l *Live) remove(s *subscriber) {
+	l.mu.Lock()
+	delete(l.subs, s)
+	l.mu.Unlock()
+}
+
+// snapshot returns the latest reading of each device the filter selects.
+func (l *Live) snapshot(f *filter) []telemetry.Event {
+	l.latestMu.Lock()
+	defer l.latestMu.Unlock()
+	var out []telemetry.Event
+	if f.all {
+		for _, ev := range l.latest {
+			out = append(out, ev)
+		}
+		return out
+	}
+	for d := range f.devices {
+		if ev, ok := l.latest[d]; ok {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+// since returns the replay-window events after seq, oldest first, and
+// whether the window still reaches back to seq.
+func (l *Live) since(seq uint64) ([]*liveEvent, bool) {
+	l.replayMu.Lock()
+	defer l.replayMu.Unlock()
+	n := len(l.replay)
+	ordered := make([]*liveEvent, 0, n)
+	ordered = append(ordered, l.replay[l.replayAt:]...)
+	ordered = append(ordered, l.replay[:l.replayAt]...)
+	complete := n == 0 || ordered[0].seq <= seq+1
+	var out []*liveEvent
+	for _, e := range ordered {
+		if e.seq > seq {
+			out = append(out, e)
+		}
+	}
+	return out, complete
+}
+
+// filter selects the events a subscriber receives.
+type filter struct {
+	all     bool
+	devices map[string]bool
+	metrics map[string]bool // nil: every metric
+}
+
+func (f *filter) matches(ev *telemetry.Event) bool {
+	return f.all || f.devices[ev.Device]
+}
+
+// subscriber is one dashboard connection's queue. offer runs on publishers'
+// goroutines; the connection's writer takes from it.
+type subscriber struct {
+	live *Live
+
+	mu          sync.Mutex
+	f           filter
+	queue       []*liveEvent
+	pending     map[string]*telemetry.Event // coalesced readings by device
+	pendingSeq  uint64
+	behindSince time.Time
+	slow        bool
+	notify      chan struct{} // cap 1
+	kick        chan struct{} // closed once when the subscriber is too slow
+	kickOnce    sync.Once
+}
+
+func newSubscriber(l *Live) *subscriber {
+	return &subscriber{live: l, notify: make(chan struct{}, 1), kick: make(chan struct{})}
+}
+
+// offer queues le for the subscriber, coalescing readings once the queue
+// is full. It never blocks.
+func (s *subscriber) offer(le *liveEvent, now time.Time) {
+	s.mu.Lock()
+	if s.slow || !s.f.matches(&le.ev) {
+		s.mu.Unlock()
+		return
+	}
+	switch {
+	case len(s.queue) < s.live.opts.QueueLen && len(s.pending) == 0:
+		s.queue = append(s.queue, le)
+	case le.ev.Type == telemetry.EventReading:
+		// Behind: keep only the latest value per device and metric.
+		if s.pending == nil {
+			s.pending = map[string]*telemetry.Event{}
+		}
+		p, ok := s.pending[le.ev.Device]
+		if !ok {
+			cp := le.ev
+			cp.Metrics = maps.Clone(le.ev.Metrics)
+			s.pending[le.ev.Device] = &cp
+		} else {
+			maps.Copy(p.Metrics, le.ev.Metrics)
+			if le.ev.TS > p.TS {
+				p.TS = le.ev.TS
+			}
+		}
+		s.pendingSeq = le.seq
+		s.live.coalesced.Add(1)
+	case len(s.queue) < 2*s.live.opts.QueueLen:
+		// Presence and command events are rare and not mergeable: they get
+		// extra room before the subscriber counts as stalled.
+		s.queue = append(s.queue, le)
+	default:
+		s.slow = true
+	}
+	if s.behindSince.IsZero() && len(s.queue) >= s.live.opts.QueueLen {
+		s.behindSince = now
+	}
+	if !s.slow && !s.behindSince.IsZero() && now.Sub(s.behindSince) > s.live.opts.SlowAfter {
+		s.slow = true
+	}
+	slow := s.slow
+	s.mu.Unlock()
+	if slow {
+		s.markSlow()
+		return
+	}
+	select {
+	case s.notify <- struct{}{}:
+	default: // the writer is already due to look
+	}
+}
+
+func (s *subscriber) markSlow() {
+	s.kickOnce.Do(func() {
+		close(s.kick)
+		s.live.slowDisconnects.Add(1)
+	})
+}
+
+// take removes everything queued: events in order, then the coalesced
+// readings. A subscriber that drained its backlog is no longer behind.
+func (s *subscriber) take(buf []*liveEvent) []*liveEvent {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	buf = append(buf[:0], s.queue...)
+	clear(s.queue)
+	s.queue = s.queue[:0]
+	for _, p := range s.pending {
+		buf = append(buf, &liveEvent{seq: s.pendingSeq, ev: *p})
+	}
+	s.pending = nil
+	s.behindSince = time.Time{}
+	return buf
+}
+
+// update changes what the subscriber receives and returns a copy of the
+// new filter.
+func (s *subscriber) update(fn func(f *filter)) filter {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fn(&s.f)
+	return filter{all: s.f.all, devices: maps.Clone(s.f.devices), metrics: maps.Clone(s.f.metrics)}
+}
+
+// frame returns the bytes to send for le under the subscriber's metric
+// filter.
+func (s *subscriber) frame(le *liveEvent, metrics map[string]bool) []byte {
+	if metrics == nil || le.ev.Type != telemetry.EventReading {
+		return le.encoded()
+	}
+	ev := le.ev
+	ev.Metrics = make(telemetry.Metrics, len(metrics))
+	for k, v := range le.ev.Metrics {
+		if metrics[k] {
+			ev.Metrics[k] = v
+		}
+	}
+	if len(ev.Metrics) == 0 {
+		return nil
+	}
+	return encodeEvent(ev)
+}

@@ -1,0 +1,333 @@
+package dashboard
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// Timing and size limits of operator live connections.
+const (
+	liveWriteWait    = 5 * time.Second
+	livePongWait     = 60 * time.Second
+	livePingPeriod   = livePongWait * 9 / 10
+	liveMaxMessage   = 64 << 10
+	liveMaxDevices   = 10000
+	sseHeartbeat     = 15 * time.Second
+	closeTryAgain    = 1013 // RFC 6455: try again later (slow consumer)
+	closeShutdown    = websocket.CloseGoingAway
+	maxLiveFrameSize = 1 << 20
+)
+
+// originAllowed implements the cross-site WebSocket hijacking defence: a
+// browser's Origin must be the hub itself or an allowed origin; tools that
+// send no Origin are allowed.
+func (s *Server) originAllowed(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(u.Host, r.Host) {
+		return true
+	}
+	return slices.ContainsFunc(s.opts.AllowedOrigins, func(o string) bool { return strings.EqualFold(strings.TrimRight(o, "/"), origin) })
+}
+
+// clientMsg is what a dashboard sends on /ws/live.
+type clientMsg struct {
+	Type    string   `json:"type"`
+	Devices []string `json:"devices"`
+	Metrics []string `json:"metrics"`
+}
+
+// serveLiveWS is GET /ws/live.
+func (s *Server) serveLiveWS(w http.ResponseWriter, r *http.Request) {
+	if !s.originAllowed(r) {
+		writeErr(w, http.StatusForbidden, "forbidden", "Origin not allowed")
+		return
+	}
+	if _, ok := s.authenticate(w, r, true); !ok {
+		return
+	}
+	sub := newSubscriber(s.opts.Live)
+	if !s.opts.Live.add(sub) {
+		writeErr(w, http.StatusServiceUnavailable, "unavailable", "too many live connections")
+		return
+	}
+	defer s.opts.Live.remove(sub)
+	conn, err := s.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		return
+	}
+	s.liveWG.Add(1)
+	defer s.liveWG.Done()
+	c := &liveConn{s: s, ws: conn, sub: sub, done: make(chan struct{}), ctl: make(chan []byte, 16)}
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		c.writeLoop()
+	}()
+	c.readLoop()
+	close(c.done)
+	<-writerDone
+	conn.Close()
+}
+
+type liveConn struct {
+	s    *Server
+	ws   *websocket.Conn
+	sub  *subscriber
+	done chan struct{}
+	ctl  chan []byte // error answers to client messages; bounded
+}
+
+func (c *liveConn) readLoop() {
+	c.ws.SetReadLimit(liveMaxMessage)
+	_ = c.ws.SetReadDeadline(time.Now().Add(livePongWait))
+	c.ws.SetPongHandler(func(string) error { return c.ws.SetReadDeadline(time.Now().Add(livePongWait)) })
+	for {
+		_, data, err := c.ws.ReadMessage()
+		if err != nil {
+			return
+		}
+		_ = c.ws.SetReadDeadline(time.Now().Add(livePongWait))
+		var m clientMsg
+		if err := json.Unmarshal(data, &m); err != nil {
+			c.answer("bad_json", "messages are JSON objects with a type")
+			continue
+		}
+		if len(m.Devices) > liveMaxDevices {
+			c.answer("invalid", fmt.Sprintf("at most %d devices per message", liveMaxDevices))
+			continue
+		}
+		switch m.Type {
+		case "subscribe":
+			f := c.sub.update(func(f *filter) { applySubscribe(f, m.Devices, m.Metrics) })
+			for _, ev := range c.s.opts.Live.snapshot(&f) {
+				c.sub.offer(&liveEvent{ev: ev}, time.Now())
+			}
+		case "unsubscribe":
+			c.sub.update(func(f *filter) { applyUnsubscribe(f, m.Devices) })
+		default:
+			c.answer("unknown_type", `type must be "subscribe" or "unsubscribe"`)
+		}
+	}
+}
+
+func applySubscribe(f *filter, devs, metrics []string) {
+	for _, d := range devs {
+		if d == "*" {
+			f.all = true
+			continue
+		}
+		if f.devices == nil {
+			f.devices = map[string]bool{}
+		}
+		f.devices[d] = true
+	}
+	if len(metrics) > 0 {
+		f.metrics = map[string]bool{}
+		for _, m := range metrics {
+			f.metrics[m] = true
+		}
+	} else {
+		f.metrics = nil
+	}
+}
+
+func applyUnsubscribe(f *filter, devs []string) {
+	for _, d := range devs {
+		if d == "*" {
+			f.all = false
+			f.devices = nil
+			continue
+		}
+		delete(f.devices, d)
+	}
+}
+
+func (c *liveConn) answer(code, msg string) {
+	b, _ := json.Marshal(map[string]string{"type": "error", "code": code, "message": msg})
+	select {
+	case c.ctl <- b:
+	default: // a client flooding bad messages loses the answers
+	}
+}
+
+func (c *liveConn) writeLoop() {
+	ping := time.NewTicker(livePingPeriod)
+	defer ping.Stop()
+	var buf []*liveEvent
+	write := func(b []byte) bool {
+		_ = c.ws.SetWriteDeadline(time.Now().Add(liveWriteWait))
+		return c.ws.WriteMessage(websocket.TextMessage, b) == nil
+	}
+	fail := func() { _ = c.ws.SetReadDeadline(time.Now()) } // ends the reader
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-c.s.stopLive:
+			_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(closeShutdown, "server shutdown"), time.Now().Add(time.Second))
+			fail()
+			<-c.done
+			return
+		case <-c.sub.kick:
+			_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(closeTryAgain, "slow consumer"), time.Now().Add(time.Second))
+			c.s.log.Info("dashboard disconnected", "reason", "slow_consumer", "remote", c.ws.RemoteAddr().String())
+			fail()
+			<-c.done
+			return
+		case b := <-c.ctl:
+			if !write(b) {
+				fail()
+				return
+			}
+		case <-c.sub.notify:
+			buf = c.sub.take(buf)
+			metrics := c.sub.metrics()
+			for _, le := range buf {
+				b := c.sub.frame(le, metrics)
+				if b == nil {
+					continue
+				}
+				if !write(b) {
+					fail()
+					return
+				}
+				c.s.opts.Live.sent.Add(1)
+			}
+			clear(buf)
+		case <-ping.C:
+			if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(liveWriteWait)); err != nil {
+				fail()
+				return
+			}
+		}
+	}
+}
+
+func (s *subscriber) metrics() map[string]bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.f.metrics
+}
+
+// serveSSE is GET /api/v1/live: the same events as Server-Sent Events, for
+// networks that block WebSockets. Last-Event-ID resumes from the replay
+// window.
+func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	sub := newSubscriber(s.opts.Live)
+	var devs []string
+	if v := q.Get("devices"); v != "" && v != "*" {
+		devs = strings.Split(v, ",")
+	} else {
+		devs = []string{"*"}
+	}
+	if len(devs) > liveMaxDevices {
+		writeErr(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("at most %d devices", liveMaxDevices))
+		return
+	}
+	var metrics []string
+	if v := q.Get("metrics"); v != "" {
+		metrics = strings.Split(v, ",")
+	}
+	f := sub.update(func(f *filter) { applySubscribe(f, devs, metrics) })
+	if !s.opts.Live.add(sub) {
+		writeErr(w, http.StatusServiceUnavailable, "unavailable", "too many live connections")
+		return
+	}
+	defer s.opts.Live.remove(sub)
+	s.liveWG.Add(1)
+	defer s.liveWG.Done()
+
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Time{}) // a long-lived response; the server's ReadTimeout does not apply
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+
+	write := func(le *liveEvent) error {
+		b := sub.frame(le, f.metrics)
+		if b == nil {
+			return nil
+		}
+		_ = rc.SetWriteDeadline(time.Now().Add(liveWriteWait))
+		if le.seq > 0 {
+			if _, err := fmt.Fprintf(w, "id: %d\n", le.seq); err != nil {
+				return err
+			}
+		}
+		_, err := fmt.Fprintf(w, "event: %s\ndata: %s\n\n", le.ev.Type, b)
+		return err
+	}
+	// Resume or snapshot, then live.
+	resumed := false
+	if last := r.Header.Get("Last-Event-ID"); last != "" {
+		if seq, err := strconv.ParseUint(last, 10, 64); err == nil {
+			evs, complete := s.opts.Live.since(seq)
+			for _, le := range evs {
+				if f.matches(&le.ev) {
+					if write(le) != nil {
+						return
+					}
+				}
+			}
+			resumed = complete
+		}
+	}
+	if !resumed {
+		for _, ev := range s.opts.Live.snapshot(&f) {
+			if write(&liveEvent{ev: ev}) != nil {
+				return
+			}
+		}
+	}
+	if rc.Flush() != nil {
+		return
+	}
+	hb := time.NewTicker(sseHeartbeat)
+	defer hb.Stop()
+	var buf []*liveEvent
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-s.stopLive:
+			return
+		case <-sub.kick:
+			return
+		case <-hb.C:
+			_ = rc.SetWriteDeadline(time.Now().Add(liveWriteWait))
+			if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil || rc.Flush() != nil {
+				return
+			}
+		case <-sub.notify:
+			buf = sub.take(buf)
+			for _, le := range buf {
+				if err := write(le); err != nil {
+					return
+				}
+				s.opts.Live.sent.Add(1)
+			}
+			clear(buf)
+			if rc.Flush() != nil {
+				return
+			}
+		}
+	}
+}
