@@ -401,4 +401,3 @@ func TestKeepaliveEnforced(t *testing.T) {
 	}
 	waitFor(t, "heartbeat_timeout presence", func() bool { d, _ := r.reg.Get("d1"); return !d.Online && d.Reason == bridge.ReasonHeartbeatTimeout })
 }
-
