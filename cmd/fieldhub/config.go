@@ -28,6 +28,7 @@ type config struct {
 	InfluxGzip      bool
 	InfluxBatch     int
 	InfluxFlush     time.Duration
+	InfluxBackoff   time.Duration
 	AdminToken      string
 	AllowedOrigins  []string
 	TLSCert         string
@@ -77,6 +78,7 @@ var settings = []setting{
 	{"influx-gzip", "FIELDHUB_INFLUX_GZIP", "false", "gzip write bodies to InfluxDB", false},
 	{"influx-batch", "FIELDHUB_INFLUX_BATCH", "5000", "maximum points per InfluxDB write", false},
 	{"influx-flush", "FIELDHUB_INFLUX_FLUSH", "100ms", "longest wait to fill an InfluxDB write batch", false},
+	{"influx-max-backoff", "FIELDHUB_INFLUX_MAX_BACKOFF", "10s", "longest wait between retries while InfluxDB is down", false},
 	{"admin-token", "FIELDHUB_ADMIN_TOKEN", "", "bootstrap admin API token (generated and printed once if unset and no admin exists)", true},
 	{"allowed-origins", "FIELDHUB_ALLOWED_ORIGINS", "", "comma-separated extra origins allowed on operator sockets (e.g. https://ops.example.com)", false},
 	{"tls-cert", "FIELDHUB_TLS_CERT", "", "TLS certificate file (PEM); with --tls-key serves HTTPS/WSS and MQTT over TLS", false},
@@ -146,6 +148,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 		InfluxGzip:      p.boolean("influx-gzip"),
 		InfluxBatch:     p.intRange("influx-batch", 1, 100000),
 		InfluxFlush:     p.duration("influx-flush"),
+		InfluxBackoff:   p.duration("influx-max-backoff"),
 		AdminToken:      p.str("admin-token"),
 		AllowedOrigins:  p.list("allowed-origins"),
 		TLSCert:         p.str("tls-cert"),

@@ -138,7 +138,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 
 	ic := influx.NewClient(influx.Options{
 		URL: cfg.InfluxURL, Org: cfg.InfluxOrg, Bucket: cfg.InfluxBucket, Token: cfg.InfluxToken,
-		Gzip: cfg.InfluxGzip, BatchPoints: cfg.InfluxBatch, FlushInterval: cfg.InfluxFlush,
+		Gzip: cfg.InfluxGzip, BatchPoints: cfg.InfluxBatch, FlushInterval: cfg.InfluxFlush, MaxBackoff: cfg.InfluxBackoff,
 		DeadLetterPath: filepath.Join(cfg.DataDir, "deadletter.lp"), Logger: log,
 	})
 	defer ic.Close()

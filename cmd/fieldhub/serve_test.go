@@ -9,11 +9,13 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/gorilla/websocket"
 
 	"github.com/fieldhub/fieldhub/telemetry/influxtest"
@@ -322,5 +324,120 @@ func TestAdminCLI(t *testing.T) {
 	h = h2
 	if out, err = cli("device", "delete", "tank-1"); err != nil {
 		t.Fatalf("delete: %v\n%s", err, out)
+	}
+}
+
+// TestTransportsIndistinguishable sends the same readings and the same bad
+// payloads from a WebSocket device and an MQTT device: the errors, the
+// InfluxDB points and the live events must match.
+func TestTransportsIndistinguishable(t *testing.T) {
+	influx := influxtest.Start(t)
+	h := startHub(t, influx, nil)
+	tokens := map[string]string{}
+	for _, id := range []string{"ws-dev", "mqtt-dev"} {
+		st, m := h.api(t, "POST", "/api/v1/devices", h.adminToken, map[string]any{"id": id})
+		if st != 201 {
+			t.Fatalf("create %s: %d", id, st)
+		}
+		tokens[id] = m["token"].(string)
+	}
+	wsBase := strings.Replace(h.url, "http", "ws", 1)
+	dash, _, err := websocket.DefaultDialer.Dial(wsBase+"/ws/live", http.Header{"Authorization": {"Bearer " + h.adminToken}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dash.Close()
+	if err := dash.WriteJSON(map[string]any{"type": "subscribe", "devices": []string{"ws-dev", "mqtt-dev"}}); err != nil {
+		t.Fatal(err)
+	}
+
+	wsc, _, err := websocket.DefaultDialer.Dial(wsBase+"/ws/device", http.Header{"Authorization": {"Bearer " + tokens["ws-dev"]}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wsc.Close()
+	mq := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://"+h.env["FIELDHUB_MQTT_ADDR"]).
+		SetClientID("mqtt-dev").SetUsername("mqtt-dev").SetPassword(tokens["mqtt-dev"]).SetAutoReconnect(false))
+	if tok := mq.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("mqtt connect: %v", tok.Error())
+	}
+	defer mq.Disconnect(50)
+	mqErrs := make(chan []byte, 8)
+	mq.Subscribe("devices/mqtt-dev/errors", 1, func(_ paho.Client, m paho.Message) { mqErrs <- m.Payload() }).WaitTimeout(5 * time.Second)
+
+	sendWS := func(payload string) map[string]any {
+		if err := wsc.WriteMessage(websocket.TextMessage, []byte(payload)); err != nil {
+			t.Fatal(err)
+		}
+		var f map[string]any
+		_ = wsc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if err := wsc.ReadJSON(&f); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	sendMQTT := func(payload string) {
+		if tok := mq.Publish("devices/mqtt-dev/telemetry", 1, false, payload); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatalf("mqtt publish: %v", tok.Error())
+		}
+	}
+
+	// The same bad payloads get the same answers.
+	for _, bad := range []string{
+		`{"type":"telemetry","metrics":{"temp":"` + strings.Repeat("x", 300) + `"}}`,
+		`{"type":"telemetry","metrics":{"1bad":1}}`,
+		`{"type":"telemetry","metrics":`,
+	} {
+		wsErr := sendWS(bad)
+		delete(wsErr, "id")
+		sendMQTT(bad)
+		var mqErr map[string]any
+		select {
+		case b := <-mqErrs:
+			_ = json.Unmarshal(b, &mqErr)
+		case <-time.After(5 * time.Second):
+			t.Fatal("no MQTT error message")
+		}
+		if fmt.Sprint(wsErr) != fmt.Sprint(mqErr) {
+			t.Errorf("different answers to %.40s:\n ws   %v\n mqtt %v", bad, wsErr, mqErr)
+		}
+	}
+
+	// The same good readings land the same way.
+	base := time.Now().Add(-time.Minute).UnixMilli()
+	for i := range 5 {
+		p := fmt.Sprintf(`{"type":"telemetry","ts":%d,"metrics":{"temp":%d.5,"door":true,"state":"s%d"}}`, base+int64(i), i, i)
+		if f := sendWS(p); f["type"] != "ack" {
+			t.Fatalf("ws: %v", f)
+		}
+		sendMQTT(p)
+	}
+	live := map[string][]string{}
+	for len(live["ws-dev"]) < 5 || len(live["mqtt-dev"]) < 5 {
+		var e map[string]any
+		_ = dash.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if err := dash.ReadJSON(&e); err != nil {
+			t.Fatalf("live: %v (have %v)", err, live)
+		}
+		if e["type"] != "reading" {
+			continue
+		}
+		dev := e["device"].(string)
+		delete(e, "device")
+		live[dev] = append(live[dev], fmt.Sprint(e))
+	}
+	if !slices.Equal(live["ws-dev"], live["mqtt-dev"]) {
+		t.Errorf("live events differ:\n ws   %v\n mqtt %v", live["ws-dev"], live["mqtt-dev"])
+	}
+	points := func(dev string) string {
+		var rows [][]any
+		waitUntil(t, "points of "+dev, 15*time.Second, func() bool {
+			rows, _ = influx.Query(fmt.Sprintf(`SELECT "temp","door","state" FROM "telemetry" WHERE "device"='%s'`, dev))
+			return len(rows) == 5
+		})
+		return fmt.Sprint(rows)
+	}
+	if a, b := points("ws-dev"), points("mqtt-dev"); a != b {
+		t.Errorf("InfluxDB points differ:\n ws   %s\n mqtt %s", a, b)
 	}
 }

@@ -157,6 +157,17 @@ func (s *Server) Stop() {
 	s.cmd = nil
 }
 
+// Kill stops influxd with SIGKILL, as a crash would.
+func (s *Server) Kill() {
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Kill()
+	<-s.exited
+	s.logFile.Close()
+	s.cmd = nil
+}
+
 // Restart starts influxd again on the same port and data after Stop, as an
 // operator would after an outage.
 func (s *Server) Restart() {
