@@ -356,7 +356,7 @@ func TestTransportsIndistinguishable(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer wsc.Close()
-	mq := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://"+h.env["FIELDHUB_MQTT_ADDR"]).
+	mq := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + h.env["FIELDHUB_MQTT_ADDR"]).
 		SetClientID("mqtt-dev").SetUsername("mqtt-dev").SetPassword(tokens["mqtt-dev"]).SetAutoReconnect(false))
 	if tok := mq.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
 		t.Fatalf("mqtt connect: %v", tok.Error())
