@@ -52,9 +52,10 @@ type Server struct {
 	opts     Options
 	log      *slog.Logger
 	upgrader websocket.Upgrader
+	liveMu   sync.Mutex     // guards stopped and liveWG.Add against Shutdown's Wait
+	stopped  bool
 	liveWG   sync.WaitGroup // live connections, for Shutdown
 	stopLive chan struct{}  // closed by Shutdown
-	stopOnce sync.Once
 }
 
 // Bounds of the bulk import.
@@ -92,8 +93,24 @@ func New(opts Options) (*Server, error) {
 // Shutdown closes every live connection (WebSocket close 1001) and waits
 // for their handlers; net/http does not close hijacked connections.
 func (s *Server) Shutdown() {
-	s.stopOnce.Do(func() { close(s.stopLive) })
+	s.liveMu.Lock()
+	if !s.stopped {
+		s.stopped = true
+		close(s.stopLive)
+	}
+	s.liveMu.Unlock()
 	s.liveWG.Wait()
+}
+
+// trackLive registers a live connection with Shutdown; false after it.
+func (s *Server) trackLive() bool {
+	s.liveMu.Lock()
+	defer s.liveMu.Unlock()
+	if s.stopped {
+		return false
+	}
+	s.liveWG.Add(1)
+	return true
 }
 
 // Register adds the API's routes to mux.

@@ -66,12 +66,15 @@ func (s *Server) serveLiveWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer s.opts.Live.remove(sub)
+	if !s.trackLive() {
+		writeErr(w, http.StatusServiceUnavailable, "unavailable", "shutting down")
+		return
+	}
+	defer s.liveWG.Done()
 	conn, err := s.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		return
 	}
-	s.liveWG.Add(1)
-	defer s.liveWG.Done()
 	c := &liveConn{s: s, ws: conn, sub: sub, done: make(chan struct{}), ctl: make(chan []byte, 16)}
 	writerDone := make(chan struct{})
 	go func() {
@@ -250,7 +253,10 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer s.opts.Live.remove(sub)
-	s.liveWG.Add(1)
+	if !s.trackLive() {
+		writeErr(w, http.StatusServiceUnavailable, "unavailable", "shutting down")
+		return
+	}
 	defer s.liveWG.Done()
 
 	rc := http.NewResponseController(w)

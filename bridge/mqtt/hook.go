@@ -197,11 +197,11 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	}
 	switch rest {
 	case suffixTelem:
-		_, terr := h.b.opts.Bridge.Ingest(context.Background(), s, pk.Payload)
+		id, terr := h.b.opts.Bridge.Ingest(context.Background(), s, pk.Payload)
 		if terr == nil {
 			return pk, packets.CodeSuccessIgnore
 		}
-		return pk, h.refuse(cl, pk, terr)
+		return pk, h.refuse(cl, pk, id, terr)
 	case suffixRes:
 		f, err := h.b.opts.Bridge.Codec().Decode(pk.Payload)
 		if f != nil && f.Type == "" {
@@ -216,7 +216,11 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 				terr = &telemetry.Error{Code: telemetry.CodeBadJSON, Message: "malformed command result"}
 			}
 			h.b.opts.Bridge.Reject(s, terr)
-			return pk, h.refuse(cl, pk, terr)
+			id := ""
+			if f != nil {
+				id = f.ID
+			}
+			return pk, h.refuse(cl, pk, id, terr)
 		}
 		// Results are routed by the command service (see the commands issue).
 		return pk, packets.CodeSuccessIgnore
@@ -224,8 +228,9 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	return pk, packets.ErrRejectPacket
 }
 
-// refuse answers a refused publish the way the client's protocol allows.
-func (h *hook) refuse(cl *mqtt.Client, pk packets.Packet, terr *telemetry.Error) error {
+// refuse answers a refused publish the way the client's protocol allows;
+// msgID is the refused message's "id", echoed in the error frame.
+func (h *hook) refuse(cl *mqtt.Client, pk packets.Packet, msgID string, terr *telemetry.Error) error {
 	v5 := cl.Properties.ProtocolVersion == 5
 	retryLater := terr.Code == telemetry.CodeOverloaded || terr.Code == telemetry.CodeInternal
 	if v5 && pk.FixedHeader.Qos > 0 {
@@ -242,7 +247,7 @@ func (h *hook) refuse(cl *mqtt.Client, pk packets.Packet, terr *telemetry.Error)
 	}
 	// MQTT 3.1.1 (or QoS 0): tell the device on its errors topic.
 	id := string(cl.Properties.Username)
-	if err := h.b.Publish(topicPrefix+id+suffixErrs, telemetry.EncodeError("", terr), 0); err != nil {
+	if err := h.b.Publish(topicPrefix+id+suffixErrs, telemetry.EncodeError(msgID, terr), 0); err != nil {
 		h.b.log.Debug("publish device error", "device", id, "err", err)
 	}
 	if retryLater && pk.FixedHeader.Qos > 0 {

@@ -85,6 +85,8 @@ type Handler struct {
 	opts     Options
 	log      *slog.Logger
 	upgrader websocket.Upgrader
+	mu       sync.Mutex     // guards closing and wg.Add against Wait
+	closing  bool
 	wg       sync.WaitGroup // live connections, for Wait
 }
 
@@ -110,9 +112,33 @@ func New(opts Options) (*Handler, error) {
 	return h, nil
 }
 
-// Wait blocks until every connection handler has returned (after the
-// bridge's CloseAll at shutdown).
+// Close refuses new connections; a connection that raced past it is
+// kicked as soon as its session exists. At shutdown: Close, then the
+// bridge's CloseAll, then Wait.
+func (h *Handler) Close() {
+	h.mu.Lock()
+	h.closing = true
+	h.mu.Unlock()
+}
+
+// Wait blocks until every connection handler has returned.
 func (h *Handler) Wait() { h.wg.Wait() }
+
+func (h *Handler) isClosing() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.closing
+}
+
+func (h *Handler) track() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closing {
+		return false
+	}
+	h.wg.Add(1)
+	return true
+}
 
 // DeviceToken extracts a device token from Authorization: Bearer or the
 // token query parameter.
@@ -169,12 +195,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	if !h.track() {
+		writeError(w, http.StatusServiceUnavailable, &telemetry.Error{Code: telemetry.CodeOverloaded, Message: "hub is shutting down"})
+		return
+	}
+	defer h.wg.Done()
 	conn, err := h.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		return // the upgrader already answered
 	}
-	h.wg.Add(1)
-	defer h.wg.Done()
 	c := &conn_{
 		h: h, ws: conn,
 		send: make(chan []byte, h.opts.SendQueue),
@@ -182,6 +211,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		done: make(chan struct{}),
 	}
 	c.session = h.opts.Bridge.Connect(id, devices.TransportWS, r.RemoteAddr, hash, c)
+	if h.isClosing() {
+		c.session.Kick(bridge.ReasonServerShutdown)
+	}
 	c.run(r.Context())
 }
 

@@ -86,6 +86,7 @@ func newRig(t *testing.T, o rigOpts) *rig {
 	mux.HandleFunc("POST /api/v1/telemetry", r.h.ServeTelemetry)
 	r.srv = httptest.NewServer(mux)
 	t.Cleanup(func() {
+		r.h.Close()
 		r.br.CloseAll(bridge.ReasonServerShutdown)
 		r.h.Wait()
 		r.srv.Close()

@@ -45,6 +45,7 @@ type config struct {
 	MaxAge          time.Duration
 	TagLabels       []string
 	MQTTMaxConns    int
+	MQTTConnectRate float64
 	Pprof           bool
 }
 
@@ -95,6 +96,7 @@ var settings = []setting{
 	{"max-age", "FIELDHUB_MAX_AGE", "168h", "how far behind the hub's clock a reading's ts may be", false},
 	{"tag-labels", "FIELDHUB_TAG_LABELS", "", "comma-separated device labels written to InfluxDB as tags", false},
 	{"mqtt-max-conns", "FIELDHUB_MQTT_MAX_CONNS", "60000", "maximum MQTT connections", false},
+	{"mqtt-connect-rate", "FIELDHUB_MQTT_CONNECT_RATE", "20", "new MQTT connections per second per client address (burst 2.5x); raise it for fleets behind one NAT", false},
 	{"pprof", "FIELDHUB_PPROF", "false", "serve /debug/pprof (admin token required)", false},
 }
 
@@ -165,6 +167,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 		MaxAge:          p.duration("max-age"),
 		TagLabels:       p.list("tag-labels"),
 		MQTTMaxConns:    p.intRange("mqtt-max-conns", 1, 1<<22),
+		MQTTConnectRate: p.float("mqtt-connect-rate"),
 		Pprof:           p.boolean("pprof"),
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {

@@ -177,6 +177,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		broker, err = mqtt.New(mqtt.Options{
 			Bridge: br, Auth: reg, Failures: failures, Listener: mqttLn, TLSListener: mqttTLSLn,
 			MaxPacketBytes: int(cfg.MaxMessageBytes), MaxConns: cfg.MQTTMaxConns, Logger: log,
+			ConnectRate: cfg.MQTTConnectRate, ConnectBurst: int(cfg.MQTTConnectRate * 2.5),
 			OnAuthFailure: m.authFailure, OnACLDenied: m.aclDenied.Inc,
 		})
 		if err != nil {
@@ -252,6 +253,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		}
 		// 2. Close device sockets with a proper close code; net/http does
 		// not close hijacked connections.
+		deviceWS.Close()
 		br.CloseAll(bridge.ReasonServerShutdown)
 		deviceWS.Wait()
 		stopMQTT()

@@ -1,0 +1,64 @@
+package main
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// TestImportRules keeps the dependency directions of docs/architecture.md:
+// a forbidden edge fails the build, not a code review.
+func TestImportRules(t *testing.T) {
+	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}}{{range .Imports}} {{.}}{{end}}`, "github.com/fieldhub/fieldhub/...").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	const mod = "github.com/fieldhub/fieldhub/"
+	// Fieldhub packages a package may import, by package prefix.
+	allowed := map[string][]string{
+		"telemetry":        {"telemetry"},
+		"devices":          {"telemetry"},
+		"bridge":           {"bridge", "devices", "telemetry"},
+		"dashboard":        {"dashboard", "devices", "telemetry"},
+		"firmware-sim":     {"telemetry"},
+		"cmd/firmware-sim": {"firmware-sim", "telemetry"},
+		"cmd/fieldhub":     {""},
+	}
+	// Third-party libraries and the one package allowed to import each.
+	owners := map[string]string{
+		"github.com/mochi-mqtt/server/v2":             "bridge/mqtt",
+		"github.com/influxdata/influxdb-client-go/v2": "telemetry/influx",
+		"go.etcd.io/bbolt":                            "devices",
+		"github.com/prometheus/client_golang":         "cmd/fieldhub",
+		"github.com/go-playground/validator/v10":      "telemetry",
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		fields := strings.Fields(line)
+		pkg := strings.TrimPrefix(fields[0], mod)
+		var rule []string
+		for prefix, r := range allowed {
+			if pkg == prefix || strings.HasPrefix(pkg, prefix+"/") {
+				rule = r
+			}
+		}
+		for _, imp := range fields[1:] {
+			if rel, ok := strings.CutPrefix(imp, mod); ok {
+				okEdge := false
+				for _, a := range rule {
+					if a == "" || rel == a || strings.HasPrefix(rel, a+"/") {
+						okEdge = true
+					}
+				}
+				if !okEdge {
+					t.Errorf("%s imports %s: not allowed by docs/architecture.md", pkg, rel)
+				}
+				continue
+			}
+			for lib, owner := range owners {
+				if (imp == lib || strings.HasPrefix(imp, lib+"/")) && pkg != owner {
+					t.Errorf("%s imports %s; only %s may", pkg, imp, owner)
+				}
+			}
+		}
+	}
+}

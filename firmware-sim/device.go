@@ -1,0 +1,364 @@
+package firmwaresim
+
+import (
+	"context"
+	"encoding/json"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fieldhub/fieldhub/telemetry"
+)
+
+// Fault kinds and the answer the protocol documents for each.
+const (
+	faultMalformed = "malformed_json" // -> bad_json
+	faultFutureTS  = "future_ts"      // -> invalid
+	faultBadMetric = "bad_metric"     // -> invalid
+	faultOversized = "oversized"      // -> connection closed (WebSocket 1009, MQTT disconnect)
+	faultWrongAuth = "wrong_token"    // -> 401 / CONNACK refused
+	faultFlap      = "flap"           // -> nothing: the device drops and comes back
+)
+
+var expectedCode = map[string]string{
+	faultMalformed: telemetry.CodeBadJSON,
+	faultFutureTS:  telemetry.CodeInvalid,
+	faultBadMetric: telemetry.CodeInvalid,
+}
+
+// pending is a message sent and not yet answered.
+type pending struct {
+	at       time.Time
+	payload  []byte
+	readings int
+	fault    string
+}
+
+// device is one simulated device. Its ledger of unanswered messages
+// survives reconnects so good readings are resent.
+type device struct {
+	f         *Fleet
+	idx       int
+	cred      Cred
+	transport string
+	rng       *rand.Rand
+	sensor    *sensor
+
+	mu        sync.Mutex
+	seq       int
+	ledger    map[string]*pending
+	order     []string // ledger ids in send order
+	interval  time.Duration
+	faultRate float64
+	sentMsgs  int
+}
+
+func newDevice(f *Fleet, idx int, c Cred, transport string) *device {
+	seed := f.cfg.Seed*1_000_003 + uint64(idx)
+	return &device{
+		f: f, idx: idx, cred: c, transport: transport,
+		rng:       rand.New(rand.NewPCG(seed, 99)),
+		sensor:    newSensor(seed),
+		ledger:    map[string]*pending{},
+		interval:  time.Duration(float64(time.Second) * float64(f.cfg.Batch) / f.cfg.Rate),
+		faultRate: f.cfg.FaultRate,
+	}
+}
+
+// run connects, streams and reconnects until ctx ends or Count is reached.
+func (d *device) run(ctx context.Context) {
+	// Spread the fleet's first connects over a second, like a real fleet
+	// coming up, so the hub is not hit by all of them at the same instant.
+	if !sleep(ctx, time.Duration(d.rng.Int64N(int64(time.Second)))) {
+		return
+	}
+	attempt := 0
+	for ctx.Err() == nil && !d.done() {
+		var err error
+		switch d.transport {
+		case TransportMQTT:
+			err = d.runMQTT(ctx)
+		default:
+			err = d.runWS(ctx)
+		}
+		if ctx.Err() != nil || d.done() {
+			return
+		}
+		d.f.c.reconnects.Add(1)
+		if err == errReboot || err == errFlap {
+			attempt = 0
+		} else {
+			attempt++
+		}
+		if !sleep(ctx, backoff(d.rng, attempt)) {
+			return
+		}
+	}
+}
+
+// backoff is capped exponential backoff with full jitter.
+func backoff(rng *rand.Rand, attempt int) time.Duration {
+	const base, ceiling = 100 * time.Millisecond, 10 * time.Second
+	d := ceiling
+	if attempt < 10 {
+		d = min(ceiling, base<<attempt)
+	}
+	return time.Duration(rng.Int64N(int64(d)) + 1)
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+func (d *device) done() bool {
+	if d.f.cfg.Count <= 0 {
+		return false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.sentMsgs >= d.f.cfg.Count && len(d.ledger) == 0
+}
+
+func (d *device) roll() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.faultRate > 0 && d.rng.Float64() < d.faultRate
+}
+
+func (d *device) pickFault(kinds ...string) string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return kinds[d.rng.IntN(len(kinds))]
+}
+
+// next builds the next message: a good telemetry message or, at the fault
+// rate, a faulty one. ok is false when Count is reached or too many
+// messages are unanswered (the device waits, as firmware with a bounded
+// buffer would).
+func (d *device) next(now time.Time, maxBytes int) (id string, payload []byte, fault string, ok bool) {
+	faulty := d.roll()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.f.cfg.Count > 0 && d.sentMsgs >= d.f.cfg.Count || len(d.ledger) >= d.f.cfg.MaxInflight {
+		return "", nil, "", false
+	}
+	d.seq++
+	d.sentMsgs++
+	id = strconv.Itoa(d.seq)
+	if faulty {
+		fault = []string{faultMalformed, faultFutureTS, faultBadMetric, faultOversized, faultFlap}[d.rng.IntN(5)]
+	}
+	b := make([]byte, 0, 160*d.f.cfg.Batch)
+	switch fault {
+	case faultMalformed:
+		b = append(b, `{"type":"telemetry","id":"`+id+`","metrics":{"temp":`...)
+	case faultFutureTS:
+		b = d.appendMessage(b, id, now.Add(time.Hour), "")
+	case faultBadMetric:
+		b = d.appendMessage(b, id, now, "bad metric!")
+	case faultOversized:
+		b = append(b, `{"type":"telemetry","id":"`+id+`","metrics":{"blob":"`...)
+		b = append(b, strings.Repeat("x", maxBytes+1024)...)
+		b = append(b, `"}}`...)
+	default:
+		b = d.appendMessage(b, id, now, "")
+	}
+	readings := d.f.cfg.Batch
+	if fault == "" || fault == faultFlap {
+		d.ledger[id] = &pending{at: now, payload: b, readings: readings}
+		d.order = append(d.order, id)
+	} else {
+		d.ledger[id] = &pending{at: now, payload: b, fault: fault}
+		d.order = append(d.order, id)
+	}
+	return id, b, fault, true
+}
+
+// appendMessage appends a telemetry message of Batch readings ending at
+// now, spaced by the device's interval.
+func (d *device) appendMessage(b []byte, id string, now time.Time, extraMetric string) []byte {
+	b = append(b, `{"type":"telemetry","id":"`...)
+	b = append(b, id...)
+	b = append(b, `","readings":[`...)
+	step := d.interval / time.Duration(d.f.cfg.Batch)
+	for i := range d.f.cfg.Batch {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		ts := now.Add(-time.Duration(d.f.cfg.Batch-1-i) * step)
+		b = append(b, `{"ts":`...)
+		b = strconv.AppendInt(b, ts.UnixMilli(), 10)
+		b = append(b, `,"metrics":{`...)
+		m := d.sensor.read(ts)
+		first := true
+		for _, k := range [...]string{"temp", "humidity", "battery", "count"} {
+			if !first {
+				b = append(b, ',')
+			}
+			first = false
+			b = append(b, '"')
+			b = append(b, k...)
+			b = append(b, `":`...)
+			b = strconv.AppendFloat(b, m[k], 'f', -1, 64)
+		}
+		if extraMetric != "" {
+			b = append(b, `,"`+extraMetric+`":1`...)
+		}
+		b = append(b, `}}`...)
+	}
+	return append(b, `]}`...)
+}
+
+// answered settles message id with an ack (code "") or an error code.
+func (d *device) answered(id, code string, now time.Time) {
+	d.mu.Lock()
+	p, ok := d.ledger[id]
+	if ok {
+		delete(d.ledger, id)
+	}
+	d.mu.Unlock()
+	c := &d.f.c
+	if code != "" {
+		c.errorCode(code)
+	}
+	if !ok {
+		return // an answer to a message already settled (a resend's duplicate)
+	}
+	switch {
+	case p.fault != "" && p.fault != faultFlap:
+		c.faultsSent.Add(1)
+		if want := expectedCode[p.fault]; want != "" && code == want {
+			c.faultsAnswered.Add(1)
+		} else {
+			c.violation("%s: %s message %s answered %q, want %q", d.cred.ID, p.fault, id, code, want)
+		}
+	case code == "":
+		c.acked.Add(1)
+		c.readingsAcked.Add(int64(p.readings))
+		c.latency(now.Sub(p.at))
+	case code == telemetry.CodeRateLimited || code == telemetry.CodeOverloaded || code == telemetry.CodeInternal:
+		// Not stored: firmware keeps the readings and sends them again.
+		d.mu.Lock()
+		d.ledger[id] = p
+		d.mu.Unlock()
+	default:
+		c.violation("%s: good message %s refused with %q", d.cred.ID, id, code)
+	}
+}
+
+// closedByFault settles a message whose documented answer is the
+// connection closing (an oversized message).
+func (d *device) closedByFault() {
+	d.mu.Lock()
+	var id string
+	for _, k := range d.order {
+		if p, ok := d.ledger[k]; ok && p.fault == faultOversized {
+			id = k
+			break
+		}
+	}
+	if id != "" {
+		delete(d.ledger, id)
+	}
+	d.mu.Unlock()
+	if id != "" {
+		d.f.c.faultsSent.Add(1)
+		d.f.c.faultsAnswered.Add(1)
+	}
+}
+
+// unanswered returns the good messages still waiting for an ack, oldest
+// first, for resending after a reconnect. Faulty ones are dropped: their
+// answer was lost with the connection.
+func (d *device) unanswered() [][]byte {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out [][]byte
+	order := d.order[:0]
+	for _, id := range d.order {
+		p, ok := d.ledger[id]
+		if !ok {
+			continue
+		}
+		if p.fault != "" && p.fault != faultFlap {
+			delete(d.ledger, id)
+			continue
+		}
+		order = append(order, id)
+		out = append(out, p.payload)
+	}
+	d.order = order
+	return out
+}
+
+// command obeys a command and returns the result frame to send, and
+// whether the device must reboot (disconnect and come back).
+func (d *device) command(id, name string, params json.RawMessage) (result []byte, reboot bool) {
+	d.f.c.commands.Add(1)
+	status, errMsg := telemetry.ResultOK, ""
+	var res any = map[string]any{}
+	switch name {
+	case "set_interval":
+		var p struct {
+			Seconds float64 `json:"seconds"`
+		}
+		if json.Unmarshal(params, &p) != nil || p.Seconds <= 0 || p.Seconds > 86400 {
+			status, errMsg = telemetry.ResultError, "params.seconds must be between 0 and 86400"
+			break
+		}
+		d.mu.Lock()
+		d.interval = time.Duration(p.Seconds * float64(time.Second))
+		d.mu.Unlock()
+		res = map[string]any{"interval_seconds": p.Seconds}
+	case "set_fault_rate":
+		var p struct {
+			Rate float64 `json:"rate"`
+		}
+		if json.Unmarshal(params, &p) != nil || p.Rate < 0 || p.Rate > 1 {
+			status, errMsg = telemetry.ResultError, "params.rate must be between 0 and 1"
+			break
+		}
+		d.mu.Lock()
+		d.faultRate = p.Rate
+		d.mu.Unlock()
+		res = map[string]any{"fault_rate": p.Rate}
+	case "reboot":
+		reboot = true
+		res = map[string]any{"rebooting": true}
+	default:
+		status, errMsg = telemetry.ResultError, "unknown command "+strconv.Quote(name)
+	}
+	if status == telemetry.ResultOK {
+		d.f.c.commandsOK.Add(1)
+	} else {
+		d.f.c.commandsFailed.Add(1)
+	}
+	b, _ := json.Marshal(map[string]any{"type": telemetry.TypeCommandResult, "id": id, "status": status, "result": res, "error": errMsg})
+	if errMsg == "" {
+		b, _ = json.Marshal(map[string]any{"type": telemetry.TypeCommandResult, "id": id, "status": status, "result": res})
+	}
+	return b, reboot
+}
+
+func (d *device) currentInterval() time.Duration {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.interval
+}
+
+// jittered returns the wait before the next message: the interval ±10%.
+func (d *device) jittered() time.Duration {
+	iv := d.currentInterval()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return time.Duration(float64(iv) * (0.9 + 0.2*d.rng.Float64()))
+}

@@ -1,0 +1,11 @@
+// Package firmwaresim simulates fleets of field devices against a running
+// hub: realistic signals, real firmware behaviour (reconnect with capped
+// exponential backoff and full jitter, resend of unacknowledged readings,
+// obeying commands) and, at a configurable rate, deliberately faulty
+// messages whose answers it checks against the documented contract.
+//
+// It is a device: it imports only telemetry among Fieldhub packages and
+// talks to the hub over the public protocol (REST, WebSocket, MQTT), so
+// demos, end-to-end tests and load runs exercise exactly what field devices
+// do. Tests start fleets in-process with New and read their Stats.
+package firmwaresim

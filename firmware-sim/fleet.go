@@ -1,0 +1,308 @@
+package firmwaresim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Transports a fleet can use.
+const (
+	TransportWS   = "ws"
+	TransportMQTT = "mqtt"
+	TransportMix  = "mix"
+)
+
+// Config describes a fleet and its run. Zero values take the defaults
+// documented on each field.
+type Config struct {
+	// Hub is the REST and WebSocket base URL, e.g. http://127.0.0.1:8080.
+	Hub string
+	// MQTT is the broker address host:port, for MQTT devices.
+	MQTT string
+	// AdminToken provisions devices through the REST API.
+	AdminToken string
+	// Provision creates (or re-keys) the fleet's devices before the run.
+	Provision bool
+	// Creds are the fleet's device ids and tokens when not provisioning
+	// (e.g. read from a bulk-provisioning file with ReadCreds).
+	Creds []Cred
+	// Prefix names provisioned devices <prefix>-<n>; default "sim".
+	Prefix string
+	// Devices is the fleet size; default 10.
+	Devices int
+	// Transport is ws, mqtt or mix (alternating); default ws.
+	Transport string
+	// Rate is readings per second per device; default 1.
+	Rate float64
+	// Batch is readings per message; default 1.
+	Batch int
+	// FaultRate is the share of messages (and connects) that are
+	// deliberately faulty, 0 to 1.
+	FaultRate float64
+	// Duration and Count bound the run: wall time, and messages per
+	// device. Zero means unbounded (until ctx ends).
+	Duration time.Duration
+	Count    int
+	// MaxInflight bounds unacknowledged messages per device; default 100.
+	MaxInflight int
+	// Seed makes the signals and faults repeatable; default 1.
+	Seed uint64
+	// Progress, if set, receives a progress line every ProgressEvery
+	// (default 5 s).
+	Progress      io.Writer
+	ProgressEvery time.Duration
+	Logger        *slog.Logger
+}
+
+func (c *Config) ensureDefaults() error {
+	if c.Hub == "" && (c.Provision || c.Transport != TransportMQTT) {
+		return errors.New("firmwaresim: Hub URL is required")
+	}
+	if c.Prefix == "" {
+		c.Prefix = "sim"
+	}
+	if c.Devices <= 0 {
+		c.Devices = 10
+	}
+	if c.Transport == "" {
+		c.Transport = TransportWS
+	}
+	switch c.Transport {
+	case TransportWS, TransportMQTT, TransportMix:
+	default:
+		return fmt.Errorf("firmwaresim: transport must be ws, mqtt or mix, not %q", c.Transport)
+	}
+	if c.Transport != TransportWS && c.MQTT == "" {
+		return errors.New("firmwaresim: MQTT address is required for mqtt and mix fleets")
+	}
+	if c.Rate <= 0 {
+		c.Rate = 1
+	}
+	if c.Batch <= 0 {
+		c.Batch = 1
+	}
+	if c.FaultRate < 0 || c.FaultRate > 1 {
+		return errors.New("firmwaresim: fault rate must be between 0 and 1")
+	}
+	if c.MaxInflight <= 0 {
+		c.MaxInflight = 100
+	}
+	if c.Seed == 0 {
+		c.Seed = 1
+	}
+	if c.ProgressEvery <= 0 {
+		c.ProgressEvery = 5 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if !c.Provision && len(c.Creds) == 0 {
+		return errors.New("firmwaresim: give device credentials or set Provision")
+	}
+	return nil
+}
+
+// Cred is one device's id and token.
+type Cred struct {
+	ID, Token string
+}
+
+// Fleet is a running (or finished) simulated fleet.
+type Fleet struct {
+	cfg   Config
+	log   *slog.Logger
+	creds []Cred
+	c     counters
+	start time.Time
+
+	mu      sync.Mutex // guards devices
+	devices []*device
+}
+
+// counters are the fleet's totals, updated by every device.
+type counters struct {
+	sent, acked, readingsSent, readingsAcked atomic.Int64
+	reconnects, connected                    atomic.Int64
+	faultsSent, faultsAnswered, violations   atomic.Int64
+	commands, commandsOK, commandsFailed     atomic.Int64
+	dropped                                  atomic.Int64
+
+	mu         sync.Mutex
+	errors     map[string]int64
+	samples    []string
+	latencies  []time.Duration // a bounded reservoir of ack latencies
+	latSeen    int64
+	latencyMax time.Duration
+	rng        *rand.Rand
+}
+
+const reservoirSize = 100000
+
+func (c *counters) errorCode(code string) {
+	c.mu.Lock()
+	c.errors[code]++
+	c.mu.Unlock()
+}
+
+func (c *counters) violation(format string, args ...any) {
+	c.violations.Add(1)
+	c.mu.Lock()
+	if len(c.samples) < 20 {
+		c.samples = append(c.samples, fmt.Sprintf(format, args...))
+	}
+	c.mu.Unlock()
+}
+
+func (c *counters) latency(d time.Duration) {
+	c.mu.Lock()
+	c.latSeen++
+	if len(c.latencies) < reservoirSize {
+		c.latencies = append(c.latencies, d)
+	} else if i := c.rng.Int64N(c.latSeen); i < reservoirSize {
+		c.latencies[i] = d
+	}
+	c.latencyMax = max(c.latencyMax, d)
+	c.mu.Unlock()
+}
+
+// Stats is a snapshot of a fleet's counters.
+type Stats struct {
+	Devices          int              `json:"devices"`
+	Connected        int64            `json:"connected"`
+	Elapsed          float64          `json:"elapsed_seconds"`
+	Sent             int64            `json:"messages_sent"`
+	Acked            int64            `json:"messages_acked"`
+	ReadingsSent     int64            `json:"readings_sent"`
+	ReadingsAcked    int64            `json:"readings_acked"`
+	Errors           map[string]int64 `json:"errors_by_code"`
+	Reconnects       int64            `json:"reconnects"`
+	FaultsSent       int64            `json:"faults_sent"`
+	FaultsAnswered   int64            `json:"faults_answered_as_documented"`
+	Violations       int64            `json:"contract_violations"`
+	ViolationSamples []string         `json:"violation_samples,omitempty"`
+	Commands         int64            `json:"commands_received"`
+	CommandsOK       int64            `json:"commands_ok"`
+	CommandsFailed   int64            `json:"commands_failed"`
+	Dropped          int64            `json:"unacked_dropped"`
+	AckP50           float64          `json:"ack_latency_p50_ms"`
+	AckP99           float64          `json:"ack_latency_p99_ms"`
+	AckMax           float64          `json:"ack_latency_max_ms"`
+}
+
+// New prepares a fleet; Run provisions it and runs it.
+func New(cfg Config) (*Fleet, error) {
+	if err := cfg.ensureDefaults(); err != nil {
+		return nil, err
+	}
+	f := &Fleet{cfg: cfg, log: cfg.Logger}
+	f.c.errors = map[string]int64{}
+	f.c.rng = rand.New(rand.NewPCG(cfg.Seed, 7))
+	return f, nil
+}
+
+// Stats returns the fleet's counters so far.
+func (f *Fleet) Stats() Stats {
+	c := &f.c
+	c.mu.Lock()
+	errs := make(map[string]int64, len(c.errors))
+	for k, v := range c.errors {
+		errs[k] = v
+	}
+	lat := slices.Clone(c.latencies)
+	st := Stats{Errors: errs, ViolationSamples: slices.Clone(c.samples), AckMax: ms(c.latencyMax)}
+	c.mu.Unlock()
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	if n := len(lat); n > 0 {
+		st.AckP50, st.AckP99 = ms(lat[n/2]), ms(lat[min(n-1, n*99/100)])
+	}
+	st.Devices = len(f.creds)
+	if !f.start.IsZero() {
+		st.Elapsed = time.Since(f.start).Seconds()
+	}
+	st.Connected, st.Sent, st.Acked = c.connected.Load(), c.sent.Load(), c.acked.Load()
+	st.ReadingsSent, st.ReadingsAcked = c.readingsSent.Load(), c.readingsAcked.Load()
+	st.Reconnects, st.FaultsSent, st.FaultsAnswered, st.Violations = c.reconnects.Load(), c.faultsSent.Load(), c.faultsAnswered.Load(), c.violations.Load()
+	st.Commands, st.CommandsOK, st.CommandsFailed, st.Dropped = c.commands.Load(), c.commandsOK.Load(), c.commandsFailed.Load(), c.dropped.Load()
+	return st
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// Creds returns the fleet's device credentials (after provisioning).
+func (f *Fleet) Creds() []Cred { return slices.Clone(f.creds) }
+
+// Run provisions the fleet if asked, connects every device and runs until
+// ctx ends, the duration passes or every device sent Count messages. It
+// returns an error only when the fleet could not run; contract violations
+// are in Stats.
+func (f *Fleet) Run(ctx context.Context) error {
+	f.creds = f.cfg.Creds
+	if f.cfg.Provision {
+		creds, err := provision(ctx, f.cfg)
+		if err != nil {
+			return err
+		}
+		f.creds = creds
+	}
+	if len(f.creds) > f.cfg.Devices {
+		f.creds = f.creds[:f.cfg.Devices]
+	}
+	if f.cfg.Duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, f.cfg.Duration)
+		defer cancel()
+	}
+	f.start = time.Now()
+	var wg sync.WaitGroup
+	for i, cr := range f.creds {
+		transport := f.cfg.Transport
+		if transport == TransportMix {
+			transport = []string{TransportWS, TransportMQTT}[i%2]
+		}
+		d := newDevice(f, i, cr, transport)
+		f.mu.Lock()
+		f.devices = append(f.devices, d)
+		f.mu.Unlock()
+		wg.Go(func() { d.run(ctx) })
+	}
+	progressDone := make(chan struct{})
+	if f.cfg.Progress != nil {
+		go func() { // owner: Run; stops with progressDone
+			t := time.NewTicker(f.cfg.ProgressEvery)
+			defer t.Stop()
+			for {
+				select {
+				case <-progressDone:
+					return
+				case <-t.C:
+					fmt.Fprintln(f.cfg.Progress, f.Stats().Line())
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(progressDone)
+	return nil
+}
+
+// Line is the one-line progress summary.
+func (s Stats) Line() string {
+	var codes []string
+	for k, v := range s.Errors {
+		codes = append(codes, fmt.Sprintf("%s=%d", k, v))
+	}
+	sort.Strings(codes)
+	return fmt.Sprintf("%6.1fs  connected %d/%d  sent %d  acked %d  readings/s %.0f  errors {%s}  reconnects %d  faults %d/%d  violations %d  ack p50 %.1fms p99 %.1fms",
+		s.Elapsed, s.Connected, s.Devices, s.Sent, s.Acked, float64(s.ReadingsAcked)/max(s.Elapsed, 0.001),
+		strings.Join(codes, " "), s.Reconnects, s.FaultsAnswered, s.FaultsSent, s.Violations, s.AckP50, s.AckP99)
+}

@@ -1,0 +1,203 @@
+package firmwaresim
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+)
+
+type inflightMsg struct {
+	id    string
+	fault string
+	tok   paho.Token
+}
+
+func (d *device) mqttOptions(password string, lost chan<- error) *paho.ClientOptions {
+	return paho.NewClientOptions().AddBroker("tcp://"+d.f.cfg.MQTT).
+		SetClientID(d.cred.ID).SetUsername(d.cred.ID).SetPassword(password).
+		SetProtocolVersion(4).SetCleanSession(true).SetOrderMatters(false).
+		SetAutoReconnect(false).SetConnectRetry(false).
+		SetKeepAlive(60 * time.Second).SetConnectTimeout(10 * time.Second).SetWriteTimeout(10 * time.Second).
+		SetConnectionLostHandler(func(_ paho.Client, err error) {
+			select {
+			case lost <- err:
+			default:
+			}
+		})
+}
+
+// wrongTokenProbeMQTT checks the broker refuses a wrong token with return
+// code 5 (not authorized).
+func (d *device) wrongTokenProbeMQTT(ctx context.Context) {
+	c := paho.NewClient(d.mqttOptions("fhd_not-a-real-token", make(chan error, 1)))
+	tok := c.Connect()
+	if !waitToken(ctx, tok, 15*time.Second) {
+		return
+	}
+	d.f.c.faultsSent.Add(1)
+	ct := tok.(*paho.ConnectToken)
+	if tok.Error() != nil && ct.ReturnCode() == 5 {
+		d.f.c.faultsAnswered.Add(1)
+	} else {
+		d.f.c.violation("%s: wrong MQTT token got return code %d (%v), want 5", d.cred.ID, ct.ReturnCode(), tok.Error())
+		c.Disconnect(0)
+	}
+}
+
+func waitToken(ctx context.Context, tok paho.Token, timeout time.Duration) bool {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-tok.Done():
+		return true
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return false
+	}
+}
+
+func (d *device) runMQTT(ctx context.Context) error {
+	if d.roll() && d.pickFault(faultWrongAuth, "") == faultWrongAuth {
+		d.wrongTokenProbeMQTT(ctx)
+	}
+	lost := make(chan error, 1)
+	c := paho.NewClient(d.mqttOptions(d.cred.Token, lost))
+	tok := c.Connect()
+	if !waitToken(ctx, tok, 15*time.Second) {
+		c.Disconnect(0)
+		return errors.New("mqtt connect timed out")
+	}
+	if err := tok.Error(); err != nil {
+		return fmt.Errorf("mqtt connect: %w", err)
+	}
+	d.f.c.connected.Add(1)
+	defer d.f.c.connected.Add(-1)
+	defer c.Disconnect(100)
+
+	cmds := make(chan wsCommand, 16)
+	prefix := "devices/" + d.cred.ID
+	sub := c.SubscribeMultiple(map[string]byte{prefix + "/commands": 1, prefix + "/errors": 0}, func(_ paho.Client, m paho.Message) {
+		var f wsFrame
+		if json.Unmarshal(m.Payload(), &f) != nil {
+			d.f.c.violation("%s: hub published a message that is not JSON on %s", d.cred.ID, m.Topic())
+			return
+		}
+		if m.Topic() == prefix+"/errors" {
+			d.answered(f.ID, f.Code, time.Now())
+			return
+		}
+		select {
+		case cmds <- wsCommand{f.ID, f.Name, f.Params}:
+		default:
+		}
+	})
+	if !waitToken(ctx, sub, 15*time.Second) || sub.Error() != nil {
+		return fmt.Errorf("mqtt subscribe: %v", sub.Error())
+	}
+
+	// One waiter settles PUBACKs in publish order; it stops with the
+	// connection.
+	inflight := make(chan inflightMsg, d.f.cfg.MaxInflight)
+	stop := make(chan struct{})
+	waiterDone := make(chan struct{})
+	go func() { // owner: runMQTT; ends when stop closes
+		defer close(waiterDone)
+		for {
+			select {
+			case <-stop:
+				return
+			case m := <-inflight:
+				select {
+				case <-stop:
+					return
+				case <-m.tok.Done():
+				}
+				if m.tok.Error() == nil && m.fault == "" {
+					d.answered(m.id, "", time.Now())
+				}
+			}
+		}
+	}()
+	defer func() { close(stop); <-waiterDone }()
+
+	publish := func(id, fault string, payload []byte) error {
+		t := c.Publish(prefix+"/telemetry", 1, false, payload)
+		select {
+		case inflight <- inflightMsg{id: id, fault: fault, tok: t}:
+			return nil
+		case err := <-lost:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	for _, p := range d.unanswered() {
+		var id struct {
+			ID string `json:"id"`
+		}
+		_ = json.Unmarshal(p, &id)
+		if err := publish(id.ID, "", p); err != nil {
+			return err
+		}
+	}
+	timer := time.NewTimer(d.jittered())
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-lost:
+			return err
+		case cmd := <-cmds:
+			res, reboot := d.command(cmd.id, cmd.name, cmd.params)
+			// The result topic takes the frame without "type".
+			var m map[string]any
+			_ = json.Unmarshal(res, &m)
+			delete(m, "type")
+			b, _ := json.Marshal(m)
+			if t := c.Publish(prefix+"/commands/result", 1, false, b); !waitToken(ctx, t, 10*time.Second) || t.Error() != nil {
+				return fmt.Errorf("publish command result: %v", t.Error())
+			}
+			if reboot {
+				return errReboot
+			}
+		case now := <-timer.C:
+			timer.Reset(d.jittered())
+			id, payload, fault, ok := d.next(now, maxMessageBytes)
+			if !ok {
+				if d.done() {
+					return nil
+				}
+				continue
+			}
+			if fault == faultFlap {
+				return errFlap
+			}
+			if err := publish(id, fault, payload); err != nil {
+				return err
+			}
+			d.f.c.sent.Add(1)
+			if fault == "" {
+				d.f.c.readingsSent.Add(int64(d.f.cfg.Batch))
+			}
+			if fault == faultOversized {
+				// The documented answer: the broker closes the connection.
+				select {
+				case err := <-lost:
+					d.closedByFault()
+					return err
+				case <-time.After(10 * time.Second):
+					d.f.c.violation("%s: oversized MQTT packet did not close the connection", d.cred.ID)
+					return errors.New("oversized packet not refused")
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+		}
+	}
+}
