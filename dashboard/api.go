@@ -52,7 +52,7 @@ type Server struct {
 	opts     Options
 	log      *slog.Logger
 	upgrader websocket.Upgrader
-	liveMu   sync.Mutex     // guards stopped and liveWG.Add against Shutdown's Wait
+	liveMu   sync.Mutex // guards stopped and liveWG.Add against Shutdown's Wait
 	stopped  bool
 	liveWG   sync.WaitGroup // live connections, for Shutdown
 	stopLive chan struct{}  // closed by Shutdown

@@ -85,7 +85,7 @@ type Handler struct {
 	opts     Options
 	log      *slog.Logger
 	upgrader websocket.Upgrader
-	mu       sync.Mutex     // guards closing and wg.Add against Wait
+	mu       sync.Mutex // guards closing and wg.Add against Wait
 	closing  bool
 	wg       sync.WaitGroup // live connections, for Wait
 }
