@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -439,5 +440,19 @@ func TestTransportsIndistinguishable(t *testing.T) {
 	}
 	if a, b := points("ws-dev"), points("mqtt-dev"); a != b {
 		t.Errorf("InfluxDB points differ:\n ws   %s\n mqtt %s", a, b)
+	}
+}
+
+// TestREADMEListsEverySetting keeps the README's configuration table in
+// step with the settings the binary accepts.
+func TestREADMEListsEverySetting(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range settings {
+		if !strings.Contains(string(readme), "`"+s.env+"`") || !strings.Contains(string(readme), "`--"+s.flag+"`") {
+			t.Errorf("README.md lacks %s (--%s)", s.env, s.flag)
+		}
 	}
 }
