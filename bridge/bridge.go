@@ -3,6 +3,7 @@ package bridge
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -26,6 +27,7 @@ type Devices interface {
 	Touch(id string, at time.Time)
 	SetPresence(id string, p devices.Presence)
 	StillValid(id string, h devices.TokenHash) bool
+	Exists(id string) bool
 }
 
 // Fanout receives live events for dashboards. Publish must not block: the
@@ -54,6 +56,8 @@ type Options struct {
 	Store   Store
 	Devices Devices
 	Fanout  Fanout // optional
+	// Commands persists the command queue; nil disables commands.
+	Commands CommandStore
 	// RatePerSec and Burst bound each device's messages; defaults 50 and 100.
 	RatePerSec float64
 	Burst      int
@@ -76,6 +80,7 @@ type Bridge struct {
 	sessions map[string]*Session
 	limiters map[string]*rate.Limiter
 	nextID   atomic.Uint64
+	commands *commands
 }
 
 // New returns a Bridge.
@@ -100,6 +105,12 @@ func New(opts Options) (*Bridge, error) {
 	}
 	b := &Bridge{opts: opts, log: opts.Logger, sessions: map[string]*Session{}, limiters: map[string]*rate.Limiter{}}
 	b.stats.init()
+	if opts.Commands != nil {
+		b.commands = newCommands(b, opts.Commands)
+		if err := b.commands.load(context.Background()); err != nil {
+			return nil, fmt.Errorf("bridge: %w", err)
+		}
+	}
 	b.bufs.New = func() any { b := make([]byte, 0, 512); return &b }
 	return b, nil
 }

@@ -12,11 +12,14 @@ import (
 	"github.com/fieldhub/fieldhub/telemetry"
 )
 
-// Closer ends a transport connection. Close must not block: it records the
-// reason, starts the close and returns; the transport then calls
-// Bridge.Disconnect from its own goroutine.
-type Closer interface {
+// Conn is what the bridge needs of a transport connection. Neither method
+// may block: Close records the reason, starts the close and returns (the
+// transport then calls Bridge.Disconnect from its own goroutine); Deliver
+// hands a command to the connection's writer and reports false when the
+// connection cannot take it now (not subscribed yet, queue full).
+type Conn interface {
 	Close(reason string)
+	Deliver(cmd telemetry.Command) bool
 }
 
 // Session is one live connection of one device on one transport.
@@ -29,7 +32,7 @@ type Session struct {
 
 	hash    devices.TokenHash
 	limiter *rate.Limiter
-	closer  Closer
+	conn    Conn
 	reason  atomic.Pointer[string]
 	ended   atomic.Bool
 	logLim  *logLimiter
@@ -38,7 +41,7 @@ type Session struct {
 // Kick closes the session for reason; the first reason given wins.
 func (s *Session) Kick(reason string) {
 	s.reason.CompareAndSwap(nil, &reason)
-	s.closer.Close(reason)
+	s.conn.Close(reason)
 }
 
 // Reason returns why the session was kicked, or def if it was not.
@@ -58,11 +61,11 @@ func (s *Session) logReject(log *slog.Logger, e *telemetry.Error) {
 // Connect registers a new authenticated session. An older session of the
 // same device is closed with reason "superseded"; its late Disconnect will
 // not touch the new session's presence.
-func (b *Bridge) Connect(deviceID, transport, remote string, h devices.TokenHash, c Closer) *Session {
+func (b *Bridge) Connect(deviceID, transport, remote string, h devices.TokenHash, c Conn) *Session {
 	now := b.opts.Now()
 	s := &Session{
 		ID: b.nextID.Add(1), DeviceID: deviceID, Transport: transport, Remote: remote, ConnectedAt: now,
-		hash: h, closer: c, logLim: &b.logLim,
+		hash: h, conn: c, logLim: &b.logLim,
 	}
 	b.mu.Lock()
 	s.limiter = b.limiterLocked(deviceID)
@@ -77,6 +80,7 @@ func (b *Bridge) Connect(deviceID, transport, remote string, h devices.TokenHash
 	b.stats.connected(transport).Add(1)
 	b.log.Info("device connected", "device", deviceID, "transport", transport, "remote", remote)
 	b.publishPresence(deviceID, true, transport, "", now)
+	b.DeliverCommands(deviceID)
 	return s
 }
 
@@ -100,6 +104,9 @@ func (b *Bridge) Ephemeral(deviceID, transport, remote string) *Session {
 	b.mu.Unlock()
 	return &Session{DeviceID: deviceID, Transport: transport, Remote: remote, ConnectedAt: b.opts.Now(), limiter: lim, logLim: &b.logLim}
 }
+
+// Touch records that a device without a session was heard from.
+func (b *Bridge) Touch(deviceID string) { b.opts.Devices.Touch(deviceID, b.opts.Now()) }
 
 // Disconnect ends a session. Presence goes offline only if s is still the
 // device's current session. It is safe to call more than once.

@@ -40,6 +40,8 @@ type Options struct {
 	MaxBodyBytes int64
 	// Live is the fan-out behind /ws/live and /api/v1/live; nil disables them.
 	Live *Live
+	// Commands is the command service; nil disables the command routes.
+	Commands Commander
 	// AllowedOrigins are browser origins besides the hub's own allowed on
 	// operator sockets (e.g. https://ops.example.com).
 	AllowedOrigins []string
@@ -126,6 +128,9 @@ func (s *Server) Register(mux *http.ServeMux) {
 	mux.Handle("POST /api/v1/tokens", s.auth(devices.RoleAdmin, s.createToken))
 	mux.Handle("GET /api/v1/tokens", s.auth(devices.RoleAdmin, s.listTokens))
 	mux.Handle("DELETE /api/v1/tokens/{id}", s.auth(devices.RoleAdmin, s.revokeToken))
+	if s.opts.Commands != nil {
+		s.registerCommands(mux)
+	}
 	if s.opts.Live != nil {
 		mux.HandleFunc("GET /ws/live", s.serveLiveWS)
 		mux.Handle("GET /api/v1/live", s.authQuery(devices.RoleViewer, s.serveSSE))

@@ -192,6 +192,19 @@ func (l *Live) remove(s *subscriber) {
 	l.mu.Unlock()
 }
 
+// subscribe changes a subscriber's filter and queues the latest value of
+// each newly selected device, with Publish held off so no live event can
+// slip in before the snapshot and be followed by an older value.
+func (l *Live) subscribe(s *subscriber, change func(f *filter)) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	f := s.update(change)
+	now := time.Now()
+	for _, ev := range l.snapshot(&f) {
+		s.offer(&liveEvent{ev: ev}, now)
+	}
+}
+
 // snapshot returns the latest reading of each device the filter selects.
 func (l *Live) snapshot(f *filter) []telemetry.Event {
 	l.latestMu.Lock()

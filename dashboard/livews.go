@@ -116,10 +116,7 @@ func (c *liveConn) readLoop() {
 		}
 		switch m.Type {
 		case "subscribe":
-			f := c.sub.update(func(f *filter) { applySubscribe(f, m.Devices, m.Metrics) })
-			for _, ev := range c.s.opts.Live.snapshot(&f) {
-				c.sub.offer(&liveEvent{ev: ev}, time.Now())
-			}
+			c.s.opts.Live.subscribe(c.sub, func(f *filter) { applySubscribe(f, m.Devices, m.Metrics) })
 		case "unsubscribe":
 			c.sub.update(func(f *filter) { applyUnsubscribe(f, m.Devices) })
 		default:

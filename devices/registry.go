@@ -38,6 +38,11 @@ var (
 	ErrNotFound = errors.New("not found")
 	ErrExists   = errors.New("already exists")
 	ErrInvalid  = errors.New("invalid")
+	// ErrConflict means the request does not fit the object's state (e.g.
+	// cancelling a command that was already sent).
+	ErrConflict = errors.New("conflict")
+	// ErrQueueFull means the device has as many queued commands as allowed.
+	ErrQueueFull = errors.New("queue full")
 )
 
 // Transports a device can be connected over.

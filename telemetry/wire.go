@@ -140,6 +140,23 @@ type Command struct {
 	Params jsontext.Value `json:"params,omitzero"`
 }
 
+// EncodeCommand returns the JSON of cmd: with "type":"command" for the
+// WebSocket, without it for MQTT (the topic says what it is).
+func EncodeCommand(cmd Command, withType bool) []byte {
+	cmd.Type = ""
+	if withType {
+		cmd.Type = TypeCommand
+	}
+	if len(cmd.Params) == 0 {
+		cmd.Params = jsontext.Value("{}")
+	}
+	b, err := json.Marshal(cmd)
+	if err != nil { // params were validated as a JSON object when queued
+		return []byte(`{"id":"` + cmd.ID + `","name":"` + cmd.Name + `","params":{}}`)
+	}
+	return b
+}
+
 // CommandResult is a device's answer to a Command.
 type CommandResult struct {
 	ID     string         `json:"id"`

@@ -126,7 +126,7 @@ func New(opts Options) (*Broker, error) {
 		// mochi logs every connection at info; ours are logged by the bridge.
 		Logger: slog.New(levelFloor{opts.Logger.Handler(), slog.LevelWarn}),
 	})
-	b.hook = &hook{b: b, pending: map[*mqtt.Client]devices.TokenHash{}, sessions: map[*mqtt.Client]*bridge.Session{}}
+	b.hook = &hook{b: b, pending: map[*mqtt.Client]devices.TokenHash{}, sessions: map[*mqtt.Client]*bridge.Session{}, conns: map[*mqtt.Client]*conn{}}
 	if err := b.srv.AddHook(b.hook, nil); err != nil {
 		return nil, fmt.Errorf("mqtt: add hook: %w", err)
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -35,9 +36,10 @@ type hook struct {
 	mqtt.HookBase
 	b *Broker
 
-	mu       sync.Mutex // guards pending and sessions
+	mu       sync.Mutex // guards pending, sessions and conns
 	pending  map[*mqtt.Client]devices.TokenHash
 	sessions map[*mqtt.Client]*bridge.Session
+	conns    map[*mqtt.Client]*conn
 }
 
 func (h *hook) ID() string { return "fieldhub" }
@@ -45,7 +47,7 @@ func (h *hook) ID() string { return "fieldhub" }
 func (h *hook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSessionEstablished,
-		mqtt.OnDisconnect, mqtt.OnPublish:
+		mqtt.OnDisconnect, mqtt.OnPublish, mqtt.OnSubscribed:
 		return true
 	}
 	return false
@@ -106,10 +108,29 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	if !ok {
 		return
 	}
-	s := h.b.opts.Bridge.Connect(string(cl.Properties.Username), devices.TransportMQTT, cl.Net.Remote, hash, &closer{b: h.b, cl: cl})
+	conn := &conn{b: h.b, cl: cl, commands: topicPrefix + string(cl.Properties.Username) + suffixCmds}
+	s := h.b.opts.Bridge.Connect(string(cl.Properties.Username), devices.TransportMQTT, cl.Net.Remote, hash, conn)
 	h.mu.Lock()
 	h.sessions[cl] = s
+	h.conns[cl] = conn
 	h.mu.Unlock()
+}
+
+// OnSubscribed makes the session ready for commands once the device
+// subscribed to its commands topic, and delivers what is waiting.
+func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {
+	h.mu.Lock()
+	conn := h.conns[cl]
+	h.mu.Unlock()
+	if conn == nil {
+		return
+	}
+	for i, f := range pk.Filters {
+		if f.Filter == conn.commands && i < len(reasonCodes) && reasonCodes[i] < 0x80 {
+			conn.subscribed.Store(true)
+			h.b.opts.Bridge.DeliverCommands(string(cl.Properties.Username))
+		}
+	}
 }
 
 func (h *hook) session(cl *mqtt.Client) *bridge.Session {
@@ -123,6 +144,7 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	h.mu.Lock()
 	s := h.sessions[cl]
 	delete(h.sessions, cl)
+	delete(h.conns, cl)
 	delete(h.pending, cl)
 	h.mu.Unlock()
 	if s != nil {
@@ -207,8 +229,9 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		if f != nil && f.Type == "" {
 			f.Type, err = telemetry.TypeCommandResult, nil
 		}
+		var res *telemetry.CommandResult
 		if err == nil {
-			_, err = h.b.opts.Bridge.Codec().CommandResult(f)
+			res, err = h.b.opts.Bridge.Codec().CommandResult(f)
 		}
 		if err != nil {
 			var terr *telemetry.Error
@@ -222,7 +245,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 			}
 			return pk, h.refuse(cl, pk, id, terr)
 		}
-		// Results are routed by the command service (see the commands issue).
+		_ = h.b.opts.Bridge.CommandResult(s.DeviceID, res) // unknown or finished: a duplicate
 		return pk, packets.CodeSuccessIgnore
 	}
 	return pk, packets.ErrRejectPacket
@@ -257,15 +280,26 @@ func (h *hook) refuse(cl *mqtt.Client, pk packets.Packet, msgID string, terr *te
 	return packets.CodeSuccessIgnore
 }
 
-// closer ends an MQTT session for the bridge (revoked, superseded,
-// shutdown) without blocking the caller.
-type closer struct {
-	b    *Broker
-	cl   *mqtt.Client
-	once sync.Once
+// conn is an MQTT session as the bridge sees it: it delivers commands on
+// the device's commands topic (QoS 1) once the device subscribed, and ends
+// the session (revoked, superseded, shutdown) without blocking the caller.
+type conn struct {
+	b          *Broker
+	cl         *mqtt.Client
+	commands   string
+	subscribed atomic.Bool
+	once       sync.Once
 }
 
-func (c *closer) Close(reason string) {
+// Deliver publishes a command on the device's commands topic, QoS 1.
+func (c *conn) Deliver(cmd telemetry.Command) bool {
+	if !c.subscribed.Load() {
+		return false
+	}
+	return c.b.Publish(c.commands, telemetry.EncodeCommand(cmd, false), 1) == nil
+}
+
+func (c *conn) Close(reason string) {
 	c.once.Do(func() {
 		code := packets.ErrNotAuthorized
 		switch reason {

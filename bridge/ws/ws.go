@@ -227,7 +227,18 @@ type conn_ struct {
 	done    chan struct{} // closed when the reader stops
 }
 
-// Close implements bridge.Closer: the writer sends the close frame.
+// Deliver implements bridge.Conn: the command goes through the writer's
+// queue like every other frame.
+func (c *conn_) Deliver(cmd telemetry.Command) bool {
+	select {
+	case c.send <- telemetry.EncodeCommand(cmd, true):
+		return true
+	default:
+		return false
+	}
+}
+
+// Close implements bridge.Conn: the writer sends the close frame.
 func (c *conn_) Close(reason string) {
 	select {
 	case c.kick <- reason:
@@ -301,10 +312,14 @@ func (c *conn_) readLoop(ctx context.Context) string {
 		case telemetry.TypePing:
 			c.queue([]byte(`{"type":"pong"}`))
 		case telemetry.TypeCommandResult:
-			if _, err := codec.CommandResult(f); err != nil {
+			r, err := codec.CommandResult(f)
+			if err != nil {
 				c.queue(c.reject(f.ID, err))
+				continue
 			}
-			// Results are routed by the command service (see the commands issue).
+			// An unknown or already finished command is not the device's
+			// fault (a redelivered duplicate): nothing to answer.
+			_ = c.h.opts.Bridge.CommandResult(c.session.DeviceID, r)
 		}
 	}
 }

@@ -105,6 +105,10 @@ func admin(ctx context.Context, group string, args []string, getenv func(string)
 	role := fs.String("role", "viewer", "token role: viewer, operator or admin")
 	grace := fs.Duration("grace", 0, "rotation grace period during which the old token still works")
 	online := fs.String("online", "", "filter by online state: true or false")
+	params := fs.String("params", "{}", "command params as a JSON object")
+	wait := fs.Duration("wait", 0, "wait up to this long for the command's final status")
+	ttl := fs.Duration("ttl", 0, "how long the command may wait for delivery (default 1h)")
+	timeout := fs.Duration("timeout", 0, "how long a sent command may wait for its result (default 30s)")
 	labels := labelsFlag{}
 	fs.Var(labels, "label", "label key=value (repeatable)")
 	// Flags may come before or after positional arguments.
@@ -329,6 +333,76 @@ func admin(ctx context.Context, group string, args []string, getenv func(string)
 			return err
 		}
 		fmt.Fprintf(tw, "revoked\t%s\n", id)
+	case "command send":
+		dev, err := arg(0, "device id")
+		if err != nil {
+			return err
+		}
+		name, err := arg(1, "command name")
+		if err != nil {
+			return err
+		}
+		if !json.Valid([]byte(*params)) {
+			return errors.New("--params must be a JSON object")
+		}
+		body := map[string]any{"name": name, "params": json.RawMessage(*params)}
+		if *ttl > 0 {
+			body["ttl"] = ttl.String()
+		}
+		if *timeout > 0 {
+			body["timeout"] = timeout.String()
+		}
+		q := ""
+		if *wait > 0 {
+			q = "?wait=" + wait.String()
+		}
+		var raw json.RawMessage
+		if err := c.do(ctx, "POST", "/api/v1/devices/"+url.PathEscape(dev)+"/commands"+q, jsonBody(body), "application/json", &raw); err != nil {
+			return err
+		}
+		if *asJSON {
+			printJSON(raw)
+			return nil
+		}
+		var out struct {
+			Command struct {
+				ID, Status, Error string
+				Result            json.RawMessage
+			} `json:"command"`
+		}
+		_ = json.Unmarshal(raw, &out)
+		fmt.Fprintf(tw, "command\t%s\nstatus\t%s\n", out.Command.ID, out.Command.Status)
+		if len(out.Command.Result) > 0 {
+			fmt.Fprintf(tw, "result\t%s\n", out.Command.Result)
+		}
+		if out.Command.Error != "" {
+			fmt.Fprintf(tw, "error\t%s\n", out.Command.Error)
+		}
+	case "command list":
+		dev, err := arg(0, "device id")
+		if err != nil {
+			return err
+		}
+		var raw json.RawMessage
+		if err := c.do(ctx, "GET", "/api/v1/devices/"+url.PathEscape(dev)+"/commands?limit=100", nil, "", &raw); err != nil {
+			return err
+		}
+		if *asJSON {
+			printJSON(raw)
+			return nil
+		}
+		var out struct {
+			Commands []struct {
+				ID, Name, Status string
+				CreatedBy        string    `json:"created_by"`
+				CreatedAt        time.Time `json:"created_at"`
+			}
+		}
+		_ = json.Unmarshal(raw, &out)
+		fmt.Fprintln(tw, "ID\tNAME\tSTATUS\tBY\tCREATED")
+		for _, cmd := range out.Commands {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", cmd.ID, cmd.Name, cmd.Status, cmd.CreatedBy, cmd.CreatedAt.Format(time.RFC3339))
+		}
 	default:
 		return fmt.Errorf("unknown command %q", group+" "+sub)
 	}

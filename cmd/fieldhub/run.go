@@ -13,6 +13,7 @@ Commands:
   serve     run the hub (fieldhub serve --help lists every setting)
   device    manage devices on a running hub: create|list|get|rotate|delete|import
   token     manage operator API tokens: create|list|revoke
+  command   send commands to devices: send <device> <name> [--params JSON] [--wait 10s] | list <device>
   version   print the version
 
 The admin commands talk to the REST API at FIELDHUB_URL (default
@@ -35,7 +36,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return nil
 		}
 		return err
-	case "device", "token":
+	case "device", "token", "command":
 		return admin(ctx, args[1], args[2:], getenv, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "fieldhub", version)

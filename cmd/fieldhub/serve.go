@@ -150,7 +150,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	m := newMetrics()
 	codec := telemetry.NewCodec(telemetry.Limits{MaxFuture: cfg.MaxFuture, MaxAge: cfg.MaxAge}, nil)
 	br, err = bridge.New(bridge.Options{
-		Codec: codec, Store: sp, Devices: reg, Fanout: live,
+		Codec: codec, Store: sp, Devices: reg, Fanout: live, Commands: store,
 		RatePerSec: cfg.RateLimit, Burst: cfg.RateBurst, Logger: log,
 	})
 	if err != nil {
@@ -166,7 +166,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	api, err := dashboard.New(dashboard.Options{
 		Registry: reg, History: ic, Failures: failures, Logger: log,
-		Live: live, AllowedOrigins: cfg.AllowedOrigins,
+		Live: live, AllowedOrigins: cfg.AllowedOrigins, Commands: br,
 		OnAuthFailure: func() { m.authFailure("api") },
 	})
 	if err != nil {
@@ -190,6 +190,8 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	api.Register(mux)
 	mux.Handle("GET /ws/device", deviceWS)
 	mux.HandleFunc("POST /api/v1/telemetry", deviceWS.ServeTelemetry)
+	mux.HandleFunc("GET /api/v1/commands/next", deviceWS.ServeNextCommand)
+	mux.HandleFunc("POST /api/v1/commands/{id}/result", deviceWS.ServeCommandResult)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = io.WriteString(w, "ok\n")
@@ -225,6 +227,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		}
 		return nil
 	})
+	g.Go(func() error { return br.Run(gctx) })
 	mqttCtx, stopMQTT := context.WithCancel(context.Background())
 	defer stopMQTT()
 	if broker != nil {
