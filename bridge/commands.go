@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fieldhub/fieldhub/devices"
@@ -48,8 +49,8 @@ type commands struct {
 	active    map[string][]*activeCmd // by device, in creation order
 	waiters   map[string][]chan struct{}
 	pollers   map[string][]chan struct{} // HTTP long polls by device
-	loaded    bool
-	idemIndex map[string]string // device\x00key -> command id, for active commands
+	idemIndex map[string]string          // device\x00key -> command id, for active commands
+	seq       atomic.Uint32
 }
 
 type activeCmd struct {
@@ -80,7 +81,6 @@ func (c *commands) load(ctx context.Context) error {
 	for _, list := range c.active {
 		sortByID(list)
 	}
-	c.loaded = true
 	return nil
 }
 
@@ -92,11 +92,13 @@ func sortByID(list []*activeCmd) {
 	}
 }
 
-// newCommandID returns an id that sorts by creation time.
-func newCommandID(now time.Time) string {
-	var r [5]byte
+// newID returns an id that sorts in creation order: the millisecond, then
+// a per-process sequence for commands created in the same millisecond,
+// then randomness so ids from several hub instances do not collide.
+func (c *commands) newID(now time.Time) string {
+	var r [4]byte
 	_, _ = rand.Read(r[:])
-	return fmt.Sprintf("cmd-%013x%s", now.UnixMilli(), hex.EncodeToString(r[:]))
+	return fmt.Sprintf("cmd-%013x%06x%s", now.UnixMilli(), c.seq.Add(1)&0xffffff, hex.EncodeToString(r[:]))
 }
 
 func (c *commands) validate(spec *devices.CommandSpec) error {
@@ -149,7 +151,7 @@ func (b *Bridge) SendCommand(ctx context.Context, spec devices.CommandSpec) (rec
 	}
 	now := b.opts.Now().UTC()
 	rec = devices.CommandRecord{
-		ID: newCommandID(now), Device: spec.Device, Name: spec.Name, Params: spec.Params,
+		ID: c.newID(now), Device: spec.Device, Name: spec.Name, Params: spec.Params,
 		Status: devices.CommandQueued, CreatedAt: now, CreatedBy: spec.CreatedBy,
 		ExpiresAt: now.Add(spec.TTL), TimeoutMS: spec.Timeout.Milliseconds(), IdempotencyKey: spec.IdempotencyKey,
 		History: []devices.StatusChange{{Status: devices.CommandQueued, At: now}},
