@@ -153,18 +153,17 @@ func (s *BoltStore) ListCommands(ctx context.Context, device, before string, lim
 		}
 		prefix := []byte(device + "\x00")
 		cur := b.Cursor()
-		var k, v []byte
+		// Position on the largest key below the start: the device's first
+		// key after its range, or the cursor "before".
+		start := []byte(device + "\x01")
 		if before != "" {
-			k, v = cur.Seek(commandKey(device, before))
-			k, v = cur.Prev()
+			start = commandKey(device, before)
+		}
+		var k, v []byte
+		if k, _ = cur.Seek(start); k == nil {
+			k, v = cur.Last()
 		} else {
-			// Seek past the device's last key, then step back.
-			k, v = cur.Seek([]byte(device + "\x01"))
-			if k == nil {
-				k, v = cur.Last()
-			} else {
-				k, v = cur.Prev()
-			}
+			k, v = cur.Prev()
 		}
 		for ; k != nil && bytes.HasPrefix(k, prefix) && len(out) < limit; k, v = cur.Prev() {
 			var c CommandRecord
