@@ -62,6 +62,9 @@ type Options struct {
 	// MaxKeepalive is the longest keep-alive a client may have; a client
 	// asking for none or more gets this (v5 clients are told). Default 300 s.
 	MaxKeepalive time.Duration
+	// AllowedOrigins are browser origins besides the hub's own allowed on
+	// MQTT over WebSocket.
+	AllowedOrigins []string
 	// OnAuthFailure and OnACLDenied, if set, observe refusals (metrics).
 	OnAuthFailure func(transport string)
 	OnACLDenied   func()
@@ -100,6 +103,11 @@ type Broker struct {
 	hook   *hook
 	kicks  sync.WaitGroup // in-flight disconnects started by Kick
 	denied atomic.Int64
+
+	wsMu     sync.Mutex // guards wsClosed and wsConns.Add against closeWS
+	wsClosed bool
+	wsConns  sync.WaitGroup // MQTT-over-WebSocket handlers
+	wsBufs   sync.Pool      // write buffers shared by idle WebSocket clients
 }
 
 // New returns a broker serving on opts' listeners once Run is called.
@@ -148,6 +156,7 @@ func (b *Broker) Run(ctx context.Context) error {
 		return fmt.Errorf("mqtt: serve: %w", err)
 	}
 	<-ctx.Done()
+	b.closeWS()
 	b.kicks.Wait()
 	if err := b.srv.Close(); err != nil {
 		return fmt.Errorf("mqtt: close: %w", err)

@@ -178,7 +178,8 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 			Bridge: br, Auth: reg, Failures: failures, Listener: mqttLn, TLSListener: mqttTLSLn,
 			MaxPacketBytes: int(cfg.MaxMessageBytes), MaxConns: cfg.MQTTMaxConns, Logger: log,
 			ConnectRate: cfg.MQTTConnectRate, ConnectBurst: int(cfg.MQTTConnectRate * 2.5),
-			OnAuthFailure: m.authFailure, OnACLDenied: m.aclDenied.Inc,
+			AllowedOrigins: cfg.AllowedOrigins,
+			OnAuthFailure:  m.authFailure, OnACLDenied: m.aclDenied.Inc,
 		})
 		if err != nil {
 			return err
@@ -191,6 +192,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	mux.Handle("GET /ws/device", deviceWS)
 	mux.HandleFunc("POST /api/v1/telemetry", deviceWS.ServeTelemetry)
 	mux.HandleFunc("GET /api/v1/commands/next", deviceWS.ServeNextCommand)
+	if broker != nil && cfg.MQTTWSPath != "" {
+		mux.HandleFunc("GET "+cfg.MQTTWSPath, broker.ServeWebSocket)
+	}
 	mux.HandleFunc("POST /api/v1/commands/{id}/result", deviceWS.ServeCommandResult)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")

@@ -1,0 +1,151 @@
+package mqtt
+
+import (
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// wsListener names MQTT-over-WebSocket clients in the broker.
+const wsListener = "ws"
+
+// ServeWebSocket is MQTT over WebSocket (subprotocol "mqtt") for
+// browser-based devices, mounted on the hub's HTTP server. Unlike the
+// broker's stock WebSocket listener it checks Origin: a browser page may
+// connect only from the hub's own origin or an allowed one (devices still
+// authenticate with id and token in CONNECT).
+func (b *Broker) ServeWebSocket(w http.ResponseWriter, r *http.Request) {
+	if !b.originAllowed(r) {
+		http.Error(w, "Origin not allowed", http.StatusForbidden)
+		return
+	}
+	if !b.trackWS() {
+		http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	defer b.wsConns.Done()
+	up := websocket.Upgrader{
+		HandshakeTimeout: 10 * time.Second,
+		ReadBufferSize:   1024,
+		WriteBufferSize:  1024,
+		WriteBufferPool:  &b.wsBufs,
+		Subprotocols:     []string{"mqtt"},
+		CheckOrigin:      func(*http.Request) bool { return true }, // checked above
+	}
+	ws, err := up.Upgrade(w, r, nil)
+	if err != nil {
+		return
+	}
+	ws.SetReadLimit(int64(b.opts.MaxPacketBytes) + 8)
+	conn := &wsConn{ws: ws}
+	_ = conn.SetDeadline(time.Now().Add(b.opts.ConnectTimeout)) // CONNECT deadline, as on TCP
+	_ = b.srv.EstablishConnection(wsListener, conn)             // returns when the client is gone
+	conn.Close()
+}
+
+func (b *Broker) trackWS() bool {
+	b.wsMu.Lock()
+	defer b.wsMu.Unlock()
+	if b.wsClosed {
+		return false
+	}
+	b.wsConns.Add(1)
+	return true
+}
+
+// closeWS disconnects MQTT-over-WebSocket clients (the broker closes only
+// its own listeners' clients) and waits for their handlers.
+func (b *Broker) closeWS() {
+	b.wsMu.Lock()
+	b.wsClosed = true
+	b.wsMu.Unlock()
+	for _, cl := range b.srv.Clients.GetByListener(wsListener) {
+		_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+	}
+	b.wsConns.Wait()
+}
+
+func (b *Broker) originAllowed(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	if err != nil {
+		return false
+	}
+	return strings.EqualFold(u.Host, r.Host) || slices.ContainsFunc(b.opts.AllowedOrigins, func(o string) bool {
+		return strings.EqualFold(strings.TrimRight(o, "/"), origin)
+	})
+}
+
+// wsConn presents a WebSocket as the byte stream MQTT expects: binary
+// messages in, one binary message per write out. The broker reads from one
+// goroutine and serialises its writes.
+type wsConn struct {
+	ws *websocket.Conn
+	r  io.Reader
+	wm sync.Mutex
+}
+
+func (c *wsConn) Read(p []byte) (int, error) {
+	for {
+		if c.r == nil {
+			mt, r, err := c.ws.NextReader()
+			if err != nil {
+				return 0, err
+			}
+			if mt != websocket.BinaryMessage {
+				return 0, io.ErrUnexpectedEOF // MQTT over WebSocket is binary only
+			}
+			c.r = r
+		}
+		n, err := c.r.Read(p)
+		if err == io.EOF {
+			c.r = nil
+			if n > 0 {
+				return n, nil
+			}
+			continue
+		}
+		return n, err
+	}
+}
+
+func (c *wsConn) Write(p []byte) (int, error) {
+	c.wm.Lock()
+	defer c.wm.Unlock()
+	if err := c.ws.WriteMessage(websocket.BinaryMessage, p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func (c *wsConn) Close() error                      { return c.ws.Close() }
+func (c *wsConn) LocalAddr() net.Addr               { return c.ws.LocalAddr() }
+func (c *wsConn) RemoteAddr() net.Addr              { return c.ws.RemoteAddr() }
+func (c *wsConn) SetReadDeadline(t time.Time) error { return c.ws.SetReadDeadline(t) }
+
+// SetWriteDeadline takes the write lock: gorilla keeps the write deadline
+// in a field its writers read, and the broker sets deadlines from its
+// reader goroutine.
+func (c *wsConn) SetWriteDeadline(t time.Time) error {
+	c.wm.Lock()
+	defer c.wm.Unlock()
+	return c.ws.SetWriteDeadline(t)
+}
+
+func (c *wsConn) SetDeadline(t time.Time) error {
+	if err := c.ws.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return c.SetWriteDeadline(t)
+}
