@@ -46,7 +46,9 @@ type rig struct {
 	tokens map[string]string
 }
 
-func newRig(t *testing.T, o Options) *rig {
+func newRig(t *testing.T, o Options) *rig { return newRigTB(t, o) }
+
+func newRigTB(t testing.TB, o Options) *rig {
 	t.Helper()
 	dir := t.TempDir()
 	st, err := devices.OpenBolt(filepath.Join(dir, "registry.db"))
@@ -132,7 +134,7 @@ func (r *rig) v5(t *testing.T, id, token string) (*pahov5.Client, *pahov5.Connac
 	return c, ca, err
 }
 
-func (r *rig) stored(t *testing.T) int {
+func (r *rig) stored(t testing.TB) int {
 	t.Helper()
 	b, err := r.sp.Read(r.sp.Confirmed(), 1<<20, 64<<20, nil)
 	if err != nil {

@@ -57,7 +57,9 @@ type rigOpts struct {
 	readLim  int64
 }
 
-func newRig(t *testing.T, o rigOpts) *rig {
+func newRig(t *testing.T, o rigOpts) *rig { return newRigTB(t, o) }
+
+func newRigTB(t testing.TB, o rigOpts) *rig {
 	t.Helper()
 	dir := t.TempDir()
 	st, err := devices.OpenBolt(filepath.Join(dir, "registry.db"))
