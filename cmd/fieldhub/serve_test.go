@@ -31,7 +31,7 @@ type syncBuf struct {
 func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
 func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
-func freePort(t *testing.T) string {
+func freePort(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -52,6 +52,11 @@ type hub struct {
 }
 
 func startHub(t *testing.T, influx *influxtest.Server, extraEnv map[string]string) *hub {
+	return startHubTB(t, influx, extraEnv)
+}
+
+// startHubTB is startHub for benchmarks too.
+func startHubTB(t testing.TB, influx *influxtest.Server, extraEnv map[string]string) *hub {
 	t.Helper()
 	addr := freePort(t)
 	h := &hub{url: "http://" + addr, adminToken: "test-admin-secret-" + fmt.Sprint(time.Now().UnixNano()), stdout: &syncBuf{}, stderr: &syncBuf{}, done: make(chan error, 1)}
@@ -95,7 +100,7 @@ func startHub(t *testing.T, influx *influxtest.Server, extraEnv map[string]strin
 	}
 }
 
-func (h *hub) stop(t *testing.T) {
+func (h *hub) stop(t testing.TB) {
 	if h.cancel == nil {
 		return
 	}
@@ -112,6 +117,10 @@ func (h *hub) stop(t *testing.T) {
 }
 
 func (h *hub) api(t *testing.T, method, path, token string, body any) (int, map[string]any) {
+	return h.apiTB(t, method, path, token, body)
+}
+
+func (h *hub) apiTB(t testing.TB, method, path, token string, body any) (int, map[string]any) {
 	t.Helper()
 	var r io.Reader
 	if body != nil {
