@@ -125,7 +125,7 @@ type Fleet struct {
 	c     counters
 	start time.Time
 
-	mu      sync.Mutex // guards devices
+	mu      sync.Mutex // guards devices, creds and start once Run began
 	devices []*device
 }
 
@@ -225,10 +225,12 @@ func (f *Fleet) Stats() Stats {
 	if n := len(lat); n > 0 {
 		st.AckP50, st.AckP99 = ms(lat[n/2]), ms(lat[min(n-1, n*99/100)])
 	}
+	f.mu.Lock()
 	st.Devices = len(f.creds)
 	if !f.start.IsZero() {
 		st.Elapsed = time.Since(f.start).Seconds()
 	}
+	f.mu.Unlock()
 	st.Connected, st.Sent, st.Acked = c.connected.Load(), c.sent.Load(), c.acked.Load()
 	st.ReadingsSent, st.ReadingsAcked = c.readingsSent.Load(), c.readingsAcked.Load()
 	st.Reconnects, st.FaultsSent, st.FaultsAnswered, st.Violations = c.reconnects.Load(), c.faultsSent.Load(), c.faultsAnswered.Load(), c.violations.Load()
@@ -239,32 +241,37 @@ func (f *Fleet) Stats() Stats {
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // Creds returns the fleet's device credentials (after provisioning).
-func (f *Fleet) Creds() []Cred { return slices.Clone(f.creds) }
+func (f *Fleet) Creds() []Cred {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.creds)
+}
 
 // Run provisions the fleet if asked, connects every device and runs until
 // ctx ends, the duration passes or every device sent Count messages. It
 // returns an error only when the fleet could not run; contract violations
 // are in Stats.
 func (f *Fleet) Run(ctx context.Context) error {
-	f.creds = f.cfg.Creds
+	creds := f.cfg.Creds
 	if f.cfg.Provision {
-		creds, err := provision(ctx, f.cfg)
-		if err != nil {
+		var err error
+		if creds, err = provision(ctx, f.cfg); err != nil {
 			return err
 		}
-		f.creds = creds
 	}
-	if len(f.creds) > f.cfg.Devices {
-		f.creds = f.creds[:f.cfg.Devices]
+	if len(creds) > f.cfg.Devices {
+		creds = creds[:f.cfg.Devices]
 	}
 	if f.cfg.Duration > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, f.cfg.Duration)
 		defer cancel()
 	}
-	f.start = time.Now()
+	f.mu.Lock()
+	f.creds, f.start = creds, time.Now()
+	f.mu.Unlock()
 	var wg sync.WaitGroup
-	for i, cr := range f.creds {
+	for i, cr := range creds {
 		transport := f.cfg.Transport
 		if transport == TransportMix {
 			transport = []string{TransportWS, TransportMQTT}[i%2]

@@ -405,3 +405,19 @@ func TestHTTPFallback(t *testing.T) {
 		t.Fatalf("stored %d, want 1", n)
 	}
 }
+
+func TestPermessageDeflateOffered(t *testing.T) {
+	r := newRig(t, rigOpts{})
+	d := websocket.Dialer{EnableCompression: true}
+	c, resp, err := d.Dial(r.url(), http.Header{"Authorization": {"Bearer " + r.tokens["d1"]}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if ext := resp.Header.Get("Sec-WebSocket-Extensions"); !strings.Contains(ext, "permessage-deflate") {
+		t.Fatalf("extensions %q: permessage-deflate not negotiated", ext)
+	}
+	if ack := roundTrip(t, c, `{"type":"telemetry","id":"z","metrics":{"a":1}}`); ack["type"] != "ack" {
+		t.Fatalf("compressed session: %v", ack)
+	}
+}

@@ -104,6 +104,14 @@ func TestCommandsOverWebSocket(t *testing.T) {
 	h := startHub(t, influx, nil)
 	token := h.createDevice(t, "valve-1")
 	operator, viewer := h.token(t, "operator"), h.token(t, "viewer")
+	dash, _, err := websocket.DefaultDialer.Dial(strings.Replace(h.url, "http", "ws", 1)+"/ws/live", http.Header{"Authorization": {"Bearer " + viewer}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dash.Close()
+	if err := dash.WriteJSON(map[string]any{"type": "subscribe", "devices": []string{"valve-1"}}); err != nil {
+		t.Fatal(err)
+	}
 
 	// Offline: queued, then delivered in order when the device connects.
 	st, first := h.send(t, operator, "valve-1", "", map[string]any{"name": "set_interval", "params": map[string]any{"seconds": 5}}, nil)
@@ -123,6 +131,21 @@ func TestCommandsOverWebSocket(t *testing.T) {
 		}
 	}
 	waitUntil(t, "first command succeeded", 5*time.Second, func() bool { return h.commandStatus(t, "valve-1", first["id"].(string)) == "succeeded" })
+	// Every status change reached the dashboard as a command event.
+	var seen []string
+	for len(seen) < 3 {
+		var e map[string]any
+		_ = dash.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if err := dash.ReadJSON(&e); err != nil {
+			t.Fatalf("live command events: %v (saw %v)", err, seen)
+		}
+		if e["type"] == "command" && e["id"] == first["id"] {
+			seen = append(seen, e["status"].(string))
+		}
+	}
+	if strings.Join(seen, ",") != "queued,sent,succeeded" {
+		t.Fatalf("command events %v, want queued,sent,succeeded", seen)
+	}
 
 	// Online with ?wait: the answer comes back in the same request.
 	st, done := h.send(t, operator, "valve-1", "?wait=10s", map[string]any{"name": "reboot"}, nil)

@@ -27,7 +27,25 @@ func TestFleetEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := fleet.Run(ctx); err != nil {
+	runErr := make(chan error, 1)
+	go func() { runErr <- fleet.Run(ctx) }()
+	// While the fleet runs, operators command a sample of devices; the
+	// simulated firmware obeys known commands and refuses unknown ones.
+	waitUntil(t, "fleet connected", 10*time.Second, func() bool { return fleet.Stats().Connected >= 250 })
+	for i, name := range []string{"set_interval", "set_fault_rate", "reboot", "self_destruct"} {
+		for _, dev := range []int{1 + i, 2 + i*7, 150 + i} { // both transports
+			params := map[string]any{"seconds": 0.5, "rate": 0.0}
+			st, cmd := h.send(t, h.adminToken, fmt.Sprintf("sim-%d", dev), "?wait=10s", map[string]any{"name": name, "params": params}, nil)
+			want := "succeeded"
+			if name == "self_destruct" {
+				want = "failed"
+			}
+			if st != 200 || cmd["status"] != want {
+				t.Errorf("%s to sim-%d: %d %v, want %s", name, dev, st, cmd["status"], want)
+			}
+		}
+	}
+	if err := <-runErr; err != nil {
 		t.Fatal(err)
 	}
 	st := fleet.Stats()

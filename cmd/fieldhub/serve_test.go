@@ -465,3 +465,12 @@ func TestREADMEListsEverySetting(t *testing.T) {
 		}
 	}
 }
+
+func newCancel(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithCancel(ctx)
+}
+
+func jsonDecode(resp *http.Response, v any) error {
+	defer resp.Body.Close()
+	return json.NewDecoder(resp.Body).Decode(v)
+}
