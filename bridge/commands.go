@@ -224,6 +224,7 @@ func (c *commands) setStatusLocked(a *activeCmd, status string, now time.Time) {
 	if a.rec.Final() {
 		t := now
 		a.rec.CompletedAt = &t
+		pick(c.b.stats.Commands, status).Add(1)
 	}
 }
 

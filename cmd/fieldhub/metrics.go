@@ -84,6 +84,7 @@ var (
 	descDeadLettered  = prometheus.NewDesc("fieldhub_influx_points_dead_lettered_total", "Points InfluxDB permanently rejected, kept in the dead-letter file.", nil, nil)
 	descInfluxHealthy = prometheus.NewDesc("fieldhub_influx_up", "1 when the last InfluxDB write succeeded.", nil, nil)
 	descDevices       = prometheus.NewDesc("fieldhub_devices_registered", "Devices in the registry.", nil, nil)
+	descCommands      = prometheus.NewDesc("fieldhub_commands_finished_total", "Commands that reached a final status, by status.", []string{"status"}, nil)
 	descLiveSubs      = prometheus.NewDesc("fieldhub_live_subscribers", "Dashboard live connections (WebSocket and SSE).", nil, nil)
 	descLiveSent      = prometheus.NewDesc("fieldhub_live_events_sent_total", "Live events written to dashboards.", nil, nil)
 	descLiveCoalesced = prometheus.NewDesc("fieldhub_live_events_coalesced_total", "Readings merged into a newer value for a dashboard that fell behind.", nil, nil)
@@ -102,7 +103,7 @@ type hubCollector struct {
 func (c *hubCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConnected, descConnects, descDisconnects, descMessages, descReadings, descRejected,
 		descSpoolBytes, descSpoolMax, descSpoolPending, descSpoolAge, descSpoolTorn, descWritten, descDeadLettered, descInfluxHealthy, descDevices,
-		descLiveSubs, descLiveSent, descLiveCoalesced, descLiveSlow} {
+		descLiveSubs, descLiveSent, descLiveCoalesced, descLiveSlow, descCommands} {
 		ch <- d
 	}
 }
@@ -125,6 +126,9 @@ func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for t, v := range st.Readings {
 		ch <- prometheus.MustNewConstMetric(descReadings, prometheus.CounterValue, float64(v.Load()), t)
+	}
+	for status, v := range st.Commands {
+		ch <- prometheus.MustNewConstMetric(descCommands, prometheus.CounterValue, float64(v.Load()), status)
 	}
 	for code, v := range st.Rejected {
 		ch <- prometheus.MustNewConstMetric(descRejected, prometheus.CounterValue, float64(v.Load()), code)

@@ -200,7 +200,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = io.WriteString(w, "ok\n")
 	})
-	rd := &readiness{reg: reg, sp: sp, writer: writer, influx: ic, mqtt: broker}
+	rd := &readiness{reg: reg, sp: sp, writer: writer, influx: ic, mqtt: broker, maxMessage: cfg.MaxMessageBytes}
 	mux.Handle("GET /readyz", rd)
 	mux.Handle("GET /metrics", m.handler())
 	if cfg.Pprof {
@@ -322,6 +322,8 @@ type readiness struct {
 	writer *influx.Writer
 	influx *influx.Client
 	mqtt   *mqtt.Broker
+	// maxMessage is the largest device message: less room than this is full.
+	maxMessage int64
 }
 
 type check struct {
@@ -348,9 +350,10 @@ func (rd *readiness) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !st.OldestPending.IsZero() {
 		spoolDetail["oldest_pending_seconds"] = time.Since(st.OldestPending).Seconds()
 	}
-	// Full means a new message of normal size may not fit: refuse traffic
-	// from load balancers before devices start hearing "overloaded".
-	if st.Bytes >= st.MaxBytes-st.MaxBytes/50 {
+	// Full: a message of the maximum size may not fit, or an append was
+	// refused for room in the last few seconds. Load balancers then send
+	// devices elsewhere rather than to "overloaded" answers.
+	if st.MaxBytes-st.Bytes < rd.maxMessage || time.Since(st.LastFull) < 5*time.Second {
 		checks["spool"] = check{Status: "full", Detail: spoolDetail}
 		ready = false
 	} else {

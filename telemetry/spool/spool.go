@@ -90,6 +90,7 @@ type Stats struct {
 	OldestPending  time.Time // append time of the oldest unconfirmed record; zero if none
 	RecoveredTorn  int64     // corrupt or torn tails truncated at Open
 	AppendedPoints int64     // points appended since Open
+	LastFull       time.Time // when an append was last refused for lack of room; zero if never
 }
 
 type appendReq struct {
@@ -127,6 +128,7 @@ type Spool struct {
 
 	pending   atomic.Int64
 	appended  atomic.Int64
+	lastFull  atomic.Int64 // unix nanoseconds of the last ErrFull
 	recovered int64
 	closeOnce sync.Once
 }
@@ -444,6 +446,7 @@ func (s *Spool) commit(group []*appendReq) {
 	for _, r := range group {
 		n := int64(headerSize + len(r.data))
 		if n > room {
+			s.lastFull.Store(time.Now().UnixNano())
 			r.done <- ErrFull
 			continue
 		}
@@ -497,6 +500,7 @@ func (s *Spool) write(b []byte) error {
 			s.log.Error("spool: truncate after failed write", "err", terr)
 		}
 		if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+			s.lastFull.Store(time.Now().UnixNano())
 			return ErrFull
 		}
 		return fmt.Errorf("write segment: %w", err)
@@ -707,6 +711,9 @@ func (s *Spool) Stats() Stats {
 	}
 	if len(s.times) > 0 {
 		st.OldestPending = time.UnixMilli(s.times[0].at)
+	}
+	if n := s.lastFull.Load(); n > 0 {
+		st.LastFull = time.Unix(0, n)
 	}
 	return st
 }
