@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -13,6 +14,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fieldhub/fieldhub/telemetry/influxtest"
 )
@@ -220,5 +222,41 @@ func TestReadinessSpoolFull(t *testing.T) {
 	st, ready := h.api(t, "GET", "/readyz", "", nil)
 	if st != 503 || ready["status"] != "not_ready" || ready["checks"].(map[string]any)["spool"].(map[string]any)["status"] != "full" {
 		t.Fatalf("readyz %d %v", st, ready)
+	}
+}
+
+// TestGrafanaDashboardUsesRealMetrics keeps docs/grafana-dashboard.json in
+// step with the metrics the hub exports.
+func TestGrafanaDashboardUsesRealMetrics(t *testing.T) {
+	data, err := os.ReadFile("../../docs/grafana-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := newMetrics()
+	m.authFailure("ws")
+	m.aclDenied.Inc()
+	m.writeErrors.WithLabelValues("network").Inc()
+	m.writeLatency.Observe(0.01)
+	m.batchSize.Observe(10)
+	names := map[string]bool{}
+	mfs, err := m.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		names[mf.GetName()] = true
+	}
+	ch := make(chan *prometheus.Desc, 64)
+	(&hubCollector{}).Describe(ch)
+	close(ch)
+	descName := regexp.MustCompile(`fqName: "([a-z_]+)"`)
+	for d := range ch {
+		names[descName.FindStringSubmatch(d.String())[1]] = true
+	}
+	for _, used := range regexp.MustCompile(`fieldhub_[a-z_]+`).FindAllString(string(data), -1) {
+		base := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(used, "_bucket"), "_sum"), "_count")
+		if !names[base] {
+			t.Errorf("dashboard uses %s, which the hub does not export", used)
+		}
 	}
 }
