@@ -68,3 +68,15 @@ func (s *Stats) disconnects(t, r string) *atomic.Int64 {
 	}
 	return pick(m, r)
 }
+
+// Totals returns readings accepted and messages rejected since start, for
+// the dashboard's overview rates.
+func (b *Bridge) Totals() (readings, rejected int64) {
+	for _, c := range b.stats.Readings {
+		readings += c.Load()
+	}
+	for _, c := range b.stats.Rejected {
+		rejected += c.Load()
+	}
+	return readings, rejected
+}

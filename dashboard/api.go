@@ -42,6 +42,8 @@ type Options struct {
 	Live *Live
 	// Commands is the command service; nil disables the command routes.
 	Commands Commander
+	// Totals feeds the overview's readings/s and rejected/s.
+	Totals Totals
 	// AllowedOrigins are browser origins besides the hub's own allowed on
 	// operator sockets (e.g. https://ops.example.com).
 	AllowedOrigins []string
@@ -58,6 +60,7 @@ type Server struct {
 	stopped  bool
 	liveWG   sync.WaitGroup // live connections, for Shutdown
 	stopLive chan struct{}  // closed by Shutdown
+	rates    rateSampler
 }
 
 // Bounds of the bulk import.
@@ -131,6 +134,7 @@ func (s *Server) Register(mux *http.ServeMux) {
 	if s.opts.Commands != nil {
 		s.registerCommands(mux)
 	}
+	s.registerUI(mux)
 	if s.opts.Live != nil {
 		mux.HandleFunc("GET /ws/live", s.serveLiveWS)
 		mux.Handle("GET /api/v1/live", s.authQuery(devices.RoleViewer, s.serveSSE))
@@ -240,6 +244,12 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, allowQuery
 	}
 	if token == "" {
 		token = sessionToken(r)
+		// A cookie rides along with any request the browser makes: state
+		// changes with it must come from the hub's own pages.
+		if token != "" && r.Method != http.MethodGet && r.Method != http.MethodHead && !sameOrigin(r) {
+			writeErr(w, http.StatusForbidden, "forbidden", "cross-site request refused")
+			return devices.Operator{}, false
+		}
 	}
 	op, ok := s.opts.Registry.AuthenticateOperator(r.Context(), token)
 	if !ok {

@@ -97,7 +97,8 @@ type Live struct {
 	subs map[*subscriber]struct{}
 
 	latestMu sync.Mutex
-	latest   map[string]telemetry.Event // last reading per device, metrics merged
+	latest   map[string]telemetry.Event   // last reading per device, metrics merged
+	presence map[string][]telemetry.Event // recent presence changes per device, oldest first
 
 	replayMu sync.Mutex
 	replay   []*liveEvent // ring
@@ -123,7 +124,7 @@ func NewLive(opts LiveOptions) *Live {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Live{opts: opts, log: opts.Logger, subs: map[*subscriber]struct{}{}, latest: map[string]telemetry.Event{}, replay: make([]*liveEvent, 0, opts.ReplayLen)}
+	return &Live{opts: opts, log: opts.Logger, subs: map[*subscriber]struct{}{}, latest: map[string]telemetry.Event{}, presence: map[string][]telemetry.Event{}, replay: make([]*liveEvent, 0, opts.ReplayLen)}
 }
 
 // LiveStats are the fan-out's counters for metrics.
@@ -153,6 +154,15 @@ func (l *Live) Publish(ev telemetry.Event) {
 		}
 		l.latestMu.Unlock()
 	}
+	if ev.Type == telemetry.EventPresence {
+		l.latestMu.Lock()
+		log := append(l.presence[ev.Device], ev)
+		if len(log) > presenceKept {
+			log = log[len(log)-presenceKept:]
+		}
+		l.presence[ev.Device] = log
+		l.latestMu.Unlock()
+	}
 	l.replayMu.Lock()
 	if len(l.replay) < l.opts.ReplayLen {
 		l.replay = append(l.replay, le)
@@ -169,11 +179,30 @@ func (l *Live) Publish(ev telemetry.Event) {
 	l.mu.RUnlock()
 }
 
-// Forget drops a deleted device's latest values.
+// presenceKept bounds the presence changes remembered per device.
+const presenceKept = 50
+
+// Forget drops a deleted device's latest values and presence log.
 func (l *Live) Forget(device string) {
 	l.latestMu.Lock()
 	delete(l.latest, device)
+	delete(l.presence, device)
 	l.latestMu.Unlock()
+}
+
+// presenceLog returns a device's recent presence changes, oldest first.
+func (l *Live) presenceLog(device string) []telemetry.Event {
+	l.latestMu.Lock()
+	defer l.latestMu.Unlock()
+	return append([]telemetry.Event(nil), l.presence[device]...)
+}
+
+// latestOf returns a device's latest reading, metrics merged.
+func (l *Live) latestOf(device string) (telemetry.Event, bool) {
+	l.latestMu.Lock()
+	defer l.latestMu.Unlock()
+	ev, ok := l.latest[device]
+	return ev, ok
 }
 
 func (l *Live) add(s *subscriber) bool {

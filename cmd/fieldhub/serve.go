@@ -166,7 +166,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	api, err := dashboard.New(dashboard.Options{
 		Registry: reg, History: ic, Failures: failures, Logger: log,
-		Live: live, AllowedOrigins: cfg.AllowedOrigins, Commands: br,
+		Live: live, AllowedOrigins: cfg.AllowedOrigins, Commands: br, Totals: br,
 		OnAuthFailure: func() { m.authFailure("api") },
 	})
 	if err != nil {

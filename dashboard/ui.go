@@ -1,0 +1,177 @@
+package dashboard
+
+import (
+	"embed"
+	"io/fs"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fieldhub/fieldhub/devices"
+)
+
+// uiFiles is the operators' web UI: plain HTML, CSS and JavaScript with no
+// external requests, so it works on closed networks.
+//
+//go:embed ui
+var uiFiles embed.FS
+
+// Totals are the hub-wide counters the overview turns into rates.
+// *bridge.Bridge implements it.
+type Totals interface {
+	Totals() (readings, rejected int64)
+}
+
+// registerUI adds the web UI and the endpoints only it needs.
+func (s *Server) registerUI(mux *http.ServeMux) {
+	sub, _ := fs.Sub(uiFiles, "ui") // the directory is embedded above
+	static := http.FileServerFS(sub)
+	mux.Handle("GET /ui/", http.StripPrefix("/ui/", s.uiHeaders(static)))
+	mux.Handle("GET /{$}", s.uiHeaders(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.ServeFileFS(w, r, sub, "index.html")
+	})))
+	mux.HandleFunc("GET /api/v1/session", s.session)
+	mux.HandleFunc("POST /api/v1/session", s.signIn)
+	mux.HandleFunc("DELETE /api/v1/session", s.signOut)
+	mux.Handle("GET /api/v1/stats", s.auth(devices.RoleViewer, s.stats))
+	if s.opts.Live != nil {
+		mux.Handle("GET /api/v1/devices/{id}/presence", s.auth(devices.RoleViewer, s.presence))
+		mux.Handle("GET /api/v1/devices/{id}/latest", s.auth(devices.RoleViewer, s.latest))
+	}
+}
+
+// uiHeaders sets a strict Content-Security-Policy: the page loads nothing
+// from elsewhere and talks only to the hub.
+func (s *Server) uiHeaders(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hd := w.Header()
+		hd.Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+		hd.Set("X-Content-Type-Options", "nosniff")
+		hd.Set("Referrer-Policy", "no-referrer")
+		hd.Set("Cache-Control", "no-cache")
+		h.ServeHTTP(w, r)
+	})
+}
+
+// signIn exchanges an operator token for the session cookie: HttpOnly (page
+// scripts cannot read it) and SameSite=Strict (other sites cannot ride it).
+func (s *Server) signIn(w http.ResponseWriter, r *http.Request) {
+	if !sameOrigin(r) {
+		writeErr(w, http.StatusForbidden, "forbidden", "cross-site sign-in refused")
+		return
+	}
+	var body struct {
+		Token string `json:"token"`
+	}
+	if !s.decodeBody(w, r, &body, false) {
+		return
+	}
+	ip := remoteIP(r)
+	if s.opts.Failures != nil && s.opts.Failures.Blocked(ip) {
+		writeErr(w, http.StatusTooManyRequests, "rate_limited", "too many failed authentications from this address; retry later")
+		return
+	}
+	op, ok := s.opts.Registry.AuthenticateOperator(r.Context(), body.Token)
+	if !ok {
+		if s.opts.Failures != nil {
+			s.opts.Failures.Fail(ip)
+		}
+		if s.opts.OnAuthFailure != nil {
+			s.opts.OnAuthFailure()
+		}
+		writeErr(w, http.StatusUnauthorized, "unauthorized", "invalid API token")
+		return
+	}
+	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: body.Token, Path: "/", HttpOnly: true,
+		Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode, MaxAge: int((12 * time.Hour).Seconds())})
+	s.log.Info("operator signed in", "name", op.Name, "role", op.Role, "remote", ip)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// session tells the page whether it is signed in, always with 200 so a
+// signed-out page logs no failed request.
+func (s *Server) session(w http.ResponseWriter, r *http.Request) {
+	op, ok := s.opts.Registry.AuthenticateOperator(r.Context(), sessionToken(r))
+	if !ok {
+		writeJSON(w, http.StatusOK, map[string]any{"signed_in": false})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"signed_in": true, "name": op.Name, "role": op.Role})
+}
+
+func (s *Server) signOut(w http.ResponseWriter, r *http.Request) {
+	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: "", Path: "/", HttpOnly: true, SameSite: http.SameSiteStrictMode, MaxAge: -1})
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// sameOrigin reports whether a browser request comes from the hub's own
+// pages (or from a non-browser client, which sends no Origin).
+func sameOrigin(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	return err == nil && strings.EqualFold(u.Host, r.Host)
+}
+
+// rateSampler turns counters into per-second rates over the last few
+// seconds, for the overview cards.
+type rateSampler struct {
+	mu                 sync.Mutex
+	at                 time.Time
+	readings, rejected int64
+	rRate, jRate       float64
+}
+
+func (rs *rateSampler) sample(now time.Time, readings, rejected int64) (float64, float64) {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if d := now.Sub(rs.at).Seconds(); !rs.at.IsZero() && d >= 1 {
+		rs.rRate, rs.jRate = float64(readings-rs.readings)/d, float64(rejected-rs.rejected)/d
+	}
+	if rs.at.IsZero() || now.Sub(rs.at) >= time.Second {
+		rs.at, rs.readings, rs.rejected = now, readings, rejected
+	}
+	return rs.rRate, rs.jRate
+}
+
+func (s *Server) stats(w http.ResponseWriter, r *http.Request) {
+	total, online := s.opts.Registry.Counts()
+	out := map[string]any{"devices": total, "online": online, "readings_per_second": 0.0, "rejected_per_second": 0.0}
+	if s.opts.Totals != nil {
+		readings, rejected := s.opts.Totals.Totals()
+		out["readings_per_second"], out["rejected_per_second"] = s.rates.sample(s.opts.Now(), readings, rejected)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) presence(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if !s.opts.Registry.Exists(id) {
+		writeErr(w, http.StatusNotFound, "not_found", "device not found")
+		return
+	}
+	evs := s.opts.Live.presenceLog(id)
+	out := make([]any, 0, len(evs))
+	for _, ev := range evs {
+		out = append(out, eventJSON(ev))
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"device": id, "events": out})
+}
+
+func (s *Server) latest(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if !s.opts.Registry.Exists(id) {
+		writeErr(w, http.StatusNotFound, "not_found", "device not found")
+		return
+	}
+	ev, ok := s.opts.Live.latestOf(id)
+	if !ok {
+		writeJSON(w, http.StatusOK, map[string]any{"device": id, "metrics": map[string]any{}})
+		return
+	}
+	writeJSON(w, http.StatusOK, eventJSON(ev))
+}
