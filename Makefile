@@ -43,3 +43,7 @@ bench-smoke: influxd
 
 clean:
 	rm -rf bin/fieldhub bin/firmware-sim
+
+# The standard load benchmarks (docs/benchmarks.md); about six minutes.
+bench: build influxd
+	scripts/bench

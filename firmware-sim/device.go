@@ -53,6 +53,7 @@ type device struct {
 	interval  time.Duration
 	faultRate float64
 	sentMsgs  int
+	lastTS    int64 // readings get strictly increasing timestamps (unique points)
 }
 
 func newDevice(f *Fleet, idx int, c Cred, transport string) *device {
@@ -145,6 +146,9 @@ func (d *device) pickFault(kinds ...string) string {
 // messages are unanswered (the device waits, as firmware with a bounded
 // buffer would).
 func (d *device) next(now time.Time, maxBytes int) (id string, payload []byte, fault string, ok bool) {
+	if d.f.cfg.Idle {
+		return "", nil, "", false
+	}
 	faulty := d.roll()
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -195,9 +199,16 @@ func (d *device) appendMessage(b []byte, id string, now time.Time, extraMetric s
 			b = append(b, ',')
 		}
 		ts := now.Add(-time.Duration(d.f.cfg.Batch-1-i) * step)
+		ms := max(ts.UnixMilli(), d.lastTS+1)
+		d.lastTS = ms
 		b = append(b, `{"ts":`...)
-		b = strconv.AppendInt(b, ts.UnixMilli(), 10)
+		b = strconv.AppendInt(b, ms, 10)
 		b = append(b, `,"metrics":{`...)
+		if d.f.cfg.Seq {
+			b = append(b, `"seq":`...)
+			b = strconv.AppendInt(b, d.f.lat.stamp(), 10)
+			b = append(b, ',')
+		}
 		m := d.sensor.read(ts)
 		first := true
 		for _, k := range [...]string{"temp", "humidity", "battery", "count"} {
@@ -253,6 +264,13 @@ func (d *device) answered(id, code string, now time.Time) {
 	default:
 		c.violation("%s: good message %s refused with %q", d.cred.ID, id, code)
 	}
+}
+
+// settleUnacked forgets a message that gets no acknowledgement (MQTT QoS 0).
+func (d *device) settleUnacked(id string) {
+	d.mu.Lock()
+	delete(d.ledger, id)
+	d.mu.Unlock()
 }
 
 // closedByFault settles a message whose documented answer is the
@@ -347,6 +365,13 @@ func (d *device) command(id, name string, params json.RawMessage) (result []byte
 		b, _ = json.Marshal(map[string]any{"type": telemetry.TypeCommandResult, "id": id, "status": status, "result": res})
 	}
 	return b, reboot
+}
+
+// setRate sets the device's readings per second (load steps).
+func (d *device) setRate(perDevice float64) {
+	d.mu.Lock()
+	d.interval = time.Duration(float64(time.Second) * float64(d.f.cfg.Batch) / perDevice)
+	d.mu.Unlock()
 }
 
 func (d *device) currentInterval() time.Duration {

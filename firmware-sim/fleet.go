@@ -57,6 +57,25 @@ type Config struct {
 	MaxInflight int
 	// Seed makes the signals and faults repeatable; default 1.
 	Seed uint64
+	// Idle devices connect and send nothing (memory per connection).
+	Idle bool
+	// QoS0 publishes MQTT telemetry at QoS 0 instead of 1: no acks, so
+	// what landed in InfluxDB is what counts.
+	QoS0 bool
+	// Load mode (see bench.go): Seq tags every reading with a fleet-wide
+	// sequence number; Dashboards opens that many /ws/live sockets
+	// subscribed to everything and measures device -> dashboard latency;
+	// HubPID samples the hub's CPU and RSS from /proc; InfluxURL and
+	// InfluxDB count what landed after the run; Steps runs the fleet at
+	// each total readings/s in turn for StepDuration, stopping when acks
+	// fall behind.
+	Seq          bool
+	Dashboards   int
+	HubPID       int
+	InfluxURL    string
+	InfluxDB     string
+	Steps        []float64
+	StepDuration time.Duration
 	// Progress, if set, receives a progress line every ProgressEvery
 	// (default 5 s).
 	Progress      io.Writer
@@ -94,6 +113,9 @@ func (c *Config) ensureDefaults() error {
 	if c.FaultRate < 0 || c.FaultRate > 1 {
 		return errors.New("firmwaresim: fault rate must be between 0 and 1")
 	}
+	if len(c.Steps) > 0 && c.StepDuration <= 0 {
+		c.StepDuration = 20 * time.Second
+	}
 	if c.MaxInflight <= 0 {
 		c.MaxInflight = 100
 	}
@@ -127,6 +149,9 @@ type Fleet struct {
 
 	mu      sync.Mutex // guards devices, creds and start once Run began
 	devices []*device
+	lat     *latencyRing
+	dash    *counters // dashboard latency reservoir (only its latency fields)
+	bench   benchResult
 }
 
 // counters are the fleet's totals, updated by every device.
@@ -197,6 +222,10 @@ type Stats struct {
 	AckP50           float64          `json:"ack_latency_p50_ms"`
 	AckP99           float64          `json:"ack_latency_p99_ms"`
 	AckMax           float64          `json:"ack_latency_max_ms"`
+
+	ReadingsPerSecSent  float64 `json:"readings_per_second_offered"`
+	ReadingsPerSecAcked float64 `json:"readings_per_second_acked"`
+	Bench               `json:"bench"`
 }
 
 // New prepares a fleet; Run provisions it and runs it.
@@ -204,9 +233,13 @@ func New(cfg Config) (*Fleet, error) {
 	if err := cfg.ensureDefaults(); err != nil {
 		return nil, err
 	}
-	f := &Fleet{cfg: cfg, log: cfg.Logger}
+	if cfg.Dashboards > 0 {
+		cfg.Seq = true
+	}
+	f := &Fleet{cfg: cfg, log: cfg.Logger, lat: newLatencyRing()}
 	f.c.errors = map[string]int64{}
 	f.c.rng = rand.New(rand.NewPCG(cfg.Seed, 7))
+	f.dash = &counters{errors: map[string]int64{}, rng: rand.New(rand.NewPCG(cfg.Seed, 8))}
 	return f, nil
 }
 
@@ -235,6 +268,11 @@ func (f *Fleet) Stats() Stats {
 	st.ReadingsSent, st.ReadingsAcked = c.readingsSent.Load(), c.readingsAcked.Load()
 	st.Reconnects, st.FaultsSent, st.FaultsAnswered, st.Violations = c.reconnects.Load(), c.faultsSent.Load(), c.faultsAnswered.Load(), c.violations.Load()
 	st.Commands, st.CommandsOK, st.CommandsFailed, st.Dropped = c.commands.Load(), c.commandsOK.Load(), c.commandsFailed.Load(), c.dropped.Load()
+	if st.Elapsed > 0 {
+		st.ReadingsPerSecSent = float64(st.ReadingsSent) / st.Elapsed
+		st.ReadingsPerSecAcked = float64(st.ReadingsAcked) / st.Elapsed
+	}
+	f.fillBench(&st)
 	return st
 }
 
@@ -262,14 +300,25 @@ func (f *Fleet) Run(ctx context.Context) error {
 	if len(creds) > f.cfg.Devices {
 		creds = creds[:f.cfg.Devices]
 	}
-	if f.cfg.Duration > 0 {
+	total := f.cfg.Duration
+	if len(f.cfg.Steps) > 0 {
+		total = time.Duration(len(f.cfg.Steps))*f.cfg.StepDuration + 10*time.Second
+	}
+	if total > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, f.cfg.Duration)
+		ctx, cancel = context.WithTimeout(ctx, total)
 		defer cancel()
 	}
+	stopBench, err := f.startBench(ctx)
+	if err != nil {
+		return err
+	}
+	defer stopBench()
 	f.mu.Lock()
 	f.creds, f.start = creds, time.Now()
 	f.mu.Unlock()
+	devCtx, stopDevices := context.WithCancel(ctx)
+	defer stopDevices()
 	var wg sync.WaitGroup
 	for i, cr := range creds {
 		transport := f.cfg.Transport
@@ -280,7 +329,7 @@ func (f *Fleet) Run(ctx context.Context) error {
 		f.mu.Lock()
 		f.devices = append(f.devices, d)
 		f.mu.Unlock()
-		wg.Go(func() { d.run(ctx) })
+		wg.Go(func() { d.run(devCtx) })
 	}
 	progressDone := make(chan struct{})
 	if f.cfg.Progress != nil {
@@ -297,8 +346,14 @@ func (f *Fleet) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	if len(f.cfg.Steps) > 0 {
+		f.runSteps(ctx)
+		stopDevices() // the steps are the run
+	}
 	wg.Wait()
 	close(progressDone)
+	stopBench()
+	f.finishBench(context.WithoutCancel(ctx))
 	return nil
 }
 

@@ -12,7 +12,10 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
+	"time"
 
 	firmwaresim "github.com/fieldhub/fieldhub/firmware-sim"
 )
@@ -47,6 +50,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	fs.DurationVar(&cfg.Duration, "duration", 0, "stop after this long (0: until Ctrl-C)")
 	fs.IntVar(&cfg.Count, "count", 0, "stop each device after this many messages (0: no limit)")
 	fs.IntVar(&cfg.MaxInflight, "max-inflight", 100, "unacknowledged messages per device before it waits")
+	header := fs.Bool("report-header", false, "print the markdown header for --report rows and exit")
+	fs.BoolVar(&cfg.Idle, "idle", false, "connect and send nothing (memory per idle connection)")
+	fs.BoolVar(&cfg.QoS0, "qos0", false, "publish MQTT telemetry at QoS 0 (no acks; count what landed)")
+	fs.IntVar(&cfg.Dashboards, "dashboards", 0, "open this many /ws/live sockets and measure device -> dashboard latency")
+	fs.IntVar(&cfg.HubPID, "hub-pid", 0, "the hub's process id, to measure its CPU and RSS from /proc")
+	fs.StringVar(&cfg.InfluxURL, "influx-url", "", "InfluxDB URL, to count the readings that landed after the run")
+	fs.StringVar(&cfg.InfluxDB, "influx-db", "telemetry", "InfluxDB database for --influx-url")
+	steps := fs.String("steps", "", "comma-separated total readings/s to step through, stopping when acks fall behind")
+	fs.DurationVar(&cfg.StepDuration, "step-duration", 20*time.Second, "how long each --steps rate runs")
+	report := fs.String("report", "", "also print a one-line markdown table row of the key figures, named this")
 	credsFile := fs.String("creds", "", "CSV id,token file: read it if it exists, otherwise provision and write it")
 	asJSON := fs.Bool("json", false, "print the final summary as JSON")
 	quiet := fs.Bool("quiet", false, "no progress lines")
@@ -55,6 +68,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return nil
 		}
 		return err
+	}
+	if *header {
+		fmt.Fprintln(stdout, reportHeader)
+		return nil
+	}
+	for _, v := range strings.Split(*steps, ",") {
+		if v = strings.TrimSpace(v); v == "" {
+			continue
+		}
+		r, err := strconv.ParseFloat(v, 64)
+		if err != nil || r <= 0 {
+			return fmt.Errorf("--steps: %q is not a rate", v)
+		}
+		cfg.Steps = append(cfg.Steps, r)
 	}
 	if cfg.Devices < 1 || cfg.Devices > 50000 {
 		return errors.New("--devices must be 1 to 50,000")
@@ -100,10 +127,38 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			fmt.Fprintln(stdout, "  violation:", s)
 		}
 	}
+	if *report != "" {
+		fmt.Fprintln(stdout, reportRow(*report, st))
+	}
 	if st.Violations > 0 {
 		return errViolations
 	}
 	return nil
+}
+
+// ReportHeader is the markdown table header for --report rows.
+const reportHeader = "| scenario | devices held | offered/s | acked/s | landed/s | lost | ack p50/p99 ms | dashboard p50/p99/max ms | hub CPU-s per M readings | hub peak RSS MiB | RSS/conn KiB | errors |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+
+func reportRow(name string, st firmwaresim.Stats) string {
+	errs := 0
+	for _, v := range st.Errors {
+		errs += int(v)
+	}
+	offered, acked := st.ReadingsPerSecSent, st.ReadingsPerSecAcked
+	if n := len(st.Steps); n > 0 {
+		// A stepped run reports its last step that kept up.
+		best := st.Steps[0]
+		for _, s := range st.Steps {
+			if !s.FellBehind {
+				best = s
+			}
+		}
+		offered, acked = best.Offered, best.Acked
+		name = fmt.Sprintf("%s (kept up at %.0f/s)", name, best.Target)
+	}
+	return fmt.Sprintf("| %s | %d | %.0f | %.0f | %.0f | %d | %.1f / %.1f | %.1f / %.1f / %.1f | %.1f | %.0f | %.1f | %d |",
+		name, st.ConnectionsHeld, offered, acked, st.LandedPerSec, st.Lost, st.AckP50, st.AckP99,
+		st.DashP50, st.DashP99, st.DashMax, st.HubCPUPerMillion, st.HubPeakRSSMiB, st.HubRSSPerConnKiB, errs)
 }
 
 func writeCreds(path string, creds []firmwaresim.Cred) error {
