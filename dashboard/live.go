@@ -144,13 +144,17 @@ func (l *Live) Stats() LiveStats {
 func (l *Live) Publish(ev telemetry.Event) {
 	le := &liveEvent{seq: l.seq.Add(1), ev: ev}
 	if ev.Type == telemetry.EventReading {
+		// The latest map is Live's own: merged in place, copied when
+		// handed out (snapshot, latestOf).
 		l.latestMu.Lock()
 		cur, ok := l.latest[ev.Device]
-		if !ok || ev.TS >= cur.TS {
-			m := make(telemetry.Metrics, len(cur.Metrics)+len(ev.Metrics))
-			maps.Copy(m, cur.Metrics)
-			maps.Copy(m, ev.Metrics)
-			l.latest[ev.Device] = telemetry.Event{Type: ev.Type, Device: ev.Device, TS: ev.TS, Metrics: m}
+		switch {
+		case !ok:
+			l.latest[ev.Device] = telemetry.Event{Type: ev.Type, Device: ev.Device, TS: ev.TS, Metrics: maps.Clone(ev.Metrics)}
+		case ev.TS >= cur.TS:
+			maps.Copy(cur.Metrics, ev.Metrics)
+			cur.TS = ev.TS
+			l.latest[ev.Device] = cur
 		}
 		l.latestMu.Unlock()
 	}
@@ -202,6 +206,7 @@ func (l *Live) latestOf(device string) (telemetry.Event, bool) {
 	l.latestMu.Lock()
 	defer l.latestMu.Unlock()
 	ev, ok := l.latest[device]
+	ev.Metrics = maps.Clone(ev.Metrics)
 	return ev, ok
 }
 
@@ -241,12 +246,14 @@ func (l *Live) snapshot(f *filter) []telemetry.Event {
 	var out []telemetry.Event
 	if f.all {
 		for _, ev := range l.latest {
+			ev.Metrics = maps.Clone(ev.Metrics)
 			out = append(out, ev)
 		}
 		return out
 	}
 	for d := range f.devices {
 		if ev, ok := l.latest[d]; ok {
+			ev.Metrics = maps.Clone(ev.Metrics)
 			out = append(out, ev)
 		}
 	}

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"math"
 	"reflect"
-	"regexp"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -58,10 +58,23 @@ func (l *Limits) ensureDefaults() {
 // InfluxDB field key and readable in any tool.
 const NamePattern = `^[A-Za-z_][A-Za-z0-9_.-]{0,63}$`
 
-var nameRE = regexp.MustCompile(NamePattern)
-
-// ValidName reports whether s is a valid metric or command name.
-func ValidName(s string) bool { return nameRE.MatchString(s) }
+// ValidName reports whether s is a valid metric or command name
+// (NamePattern, checked by hand: it runs for every metric of every reading).
+func ValidName(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c == '_':
+		case i > 0 && (c >= '0' && c <= '9' || c == '.' || c == '-'):
+		default:
+			return false
+		}
+	}
+	return true
+}
 
 // Frame is one decoded device -> hub frame. Decoding is strict: member names
 // match exactly, duplicates and unknown members are refused, so a payload
@@ -109,16 +122,13 @@ func NewCodec(l Limits, now func() time.Time) *Codec {
 		n := fl.Field().Len()
 		return n >= 1 && n <= c.limits.MaxReadings
 	}))
+	// One custom validator checks a reading's whole metrics map in a tight
+	// loop: count, names and values. (Diving into the map with per-key
+	// tags costs a reflective traversal per metric, the largest part of
+	// ingest CPU.) validationError finds the individual culprits.
 	must(c.v.RegisterValidation("metrics", func(fl validator.FieldLevel) bool {
-		n := fl.Field().Len()
-		return n >= 1 && n <= c.limits.MaxMetrics
-	}))
-	must(c.v.RegisterValidation("metricname", func(fl validator.FieldLevel) bool {
-		return nameRE.MatchString(fl.Field().String())
-	}))
-	must(c.v.RegisterValidation("metricvalue", func(fl validator.FieldLevel) bool {
-		v, ok := fl.Field().Interface().(Value)
-		return ok && c.valueReason(v) == ""
+		m, ok := fl.Field().Interface().(Metrics)
+		return ok && c.metricsOK(m)
 	}))
 	must(c.v.RegisterValidation("ts", func(fl validator.FieldLevel) bool {
 		return c.tsOK(fl.Field().Int())
@@ -295,6 +305,40 @@ func fieldErr(field, reason string) *Error {
 	return &Error{Code: CodeInvalid, Message: field + ": " + reason, Fields: []FieldError{{Field: field, Reason: reason}}}
 }
 
+func (c *Codec) metricsOK(m Metrics) bool {
+	if len(m) < 1 || len(m) > c.limits.MaxMetrics {
+		return false
+	}
+	for k, v := range m {
+		if !ValidName(k) || c.valueReason(v) != "" {
+			return false
+		}
+	}
+	return true
+}
+
+// metricErrors lists what is wrong with a metrics map at path.
+func (c *Codec) metricErrors(path string, m Metrics) []FieldError {
+	if len(m) < 1 || len(m) > c.limits.MaxMetrics {
+		return []FieldError{{Field: path, Reason: fmt.Sprintf("must contain 1 to %d metrics", c.limits.MaxMetrics)}}
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var out []FieldError
+	for _, k := range keys {
+		switch {
+		case !ValidName(k):
+			out = append(out, FieldError{Field: path + "." + k, Reason: "metric name must start with a letter or '_' and contain only letters, digits, '_', '.' or '-' (at most 64 characters)"})
+		case c.valueReason(m[k]) != "":
+			out = append(out, FieldError{Field: path + "." + k, Reason: c.valueReason(m[k])})
+		}
+	}
+	return out
+}
+
 func (c *Codec) tsOK(ts int64) bool {
 	now := c.now()
 	return ts <= now.Add(c.limits.MaxFuture).UnixMilli() && ts >= now.Add(-c.limits.MaxAge).UnixMilli()
@@ -342,12 +386,9 @@ func (c *Codec) validationError(err error, single bool) *Error {
 		case "readings":
 			reason = fmt.Sprintf("must contain 1 to %d readings", c.limits.MaxReadings)
 		case "metrics":
-			reason = fmt.Sprintf("must contain 1 to %d metrics", c.limits.MaxMetrics)
-		case "metricname":
-			reason = "metric name must start with a letter or '_' and contain only letters, digits, '_', '.' or '-' (at most 64 characters)"
-		case "metricvalue":
-			v, _ := fe.Value().(Value)
-			reason = c.valueReason(v)
+			m, _ := fe.Value().(Metrics)
+			out.Fields = append(out.Fields, c.metricErrors(path, m)...)
+			continue
 		case "ts":
 			reason = fmt.Sprintf("timestamp (unix milliseconds) must be at most %s ahead of and at most %s behind the hub's clock", c.limits.MaxFuture, c.limits.MaxAge)
 		default:

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -212,6 +213,19 @@ func FuzzDecode(f *testing.F) {
 			checkRoundTrip(t, "dev-1", nil, tel.Readings)
 		case TypeCommandResult:
 			_, _ = c.CommandResult(fr)
+		}
+	})
+}
+
+// FuzzValidName checks the hand-written name check against NamePattern.
+func FuzzValidName(f *testing.F) {
+	for _, s := range []string{"temp", "_a.b-c", "1bad", "a b", "", strings.Repeat("x", 64), strings.Repeat("x", 65), "é", "a\x00"} {
+		f.Add(s)
+	}
+	re := regexp.MustCompile(NamePattern)
+	f.Fuzz(func(t *testing.T, s string) {
+		if ValidName(s) != re.MatchString(s) {
+			t.Fatalf("ValidName(%q) = %v, NamePattern says %v", s, ValidName(s), re.MatchString(s))
 		}
 	})
 }

@@ -116,7 +116,7 @@ type Metrics map[string]Value
 type Reading struct {
 	// TS is the reading's time in unix milliseconds.
 	TS      int64   `json:"ts" validate:"ts"`
-	Metrics Metrics `json:"metrics" validate:"metrics,dive,keys,metricname,endkeys,metricvalue"`
+	Metrics Metrics `json:"metrics" validate:"metrics"`
 }
 
 // Telemetry is a validated telemetry message: one or more readings that are

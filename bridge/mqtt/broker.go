@@ -131,8 +131,9 @@ func New(opts Options) (*Broker, error) {
 		ClientNetWriteBufferSize: 1024,
 		ClientNetReadBufferSize:  1024,
 		SysTopicResendInterval:   60,
-		// mochi logs every connection at info; ours are logged by the bridge.
-		Logger: slog.New(levelFloor{opts.Logger.Handler(), slog.LevelWarn}),
+		// mochi logs every connection at info and every broken pipe at
+		// warn; the bridge logs connections with their reasons.
+		Logger: slog.New(levelFloor{opts.Logger.Handler(), slog.LevelError}),
 	})
 	b.hook = &hook{b: b, pending: map[*mqtt.Client]devices.TokenHash{}, sessions: map[*mqtt.Client]*bridge.Session{}, conns: map[*mqtt.Client]*conn{}}
 	if err := b.srv.AddHook(b.hook, nil); err != nil {

@@ -137,7 +137,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 }
 
 // ReportHeader is the markdown table header for --report rows.
-const reportHeader = "| scenario | devices held | offered/s | acked/s | landed/s | lost | ack p50/p99 ms | dashboard p50/p99/max ms | hub CPU-s per M readings | hub peak RSS MiB | RSS/conn KiB | errors |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+const reportHeader = "| scenario | connections | offered/s | acked/s | landed in InfluxDB | acked but missing | ack p50 / p99 ms | dashboard p50 / p99 / max ms | hub CPU-s per M readings | hub peak RSS MiB | RSS per conn KiB | errors |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
 
 func reportRow(name string, st firmwaresim.Stats) string {
 	errs := 0
@@ -145,6 +145,7 @@ func reportRow(name string, st firmwaresim.Stats) string {
 		errs += int(v)
 	}
 	offered, acked := st.ReadingsPerSecSent, st.ReadingsPerSecAcked
+	p50, p99 := st.AckP50, st.AckP99
 	if n := len(st.Steps); n > 0 {
 		// A stepped run reports its last step that kept up.
 		best := st.Steps[0]
@@ -153,12 +154,19 @@ func reportRow(name string, st firmwaresim.Stats) string {
 				best = s
 			}
 		}
-		offered, acked = best.Offered, best.Acked
-		name = fmt.Sprintf("%s (kept up at %.0f/s)", name, best.Target)
+		offered, acked, p50, p99 = best.Offered, best.Acked, best.AckP50, best.AckP99
+		name = fmt.Sprintf("%s: kept up at %.0f/s, fell behind at %.0f/s", name, best.Target, st.Steps[n-1].Target)
 	}
-	return fmt.Sprintf("| %s | %d | %.0f | %.0f | %.0f | %d | %.1f / %.1f | %.1f / %.1f / %.1f | %.1f | %.0f | %.1f | %d |",
-		name, st.ConnectionsHeld, offered, acked, st.LandedPerSec, st.Lost, st.AckP50, st.AckP99,
-		st.DashP50, st.DashP99, st.DashMax, st.HubCPUPerMillion, st.HubPeakRSSMiB, st.HubRSSPerConnKiB, errs)
+	dash, perConn := "–", "–"
+	if st.DashReceived > 0 {
+		dash = fmt.Sprintf("%.1f / %.1f / %.1f", st.DashP50, st.DashP99, st.DashMax)
+	}
+	if st.ReadingsSent == 0 && st.HubRSSPerConnKiB > 0 {
+		perConn = fmt.Sprintf("%.1f", st.HubRSSPerConnKiB) // only meaningful for idle fleets
+	}
+	return fmt.Sprintf("| %s | %d | %.0f | %.0f | %d | %d | %.1f / %.1f | %s | %.1f | %.0f | %s | %d |",
+		name, st.ConnectionsHeld, offered, acked, st.Landed, st.Lost, p50, p99,
+		dash, st.HubCPUPerMillion, st.HubPeakRSSMiB, perConn, errs)
 }
 
 func writeCreds(path string, creds []firmwaresim.Cred) error {
