@@ -36,6 +36,7 @@ unit: influxd
 fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZTIME) ./telemetry
 	$(GO) test -run='^$$' -fuzz='^FuzzAppendLines$$' -fuzztime=$(FUZZTIME) ./telemetry
+	$(GO) test -run='^$$' -fuzz='^FuzzValidName$$' -fuzztime=5s ./telemetry
 
 # Every Go benchmark once, so none of them rots.
 bench-smoke: influxd

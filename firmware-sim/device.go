@@ -166,15 +166,15 @@ func (d *device) next(now time.Time, maxBytes int) (id string, payload []byte, f
 	case faultMalformed:
 		b = append(b, `{"type":"telemetry","id":"`+id+`","metrics":{"temp":`...)
 	case faultFutureTS:
-		b = d.appendMessage(b, id, now.Add(time.Hour), "")
+		b = d.appendMessage(b, id, now.Add(time.Hour), "", true)
 	case faultBadMetric:
-		b = d.appendMessage(b, id, now, "bad metric!")
+		b = d.appendMessage(b, id, now, "bad metric!", true)
 	case faultOversized:
 		b = append(b, `{"type":"telemetry","id":"`+id+`","metrics":{"blob":"`...)
 		b = append(b, strings.Repeat("x", maxBytes+1024)...)
 		b = append(b, `"}}`...)
 	default:
-		b = d.appendMessage(b, id, now, "")
+		b = d.appendMessage(b, id, now, "", false)
 	}
 	readings := d.f.cfg.Batch
 	if fault == "" || fault == faultFlap {
@@ -188,8 +188,10 @@ func (d *device) next(now time.Time, maxBytes int) (id string, payload []byte, f
 }
 
 // appendMessage appends a telemetry message of Batch readings ending at
-// now, spaced by the device's interval.
-func (d *device) appendMessage(b []byte, id string, now time.Time, extraMetric string) []byte {
+// now, spaced by the device's interval. Good readings get strictly
+// increasing timestamps, so every one is its own point in InfluxDB; a
+// faulty message's timestamps do not move that clock.
+func (d *device) appendMessage(b []byte, id string, now time.Time, extraMetric string, faulty bool) []byte {
 	b = append(b, `{"type":"telemetry","id":"`...)
 	b = append(b, id...)
 	b = append(b, `","readings":[`...)
@@ -199,8 +201,11 @@ func (d *device) appendMessage(b []byte, id string, now time.Time, extraMetric s
 			b = append(b, ',')
 		}
 		ts := now.Add(-time.Duration(d.f.cfg.Batch-1-i) * step)
-		ms := max(ts.UnixMilli(), d.lastTS+1)
-		d.lastTS = ms
+		ms := ts.UnixMilli()
+		if !faulty {
+			ms = max(ms, d.lastTS+1)
+			d.lastTS = ms
+		}
 		b = append(b, `{"ts":`...)
 		b = strconv.AppendInt(b, ms, 10)
 		b = append(b, `,"metrics":{`...)

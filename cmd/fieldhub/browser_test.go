@@ -169,6 +169,18 @@ func TestDashboardInBrowser(t *testing.T) {
 	pollText(t, ctx, "the 1 h history chart", `.chart .title span:last-child`, func(s string) bool { return strings.HasSuffix(s, "points") && s != "0 points" })
 	screenshot(t, ctx, "device.png")
 
+	// The live socket drops: a banner says so, the page reconnects and
+	// resubscribes, and live values flow again.
+	run(chromedp.Evaluate(`state.live.close(); true`, nil),
+		chromedp.WaitVisible("#banner", chromedp.ByQuery),
+		chromedp.WaitNotVisible("#banner", chromedp.ByQuery))
+	before := pollText(t, ctx, "a live count value", `b[data-metric="count"]`, func(s string) bool { return s != "" })
+	pollText(t, ctx, "live values after reconnecting", `b[data-metric="count"]`, func(s string) bool { return s != before })
+
+	// An admin rotates the device's token: the new one is shown once.
+	run(chromedp.Click("#rotate", chromedp.ByQuery), chromedp.WaitVisible("#new-token", chromedp.ByQuery))
+	pollText(t, ctx, "the new token", "#new-token", func(s string) bool { return strings.Contains(s, "fhd_") })
+
 	// A phone: nothing wider than the screen.
 	var overflow bool
 	run(chromedp.EmulateViewport(390, 844), chromedp.Navigate(h.url+"/#/"), chromedp.WaitVisible(`tr[data-device="sim-1"]`, chromedp.ByQuery),
@@ -184,7 +196,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	}
 	run(chromedp.EmulateViewport(1280, 800))
 
-	// A viewer sees no command or admin controls.
+	// A viewer sees no command or admin controls (the API refuses them too).
 	run(chromedp.Navigate(h.url+"/#/"), chromedp.WaitVisible("#signout", chromedp.ByQuery), chromedp.Click("#signout", chromedp.ByQuery),
 		chromedp.WaitVisible("#signin-form", chromedp.ByQuery))
 	signIn(viewer)
