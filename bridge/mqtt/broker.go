@@ -104,8 +104,9 @@ type Broker struct {
 	kicks  sync.WaitGroup // in-flight disconnects started by Kick
 	denied atomic.Int64
 
-	wsMu     sync.Mutex // guards wsClosed and wsConns.Add against closeWS
+	wsMu     sync.Mutex // guards wsClosed, wsOpen and wsConns.Add against closeWS
 	wsClosed bool
+	wsOpen   map[*wsConn]struct{}
 	wsConns  sync.WaitGroup // MQTT-over-WebSocket handlers
 	wsBufs   sync.Pool      // write buffers shared by idle WebSocket clients
 }
@@ -124,7 +125,7 @@ func New(opts Options) (*Broker, error) {
 	caps.MaximumSessionExpiryInterval = 3600
 	caps.MaximumMessageExpiryInterval = 3600
 	caps.MaximumClientWritesPending = 256
-	b := &Broker{opts: opts, log: opts.Logger}
+	b := &Broker{opts: opts, log: opts.Logger, wsOpen: map[*wsConn]struct{}{}}
 	b.srv = mqtt.New(&mqtt.Options{
 		Capabilities:             caps,
 		InlineClient:             true, // the hub publishes commands and errors
@@ -159,6 +160,12 @@ func (b *Broker) Run(ctx context.Context) error {
 	<-ctx.Done()
 	b.closeWS()
 	b.kicks.Wait()
+	// Let kicked clients finish leaving before mochi's Close walks its
+	// client table: v2.7.9 takes that table's read lock twice there, which
+	// deadlocks if a leaving client is waiting for the write lock.
+	for deadline := time.Now().Add(3 * time.Second); atomic.LoadInt64(&b.srv.Info.ClientsConnected) > 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if err := b.srv.Close(); err != nil {
 		return fmt.Errorf("mqtt: close: %w", err)
 	}

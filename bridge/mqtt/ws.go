@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // wsListener names MQTT-over-WebSocket clients in the broker.
@@ -46,6 +45,14 @@ func (b *Broker) ServeWebSocket(w http.ResponseWriter, r *http.Request) {
 	}
 	ws.SetReadLimit(int64(b.opts.MaxPacketBytes) + 8)
 	conn := &wsConn{ws: ws}
+	b.wsMu.Lock()
+	b.wsOpen[conn] = struct{}{}
+	b.wsMu.Unlock()
+	defer func() {
+		b.wsMu.Lock()
+		delete(b.wsOpen, conn)
+		b.wsMu.Unlock()
+	}()
 	_ = conn.SetDeadline(time.Now().Add(b.opts.ConnectTimeout)) // CONNECT deadline, as on TCP
 	_ = b.srv.EstablishConnection(wsListener, conn)             // returns when the client is gone
 	conn.Close()
@@ -61,14 +68,21 @@ func (b *Broker) trackWS() bool {
 	return true
 }
 
-// closeWS disconnects MQTT-over-WebSocket clients (the broker closes only
-// its own listeners' clients) and waits for their handlers.
+// closeWS closes MQTT-over-WebSocket connections (the broker closes only
+// its own listeners' clients; sessions were already told by the bridge's
+// CloseAll) and waits for their handlers. It keeps its own set rather than
+// asking mochi (v2.7.9's Clients.GetByListener takes its read lock twice
+// and deadlocks against a waiting writer).
 func (b *Broker) closeWS() {
 	b.wsMu.Lock()
 	b.wsClosed = true
+	open := make([]*wsConn, 0, len(b.wsOpen))
+	for c := range b.wsOpen {
+		open = append(open, c)
+	}
 	b.wsMu.Unlock()
-	for _, cl := range b.srv.Clients.GetByListener(wsListener) {
-		_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+	for _, c := range open {
+		c.Close()
 	}
 	b.wsConns.Wait()
 }
