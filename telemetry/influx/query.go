@@ -85,7 +85,7 @@ func (c *Client) History(ctx context.Context, q HistoryQuery) ([]Point, error) {
 	}
 	res, err := c.query.Query(ctx, flux)
 	if err != nil {
-		return nil, fmt.Errorf("query influxdb: %w", err)
+		return nil, fmt.Errorf("query influxdb: %w", withoutURL(err))
 	}
 	defer res.Close()
 	points := []Point{}
@@ -94,7 +94,7 @@ func (c *Client) History(ctx context.Context, q HistoryQuery) ([]Point, error) {
 		points = append(points, Point{TS: r.Time().UnixMilli(), Value: r.Value()})
 	}
 	if err := res.Err(); err != nil {
-		return nil, fmt.Errorf("read influxdb answer: %w", err)
+		return nil, fmt.Errorf("read influxdb answer: %w", withoutURL(err))
 	}
 	return points, nil
 }

@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -104,7 +105,7 @@ func (c *Client) Close() { c.c.Close() }
 func (c *Client) Ping(ctx context.Context) error {
 	ok, err := c.c.Ping(ctx)
 	if err != nil {
-		return fmt.Errorf("ping influxdb: %w", err)
+		return fmt.Errorf("ping influxdb: %w", withoutURL(err))
 	}
 	if !ok {
 		return errors.New("ping influxdb: not ok")
@@ -277,7 +278,7 @@ func (w *Writer) writeAll(ctx context.Context, data []byte, points int) error {
 		}
 		backoff = min(backoff*2, w.opts.MaxBackoff)
 		w.stats.retries.Add(1)
-		w.log.Warn("influxdb write failed; retrying", "class", class, "status", status, "points", points, "retry_in", wait.Round(time.Millisecond), "err", err)
+		w.log.Warn("influxdb write failed; retrying", "class", class, "status", status, "points", points, "retry_in", wait.Round(time.Millisecond), "err", withoutURL(err))
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -307,7 +308,7 @@ func (w *Writer) failed(class string, err error) {
 	w.stats.byClass[class]++
 	if class != ClassRejected {
 		w.stats.healthy = false
-		w.stats.lastErr = class + ": " + truncate(err.Error(), 200)
+		w.stats.lastErr = class + ": " + truncate(withoutURL(err).Error(), 200)
 		w.stats.lastErrAt = time.Now()
 	}
 	w.stats.mu.Unlock()
@@ -372,6 +373,17 @@ func (w *Writer) deadLetter(data []byte, points int, status int, cause error) er
 	}
 	w.stats.dead.Add(int64(points))
 	return nil
+}
+
+// withoutURL keeps request URLs (which name the server, bucket and org)
+// out of logs and readiness output: a *url.Error becomes its operation and
+// cause.
+func withoutURL(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return fmt.Errorf("%s request: %w", ue.Op, ue.Err)
+	}
+	return err
 }
 
 func truncate(s string, n int) string {

@@ -237,3 +237,12 @@ func cpuTime() time.Duration {
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+func TestErrorsCarryNoURL(t *testing.T) {
+	c := NewClient(Options{URL: "http://127.0.0.1:1", Bucket: "secret-bucket", DeadLetterPath: "x", Timeout: time.Second})
+	defer c.Close()
+	err := c.Ping(context.Background())
+	if err == nil || strings.Contains(err.Error(), "http://") || strings.Contains(err.Error(), "/ping") {
+		t.Fatalf("ping error %v: want an error without the URL", err)
+	}
+}
