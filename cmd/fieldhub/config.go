@@ -21,6 +21,7 @@ type config struct {
 	MQTTTLSAddr     string
 	MQTTWSPath      string
 	DataDir         string
+	DatabaseURL     string
 	InfluxURL       string
 	InfluxOrg       string
 	InfluxBucket    string
@@ -54,7 +55,7 @@ func (c config) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.String("http_addr", c.HTTPAddr), slog.String("mqtt_addr", c.MQTTAddr),
 		slog.String("data_dir", c.DataDir), slog.String("influx_bucket", c.InfluxBucket),
-		slog.Bool("influx_token_set", c.InfluxToken != ""), slog.Bool("admin_token_set", c.AdminToken != ""),
+		slog.Bool("influx_token_set", c.InfluxToken != ""), slog.Bool("database_url_set", c.DatabaseURL != ""), slog.Bool("admin_token_set", c.AdminToken != ""),
 		slog.Bool("tls", c.TLSCert != ""),
 	)
 }
@@ -72,6 +73,7 @@ var settings = []setting{
 	{"mqtt-tls-addr", "FIELDHUB_MQTT_TLS_ADDR", "", "address of the MQTT TLS listener (default :8883 when a TLS cert is set)", false},
 	{"mqtt-ws-path", "FIELDHUB_MQTT_WS_PATH", "/mqtt", "HTTP path of MQTT over WebSocket for browser-based devices (empty disables it)", false},
 	{"data-dir", "FIELDHUB_DATA_DIR", "./data", "directory for the registry, spool, command queue and dead letters", false},
+	{"database-url", "FIELDHUB_DATABASE_URL", "", "PostgreSQL URL for the registry, tokens and command queue shared by several instances (default: embedded store in the data dir)", true},
 	{"influx-url", "FIELDHUB_INFLUX_URL", "http://127.0.0.1:8086", "InfluxDB base URL", false},
 	{"influx-org", "FIELDHUB_INFLUX_ORG", "", "InfluxDB organisation (ignored by InfluxDB 1.8)", false},
 	{"influx-bucket", "FIELDHUB_INFLUX_BUCKET", "telemetry", "InfluxDB bucket (1.8: database or database/retention-policy)", false},
@@ -143,6 +145,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 		MQTTTLSAddr:     p.addr("mqtt-tls-addr", true),
 		MQTTWSPath:      p.str("mqtt-ws-path"),
 		DataDir:         p.nonEmpty("data-dir"),
+		DatabaseURL:     p.str("database-url"),
 		InfluxURL:       p.url("influx-url"),
 		InfluxOrg:       p.str("influx-org"),
 		InfluxBucket:    p.nonEmpty("influx-bucket"),

@@ -18,6 +18,7 @@ func TestImportRules(t *testing.T) {
 	allowed := map[string][]string{
 		"telemetry":        {"telemetry"},
 		"devices":          {"telemetry"},
+		"devices/pg":       {"devices", "telemetry"},
 		"bridge":           {"bridge", "devices", "telemetry"},
 		"dashboard":        {"dashboard", "devices", "telemetry"},
 		"firmware-sim":     {"telemetry"},
@@ -29,16 +30,19 @@ func TestImportRules(t *testing.T) {
 		"github.com/mochi-mqtt/server/v2":             "bridge/mqtt",
 		"github.com/influxdata/influxdb-client-go/v2": "telemetry/influx",
 		"go.etcd.io/bbolt":                            "devices",
+		"github.com/jackc/pgx/v5":                     "devices/pg",
 		"github.com/prometheus/client_golang":         "cmd/fieldhub",
 		"github.com/go-playground/validator/v10":      "telemetry",
 	}
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 		fields := strings.Fields(line)
 		pkg := strings.TrimPrefix(fields[0], mod)
+		// The most specific rule wins.
 		var rule []string
+		best := -1
 		for prefix, r := range allowed {
-			if pkg == prefix || strings.HasPrefix(pkg, prefix+"/") {
-				rule = r
+			if (pkg == prefix || strings.HasPrefix(pkg, prefix+"/")) && len(prefix) > best {
+				rule, best = r, len(prefix)
 			}
 		}
 		for _, imp := range fields[1:] {

@@ -23,6 +23,7 @@ import (
 	"github.com/fieldhub/fieldhub/bridge/ws"
 	"github.com/fieldhub/fieldhub/dashboard"
 	"github.com/fieldhub/fieldhub/devices"
+	"github.com/fieldhub/fieldhub/devices/pg"
 	"github.com/fieldhub/fieldhub/telemetry"
 	"github.com/fieldhub/fieldhub/telemetry/influx"
 	"github.com/fieldhub/fieldhub/telemetry/spool"
@@ -93,9 +94,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		}
 	}
 
-	store, err := devices.OpenBolt(filepath.Join(cfg.DataDir, "registry.db"))
+	store, err := openStore(ctx, cfg)
 	if err != nil {
-		return fmt.Errorf("FIELDHUB_DATA_DIR: %w", err)
+		return err
 	}
 	defer store.Close()
 	var br *bridge.Bridge
@@ -289,6 +290,30 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	log.Info("fieldhub stopped")
 	return nil
+}
+
+// registryStore is what the hub keeps in its registry database: devices,
+// operator tokens and the command queue.
+type registryStore interface {
+	devices.Store
+	bridge.CommandStore
+}
+
+// openStore opens PostgreSQL when FIELDHUB_DATABASE_URL is set, otherwise
+// the embedded bbolt file in the data directory.
+func openStore(ctx context.Context, cfg config) (registryStore, error) {
+	if cfg.DatabaseURL != "" {
+		st, err := pg.Open(ctx, cfg.DatabaseURL)
+		if err != nil {
+			return nil, fmt.Errorf("FIELDHUB_DATABASE_URL: %w", err)
+		}
+		return st, nil
+	}
+	st, err := devices.OpenBolt(filepath.Join(cfg.DataDir, "registry.db"))
+	if err != nil {
+		return nil, fmt.Errorf("FIELDHUB_DATA_DIR: %w", err)
+	}
+	return st, nil
 }
 
 func drainSpool(ctx context.Context, sp *spool.Spool) {

@@ -1,0 +1,238 @@
+// Package pg is the PostgreSQL registry store, for several hub instances
+// sharing one registry, operator tokens and command queue
+// (FIELDHUB_DATABASE_URL). It implements devices.Store and the command
+// store, keeps each record as JSONB next to the columns it is looked up
+// by, and migrates its schema at start. It is the only package that
+// imports pgx.
+package pg
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/fieldhub/fieldhub/devices"
+)
+
+// migrations are applied in order, each once, in its own transaction.
+var migrations = []string{
+	`CREATE TABLE fieldhub_devices (
+		id     text PRIMARY KEY,
+		record jsonb NOT NULL
+	);
+	CREATE TABLE fieldhub_operator_tokens (
+		id     text PRIMARY KEY,
+		record jsonb NOT NULL
+	);
+	CREATE TABLE fieldhub_commands (
+		device text NOT NULL,
+		id     text NOT NULL,
+		final  boolean NOT NULL,
+		record jsonb NOT NULL,
+		PRIMARY KEY (device, id)
+	);
+	CREATE INDEX fieldhub_commands_active ON fieldhub_commands (device, id) WHERE NOT final;`,
+}
+
+// Store is the PostgreSQL store.
+type Store struct {
+	db *pgxpool.Pool
+}
+
+// Open connects to url and migrates the schema.
+func Open(ctx context.Context, url string) (*Store, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("FIELDHUB_DATABASE_URL: %w", err)
+	}
+	if cfg.MaxConns < 4 {
+		cfg.MaxConns = 4
+	}
+	db, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to postgresql: %w", err)
+	}
+	s := &Store{db: db}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Store) migrate(ctx context.Context) error {
+	if _, err := s.db.Exec(ctx, `CREATE TABLE IF NOT EXISTS fieldhub_schema (version int NOT NULL)`); err != nil {
+		return fmt.Errorf("create schema table: %w", err)
+	}
+	for i, m := range migrations {
+		err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+			// One migrator at a time across instances.
+			if _, err := tx.Exec(ctx, `LOCK TABLE fieldhub_schema IN EXCLUSIVE MODE`); err != nil {
+				return err
+			}
+			var done bool
+			if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM fieldhub_schema WHERE version = $1)`, i+1).Scan(&done); err != nil {
+				return err
+			}
+			if done {
+				return nil
+			}
+			if _, err := tx.Exec(ctx, m); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, `INSERT INTO fieldhub_schema (version) VALUES ($1)`, i+1)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("migration %d: %w", i+1, err)
+		}
+	}
+	return nil
+}
+
+// Close closes the connection pool.
+func (s *Store) Close() error {
+	s.db.Close()
+	return nil
+}
+
+// storedOperator carries the token hash, which devices.OperatorToken
+// leaves out of its JSON on purpose.
+type storedOperator struct {
+	devices.OperatorToken
+	Hash devices.TokenHash `json:"hash"`
+}
+
+// Load reads every device and operator token.
+func (s *Store) Load(ctx context.Context) (devices.Snapshot, error) {
+	var snap devices.Snapshot
+	rows, err := s.db.Query(ctx, `SELECT record FROM fieldhub_devices`)
+	if err != nil {
+		return snap, fmt.Errorf("load devices: %w", err)
+	}
+	for rows.Next() {
+		var r devices.Record
+		if err := rows.Scan(&r); err != nil {
+			rows.Close()
+			return snap, fmt.Errorf("load devices: %w", err)
+		}
+		snap.Devices = append(snap.Devices, r)
+	}
+	if err := rows.Err(); err != nil {
+		return snap, fmt.Errorf("load devices: %w", err)
+	}
+	rows, err = s.db.Query(ctx, `SELECT record FROM fieldhub_operator_tokens`)
+	if err != nil {
+		return snap, fmt.Errorf("load operator tokens: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var o storedOperator
+		if err := rows.Scan(&o); err != nil {
+			return snap, fmt.Errorf("load operator tokens: %w", err)
+		}
+		o.OperatorToken.Hash = o.Hash
+		snap.Operators = append(snap.Operators, o.OperatorToken)
+	}
+	return snap, rows.Err()
+}
+
+// Apply writes a change in one transaction.
+func (s *Store) Apply(ctx context.Context, c devices.Change) error {
+	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		b := &pgx.Batch{}
+		for _, r := range c.PutDevices {
+			b.Queue(`INSERT INTO fieldhub_devices (id, record) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record`, r.ID, r)
+		}
+		for _, id := range c.DeleteDevices {
+			b.Queue(`DELETE FROM fieldhub_devices WHERE id = $1`, id)
+		}
+		for _, o := range c.PutOperators {
+			b.Queue(`INSERT INTO fieldhub_operator_tokens (id, record) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record`, o.ID, storedOperator{OperatorToken: o, Hash: o.Hash})
+		}
+		for _, id := range c.DeleteOperators {
+			b.Queue(`DELETE FROM fieldhub_operator_tokens WHERE id = $1`, id)
+		}
+		if b.Len() == 0 {
+			return tx.QueryRow(ctx, `SELECT 1`).Scan(new(int)) // a ping
+		}
+		return tx.SendBatch(ctx, b).Close()
+	})
+	if err != nil {
+		return fmt.Errorf("write registry: %w", err)
+	}
+	return nil
+}
+
+// PutCommand stores a command, creating or replacing it; creating one
+// prunes the device's oldest final commands beyond devices.MaxCommandsKept.
+func (s *Store) PutCommand(ctx context.Context, c devices.CommandRecord) error {
+	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `INSERT INTO fieldhub_commands (device, id, final, record) VALUES ($1, $2, $3, $4)
+			ON CONFLICT (device, id) DO UPDATE SET final = EXCLUDED.final, record = EXCLUDED.record`, c.Device, c.ID, c.Final(), c)
+		if err != nil || c.Status != devices.CommandQueued {
+			return err // only a new command (status queued) can push the device over the bound
+		}
+		_, err = tx.Exec(ctx, `DELETE FROM fieldhub_commands WHERE device = $1 AND final AND id IN (
+			SELECT id FROM fieldhub_commands WHERE device = $1 ORDER BY id DESC OFFSET $2)`, c.Device, devices.MaxCommandsKept)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("store command: %w", err)
+	}
+	return nil
+}
+
+// GetCommand returns one command of a device.
+func (s *Store) GetCommand(ctx context.Context, device, id string) (devices.CommandRecord, error) {
+	var c devices.CommandRecord
+	err := s.db.QueryRow(ctx, `SELECT record FROM fieldhub_commands WHERE device = $1 AND id = $2`, device, id).Scan(&c)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return c, fmt.Errorf("command %q: %w", id, devices.ErrNotFound)
+	}
+	if err != nil {
+		return c, fmt.Errorf("get command: %w", err)
+	}
+	return c, nil
+}
+
+// ListCommands returns a device's commands newest first, after the cursor.
+func (s *Store) ListCommands(ctx context.Context, device, before string, limit int) ([]devices.CommandRecord, error) {
+	q := `SELECT record FROM fieldhub_commands WHERE device = $1 ORDER BY id DESC LIMIT $2`
+	args := []any{device, limit}
+	if before != "" {
+		q = `SELECT record FROM fieldhub_commands WHERE device = $1 AND id < $3 ORDER BY id DESC LIMIT $2`
+		args = append(args, before)
+	}
+	return s.commands(ctx, q, args...)
+}
+
+// ActiveCommands returns every command that is not final.
+func (s *Store) ActiveCommands(ctx context.Context) ([]devices.CommandRecord, error) {
+	return s.commands(ctx, `SELECT record FROM fieldhub_commands WHERE NOT final ORDER BY device, id`)
+}
+
+func (s *Store) commands(ctx context.Context, q string, args ...any) ([]devices.CommandRecord, error) {
+	rows, err := s.db.Query(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list commands: %w", err)
+	}
+	defer rows.Close()
+	out := []devices.CommandRecord{}
+	for rows.Next() {
+		var raw []byte
+		if err := rows.Scan(&raw); err != nil {
+			return nil, fmt.Errorf("list commands: %w", err)
+		}
+		var c devices.CommandRecord
+		if err := json.Unmarshal(raw, &c); err != nil {
+			return nil, fmt.Errorf("decode command: %w", err)
+		}
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}
