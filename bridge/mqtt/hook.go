@@ -175,6 +175,22 @@ func disconnectReason(err error) string {
 	return bridge.ReasonProtocolError
 }
 
+// topicAllowed is the per-device ACL, shared by the embedded broker and the
+// HTTP hook for external ones: publish only to devices/{id}/telemetry and
+// devices/{id}/commands/result, subscribe only to devices/{id}/commands and
+// devices/{id}/errors; no wildcards, no other device, no $SYS.
+func topicAllowed(id, topic string, write bool) bool {
+	prefix := topicPrefix + id
+	if id == "" || !strings.HasPrefix(topic, prefix) {
+		return false
+	}
+	rest := topic[len(prefix):]
+	if write {
+		return rest == suffixTelem || rest == suffixRes
+	}
+	return rest == suffixCmds || rest == suffixErrs
+}
+
 // ownTopic splits devices/{id}/{rest} and reports whether id is cl's.
 func ownTopic(cl *mqtt.Client, topic string) (rest string, ok bool) {
 	id := string(cl.Properties.Username)
@@ -189,8 +205,7 @@ func ownTopic(cl *mqtt.Client, topic string) (rest string, ok bool) {
 // command results, and to subscribe only to its own commands and errors.
 // Everything else, wildcards included, is denied.
 func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
-	rest, ok := ownTopic(cl, topic)
-	allowed := ok && (write && (rest == suffixTelem || rest == suffixRes) || !write && (rest == suffixCmds || rest == suffixErrs))
+	allowed := topicAllowed(string(cl.Properties.Username), topic, write)
 	if !allowed {
 		h.b.denied.Add(1)
 		if h.b.opts.OnACLDenied != nil {

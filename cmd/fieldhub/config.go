@@ -47,6 +47,7 @@ type config struct {
 	TagLabels       []string
 	MQTTMaxConns    int
 	MQTTConnectRate float64
+	MQTTAuthSecret  string
 	Pprof           bool
 }
 
@@ -99,6 +100,7 @@ var settings = []setting{
 	{"tag-labels", "FIELDHUB_TAG_LABELS", "", "comma-separated device labels written to InfluxDB as tags", false},
 	{"mqtt-max-conns", "FIELDHUB_MQTT_MAX_CONNS", "60000", "maximum MQTT connections", false},
 	{"mqtt-connect-rate", "FIELDHUB_MQTT_CONNECT_RATE", "20", "new MQTT connections per second per client address (burst 2.5x); raise it for fleets behind one NAT", false},
+	{"mqtt-auth-secret", "FIELDHUB_MQTT_AUTH_SECRET", "", "shared secret of an external broker's HTTP auth hook; enables POST /api/v1/mqtt/auth and /acl", true},
 	{"pprof", "FIELDHUB_PPROF", "false", "serve /debug/pprof (admin token required)", false},
 }
 
@@ -171,6 +173,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 		TagLabels:       p.list("tag-labels"),
 		MQTTMaxConns:    p.intRange("mqtt-max-conns", 1, 1<<22),
 		MQTTConnectRate: p.float("mqtt-connect-rate"),
+		MQTTAuthSecret:  p.str("mqtt-auth-secret"),
 		Pprof:           p.boolean("pprof"),
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {

@@ -193,6 +193,12 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	mux.Handle("GET /ws/device", deviceWS)
 	mux.HandleFunc("POST /api/v1/telemetry", deviceWS.ServeTelemetry)
 	mux.HandleFunc("GET /api/v1/commands/next", deviceWS.ServeNextCommand)
+	if cfg.MQTTAuthSecret != "" {
+		ah := &mqtt.AuthHook{Auth: reg, Exists: reg.Exists, Secret: cfg.MQTTAuthSecret, Failures: failures,
+			OnAuthFailure: m.authFailure, OnACLDenied: m.aclDenied.Inc}
+		mux.HandleFunc("POST /api/v1/mqtt/auth", ah.ServeAuth)
+		mux.HandleFunc("POST /api/v1/mqtt/acl", ah.ServeACL)
+	}
 	if broker != nil && cfg.MQTTWSPath != "" {
 		mux.HandleFunc("GET "+cfg.MQTTWSPath, broker.ServeWebSocket)
 	}
