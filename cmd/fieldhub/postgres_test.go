@@ -1,57 +1,20 @@
 package main
 
 import (
-	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/jackc/pgx/v5"
-
+	"github.com/fieldhub/fieldhub/devices/pg/pgtest"
 	"github.com/fieldhub/fieldhub/telemetry/influxtest"
 )
-
-// postgresURL creates a database of its own on the machine's PostgreSQL
-// (FIELDHUB_TEST_POSTGRES_URL, default postgres://postgres@127.0.0.1:5432/postgres)
-// and drops it when the test ends.
-func postgresURL(t *testing.T) string {
-	t.Helper()
-	admin := os.Getenv("FIELDHUB_TEST_POSTGRES_URL")
-	if admin == "" {
-		admin = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
-	}
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, admin)
-	if err != nil {
-		t.Fatalf("PostgreSQL is needed for this test (set FIELDHUB_TEST_POSTGRES_URL): %v", err)
-	}
-	defer conn.Close(ctx)
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	name := "fieldhub_test_" + hex.EncodeToString(b[:])
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if c, err := pgx.Connect(ctx, admin); err == nil {
-			_, _ = c.Exec(ctx, "DROP DATABASE "+name+" WITH (FORCE)")
-			c.Close(ctx)
-		}
-	})
-	cfg, _ := pgx.ParseConfig(admin)
-	return fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable", cfg.User, cfg.Host, cfg.Port, name)
-}
 
 // TestHubOnPostgreSQL runs the hub with FIELDHUB_DATABASE_URL: the registry
 // and the command queue live in PostgreSQL, so a second hub with a fresh
 // data directory (another instance) sees them.
 func TestHubOnPostgreSQL(t *testing.T) {
 	influx := influxtest.Start(t)
-	db := postgresURL(t)
+	db := pgtest.Database(t)
 	h := startHub(t, influx, map[string]string{"FIELDHUB_DATABASE_URL": db})
 	h.createDevice(t, "shared-1")
 	st, cmd := h.send(t, h.adminToken, "shared-1", "", map[string]any{"name": "open_valve"}, nil)

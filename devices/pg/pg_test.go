@@ -2,53 +2,17 @@ package pg
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
-	"os"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/fieldhub/fieldhub/devices"
+	"github.com/fieldhub/fieldhub/devices/pg/pgtest"
 )
-
-// testURL creates a database of its own on the machine's PostgreSQL
-// (FIELDHUB_TEST_POSTGRES_URL, default postgres://postgres@127.0.0.1:5432/postgres)
-// and drops it when the test ends.
-func testURL(t *testing.T) string {
-	t.Helper()
-	admin := os.Getenv("FIELDHUB_TEST_POSTGRES_URL")
-	if admin == "" {
-		admin = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
-	}
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, admin)
-	if err != nil {
-		t.Fatalf("PostgreSQL is needed for this test (set FIELDHUB_TEST_POSTGRES_URL): %v", err)
-	}
-	defer conn.Close(ctx)
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	name := "fieldhub_test_" + hex.EncodeToString(b[:])
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		c, err := pgx.Connect(ctx, admin)
-		if err == nil {
-			_, _ = c.Exec(ctx, "DROP DATABASE "+name+" WITH (FORCE)")
-			c.Close(ctx)
-		}
-	})
-	cfg, _ := pgx.ParseConfig(admin)
-	return fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable", cfg.User, cfg.Host, cfg.Port, name)
-}
 
 func TestRegistryOnPostgreSQL(t *testing.T) {
 	ctx := context.Background()
-	url := testURL(t)
+	url := pgtest.Database(t)
 	st, err := Open(ctx, url)
 	if err != nil {
 		t.Fatal(err)
@@ -112,7 +76,7 @@ func TestRegistryOnPostgreSQL(t *testing.T) {
 
 func TestCommandsOnPostgreSQL(t *testing.T) {
 	ctx := context.Background()
-	st, err := Open(ctx, testURL(t))
+	st, err := Open(ctx, pgtest.Database(t))
 	if err != nil {
 		t.Fatal(err)
 	}
