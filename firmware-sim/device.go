@@ -54,6 +54,23 @@ type device struct {
 	faultRate float64
 	sentMsgs  int
 	lastTS    int64 // readings get strictly increasing timestamps (unique points)
+	target    int   // which hub (of Hub and MoreHubs) this device connects to now
+}
+
+// endpoint returns the device's current hub URL and broker address.
+func (d *device) endpoint() (hub, broker string) {
+	hubs := append([]string{d.f.cfg.Hub}, d.f.cfg.MoreHubs...)
+	brokers := append([]string{d.f.cfg.MQTT}, d.f.cfg.MoreMQTT...)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return hubs[d.target%len(hubs)], brokers[d.target%len(brokers)]
+}
+
+// failover moves the device to the next hub after a failed connection.
+func (d *device) failover() {
+	d.mu.Lock()
+	d.target++
+	d.mu.Unlock()
 }
 
 func newDevice(f *Fleet, idx int, c Cred, transport string) *device {
@@ -65,6 +82,7 @@ func newDevice(f *Fleet, idx int, c Cred, transport string) *device {
 		ledger:    map[string]*pending{},
 		interval:  time.Duration(float64(time.Second) * float64(f.cfg.Batch) / f.cfg.Rate),
 		faultRate: f.cfg.FaultRate,
+		target:    idx, // spread the fleet over the hubs
 	}
 }
 
@@ -92,6 +110,7 @@ func (d *device) run(ctx context.Context) {
 			attempt = 0
 		} else {
 			attempt++
+			d.failover()
 		}
 		if !sleep(ctx, backoff(d.rng, attempt)) {
 			return

@@ -29,6 +29,11 @@ type Config struct {
 	Hub string
 	// MQTT is the broker address host:port, for MQTT devices.
 	MQTT string
+	// MoreHubs and MoreMQTT are further hub URLs and broker addresses of
+	// the same deployment: devices spread over them and, like firmware
+	// that fails over, move to the next one when a connection fails.
+	MoreHubs []string
+	MoreMQTT []string
 	// AdminToken provisions devices through the REST API.
 	AdminToken string
 	// Provision creates (or re-keys) the fleet's devices before the run.

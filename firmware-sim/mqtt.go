@@ -17,7 +17,8 @@ type inflightMsg struct {
 }
 
 func (d *device) mqttOptions(password string, lost chan<- error) *paho.ClientOptions {
-	return paho.NewClientOptions().AddBroker("tcp://" + d.f.cfg.MQTT).
+	_, broker := d.endpoint()
+	return paho.NewClientOptions().AddBroker("tcp://" + broker).
 		SetClientID(d.cred.ID).SetUsername(d.cred.ID).SetPassword(password).
 		SetProtocolVersion(4).SetCleanSession(true).SetOrderMatters(false).
 		SetAutoReconnect(false).SetConnectRetry(false).

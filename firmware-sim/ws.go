@@ -34,7 +34,8 @@ type wsCommand struct {
 }
 
 func (d *device) wsURL() string {
-	return strings.Replace(strings.TrimRight(d.f.cfg.Hub, "/"), "http", "ws", 1) + "/ws/device"
+	hub, _ := d.endpoint()
+	return strings.Replace(strings.TrimRight(hub, "/"), "http", "ws", 1) + "/ws/device"
 }
 
 // wrongTokenProbe tries to connect with a wrong token and checks the hub

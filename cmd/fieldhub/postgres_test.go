@@ -1,11 +1,15 @@
 package main
 
 import (
+	"context"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/fieldhub/fieldhub/devices/pg/pgtest"
+	firmwaresim "github.com/fieldhub/fieldhub/firmware-sim"
 	"github.com/fieldhub/fieldhub/telemetry/influxtest"
 )
 
@@ -35,4 +39,53 @@ func TestHubOnPostgreSQL(t *testing.T) {
 	if out := h2.stderr.String() + h2.stdout.String(); strings.Contains(out, db) {
 		t.Fatal("the database URL appears in the output")
 	}
+}
+
+// TestFleetFailsOverBetweenHubs: two hubs share a PostgreSQL registry and
+// one InfluxDB; a simulated fleet spreads over both, and when the first hub
+// stops its devices move to the second. Every acknowledged reading is in
+// InfluxDB.
+func TestFleetFailsOverBetweenHubs(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs two hubs and a fleet; run without -short")
+	}
+	influx := influxtest.Start(t)
+	db := pgtest.Database(t)
+	h1 := startHub(t, influx, map[string]string{"FIELDHUB_DATABASE_URL": db})
+	var creds []firmwaresim.Cred
+	for i := range 6 {
+		id := fmt.Sprintf("fo-%d", i)
+		creds = append(creds, firmwaresim.Cred{ID: id, Token: h1.createDevice(t, id)})
+	}
+	h2 := startHub(t, influx, map[string]string{"FIELDHUB_DATABASE_URL": db, "FIELDHUB_ADMIN_TOKEN": h1.adminToken})
+	fleet, err := firmwaresim.New(firmwaresim.Config{Hub: h1.url, MoreHubs: []string{h2.url}, Creds: creds, Devices: 6, Rate: 20, Prefix: "fo"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- fleet.Run(ctx) }()
+	online := func(h *hub) float64 {
+		_, s := h.api(t, "GET", "/api/v1/stats", h1.adminToken, nil) // both hubs take h1's admin token
+		n, _ := s["online"].(float64)
+		return n
+	}
+	waitUntil(t, "the fleet spread over both hubs", 15*time.Second, func() bool { return online(h1) == 3 && online(h2) == 3 })
+	h1.stop(t)
+	waitUntil(t, "every device on the second hub", 20*time.Second, func() bool { return online(h2) == 6 })
+	acked := fleet.Stats().ReadingsAcked
+	waitUntil(t, "more readings acknowledged by the second hub", 10*time.Second, func() bool { return fleet.Stats().ReadingsAcked > acked+100 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	st := fleet.Stats()
+	if st.Violations > 0 {
+		t.Fatalf("violations: %v", st.ViolationSamples)
+	}
+	waitUntil(t, "every acknowledged reading in InfluxDB", 30*time.Second, func() bool {
+		rows, err := influx.Query(`SELECT count("temp") FROM "telemetry" WHERE "device" =~ /^fo-/`)
+		return err == nil && len(rows) > 0 && int64(rows[0][1].(float64)) >= st.ReadingsAcked
+	})
+	t.Logf("%d readings acknowledged across the failover, all in InfluxDB", st.ReadingsAcked)
 }

@@ -37,8 +37,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	fs := flag.NewFlagSet("firmware-sim", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var cfg firmwaresim.Config
-	fs.StringVar(&cfg.Hub, "hub", "http://127.0.0.1:8080", "hub REST and WebSocket base URL")
-	fs.StringVar(&cfg.MQTT, "mqtt", "127.0.0.1:1883", "hub MQTT address host:port")
+	hubs := fs.String("hub", "http://127.0.0.1:8080", "hub REST and WebSocket base URL; several, comma-separated, for devices to spread and fail over across")
+	brokers := fs.String("mqtt", "127.0.0.1:1883", "hub MQTT address host:port; several, comma-separated")
 	fs.StringVar(&cfg.AdminToken, "admin-token", getenv("FIELDHUB_ADMIN_TOKEN"), "admin API token for --provision (env FIELDHUB_ADMIN_TOKEN)")
 	fs.BoolVar(&cfg.Provision, "provision", false, "create (or re-key) the devices <prefix>-1..N through the REST API")
 	fs.StringVar(&cfg.Prefix, "prefix", "sim", "device id prefix for --provision")
@@ -69,6 +69,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		return err
 	}
+	cfg.Hub, cfg.MoreHubs = splitFirst(*hubs)
+	cfg.MQTT, cfg.MoreMQTT = splitFirst(*brokers)
 	if *header {
 		fmt.Fprintln(stdout, reportHeader)
 		return nil
@@ -167,6 +169,20 @@ func reportRow(name string, st firmwaresim.Stats) string {
 	return fmt.Sprintf("| %s | %d | %.0f | %.0f | %d | %d | %.1f / %.1f | %s | %.1f | %.0f | %s | %d |",
 		name, st.ConnectionsHeld, offered, acked, st.Landed, st.Lost, p50, p99,
 		dash, st.HubCPUPerMillion, st.HubPeakRSSMiB, perConn, errs)
+}
+
+// splitFirst splits a comma-separated list into its first item and the rest.
+func splitFirst(list string) (string, []string) {
+	var items []string
+	for _, s := range strings.Split(list, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			items = append(items, s)
+		}
+	}
+	if len(items) == 0 {
+		return "", nil
+	}
+	return items[0], items[1:]
 }
 
 func writeCreds(path string, creds []firmwaresim.Cred) error {
