@@ -42,18 +42,21 @@ type StatusChange struct {
 // CommandRecord is a command to a device with its delivery history. Who
 // sent what, when, and what became of it is kept (audit).
 type CommandRecord struct {
-	ID             string          `json:"id"`
-	Device         string          `json:"device"`
-	Name           string          `json:"name"`
-	Params         json.RawMessage `json:"params"`
-	Status         string          `json:"status"`
-	CreatedAt      time.Time       `json:"created_at"`
-	CreatedBy      string          `json:"created_by"`
-	ExpiresAt      time.Time       `json:"expires_at"`
-	TimeoutMS      int64           `json:"timeout_ms"`
-	SentAt         *time.Time      `json:"sent_at,omitempty"`
-	CompletedAt    *time.Time      `json:"completed_at,omitempty"`
-	Deliveries     int             `json:"deliveries"`
+	ID          string          `json:"id"`
+	Device      string          `json:"device"`
+	Name        string          `json:"name"`
+	Params      json.RawMessage `json:"params"`
+	Status      string          `json:"status"`
+	CreatedAt   time.Time       `json:"created_at"`
+	CreatedBy   string          `json:"created_by"`
+	ExpiresAt   time.Time       `json:"expires_at"`
+	TimeoutMS   int64           `json:"timeout_ms"`
+	SentAt      *time.Time      `json:"sent_at,omitempty"`
+	CompletedAt *time.Time      `json:"completed_at,omitempty"`
+	Deliveries  int             `json:"deliveries"`
+	// PolledAt is when the device took the command over the HTTP long
+	// poll, which must hand each command out once.
+	PolledAt       *time.Time      `json:"polled_at,omitempty"`
 	Result         json.RawMessage `json:"result,omitempty"`
 	Error          string          `json:"error,omitempty"`
 	IdempotencyKey string          `json:"idempotency_key,omitempty"`
@@ -78,7 +81,11 @@ var bucketCommands = []byte("commands")
 func commandKey(device, id string) []byte { return []byte(device + "\x00" + id) }
 
 // PutCommand stores a command, creating or replacing it. Creating one
-// prunes the device's oldest final commands beyond MaxCommandsKept.
+// prunes the device's oldest final commands beyond MaxCommandsKept. A
+// command whose stored status is final is never changed again: with
+// several instances sharing a store, a late write of an older status
+// (one instance marking "sent" after another recorded the result) must
+// not undo the result; the first final status wins.
 func (s *BoltStore) PutCommand(ctx context.Context, c CommandRecord) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -93,7 +100,14 @@ func (s *BoltStore) PutCommand(ctx context.Context, c CommandRecord) error {
 			return err
 		}
 		key := commandKey(c.Device, c.ID)
-		isNew := b.Get(key) == nil
+		prev := b.Get(key)
+		isNew := prev == nil
+		if !isNew {
+			var old CommandRecord
+			if json.Unmarshal(prev, &old) == nil && old.Final() {
+				return nil
+			}
+		}
 		if err := b.Put(key, v); err != nil {
 			return err
 		}

@@ -84,3 +84,23 @@ func TestCommandStorePrunesOldestFinal(t *testing.T) {
 		t.Fatal("an active command was pruned")
 	}
 }
+
+// TestFinalCommandNeverChanges: the first final status wins, so a late
+// write of an older status (another hub instance marking "sent" after the
+// result was recorded) cannot undo a result.
+func TestFinalCommandNeverChanges(t *testing.T) {
+	ctx := context.Background()
+	st, err := OpenBolt(filepath.Join(t.TempDir(), "r.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	for _, status := range []string{CommandQueued, CommandSucceeded, CommandSent, CommandTimedOut} {
+		if err := st.PutCommand(ctx, CommandRecord{ID: "cmd-1", Device: "d", Status: status}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c, _ := st.GetCommand(ctx, "d", "cmd-1"); c.Status != CommandSucceeded {
+		t.Fatalf("status %s, want the first final status (succeeded)", c.Status)
+	}
+}

@@ -82,12 +82,14 @@ func (r *Registry) CreateOperatorToken(ctx context.Context, name string, role Ro
 	o := OperatorToken{ID: "tok-" + hex.EncodeToString(idb[:]), Name: name, Role: role,
 		CreatedAt: r.opts.Now().UTC().Truncate(time.Millisecond), Hash: HashToken(secret)}
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	if err := r.store.Apply(ctx, Change{PutOperators: []OperatorToken{o}}); err != nil {
+	if err := r.applyLocked(ctx, Change{PutOperators: []OperatorToken{o}}); err != nil {
+		r.mu.Unlock()
 		return OperatorToken{}, "", err
 	}
 	r.operators[o.ID] = &o
 	r.opByHash[o.Hash] = o.ID
+	r.mu.Unlock()
+	r.notify(func() Changed { return Changed{Operators: true} })
 	return o, secret, nil
 }
 
@@ -106,16 +108,19 @@ func (r *Registry) ListOperatorTokens() []OperatorToken {
 // RevokeOperatorToken deletes an operator token; it stops working at once.
 func (r *Registry) RevokeOperatorToken(ctx context.Context, id string) error {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	o, ok := r.operators[id]
 	if !ok {
+		r.mu.Unlock()
 		return fmt.Errorf("token %q: %w", id, ErrNotFound)
 	}
-	if err := r.store.Apply(ctx, Change{DeleteOperators: []string{id}}); err != nil {
+	if err := r.applyLocked(ctx, Change{DeleteOperators: []string{id}}); err != nil {
+		r.mu.Unlock()
 		return err
 	}
 	delete(r.opByHash, o.Hash)
 	delete(r.operators, id)
+	r.mu.Unlock()
+	r.notify(func() Changed { return Changed{Operators: true} })
 	return nil
 }
 

@@ -98,9 +98,38 @@ type Options struct {
 	// timer goroutine) after a device's tokens changed or the device was
 	// deleted, so transports can re-check their sessions.
 	OnCredentialsChanged func(deviceID string)
+	// OnChange is called (without locks held) after this registry changed
+	// its store: devices created, rotated or deleted, operator tokens
+	// created or revoked. Several hub instances sharing one store use it
+	// to tell each other to Refresh, and to mirror device credentials into
+	// an external broker. It carries new device tokens in plaintext, which
+	// exist nowhere else: never log a Change.
+	OnChange func(c Changed)
 	// TagLabels names the device labels written to InfluxDB as tags.
 	TagLabels []string
 	Now       func() time.Time
+}
+
+// Changed says what one registry operation changed.
+type Changed struct {
+	Devices   []DeviceChange
+	Operators bool // operator tokens were created or revoked
+}
+
+// DeviceChange is one device's credential change. Token is the new token
+// (create, rotate), empty for a deletion.
+type DeviceChange struct {
+	ID      string
+	Token   string
+	Deleted bool
+	// Grace is how long the device's previous tokens keep working after a
+	// rotation.
+	Grace time.Duration
+}
+
+// LogValue keeps tokens out of logs, whatever a caller does with a Change.
+func (c DeviceChange) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("device", c.ID), slog.Bool("deleted", c.Deleted), slog.Duration("grace", c.Grace))
 }
 
 // Registry is the in-memory, write-through registry of devices and operator
@@ -119,6 +148,15 @@ type Registry struct {
 	bootstrap *TokenHash           // FIELDHUB_ADMIN_TOKEN, never stored
 	timers    map[string]*time.Timer
 	closed    bool
+	// gen counts this registry's credential writes, so a Refresh can tell
+	// that its snapshot may predate one of them.
+	gen uint64
+}
+
+// applyLocked writes a credential change to the store. Callers hold mu.
+func (r *Registry) applyLocked(ctx context.Context, c Change) error {
+	r.gen++
+	return r.store.Apply(ctx, c)
 }
 
 // Open loads the registry from store.
@@ -233,13 +271,14 @@ func (r *Registry) CreateBatch(ctx context.Context, specs []Spec) ([]Created, er
 		}
 	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	for _, rec := range recs {
 		if _, ok := r.devices[rec.ID]; ok {
+			r.mu.Unlock()
 			return nil, fmt.Errorf("device %q: %w", rec.ID, ErrExists)
 		}
 	}
-	if err := r.store.Apply(ctx, Change{PutDevices: recs}); err != nil {
+	if err := r.applyLocked(ctx, Change{PutDevices: recs}); err != nil {
+		r.mu.Unlock()
 		return nil, err
 	}
 	out := make([]Created, len(recs))
@@ -249,7 +288,23 @@ func (r *Registry) CreateBatch(ctx context.Context, specs []Spec) ([]Created, er
 		r.byHash[rec.Tokens[0].Hash] = rec.ID
 		out[i] = Created{Device: e.view(), Token: tokens[i]}
 	}
+	r.mu.Unlock()
+	r.notify(func() Changed {
+		ch := Changed{Devices: make([]DeviceChange, len(recs))}
+		for i, rec := range recs {
+			ch.Devices[i] = DeviceChange{ID: rec.ID, Token: tokens[i]}
+		}
+		return ch
+	})
 	return out, nil
+}
+
+// notify calls OnChange, if set, with the change mk builds; mk runs only
+// when someone listens. Callers do not hold mu.
+func (r *Registry) notify(mk func() Changed) {
+	if r.opts.OnChange != nil {
+		r.opts.OnChange(mk())
+	}
 }
 
 func (e *entry) view() Device {
@@ -362,7 +417,7 @@ func (r *Registry) Rotate(ctx context.Context, id string, grace time.Duration) (
 		}
 	}
 	rec.Tokens = append(keep, StoredToken{Hash: HashToken(token)})
-	if err := r.store.Apply(ctx, Change{PutDevices: []Record{rec}}); err != nil {
+	if err := r.applyLocked(ctx, Change{PutDevices: []Record{rec}}); err != nil {
 		r.mu.Unlock()
 		return "", err
 	}
@@ -380,6 +435,7 @@ func (r *Registry) Rotate(ctx context.Context, id string, grace time.Duration) (
 	if grace == 0 {
 		r.changed(id)
 	}
+	r.notify(func() Changed { return Changed{Devices: []DeviceChange{{ID: id, Token: token, Grace: grace}}} })
 	return token, nil
 }
 
@@ -415,10 +471,20 @@ func (r *Registry) Delete(ctx context.Context, id string) error {
 		r.mu.Unlock()
 		return fmt.Errorf("device %q: %w", id, ErrNotFound)
 	}
-	if err := r.store.Apply(ctx, Change{DeleteDevices: []string{id}}); err != nil {
+	if err := r.applyLocked(ctx, Change{DeleteDevices: []string{id}}); err != nil {
 		r.mu.Unlock()
 		return err
 	}
+	r.forgetLocked(id, e)
+	r.mu.Unlock()
+	r.changed(id)
+	r.notify(func() Changed { return Changed{Devices: []DeviceChange{{ID: id, Deleted: true}}} })
+	return nil
+}
+
+// forgetLocked drops a deleted device from memory: its token hashes and
+// its grace-period timer. Callers hold mu.
+func (r *Registry) forgetLocked(id string, e *entry) {
 	for _, t := range e.rec.Tokens {
 		delete(r.byHash, t.Hash)
 	}
@@ -427,9 +493,6 @@ func (r *Registry) Delete(ctx context.Context, id string) error {
 		t.Stop()
 		delete(r.timers, id)
 	}
-	r.mu.Unlock()
-	r.changed(id)
-	return nil
 }
 
 // Authenticate returns the device a token belongs to: one hash lookup,

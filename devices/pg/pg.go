@@ -170,10 +170,13 @@ func (s *Store) Apply(ctx context.Context, c devices.Change) error {
 
 // PutCommand stores a command, creating or replacing it; creating one
 // prunes the device's oldest final commands beyond devices.MaxCommandsKept.
+// A command already final in the store is never changed: the first final
+// status wins (see devices.BoltStore.PutCommand).
 func (s *Store) PutCommand(ctx context.Context, c devices.CommandRecord) error {
 	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		_, err := tx.Exec(ctx, `INSERT INTO fieldhub_commands (device, id, final, record) VALUES ($1, $2, $3, $4)
-			ON CONFLICT (device, id) DO UPDATE SET final = EXCLUDED.final, record = EXCLUDED.record`, c.Device, c.ID, c.Final(), c)
+			ON CONFLICT (device, id) DO UPDATE SET final = EXCLUDED.final, record = EXCLUDED.record
+			WHERE NOT fieldhub_commands.final`, c.Device, c.ID, c.Final(), c)
 		if err != nil || c.Status != devices.CommandQueued {
 			return err // only a new command (status queued) can push the device over the bound
 		}

@@ -3,6 +3,7 @@ package pg
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -110,6 +111,16 @@ func TestCommandsOnPostgreSQL(t *testing.T) {
 	if _, err := st.GetCommand(ctx, "d", "nope"); err == nil {
 		t.Fatal("missing command found")
 	}
+	// The first final status wins: a late "sent" from another instance
+	// does not undo a result.
+	for _, status := range []string{devices.CommandSucceeded, devices.CommandSent, devices.CommandTimedOut} {
+		if err := st.PutCommand(ctx, devices.CommandRecord{ID: "cmd-999999", Device: "d", Status: status}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c, _ := st.GetCommand(ctx, "d", "cmd-999999"); c.Status != devices.CommandSucceeded {
+		t.Fatalf("status %s, want the first final status (succeeded)", c.Status)
+	}
 }
 
 func ids(cs []devices.CommandRecord) []string {
@@ -118,4 +129,101 @@ func ids(cs []devices.CommandRecord) []string {
 		out[i] = c.ID
 	}
 	return out
+}
+
+// TestRefreshSeesOtherInstance: two registries share one database, as two
+// hub instances do. Refresh makes one see the other's changes and re-check
+// the sessions of devices whose credentials changed.
+func TestRefreshSeesOtherInstance(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.Database(t)
+	open := func(onCred func(string), onChange func(devices.Changed)) *devices.Registry {
+		st, err := Open(ctx, url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		reg, err := devices.Open(ctx, st, devices.Options{OnCredentialsChanged: onCred, OnChange: onChange})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(reg.Close)
+		return reg
+	}
+	var changes []devices.Changed
+	a := open(nil, func(c devices.Changed) { changes = append(changes, c) })
+	var rechecked []string
+	b := open(func(id string) { rechecked = append(rechecked, id) }, nil)
+
+	keep, err := a.Create(ctx, devices.Spec{ID: "keep", Labels: map[string]string{"site": "north"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone, err := a.Create(ctx, devices.Spec{ID: "gone"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rot, err := a.Create(ctx, devices.Spec{ID: "rot"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, opSecret, err := a.CreateOperatorToken(ctx, "ops", devices.RoleViewer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok := b.Authenticate(keep.Token); ok {
+		t.Fatal("b knows a device before refreshing")
+	}
+	if err := b.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []string{keep.Token, gone.Token, rot.Token} {
+		if _, _, ok := b.Authenticate(c); !ok {
+			t.Fatal("b does not know a device after refreshing")
+		}
+	}
+	if _, ok := b.AuthenticateOperator(ctx, opSecret); !ok {
+		t.Fatal("b does not know the operator token after refreshing")
+	}
+	b.SetPresence("keep", devices.Presence{Online: true, Transport: devices.TransportWS})
+	rechecked = nil
+
+	newTok, err := a.Rotate(ctx, "rot", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Delete(ctx, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(rechecked)
+	if !slices.Equal(rechecked, []string{"gone", "rot"}) {
+		t.Fatalf("re-checked %v, want gone and rot", rechecked)
+	}
+	if _, _, ok := b.Authenticate(rot.Token); ok {
+		t.Fatal("old token of a rotated device still works on b")
+	}
+	if _, _, ok := b.Authenticate(newTok); !ok {
+		t.Fatal("new token does not work on b")
+	}
+	if b.Exists("gone") {
+		t.Fatal("deleted device still exists on b")
+	}
+	if d, _ := b.Get("keep"); !d.Online || d.Labels["site"] != "north" {
+		t.Fatalf("refresh lost presence or labels: %+v", d)
+	}
+
+	// a told its listener about each change, tokens included.
+	var got []string
+	for _, c := range changes {
+		for _, d := range c.Devices {
+			got = append(got, fmt.Sprintf("%s:%t:%t", d.ID, d.Token != "", d.Deleted))
+		}
+	}
+	want := []string{"keep:true:false", "gone:true:false", "rot:true:false", "rot:true:false", "gone:false:true"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("changes %v, want %v", got, want)
+	}
 }
