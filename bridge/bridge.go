@@ -36,6 +36,14 @@ type Fanout interface {
 	Publish(ev telemetry.Event)
 }
 
+// RemoteCommands hands a command to the network beyond this instance: an
+// external broker delivers it to an MQTT device, or to the instance that
+// holds the device's WebSocket. PublishCommand must not block; false means
+// it cannot take the command now (the command clock tries again).
+type RemoteCommands interface {
+	PublishCommand(device string, cmd telemetry.Command) bool
+}
+
 // Disconnect reasons: why a session ended. Low-cardinality; used in
 // presence events, logs and metrics.
 const (
@@ -58,6 +66,12 @@ type Options struct {
 	Fanout  Fanout // optional
 	// Commands persists the command queue; nil disables commands.
 	Commands CommandStore
+	// Remote carries commands to devices that are not connected to this
+	// instance (several instances on an external broker). With Remote set,
+	// Commands is shared with other instances: a result may finish a
+	// command this instance did not create, and the store is the truth
+	// about whether a command is final. nil: a single instance.
+	Remote RemoteCommands
 	// RatePerSec and Burst bound each device's messages; defaults 50 and 100.
 	RatePerSec float64
 	Burst      int

@@ -15,7 +15,10 @@ import (
 	"github.com/fieldhub/fieldhub/telemetry"
 )
 
-// CommandStore persists commands. *devices.BoltStore implements it.
+// CommandStore persists commands. *devices.BoltStore implements it, and
+// the PostgreSQL store that several instances share. PutCommand never
+// changes a command that is final in the store: the first final status
+// wins.
 type CommandStore interface {
 	PutCommand(ctx context.Context, c devices.CommandRecord) error
 	GetCommand(ctx context.Context, device, id string) (devices.CommandRecord, error)
@@ -241,6 +244,10 @@ func (c *commands) changedLocked(rec devices.CommandRecord, announce bool) {
 	}
 }
 
+// remoteSession is the session id of "handed to Remote": the device is
+// not connected to this instance.
+const remoteSession = ^uint64(0)
+
 // commandWindow bounds the commands written to a session and not yet
 // answered; the rest follow as results come in.
 const commandWindow = 16
@@ -255,8 +262,14 @@ func (b *Bridge) DeliverCommands(device string) {
 	if c == nil {
 		return
 	}
-	s := b.Current(device)
-	if s == nil {
+	var sid uint64
+	var deliver func(telemetry.Command) bool
+	if s := b.Current(device); s != nil {
+		sid, deliver = s.ID, s.conn.Deliver
+	} else if b.opts.Remote != nil {
+		sid = remoteSession
+		deliver = func(cmd telemetry.Command) bool { return b.opts.Remote.PublishCommand(device, cmd) }
+	} else {
 		return
 	}
 	now := b.opts.Now().UTC()
@@ -264,19 +277,19 @@ func (b *Bridge) DeliverCommands(device string) {
 	defer c.mu.Unlock()
 	inWindow := 0
 	for _, a := range c.active[device] {
-		if a.deliveredTo == s.ID && !a.rec.Final() {
+		if a.deliveredTo == sid && !a.rec.Final() {
 			inWindow++
 		}
 	}
 	for _, a := range c.active[device] {
-		if a.deliveredTo == s.ID || a.rec.Final() {
+		if a.deliveredTo == sid || a.rec.Final() {
 			continue
 		}
-		if inWindow >= commandWindow || !s.conn.Deliver(telemetry.Command{ID: a.rec.ID, Name: a.rec.Name, Params: []byte(a.rec.Params)}) {
+		if inWindow >= commandWindow || !deliver(telemetry.Command{ID: a.rec.ID, Name: a.rec.Name, Params: []byte(a.rec.Params)}) {
 			return // keep the order: the rest waits for the next chance
 		}
 		inWindow++
-		a.deliveredTo = s.ID
+		a.deliveredTo = sid
 		a.rec.Deliveries++
 		first := a.rec.Status == devices.CommandQueued
 		if first {
@@ -295,12 +308,14 @@ func (c *commands) pendingDelivery() []string {
 	defer c.mu.Unlock()
 	var out []string
 	for device, list := range c.active {
-		s := c.b.Current(device)
-		if s == nil {
+		sid := remoteSession
+		if s := c.b.Current(device); s != nil {
+			sid = s.ID
+		} else if c.b.opts.Remote == nil {
 			continue
 		}
 		for _, a := range list {
-			if a.deliveredTo != s.ID {
+			if a.deliveredTo != sid {
 				out = append(out, device)
 				break
 			}
@@ -321,8 +336,18 @@ func (b *Bridge) NextCommand(ctx context.Context, device string, wait time.Durat
 	defer deadline.Stop()
 	for {
 		now := b.opts.Now().UTC()
+		if b.opts.Remote != nil {
+			// Several instances: the command may have been created on any
+			// of them; the shared store says which one is next.
+			if cmd, ok := c.nextShared(ctx, device, now); ok {
+				return cmd, true
+			}
+		}
 		c.mu.Lock()
 		for _, a := range c.active[device] {
+			if b.opts.Remote != nil {
+				break // taken above, from the store
+			}
 			if a.rec.Status != devices.CommandQueued {
 				continue
 			}
@@ -348,6 +373,56 @@ func (b *Bridge) NextCommand(ctx context.Context, device string, wait time.Durat
 			return telemetry.Command{}, false
 		}
 	}
+}
+
+// nextShared hands out, once, the device's oldest open command from the
+// shared store that no poll took yet.
+func (c *commands) nextShared(ctx context.Context, device string, now time.Time) (telemetry.Command, bool) {
+	recs, err := c.store.ListCommands(ctx, device, "", MaxQueuedCommands+commandWindow)
+	if err != nil {
+		c.b.log.Warn("list commands for a poll", "device", device, "err", err)
+		return telemetry.Command{}, false
+	}
+	for i := len(recs) - 1; i >= 0; i-- { // oldest first
+		rec := recs[i]
+		if rec.Final() || rec.PolledAt != nil {
+			continue
+		}
+		t := now
+		rec.PolledAt = &t
+		rec.Deliveries++
+		announce := rec.Status == devices.CommandQueued
+		if announce {
+			rec.SentAt = &t
+			rec.Status = devices.CommandSent
+			rec.History = append(rec.History, devices.StatusChange{Status: devices.CommandSent, At: now})
+		}
+		c.mu.Lock()
+		for _, a := range c.active[device] {
+			if a.rec.ID == rec.ID {
+				a.rec = rec
+			}
+		}
+		c.changedLocked(rec, announce)
+		c.mu.Unlock()
+		return telemetry.Command{Type: telemetry.TypeCommand, ID: rec.ID, Name: rec.Name, Params: []byte(rec.Params)}, true
+	}
+	return telemetry.Command{}, false
+}
+
+// WakePollers wakes the device's HTTP long polls on this instance: another
+// instance published a command for it.
+func (b *Bridge) WakePollers(device string) {
+	c := b.commands
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	for _, ch := range c.pollers[device] {
+		close(ch)
+	}
+	delete(c.pollers, device)
+	c.mu.Unlock()
 }
 
 func (c *commands) dropPoller(device string, ch chan struct{}) {
@@ -382,15 +457,18 @@ func (b *Bridge) CommandResult(device string, r *telemetry.CommandResult) error 
 			break
 		}
 	}
-	if idx < 0 {
-		c.mu.Unlock()
-		return fmt.Errorf("command %q: %w", r.ID, devices.ErrNotFound)
-	}
-	a := list[idx]
 	status := devices.CommandSucceeded
 	if r.Status == telemetry.ResultError {
 		status = devices.CommandFailed
 	}
+	if idx < 0 {
+		c.mu.Unlock()
+		if b.opts.Remote != nil {
+			return c.finishShared(device, r, status, now)
+		}
+		return fmt.Errorf("command %q: %w", r.ID, devices.ErrNotFound)
+	}
+	a := list[idx]
 	a.rec.Result = json.RawMessage(r.Result)
 	a.rec.Error = r.Error
 	c.setStatusLocked(a, status, now)
@@ -401,6 +479,78 @@ func (b *Bridge) CommandResult(device string, r *telemetry.CommandResult) error 
 	b.log.Info("command finished", "device", device, "command", rec.ID, "status", rec.Status)
 	b.DeliverCommands(device) // the window has room again
 	return nil
+}
+
+// finishShared records a result for a command another instance created:
+// the shared store says whether it is still open, and the announcement
+// reaches its creator through the fan-out, which wakes its waiters
+// (CommandChanged).
+func (c *commands) finishShared(device string, r *telemetry.CommandResult, status string, now time.Time) error {
+	ctx := context.Background()
+	rec, err := c.store.GetCommand(ctx, device, r.ID)
+	if err != nil {
+		return err
+	}
+	if rec.Final() {
+		return nil // a duplicate after redelivery
+	}
+	rec.Result = json.RawMessage(r.Result)
+	rec.Error = r.Error
+	a := &activeCmd{rec: rec}
+	c.mu.Lock()
+	c.setStatusLocked(a, status, now)
+	c.changedLocked(a.rec, true)
+	c.mu.Unlock()
+	c.b.log.Info("command finished", "device", device, "command", rec.ID, "status", a.rec.Status)
+	return nil
+}
+
+// CommandChanged tells the command service that another instance changed
+// a command (its live event came through the broker). A command this
+// instance tracks and the shared store says is final is let go, and its
+// waiters wake.
+func (b *Bridge) CommandChanged(device, id string) {
+	c := b.commands
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, a := range c.active[device] {
+		if a.rec.ID != id {
+			continue
+		}
+		if rec, err := c.store.GetCommand(context.Background(), device, id); err == nil && rec.Final() {
+			a.rec = rec
+			c.removeLocked(device, i)
+		}
+		return
+	}
+}
+
+// RemoteConnected tells the command service that the device connected to
+// another instance: commands handed to Remote before are handed over
+// again, for that instance to deliver (at least once).
+func (b *Bridge) RemoteConnected(device string) {
+	c := b.commands
+	if c == nil || b.opts.Remote == nil || b.Current(device) != nil {
+		return
+	}
+	c.mu.Lock()
+	for _, a := range c.active[device] {
+		if a.deliveredTo == remoteSession {
+			a.deliveredTo = 0
+		}
+	}
+	c.mu.Unlock()
+	b.DeliverCommands(device)
+}
+
+// ForwardCommand writes a command another instance published to this
+// instance's session of the device, if it holds one.
+func (b *Bridge) ForwardCommand(device string, cmd telemetry.Command) bool {
+	s := b.Current(device)
+	return s != nil && s.conn.Deliver(cmd)
 }
 
 // removeLocked drops a final command from the active list and wakes its
@@ -517,6 +667,16 @@ func (c *commands) tick(now time.Time) {
 				status = devices.CommandTimedOut
 			default:
 				continue
+			}
+			if c.b.opts.Remote != nil {
+				// Another instance may have finished it already.
+				if rec, err := c.store.GetCommand(context.Background(), device, a.rec.ID); err == nil && rec.Final() {
+					a.rec = rec
+					c.removeLocked(device, i)
+					list = c.active[device]
+					i--
+					continue
+				}
 			}
 			c.setStatusLocked(a, status, now)
 			c.changedLocked(a.rec, true)

@@ -160,15 +160,20 @@ func (b *Bridge) Current(deviceID string) *Session {
 
 // CloseAll kicks every session, for shutdown.
 func (b *Bridge) CloseAll(reason string) {
+	for _, s := range b.Sessions() {
+		s.Kick(reason)
+	}
+}
+
+// Sessions returns the current sessions.
+func (b *Bridge) Sessions() []*Session {
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	all := make([]*Session, 0, len(b.sessions))
 	for _, s := range b.sessions {
 		all = append(all, s)
 	}
-	b.mu.Unlock()
-	for _, s := range all {
-		s.Kick(reason)
-	}
+	return all
 }
 
 // logLimiter keeps a faulty fleet from flooding the log with per-message
