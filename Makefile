@@ -5,7 +5,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 GO          ?= go
 FUZZTIME    ?= 150000x
 
-.PHONY: all build influxd run test lint unit fuzz bench-smoke bench clean
+.PHONY: all build influxd mosquitto run run-cluster test lint unit fuzz bench-smoke bench clean
 
 all: build
 
@@ -17,9 +17,19 @@ build:
 influxd:
 	scripts/install-influxd
 
+# Debian's Mosquitto 2 with its dynamic-security plugin, for the
+# multi-instance tests (they start their own brokers).
+mosquitto:
+	scripts/install-mosquitto
+
 # Runs influxd, the hub and a simulated fleet; Ctrl-C stops everything.
 run: build influxd
 	scripts/run-demo
+
+# Two instances on a private Mosquitto, the machine's PostgreSQL and
+# influxd, with a fleet spread over them (docs/deploy.md on one box).
+run-cluster: build influxd mosquitto
+	scripts/run-cluster-demo
 
 test: lint unit fuzz bench-smoke
 
@@ -29,7 +39,7 @@ lint:
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
-unit: influxd
+unit: influxd mosquitto
 	FIELDHUB_ARTIFACTS=$(CURDIR)/var/artifacts $(GO) test -race -count=1 -timeout 12m ./...
 
 # A short, bounded run of every fuzz target (counted in executions, not
@@ -38,9 +48,10 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZTIME) ./telemetry
 	$(GO) test -run='^$$' -fuzz='^FuzzAppendLines$$' -fuzztime=$(FUZZTIME) ./telemetry
 	$(GO) test -run='^$$' -fuzz='^FuzzValidName$$' -fuzztime=100000x ./telemetry
+	$(GO) test -run='^$$' -fuzz='^FuzzOnLive$$' -fuzztime=100000x ./bridge/cluster
 
 # Every Go benchmark once, so none of them rots.
-bench-smoke: influxd
+bench-smoke: influxd mosquitto
 	$(GO) test -run='^$$' -bench=. -benchtime=1x -timeout 10m ./...
 
 clean:

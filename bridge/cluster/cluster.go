@@ -1,0 +1,767 @@
+// Package cluster runs the hub as one of several instances on an external
+// MQTT broker (FIELDHUB_MQTT_BROKER): the broker carries everything that
+// must cross instances, and this package is the hub's paho client of it.
+//
+//   - Ingest: shared subscriptions $share/fieldhub/devices/+/telemetry and
+//     .../commands/result, QoS 1 on four persistent sessions per instance,
+//     acknowledged to the broker only after the bridge made the message
+//     durable, so load spreads over instances and a crash loses nothing
+//     the broker holds.
+//   - Live: every event of this instance's bridge goes to its own
+//     dashboards and once to fieldhub/live/{device} (QoS 0); events of the
+//     other instances come back from that topic (not shared). Presence of
+//     MQTT devices is inferred from their messages (presence.go); an
+//     instance's broker will marks its devices offline elsewhere
+//     (instances.go).
+//   - Commands: published to devices/{id}/commands; the instance holding
+//     the device's WebSocket forwards them; MQTT devices get them from the
+//     broker.
+//   - Registry: a change on any instance is announced on fieldhub/registry
+//     and every instance reloads from the shared store, so a revoke cuts
+//     sessions everywhere within a second.
+//   - Mosquitto's dynamic-security plugin, optionally, mirrors device
+//     credentials and per-device ACLs (dynsec.go).
+//
+// It imports bridge, devices and telemetry, and is the hub's only importer
+// of paho.
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/go-json-experiment/json"
+
+	"github.com/fieldhub/fieldhub/bridge"
+	"github.com/fieldhub/fieldhub/devices"
+	"github.com/fieldhub/fieldhub/telemetry"
+)
+
+// Topics and the shared-subscription group every instance joins.
+const (
+	ShareGroup     = "fieldhub"
+	topicTelemetry = "devices/+/telemetry"
+	topicResults   = "devices/+/commands/result"
+	topicCommands  = "devices/+/commands"
+	topicLive      = "fieldhub/live/+"
+	livePrefix     = "fieldhub/live/"
+	topicRegistry  = "fieldhub/registry"
+	// An instance's broker will: when its connection breaks, the others
+	// mark the devices it held offline.
+	instancesPrefix = "fieldhub/instances/"
+	topicInstances  = instancesPrefix + "+"
+)
+
+// Registry is what the cluster needs of the device registry.
+type Registry interface {
+	Refresh(ctx context.Context) error
+	Exists(id string) bool
+	Get(id string) (devices.Device, error)
+	SetPresence(id string, p devices.Presence)
+	Touch(id string, at time.Time)
+}
+
+// Options configures a Cluster. Zero values take the documented defaults.
+type Options struct {
+	// BrokerURL is tcp://host:1883, ssl://host:8883, ws:// or wss://.
+	BrokerURL string
+	Username  string
+	Password  string
+	TLS       *tls.Config // for ssl:// and wss://; nil: system roots
+	// ClientID names this instance's persistent session at the broker; it
+	// must be stable across restarts and unique per instance.
+	ClientID string
+	Registry Registry
+	// Local is this instance's live fan-out (its dashboards).
+	Local bridge.Fanout
+	// Dynsec mirrors device credentials into Mosquitto's dynamic-security
+	// plugin.
+	Dynsec bool
+	// Workers bounds the broker messages being made durable at once;
+	// default 128. Queue bounds those waiting for a worker; default 1024.
+	// Full queue: paho's router waits, the broker's in-flight window
+	// fills and the broker holds the rest.
+	Workers int
+	Queue   int
+	// MaxMessageBytes is the largest device message taken from the
+	// broker; larger ones are refused with too_large (the broker's own
+	// max_packet_size should stop them first). Default 256 KiB.
+	MaxMessageBytes int
+	// IngestConns is how many extra broker connections take part in the
+	// shared ingest subscriptions, each with its own persistent session
+	// ({ClientID}-in1...); default 3. paho handles one connection's
+	// messages and acknowledgements one at a time through a chain of
+	// goroutines, which caps one connection near 4,000 acknowledged
+	// messages/s on a busy 2-core box.
+	IngestConns int
+	// LiveQueue bounds live events waiting to be published; default 16384.
+	// Full: the event is dropped for other instances (counted); this
+	// instance's dashboards got it.
+	LiveQueue int
+	// BrokerIdle is how long an MQTT device on the broker stays online
+	// without being heard from; default 2 minutes.
+	BrokerIdle time.Duration
+	// RefreshEvery is the full registry reload that catches announcements
+	// missed while disconnected; default 30 s.
+	RefreshEvery time.Duration
+	Logger       *slog.Logger
+}
+
+// Stats counts what the cluster did, for metrics.
+type Stats struct {
+	Ingested    atomic.Int64 // broker messages made durable and acknowledged
+	Refused     atomic.Int64 // broker messages refused with an error to the device
+	Redelivered atomic.Int64 // broker redeliveries of messages already durable, acknowledged again
+	LiveOut     atomic.Int64 // live events published for other instances
+	LiveIn      atomic.Int64 // live events received from other instances
+	LiveDropped atomic.Int64 // live events not published: queue full or broker down
+	// RemoteReadings counts readings other instances accepted (their live
+	// events), so this instance's overview can show the fleet's rate.
+	RemoteReadings atomic.Int64
+	Forwarded      atomic.Int64 // commands forwarded to a local session
+	Refreshes      atomic.Int64 // registry reloads
+	DynsecErrors   atomic.Int64 // dynamic-security commands that failed
+}
+
+// Cluster is the hub's connection to the external broker. It implements
+// bridge.Fanout and bridge.RemoteCommands.
+type Cluster struct {
+	opts   Options
+	log    *slog.Logger
+	client paho.Client   // everything: ingest, live, commands, registry, dynsec
+	ingest []paho.Client // shared-subscription ingest only
+	stats  Stats
+
+	delivered *delivered // recent durable messages, to recognise redeliveries
+	br        atomic.Pointer[bridge.Bridge]
+	inbound   chan paho.Message
+	live      chan telemetry.Event
+	refresh   chan struct{}
+	dynsec    *dynsec
+	connected atomic.Bool
+	ready     chan struct{} // closed after the first subscription succeeded
+	ownLive   []byte        // how our own live messages start
+
+	presMu      sync.Mutex           // guards brokerHeard, unknown and owner
+	brokerHeard map[string]time.Time // MQTT devices online through the broker: last heard
+	unknown     map[string]time.Time // devices not in the registry, when last found so
+	owner       map[string]string    // device -> the other instance holding its session
+	readyOnce   sync.Once
+}
+
+// New returns a Cluster; Run connects it.
+func New(opts Options) (*Cluster, error) {
+	if opts.BrokerURL == "" || opts.ClientID == "" || opts.Registry == nil || opts.Local == nil {
+		return nil, errors.New("cluster: BrokerURL, ClientID, Registry and Local are required")
+	}
+	if opts.Workers <= 0 {
+		opts.Workers = 128
+	}
+	if opts.Queue <= 0 {
+		opts.Queue = 1024
+	}
+	if opts.MaxMessageBytes <= 0 {
+		opts.MaxMessageBytes = 256 << 10
+	}
+	if opts.IngestConns == 0 {
+		opts.IngestConns = 3
+	}
+	if opts.IngestConns < 0 {
+		opts.IngestConns = 0
+	}
+	if opts.LiveQueue <= 0 {
+		opts.LiveQueue = 16384
+	}
+	if opts.BrokerIdle <= 0 {
+		opts.BrokerIdle = 2 * time.Minute
+	}
+	if opts.RefreshEvery <= 0 {
+		opts.RefreshEvery = 30 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	c := &Cluster{
+		opts: opts, log: opts.Logger,
+		inbound: make(chan paho.Message, opts.Queue),
+		live:    make(chan telemetry.Event, opts.LiveQueue),
+		refresh: make(chan struct{}, 1),
+		ready:   make(chan struct{}),
+
+		delivered: newDelivered(durableMemory),
+
+		brokerHeard: map[string]time.Time{},
+		unknown:     map[string]time.Time{},
+		owner:       map[string]string{},
+	}
+	c.ownLive = originPrefix(opts.ClientID)
+	c.client = c.newClient(opts.ClientID, true, c.onConnect, func(_ paho.Client, err error) {
+		c.connected.Store(false)
+		c.log.Warn("broker connection lost; reconnecting", "err", err)
+	})
+	for i := range opts.IngestConns {
+		c.ingest = append(c.ingest, c.newClient(fmt.Sprintf("%s-in%d", opts.ClientID, i+1), false, c.onIngestConnect, func(_ paho.Client, err error) {
+			c.log.Warn("broker ingest connection lost; reconnecting", "err", err)
+		}))
+	}
+	if opts.Dynsec {
+		c.dynsec = newDynsec(c)
+	}
+	return c, nil
+}
+
+// newClient configures one broker connection with its own persistent
+// session.
+func (c *Cluster) newClient(id string, will bool, onConnect paho.OnConnectHandler, onLost paho.ConnectionLostHandler) paho.Client {
+	o := c.opts
+	po := paho.NewClientOptions().
+		AddBroker(o.BrokerURL).
+		SetClientID(id).
+		SetUsername(o.Username).
+		SetPassword(o.Password).
+		SetCleanSession(false). // the broker keeps our shared subscriptions' messages while we are away
+		SetAutoAckDisabled(true).
+		SetOrderMatters(true). // handlers only hand off; workers do the waiting
+		SetAutoReconnect(true).
+		SetConnectRetry(true).
+		SetConnectRetryInterval(time.Second).
+		SetMaxReconnectInterval(10 * time.Second).
+		SetKeepAlive(30 * time.Second).
+		SetPingTimeout(10 * time.Second).
+		SetWriteTimeout(10 * time.Second).
+		SetConnectTimeout(10 * time.Second).
+		SetDefaultPublishHandler(c.dispatch).
+		SetOnConnectHandler(onConnect).
+		SetConnectionLostHandler(onLost)
+	if o.TLS != nil {
+		po.SetTLSConfig(o.TLS)
+	}
+	if will {
+		down, _ := json.Marshal(instanceNotice{Origin: id, Up: false})
+		po.SetBinaryWill(instancesPrefix+id, down, 1, false)
+	}
+	return paho.NewClient(po)
+}
+
+// onIngestConnect subscribes an extra ingest connection to the shared
+// subscriptions only.
+func (c *Cluster) onIngestConnect(cl paho.Client) {
+	tok := cl.SubscribeMultiple(map[string]byte{
+		"$share/" + ShareGroup + "/" + topicTelemetry: 1,
+		"$share/" + ShareGroup + "/" + topicResults:   1,
+	}, nil)
+	go func() { // owner: paho's connect callback; ends with the token
+		if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			c.log.Error("subscribe at broker failed; reconnecting", "err", tok.Error())
+			cl.Disconnect(0)
+		}
+	}()
+}
+
+// Stats returns the cluster's counters.
+func (c *Cluster) Stats() *Stats { return &c.stats }
+
+// Connected reports whether the broker connection is up, for readiness.
+func (c *Cluster) Connected() bool { return c.connected.Load() }
+
+// Ready is closed once the first connection subscribed to everything.
+func (c *Cluster) Ready() <-chan struct{} { return c.ready }
+
+func (c *Cluster) onConnect(cl paho.Client) {
+	subs := map[string]byte{
+		"$share/" + ShareGroup + "/" + topicTelemetry: 1,
+		"$share/" + ShareGroup + "/" + topicResults:   1,
+		topicCommands:  1,
+		topicLive:      0,
+		topicRegistry:  1,
+		topicInstances: 1,
+	}
+	if c.dynsec != nil {
+		subs[dynsecResponse] = 0
+	}
+	tok := cl.SubscribeMultiple(subs, nil) // messages go to dispatch
+	go func() {                            // owner: paho's connect callback; ends with the token
+		if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			c.log.Error("subscribe at broker failed; reconnecting", "err", tok.Error())
+			cl.Disconnect(0)
+			return
+		}
+		for topic, code := range tok.(*paho.SubscribeToken).Result() {
+			if code == 0x80 {
+				c.log.Error("broker refused a subscription; check the hub's broker ACL", "topic", topic)
+			}
+		}
+		c.connected.Store(true)
+		c.log.Info("connected to broker", "client_id", c.opts.ClientID)
+		c.readyOnce.Do(func() { close(c.ready) })
+		c.requestRefresh() // catch up on changes made while we were away
+		c.announceSessions()
+		if c.dynsec != nil {
+			c.dynsec.reconcileSoon()
+		}
+	}()
+}
+
+// dispatch is paho's handler for every message. It decodes nothing and
+// waits for nothing unbounded: durable work goes to the workers' queue.
+func (c *Cluster) dispatch(_ paho.Client, m paho.Message) {
+	topic := m.Topic()
+	switch {
+	case strings.HasPrefix(topic, livePrefix):
+		c.onLive(m.Payload())
+	case topic == topicRegistry:
+		m.Ack()
+		c.requestRefresh()
+	case strings.HasPrefix(topic, instancesPrefix):
+		m.Ack()
+		c.onInstance(m.Payload())
+	case topic == dynsecResponse:
+		if c.dynsec != nil {
+			c.dynsec.onResponse(m.Payload())
+		}
+	case strings.HasSuffix(topic, "/commands"):
+		c.onCommand(topic, m.Payload())
+		m.Ack()
+	default: // telemetry and command results: acknowledged when durable
+		c.inbound <- m
+	}
+}
+
+// Run connects and serves until ctx ends: the workers that make broker
+// messages durable, the live publisher, registry refreshes and the
+// dynamic-security sync. br must be the bridge this Cluster is the Fanout
+// and RemoteCommands of.
+func (c *Cluster) Run(ctx context.Context, br *bridge.Bridge) error {
+	c.br.Store(br)
+	var wg sync.WaitGroup
+	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
+	for range c.opts.Workers {
+		wg.Go(func() { c.work(workCtx) })
+	}
+	wg.Go(func() { c.publishLive(workCtx) })
+	wg.Go(func() { c.refreshLoop(workCtx) })
+	wg.Go(func() { c.sweepPresence(workCtx) })
+	if c.dynsec != nil {
+		wg.Go(func() { c.dynsec.run(workCtx) })
+	}
+	c.client.Connect() // retries in the background until it connects
+	for _, cl := range c.ingest {
+		cl.Connect()
+	}
+	<-ctx.Done()
+	// Let the last live events (sessions closing at shutdown) go out.
+	for drain := time.Now().Add(500 * time.Millisecond); len(c.live) > 0 && c.connected.Load() && time.Now().Before(drain); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Stop taking messages first; what is queued and not yet durable is
+	// not acknowledged, and the broker gives it to us again on reconnect.
+	for _, cl := range c.ingest {
+		cl.Disconnect(250)
+	}
+	c.client.Disconnect(250)
+	c.connected.Store(false)
+	stopWork()
+	wg.Wait()
+	return nil
+}
+
+func (c *Cluster) work(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case m := <-c.inbound:
+			c.handle(ctx, m)
+		}
+	}
+}
+
+// deviceOf returns {id} of devices/{id}/...
+func deviceOf(topic string) string {
+	rest, ok := strings.CutPrefix(topic, "devices/")
+	if !ok {
+		return ""
+	}
+	id, _, _ := strings.Cut(rest, "/")
+	return id
+}
+
+// handle makes one telemetry message or command result durable and
+// acknowledges it to the broker. A message the spool cannot take now is
+// retried here, not acknowledged, until it fits or the hub stops.
+func (c *Cluster) handle(ctx context.Context, m paho.Message) {
+	br := c.br.Load()
+	device := deviceOf(m.Topic())
+	if !devices.ValidID(device) || !c.known(ctx, device) {
+		// The broker let it in, but the registry does not know the device
+		// (deleted while its broker credentials lingered): nothing to keep.
+		c.log.Warn("broker message from a device not in the registry dropped", "device", truncate(device, 64))
+		c.stats.Refused.Add(1)
+		m.Ack()
+		return
+	}
+	s := br.Ephemeral(device, devices.TransportMQTT, "broker")
+	if len(m.Payload()) > c.opts.MaxMessageBytes {
+		terr := &telemetry.Error{Code: telemetry.CodeTooLarge, Message: fmt.Sprintf("message of %d bytes; the limit is %d", len(m.Payload()), c.opts.MaxMessageBytes)}
+		br.Reject(s, terr)
+		c.stats.Refused.Add(1)
+		c.publishError(device, "", terr)
+		m.Ack()
+		return
+	}
+	if strings.HasSuffix(m.Topic(), "/commands/result") {
+		c.handleResult(br, s, m)
+		c.heardFromBroker(device)
+		return
+	}
+	key := c.delivered.key(m.Topic(), m.Payload())
+	if m.Duplicate() && c.delivered.seen(key) {
+		// Made durable already; the broker never saw our PUBACK.
+		c.stats.Redelivered.Add(1)
+		m.Ack()
+		return
+	}
+	backoff := 50 * time.Millisecond
+	for {
+		id, terr := br.Ingest(ctx, s, m.Payload())
+		if terr == nil {
+			c.delivered.remember(key)
+			c.stats.Ingested.Add(1)
+			c.opts.Registry.Touch(device, time.Now())
+			m.Ack()
+			c.heardFromBroker(device)
+			return
+		}
+		if terr.Code != telemetry.CodeOverloaded && terr.Code != telemetry.CodeInternal {
+			c.stats.Refused.Add(1)
+			c.publishError(device, id, terr)
+			m.Ack()
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return // not acknowledged: redelivered when we reconnect
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 2*time.Second)
+	}
+}
+
+// unknownWait bounds how long a worker waits for the registry to learn of
+// a device another instance just created.
+const (
+	unknownWait          = 3 * time.Second
+	unknownRemember      = 30 * time.Second
+	maxUnknownRemembered = 10000
+)
+
+// known reports whether the registry has device, reloading it first if
+// not: another instance may have created the device a moment ago, and its
+// first messages can reach us before the announcement does.
+func (c *Cluster) known(ctx context.Context, device string) bool {
+	if c.opts.Registry.Exists(device) {
+		return true
+	}
+	// A device found unknown recently is dropped at once: a deleted
+	// device whose broker client lingers must not tie up the workers.
+	now := time.Now()
+	c.presMu.Lock()
+	if at, ok := c.unknown[device]; ok && now.Sub(at) < unknownRemember {
+		c.presMu.Unlock()
+		return false
+	}
+	c.presMu.Unlock()
+	c.requestRefresh()
+	deadline := time.Now().Add(unknownWait)
+	for time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(50 * time.Millisecond):
+		}
+		if c.opts.Registry.Exists(device) {
+			return true
+		}
+	}
+	c.presMu.Lock()
+	if len(c.unknown) >= maxUnknownRemembered {
+		clear(c.unknown)
+	}
+	c.unknown[device] = now
+	c.presMu.Unlock()
+	return false
+}
+
+func (c *Cluster) handleResult(br *bridge.Bridge, s *bridge.Session, m paho.Message) {
+	defer m.Ack()
+	f, err := br.Codec().Decode(m.Payload())
+	if f != nil && f.Type == "" {
+		f.Type, err = telemetry.TypeCommandResult, nil
+	}
+	var res *telemetry.CommandResult
+	if err == nil {
+		res, err = br.Codec().CommandResult(f)
+	}
+	if err != nil {
+		var terr *telemetry.Error
+		if !errors.As(err, &terr) {
+			terr = &telemetry.Error{Code: telemetry.CodeBadJSON, Message: "malformed command result"}
+		}
+		br.Reject(s, terr)
+		id := ""
+		if f != nil {
+			id = f.ID
+		}
+		c.publishError(s.DeviceID, id, terr)
+		return
+	}
+	if err := br.CommandResult(s.DeviceID, res); err != nil {
+		c.log.Debug("command result for an unknown command", "device", s.DeviceID, "command", truncate(res.ID, 64), "err", err)
+	}
+}
+
+// publishError tells an MQTT device why its message was refused, on the
+// same errors topic the embedded broker uses.
+func (c *Cluster) publishError(device, msgID string, terr *telemetry.Error) {
+	c.client.Publish("devices/"+device+"/errors", 0, false, telemetry.EncodeError(msgID, terr))
+}
+
+// PublishCommand implements bridge.RemoteCommands: QoS 1 on the device's
+// commands topic. It never waits: paho queues the publish and resends it
+// after a reconnect.
+func (c *Cluster) PublishCommand(device string, cmd telemetry.Command) bool {
+	if !c.connected.Load() {
+		return false
+	}
+	c.client.Publish("devices/"+device+"/commands", 1, false, telemetry.EncodeCommand(cmd, false))
+	return true
+}
+
+// maxCommandBytes bounds a command read back from the broker; commands
+// are validated when queued, so anything larger is not ours.
+const maxCommandBytes = 64 << 10
+
+func (c *Cluster) onCommand(topic string, payload []byte) {
+	device := deviceOf(topic)
+	br := c.br.Load()
+	if br == nil || device == "" || len(payload) > maxCommandBytes {
+		return
+	}
+	if br.Current(device) == nil {
+		br.WakePollers(device) // an HTTP device may be polling here
+		return
+	}
+	var cmd telemetry.Command
+	if err := json.Unmarshal(payload, &cmd); err != nil || cmd.ID == "" {
+		c.log.Debug("malformed command on the broker", "device", device)
+		return
+	}
+	if br.ForwardCommand(device, cmd) {
+		c.stats.Forwarded.Add(1)
+	}
+}
+
+// envelope is what travels on fieldhub/live/{device}: one or more live
+// events of that device, oldest first, with the instance they came from
+// so an instance skips its own.
+type envelope struct {
+	Origin string            `json:"o"`
+	Events []telemetry.Event `json:"e"`
+}
+
+// Publish implements bridge.Fanout: this instance's dashboards at once,
+// the other instances through the broker. It never blocks.
+func (c *Cluster) Publish(ev telemetry.Event) {
+	if ev.Type == telemetry.EventPresence && ev.Transport != devices.TransportMQTT {
+		c.observePresence(ev) // a session here: no longer a broker device
+	}
+	c.opts.Local.Publish(ev)
+	select {
+	case c.live <- ev:
+	default:
+		c.stats.LiveDropped.Add(1)
+	}
+}
+
+// maxLiveBatch bounds the events of one device in one broker message.
+const maxLiveBatch = 128
+
+// publishLive sends live events to the other instances. An idle hub sends
+// each event at once; under load, what queued up while the last messages
+// went out leaves as one message per device, so the per-message cost of
+// the broker round trip is shared instead of limiting the rate.
+func (c *Cluster) publishLive(ctx context.Context) {
+	byDevice := map[string][]telemetry.Event{}
+	var order []string
+	add := func(ev telemetry.Event) {
+		if _, ok := byDevice[ev.Device]; !ok {
+			order = append(order, ev.Device)
+		}
+		byDevice[ev.Device] = append(byDevice[ev.Device], ev)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev := <-c.live:
+			add(ev)
+		}
+	drain:
+		for n := 1; n < maxLiveBatch*8; n++ {
+			select {
+			case ev := <-c.live:
+				add(ev)
+			default:
+				break drain
+			}
+		}
+		for _, device := range order {
+			evs := byDevice[device]
+			for len(evs) > 0 {
+				k := min(len(evs), maxLiveBatch)
+				c.sendLive(device, evs[:k])
+				evs = evs[k:]
+			}
+			delete(byDevice, device)
+		}
+		order = order[:0]
+	}
+}
+
+func (c *Cluster) sendLive(device string, evs []telemetry.Event) {
+	if !c.connected.Load() {
+		c.stats.LiveDropped.Add(int64(len(evs)))
+		return
+	}
+	b, err := json.Marshal(envelope{Origin: c.opts.ClientID, Events: evs})
+	if err != nil {
+		c.log.Error("encode live events", "err", err)
+		return
+	}
+	c.client.Publish(livePrefix+device, 0, false, b)
+	c.stats.LiveOut.Add(int64(len(evs)))
+}
+
+// originPrefix is how every live message of instance id starts: the
+// envelope's first member.
+func originPrefix(id string) []byte {
+	b, err := json.Marshal(envelope{Origin: id})
+	if err != nil {
+		return nil
+	}
+	if i := bytes.Index(b, []byte(`,"e"`)); i > 0 {
+		return b[:i]
+	}
+	return nil
+}
+
+// maxLiveBytes bounds a live message read back from the broker.
+const maxLiveBytes = 1 << 20
+
+// onLive takes another instance's live events: to this instance's
+// dashboards, presence to the registry, and to the command service.
+func (c *Cluster) onLive(payload []byte) {
+	if len(payload) > maxLiveBytes || (len(c.ownLive) > 0 && bytes.HasPrefix(payload, c.ownLive)) {
+		return // our own events, back from the broker: skipped undecoded
+	}
+	var env envelope
+	if err := json.Unmarshal(payload, &env); err != nil || env.Origin == c.opts.ClientID || len(env.Events) > maxLiveBatch {
+		return
+	}
+	for _, ev := range env.Events {
+		if devices.ValidID(ev.Device) {
+			c.trackOwner(env.Origin, ev)
+			c.onRemoteEvent(ev)
+		}
+	}
+}
+
+func (c *Cluster) onRemoteEvent(ev telemetry.Event) {
+	c.stats.LiveIn.Add(1)
+	c.observePresence(ev)
+	br := c.br.Load()
+	switch ev.Type {
+	case telemetry.EventReading:
+		c.stats.RemoteReadings.Add(1)
+		c.opts.Registry.Touch(ev.Device, time.Now())
+	case telemetry.EventPresence:
+		at := time.UnixMilli(ev.At)
+		p := devices.Presence{LastSeen: &at, Reason: ev.Reason}
+		if ev.Online != nil && *ev.Online {
+			p = devices.Presence{Online: true, Transport: ev.Transport, ConnectedAt: &at, LastSeen: &at}
+		}
+		if br == nil || br.Current(ev.Device) == nil { // our own session's presence wins here
+			c.opts.Registry.SetPresence(ev.Device, p)
+		}
+		if br != nil && p.Online {
+			br.RemoteConnected(ev.Device)
+		}
+	case telemetry.EventCommand:
+		if br != nil {
+			br.CommandChanged(ev.Device, ev.ID)
+		}
+	}
+	c.opts.Local.Publish(ev)
+}
+
+// RegistryChanged announces a registry change of this instance to the
+// others and mirrors device credentials into the broker. Give it to
+// devices.Options.OnChange.
+func (c *Cluster) RegistryChanged(ch devices.Changed) {
+	if c.connected.Load() {
+		c.client.Publish(topicRegistry, 1, false, []byte(`{"o":"`+c.opts.ClientID+`"}`))
+	}
+	if c.dynsec != nil {
+		c.dynsec.changed(ch)
+	}
+}
+
+func (c *Cluster) requestRefresh() {
+	select {
+	case c.refresh <- struct{}{}:
+	default: // one is pending already: it will see this change too
+	}
+}
+
+// refreshLoop reloads the registry when another instance announced a
+// change, at most every refreshGap, and every RefreshEvery regardless.
+func (c *Cluster) refreshLoop(ctx context.Context) {
+	const refreshGap = 100 * time.Millisecond
+	t := time.NewTicker(c.opts.RefreshEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.refresh:
+		case <-t.C:
+		}
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		if err := c.opts.Registry.Refresh(rctx); err != nil {
+			c.log.Warn("registry refresh failed", "err", err)
+		}
+		cancel()
+		c.stats.Refreshes.Add(1)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(refreshGap):
+		}
+	}
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}

@@ -1,0 +1,345 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
+
+	"github.com/fieldhub/fieldhub/devices"
+)
+
+// Mosquitto's dynamic-security plugin is managed by publishing commands to
+// its control topic; answers come back, with our correlationData, on the
+// response topic (to every admin subscribed, so other instances' answers
+// are ignored by correlation).
+const (
+	dynsecTopic    = "$CONTROL/dynamic-security/v1"
+	dynsecResponse = "$CONTROL/dynamic-security/v1/response"
+	// DeviceRolePrefix names the role each device gets: its own topics,
+	// the same ACL as the embedded broker. Mosquitto 2.0's plugin has no
+	// %u substitution, so the role is per device. The hub only ever
+	// deletes clients whose role carries this prefix.
+	DeviceRolePrefix = "fieldhub-device-"
+
+	dynsecTimeout  = 10 * time.Second
+	dynsecAttempts = 5
+	dynsecQueue    = 256 // registry changes (each up to 10,000 devices)
+	dynsecChunk    = 50  // devices per control message
+	reconcileEvery = 5 * time.Minute
+)
+
+// deviceACLs is a device's role: publish its telemetry and command
+// results, subscribe to its commands and errors, nothing else (the
+// plugin's defaults deny the rest).
+func deviceACLs(id string) []map[string]any {
+	p := "devices/" + id
+	return []map[string]any{
+		{"acltype": "publishClientSend", "topic": p + "/telemetry", "allow": true},
+		{"acltype": "publishClientSend", "topic": p + "/commands/result", "allow": true},
+		{"acltype": "subscribeLiteral", "topic": p + "/commands", "allow": true},
+		{"acltype": "subscribeLiteral", "topic": p + "/errors", "allow": true},
+		{"acltype": "publishClientReceive", "topic": p + "/commands", "allow": true},
+		{"acltype": "publishClientReceive", "topic": p + "/errors", "allow": true},
+	}
+}
+
+// dynsec keeps the plugin's clients in step with the registry: a device
+// created or rotated here gets a broker client with its token as password
+// (plaintext tokens exist only at that moment, so only the instance that
+// made the change can do it); a deleted device's client is deleted, which
+// disconnects it. A reconcile deletes leftovers of devices deleted while
+// the broker was unreachable.
+type dynsec struct {
+	c         *Cluster
+	ops       chan []devices.DeviceChange
+	reconcile chan struct{}
+	seq       atomic.Uint64
+
+	mu      sync.Mutex // guards waiting
+	waiting map[string]chan dynsecResponseItem
+}
+
+type dynsecResponseItem struct {
+	Command     string         `json:"command"`
+	Error       string         `json:"error,omitzero"`
+	Correlation string         `json:"correlationData,omitzero"`
+	Data        jsontext.Value `json:"data,omitzero"`
+}
+
+func newDynsec(c *Cluster) *dynsec {
+	return &dynsec{c: c, ops: make(chan []devices.DeviceChange, dynsecQueue), reconcile: make(chan struct{}, 1),
+		waiting: map[string]chan dynsecResponseItem{}}
+}
+
+// changed queues one registry change (a bulk import is one change of up
+// to 10,000 devices). Full queue: the change is dropped and logged; a
+// deletion is caught by the next reconcile, a creation or rotation needs
+// the operator to rotate the token again.
+func (d *dynsec) changed(ch devices.Changed) {
+	if len(ch.Devices) == 0 {
+		return
+	}
+	select {
+	case d.ops <- ch.Devices:
+	default:
+		d.c.stats.DynsecErrors.Add(int64(len(ch.Devices)))
+		d.c.log.Error("broker credential sync queue full; rotate these devices' tokens to retry", "devices", len(ch.Devices), "first", ch.Devices[0].ID)
+	}
+}
+
+func (d *dynsec) reconcileSoon() {
+	select {
+	case d.reconcile <- struct{}{}:
+	default:
+	}
+}
+
+func (d *dynsec) run(ctx context.Context) {
+	t := time.NewTicker(reconcileEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case batch := <-d.ops:
+			d.apply(ctx, batch)
+		case <-d.reconcile:
+			d.reconcileNow(ctx)
+		case <-t.C:
+			d.reconcileNow(ctx)
+		}
+	}
+}
+
+// apply mirrors device changes, dynsecChunk devices per control message,
+// retrying what failed with backoff while the broker is unreachable.
+func (d *dynsec) apply(ctx context.Context, changes []devices.DeviceChange) {
+	for len(changes) > 0 {
+		chunk := changes[:min(len(changes), dynsecChunk)]
+		changes = changes[len(chunk):]
+		backoff := 500 * time.Millisecond
+		for attempt := 1; len(chunk) > 0; attempt++ {
+			var err error
+			chunk, err = d.applyChunk(ctx, chunk)
+			if len(chunk) == 0 {
+				break
+			}
+			if ctx.Err() != nil {
+				return // stopping; a deletion is caught by the next start's reconcile
+			}
+			d.c.log.Debug("broker credential sync failed; retrying", "devices", len(chunk), "attempt", attempt, "err", err)
+			if attempt == dynsecAttempts {
+				d.c.stats.DynsecErrors.Add(int64(len(chunk)))
+				d.c.log.Error("broker credential sync failed", "devices", len(chunk), "first", chunk[0].ID, "err", err)
+				break
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(backoff):
+			}
+			backoff *= 2
+		}
+	}
+}
+
+// applyChunk sends one chunk's commands and returns the changes that
+// failed, with the first error.
+func (d *dynsec) applyChunk(ctx context.Context, chunk []devices.DeviceChange) ([]devices.DeviceChange, error) {
+	var cmds []map[string]any
+	for _, dc := range chunk {
+		role := DeviceRolePrefix + dc.ID
+		if dc.Deleted {
+			cmds = append(cmds,
+				map[string]any{"command": "deleteClient", "username": dc.ID},
+				map[string]any{"command": "deleteRole", "rolename": role})
+			continue
+		}
+		cmds = append(cmds,
+			map[string]any{"command": "createRole", "rolename": role, "textname": "Fieldhub device " + dc.ID, "acls": deviceACLs(dc.ID)},
+			map[string]any{"command": "createClient", "username": dc.ID, "password": dc.Token, "textname": "Fieldhub device",
+				"roles": []map[string]any{{"rolename": role}}})
+	}
+	res, err := d.send(ctx, cmds)
+	if err != nil {
+		return chunk, err
+	}
+	var failed, rotated []devices.DeviceChange
+	var firstErr error
+	fail := func(dc devices.DeviceChange, r dynsecResponseItem) {
+		failed = append(failed, dc)
+		if firstErr == nil {
+			firstErr = fmt.Errorf("%s: %s", r.Command, r.Error)
+		}
+	}
+	for i, dc := range chunk {
+		first, second := res[2*i], res[2*i+1]
+		switch {
+		case dc.Deleted:
+			if first.Error != "" && !strings.Contains(first.Error, "not found") {
+				fail(dc, first)
+			} else if second.Error != "" && !strings.Contains(second.Error, "not found") {
+				fail(dc, second)
+			}
+		case first.Error != "" && !strings.Contains(first.Error, "already exists"):
+			fail(dc, first)
+		case second.Error == "":
+		case strings.Contains(second.Error, "already exists"):
+			rotated = append(rotated, dc)
+		default:
+			fail(dc, second)
+		}
+	}
+	if len(rotated) == 0 {
+		return failed, firstErr
+	}
+	// Rotations: a new password; with no grace, also cut sessions that
+	// authenticated with the old one (disabling kicks them).
+	cmds = cmds[:0]
+	var owner []int // cmds index -> rotated index
+	for i, dc := range rotated {
+		// modifyClient sets the password and the role list in one step
+		// (addClientRole of a role the client has fails in Mosquitto 2.0.11
+		// with "Internal error").
+		cmds = append(cmds, map[string]any{"command": "modifyClient", "username": dc.ID, "password": dc.Token,
+			"roles": []map[string]any{{"rolename": DeviceRolePrefix + dc.ID}}})
+		owner = append(owner, i)
+		if dc.Grace == 0 {
+			cmds = append(cmds,
+				map[string]any{"command": "disableClient", "username": dc.ID},
+				map[string]any{"command": "enableClient", "username": dc.ID})
+			owner = append(owner, i, i)
+		}
+	}
+	res, err = d.send(ctx, cmds)
+	if err != nil {
+		return append(failed, rotated...), err
+	}
+	bad := map[int]bool{}
+	for j, r := range res {
+		if r.Error != "" && !strings.Contains(r.Error, "already") && !bad[owner[j]] {
+			bad[owner[j]] = true
+			fail(rotated[owner[j]], r)
+		}
+	}
+	return failed, firstErr
+}
+
+// reconcileNow deletes broker clients of devices the registry no longer
+// has.
+func (d *dynsec) reconcileNow(ctx context.Context) {
+	res, err := d.send(ctx, []map[string]any{{"command": "listRoles", "verbose": false, "count": -1, "offset": 0}})
+	if err != nil || res[0].Error != "" {
+		d.c.log.Warn("list broker roles failed", "err", err, "error", res0Error(res))
+		return
+	}
+	var data struct {
+		Roles []string `json:"roles"`
+	}
+	if err := json.Unmarshal(res[0].Data, &data); err != nil {
+		d.c.log.Warn("list broker roles: unexpected answer", "err", err)
+		return
+	}
+	var gone []devices.DeviceChange
+	for _, role := range data.Roles {
+		id, ok := strings.CutPrefix(role, DeviceRolePrefix)
+		if ok && devices.ValidID(id) && !d.c.opts.Registry.Exists(id) {
+			gone = append(gone, devices.DeviceChange{ID: id, Deleted: true})
+		}
+	}
+	if len(gone) > 0 {
+		d.c.log.Info("deleting broker clients of devices no longer registered", "devices", len(gone))
+		d.apply(ctx, gone)
+	}
+}
+
+func res0Error(res []dynsecResponseItem) string {
+	if len(res) > 0 {
+		return res[0].Error
+	}
+	return ""
+}
+
+// send publishes commands in one message and waits for their answers.
+func (d *dynsec) send(ctx context.Context, cmds []map[string]any) ([]dynsecResponseItem, error) {
+	if !d.c.connected.Load() {
+		return nil, fmt.Errorf("not connected to the broker")
+	}
+	chans := make([]chan dynsecResponseItem, len(cmds))
+	keys := make([]string, len(cmds))
+	d.mu.Lock()
+	for i, cmd := range cmds {
+		keys[i] = d.c.opts.ClientID + "-" + strconv.FormatUint(d.seq.Add(1), 10)
+		cmd["correlationData"] = keys[i]
+		chans[i] = make(chan dynsecResponseItem, 1)
+		d.waiting[keys[i]] = chans[i]
+	}
+	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		for _, k := range keys {
+			delete(d.waiting, k)
+		}
+		d.mu.Unlock()
+	}()
+	b, err := json.Marshal(map[string]any{"commands": cmds})
+	if err != nil {
+		return nil, fmt.Errorf("encode dynamic-security command: %w", err)
+	}
+	tok := d.c.client.Publish(dynsecTopic, 1, false, b)
+	// Mosquitto's plugin rewrites its whole configuration file after each
+	// change, so a message of many commands takes a while on a large fleet.
+	deadline := time.NewTimer(dynsecTimeout + time.Duration(len(cmds))*50*time.Millisecond)
+	defer deadline.Stop()
+	select {
+	case <-tok.Done():
+		if tok.Error() != nil {
+			return nil, fmt.Errorf("publish dynamic-security command: %w", tok.Error())
+		}
+	case <-deadline.C:
+		return nil, fmt.Errorf("publish dynamic-security command: timed out")
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	out := make([]dynsecResponseItem, len(cmds))
+	for i, ch := range chans {
+		select {
+		case out[i] = <-ch:
+		case <-deadline.C:
+			return nil, fmt.Errorf("dynamic-security %s: no answer in time (is the plugin loaded and the hub's client allowed $CONTROL/dynamic-security/#?)", cmds[i]["command"])
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return out, nil
+}
+
+// maxDynsecResponse bounds an answer we decode (listRoles of a large
+// fleet is the biggest).
+const maxDynsecResponse = 16 << 20
+
+func (d *dynsec) onResponse(payload []byte) {
+	if len(payload) > maxDynsecResponse {
+		return
+	}
+	var resp struct {
+		Responses []dynsecResponseItem `json:"responses"`
+	}
+	if err := json.Unmarshal(payload, &resp, json.RejectUnknownMembers(false)); err != nil {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, r := range resp.Responses {
+		if ch, ok := d.waiting[r.Correlation]; ok {
+			ch <- r // buffered, one answer per key
+			delete(d.waiting, r.Correlation)
+		}
+	}
+}
