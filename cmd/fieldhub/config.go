@@ -49,6 +49,14 @@ type config struct {
 	MQTTConnectRate float64
 	MQTTAuthSecret  string
 	Pprof           bool
+	// External-broker mode (several instances).
+	MQTTBroker         string
+	MQTTBrokerUsername string
+	MQTTBrokerPassword string
+	MQTTBrokerCA       string
+	MQTTBrokerDynsec   bool
+	MQTTBrokerIdle     time.Duration
+	InstanceID         string
 }
 
 // LogValue keeps secrets out of logs whatever logs the config.
@@ -57,7 +65,8 @@ func (c config) LogValue() slog.Value {
 		slog.String("http_addr", c.HTTPAddr), slog.String("mqtt_addr", c.MQTTAddr),
 		slog.String("data_dir", c.DataDir), slog.String("influx_bucket", c.InfluxBucket),
 		slog.Bool("influx_token_set", c.InfluxToken != ""), slog.Bool("database_url_set", c.DatabaseURL != ""), slog.Bool("admin_token_set", c.AdminToken != ""),
-		slog.Bool("tls", c.TLSCert != ""),
+		slog.Bool("tls", c.TLSCert != ""), slog.Bool("external_broker", c.MQTTBroker != ""),
+		slog.String("instance_id", c.InstanceID),
 	)
 }
 
@@ -102,6 +111,13 @@ var settings = []setting{
 	{"mqtt-connect-rate", "FIELDHUB_MQTT_CONNECT_RATE", "20", "new MQTT connections per second per client address (burst 2.5x); raise it for fleets behind one NAT", false},
 	{"mqtt-auth-secret", "FIELDHUB_MQTT_AUTH_SECRET", "", "shared secret of an external broker's HTTP auth hook; enables POST /api/v1/mqtt/auth and /acl", true},
 	{"pprof", "FIELDHUB_PPROF", "false", "serve /debug/pprof (admin token required)", false},
+	{"mqtt-broker", "FIELDHUB_MQTT_BROKER", "", "external MQTT broker URL (tcp://host:1883, ssl://host:8883, ws://, wss://): switches the embedded broker off and runs this hub as one of several instances on that broker", true},
+	{"mqtt-broker-username", "FIELDHUB_MQTT_BROKER_USERNAME", "", "the hub's username at the external broker", false},
+	{"mqtt-broker-password", "FIELDHUB_MQTT_BROKER_PASSWORD", "", "the hub's password at the external broker", true},
+	{"mqtt-broker-ca", "FIELDHUB_MQTT_BROKER_CA", "", "CA certificate file (PEM) for the external broker's TLS certificate (default: system roots)", false},
+	{"mqtt-broker-dynsec", "FIELDHUB_MQTT_BROKER_DYNSEC", "false", "keep Mosquitto's dynamic-security plugin in sync with the registry (a client and a role per device)", false},
+	{"mqtt-broker-idle", "FIELDHUB_MQTT_BROKER_IDLE", "2m", "an MQTT device on the external broker shows online while heard from within this time (the broker does not say who is connected)", false},
+	{"instance-id", "FIELDHUB_INSTANCE_ID", "", "this instance's name at the external broker, stable across restarts and unique per instance (default: generated once and kept in the data dir)", false},
 }
 
 // errHelp is returned after --help printed the usage.
@@ -175,6 +191,20 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 		MQTTConnectRate: p.float("mqtt-connect-rate"),
 		MQTTAuthSecret:  p.str("mqtt-auth-secret"),
 		Pprof:           p.boolean("pprof"),
+
+		MQTTBroker:         p.brokerURL("mqtt-broker"),
+		MQTTBrokerUsername: p.str("mqtt-broker-username"),
+		MQTTBrokerPassword: p.str("mqtt-broker-password"),
+		MQTTBrokerCA:       p.str("mqtt-broker-ca"),
+		MQTTBrokerDynsec:   p.boolean("mqtt-broker-dynsec"),
+		MQTTBrokerIdle:     p.duration("mqtt-broker-idle"),
+		InstanceID:         p.str("instance-id"),
+	}
+	if c.InstanceID != "" && !validInstanceID(c.InstanceID) {
+		p.fail("instance-id", "must be 1 to 64 letters, digits, '-', '_' or '.'")
+	}
+	if c.MQTTBrokerDynsec && c.MQTTBroker == "" {
+		p.fail("mqtt-broker-dynsec", "needs FIELDHUB_MQTT_BROKER")
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		p.fail("tls-cert", "FIELDHUB_TLS_CERT and FIELDHUB_TLS_KEY must be set together")
@@ -252,6 +282,37 @@ func (p *parser) url(name string) string {
 		p.fail(name, fmt.Sprintf("%q is not an http(s) URL", v))
 	}
 	return v
+}
+
+// brokerURL accepts the schemes paho dials; empty is the embedded broker.
+func (p *parser) brokerURL(name string) string {
+	v := p.str(name)
+	if v == "" {
+		return ""
+	}
+	u, err := url.Parse(v)
+	if err != nil || u.Host == "" {
+		p.fail(name, "is not a URL such as tcp://broker:1883")
+		return v
+	}
+	switch u.Scheme {
+	case "tcp", "mqtt", "ssl", "tls", "mqtts", "ws", "wss":
+	default:
+		p.fail(name, "scheme must be tcp, mqtt, ssl, tls, mqtts, ws or wss")
+	}
+	return v
+}
+
+func validInstanceID(s string) bool {
+	if len(s) > 64 {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
+			return false
+		}
+	}
+	return s != ""
 }
 
 func (p *parser) boolean(name string) bool {

@@ -52,31 +52,38 @@ func (s *streamer) send(n int) error {
 }
 
 // assertAllAckedPresent checks that every acknowledged reading is in
-// InfluxDB, by its seq value.
+// InfluxDB, by its seq value, waiting up to a minute for the writers (a
+// write InfluxDB refused for a moment is retried after a backoff).
 func assertAllAckedPresent(t *testing.T, influx *influxtest.Server, device string, acked []int) {
 	t.Helper()
 	if len(acked) == 0 {
 		t.Fatal("nothing was acknowledged")
 	}
-	var rows [][]any
-	waitUntil(t, fmt.Sprintf("%d acked readings in InfluxDB", len(acked)), 60*time.Second, func() bool {
-		n, _ := influx.Count(device, "seq")
-		return n >= len(acked)
-	})
-	rows, err := influx.Query(fmt.Sprintf(`SELECT "seq" FROM "telemetry" WHERE "device"='%s'`, device))
-	if err != nil {
-		t.Fatal(err)
-	}
-	have := map[int]bool{}
-	for _, r := range rows {
-		have[int(r[1].(float64))] = true
-	}
-	for _, n := range acked {
-		if !have[n] {
-			t.Fatalf("acknowledged reading %d is missing from InfluxDB", n)
+	var missing []int
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		rows, err := influx.Query(fmt.Sprintf(`SELECT "seq" FROM "telemetry" WHERE "device"='%s'`, device))
+		if err == nil {
+			have := make(map[int]bool, len(rows))
+			for _, r := range rows {
+				have[int(r[1].(float64))] = true
+			}
+			missing = missing[:0]
+			for _, n := range acked {
+				if !have[n] {
+					missing = append(missing, n)
+				}
+			}
+			if len(missing) == 0 {
+				t.Logf("%d acknowledged readings, all present", len(acked))
+				return
+			}
 		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d acknowledged readings missing from InfluxDB after 60 s, e.g. %v (query error: %v)", len(missing), missing[:min(len(missing), 10)], err)
+		}
+		time.Sleep(250 * time.Millisecond)
 	}
-	t.Logf("%d acknowledged readings, all present", len(acked))
 }
 
 // TestInfluxOutage kills influxd for 20 s while a device streams: ingest

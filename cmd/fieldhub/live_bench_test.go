@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
 	"strings"
@@ -16,16 +17,60 @@ import (
 )
 
 // BenchmarkLiveLatency measures device -> dashboard latency through the
-// whole hub: 50 WebSocket devices send 5,000 readings/s in total for 3 s,
-// 10 dashboards subscribed to everything receive them over /ws/live. The
-// latency is from the device's write to the dashboard's read, matched by a
-// sequence number in the reading. Run with -benchtime=1x.
+// whole hub (measureLiveLatency).
 func BenchmarkLiveLatency(b *testing.B) {
-	const devicesN, perDevice, dashboards = 50, 100, 10 // 50 x 100/s = 5,000 readings/s
-	const runFor = 3 * time.Second
 	influx := influxtest.Start(b)
 	h := startHubTB(b, influx, map[string]string{"FIELDHUB_RATE_LIMIT": "1000", "FIELDHUB_RATE_BURST": "1000"})
+	measureLiveLatency(b, h, h)
+}
+
+// BenchmarkLiveLatencyAcrossInstances is BenchmarkLiveLatency with the
+// devices on one hub instance and the dashboards on another, both on a
+// real Mosquitto and PostgreSQL: every reading crosses the broker on
+// fieldhub/live/{device}.
+func BenchmarkLiveLatencyAcrossInstances(b *testing.B) {
+	influx := influxtest.Start(b)
+	env := clusterEnv(b, influx)
+	env["FIELDHUB_INSTANCE_ID"] = "bench-1"
+	h1 := startHubTB(b, influx, env)
+	env["FIELDHUB_INSTANCE_ID"] = "bench-2"
+	h2 := startHubTB(b, influx, env)
+	h1.waitBroker(b)
+	h2.waitBroker(b)
+	measureLiveLatency(b, h1, h2)
+	for i, h := range []*hub{h1, h2} {
+		b.Logf("instance %d: %s", i+1, h.metricLines(b, "fieldhub_cluster_live_events_total"))
+	}
+}
+
+// metricLines returns the /metrics lines of one metric family.
+func (h *hub) metricLines(t testing.TB, name string) string {
+	resp, err := http.Get(h.url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var out []string
+	for _, l := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(l, name) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "; ")
+}
+
+// measureLiveLatency: 50 WebSocket devices on devHub send 5,000
+// readings/s in total for 3 s; 10 dashboards on dashHub subscribed to
+// everything receive them over /ws/live. The latency is from the device's
+// write to the dashboard's read, matched by a sequence number in the
+// reading. Run with -benchtime=1x.
+func measureLiveLatency(b *testing.B, devHub, dashHub *hub) {
+	const devicesN, perDevice, dashboards = 50, 100, 10 // 50 x 100/s = 5,000 readings/s
+	const runFor = 3 * time.Second
+	h := devHub
 	wsBase := strings.Replace(h.url, "http", "ws", 1)
+	dashBase := strings.Replace(dashHub.url, "http", "ws", 1)
 	tokens := make([]string, devicesN)
 	for i := range tokens {
 		st, m := h.apiTB(b, "POST", "/api/v1/devices", h.adminToken, map[string]any{"id": fmt.Sprintf("lat-%d", i)})
@@ -40,7 +85,7 @@ func BenchmarkLiveLatency(b *testing.B) {
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
 	for range dashboards {
-		c, _, err := websocket.DefaultDialer.Dial(wsBase+"/ws/live", http.Header{"Authorization": {"Bearer " + h.adminToken}})
+		c, _, err := websocket.DefaultDialer.Dial(dashBase+"/ws/live", http.Header{"Authorization": {"Bearer " + dashHub.adminToken}})
 		if err != nil {
 			b.Fatal(err)
 		}

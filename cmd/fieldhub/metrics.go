@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/fieldhub/fieldhub/bridge"
+	"github.com/fieldhub/fieldhub/bridge/cluster"
 	"github.com/fieldhub/fieldhub/dashboard"
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/telemetry/influx"
@@ -55,13 +56,13 @@ func newMetrics() *metrics {
 
 func (m *metrics) authFailure(transport string) { m.authFailures.WithLabelValues(transport).Inc() }
 
-func (m *metrics) register(br *bridge.Bridge, sp *spool.Spool, w *influx.Writer, reg *devices.Registry, live *dashboard.Live) {
+func (m *metrics) register(br *bridge.Bridge, sp *spool.Spool, w *influx.Writer, reg *devices.Registry, live *dashboard.Live, cl *cluster.Cluster) {
 	w.OnBatch = func(points int, d time.Duration) {
 		m.batchSize.Observe(float64(points))
 		m.writeLatency.Observe(d.Seconds())
 	}
 	w.OnError = func(class string) { m.writeErrors.WithLabelValues(class).Inc() }
-	m.reg.MustRegister(&hubCollector{br: br, sp: sp, w: w, reg: reg, live: live})
+	m.reg.MustRegister(&hubCollector{br: br, sp: sp, w: w, reg: reg, live: live, cl: cl})
 }
 
 func (m *metrics) handler() http.Handler {
@@ -89,6 +90,15 @@ var (
 	descLiveSent      = prometheus.NewDesc("fieldhub_live_events_sent_total", "Live events written to dashboards.", nil, nil)
 	descLiveCoalesced = prometheus.NewDesc("fieldhub_live_events_coalesced_total", "Readings merged into a newer value for a dashboard that fell behind.", nil, nil)
 	descLiveSlow      = prometheus.NewDesc("fieldhub_live_slow_consumer_disconnects_total", "Dashboards disconnected for staying behind.", nil, nil)
+
+	// External-broker mode only.
+	descClusterUp        = prometheus.NewDesc("fieldhub_cluster_broker_up", "1 when this instance is connected to the external broker.", nil, nil)
+	descClusterIngested  = prometheus.NewDesc("fieldhub_cluster_messages_acked_total", "Broker messages made durable and acknowledged to the broker.", nil, nil)
+	descClusterRedeliv   = prometheus.NewDesc("fieldhub_cluster_redeliveries_total", "Broker redeliveries of messages already durable here, acknowledged again without storing them twice.", nil, nil)
+	descClusterLive      = prometheus.NewDesc("fieldhub_cluster_live_events_total", "Live events exchanged with other instances, by direction (out, in, dropped).", []string{"direction"}, nil)
+	descClusterForwarded = prometheus.NewDesc("fieldhub_cluster_commands_forwarded_total", "Commands from the broker forwarded to a device session on this instance.", nil, nil)
+	descClusterRefreshes = prometheus.NewDesc("fieldhub_cluster_registry_refreshes_total", "Registry reloads after another instance's change.", nil, nil)
+	descClusterDynsec    = prometheus.NewDesc("fieldhub_cluster_dynsec_errors_total", "Mosquitto dynamic-security changes that failed after retries.", nil, nil)
 )
 
 // hubCollector reads the components' counters at scrape time.
@@ -98,12 +108,14 @@ type hubCollector struct {
 	w    *influx.Writer
 	reg  *devices.Registry
 	live *dashboard.Live
+	cl   *cluster.Cluster // nil: embedded broker
 }
 
 func (c *hubCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConnected, descConnects, descDisconnects, descMessages, descReadings, descRejected,
 		descSpoolBytes, descSpoolMax, descSpoolPending, descSpoolAge, descSpoolTorn, descWritten, descDeadLettered, descInfluxHealthy, descDevices,
-		descLiveSubs, descLiveSent, descLiveCoalesced, descLiveSlow, descCommands} {
+		descLiveSubs, descLiveSent, descLiveCoalesced, descLiveSlow, descCommands,
+		descClusterUp, descClusterIngested, descClusterRedeliv, descClusterLive, descClusterForwarded, descClusterRefreshes, descClusterDynsec} {
 		ch <- d
 	}
 }
@@ -158,4 +170,21 @@ func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descLiveSent, prometheus.CounterValue, float64(ls.Sent))
 	ch <- prometheus.MustNewConstMetric(descLiveCoalesced, prometheus.CounterValue, float64(ls.Coalesced))
 	ch <- prometheus.MustNewConstMetric(descLiveSlow, prometheus.CounterValue, float64(ls.SlowDisconnects))
+	if c.cl == nil {
+		return
+	}
+	cs := c.cl.Stats()
+	brokerUp := 0.0
+	if c.cl.Connected() {
+		brokerUp = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descClusterUp, prometheus.GaugeValue, brokerUp)
+	ch <- prometheus.MustNewConstMetric(descClusterIngested, prometheus.CounterValue, float64(cs.Ingested.Load()))
+	ch <- prometheus.MustNewConstMetric(descClusterRedeliv, prometheus.CounterValue, float64(cs.Redelivered.Load()))
+	ch <- prometheus.MustNewConstMetric(descClusterLive, prometheus.CounterValue, float64(cs.LiveOut.Load()), "out")
+	ch <- prometheus.MustNewConstMetric(descClusterLive, prometheus.CounterValue, float64(cs.LiveIn.Load()), "in")
+	ch <- prometheus.MustNewConstMetric(descClusterLive, prometheus.CounterValue, float64(cs.LiveDropped.Load()), "dropped")
+	ch <- prometheus.MustNewConstMetric(descClusterForwarded, prometheus.CounterValue, float64(cs.Forwarded.Load()))
+	ch <- prometheus.MustNewConstMetric(descClusterRefreshes, prometheus.CounterValue, float64(cs.Refreshes.Load()))
+	ch <- prometheus.MustNewConstMetric(descClusterDynsec, prometheus.CounterValue, float64(cs.DynsecErrors.Load()))
 }

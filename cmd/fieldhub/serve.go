@@ -2,7 +2,10 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,12 +16,14 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 
 	"github.com/fieldhub/fieldhub/bridge"
+	"github.com/fieldhub/fieldhub/bridge/cluster"
 	"github.com/fieldhub/fieldhub/bridge/mqtt"
 	"github.com/fieldhub/fieldhub/bridge/ws"
 	"github.com/fieldhub/fieldhub/dashboard"
@@ -63,6 +68,11 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return fmt.Errorf("FIELDHUB_DATA_DIR: create %s: %w", cfg.DataDir, err)
 	}
+	if cfg.MQTTBroker != "" && cfg.InstanceID == "" {
+		if cfg.InstanceID, err = instanceID(cfg.DataDir); err != nil {
+			return err
+		}
+	}
 	var tlsCfg *tls.Config
 	if cfg.TLSCert != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
@@ -79,7 +89,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	defer httpLn.Close()
 	var mqttLn, mqttTLSLn net.Listener
-	if cfg.MQTTAddr != "" {
+	if cfg.MQTTAddr != "" && cfg.MQTTBroker == "" { // an external broker replaces the embedded one
 		if mqttLn, err = listen(cfg.MQTTAddr, "FIELDHUB_MQTT_ADDR"); err != nil {
 			return err
 		}
@@ -101,10 +111,16 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	defer store.Close()
 	var br *bridge.Bridge
 	var reg *devices.Registry
+	var cl *cluster.Cluster
 	live := dashboard.NewLive(dashboard.LiveOptions{Logger: log})
 	reg, err = devices.Open(ctx, store, devices.Options{
 		Logger:    log,
 		TagLabels: cfg.TagLabels,
+		OnChange: func(c devices.Changed) {
+			if cl != nil {
+				cl.RegistryChanged(c)
+			}
+		},
 		OnCredentialsChanged: func(id string) {
 			if br != nil {
 				br.CredentialsChanged(id)
@@ -149,9 +165,17 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 
 	m := newMetrics()
+	var fanout bridge.Fanout = live
+	var remote bridge.RemoteCommands
+	if cfg.MQTTBroker != "" {
+		if cl, err = newCluster(cfg, reg, live, log); err != nil {
+			return err
+		}
+		fanout, remote = cl, cl
+	}
 	codec := telemetry.NewCodec(telemetry.Limits{MaxFuture: cfg.MaxFuture, MaxAge: cfg.MaxAge}, nil)
 	br, err = bridge.New(bridge.Options{
-		Codec: codec, Store: sp, Devices: reg, Fanout: live, Commands: store,
+		Codec: codec, Store: sp, Devices: reg, Fanout: fanout, Remote: remote, Commands: store,
 		RatePerSec: cfg.RateLimit, Burst: cfg.RateBurst, Logger: log,
 	})
 	if err != nil {
@@ -167,7 +191,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	api, err := dashboard.New(dashboard.Options{
 		Registry: reg, History: ic, Failures: failures, Logger: log,
-		Live: live, AllowedOrigins: cfg.AllowedOrigins, Commands: br, Totals: br,
+		Live: live, AllowedOrigins: cfg.AllowedOrigins, Commands: br, Totals: fleetTotals{br, cl},
 		OnAuthFailure: func() { m.authFailure("api") },
 	})
 	if err != nil {
@@ -186,7 +210,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 			return err
 		}
 	}
-	m.register(br, sp, writer, reg, live)
+	m.register(br, sp, writer, reg, live, cl)
 
 	mux := http.NewServeMux()
 	api.Register(mux)
@@ -207,7 +231,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = io.WriteString(w, "ok\n")
 	})
-	rd := &readiness{reg: reg, sp: sp, writer: writer, influx: ic, mqtt: broker, maxMessage: cfg.MaxMessageBytes}
+	rd := &readiness{reg: reg, sp: sp, writer: writer, influx: ic, mqtt: broker, cluster: cl, maxMessage: cfg.MaxMessageBytes}
 	mux.Handle("GET /readyz", rd)
 	mux.Handle("GET /metrics", m.handler())
 	if cfg.Pprof {
@@ -244,6 +268,11 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if broker != nil {
 		g.Go(func() error { return broker.Run(mqttCtx) })
 	}
+	clusterCtx, stopCluster := context.WithCancel(context.Background())
+	defer stopCluster()
+	if cl != nil {
+		g.Go(func() error { return cl.Run(clusterCtx, br) })
+	}
 	g.Go(func() error {
 		var err error
 		if tlsCfg != nil {
@@ -271,6 +300,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		br.CloseAll(bridge.ReasonServerShutdown)
 		deviceWS.Wait()
 		stopMQTT()
+		// Stop taking broker messages; what is not durable yet stays
+		// unacknowledged at the broker, for this instance's next start.
+		stopCluster()
 		api.Shutdown()
 		// 3. Drain what is spooled to InfluxDB while time remains; what is
 		// left is replayed at the next start.
@@ -283,8 +315,11 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		url = "https://"
 	}
 	mqttAddr := "disabled"
-	if broker != nil {
+	switch {
+	case broker != nil:
 		mqttAddr = broker.Addr().String()
+	case cl != nil:
+		mqttAddr = "external broker, instance " + cfg.InstanceID
 	}
 	log.Info("fieldhub ready", "config", cfg, "http", httpLn.Addr().String(), "mqtt", mqttAddr, "startup", time.Since(started).Round(time.Millisecond))
 	fmt.Fprintf(stdout, "Fieldhub is serving on %s%s (dashboard at /, API at /api/v1)\n", url, displayAddr(httpLn.Addr()))
@@ -348,11 +383,12 @@ func displayAddr(a net.Addr) string {
 // readiness is GET /readyz: the state of each dependency, 200 when the hub
 // can accept readings and 503 when it cannot.
 type readiness struct {
-	reg    *devices.Registry
-	sp     *spool.Spool
-	writer *influx.Writer
-	influx *influx.Client
-	mqtt   *mqtt.Broker
+	reg     *devices.Registry
+	sp      *spool.Spool
+	writer  *influx.Writer
+	influx  *influx.Client
+	mqtt    *mqtt.Broker
+	cluster *cluster.Cluster
 	// maxMessage is the largest device message: less room than this is full.
 	maxMessage int64
 }
@@ -409,9 +445,19 @@ func (rd *readiness) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		checks["influxdb"] = check{Status: "spooling", Detail: influxDetail}
 	}
-	if rd.mqtt == nil {
+	switch {
+	case rd.cluster != nil:
+		// Without the broker this instance still takes WebSocket and HTTP
+		// readings into its spool: degraded, not unready (every instance
+		// would go unready at once).
+		status := "connected"
+		if !rd.cluster.Connected() {
+			status = "disconnected"
+		}
+		checks["mqtt"] = check{Status: status, Detail: map[string]string{"mode": "external broker"}}
+	case rd.mqtt == nil:
 		checks["mqtt"] = check{Status: "disabled"}
-	} else {
+	default:
 		checks["mqtt"] = check{Status: "listening", Detail: map[string]string{"addr": rd.mqtt.Addr().String()}}
 	}
 
@@ -423,4 +469,64 @@ func (rd *readiness) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(code)
 	_ = json.NewEncoder(w).Encode(map[string]any{"status": status, "checks": checks})
+}
+
+// newCluster sets up external-broker mode: the instance id (generated
+// once into the data dir unless set), the broker's TLS roots, and the
+// cluster client.
+func newCluster(cfg config, reg *devices.Registry, live *dashboard.Live, log *slog.Logger) (*cluster.Cluster, error) {
+	var tlsCfg *tls.Config
+	if cfg.MQTTBrokerCA != "" {
+		pem, err := os.ReadFile(cfg.MQTTBrokerCA)
+		if err != nil {
+			return nil, fmt.Errorf("FIELDHUB_MQTT_BROKER_CA: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("FIELDHUB_MQTT_BROKER_CA: no PEM certificate in %s", cfg.MQTTBrokerCA)
+		}
+		tlsCfg = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	return cluster.New(cluster.Options{
+		BrokerURL: cfg.MQTTBroker, Username: cfg.MQTTBrokerUsername, Password: cfg.MQTTBrokerPassword, TLS: tlsCfg,
+		ClientID: cfg.InstanceID, Registry: reg, Local: live, Dynsec: cfg.MQTTBrokerDynsec, BrokerIdle: cfg.MQTTBrokerIdle,
+		MaxMessageBytes: int(cfg.MaxMessageBytes), Logger: log,
+	})
+}
+
+// instanceID returns the id kept in the data dir, creating it once: an
+// instance's broker session must survive restarts, and two instances
+// must never share one.
+func instanceID(dataDir string) (string, error) {
+	path := filepath.Join(dataDir, "instance-id")
+	if b, err := os.ReadFile(path); err == nil {
+		if id := strings.TrimSpace(string(b)); validInstanceID(id) {
+			return id, nil
+		}
+	}
+	var r [6]byte
+	if _, err := rand.Read(r[:]); err != nil {
+		return "", err
+	}
+	id := "fieldhub-" + hex.EncodeToString(r[:])
+	if err := os.WriteFile(path, []byte(id+"\n"), 0o640); err != nil {
+		return "", fmt.Errorf("FIELDHUB_DATA_DIR: write %s: %w", path, err)
+	}
+	return id, nil
+}
+
+// fleetTotals is the overview's readings/s: this instance's, plus, with
+// several instances, the readings the others accepted (their live events
+// reach every instance). Rejections are this instance's own.
+type fleetTotals struct {
+	br *bridge.Bridge
+	cl *cluster.Cluster // nil: one instance
+}
+
+func (t fleetTotals) Totals() (readings, rejected int64) {
+	readings, rejected = t.br.Totals()
+	if t.cl != nil {
+		readings += t.cl.Stats().RemoteReadings.Load()
+	}
+	return readings, rejected
 }

@@ -72,6 +72,7 @@ func startHubTB(t testing.TB, influx *influxtest.Server, extraEnv map[string]str
 	for k, v := range extraEnv {
 		h.env[k] = v
 	}
+	h.adminToken = h.env["FIELDHUB_ADMIN_TOKEN"]
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	go func() {
@@ -253,6 +254,10 @@ func TestBadSettings(t *testing.T) {
 		{map[string]string{"FIELDHUB_SHUTDOWN_TIMEOUT": "-1s"}, nil, "FIELDHUB_SHUTDOWN_TIMEOUT"},
 		{map[string]string{"FIELDHUB_TLS_CERT": "/x.pem"}, nil, "FIELDHUB_TLS_CERT"},
 		{nil, []string{"--rate-limit", "zero"}, "FIELDHUB_RATE_LIMIT"},
+		{map[string]string{"FIELDHUB_MQTT_BROKER": "http://broker:1883"}, nil, "FIELDHUB_MQTT_BROKER"},
+		{map[string]string{"FIELDHUB_MQTT_BROKER": "tcp://"}, nil, "FIELDHUB_MQTT_BROKER"},
+		{map[string]string{"FIELDHUB_MQTT_BROKER_DYNSEC": "true"}, nil, "FIELDHUB_MQTT_BROKER_DYNSEC"},
+		{map[string]string{"FIELDHUB_MQTT_BROKER": "tcp://b:1883", "FIELDHUB_INSTANCE_ID": "a/b"}, nil, "FIELDHUB_INSTANCE_ID"},
 	}
 	for _, tt := range tests {
 		var out syncBuf
