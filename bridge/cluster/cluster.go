@@ -33,6 +33,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -118,12 +119,15 @@ type Options struct {
 
 // Stats counts what the cluster did, for metrics.
 type Stats struct {
-	Ingested    atomic.Int64 // broker messages made durable and acknowledged
-	Refused     atomic.Int64 // broker messages refused with an error to the device
-	Redelivered atomic.Int64 // broker redeliveries of messages already durable, acknowledged again
-	LiveOut     atomic.Int64 // live events published for other instances
-	LiveIn      atomic.Int64 // live events received from other instances
-	LiveDropped atomic.Int64 // live events not published: queue full or broker down
+	Ingested atomic.Int64 // broker messages made durable and acknowledged
+	Refused  atomic.Int64 // broker messages refused with an error to the device
+	// ConnectFailures counts failed attempts to connect to the broker, on
+	// any of the instance's connections.
+	ConnectFailures atomic.Int64
+	Redelivered     atomic.Int64 // broker redeliveries of messages already durable, acknowledged again
+	LiveOut         atomic.Int64 // live events published for other instances
+	LiveIn          atomic.Int64 // live events received from other instances
+	LiveDropped     atomic.Int64 // live events not published: queue full or broker down
 	// RemoteReadings counts readings other instances accepted (their live
 	// events), so this instance's overview can show the fleet's rate.
 	RemoteReadings atomic.Int64
@@ -150,6 +154,9 @@ type Cluster struct {
 	connected atomic.Bool
 	ready     chan struct{} // closed after the first subscription succeeded
 	ownLive   []byte        // how our own live messages start
+
+	failMu   sync.Mutex         // guards failSaid
+	failSaid map[string]failure // per client: the connection failure last reported
 
 	presMu      sync.Mutex           // guards brokerHeard, unknown and owner
 	brokerHeard map[string]time.Time // MQTT devices online through the broker: last heard
@@ -199,6 +206,7 @@ func New(opts Options) (*Cluster, error) {
 
 		delivered: newDelivered(durableMemory),
 
+		failSaid:    map[string]failure{},
 		brokerHeard: map[string]time.Time{},
 		unknown:     map[string]time.Time{},
 		owner:       map[string]string{},
@@ -226,6 +234,7 @@ func (c *Cluster) newClient(id string, will bool, onConnect paho.OnConnectHandle
 	po := paho.NewClientOptions().
 		AddBroker(o.BrokerURL).
 		SetClientID(id).
+		SetProtocolVersion(4). // MQTT 3.1.1; no silent fallback to 3.1, whose errors would mislead
 		SetUsername(o.Username).
 		SetPassword(o.Password).
 		SetCleanSession(false). // the broker keeps our shared subscriptions' messages while we are away
@@ -241,7 +250,15 @@ func (c *Cluster) newClient(id string, will bool, onConnect paho.OnConnectHandle
 		SetConnectTimeout(10 * time.Second).
 		SetDefaultPublishHandler(c.dispatch).
 		SetOnConnectHandler(onConnect).
-		SetConnectionLostHandler(onLost)
+		SetConnectionLostHandler(onLost).
+		SetConnectionNotificationHandler(func(_ paho.Client, n paho.ConnectionNotification) {
+			switch n := n.(type) {
+			case paho.ConnectionNotificationFailed:
+				c.connectFailed(id, n.Reason)
+			case paho.ConnectionNotificationConnected:
+				c.connectSucceeded(id)
+			}
+		})
 	if o.TLS != nil {
 		po.SetTLSConfig(o.TLS)
 	}
@@ -252,19 +269,79 @@ func (c *Cluster) newClient(id string, will bool, onConnect paho.OnConnectHandle
 	return paho.NewClient(po)
 }
 
+// connectFailed reports a failed connection attempt: why, once per client
+// and reason, and again each minute while it lasts, so a wrong password,
+// certificate or address is said plainly without a line per retry.
+func (c *Cluster) connectFailed(clientID string, err error) {
+	c.stats.ConnectFailures.Add(1)
+	reason := err.Error()
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		reason = strings.ReplaceAll(reason, ue.URL, "(broker URL)") // it may carry credentials
+	}
+	now := time.Now()
+	c.failMu.Lock()
+	last, ok := c.failSaid[clientID]
+	say := !ok || last.reason != reason || now.Sub(last.at) >= time.Minute
+	if say {
+		c.failSaid[clientID] = failure{reason: reason, at: now}
+	}
+	c.failMu.Unlock()
+	if say {
+		c.log.Error("cannot connect to the broker; retrying", "client_id", clientID, "err", reason)
+	}
+}
+
+// connectSucceeded forgets a client's failures, so the next outage is
+// reported afresh.
+func (c *Cluster) connectSucceeded(clientID string) {
+	c.failMu.Lock()
+	delete(c.failSaid, clientID)
+	c.failMu.Unlock()
+}
+
+// failure is the last connection failure reported for a client.
+type failure struct {
+	reason string
+	at     time.Time
+}
+
 // onIngestConnect subscribes an extra ingest connection to the shared
 // subscriptions only.
 func (c *Cluster) onIngestConnect(cl paho.Client) {
-	tok := cl.SubscribeMultiple(map[string]byte{
+	subs := map[string]byte{
 		"$share/" + ShareGroup + "/" + topicTelemetry: 1,
 		"$share/" + ShareGroup + "/" + topicResults:   1,
-	}, nil)
-	go func() { // owner: paho's connect callback; ends with the token
-		if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-			c.log.Error("subscribe at broker failed; reconnecting", "err", tok.Error())
-			cl.Disconnect(0)
-		}
+	}
+	tok := cl.SubscribeMultiple(subs, nil)
+	go func() { // owner: paho's connect callback; ends when subscribed or the connection is gone
+		c.subscribed(cl, tok, subs)
 	}()
+}
+
+// subscribeWait bounds the wait for a SUBACK.
+const subscribeWait = 10 * time.Second
+
+// subscribed waits for a subscription's SUBACK and repeats the
+// subscription while the broker does not answer and the connection stays
+// up; a lost connection subscribes again on reconnect. (Disconnecting
+// instead would stop paho's automatic reconnects for good.) It reports
+// whether the subscription is in place.
+func (c *Cluster) subscribed(cl paho.Client, tok paho.Token, subs map[string]byte) bool {
+	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
+		if tok.WaitTimeout(subscribeWait) && tok.Error() == nil {
+			return true
+		}
+		if !cl.IsConnectionOpen() {
+			return false
+		}
+		c.log.Error("subscribe at broker failed; retrying", "err", tok.Error())
+		time.Sleep(wait)
+		if !cl.IsConnectionOpen() {
+			return false
+		}
+		tok = cl.SubscribeMultiple(subs, nil)
+	}
 }
 
 // Stats returns the cluster's counters.
@@ -289,10 +366,8 @@ func (c *Cluster) onConnect(cl paho.Client) {
 		subs[dynsecResponse] = 0
 	}
 	tok := cl.SubscribeMultiple(subs, nil) // messages go to dispatch
-	go func() {                            // owner: paho's connect callback; ends with the token
-		if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-			c.log.Error("subscribe at broker failed; reconnecting", "err", tok.Error())
-			cl.Disconnect(0)
+	go func() {                            // owner: paho's connect callback; ends when subscribed or the connection is gone
+		if !c.subscribed(cl, tok, subs) {
 			return
 		}
 		for topic, code := range tok.(*paho.SubscribeToken).Result() {

@@ -455,3 +455,68 @@ func TestDeliveredForgetsOldest(t *testing.T) {
 		t.Error("the same payload on two devices' topics has one key")
 	}
 }
+
+// lockedBuffer is a log destination tests read while the hub writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestConnectFailureSaid: a hub the broker refuses says why, once, not at
+// every retry, and without the password.
+func TestConnectFailureSaid(t *testing.T) {
+	mq := mosquittotest.Start(t)
+	for _, tc := range []struct {
+		name, url, password, want string
+	}{
+		{"wrong password", mq.URL, "not-the-password", "not Authorized"},
+		{"nothing listening", "tcp://127.0.0.1:1", mosquittotest.HubPass, "connection refused"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs lockedBuffer
+			cl, err := New(Options{
+				BrokerURL: tc.url, Username: mosquittotest.HubUser, Password: tc.password,
+				ClientID: "hub-refused", Registry: registryStub{}, Local: &recorder{}, IngestConns: -1,
+				Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { _ = cl.Run(ctx, nil); close(done) }()
+			defer func() { cancel(); <-done }()
+			waitFor(t, "three failed attempts", 15*time.Second, func() bool { return cl.Stats().ConnectFailures.Load() >= 3 })
+			said := grep(logs.String(), "cannot connect to the broker")
+			if len(said) != 1 || !strings.Contains(said[0], tc.want) {
+				t.Fatalf("want one line saying %q, got:\n%s", tc.want, logs.String())
+			}
+			if strings.Contains(logs.String(), tc.password) || cl.Connected() {
+				t.Fatalf("password logged or connected:\n%s", logs.String())
+			}
+		})
+	}
+}
+
+// grep returns the lines of s that contain sub.
+func grep(s, sub string) []string {
+	var out []string
+	for l := range strings.Lines(s) {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return out
+}

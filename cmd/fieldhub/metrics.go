@@ -94,6 +94,7 @@ var (
 	// External-broker mode only.
 	descClusterUp        = prometheus.NewDesc("fieldhub_cluster_broker_up", "1 when this instance is connected to the external broker.", nil, nil)
 	descClusterIngested  = prometheus.NewDesc("fieldhub_cluster_messages_acked_total", "Broker messages made durable and acknowledged to the broker.", nil, nil)
+	descClusterConnFail  = prometheus.NewDesc("fieldhub_cluster_connect_failures_total", "Failed attempts to connect to the external broker (the log says why).", nil, nil)
 	descClusterRedeliv   = prometheus.NewDesc("fieldhub_cluster_redeliveries_total", "Broker redeliveries of messages already durable here, acknowledged again without storing them twice.", nil, nil)
 	descClusterLive      = prometheus.NewDesc("fieldhub_cluster_live_events_total", "Live events exchanged with other instances, by direction (out, in, dropped).", []string{"direction"}, nil)
 	descClusterForwarded = prometheus.NewDesc("fieldhub_cluster_commands_forwarded_total", "Commands from the broker forwarded to a device session on this instance.", nil, nil)
@@ -115,7 +116,7 @@ func (c *hubCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConnected, descConnects, descDisconnects, descMessages, descReadings, descRejected,
 		descSpoolBytes, descSpoolMax, descSpoolPending, descSpoolAge, descSpoolTorn, descWritten, descDeadLettered, descInfluxHealthy, descDevices,
 		descLiveSubs, descLiveSent, descLiveCoalesced, descLiveSlow, descCommands,
-		descClusterUp, descClusterIngested, descClusterRedeliv, descClusterLive, descClusterForwarded, descClusterRefreshes, descClusterDynsec} {
+		descClusterUp, descClusterConnFail, descClusterIngested, descClusterRedeliv, descClusterLive, descClusterForwarded, descClusterRefreshes, descClusterDynsec} {
 		ch <- d
 	}
 }
@@ -180,6 +181,7 @@ func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descClusterUp, prometheus.GaugeValue, brokerUp)
 	ch <- prometheus.MustNewConstMetric(descClusterIngested, prometheus.CounterValue, float64(cs.Ingested.Load()))
+	ch <- prometheus.MustNewConstMetric(descClusterConnFail, prometheus.CounterValue, float64(cs.ConnectFailures.Load()))
 	ch <- prometheus.MustNewConstMetric(descClusterRedeliv, prometheus.CounterValue, float64(cs.Redelivered.Load()))
 	ch <- prometheus.MustNewConstMetric(descClusterLive, prometheus.CounterValue, float64(cs.LiveOut.Load()), "out")
 	ch <- prometheus.MustNewConstMetric(descClusterLive, prometheus.CounterValue, float64(cs.LiveIn.Load()), "in")
