@@ -155,8 +155,8 @@ type Cluster struct {
 	ready     chan struct{} // closed after the first subscription succeeded
 	ownLive   []byte        // how our own live messages start
 
-	failMu   sync.Mutex         // guards failSaid
-	failSaid map[string]failure // per client: the connection failure last reported
+	failMu   sync.Mutex // guards lastFail
+	lastFail failure    // the connection failure last reported
 
 	presMu      sync.Mutex           // guards brokerHeard, unknown and owner
 	brokerHeard map[string]time.Time // MQTT devices online through the broker: last heard
@@ -206,7 +206,6 @@ func New(opts Options) (*Cluster, error) {
 
 		delivered: newDelivered(durableMemory),
 
-		failSaid:    map[string]failure{},
 		brokerHeard: map[string]time.Time{},
 		unknown:     map[string]time.Time{},
 		owner:       map[string]string{},
@@ -256,7 +255,7 @@ func (c *Cluster) newClient(id string, will bool, onConnect paho.OnConnectHandle
 			case paho.ConnectionNotificationFailed:
 				c.connectFailed(id, n.Reason)
 			case paho.ConnectionNotificationConnected:
-				c.connectSucceeded(id)
+				c.connectSucceeded()
 			}
 		})
 	if o.TLS != nil {
@@ -269,9 +268,10 @@ func (c *Cluster) newClient(id string, will bool, onConnect paho.OnConnectHandle
 	return paho.NewClient(po)
 }
 
-// connectFailed reports a failed connection attempt: why, once per client
-// and reason, and again each minute while it lasts, so a wrong password,
-// certificate or address is said plainly without a line per retry.
+// connectFailed reports a failed connection attempt: why, once per
+// reason for all of the instance's connections, and again each minute
+// while it lasts, so a wrong password, certificate or address is said
+// plainly without a line per connection and retry.
 func (c *Cluster) connectFailed(clientID string, err error) {
 	c.stats.ConnectFailures.Add(1)
 	reason := err.Error()
@@ -281,10 +281,9 @@ func (c *Cluster) connectFailed(clientID string, err error) {
 	}
 	now := time.Now()
 	c.failMu.Lock()
-	last, ok := c.failSaid[clientID]
-	say := !ok || last.reason != reason || now.Sub(last.at) >= time.Minute
+	say := c.lastFail.reason != reason || now.Sub(c.lastFail.at) >= time.Minute
 	if say {
-		c.failSaid[clientID] = failure{reason: reason, at: now}
+		c.lastFail = failure{reason: reason, at: now}
 	}
 	c.failMu.Unlock()
 	if say {
@@ -292,15 +291,15 @@ func (c *Cluster) connectFailed(clientID string, err error) {
 	}
 }
 
-// connectSucceeded forgets a client's failures, so the next outage is
-// reported afresh.
-func (c *Cluster) connectSucceeded(clientID string) {
+// connectSucceeded forgets the failures, so the next outage is reported
+// afresh.
+func (c *Cluster) connectSucceeded() {
 	c.failMu.Lock()
-	delete(c.failSaid, clientID)
+	c.lastFail = failure{}
 	c.failMu.Unlock()
 }
 
-// failure is the last connection failure reported for a client.
+// failure is the last connection failure reported.
 type failure struct {
 	reason string
 	at     time.Time
