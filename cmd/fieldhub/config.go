@@ -54,6 +54,8 @@ type config struct {
 	MQTTBrokerUsername string
 	MQTTBrokerPassword string
 	MQTTBrokerCA       string
+	MQTTBrokerCert     string
+	MQTTBrokerKey      string
 	MQTTBrokerDynsec   bool
 	MQTTBrokerIdle     time.Duration
 	InstanceID         string
@@ -115,6 +117,8 @@ var settings = []setting{
 	{"mqtt-broker-username", "FIELDHUB_MQTT_BROKER_USERNAME", "", "the hub's username at the external broker", false},
 	{"mqtt-broker-password", "FIELDHUB_MQTT_BROKER_PASSWORD", "", "the hub's password at the external broker", true},
 	{"mqtt-broker-ca", "FIELDHUB_MQTT_BROKER_CA", "", "CA certificate file (PEM) for the external broker's TLS certificate (default: system roots)", false},
+	{"mqtt-broker-cert", "FIELDHUB_MQTT_BROKER_CERT", "", "client certificate file (PEM) for brokers that require one (mutual TLS); with FIELDHUB_MQTT_BROKER_KEY", false},
+	{"mqtt-broker-key", "FIELDHUB_MQTT_BROKER_KEY", "", "private key file (PEM) of FIELDHUB_MQTT_BROKER_CERT", false},
 	{"mqtt-broker-dynsec", "FIELDHUB_MQTT_BROKER_DYNSEC", "false", "keep Mosquitto's dynamic-security plugin in sync with the registry (a client and a role per device)", false},
 	{"mqtt-broker-idle", "FIELDHUB_MQTT_BROKER_IDLE", "2m", "an MQTT device on the external broker shows online while heard from within this time (the broker does not say who is connected)", false},
 	{"instance-id", "FIELDHUB_INSTANCE_ID", "", "this instance's name at the external broker, stable across restarts and unique per instance (default: generated once and kept in the data dir)", false},
@@ -196,6 +200,8 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 		MQTTBrokerUsername: p.str("mqtt-broker-username"),
 		MQTTBrokerPassword: p.str("mqtt-broker-password"),
 		MQTTBrokerCA:       p.str("mqtt-broker-ca"),
+		MQTTBrokerCert:     p.str("mqtt-broker-cert"),
+		MQTTBrokerKey:      p.str("mqtt-broker-key"),
 		MQTTBrokerDynsec:   p.boolean("mqtt-broker-dynsec"),
 		MQTTBrokerIdle:     p.duration("mqtt-broker-idle"),
 		InstanceID:         p.str("instance-id"),
@@ -205,6 +211,16 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 	}
 	if c.MQTTBrokerDynsec && c.MQTTBroker == "" {
 		p.fail("mqtt-broker-dynsec", "needs FIELDHUB_MQTT_BROKER")
+	}
+	if (c.MQTTBrokerCert == "") != (c.MQTTBrokerKey == "") {
+		p.fail("mqtt-broker-cert", "FIELDHUB_MQTT_BROKER_CERT and FIELDHUB_MQTT_BROKER_KEY must be set together")
+	}
+	for _, name := range []string{"mqtt-broker-ca", "mqtt-broker-cert"} {
+		// A certificate setting on a plain connection would be ignored
+		// without a word, and the operator would believe the link secure.
+		if p.str(name) != "" && !brokerTLS(c.MQTTBroker) {
+			p.fail(name, "needs a TLS broker URL (ssl://, tls://, mqtts:// or wss://)")
+		}
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		p.fail("tls-cert", "FIELDHUB_TLS_CERT and FIELDHUB_TLS_KEY must be set together")
@@ -301,6 +317,19 @@ func (p *parser) brokerURL(name string) string {
 		p.fail(name, "scheme must be tcp, mqtt, ssl, tls, mqtts, ws or wss")
 	}
 	return v
+}
+
+// brokerTLS reports whether a broker URL (already checked) uses TLS.
+func brokerTLS(broker string) bool {
+	u, err := url.Parse(broker)
+	if err != nil {
+		return false
+	}
+	switch u.Scheme {
+	case "ssl", "tls", "mqtts", "wss":
+		return true
+	}
+	return false
 }
 
 func validInstanceID(s string) bool {

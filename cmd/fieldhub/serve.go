@@ -475,23 +475,43 @@ func (rd *readiness) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // once into the data dir unless set), the broker's TLS roots, and the
 // cluster client.
 func newCluster(cfg config, reg *devices.Registry, live *dashboard.Live, log *slog.Logger) (*cluster.Cluster, error) {
-	var tlsCfg *tls.Config
-	if cfg.MQTTBrokerCA != "" {
-		pem, err := os.ReadFile(cfg.MQTTBrokerCA)
-		if err != nil {
-			return nil, fmt.Errorf("FIELDHUB_MQTT_BROKER_CA: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("FIELDHUB_MQTT_BROKER_CA: no PEM certificate in %s", cfg.MQTTBrokerCA)
-		}
-		tlsCfg = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	tlsCfg, err := brokerTLSConfig(cfg)
+	if err != nil {
+		return nil, err
 	}
 	return cluster.New(cluster.Options{
 		BrokerURL: cfg.MQTTBroker, Username: cfg.MQTTBrokerUsername, Password: cfg.MQTTBrokerPassword, TLS: tlsCfg,
 		ClientID: cfg.InstanceID, Registry: reg, Local: live, Dynsec: cfg.MQTTBrokerDynsec, BrokerIdle: cfg.MQTTBrokerIdle,
 		MaxMessageBytes: int(cfg.MaxMessageBytes), Logger: log,
 	})
+}
+
+// brokerTLSConfig is the TLS configuration for the external broker: the
+// CA to trust (default: the system's roots) and the client certificate
+// for brokers that require one. Nil when neither is set.
+func brokerTLSConfig(cfg config) (*tls.Config, error) {
+	if cfg.MQTTBrokerCA == "" && cfg.MQTTBrokerCert == "" {
+		return nil, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if cfg.MQTTBrokerCA != "" {
+		pem, err := os.ReadFile(cfg.MQTTBrokerCA)
+		if err != nil {
+			return nil, fmt.Errorf("FIELDHUB_MQTT_BROKER_CA: %w", err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("FIELDHUB_MQTT_BROKER_CA: no PEM certificate in %s", cfg.MQTTBrokerCA)
+		}
+	}
+	if cfg.MQTTBrokerCert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.MQTTBrokerCert, cfg.MQTTBrokerKey)
+		if err != nil {
+			return nil, fmt.Errorf("FIELDHUB_MQTT_BROKER_CERT/_KEY: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
 }
 
 // instanceID returns the id kept in the data dir, creating it once: an

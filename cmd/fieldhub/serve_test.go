@@ -258,6 +258,9 @@ func TestBadSettings(t *testing.T) {
 		{map[string]string{"FIELDHUB_MQTT_BROKER": "tcp://"}, nil, "FIELDHUB_MQTT_BROKER"},
 		{map[string]string{"FIELDHUB_MQTT_BROKER_DYNSEC": "true"}, nil, "FIELDHUB_MQTT_BROKER_DYNSEC"},
 		{map[string]string{"FIELDHUB_MQTT_BROKER": "tcp://b:1883", "FIELDHUB_INSTANCE_ID": "a/b"}, nil, "FIELDHUB_INSTANCE_ID"},
+		{map[string]string{"FIELDHUB_MQTT_BROKER": "ssl://b:8883", "FIELDHUB_MQTT_BROKER_CERT": "/c.pem"}, nil, "FIELDHUB_MQTT_BROKER_CERT"},
+		{map[string]string{"FIELDHUB_MQTT_BROKER": "tcp://b:1883", "FIELDHUB_MQTT_BROKER_CA": "/ca.pem"}, nil, "FIELDHUB_MQTT_BROKER_CA"},
+		{map[string]string{"FIELDHUB_MQTT_BROKER": "tcp://b:1883", "FIELDHUB_MQTT_BROKER_CERT": "/c.pem", "FIELDHUB_MQTT_BROKER_KEY": "/k.pem"}, nil, "FIELDHUB_MQTT_BROKER_CERT"},
 	}
 	for _, tt := range tests {
 		var out syncBuf

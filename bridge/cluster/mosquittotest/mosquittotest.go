@@ -47,11 +47,31 @@ var HubACLs = [][2]string{
 	{"publishClientSend", "$CONTROL/dynamic-security/#"},
 }
 
+// Options changes what a test broker offers.
+type Options struct {
+	// TLS adds a second listener with TLS that requires a client
+	// certificate, as a broker reachable beyond one network would. Its
+	// files are in Broker.TLS.
+	TLS bool
+}
+
+// TLSFiles are the PEM files of a test broker's TLS listener: the CA
+// that signed both the broker's certificate and a client certificate for
+// the hub.
+type TLSFiles struct {
+	CA         string
+	ClientCert string
+	ClientKey  string
+}
+
 // Broker is one running mosquitto.
 type Broker struct {
 	// Addr is host:port; URL is tcp://Addr for paho.
 	Addr string
 	URL  string
+	// TLSURL is ssl://host:port of the TLS listener, with Options.TLS.
+	TLSURL string
+	TLS    TLSFiles
 
 	t         testing.TB
 	dir       string
@@ -59,16 +79,29 @@ type Broker struct {
 	ctrlBin   string
 	cmd       *exec.Cmd
 	exited    chan struct{}
+	tls       bool
 }
 
 // Start starts a fresh broker and stops it when the test ends.
 func Start(t testing.TB) *Broker {
 	t.Helper()
+	return StartWith(t, Options{})
+}
+
+// StartWith is Start with options.
+func StartWith(t testing.TB, o Options) *Broker {
+	t.Helper()
 	plugins, _ := filepath.Glob(pluginGlob)
 	if len(plugins) == 0 {
 		t.Fatalf("mosquitto's dynamic-security plugin (%s) is missing: run scripts/install-mosquitto", pluginGlob)
 	}
-	b := &Broker{t: t, dir: t.TempDir()}
+	b := &Broker{t: t, dir: t.TempDir(), tls: o.TLS}
+	if o.TLS {
+		var err error
+		if b.TLS, err = writeCerts(b.dir); err != nil {
+			t.Fatalf("TLS certificates for mosquitto: %v", err)
+		}
+	}
 	var err error
 	if b.mosquitto, err = lookPath("mosquitto"); err != nil {
 		t.Fatal("mosquitto is missing: run scripts/install-mosquitto")
@@ -99,12 +132,11 @@ func Start(t testing.TB) *Broker {
 }
 
 func (b *Broker) launch(plugin, dynsec string) error {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeAddr()
 	if err != nil {
 		return err
 	}
-	b.Addr = ln.Addr().String()
-	ln.Close()
+	b.Addr = addr
 	b.URL = "tcp://" + b.Addr
 	_, port, _ := net.SplitHostPort(b.Addr)
 	// The queue and in-flight limits are raised as docs/deploy.md says:
@@ -135,6 +167,21 @@ log_type warning
 log_type notice
 log_type information
 `, me.Username, port, plugin, dynsec, b.dir, filepath.Join(b.dir, "mosquitto.log"))
+	if b.tls {
+		tlsAddr, err := freeAddr()
+		if err != nil {
+			return err
+		}
+		b.TLSURL = "ssl://" + tlsAddr
+		_, tlsPort, _ := net.SplitHostPort(tlsAddr)
+		// Listener settings follow their listener line.
+		conf += fmt.Sprintf(`listener %s 127.0.0.1
+cafile %s
+certfile %s
+keyfile %s
+require_certificate true
+`, tlsPort, b.TLS.CA, filepath.Join(b.dir, "server.pem"), filepath.Join(b.dir, "server-key.pem"))
+	}
 	if err := os.WriteFile(filepath.Join(b.dir, "mosquitto.conf"), []byte(conf), 0o600); err != nil {
 		return err
 	}
@@ -226,4 +273,14 @@ func lookPath(name string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("%s not found", name)
+}
+
+// freeAddr returns a loopback address nothing listens on now.
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
 }
