@@ -237,6 +237,7 @@ func (c *Cluster) newClient(id string, will bool, onConnect paho.OnConnectHandle
 		SetUsername(o.Username).
 		SetPassword(o.Password).
 		SetCleanSession(false). // the broker keeps our shared subscriptions' messages while we are away
+		SetStore(newCopyingStore()).
 		SetAutoAckDisabled(true).
 		SetOrderMatters(true). // handlers only hand off; workers do the waiting
 		SetAutoReconnect(true).
