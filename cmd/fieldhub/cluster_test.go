@@ -43,6 +43,12 @@ func (l *ackLog) add(n int) {
 	l.mu.Unlock()
 }
 
+func (l *ackLog) has(n int) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.acked[n]
+}
+
 func (l *ackLog) sorted() []int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -392,6 +398,9 @@ func TestTwoInstancesOnMosquitto(t *testing.T) {
 	if wsDev.isClosed() {
 		t.Fatal("the WebSocket device is not connected after failing over")
 	}
+	// Instance 2 answers a connection's readings in order: once the last
+	// one is acknowledged, every ack it will send has arrived.
+	waitUntil(t, "instance 2 to acknowledge the last WebSocket reading", 30*time.Second, func() bool { return wsAcks.has(seq - 1) })
 	// A supervisor restarts instance 1: it replays its spool and takes
 	// what the broker kept for its session.
 	h1.start()
