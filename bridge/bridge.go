@@ -17,6 +17,11 @@ import (
 )
 
 // Store makes encoded readings durable. *spool.Spool implements it.
+//
+// Append borrows payload only until it returns, whatever it returns (nil,
+// an error, or the context's error after a store timeout): an
+// implementation never reads payload afterwards, so the bridge returns
+// the buffer to its pool at once.
 type Store interface {
 	Append(ctx context.Context, points int, payload []byte) error
 }

@@ -97,6 +97,46 @@ type appendReq struct {
 	data   []byte
 	points uint32
 	done   chan error
+
+	// mu guards state. The committer holds it while it copies data or
+	// decides to answer, and Append takes it to give up a request: once
+	// Append returns, the spool never reads data again, and it sends on
+	// done only if it took r first.
+	mu    sync.Mutex
+	state reqState
+}
+
+type reqState uint8
+
+const (
+	reqQueued    reqState = iota
+	reqTaken              // the committer copied data or answered: it sends on done
+	reqAbandoned          // Append returned first: the committer skips it
+)
+
+// take claims r for an answer without copying it; false means Append
+// gave r up and nothing may be sent on done.
+func (r *appendReq) take() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.state == reqAbandoned {
+		return false
+	}
+	r.state = reqTaken
+	return true
+}
+
+// abandon gives r up after its Append stopped waiting. It reports whether
+// the committer had not copied r yet (and now never will). If the
+// committer is copying r, abandon waits for that copy, which does no I/O.
+func (r *appendReq) abandon() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.state == reqQueued {
+		r.state = reqAbandoned
+		return true
+	}
+	return false
 }
 
 // Spool is a durable, bounded, single-consumer log. Append is safe for
@@ -360,8 +400,14 @@ func syncDir(dir string) error {
 
 // Append makes payload (points line-protocol lines) durable. It returns nil
 // only once the record is fsynced; ErrFull when the spool or disk is full;
-// the context's error if ctx ends first (the record may or may not be
-// durable then; the caller must not acknowledge it).
+// the context's error if ctx ends first (the record is durable then only
+// if the committer had already copied it; the caller must not acknowledge
+// it).
+//
+// Ownership: Append borrows payload and lets go of it before it returns,
+// whatever it returns. The spool never reads payload after Append returned,
+// so the caller may reuse or overwrite it at once (the bridge returns it
+// to its buffer pool).
 func (s *Spool) Append(ctx context.Context, points int, payload []byte) error {
 	if int64(len(payload)+headerSize) > s.opts.SegmentBytes {
 		return ErrTooLarge
@@ -389,7 +435,11 @@ func (s *Spool) Append(ctx context.Context, points int, payload []byte) error {
 			return ErrClosed
 		}
 	case <-ctx.Done():
-		// done is not returned to the pool: the committer may still send on it.
+		if r.abandon() {
+			s.pool.Put(done) // the committer skips r: it never sends on done
+		}
+		// Otherwise the committer copied payload and may still send on
+		// done, so done is not returned to the pool.
 		return ctx.Err()
 	}
 }
@@ -446,8 +496,10 @@ func (s *Spool) commit(group []*appendReq) {
 	for _, r := range group {
 		n := int64(headerSize + len(r.data))
 		if n > room {
-			s.lastFull.Store(time.Now().UnixNano())
-			r.done <- ErrFull
+			if r.take() {
+				s.lastFull.Store(time.Now().UnixNano())
+				r.done <- ErrFull
+			}
 			continue
 		}
 		if s.activeLen+int64(len(s.buf))+n > s.opts.SegmentBytes && s.activeLen+int64(len(s.buf)) > 0 {
@@ -455,11 +507,20 @@ func (s *Spool) commit(group []*appendReq) {
 			accepted, points, s.buf = accepted[:0], 0, s.buf[:0]
 			if err := s.roll(); err != nil {
 				s.log.Error("spool: roll segment", "err", err)
-				r.done <- fmt.Errorf("roll segment: %w", err)
+				if r.take() {
+					r.done <- fmt.Errorf("roll segment: %w", err)
+				}
 				continue
 			}
 		}
+		r.mu.Lock()
+		if r.state == reqAbandoned {
+			r.mu.Unlock()
+			continue // Append returned: payload is no longer the spool's to read
+		}
 		s.buf = appendRecord(s.buf, r.points, now, r.data)
+		r.state = reqTaken
+		r.mu.Unlock()
 		accepted = append(accepted, r)
 		points += int64(r.points)
 		room -= n
