@@ -7,8 +7,22 @@
 //
 // A device is acknowledged only after Append returns nil, so a reading the
 // hub acknowledged survives a crash: on Open, every record after the last
-// confirmed position is replayed, and a torn or corrupt tail is detected by
-// its checksum, truncated and counted rather than refusing to start.
+// confirmed position is replayed. A torn tail (the incomplete last record a
+// crash leaves) is truncated and counted. Damage elsewhere (a flipped bit,
+// a bad sector) costs only the records it hit: recovery resynchronises on
+// the next record whose header and checksum validate, replays everything
+// intact, copies the damaged bytes to a bounded quarantine file beside the
+// spool directory (<dir>.quarantine), replaces them with padding records
+// so offsets stay valid, and counts them in Stats.
+//
+// Record format (little endian): payload length u32, CRC-32C u32 of the
+// rest, point count u32, append time i64 (Unix ms), payload. A padding
+// record has zero points, append time 0 and a zero payload. There is no
+// sync marker: a valid header always holds zero bytes (the two high bytes
+// of the append time, until the year 10889) and the hub's line protocol
+// never does (control characters are refused), so a payload cannot pass
+// for a record; and segments written before recovery learnt to
+// resynchronise are read as they are.
 //
 // Lock order: Spool.mu is a leaf lock; no other lock is taken while it is held.
 // It imports only the standard library.
@@ -88,7 +102,9 @@ type Stats struct {
 	MaxBytes       int64     // the bound on Bytes
 	PendingPoints  int64     // points appended and not yet confirmed
 	OldestPending  time.Time // append time of the oldest unconfirmed record; zero if none
-	RecoveredTorn  int64     // corrupt or torn tails truncated at Open
+	RecoveredTorn  int64     // torn tails truncated at Open (normal after a crash)
+	CorruptBytes   int64     // damaged bytes skipped at Open, not counting torn tails
+	CorruptRecords int64     // records lost in them (estimated from their length fields, at least one per damaged run)
 	AppendedPoints int64     // points appended since Open
 	LastFull       time.Time // when an append was last refused for lack of room; zero if never
 }
@@ -170,6 +186,12 @@ type Spool struct {
 	appended  atomic.Int64
 	lastFull  atomic.Int64 // unix nanoseconds of the last ErrFull
 	recovered int64
+
+	// Set by recover, read-only afterwards.
+	corruptBytes   int64
+	corruptRecords int64
+	quarantined    int64 // bytes copied to the quarantine file at Open
+
 	closeOnce sync.Once
 }
 
@@ -179,8 +201,9 @@ type pendingTime struct {
 }
 
 // Open opens or creates the spool in opts.Dir, recovering what a crash left:
-// records after the last checkpoint are kept for replay, a torn or corrupt
-// tail is truncated and counted. It starts the committer, which Close stops.
+// records after the last checkpoint are kept for replay, a torn tail is
+// truncated, damaged records are skipped, quarantined and counted (see the
+// package comment). It starts the committer, which Close stops.
 func Open(opts Options) (*Spool, error) {
 	if opts.Dir == "" {
 		return nil, errors.New("spool: Dir is required")
@@ -222,14 +245,18 @@ func segName(seq uint64) string { return fmt.Sprintf("%016x%s", seq, segSuffix) 
 
 func (s *Spool) segPath(seq uint64) string { return filepath.Join(s.opts.Dir, segName(seq)) }
 
-// recover scans the segments from the checkpoint on, truncating at the first
-// record whose header or checksum is wrong.
+// recover scans the segments from the checkpoint on. A torn tail (an
+// incomplete last record of the last segment written, what a crash leaves)
+// is truncated; damage anywhere else is skipped: recovery resynchronises on
+// the next intact record, copies the damaged bytes to the quarantine file,
+// overwrites them with padding records and counts them.
 func (s *Spool) recover() error {
 	entries, err := os.ReadDir(s.opts.Dir)
 	if err != nil {
 		return fmt.Errorf("list spool dir: %w", err)
 	}
 	var segs []uint64
+	var lastWritten uint64 // the last segment with bytes in it: only it can be torn
 	for _, e := range entries {
 		name, ok := strings.CutSuffix(e.Name(), segSuffix)
 		if !ok {
@@ -240,9 +267,13 @@ func (s *Spool) recover() error {
 			continue
 		}
 		segs = append(segs, seq)
+		if fi, err := e.Info(); err == nil && fi.Size() > 0 && seq > lastWritten {
+			lastWritten = seq
+		}
 	}
 	slices.Sort(segs)
 	cp := s.readCheckpoint()
+	var corruptSegs int
 	for _, seq := range segs {
 		if seq < cp.Segment {
 			if err := os.Remove(s.segPath(seq)); err != nil {
@@ -250,18 +281,26 @@ func (s *Spool) recover() error {
 			}
 			continue
 		}
-		size, points, torn, err := s.scan(seq, cp)
+		res, err := s.scan(seq, cp, seq == lastWritten)
 		if err != nil {
 			return err
 		}
-		if torn {
+		if res.torn {
 			s.recovered++
 		}
+		if res.corruptBytes > 0 {
+			corruptSegs++
+			s.corruptBytes += res.corruptBytes
+			s.corruptRecords += res.corruptRecords
+		}
+		if cp.Segment == seq {
+			cp.Offset = res.cpOffset
+		}
 		s.segments = append(s.segments, seq)
-		s.sizes[seq] = size
-		s.bytes += size
-		s.pending.Add(points)
-		s.durable = Position{seq, size}
+		s.sizes[seq] = res.size
+		s.bytes += res.size
+		s.pending.Add(res.points)
+		s.durable = Position{seq, res.size}
 	}
 	if len(s.segments) > 0 && cp.less(Position{s.segments[0], 0}) {
 		cp = Position{s.segments[0], 0}
@@ -274,7 +313,11 @@ func (s *Spool) recover() error {
 	}
 	s.confirmed = cp
 	if s.recovered > 0 {
-		s.log.Warn("spool: truncated corrupt or torn records after a crash", "segments", s.recovered)
+		s.log.Warn("spool: truncated a torn tail after a crash", "segments", s.recovered)
+	}
+	if s.corruptBytes > 0 {
+		s.log.Error("spool: skipped corrupt records", "segments", corruptSegs, "records", s.corruptRecords,
+			"bytes", s.corruptBytes, "quarantined", s.quarantined, "quarantine", s.quarantinePath())
 	}
 	if p := s.pending.Load(); p > 0 {
 		s.log.Info("spool: replaying unconfirmed readings", "points", p)
@@ -282,44 +325,254 @@ func (s *Spool) recover() error {
 	return nil
 }
 
-// scan validates one segment, truncating it at the first bad record, and
-// counts the points at or after cp.
-func (s *Spool) scan(seq uint64, cp Position) (size, points int64, torn bool, err error) {
+// scanResult is what recovery learnt about one segment.
+type scanResult struct {
+	size           int64 // bytes kept: the segment ends on a record boundary here
+	points         int64 // points at or after the checkpoint
+	cpOffset       int64 // the checkpoint offset, moved past damage it pointed into
+	torn           bool  // a torn tail was truncated
+	corruptBytes   int64
+	corruptRecords int64
+}
+
+// damage is a run of bytes in a segment that are not intact records.
+type damage struct {
+	off, end int64
+	records  int64 // estimated from the length fields, at least 1
+}
+
+// segmentScan is the result of scanRecords over one segment's bytes.
+type segmentScan struct {
+	damaged []damage // in the middle: intact records follow each
+	tail    int64    // where the last intact record ends; bytes after it are a bad tail
+	torn    bool     // the bad tail looks like an interrupted write, not damage
+}
+
+// scanRecords walks data as a chain of records, calling visit for each
+// intact one. At a record that does not validate it resynchronises on the
+// next offset where a whole record with a plausible header and a correct
+// checksum starts (a valid header always holds zero bytes, which line
+// protocol never does, so a payload cannot pass for a record). Bytes after
+// the last intact record are the tail, torn when they are an incomplete
+// record or zeros. It only reads data, allocates nothing per byte, and
+// never hands visit a record whose checksum is wrong.
+func scanRecords(data []byte, visit func(off, n int64, points uint32, at int64)) segmentScan {
+	var sc segmentScan
+	var off int64
+	size := int64(len(data))
+	for off < size {
+		if n, pts, at, ok := parseRecord(data[off:]); ok {
+			if visit != nil {
+				visit(off, n, pts, at)
+			}
+			off += n
+			continue
+		}
+		// A genuine next record cannot start inside this one's header.
+		next := int64(-1)
+		for p := off + headerSize; p+headerSize <= size; p++ {
+			if plausibleHeader(data[p:]) {
+				if _, _, _, ok := parseRecord(data[p:]); ok {
+					next = p
+					break
+				}
+			}
+		}
+		if next < 0 {
+			sc.tail = off
+			sc.torn = tornTail(data[off:])
+			return sc
+		}
+		sc.damaged = append(sc.damaged, damage{off: off, end: next, records: countRecords(data[off:next])})
+		off = next
+	}
+	sc.tail = off
+	return sc
+}
+
+// plausibleHeader is a cheap test of the header at the start of b before
+// its checksum is computed: the record fits in b, and it is either a
+// reading record (1 point or more, at most one per payload byte, an append
+// time between 1970 and the year 3000) or a padding record.
+func plausibleHeader(b []byte) bool {
+	length := binary.LittleEndian.Uint32(b[0:4])
+	if int64(length) > int64(len(b)-headerSize) {
+		return false
+	}
+	return plausibleFields(b) && binary.LittleEndian.Uint32(b[8:12]) <= length
+}
+
+// plausibleFields tests the point count and append time of the header at
+// the start of b (at least headerSize bytes).
+func plausibleFields(b []byte) bool {
+	points := binary.LittleEndian.Uint32(b[8:12])
+	at := int64(binary.LittleEndian.Uint64(b[12:20]))
+	if points == 0 {
+		return at == 0
+	}
+	return at > 0 && at < maxAppendTime
+}
+
+// maxAppendTime bounds the append time (ms) resynchronisation accepts.
+const maxAppendTime = 32503680000000 // 3000-01-01
+
+// tornTail reports whether b, the bytes after the last intact record, is
+// what an interrupted write leaves: less than a header, a header whose
+// record runs past the end, or zeros (a file extended before its data
+// reached the disk).
+func tornTail(b []byte) bool {
+	if len(b) < headerSize || int64(binary.LittleEndian.Uint32(b[0:4])) > int64(len(b)-headerSize) {
+		return true
+	}
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// countRecords estimates the records in a damaged run by following its
+// length fields from record to record while each one lands on a header
+// whose point count and append time are plausible; it is at least 1.
+func countRecords(b []byte) int64 {
+	var n int64 = 1
+	if len(b) < headerSize {
+		return n
+	}
+	for off := int64(0); ; n++ {
+		next := off + headerSize + int64(binary.LittleEndian.Uint32(b[off:off+4]))
+		if next+headerSize > int64(len(b)) || !plausibleFields(b[next:]) {
+			return n
+		}
+		off = next
+	}
+}
+
+// scan validates one segment and counts the points at or after cp. A bad
+// tail is truncated (counted as torn when last is set and it looks torn,
+// as corrupt otherwise); damage in the middle is quarantined and replaced
+// by padding records, so the next Open finds intact records only.
+func (s *Spool) scan(seq uint64, cp Position, last bool) (scanResult, error) {
+	res := scanResult{cpOffset: cp.Offset}
 	f, err := os.OpenFile(s.segPath(seq), os.O_RDWR, 0)
 	if err != nil {
-		return 0, 0, false, fmt.Errorf("open segment: %w", err)
+		return res, fmt.Errorf("open segment: %w", err)
 	}
 	defer f.Close()
+	// Bounded by the segment size; a length field read from the file only
+	// ever indexes into data, it never sizes an allocation.
 	data, err := io.ReadAll(f)
 	if err != nil {
-		return 0, 0, false, fmt.Errorf("read segment: %w", err)
+		return res, fmt.Errorf("read segment: %w", err)
 	}
-	var off int64
-	var now = time.Now().UnixMilli()
-	for off < int64(len(data)) {
-		n, pts, at, ok := parseRecord(data[off:])
-		if !ok {
-			torn = true
-			break
+	now := time.Now().UnixMilli()
+	sc := scanRecords(data, func(off, n int64, pts uint32, at int64) {
+		if (Position{seq, off}).less(cp) || pts == 0 && at == 0 {
+			return // confirmed, or padding
 		}
-		if !(Position{seq, off}).less(cp) {
-			points += int64(pts)
-			if at > now || at <= 0 {
-				at = now
-			}
-			s.times = append(s.times, pendingTime{end: Position{seq, off + n}, at: at})
+		res.points += int64(pts)
+		if at > now || at <= 0 {
+			at = now
 		}
-		off += n
+		s.times = append(s.times, pendingTime{end: Position{seq, off + n}, at: at})
+	})
+	// times is in order of end; damage found later cannot reorder it.
+	bad := sc.damaged
+	size := int64(len(data))
+	if sc.tail < size {
+		if !(last && sc.torn) {
+			bad = append(bad, damage{off: sc.tail, end: size, records: countRecords(data[sc.tail:])})
+		} else {
+			res.torn = true
+		}
 	}
-	if torn {
-		if err := f.Truncate(off); err != nil {
-			return 0, 0, false, fmt.Errorf("truncate torn segment: %w", err)
+	for _, d := range bad {
+		res.corruptBytes += d.end - d.off
+		res.corruptRecords += d.records
+		s.quarantine(seq, d.off, data[d.off:d.end])
+		if cp.Segment == seq && d.off < cp.Offset && cp.Offset < d.end {
+			res.cpOffset = d.end // the checkpoint cannot point into damage
 		}
+	}
+	for _, d := range sc.damaged {
+		if _, err := f.WriteAt(padding(d.end-d.off), d.off); err != nil {
+			return res, fmt.Errorf("pad corrupt records: %w", err)
+		}
+	}
+	if sc.tail < size {
+		if err := f.Truncate(sc.tail); err != nil {
+			return res, fmt.Errorf("truncate segment tail: %w", err)
+		}
+	}
+	if len(bad) > 0 || res.torn {
 		if err := f.Sync(); err != nil {
-			return 0, 0, false, fmt.Errorf("sync truncated segment: %w", err)
+			return res, fmt.Errorf("sync recovered segment: %w", err)
 		}
 	}
-	return off, points, torn, nil
+	res.size = sc.tail
+	return res, nil
+}
+
+// maxPadRecord bounds one padding record, so Read, which reads whole
+// records into a batch of bounded size, always fits one.
+const maxPadRecord = 4096
+
+// padding returns n bytes (n >= headerSize) of padding records: zero
+// points, zero append time, zero payload, a valid checksum. Read skips
+// them; they take the place of damaged bytes so that offsets stay valid.
+func padding(n int64) []byte {
+	b := make([]byte, 0, n)
+	for n > 0 {
+		m := min(n, maxPadRecord)
+		if rest := n - m; rest > 0 && rest < headerSize {
+			m -= headerSize // leave room for a whole last record
+		}
+		b = appendRecord(b, 0, 0, make([]byte, m-headerSize))
+		n -= m
+	}
+	return b
+}
+
+// maxQuarantineBytes bounds the quarantine file. Past it, damage is still
+// skipped and counted but its bytes are no longer kept.
+const maxQuarantineBytes = 64 << 20
+
+func (s *Spool) quarantinePath() string { return filepath.Clean(s.opts.Dir) + ".quarantine" }
+
+// quarantine appends damaged bytes to the quarantine file beside the spool
+// directory, each run after a one-line text header saying where it was.
+// A failure only costs the evidence: it is logged and recovery goes on.
+func (s *Spool) quarantine(seq uint64, off int64, b []byte) {
+	path := s.quarantinePath()
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		s.log.Error("spool: open quarantine file", "err", err)
+		return
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		s.log.Error("spool: stat quarantine file", "err", err)
+		return
+	}
+	head := fmt.Sprintf("fieldhub-spool-quarantine segment=%s offset=%d bytes=%d at=%s\n",
+		segName(seq), off, len(b), time.Now().UTC().Format(time.RFC3339))
+	room := maxQuarantineBytes - fi.Size() - int64(len(head)) - 1
+	if room <= 0 {
+		return
+	}
+	keep := b[:min(int64(len(b)), room)]
+	rec := append(append([]byte(head), keep...), '\n')
+	if _, err := f.Write(rec); err != nil {
+		s.log.Error("spool: write quarantine file", "err", err)
+		return
+	}
+	if err := f.Sync(); err != nil {
+		s.log.Error("spool: sync quarantine file", "err", err)
+		return
+	}
+	s.quarantined += int64(len(keep))
 }
 
 // parseRecord returns the length of the record at the start of b, its
@@ -633,7 +886,7 @@ func (s *Spool) Read(pos Position, maxPoints int, maxBytes int, buf []byte) (Bat
 		}
 		progressed := false
 		for len(chunk) > 0 && b.Points < maxPoints {
-			n, pts, _, ok := parseRecord(chunk)
+			n, pts, at, ok := parseRecord(chunk)
 			if !ok {
 				if !progressed && int64(len(chunk)) == end-b.Next.Offset {
 					return b, fmt.Errorf("spool: corrupt record at segment %d offset %d", b.Next.Segment, b.Next.Offset)
@@ -643,7 +896,9 @@ func (s *Spool) Read(pos Position, maxPoints int, maxBytes int, buf []byte) (Bat
 			if len(b.Data) > 0 && len(b.Data)+int(n) > maxBytes {
 				return b, nil
 			}
-			b.Data = append(b.Data, chunk[headerSize:n]...)
+			if pts != 0 || at != 0 { // padding carries no data
+				b.Data = append(b.Data, chunk[headerSize:n]...)
+			}
 			b.Points += int(pts)
 			b.Next.Offset += n
 			chunk = chunk[n:]
@@ -768,6 +1023,8 @@ func (s *Spool) Stats() Stats {
 		MaxBytes:       s.opts.MaxBytes,
 		PendingPoints:  s.pending.Load(),
 		RecoveredTorn:  s.recovered,
+		CorruptBytes:   s.corruptBytes,
+		CorruptRecords: s.corruptRecords,
 		AppendedPoints: s.appended.Load(),
 	}
 	if len(s.times) > 0 {

@@ -1,0 +1,378 @@
+package spool
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"hash/crc32"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// writeRecords appends n records (line(0) .. line(n-1)) and closes the
+// spool; it returns the segment files in order.
+func writeRecords(t *testing.T, dir string, opts Options, n int) []string {
+	t.Helper()
+	s := open(t, dir, opts)
+	for i := range n {
+		if err := s.Append(context.Background(), 1, line(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+	segs, err := filepath.Glob(filepath.Join(dir, "*.seg"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return segs
+}
+
+// recordOffsets returns the offset of each record in a segment's bytes.
+func recordOffsets(t *testing.T, b []byte) []int {
+	t.Helper()
+	var offs []int
+	for off := 0; off < len(b); {
+		n, _, _, ok := parseRecord(b[off:])
+		if !ok {
+			t.Fatalf("test segment not intact at %d", off)
+		}
+		offs = append(offs, off)
+		off += int(n)
+	}
+	return offs
+}
+
+// replayedLines reads everything the spool replays, one entry per line.
+func replayedLines(t *testing.T, s *Spool) map[string]int {
+	t.Helper()
+	got := map[string]int{}
+	for _, l := range strings.SplitAfter(string(readAll(t, s, s.Confirmed()).Data), "\n") {
+		if l != "" {
+			got[l]++
+		}
+	}
+	return got
+}
+
+// TestRecoverPastCorruption flips one byte at many places of a segment:
+// every record but the one hit is replayed, exactly once; the hit one is
+// counted and its bytes are in the quarantine file; a second Open finds
+// nothing more to repair.
+func TestRecoverPastCorruption(t *testing.T) {
+	const n = 40
+	type place struct {
+		name  string
+		field int // offset within the record; negative: from its end
+	}
+	places := []place{
+		{"length low byte", 0}, {"length high byte", 3}, {"checksum", 5}, {"points", 8},
+		{"append time", 13}, {"append time high byte", 19}, {"payload first byte", headerSize},
+		{"payload middle", headerSize + 12}, {"payload last byte", -1},
+	}
+	records := []struct {
+		name string
+		i    int
+	}{{"first record", 0}, {"second record", 1}, {"middle record", n / 2}, {"last record", n - 1}}
+	for _, rec := range records {
+		for _, pl := range places {
+			for _, flip := range []byte{0x01, 0x80, 0xff} {
+				t.Run(fmt.Sprintf("%s/%s/%#x", rec.name, pl.name, flip), func(t *testing.T) {
+					dir := filepath.Join(t.TempDir(), "spool")
+					seg := writeRecords(t, dir, Options{}, n)[0]
+					b, err := os.ReadFile(seg)
+					if err != nil {
+						t.Fatal(err)
+					}
+					offs := append(recordOffsets(t, b), len(b))
+					start, end := offs[rec.i], offs[rec.i+1]
+					at := start + pl.field
+					if pl.field < 0 {
+						at = end + pl.field
+					}
+					b[at] ^= flip
+					damaged := bytes.Clone(b[start:end])
+					if err := os.WriteFile(seg, b, 0o640); err != nil {
+						t.Fatal(err)
+					}
+
+					s := open(t, dir, Options{})
+					got := replayedLines(t, s)
+					st := s.Stats()
+					for i := range n {
+						want := 1
+						if i == rec.i {
+							want = got[string(line(i))] // the hit record may be lost, nothing more
+						}
+						if c := got[string(line(i))]; c != want {
+							t.Errorf("line %d replayed %d times, want %d", i, c, want)
+						}
+					}
+					if len(got) > n {
+						t.Errorf("replayed %d distinct lines, want at most %d: %v", len(got), n, got)
+					}
+					if st.RecoveredTorn > 0 {
+						// Only a length flipped past the end of the last record
+						// of the last segment looks like a crash's torn tail.
+						if rec.i != n-1 || pl.field > 3 {
+							t.Errorf("damage at %s counted as a torn tail", pl.name)
+						}
+					} else {
+						if st.CorruptRecords != 1 || st.CorruptBytes != int64(end-start) {
+							t.Errorf("counted %d records, %d bytes, want 1, %d", st.CorruptRecords, st.CorruptBytes, end-start)
+						}
+						q, err := os.ReadFile(dir + ".quarantine")
+						if err != nil || !bytes.Contains(q, damaged) {
+							t.Errorf("quarantine lacks the damaged record (%v)", err)
+						}
+					}
+					// The spool goes on, and the repair holds.
+					if err := s.Append(context.Background(), 1, line(n)); err != nil {
+						t.Fatal(err)
+					}
+					s.Close()
+					s2 := open(t, dir, Options{})
+					again := replayedLines(t, s2)
+					if st2 := s2.Stats(); st2.CorruptBytes != 0 || st2.RecoveredTorn != 0 {
+						t.Errorf("second Open found %d corrupt bytes, %d torn", st2.CorruptBytes, st2.RecoveredTorn)
+					}
+					for l, c := range got {
+						if again[l] != c {
+							t.Errorf("second Open replays %q %d times, first %d", l, again[l], c)
+						}
+					}
+					if again[string(line(n))] != 1 {
+						t.Errorf("append after recovery not replayed")
+					}
+				})
+			}
+		}
+	}
+}
+
+// TestRecoverSegments: damage at the end of a segment that is not the last
+// one written is corruption, not a torn tail, and the segments after it
+// are replayed whole; a huge length field allocates nothing of its size.
+func TestRecoverSegments(t *testing.T) {
+	const n = 400
+	opts := Options{SegmentBytes: 4096}
+	tests := []struct {
+		name   string
+		damage func(b []byte, offs []int)
+	}{
+		{"last record of first segment, huge length", func(b []byte, offs []int) {
+			binary.LittleEndian.PutUint32(b[offs[len(offs)-1]:], 0x7fffffff)
+		}},
+		{"middle record, huge length", func(b []byte, offs []int) {
+			binary.LittleEndian.PutUint32(b[offs[len(offs)/2]:], 0xfffffff0)
+		}},
+		{"last record of first segment, payload", func(b []byte, offs []int) { b[len(b)-2] ^= 0x20 }},
+		{"two records apart", func(b []byte, offs []int) { b[offs[3]+headerSize] ^= 1; b[offs[7]+2] ^= 0x40 }},
+		{"two adjacent records", func(b []byte, offs []int) { b[offs[3]+headerSize] ^= 1; b[offs[4]+2] ^= 0x40 }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "spool")
+			segs := writeRecords(t, dir, opts, n)
+			if len(segs) < 3 {
+				t.Fatalf("%d segments, want several", len(segs))
+			}
+			b, err := os.ReadFile(segs[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			offs := recordOffsets(t, b)
+			orig := bytes.Clone(b)
+			tt.damage(b, offs)
+			lost := 0
+			for i, off := range offs {
+				end := len(b)
+				if i+1 < len(offs) {
+					end = offs[i+1]
+				}
+				if !bytes.Equal(b[off:end], orig[off:end]) {
+					lost++
+				}
+			}
+			if err := os.WriteFile(segs[0], b, 0o640); err != nil {
+				t.Fatal(err)
+			}
+
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			s := open(t, dir, opts)
+			runtime.ReadMemStats(&after)
+			if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 8<<20 {
+				t.Errorf("Open allocated %d bytes for %d bytes of segments", alloc, n*40)
+			}
+			got := replayedLines(t, s)
+			missing := 0
+			for i := range n {
+				switch got[string(line(i))] {
+				case 0:
+					missing++
+				case 1:
+				default:
+					t.Errorf("line %d replayed more than once", i)
+				}
+			}
+			st := s.Stats()
+			if missing != lost || st.CorruptRecords != int64(lost) || st.RecoveredTorn != 0 {
+				t.Errorf("missing %d, CorruptRecords %d, RecoveredTorn %d; want %d, %d, 0", missing, st.CorruptRecords, st.RecoveredTorn, lost, lost)
+			}
+		})
+	}
+}
+
+// TestRecoverKeepsCheckpoint: damage before the checkpoint costs nothing
+// that was not already in InfluxDB, and replay starts at the checkpoint.
+func TestRecoverKeepsCheckpoint(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "spool")
+	s := open(t, dir, Options{})
+	for i := range 20 {
+		if err := s.Append(context.Background(), 1, line(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first, err := s.Read(s.Confirmed(), 10, 1<<20, nil)
+	if err != nil || first.Points != 10 {
+		t.Fatalf("read 10: %d %v", first.Points, err)
+	}
+	if err := s.Confirm(first.Next, first.Points); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	segs, _ := filepath.Glob(filepath.Join(dir, "*.seg"))
+	b, _ := os.ReadFile(segs[0])
+	offs := recordOffsets(t, b)
+	binary.LittleEndian.PutUint32(b[offs[4]:], 1<<30) // a confirmed record's length
+	b[offs[15]+headerSize+3] ^= 4                     // an unconfirmed record's payload
+	if err := os.WriteFile(segs[0], b, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	s2 := open(t, dir, Options{})
+	got := replayedLines(t, s2)
+	for i := range 20 {
+		want := 0
+		if i >= 10 && i != 15 {
+			want = 1
+		}
+		if got[string(line(i))] != want {
+			t.Errorf("line %d replayed %d times, want %d", i, got[string(line(i))], want)
+		}
+	}
+	if st := s2.Stats(); st.PendingPoints != 9 || st.CorruptRecords != 2 {
+		t.Errorf("PendingPoints %d, CorruptRecords %d; want 9, 2", st.PendingPoints, st.CorruptRecords)
+	}
+}
+
+// TestQuarantineBounded: the quarantine file stops growing at its bound.
+func TestQuarantineBounded(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "spool")
+	q := dir + ".quarantine"
+	if err := os.MkdirAll(filepath.Dir(q), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(q, make([]byte, maxQuarantineBytes-100), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	seg := writeRecords(t, dir, Options{}, 20)[0]
+	b, _ := os.ReadFile(seg)
+	offs := recordOffsets(t, b)
+	for _, i := range []int{2, 5, 9} {
+		b[offs[i]+headerSize] ^= 1
+	}
+	if err := os.WriteFile(seg, b, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	s := open(t, dir, Options{})
+	if got := len(replayedLines(t, s)); got != 17 {
+		t.Errorf("replayed %d lines, want 17", got)
+	}
+	if fi, err := os.Stat(q); err != nil || fi.Size() > maxQuarantineBytes {
+		t.Errorf("quarantine file: %v, %d bytes, bound %d", err, fi.Size(), maxQuarantineBytes)
+	}
+}
+
+// FuzzRecover runs the recovery scanner over arbitrary segment bytes: it
+// never panics, only reports records whose checksum is right, covers the
+// input with records, damage and tail in order, and once the damage is
+// padded and the tail cut, the segment scans clean with the same records.
+func FuzzRecover(f *testing.F) {
+	seeds, err := filepath.Glob(filepath.Join("testdata", "*.seg"))
+	if err != nil || len(seeds) == 0 {
+		f.Fatalf("no seed segments in testdata: %v", err)
+	}
+	for _, p := range seeds {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		type rec struct{ off, n int64 }
+		var recs []rec
+		sc := scanRecords(data, func(off, n int64, points uint32, at int64) {
+			if off < 0 || n < headerSize || off+n > int64(len(data)) {
+				t.Fatalf("record [%d, +%d) outside %d bytes", off, n, len(data))
+			}
+			r := data[off : off+n]
+			if int64(binary.LittleEndian.Uint32(r[0:4]))+headerSize != n ||
+				crc32.Checksum(r[8:], crcTable) != binary.LittleEndian.Uint32(r[4:8]) {
+				t.Fatalf("record at %d has a wrong length or checksum", off)
+			}
+			recs = append(recs, rec{off, n})
+		})
+		if countRecords(data) < 1 { // the estimate of a bad tail's records
+			t.Fatal("countRecords < 1")
+		}
+		_ = tornTail(data)
+		// Records and damage tile [0, tail) in order.
+		pos, ri, di := int64(0), 0, 0
+		for pos < sc.tail {
+			switch {
+			case ri < len(recs) && recs[ri].off == pos:
+				pos += recs[ri].n
+				ri++
+			case di < len(sc.damaged) && sc.damaged[di].off == pos:
+				d := sc.damaged[di]
+				if d.end-d.off < headerSize || d.records < 1 {
+					t.Fatalf("damage %+v", d)
+				}
+				pos = d.end
+				di++
+			default:
+				t.Fatalf("gap at %d", pos)
+			}
+		}
+		if pos != sc.tail || ri != len(recs) || di != len(sc.damaged) || sc.tail > int64(len(data)) {
+			t.Fatalf("records and damage end at %d, tail %d of %d", pos, sc.tail, len(data))
+		}
+		repaired := bytes.Clone(data[:sc.tail])
+		for _, d := range sc.damaged {
+			copy(repaired[d.off:], padding(d.end-d.off))
+		}
+		var again, want []rec
+		for i, r := range recs {
+			if d := data[r.off:]; binary.LittleEndian.Uint32(d[8:12]) != 0 || binary.LittleEndian.Uint64(d[12:20]) != 0 {
+				want = append(want, recs[i])
+			}
+		}
+		sc2 := scanRecords(repaired, func(off, n int64, points uint32, at int64) {
+			if points != 0 || at != 0 {
+				again = append(again, rec{off, n})
+			}
+		})
+		if len(sc2.damaged) != 0 || sc2.tail != int64(len(repaired)) {
+			t.Fatalf("repaired segment still damaged: %+v", sc2)
+		}
+		if !slices.Equal(again, want) {
+			t.Fatalf("repair changed the records: %v, want %v", again, want)
+		}
+	})
+}
