@@ -80,7 +80,9 @@ var (
 	descSpoolMax      = prometheus.NewDesc("fieldhub_spool_max_bytes", "Bound on spool bytes.", nil, nil)
 	descSpoolPending  = prometheus.NewDesc("fieldhub_spool_pending_readings", "Readings durable in the spool and not yet in InfluxDB.", nil, nil)
 	descSpoolAge      = prometheus.NewDesc("fieldhub_spool_oldest_pending_seconds", "Age of the oldest reading not yet in InfluxDB.", nil, nil)
-	descSpoolTorn     = prometheus.NewDesc("fieldhub_spool_recovered_torn_segments", "Segments whose torn or corrupt tail was truncated at start.", nil, nil)
+	descSpoolTorn     = prometheus.NewDesc("fieldhub_spool_recovered_torn_segments", "Segments whose torn tail (an interrupted write) was truncated at start.", nil, nil)
+	descSpoolCorruptB = prometheus.NewDesc("fieldhub_spool_corrupt_bytes_total", "Damaged spool bytes skipped and quarantined at start.", nil, nil)
+	descSpoolCorruptR = prometheus.NewDesc("fieldhub_spool_corrupt_records_total", "Spool records lost to damage at start (estimated, at least one per damaged run).", nil, nil)
 	descWritten       = prometheus.NewDesc("fieldhub_influx_points_written_total", "Points InfluxDB accepted.", nil, nil)
 	descDeadLettered  = prometheus.NewDesc("fieldhub_influx_points_dead_lettered_total", "Points InfluxDB permanently rejected, kept in the dead-letter file.", nil, nil)
 	descInfluxHealthy = prometheus.NewDesc("fieldhub_influx_up", "1 when the last InfluxDB write succeeded.", nil, nil)
@@ -114,7 +116,7 @@ type hubCollector struct {
 
 func (c *hubCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConnected, descConnects, descDisconnects, descMessages, descReadings, descRejected,
-		descSpoolBytes, descSpoolMax, descSpoolPending, descSpoolAge, descSpoolTorn, descWritten, descDeadLettered, descInfluxHealthy, descDevices,
+		descSpoolBytes, descSpoolMax, descSpoolPending, descSpoolAge, descSpoolTorn, descSpoolCorruptB, descSpoolCorruptR, descWritten, descDeadLettered, descInfluxHealthy, descDevices,
 		descLiveSubs, descLiveSent, descLiveCoalesced, descLiveSlow, descCommands,
 		descClusterUp, descClusterConnFail, descClusterIngested, descClusterRedeliv, descClusterLive, descClusterForwarded, descClusterRefreshes, descClusterDynsec} {
 		ch <- d
@@ -156,6 +158,8 @@ func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descSpoolAge, prometheus.GaugeValue, age)
 	ch <- prometheus.MustNewConstMetric(descSpoolTorn, prometheus.GaugeValue, float64(ss.RecoveredTorn))
+	ch <- prometheus.MustNewConstMetric(descSpoolCorruptB, prometheus.CounterValue, float64(ss.CorruptBytes))
+	ch <- prometheus.MustNewConstMetric(descSpoolCorruptR, prometheus.CounterValue, float64(ss.CorruptRecords))
 	ws := c.w.Stats()
 	ch <- prometheus.MustNewConstMetric(descWritten, prometheus.CounterValue, float64(ws.WrittenPoints))
 	ch <- prometheus.MustNewConstMetric(descDeadLettered, prometheus.CounterValue, float64(ws.DeadLettered))
