@@ -82,7 +82,7 @@ var (
 	descSpoolAge      = prometheus.NewDesc("fieldhub_spool_oldest_pending_seconds", "Age of the oldest reading not yet in InfluxDB.", nil, nil)
 	descSpoolTorn     = prometheus.NewDesc("fieldhub_spool_recovered_torn_segments", "Segments whose torn tail (an interrupted write) was truncated at start.", nil, nil)
 	descSpoolCorruptB = prometheus.NewDesc("fieldhub_spool_corrupt_bytes_total", "Damaged spool bytes skipped and quarantined at start.", nil, nil)
-	descSpoolCorruptR = prometheus.NewDesc("fieldhub_spool_corrupt_records_total", "Spool records lost to damage at start (estimated, at least one per damaged run).", nil, nil)
+	descSpoolCorruptR = prometheus.NewDesc("fieldhub_spool_corrupt_records_total", "Damaged spool records skipped at start (estimated from their length fields, at least one per damaged run).", nil, nil)
 	descWritten       = prometheus.NewDesc("fieldhub_influx_points_written_total", "Points InfluxDB accepted.", nil, nil)
 	descDeadLettered  = prometheus.NewDesc("fieldhub_influx_points_dead_lettered_total", "Points InfluxDB permanently rejected, kept in the dead-letter file.", nil, nil)
 	descInfluxHealthy = prometheus.NewDesc("fieldhub_influx_up", "1 when the last InfluxDB write succeeded.", nil, nil)
