@@ -43,8 +43,8 @@ type hook struct {
 	sessions map[*mqtt.Client]*bridge.Session
 	conns    map[*mqtt.Client]*conn
 
-	// connectLog rate-limits the refused client id log lines.
-	connectLog logLimiter
+	// connectLog and publishLog rate-limit the refusal log lines.
+	connectLog, publishLog logLimiter
 }
 
 // hookID names the hook in mochi (and in mochi's log lines).
@@ -315,20 +315,30 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 
 // refuse answers a refused publish the way the client's protocol allows;
 // msgID is the refused message's "id", echoed in the error frame.
+//
+// An MQTT 5 refusal goes back as a packets.Code, which mochi would log with
+// the whole packet; the broker's logger drops that line (see
+// mochiLogHandler) and this one logs it instead, short and rate-limited.
 func (h *hook) refuse(cl *mqtt.Client, pk packets.Packet, msgID string, terr *telemetry.Error) error {
 	v5 := cl.Properties.ProtocolVersion == 5
 	retryLater := terr.Code == telemetry.CodeOverloaded || terr.Code == telemetry.CodeInternal
 	if v5 && pk.FixedHeader.Qos > 0 {
+		var code packets.Code
 		switch terr.Code {
 		case telemetry.CodeOverloaded, telemetry.CodeInternal:
-			return packets.Code{Code: packets.ErrQuotaExceeded.Code, Reason: terr.Code + ": " + terr.Message}
+			code = packets.Code{Code: packets.ErrQuotaExceeded.Code, Reason: terr.Code + ": " + terr.Message}
 		case telemetry.CodeRateLimited:
-			return packets.Code{Code: packets.ErrMessageRateTooHigh.Code, Reason: terr.Code + ": " + terr.Message}
+			code = packets.Code{Code: packets.ErrMessageRateTooHigh.Code, Reason: terr.Code + ": " + terr.Message}
 		case telemetry.CodeTooLarge:
-			return packets.Code{Code: packets.ErrPacketTooLarge.Code, Reason: terr.Code + ": " + terr.Message}
+			code = packets.Code{Code: packets.ErrPacketTooLarge.Code, Reason: terr.Code + ": " + terr.Message}
 		default:
-			return packets.Code{Code: packets.ErrPayloadFormatInvalid.Code, Reason: truncate(terr.Code+": "+terr.Message, 256)}
+			code = packets.Code{Code: packets.ErrPayloadFormatInvalid.Code, Reason: truncate(terr.Code+": "+terr.Message, 256)}
 		}
+		if n, ok := h.publishLog.allow(); ok {
+			h.b.log.Debug("mqtt publish refused", "device", string(cl.Properties.Username), "topic", truncate(pk.TopicName, 128),
+				"code", terr.Code, "reason_code", fmt.Sprintf("%#02x", code.Code), "suppressed", n)
+		}
+		return code
 	}
 	// MQTT 3.1.1 (or QoS 0): tell the device on its errors topic.
 	id := string(cl.Properties.Username)

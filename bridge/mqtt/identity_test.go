@@ -3,6 +3,7 @@ package mqtt
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"strings"
@@ -113,5 +114,48 @@ func TestClientIDIsDeviceID(t *testing.T) {
 	// The inline client (the hub's own publisher) was never taken over.
 	if err := r.broker.Publish("devices/d1/errors", []byte("{}"), 0); err != nil {
 		t.Fatalf("hub publish after the attempts: %v", err)
+	}
+}
+
+// TestMochiLogHandler: whatever mochi hands its logger, a line stays short
+// and never carries a payload; our hook's refusals are logged by the hook.
+func TestMochiLogHandler(t *testing.T) {
+	big := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, TopicName: "devices/d1/telemetry",
+		Payload: bytes.Repeat([]byte("x"), 4096)}
+	cl := &mqtt.Client{ID: "d1"}
+	tests := []struct {
+		name string
+		log  func(*slog.Logger)
+		want string // "" = no line
+	}{
+		{"our refusal: dropped", func(l *slog.Logger) {
+			l.Error("publish packet error", "error", packets.ErrPayloadFormatInvalid, "hook", hookID, "packet", big)
+		}, ""},
+		{"another hook's: summarised", func(l *slog.Logger) {
+			l.Error("publish packet error", "error", packets.ErrPayloadFormatInvalid, "hook", "other", "packet", big)
+		}, "packet.topic=devices/d1/telemetry"},
+		{"packet pointer", func(l *slog.Logger) { l.Error("x", "pk", &big) }, "pk.bytes=4096"},
+		{"will", func(l *slog.Logger) {
+			l.Error("parse will error", "will", mqtt.Will{TopicName: "devices/d1/telemetry", Payload: big.Payload})
+		}, "will.bytes=4096"},
+		{"client in With", func(l *slog.Logger) { l.With("cl", cl).Error("x") }, "cl=d1"},
+		{"other struct", func(l *slog.Logger) { l.Error("x", "subs", struct{ B []byte }{big.Payload}) }, `subs="struct {`},
+		{"error kept", func(l *slog.Logger) { l.Error("x", "error", errors.New("boom")) }, "error=boom"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			tt.log(slog.New(mochiLogHandler{slog.NewTextHandler(&buf, nil)}))
+			out := buf.String()
+			if tt.want == "" {
+				if out != "" {
+					t.Fatalf("logged %q", out)
+				}
+				return
+			}
+			if strings.Count(out, "\n") != 1 || len(out) > 300 || strings.Contains(out, "xxxx") || !strings.Contains(out, tt.want) {
+				t.Fatalf("line (%d bytes) %.400q, want one short line with %q", len(out), out, tt.want)
+			}
+		})
 	}
 }

@@ -16,7 +16,8 @@ import (
 )
 
 // The MQTT identity attacks: a device with its own valid credentials tries
-// to become another device through the MQTT client id. Contract: client id = device id; an empty
+// to become another device through the MQTT client id, and the broker's log
+// is flooded with packet dumps. Contract: client id = device id; an empty
 // one is assigned the device id; anything else is refused at CONNECT
 // (3.1.1 return code 0x02, MQTT 5 reason 0x85) and nothing of any other
 // device changes.
@@ -254,5 +255,61 @@ func TestAttackMQTTPersistentSessionNotResumed(t *testing.T) {
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatal("B's unacknowledged command not resent to B")
+	}
+}
+
+// TestAttackMQTTV5InvalidPublishLogLine: an invalid MQTT 5 publish is
+// logged as one short line with device, topic and code. Before: mochi
+// logged "publish packet error" with the whole packet struct, payload
+// included (about 2.4 KB a line, one per publish, at error level).
+func TestAttackMQTTV5InvalidPublishLogLine(t *testing.T) {
+	influx := influxtest.Start(t)
+	h := startHub(t, influx, nil)
+	tok := h.createDevice(t, "atk-log")
+	c, _, err := mqttAttackV5(t, h, "atk-log", "atk-log", tok, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Refused (an unknown field, a null metric), 2 KB, as a buggy firmware sends.
+	payload := []byte(`{"metrics":{"temp":null},"pad":"` + strings.Repeat("x", 2000) + `"}`)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const n = 30
+	for i := range n {
+		pr, err := c.Publish(ctx, &pahov5.Publish{Topic: "devices/atk-log/telemetry", QoS: 1, Payload: payload})
+		if pr == nil || pr.ReasonCode != 0x99 { // paho.golang also returns an error for it
+			t.Fatalf("publish %d: %+v %v, want PUBACK 0x99", i, pr, err)
+		}
+	}
+	// mochi logs before it sends the PUBACK: every line is in by now.
+	dumps, dumped, first := 0, 0, ""
+	for _, l := range strings.Split(h.stderr.String(), "\n") {
+		if len(l) > 1000 || strings.Contains(l, "FixedHeader") || strings.Contains(l, "publish packet error") || strings.Contains(l, "xxxxxxxxxx") {
+			if dumps == 0 {
+				first = l
+			}
+			dumps, dumped = dumps+1, dumped+len(l)
+		}
+	}
+	if dumps > 0 {
+		t.Fatalf("%d log lines with a packet dump for %d publishes, %d bytes in all; the first: %.400s", dumps, n, dumped, first)
+	}
+	var refused []string
+	waitUntil(t, "the refusal log line", 10*time.Second, func() bool {
+		refused = refused[:0]
+		for _, l := range strings.Split(h.stderr.String(), "\n") {
+			if strings.Contains(l, "mqtt publish refused") {
+				refused = append(refused, l)
+			}
+		}
+		return len(refused) > 0
+	})
+	for _, l := range refused {
+		if len(l) > 300 || !strings.Contains(l, "device=atk-log") || !strings.Contains(l, "topic=devices/atk-log/telemetry") || !strings.Contains(l, " code=") {
+			t.Fatalf("refusal log line (%d bytes) lacks device, topic or code, or is too long: %s", len(l), l)
+		}
+	}
+	if len(refused) > n {
+		t.Fatalf("%d refusal lines for %d publishes", len(refused), n)
 	}
 }
