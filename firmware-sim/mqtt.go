@@ -16,6 +16,9 @@ type inflightMsg struct {
 	tok   paho.Token
 }
 
+// mqttOptions connects as the device: username and client id are both the
+// device id, the hub's contract (any other client id is refused with
+// return code 0x02, so no device can take over another's session).
 func (d *device) mqttOptions(password string, lost chan<- error) *paho.ClientOptions {
 	_, broker := d.endpoint()
 	return paho.NewClientOptions().AddBroker("tcp://" + broker).

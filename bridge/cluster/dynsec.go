@@ -163,7 +163,9 @@ func (d *dynsec) applyChunk(ctx context.Context, chunk []devices.DeviceChange) (
 		}
 		cmds = append(cmds,
 			map[string]any{"command": "createRole", "rolename": role, "textname": "Fieldhub device " + dc.ID, "acls": deviceACLs(dc.ID)},
-			map[string]any{"command": "createClient", "username": dc.ID, "password": dc.Token, "textname": "Fieldhub device",
+			// clientid: the broker accepts the device only with client id =
+			// device id, so no device takes over or resumes another's session.
+			map[string]any{"command": "createClient", "username": dc.ID, "clientid": dc.ID, "password": dc.Token, "textname": "Fieldhub device",
 				"roles": []map[string]any{{"rolename": role}}})
 	}
 	res, err := d.send(ctx, cmds)
@@ -207,7 +209,7 @@ func (d *dynsec) applyChunk(ctx context.Context, chunk []devices.DeviceChange) (
 		// modifyClient sets the password and the role list in one step
 		// (addClientRole of a role the client has fails in Mosquitto 2.0.11
 		// with "Internal error").
-		cmds = append(cmds, map[string]any{"command": "modifyClient", "username": dc.ID, "password": dc.Token,
+		cmds = append(cmds, map[string]any{"command": "modifyClient", "username": dc.ID, "clientid": dc.ID, "password": dc.Token,
 			"roles": []map[string]any{{"rolename": DeviceRolePrefix + dc.ID}}})
 		owner = append(owner, i)
 		if dc.Grace == 0 {

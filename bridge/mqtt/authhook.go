@@ -78,10 +78,16 @@ func answer(w http.ResponseWriter, allow bool, why string) {
 }
 
 // ServeAuth is POST /api/v1/mqtt/auth: username = device id, password =
-// device token.
+// device token, and the client id, when the broker sends one, the device
+// id too: as on the embedded broker, no device may take over or resume
+// another's session by its client id.
 func (h *AuthHook) ServeAuth(w http.ResponseWriter, r *http.Request) {
 	req, ok := h.authorised(w, r)
 	if !ok {
+		return
+	}
+	if req.ClientID != "" && req.ClientID != req.Username {
+		answer(w, false, "client id must be the device id")
 		return
 	}
 	// The broker calls on behalf of the device: limit by device id, as

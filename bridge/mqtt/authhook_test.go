@@ -39,7 +39,9 @@ func TestAuthHook(t *testing.T) {
 		status                          int
 		allow                           bool
 	}{
-		{"emqx auth ok", "/api/v1/mqtt/auth", "broker-secret", "application/json", js(map[string]any{"username": "d1", "password": r.tokens["d1"], "clientid": "c"}), 200, true},
+		{"emqx auth ok", "/api/v1/mqtt/auth", "broker-secret", "application/json", js(map[string]any{"username": "d1", "password": r.tokens["d1"], "clientid": "d1"}), 200, true},
+		{"another device's client id", "/api/v1/mqtt/auth", "broker-secret", "application/json", js(map[string]any{"username": "d1", "password": r.tokens["d1"], "clientid": "d2"}), 200, false},
+		{"a made-up client id", "/api/v1/mqtt/auth", "broker-secret", "application/x-www-form-urlencoded", url.Values{"username": {"d2"}, "password": {r.tokens["d2"]}, "clientid": {"auto-1234"}}.Encode(), 200, false},
 		{"wrong token", "/api/v1/mqtt/auth", "broker-secret", "application/json", js(map[string]any{"username": "d1", "password": "fhd_x"}), 200, false},
 		{"other device's token", "/api/v1/mqtt/auth", "broker-secret", "application/json", js(map[string]any{"username": "d1", "password": r.tokens["d2"]}), 200, false},
 		{"form auth (mosquitto-go-auth)", "/api/v1/mqtt/auth", "broker-secret", "application/x-www-form-urlencoded", url.Values{"username": {"d2"}, "password": {r.tokens["d2"]}}.Encode(), 200, true},

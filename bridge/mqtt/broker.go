@@ -21,12 +21,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
 	"golang.org/x/time/rate"
 
 	"github.com/fieldhub/fieldhub/bridge"
@@ -134,7 +136,9 @@ func New(opts Options) (*Broker, error) {
 		SysTopicResendInterval:   60,
 		// mochi logs every connection at info and every broken pipe at
 		// warn; the bridge logs connections with their reasons.
-		Logger: slog.New(levelFloor{opts.Logger.Handler(), slog.LevelError}),
+		// It also logs whole packets and clients; mochiLogHandler keeps
+		// its lines short.
+		Logger: slog.New(levelFloor{mochiLogHandler{opts.Logger.Handler()}, slog.LevelError}),
 	})
 	b.hook = &hook{b: b, pending: map[*mqtt.Client]devices.TokenHash{}, sessions: map[*mqtt.Client]*bridge.Session{}, conns: map[*mqtt.Client]*conn{}}
 	if err := b.srv.AddHook(b.hook, nil); err != nil {
@@ -200,6 +204,81 @@ func (h levelFloor) WithAttrs(as []slog.Attr) slog.Handler {
 
 func (h levelFloor) WithGroup(name string) slog.Handler {
 	return levelFloor{h.Handler.WithGroup(name), h.min}
+}
+
+// mochiLogHandler keeps mochi's log lines to one short line each. mochi
+// v2.7.9 logs whole structs (its packets, wills, clients: several KiB each,
+// payload and internal state included) with some errors; every such value
+// is replaced by a short summary. It drops "publish packet error" for our
+// own hook's refusals, which hook.refuse logs itself with device, topic and
+// code, rate-limited.
+type mochiLogHandler struct{ slog.Handler }
+
+func (h mochiLogHandler) Handle(ctx context.Context, r slog.Record) error {
+	var attrs []slog.Attr
+	ours := false
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "hook" && a.Value.Kind() == slog.KindString && a.Value.String() == hookID {
+			ours = true
+		}
+		attrs = append(attrs, shortAttr(a))
+		return true
+	})
+	if ours && r.Message == "publish packet error" {
+		return nil
+	}
+	nr := slog.NewRecord(r.Time, r.Level, r.Message, r.PC)
+	nr.AddAttrs(attrs...)
+	return h.Handler.Handle(ctx, nr)
+}
+
+func (h mochiLogHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	short := make([]slog.Attr, len(as))
+	for i, a := range as {
+		short[i] = shortAttr(a)
+	}
+	return mochiLogHandler{h.Handler.WithAttrs(short)}
+}
+
+func (h mochiLogHandler) WithGroup(name string) slog.Handler {
+	return mochiLogHandler{h.Handler.WithGroup(name)}
+}
+
+// shortAttr replaces a struct value (mochi's packets, wills, clients) with
+// a summary of a few fields; errors, strings and numbers stay as they are.
+func shortAttr(a slog.Attr) slog.Attr {
+	switch a.Value.Kind() {
+	case slog.KindGroup:
+		g := a.Value.Group()
+		short := make([]any, len(g))
+		for i, ga := range g {
+			short[i] = shortAttr(ga)
+		}
+		return slog.Group(a.Key, short...)
+	case slog.KindAny:
+	default:
+		return a
+	}
+	switch v := a.Value.Any().(type) {
+	case error, fmt.Stringer:
+		return a
+	case packets.Packet:
+		return slog.Group(a.Key, "type", v.FixedHeader.Type, "topic", truncate(v.TopicName, 128), "qos", v.FixedHeader.Qos, "bytes", len(v.Payload))
+	case *packets.Packet:
+		if v != nil {
+			return shortAttr(slog.Any(a.Key, *v))
+		}
+	case mqtt.Will:
+		return slog.Group(a.Key, "topic", truncate(v.TopicName, 128), "bytes", len(v.Payload))
+	case *mqtt.Client:
+		if v != nil {
+			return slog.String(a.Key, truncate(v.ID, 64))
+		}
+	}
+	if k := reflect.Indirect(reflect.ValueOf(a.Value.Any())).Kind(); k == reflect.Struct || k == reflect.Map || k == reflect.Slice {
+		return slog.String(a.Key, fmt.Sprintf("%T", a.Value.Any()))
+	}
+	return a
 }
 
 // connLimiter bounds new connections per client address, with a bounded

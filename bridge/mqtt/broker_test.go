@@ -107,7 +107,7 @@ func newRigTB(t testing.TB, o Options) *rig {
 
 func (r *rig) v3(t *testing.T, id, token string, tweak func(*paho.ClientOptions)) (paho.Client, paho.Token) {
 	t.Helper()
-	o := paho.NewClientOptions().AddBroker("tcp://" + r.addr).SetClientID(id + "-client").
+	o := paho.NewClientOptions().AddBroker("tcp://" + r.addr).SetClientID(id).
 		SetUsername(id).SetPassword(token).SetProtocolVersion(4).
 		SetAutoReconnect(false).SetConnectRetry(false).SetConnectTimeout(5 * time.Second)
 	if tweak != nil {
@@ -129,7 +129,7 @@ func (r *rig) v5(t *testing.T, id, token string) (*pahov5.Client, *pahov5.Connac
 	c := pahov5.NewClient(pahov5.ClientConfig{Conn: conn})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	ca, err := c.Connect(ctx, &pahov5.Connect{ClientID: id + "-v5", Username: id, UsernameFlag: true, Password: []byte(token), PasswordFlag: true, KeepAlive: 30, CleanStart: true})
+	ca, err := c.Connect(ctx, &pahov5.Connect{ClientID: id, Username: id, UsernameFlag: true, Password: []byte(token), PasswordFlag: true, KeepAlive: 30, CleanStart: true})
 	t.Cleanup(func() { _ = c.Disconnect(&pahov5.Disconnect{}) })
 	return c, ca, err
 }

@@ -3,6 +3,7 @@ package mqtt
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -13,6 +14,7 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"golang.org/x/time/rate"
 
 	"github.com/fieldhub/fieldhub/bridge"
 	"github.com/fieldhub/fieldhub/devices"
@@ -40,9 +42,15 @@ type hook struct {
 	pending  map[*mqtt.Client]devices.TokenHash
 	sessions map[*mqtt.Client]*bridge.Session
 	conns    map[*mqtt.Client]*conn
+
+	// connectLog and publishLog rate-limit the refusal log lines.
+	connectLog, publishLog logLimiter
 }
 
-func (h *hook) ID() string { return "fieldhub" }
+// hookID names the hook in mochi (and in mochi's log lines).
+const hookID = "fieldhub"
+
+func (h *hook) ID() string { return hookID }
 
 func (h *hook) Provides(b byte) bool {
 	switch b {
@@ -53,9 +61,13 @@ func (h *hook) Provides(b byte) bool {
 	return false
 }
 
-// OnConnect enforces keep-alive: a client asking for none, or for more than
-// the maximum, gets the maximum (MQTT 5 clients are told in CONNACK).
+// OnConnect binds the client id to the device (see clientID) and enforces
+// keep-alive: a client asking for none, or for more than the maximum, gets
+// the maximum (MQTT 5 clients are told in CONNACK).
 func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	if err := h.clientID(cl, pk); err != nil {
+		return err
+	}
 	maxKA := uint16(h.b.opts.MaxKeepalive / time.Second)
 	if cl.State.Keepalive == 0 || cl.State.Keepalive > maxKA {
 		cl.State.Keepalive = maxKA
@@ -65,6 +77,41 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	// gone, outside the ACL.
 	cl.Properties.Will = mqtt.Will{}
 	return nil
+}
+
+// clientID enforces client id = device id (the username), so that a
+// session, a persistent session and its in-flight commands can only ever be
+// taken over or resumed by the device that owns them: mochi hands a client
+// id's existing session to whoever connects with it. An empty client id is
+// assigned the device id (MQTT 5: Assigned Client Identifier in CONNACK).
+// Anything else is refused with CONNACK 0x85 Client Identifier not valid
+// (MQTT 5.0 §3.2.2.2), which mochi sends as return code 0x02 identifier
+// rejected to MQTT 3.1.1 clients (§3.2.2.3), before authentication and
+// before anything of any session changes. mochi's inline client id is
+// never a device's.
+//
+// Only the username is compared here; OnConnectAuthenticate then proves it.
+func (h *hook) clientID(cl *mqtt.Client, pk packets.Packet) error {
+	user := string(pk.Connect.Username)
+	id := pk.Connect.ClientIdentifier
+	if user != mqtt.InlineClientId {
+		switch {
+		case id == user:
+			return nil
+		case id == "":
+			cl.ID = user
+			cl.Properties.Props.AssignedClientID = user
+			return nil
+		}
+	}
+	if n, ok := h.connectLog.allow(); ok {
+		h.b.log.Info("mqtt client id refused", "device", truncate(user, 64), "client_id", truncate(id, 64),
+			"remote", remoteIP(cl.Net.Remote), "reason", "client id must be the device id", "suppressed", n)
+	}
+	if err := h.b.srv.SendConnack(cl, packets.ErrClientIdentifierNotValid, false, nil); err != nil {
+		return fmt.Errorf("refuse client id: %w", err)
+	}
+	return packets.ErrClientIdentifierNotValid
 }
 
 // OnConnectAuthenticate checks username = device id, password = token.
@@ -268,20 +315,30 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 
 // refuse answers a refused publish the way the client's protocol allows;
 // msgID is the refused message's "id", echoed in the error frame.
+//
+// An MQTT 5 refusal goes back as a packets.Code, which mochi would log with
+// the whole packet; the broker's logger drops that line (see
+// mochiLogHandler) and this one logs it instead, short and rate-limited.
 func (h *hook) refuse(cl *mqtt.Client, pk packets.Packet, msgID string, terr *telemetry.Error) error {
 	v5 := cl.Properties.ProtocolVersion == 5
 	retryLater := terr.Code == telemetry.CodeOverloaded || terr.Code == telemetry.CodeInternal
 	if v5 && pk.FixedHeader.Qos > 0 {
+		var code packets.Code
 		switch terr.Code {
 		case telemetry.CodeOverloaded, telemetry.CodeInternal:
-			return packets.Code{Code: packets.ErrQuotaExceeded.Code, Reason: terr.Code + ": " + terr.Message}
+			code = packets.Code{Code: packets.ErrQuotaExceeded.Code, Reason: terr.Code + ": " + terr.Message}
 		case telemetry.CodeRateLimited:
-			return packets.Code{Code: packets.ErrMessageRateTooHigh.Code, Reason: terr.Code + ": " + terr.Message}
+			code = packets.Code{Code: packets.ErrMessageRateTooHigh.Code, Reason: terr.Code + ": " + terr.Message}
 		case telemetry.CodeTooLarge:
-			return packets.Code{Code: packets.ErrPacketTooLarge.Code, Reason: terr.Code + ": " + terr.Message}
+			code = packets.Code{Code: packets.ErrPacketTooLarge.Code, Reason: terr.Code + ": " + terr.Message}
 		default:
-			return packets.Code{Code: packets.ErrPayloadFormatInvalid.Code, Reason: truncate(terr.Code+": "+terr.Message, 256)}
+			code = packets.Code{Code: packets.ErrPayloadFormatInvalid.Code, Reason: truncate(terr.Code+": "+terr.Message, 256)}
 		}
+		if n, ok := h.publishLog.allow(); ok {
+			h.b.log.Debug("mqtt publish refused", "device", string(cl.Properties.Username), "topic", truncate(pk.TopicName, 128),
+				"code", terr.Code, "reason_code", fmt.Sprintf("%#02x", code.Code), "suppressed", n)
+		}
+		return code
 	}
 	// MQTT 3.1.1 (or QoS 0): tell the device on its errors topic.
 	id := string(cl.Properties.Username)
@@ -338,4 +395,22 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n] + "..."
+}
+
+// logLimiter keeps a flood of refusals from flooding the log: a few lines
+// a second, and the next line says how many it skipped. The zero value is
+// ready to use.
+type logLimiter struct {
+	once       sync.Once
+	lim        *rate.Limiter
+	suppressed atomic.Int64
+}
+
+func (l *logLimiter) allow() (suppressed int64, ok bool) {
+	l.once.Do(func() { l.lim = rate.NewLimiter(10, 20) })
+	if !l.lim.Allow() {
+		l.suppressed.Add(1)
+		return 0, false
+	}
+	return l.suppressed.Swap(0), true
 }

@@ -24,7 +24,7 @@ func TestMQTTOverWebSocket(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(r.broker.ServeWebSocket))
 	defer srv.Close()
 	wsURL := "ws" + strings.TrimPrefix(srv.URL, "http") + "/mqtt"
-	c := paho.NewClient(paho.NewClientOptions().AddBroker(wsURL).SetClientID("d1-ws").
+	c := paho.NewClient(paho.NewClientOptions().AddBroker(wsURL).SetClientID("d1").
 		SetUsername("d1").SetPassword(r.tokens["d1"]).SetAutoReconnect(false))
 	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
 		t.Fatalf("connect over WebSocket: %v", tok.Error())
@@ -72,7 +72,7 @@ func TestMQTTOverTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := newRig(t, Options{TLSListener: ln})
-	c := paho.NewClient(paho.NewClientOptions().AddBroker("ssl://" + ln.Addr().String()).SetClientID("d1-tls").
+	c := paho.NewClient(paho.NewClientOptions().AddBroker("ssl://" + ln.Addr().String()).SetClientID("d1").
 		SetUsername("d1").SetPassword(r.tokens["d1"]).SetAutoReconnect(false).
 		SetTLSConfig(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}))
 	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
