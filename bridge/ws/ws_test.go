@@ -431,8 +431,11 @@ func TestAuthFailuresSpareValidTokens(t *testing.T) {
 			t.Fatal("no answer")
 		}
 	}
-	_, resp, _ := websocket.DefaultDialer.Dial(r.url(), http.Header{"Authorization": {"Bearer fhd_other"}})
-	if resp == nil || resp.StatusCode != http.StatusUnauthorized {
+	_, resp, err := websocket.DefaultDialer.Dial(r.url(), http.Header{"Authorization": {"Bearer fhd_other"}})
+	if resp == nil {
+		t.Fatalf("another bad token from the same address: %v", err)
+	}
+	if resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("another bad token from the same address: %s, want 401", resp.Status)
 	}
 	c := r.dial(t, r.tokens["d1"])
