@@ -43,6 +43,18 @@ func ParseProxies(s string) (*Proxies, error) {
 	return p, nil
 }
 
+// String lists the trusted CIDRs, comma-separated, for the start-up log.
+func (p *Proxies) String() string {
+	if p == nil {
+		return ""
+	}
+	out := make([]string, len(p.nets))
+	for i, n := range p.nets {
+		out[i] = n.String()
+	}
+	return strings.Join(out, ",")
+}
+
 // trusts reports whether a is one of the trusted proxies.
 func (p *Proxies) trusts(a netip.Addr) bool {
 	if p == nil {

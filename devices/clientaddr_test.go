@@ -73,6 +73,9 @@ func TestClientAddr(t *testing.T) {
 			}
 		})
 	}
+	if p, _ := ParseProxies(" 10.1.2.3/8, ::1 "); p.String() != "10.0.0.0/8,::1/128" {
+		t.Errorf("String = %q", p.String())
+	}
 	var none *Proxies
 	r, _ := http.NewRequest("GET", "http://hub/", nil)
 	r.RemoteAddr, r.Header = "127.0.0.1:9", http.Header{"X-Forwarded-For": {"198.51.100.1"}}

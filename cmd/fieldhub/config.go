@@ -71,7 +71,7 @@ func (c config) LogValue() slog.Value {
 		slog.String("data_dir", c.DataDir), slog.String("influx_bucket", c.InfluxBucket),
 		slog.Bool("influx_token_set", c.InfluxToken != ""), slog.Bool("database_url_set", c.DatabaseURL != ""), slog.Bool("admin_token_set", c.AdminToken != ""),
 		slog.Bool("tls", c.TLSCert != ""), slog.Bool("external_broker", c.MQTTBroker != ""),
-		slog.String("instance_id", c.InstanceID),
+		slog.String("instance_id", c.InstanceID), slog.String("trusted_proxies", c.TrustedProxies.String()),
 	)
 }
 
