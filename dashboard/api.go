@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"mime"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -32,8 +31,12 @@ type Historian interface {
 type Options struct {
 	Registry *devices.Registry
 	History  Historian
-	// Failures rate-limits failed authentications per client address.
+	// Failures rate-limits failed authentications per (client address,
+	// presented token); nil disables it.
 	Failures *devices.FailureLimiter
+	// Proxies are the trusted reverse proxies whose X-Forwarded-For gives
+	// the client address; nil trusts none.
+	Proxies *devices.Proxies
 	// OnAuthFailure, if set, is told of each refused operator credential.
 	OnAuthFailure func()
 	// MaxBodyBytes bounds request bodies; default 1 MiB (bulk import 16 MiB).
@@ -220,23 +223,32 @@ func BearerToken(r *http.Request) string {
 	return strings.TrimSpace(t)
 }
 
-func remoteIP(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
+// remoteIP is the client address behind any trusted proxy.
+func (s *Server) remoteIP(r *http.Request) string { return s.opts.Proxies.ClientAddr(r) }
+
+// failed records a refused operator credential and answers 401, or 429
+// once this address has failed too often with this same token: others'
+// failures never change the answer to a valid or a different token.
+func (s *Server) failed(w http.ResponseWriter, r *http.Request, token string) {
+	ip := s.remoteIP(r)
+	if s.opts.OnAuthFailure != nil {
+		s.opts.OnAuthFailure()
 	}
-	return host
+	if s.opts.Failures != nil && !s.opts.Failures.Fail(devices.FailureKey(ip, token)) {
+		s.log.Debug("operator authentication failed", "remote", ip, "path", r.URL.Path, "reason", "rate_limited")
+		w.Header().Set("Retry-After", "1")
+		writeErr(w, http.StatusTooManyRequests, "rate_limited", "too many failed authentications with this token; retry later")
+		return
+	}
+	s.log.Info("operator authentication failed", "remote", ip, "path", r.URL.Path)
+	w.Header().Set("WWW-Authenticate", `Bearer realm="fieldhub"`)
+	writeErr(w, http.StatusUnauthorized, "unauthorized", "missing or invalid API token")
 }
 
 // authenticate returns the operator behind r's credential, answering
-// 401/429 itself when there is none.
+// 401/429 itself when there is none. The credential is always checked,
+// and a valid one always passes.
 func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, allowQuery bool) (devices.Operator, bool) {
-	ip := remoteIP(r)
-	if s.opts.Failures != nil && s.opts.Failures.Blocked(ip) {
-		w.Header().Set("Retry-After", "1")
-		writeErr(w, http.StatusTooManyRequests, "rate_limited", "too many failed authentications from this address; retry later")
-		return devices.Operator{}, false
-	}
 	token := BearerToken(r)
 	if token == "" && allowQuery {
 		// Browsers' WebSocket and EventSource cannot set headers.
@@ -253,15 +265,7 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, allowQuery
 	}
 	op, ok := s.opts.Registry.AuthenticateOperator(r.Context(), token)
 	if !ok {
-		if s.opts.Failures != nil {
-			s.opts.Failures.Fail(ip)
-		}
-		if s.opts.OnAuthFailure != nil {
-			s.opts.OnAuthFailure()
-		}
-		s.log.Info("operator authentication failed", "remote", ip, "path", r.URL.Path)
-		w.Header().Set("WWW-Authenticate", `Bearer realm="fieldhub"`)
-		writeErr(w, http.StatusUnauthorized, "unauthorized", "missing or invalid API token")
+		s.failed(w, r, token)
 		return devices.Operator{}, false
 	}
 	return op, true

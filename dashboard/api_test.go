@@ -296,3 +296,15 @@ func TestSessionCookieAndCSRF(t *testing.T) {
 		t.Fatalf("session: %v", s)
 	}
 }
+
+// TestFailedAuthSparesValidTokens: a stream of bad tokens from an address
+// never refuses a valid token from the same address.
+func TestFailedAuthSparesValidTokens(t *testing.T) {
+	r := newAPIRig(t, "")
+	for i := range 40 {
+		r.call(t, "GET", "/api/v1/devices", fmt.Sprintf("fho_guess%d", i%2), "", "")
+		if st, _ := r.call(t, "GET", "/api/v1/devices", r.admin, "", ""); st != 200 {
+			t.Fatalf("valid token after %d failures: %d", i+1, st)
+		}
+	}
+}

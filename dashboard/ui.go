@@ -68,20 +68,10 @@ func (s *Server) signIn(w http.ResponseWriter, r *http.Request) {
 	if !s.decodeBody(w, r, &body, false) {
 		return
 	}
-	ip := remoteIP(r)
-	if s.opts.Failures != nil && s.opts.Failures.Blocked(ip) {
-		writeErr(w, http.StatusTooManyRequests, "rate_limited", "too many failed authentications from this address; retry later")
-		return
-	}
+	ip := s.remoteIP(r)
 	op, ok := s.opts.Registry.AuthenticateOperator(r.Context(), body.Token)
 	if !ok {
-		if s.opts.Failures != nil {
-			s.opts.Failures.Fail(ip)
-		}
-		if s.opts.OnAuthFailure != nil {
-			s.opts.OnAuthFailure()
-		}
-		writeErr(w, http.StatusUnauthorized, "unauthorized", "invalid API token")
+		s.failed(w, r, body.Token)
 		return
 	}
 	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: body.Token, Path: "/", HttpOnly: true,

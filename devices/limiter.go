@@ -1,23 +1,41 @@
 package devices
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"slices"
 	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
 )
 
-// FailureLimiter rate-limits failed authentications per client address, so
-// guessing tokens is slow and a misconfigured fleet cannot swamp the hub.
-// Only failures spend from the bucket; successes are free. Its table is
-// bounded: when full, idle entries are dropped, and if none is idle the
-// oldest is.
+// limiterTableMax bounds every limiter's table: keys come from client
+// input (addresses, claimed identities), so the table must not grow with it.
+const limiterTableMax = 10000
+
+// FailureLimiter rate-limits failed authentications per (client address,
+// claimed identity) pair, so a client that keeps failing is told to back
+// off without anyone else paying for it. Only failures spend from a pair's
+// bucket; successes are free.
+//
+// The policy (docs/protocol.md, "Authentication failures"): credentials are
+// always checked first, and a valid credential is always accepted, whatever
+// failed before from its address or under its identity. The limiter only
+// decides how a failed attempt is answered: within the pair's budget with
+// 401 and a log line, past it with 429 rate_limited (Retry-After) and no
+// log line. Guessing is defeated by the tokens' 192 random bits, not by the
+// limiter, so it never needs to refuse a valid credential (which would let
+// anyone sharing an address lock a known device id out).
+//
+// Its table is bounded: when full, refilled entries are dropped, and if
+// that is not enough, the tenth least recently seen.
 type FailureLimiter struct {
 	perSec float64
 	burst  int
 	max    int
 
-	mu      sync.Mutex
+	mu      sync.Mutex // guards entries
 	entries map[string]*limiterEntry
 }
 
@@ -26,51 +44,122 @@ type limiterEntry struct {
 	seen time.Time
 }
 
-// NewFailureLimiter allows perSec failures a second per address, with burst.
+// NewFailureLimiter allows perSec failures a second per key, with burst.
 func NewFailureLimiter(perSec float64, burst int) *FailureLimiter {
-	return &FailureLimiter{perSec: perSec, burst: burst, max: 10000, entries: map[string]*limiterEntry{}}
+	return &FailureLimiter{perSec: perSec, burst: burst, max: limiterTableMax, entries: map[string]*limiterEntry{}}
 }
 
-// Blocked reports whether addr has no failures left to spend right now; a
-// blocked client is refused before its credentials are even checked.
-func (l *FailureLimiter) Blocked(addr string) bool {
+// FailureKey is the limiter key of a claimed identity (a device id, an MQTT
+// username, or a presented token) from a client address. The identity is
+// hashed: the key never holds a secret and its length is bounded whatever
+// the client sent.
+func FailureKey(addr, identity string) string {
+	sum := sha256.Sum256([]byte(identity))
+	if len(addr) > 64 {
+		addr = addr[:64]
+	}
+	return addr + "|" + hex.EncodeToString(sum[:12])
+}
+
+// Blocked reports whether key has no failures left to spend right now.
+func (l *FailureLimiter) Blocked(key string) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	e, ok := l.entries[addr]
+	e, ok := l.entries[key]
 	return ok && e.lim.Tokens() < 1
 }
 
-// Fail records a failed authentication from addr.
-func (l *FailureLimiter) Fail(addr string) {
+// Fail records a failed authentication under key (see FailureKey) and
+// reports whether it was within the key's budget; false means the client
+// is to be answered rate_limited.
+func (l *FailureLimiter) Fail(key string) bool {
 	now := time.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	e, ok := l.entries[addr]
+	e, ok := l.entries[key]
 	if !ok {
 		if len(l.entries) >= l.max {
 			l.evict(now)
 		}
 		e = &limiterEntry{lim: rate.NewLimiter(rate.Limit(l.perSec), l.burst)}
-		l.entries[addr] = e
+		l.entries[key] = e
 	}
 	e.seen = now
-	e.lim.AllowN(now, 1)
+	return e.lim.AllowN(now, 1)
 }
 
-// evict drops entries that have refilled; called with mu held.
+// Len returns the number of keys held, for tests of the bound.
+func (l *FailureLimiter) Len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.entries)
+}
+
+// evict drops entries that have refilled, then, if the table is still
+// full, the tenth least recently seen (so a full table is scanned once
+// per max/10 new keys, not on every one); called with mu held.
 func (l *FailureLimiter) evict(now time.Time) {
-	var oldest string
-	var oldestAt time.Time
 	for k, e := range l.entries {
 		if e.lim.TokensAt(now) >= float64(l.burst) {
 			delete(l.entries, k)
-			continue
-		}
-		if oldest == "" || e.seen.Before(oldestAt) {
-			oldest, oldestAt = k, e.seen
 		}
 	}
-	if len(l.entries) >= l.max {
-		delete(l.entries, oldest)
+	if len(l.entries) < l.max {
+		return
 	}
+	seen := make([]time.Time, 0, len(l.entries))
+	for _, e := range l.entries {
+		seen = append(seen, e.seen)
+	}
+	slices.SortFunc(seen, func(a, b time.Time) int { return a.Compare(b) })
+	cut := seen[len(seen)/10]
+	for k, e := range l.entries {
+		if !e.seen.After(cut) {
+			delete(l.entries, k)
+		}
+	}
+}
+
+// ConnectLimiter bounds new connections per client address: one instance
+// is shared by every way in (MQTT over TCP and TLS, MQTT over WebSocket,
+// the device WebSocket and device HTTP requests), so a storm cannot pick
+// the unguarded door. Its table is bounded: when full, refilled entries
+// are dropped, and if every address is still busy connecting, new
+// addresses are shed until some refill.
+type ConnectLimiter struct {
+	perSec float64
+	burst  int
+	max    int
+
+	mu sync.Mutex // guards m
+	m  map[string]*rate.Limiter
+}
+
+// NewConnectLimiter allows perSec new connections a second per client
+// address, with burst.
+func NewConnectLimiter(perSec float64, burst int) *ConnectLimiter {
+	return &ConnectLimiter{perSec: perSec, burst: burst, max: limiterTableMax, m: map[string]*rate.Limiter{}}
+}
+
+// Allow spends one connection from addr's budget (an address without its
+// port, see Proxies.ClientAddr) and reports whether it may go on.
+func (l *ConnectLimiter) Allow(addr string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	lim, ok := l.m[addr]
+	if !ok {
+		if len(l.m) >= l.max {
+			for k, v := range l.m {
+				if v.Tokens() >= float64(l.burst) {
+					delete(l.m, k)
+				}
+			}
+			if len(l.m) >= l.max {
+				return false // every address is busy connecting: shed
+			}
+		}
+		lim = rate.NewLimiter(rate.Limit(l.perSec), l.burst)
+		l.m[addr] = lim
+	}
+	return lim.Allow()
 }

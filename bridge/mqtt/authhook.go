@@ -90,19 +90,16 @@ func (h *AuthHook) ServeAuth(w http.ResponseWriter, r *http.Request) {
 		answer(w, false, "client id must be the device id")
 		return
 	}
-	// The broker calls on behalf of the device: limit by device id, as
-	// the device's own address is not known here.
-	key := "mqtt-user:" + req.Username
-	if h.Failures != nil && h.Failures.Blocked(key) {
-		answer(w, false, "too many failed authentications")
-		return
-	}
+	// The broker calls on behalf of the device, whose own address is not
+	// known here: failures are counted per username. As on every way in,
+	// the credentials are checked first and valid ones always pass.
 	if _, ok := h.Auth.AuthenticateDevice(req.Username, req.Password); !ok {
-		if h.Failures != nil {
-			h.Failures.Fail(key)
-		}
 		if h.OnAuthFailure != nil {
 			h.OnAuthFailure(devices.TransportMQTT)
+		}
+		if h.Failures != nil && !h.Failures.Fail(devices.FailureKey("mqtt-user", req.Username)) {
+			answer(w, false, "too many failed authentications")
+			return
 		}
 		answer(w, false, "not authorized")
 		return

@@ -29,7 +29,6 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
-	"golang.org/x/time/rate"
 
 	"github.com/fieldhub/fieldhub/bridge"
 	"github.com/fieldhub/fieldhub/devices"
@@ -45,8 +44,17 @@ type Authenticator interface {
 type Options struct {
 	Bridge *bridge.Bridge
 	Auth   Authenticator
-	// Failures rate-limits failed authentications per client address.
+	// Failures rate-limits failed authentications per (client address,
+	// username); nil disables it.
 	Failures *devices.FailureLimiter
+	// Connects bounds new connections per client address on every
+	// listener and on MQTT over WebSocket; the hub shares one with its
+	// other ways in. Nil: the broker makes its own from ConnectRate and
+	// ConnectBurst.
+	Connects *devices.ConnectLimiter
+	// Proxies are the trusted reverse proxies in front of MQTT over
+	// WebSocket (X-Forwarded-For); nil trusts none.
+	Proxies *devices.Proxies
 	// Listener is the plain MQTT listener; TLSListener, if set, an already
 	// TLS-wrapped one. The caller binds them so bind errors surface first.
 	Listener    net.Listener
@@ -58,7 +66,7 @@ type Options struct {
 	// MaxConns caps connected clients; default 60,000.
 	MaxConns int
 	// ConnectRate and ConnectBurst bound new connections per client
-	// address; defaults 20/s and 50.
+	// address when Connects is nil; defaults 20/s and 50.
 	ConnectRate  float64
 	ConnectBurst int
 	// MaxKeepalive is the longest keep-alive a client may have; a client
@@ -91,6 +99,9 @@ func (o *Options) ensureDefaults() {
 	}
 	if o.MaxKeepalive <= 0 {
 		o.MaxKeepalive = 300 * time.Second
+	}
+	if o.Connects == nil {
+		o.Connects = devices.NewConnectLimiter(o.ConnectRate, o.ConnectBurst)
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -144,7 +155,7 @@ func New(opts Options) (*Broker, error) {
 	if err := b.srv.AddHook(b.hook, nil); err != nil {
 		return nil, fmt.Errorf("mqtt: add hook: %w", err)
 	}
-	limit := newConnLimiter(opts.ConnectRate, opts.ConnectBurst)
+	limit := opts.Connects
 	if err := b.srv.AddListener(listeners.NewNet("tcp", guard(opts.Listener, opts.ConnectTimeout, limit))); err != nil {
 		return nil, fmt.Errorf("mqtt: add listener: %w", err)
 	}
@@ -281,54 +292,16 @@ func shortAttr(a slog.Attr) slog.Attr {
 	return a
 }
 
-// connLimiter bounds new connections per client address, with a bounded
-// table (idle entries are dropped when it fills).
-type connLimiter struct {
-	perSec float64
-	burst  int
-	mu     sync.Mutex
-	m      map[string]*rate.Limiter
-}
-
-func newConnLimiter(perSec float64, burst int) *connLimiter {
-	return &connLimiter{perSec: perSec, burst: burst, m: map[string]*rate.Limiter{}}
-}
-
-func (l *connLimiter) allow(addr net.Addr) bool {
-	host, _, err := net.SplitHostPort(addr.String())
-	if err != nil {
-		host = addr.String()
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	lim, ok := l.m[host]
-	if !ok {
-		if len(l.m) >= 10000 {
-			for k, v := range l.m {
-				if v.Tokens() >= float64(l.burst) {
-					delete(l.m, k)
-				}
-			}
-			if len(l.m) >= 10000 {
-				return false // every address is busy connecting: shed
-			}
-		}
-		lim = rate.NewLimiter(rate.Limit(l.perSec), l.burst)
-		l.m[host] = lim
-	}
-	return lim.Allow()
-}
-
 // guardedListener puts a deadline on the CONNECT of every accepted
 // connection (mochi replaces it with the keep-alive deadline once the
 // client is connected) and sheds addresses that connect too fast.
 type guardedListener struct {
 	net.Listener
 	timeout time.Duration
-	limit   *connLimiter
+	limit   *devices.ConnectLimiter
 }
 
-func guard(ln net.Listener, timeout time.Duration, limit *connLimiter) net.Listener {
+func guard(ln net.Listener, timeout time.Duration, limit *devices.ConnectLimiter) net.Listener {
 	return &guardedListener{Listener: ln, timeout: timeout, limit: limit}
 }
 
@@ -338,7 +311,7 @@ func (g *guardedListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		if !g.limit.allow(c.RemoteAddr()) {
+		if !g.limit.Allow(remoteIP(c.RemoteAddr().String())) {
 			c.Close()
 			continue
 		}

@@ -115,19 +115,21 @@ func (h *hook) clientID(cl *mqtt.Client, pk packets.Packet) error {
 }
 
 // OnConnectAuthenticate checks username = device id, password = token.
+// The credentials are always checked and valid ones always pass; failures
+// of this address with this username only keep refusals out of the log
+// once past their budget (the answer is bad username or password either
+// way).
 func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	ip := remoteIP(cl.Net.Remote)
-	if f := h.b.opts.Failures; f != nil && f.Blocked(ip) {
-		return false
-	}
 	id := string(pk.Connect.Username)
 	hash, ok := h.b.opts.Auth.AuthenticateDevice(id, string(pk.Connect.Password))
 	if !ok {
-		if f := h.b.opts.Failures; f != nil {
-			f.Fail(ip)
-		}
 		if h.b.opts.OnAuthFailure != nil {
 			h.b.opts.OnAuthFailure(devices.TransportMQTT)
+		}
+		if f := h.b.opts.Failures; f != nil && !f.Fail(devices.FailureKey(ip, id)) {
+			h.b.log.Debug("device authentication failed", "transport", "mqtt", "remote", ip, "reason", "rate_limited")
+			return false
 		}
 		h.b.log.Info("device authentication failed", "transport", "mqtt", "remote", ip)
 		return false

@@ -26,6 +26,12 @@ func (b *Broker) ServeWebSocket(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "Origin not allowed", http.StatusForbidden)
 		return
 	}
+	remote := b.opts.Proxies.ClientAddr(r)
+	if !b.opts.Connects.Allow(remote) {
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "too many connections from this address; retry later", http.StatusTooManyRequests)
+		return
+	}
 	if !b.trackWS() {
 		http.Error(w, "shutting down", http.StatusServiceUnavailable)
 		return
@@ -44,7 +50,7 @@ func (b *Broker) ServeWebSocket(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ws.SetReadLimit(int64(b.opts.MaxPacketBytes) + 8)
-	conn := &wsConn{ws: ws}
+	conn := &wsConn{ws: ws, remote: wsAddr(remote)}
 	b.wsMu.Lock()
 	b.wsOpen[conn] = struct{}{}
 	b.wsMu.Unlock()
@@ -105,10 +111,18 @@ func (b *Broker) originAllowed(r *http.Request) bool {
 // messages in, one binary message per write out. The broker reads from one
 // goroutine and serialises its writes.
 type wsConn struct {
-	ws *websocket.Conn
-	r  io.Reader
-	wm sync.Mutex
+	ws     *websocket.Conn
+	remote net.Addr // the client behind any trusted proxy
+	r      io.Reader
+	wm     sync.Mutex
 }
+
+// wsAddr is a client address computed by devices.Proxies.ClientAddr (no
+// port), as the broker sees it in Client.Net.Remote.
+type wsAddr string
+
+func (a wsAddr) Network() string { return "tcp" }
+func (a wsAddr) String() string  { return string(a) }
 
 func (c *wsConn) Read(p []byte) (int, error) {
 	for {
@@ -145,7 +159,7 @@ func (c *wsConn) Write(p []byte) (int, error) {
 
 func (c *wsConn) Close() error                      { return c.ws.Close() }
 func (c *wsConn) LocalAddr() net.Addr               { return c.ws.LocalAddr() }
-func (c *wsConn) RemoteAddr() net.Addr              { return c.ws.RemoteAddr() }
+func (c *wsConn) RemoteAddr() net.Addr              { return c.remote }
 func (c *wsConn) SetReadDeadline(t time.Time) error { return c.ws.SetReadDeadline(t) }
 
 // SetWriteDeadline takes the write lock: gorilla keeps the write deadline

@@ -29,7 +29,7 @@ func (h *Handler) ServeTelemetry(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, &telemetry.Error{Code: telemetry.CodeBadJSON, Message: "could not read body"})
 		return
 	}
-	s := h.opts.Bridge.Ephemeral(id, devices.TransportHTTP, r.RemoteAddr)
+	s := h.opts.Bridge.Ephemeral(id, devices.TransportHTTP, h.opts.Proxies.ClientAddr(r))
 	msgID, terr := h.opts.Bridge.Ingest(r.Context(), s, body)
 	if terr != nil {
 		status := http.StatusBadRequest

@@ -45,8 +45,16 @@ type Authenticator interface {
 type Options struct {
 	Bridge *bridge.Bridge
 	Auth   Authenticator
-	// Failures rate-limits failed authentications per client address.
+	// Failures rate-limits failed authentications per (client address,
+	// presented token); nil disables it.
 	Failures *devices.FailureLimiter
+	// Connects bounds new connections per client address, shared with
+	// every other way in; each WebSocket upgrade and each HTTP request
+	// spends one. Nil disables it.
+	Connects *devices.ConnectLimiter
+	// Proxies are the trusted reverse proxies behind which the client
+	// address is read from X-Forwarded-For; nil trusts none.
+	Proxies *devices.Proxies
 	// ReadLimit is the largest message accepted; default 256 KiB. Larger
 	// frames close the connection with 1009 and nothing of them is stored.
 	ReadLimit int64
@@ -152,29 +160,38 @@ func DeviceToken(r *http.Request) string {
 	return r.URL.Query().Get("token")
 }
 
-// RemoteIP returns the client's address without its port.
+// RemoteIP returns the client's address without its port, trusting no
+// proxy; the handler itself uses Options.Proxies.
 func RemoteIP(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
-	return host
+	var none *devices.Proxies
+	return none.ClientAddr(r)
 }
 
-// authenticate answers 401/429 itself when the device may not go on.
+// authenticate answers 401/429 itself when the device may not go on. The
+// connect limit comes first for a WebSocket upgrade (a new connection; a
+// plain HTTP request is bounded by the device's message rate instead, so
+// an HTTP fleet behind one NAT is not held to a per-address connect
+// budget); then the token is always checked, and a valid
+// one always passes: failures (of this address with this same token) only
+// turn a refusal's 401 into 429.
 func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request) (string, devices.TokenHash, bool) {
-	ip := RemoteIP(r)
-	if h.opts.Failures != nil && h.opts.Failures.Blocked(ip) {
-		writeError(w, http.StatusTooManyRequests, &telemetry.Error{Code: telemetry.CodeRateLimited, Message: "too many failed authentications from this address; retry later"})
+	ip := h.opts.Proxies.ClientAddr(r)
+	if h.opts.Connects != nil && websocket.IsWebSocketUpgrade(r) && !h.opts.Connects.Allow(ip) {
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusTooManyRequests, &telemetry.Error{Code: telemetry.CodeRateLimited, Message: "too many connections from this address; retry later"})
 		return "", devices.TokenHash{}, false
 	}
-	id, hash, ok := h.opts.Auth.Authenticate(DeviceToken(r))
+	token := DeviceToken(r)
+	id, hash, ok := h.opts.Auth.Authenticate(token)
 	if !ok {
-		if h.opts.Failures != nil {
-			h.opts.Failures.Fail(ip)
-		}
 		if h.opts.OnAuthFailure != nil {
 			h.opts.OnAuthFailure(devices.TransportWS)
+		}
+		if h.opts.Failures != nil && !h.opts.Failures.Fail(devices.FailureKey(ip, token)) {
+			h.log.Debug("device authentication failed", "remote", ip, "path", r.URL.Path, "reason", "rate_limited")
+			w.Header().Set("Retry-After", "1")
+			writeError(w, http.StatusTooManyRequests, &telemetry.Error{Code: telemetry.CodeRateLimited, Message: "too many failed authentications with this token; retry later"})
+			return "", devices.TokenHash{}, false
 		}
 		h.log.Info("device authentication failed", "remote", ip, "path", r.URL.Path)
 		writeError(w, http.StatusUnauthorized, &telemetry.Error{Code: "unauthorized", Message: "missing or invalid device token"})
@@ -210,7 +227,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		kick: make(chan string, 1),
 		done: make(chan struct{}),
 	}
-	c.session = h.opts.Bridge.Connect(id, devices.TransportWS, r.RemoteAddr, hash, c)
+	c.session = h.opts.Bridge.Connect(id, devices.TransportWS, h.opts.Proxies.ClientAddr(r), hash, c)
 	if h.isClosing() {
 		c.session.Kick(bridge.ReasonServerShutdown)
 	}

@@ -421,3 +421,23 @@ func TestPermessageDeflateOffered(t *testing.T) {
 		t.Fatalf("compressed session: %v", ack)
 	}
 }
+
+// TestAuthFailuresSpareValidTokens: failures from an address with one token
+// never refuse another token, valid or not, from the same address.
+func TestAuthFailuresSpareValidTokens(t *testing.T) {
+	r := newRig(t, rigOpts{})
+	for range 30 {
+		if _, resp, _ := websocket.DefaultDialer.Dial(r.url(), http.Header{"Authorization": {"Bearer fhd_guess"}}); resp == nil {
+			t.Fatal("no answer")
+		}
+	}
+	_, resp, err := websocket.DefaultDialer.Dial(r.url(), http.Header{"Authorization": {"Bearer fhd_other"}})
+	if resp == nil {
+		t.Fatalf("another bad token from the same address: %v", err)
+	}
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("another bad token from the same address: %s, want 401", resp.Status)
+	}
+	c := r.dial(t, r.tokens["d1"])
+	c.Close()
+}

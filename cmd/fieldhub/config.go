@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/fieldhub/fieldhub/devices"
 )
 
 // config is every setting of `fieldhub serve`. Each comes from a flag whose
@@ -47,6 +49,7 @@ type config struct {
 	TagLabels       []string
 	MQTTMaxConns    int
 	MQTTConnectRate float64
+	TrustedProxies  *devices.Proxies
 	MQTTAuthSecret  string
 	Pprof           bool
 	// External-broker mode (several instances).
@@ -68,7 +71,7 @@ func (c config) LogValue() slog.Value {
 		slog.String("data_dir", c.DataDir), slog.String("influx_bucket", c.InfluxBucket),
 		slog.Bool("influx_token_set", c.InfluxToken != ""), slog.Bool("database_url_set", c.DatabaseURL != ""), slog.Bool("admin_token_set", c.AdminToken != ""),
 		slog.Bool("tls", c.TLSCert != ""), slog.Bool("external_broker", c.MQTTBroker != ""),
-		slog.String("instance_id", c.InstanceID),
+		slog.String("instance_id", c.InstanceID), slog.String("trusted_proxies", c.TrustedProxies.String()),
 	)
 }
 
@@ -110,7 +113,8 @@ var settings = []setting{
 	{"max-age", "FIELDHUB_MAX_AGE", "168h", "how far behind the hub's clock a reading's ts may be", false},
 	{"tag-labels", "FIELDHUB_TAG_LABELS", "", "comma-separated device labels written to InfluxDB as tags", false},
 	{"mqtt-max-conns", "FIELDHUB_MQTT_MAX_CONNS", "60000", "maximum MQTT connections", false},
-	{"mqtt-connect-rate", "FIELDHUB_MQTT_CONNECT_RATE", "20", "new MQTT connections per second per client address (burst 2.5x); raise it for fleets behind one NAT", false},
+	{"mqtt-connect-rate", "FIELDHUB_MQTT_CONNECT_RATE", "20", "new device connections per second per client address (burst 2.5x), on every way in that opens a connection: MQTT, MQTT TLS, MQTT over WebSocket and the device WebSocket (device HTTP requests are bounded by the device rate); raise it for fleets behind one NAT", false},
+	{"trusted-proxies", "FIELDHUB_TRUSTED_PROXIES", "", "comma-separated CIDRs of reverse proxies whose X-Forwarded-For / X-Real-IP give the client address (default none: the socket peer is the client)", false},
 	{"mqtt-auth-secret", "FIELDHUB_MQTT_AUTH_SECRET", "", "shared secret of an external broker's HTTP auth hook; enables POST /api/v1/mqtt/auth and /acl", true},
 	{"pprof", "FIELDHUB_PPROF", "false", "serve /debug/pprof (admin token required)", false},
 	{"mqtt-broker", "FIELDHUB_MQTT_BROKER", "", "external MQTT broker URL (tcp://host:1883, ssl://host:8883, ws://, wss://): switches the embedded broker off and runs this hub as one of several instances on that broker", true},
@@ -193,6 +197,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 		TagLabels:       p.list("tag-labels"),
 		MQTTMaxConns:    p.intRange("mqtt-max-conns", 1, 1<<22),
 		MQTTConnectRate: p.float("mqtt-connect-rate"),
+		TrustedProxies:  p.proxies("trusted-proxies"),
 		MQTTAuthSecret:  p.str("mqtt-auth-secret"),
 		Pprof:           p.boolean("pprof"),
 
@@ -393,6 +398,14 @@ func (p *parser) level(name string) slog.Level {
 		p.fail(name, "must be debug, info, warn or error")
 	}
 	return l
+}
+
+func (p *parser) proxies(name string) *devices.Proxies {
+	v, err := devices.ParseProxies(p.str(name))
+	if err != nil {
+		p.fail(name, err.Error())
+	}
+	return v
 }
 
 func (p *parser) list(name string) []string {

@@ -181,16 +181,19 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err != nil {
 		return err
 	}
+	// One failure limiter and one connect limiter for every way in, so no
+	// door is unguarded and a client's budget is the same on all of them.
 	failures := devices.NewFailureLimiter(10, 20)
+	connects := devices.NewConnectLimiter(cfg.MQTTConnectRate, int(cfg.MQTTConnectRate*2.5))
 	deviceWS, err := ws.New(ws.Options{
-		Bridge: br, Auth: reg, Failures: failures, ReadLimit: cfg.MaxMessageBytes,
+		Bridge: br, Auth: reg, Failures: failures, Connects: connects, Proxies: cfg.TrustedProxies, ReadLimit: cfg.MaxMessageBytes,
 		PingInterval: cfg.WSPingInterval, Logger: log, OnAuthFailure: m.authFailure,
 	})
 	if err != nil {
 		return err
 	}
 	api, err := dashboard.New(dashboard.Options{
-		Registry: reg, History: ic, Failures: failures, Logger: log,
+		Registry: reg, History: ic, Failures: failures, Proxies: cfg.TrustedProxies, Logger: log,
 		Live: live, AllowedOrigins: cfg.AllowedOrigins, Commands: br, Totals: fleetTotals{br, cl},
 		OnAuthFailure: func() { m.authFailure("api") },
 	})
@@ -200,9 +203,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	var broker *mqtt.Broker
 	if mqttLn != nil {
 		broker, err = mqtt.New(mqtt.Options{
-			Bridge: br, Auth: reg, Failures: failures, Listener: mqttLn, TLSListener: mqttTLSLn,
+			Bridge: br, Auth: reg, Failures: failures, Connects: connects, Proxies: cfg.TrustedProxies,
+			Listener: mqttLn, TLSListener: mqttTLSLn,
 			MaxPacketBytes: int(cfg.MaxMessageBytes), MaxConns: cfg.MQTTMaxConns, Logger: log,
-			ConnectRate: cfg.MQTTConnectRate, ConnectBurst: int(cfg.MQTTConnectRate * 2.5),
 			AllowedOrigins: cfg.AllowedOrigins,
 			OnAuthFailure:  m.authFailure, OnACLDenied: m.aclDenied.Inc,
 		})

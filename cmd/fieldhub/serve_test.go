@@ -261,6 +261,8 @@ func TestBadSettings(t *testing.T) {
 		{map[string]string{"FIELDHUB_MQTT_BROKER": "ssl://b:8883", "FIELDHUB_MQTT_BROKER_CERT": "/c.pem"}, nil, "FIELDHUB_MQTT_BROKER_CERT"},
 		{map[string]string{"FIELDHUB_MQTT_BROKER": "tcp://b:1883", "FIELDHUB_MQTT_BROKER_CA": "/ca.pem"}, nil, "FIELDHUB_MQTT_BROKER_CA"},
 		{map[string]string{"FIELDHUB_MQTT_BROKER": "tcp://b:1883", "FIELDHUB_MQTT_BROKER_CERT": "/c.pem", "FIELDHUB_MQTT_BROKER_KEY": "/k.pem"}, nil, "FIELDHUB_MQTT_BROKER_CERT"},
+		{map[string]string{"FIELDHUB_TRUSTED_PROXIES": "10.0.0.0/8,nginx"}, nil, "FIELDHUB_TRUSTED_PROXIES"},
+		{nil, []string{"--trusted-proxies", "10.0.0.0/33"}, "FIELDHUB_TRUSTED_PROXIES"},
 	}
 	for _, tt := range tests {
 		var out syncBuf
