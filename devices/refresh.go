@@ -73,9 +73,7 @@ func (r *Registry) Refresh(ctx context.Context) error {
 		e.rec = rec
 		for _, t := range rec.Tokens {
 			r.byHash[t.Hash] = rec.ID
-			if !t.ExpiresAt.IsZero() && t.ExpiresAt.After(now) {
-				r.scheduleExpiry(rec.ID, t.ExpiresAt.Sub(now))
-			}
+			r.scheduleExpiry(rec.ID, t.ExpiresAt, now)
 		}
 	}
 	for id, e := range r.devices {

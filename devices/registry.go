@@ -146,8 +146,11 @@ type Registry struct {
 	operators map[string]*OperatorToken
 	opByHash  map[TokenHash]string // operator token hash -> token id
 	bootstrap *TokenHash           // FIELDHUB_ADMIN_TOKEN, never stored
-	timers    map[string]*time.Timer
-	closed    bool
+	// timers re-check a device's sessions when a grace period ends: one
+	// per device and expiry instant, so each superseded token keeps exactly
+	// the grace it was given.
+	timers map[string]map[int64]*time.Timer
+	closed bool
 	// gen counts this registry's credential writes, so a Refresh can tell
 	// that its snapshot may predate one of them.
 	gen uint64
@@ -175,7 +178,7 @@ func Open(ctx context.Context, store Store, opts Options) (*Registry, error) {
 		store: store, opts: opts, log: opts.Logger,
 		devices: map[string]*entry{}, byHash: map[TokenHash]string{},
 		operators: map[string]*OperatorToken{}, opByHash: map[TokenHash]string{},
-		timers: map[string]*time.Timer{},
+		timers: map[string]map[int64]*time.Timer{},
 	}
 	now := opts.Now()
 	for _, rec := range snap.Devices {
@@ -187,9 +190,7 @@ func Open(ctx context.Context, store Store, opts Options) (*Registry, error) {
 		r.devices[rec.ID] = e
 		for _, t := range rec.Tokens {
 			r.byHash[t.Hash] = rec.ID
-			if !t.ExpiresAt.IsZero() && t.ExpiresAt.After(now) {
-				r.scheduleExpiry(rec.ID, t.ExpiresAt.Sub(now))
-			}
+			r.scheduleExpiry(rec.ID, t.ExpiresAt, now)
 		}
 	}
 	for _, o := range snap.Operators {
@@ -205,8 +206,10 @@ func (r *Registry) Close() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.closed = true
-	for id, t := range r.timers {
-		t.Stop()
+	for id, ts := range r.timers {
+		for _, t := range ts {
+			t.Stop()
+		}
 		delete(r.timers, id)
 	}
 }
@@ -428,8 +431,8 @@ func (r *Registry) Rotate(ctx context.Context, id string, grace time.Duration) (
 		r.byHash[t.Hash] = id
 	}
 	e.rec = rec
-	if grace > 0 {
-		r.scheduleExpiry(id, grace)
+	for _, t := range rec.Tokens {
+		r.scheduleExpiry(id, t.ExpiresAt, now)
 	}
 	r.mu.Unlock()
 	if grace == 0 {
@@ -439,18 +442,31 @@ func (r *Registry) Rotate(ctx context.Context, id string, grace time.Duration) (
 	return token, nil
 }
 
-// scheduleExpiry re-checks a device's sessions when a grace period ends.
-// Callers hold mu.
-func (r *Registry) scheduleExpiry(id string, after time.Duration) {
-	if r.closed {
+// scheduleExpiry re-checks a device's sessions when a token expiring at
+// at stops working. Every expiry instant gets its own timer: a later
+// rotation never moves an earlier token's end. A zero or past instant
+// schedules nothing. Callers hold mu.
+func (r *Registry) scheduleExpiry(id string, at, now time.Time) {
+	if r.closed || at.IsZero() || !at.After(now) {
 		return
 	}
-	if t := r.timers[id]; t != nil {
-		t.Stop()
+	key := at.UnixNano()
+	ts := r.timers[id]
+	if ts == nil {
+		ts = map[int64]*time.Timer{}
+		r.timers[id] = ts
 	}
-	r.timers[id] = time.AfterFunc(after+time.Millisecond, func() {
+	if ts[key] != nil {
+		return // already scheduled (a refresh sees the same tokens again)
+	}
+	ts[key] = time.AfterFunc(at.Sub(now)+time.Millisecond, func() {
 		r.mu.Lock()
-		delete(r.timers, id)
+		if cur := r.timers[id]; cur != nil {
+			delete(cur, key)
+			if len(cur) == 0 {
+				delete(r.timers, id)
+			}
+		}
 		r.mu.Unlock()
 		r.changed(id)
 	})
@@ -489,10 +505,10 @@ func (r *Registry) forgetLocked(id string, e *entry) {
 		delete(r.byHash, t.Hash)
 	}
 	delete(r.devices, id)
-	if t := r.timers[id]; t != nil {
+	for _, t := range r.timers[id] {
 		t.Stop()
-		delete(r.timers, id)
 	}
+	delete(r.timers, id)
 }
 
 // Authenticate returns the device a token belongs to: one hash lookup,
