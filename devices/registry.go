@@ -105,6 +105,16 @@ type Options struct {
 	// an external broker. It carries new device tokens in plaintext, which
 	// exist nowhere else: never log a Change.
 	OnChange func(c Changed)
+	// OnOperatorEnded is called (without locks held, possibly from a timer
+	// goroutine) after an operator credential stopped working: a token was
+	// revoked, here or (seen by Refresh) on another instance, or one of its
+	// dashboard sessions signed out, expired or was evicted. The dashboard
+	// closes the live connections that credential opened.
+	OnOperatorEnded func(e OperatorEnded)
+	// SessionIdle ends a dashboard session unused for this long; default
+	// 12 h. SessionMax ends it this long after sign-in whatever its use;
+	// default 7 days.
+	SessionIdle, SessionMax time.Duration
 	// TagLabels names the device labels written to InfluxDB as tags.
 	TagLabels []string
 	Now       func() time.Time
@@ -146,6 +156,8 @@ type Registry struct {
 	operators map[string]*OperatorToken
 	opByHash  map[TokenHash]string // operator token hash -> token id
 	bootstrap *TokenHash           // FIELDHUB_ADMIN_TOKEN, never stored
+	// sessions are the dashboard sign-ins by hash of their id (sessions.go).
+	sessions map[TokenHash]*session
 	// timers re-check a device's sessions when a grace period ends: one
 	// per device and expiry instant, so each superseded token keeps exactly
 	// the grace it was given.
@@ -170,6 +182,12 @@ func Open(ctx context.Context, store Store, opts Options) (*Registry, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.SessionIdle <= 0 {
+		opts.SessionIdle = DefaultSessionIdle
+	}
+	if opts.SessionMax <= 0 {
+		opts.SessionMax = DefaultSessionMax
+	}
 	snap, err := store.Load(ctx)
 	if err != nil {
 		return nil, err
@@ -178,7 +196,8 @@ func Open(ctx context.Context, store Store, opts Options) (*Registry, error) {
 		store: store, opts: opts, log: opts.Logger,
 		devices: map[string]*entry{}, byHash: map[TokenHash]string{},
 		operators: map[string]*OperatorToken{}, opByHash: map[TokenHash]string{},
-		timers: map[string]map[int64]*time.Timer{},
+		timers:   map[string]map[int64]*time.Timer{},
+		sessions: map[TokenHash]*session{},
 	}
 	now := opts.Now()
 	for _, rec := range snap.Devices {
@@ -198,6 +217,7 @@ func Open(ctx context.Context, store Store, opts Options) (*Registry, error) {
 		r.operators[o.ID] = &o
 		r.opByHash[o.Hash] = o.ID
 	}
+	r.loadSessions(ctx, snap.Sessions, now)
 	return r, nil
 }
 
@@ -211,6 +231,9 @@ func (r *Registry) Close() {
 			t.Stop()
 		}
 		delete(r.timers, id)
+	}
+	for _, s := range r.sessions {
+		s.timer.Stop()
 	}
 }
 

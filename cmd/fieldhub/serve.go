@@ -116,6 +116,10 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	reg, err = devices.Open(ctx, store, devices.Options{
 		Logger:    log,
 		TagLabels: cfg.TagLabels,
+		// An operator token revoked or a session ended closes the live
+		// connections it opened, at once.
+		OnOperatorEnded: live.CloseCredential,
+		SessionIdle:     cfg.SessionIdle, SessionMax: cfg.SessionMax,
 		OnChange: func(c devices.Changed) {
 			if cl != nil {
 				cl.RegistryChanged(c)
