@@ -233,16 +233,11 @@ func (l *Live) remove(s *subscriber) {
 // dashboard session. WebSockets get close 4003, SSE streams end.
 func (l *Live) CloseCredential(e devices.OperatorEnded) {
 	l.mu.RLock()
-	n := 0
+	defer l.mu.RUnlock()
 	for s := range l.subs {
 		if s.owner.TokenID == e.TokenID && (e.Session == "" || s.owner.Session == e.Session) {
-			s.revoke()
-			n++
+			s.revoke() // each connection logs its own close
 		}
-	}
-	l.mu.RUnlock()
-	if n > 0 {
-		l.log.Info("live connections closed", "token_id", e.TokenID, "reason", e.Reason, "count", n)
 	}
 }
 

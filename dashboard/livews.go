@@ -337,7 +337,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 		case <-sub.kick:
 			return
 		case <-sub.revoked:
-			s.log.Info("dashboard disconnected", "reason", "revoked", "token_id", sub.owner.TokenID, "transport", "sse")
+			s.log.Info("dashboard disconnected", "reason", "revoked", "token_id", sub.owner.TokenID, "transport", "sse", "remote", remoteIP(r))
 			return
 		case <-hb.C:
 			_ = rc.SetWriteDeadline(time.Now().Add(liveWriteWait))
