@@ -59,6 +59,7 @@ func TestAttackDoubleRotationKeepsFirstGrace(t *testing.T) {
 		t.Fatalf("rotate 2: %d %v", st, m)
 	}
 	second := time.Now()
+	defer func() { t.Logf("first token's session closed %s after the second rotation", time.Since(second).Round(time.Millisecond)) }()
 	// Upper bound: the second token's grace, less a margin for the timer
 	// that the second rotation (wrongly) schedules.
 	err = opWaitClose(c, time.Until(second.Add(secondGrace-time.Second)), nil)
@@ -329,6 +330,7 @@ func TestAttackRevokedTokenEndsLiveStreams(t *testing.T) {
 	send(1)
 	opSeenWS(t, c, 1)
 	opSeenSSE(t, lines, 1)
+	revoked := time.Now()
 	if st, m := h.api(t, "DELETE", "/api/v1/tokens/"+id, h.adminToken, nil); st != 204 {
 		t.Fatalf("revoke: %d %v", st, m)
 	}
@@ -337,6 +339,7 @@ func TestAttackRevokedTokenEndsLiveStreams(t *testing.T) {
 		send(n)
 	}
 	opAfterEnd(t, c, lines, 1000)
+	t.Logf("both streams ended %s after the DELETE was sent", time.Since(revoked).Round(time.Millisecond))
 	if st, _ := h.api(t, "GET", "/api/v1/devices", viewer, nil); st != 401 {
 		t.Errorf("REST with the revoked token: %d, want 401", st)
 	}
