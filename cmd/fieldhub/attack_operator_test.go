@@ -59,7 +59,9 @@ func TestAttackDoubleRotationKeepsFirstGrace(t *testing.T) {
 		t.Fatalf("rotate 2: %d %v", st, m)
 	}
 	second := time.Now()
-	defer func() { t.Logf("first token's session closed %s after the second rotation", time.Since(second).Round(time.Millisecond)) }()
+	defer func() {
+		t.Logf("first token's session closed %s after the second rotation", time.Since(second).Round(time.Millisecond))
+	}()
 	// Upper bound: the second token's grace, less a margin for the timer
 	// that the second rotation (wrongly) schedules.
 	err = opWaitClose(c, time.Until(second.Add(secondGrace-time.Second)), nil)
