@@ -324,23 +324,35 @@ func (c *commands) pendingDelivery() []string {
 	return out
 }
 
+// ErrRevoked means the credential a request was authenticated with no
+// longer works: the device's token was rotated without grace, its grace
+// ended, or the device was deleted.
+var ErrRevoked = errors.New("credentials revoked")
+
 // NextCommand is the HTTP long poll: the device's oldest queued command,
 // marked sent, waiting up to wait for one to arrive. ok is false when none
-// came.
-func (b *Bridge) NextCommand(ctx context.Context, device string, wait time.Duration) (telemetry.Command, bool) {
+// came. The poll is a session of the token with hash h: a credentials
+// change wakes it (CredentialsChanged), and once h no longer works it ends
+// with ErrRevoked and hands nothing out.
+func (b *Bridge) NextCommand(ctx context.Context, device string, h devices.TokenHash, wait time.Duration) (telemetry.Command, bool, error) {
 	c := b.commands
 	if c == nil {
-		return telemetry.Command{}, false
+		return telemetry.Command{}, false, nil
 	}
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
 	for {
+		// Checked before every take: a command queued after a rotation
+		// never reaches the superseded token.
+		if !b.opts.Devices.StillValid(device, h) {
+			return telemetry.Command{}, false, ErrRevoked
+		}
 		now := b.opts.Now().UTC()
 		if b.opts.Remote != nil {
 			// Several instances: the command may have been created on any
 			// of them; the shared store says which one is next.
 			if cmd, ok := c.nextShared(ctx, device, now); ok {
-				return cmd, true
+				return cmd, true, nil
 			}
 		}
 		c.mu.Lock()
@@ -358,7 +370,7 @@ func (b *Bridge) NextCommand(ctx context.Context, device string, wait time.Durat
 			rec := a.rec
 			c.changedLocked(rec, true)
 			c.mu.Unlock()
-			return telemetry.Command{Type: telemetry.TypeCommand, ID: rec.ID, Name: rec.Name, Params: []byte(rec.Params)}, true
+			return telemetry.Command{Type: telemetry.TypeCommand, ID: rec.ID, Name: rec.Name, Params: []byte(rec.Params)}, true, nil
 		}
 		ch := make(chan struct{})
 		c.pollers[device] = append(c.pollers[device], ch)
@@ -367,10 +379,10 @@ func (b *Bridge) NextCommand(ctx context.Context, device string, wait time.Durat
 		case <-ch:
 		case <-ctx.Done():
 			c.dropPoller(device, ch)
-			return telemetry.Command{}, false
+			return telemetry.Command{}, false, nil
 		case <-deadline.C:
 			c.dropPoller(device, ch)
-			return telemetry.Command{}, false
+			return telemetry.Command{}, false, nil
 		}
 	}
 }

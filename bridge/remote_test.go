@@ -157,7 +157,7 @@ func TestCommandsAcrossInstances(t *testing.T) {
 	// from the shared store, and never hands it out twice.
 	polled := make(chan telemetry.Command, 1)
 	go func() {
-		cmd, _ := b.NextCommand(ctx, "d2", 10*time.Second)
+		cmd, _, _ := b.NextCommand(ctx, "d2", devices.TokenHash{}, 10*time.Second)
 		polled <- cmd
 	}()
 	rec3, _, err := a.SendCommand(ctx, devices.CommandSpec{Device: "d2", Name: "poll_me", Timeout: time.Minute})
@@ -183,7 +183,7 @@ func TestCommandsAcrossInstances(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the poll on B did not get the command created on A")
 	}
-	if cmd, ok := b.NextCommand(ctx, "d2", 10*time.Millisecond); ok {
+	if cmd, ok, _ := b.NextCommand(ctx, "d2", devices.TokenHash{}, 10*time.Millisecond); ok {
 		t.Fatalf("command %s handed out twice", cmd.ID)
 	}
 	if err := b.CommandResult("d2", &telemetry.CommandResult{ID: rec3.ID, Status: telemetry.ResultOK}); err != nil {

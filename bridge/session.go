@@ -141,7 +141,8 @@ func (b *Bridge) publishPresence(id string, online bool, transport, reason strin
 
 // CredentialsChanged re-checks the device's session after its tokens
 // changed or it was deleted, and closes it with reason "revoked" if its
-// token no longer works. The registry calls it.
+// token no longer works; it wakes the device's HTTP long polls, which
+// check their own token (NextCommand). The registry calls it.
 func (b *Bridge) CredentialsChanged(deviceID string) {
 	b.mu.Lock()
 	s := b.sessions[deviceID]
@@ -149,6 +150,7 @@ func (b *Bridge) CredentialsChanged(deviceID string) {
 	if s != nil && !b.opts.Devices.StillValid(deviceID, s.hash) {
 		s.Kick(ReasonRevoked)
 	}
+	b.WakePollers(deviceID)
 }
 
 // Current returns the device's current session, or nil.

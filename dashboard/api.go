@@ -50,8 +50,12 @@ type Options struct {
 	// AllowedOrigins are browser origins besides the hub's own allowed on
 	// operator sockets (e.g. https://ops.example.com).
 	AllowedOrigins []string
-	Logger         *slog.Logger
-	Now            func() time.Time
+	// FromTrustedProxy reports whether a request came through a proxy
+	// whose X-Forwarded-Proto is believed (FIELDHUB_TRUSTED_PROXIES); nil
+	// trusts none. It decides the session cookie's Secure flag.
+	FromTrustedProxy func(r *http.Request) bool
+	Logger           *slog.Logger
+	Now              func() time.Time
 }
 
 // Server is the operator HTTP API and the live sockets.
@@ -242,7 +246,7 @@ func (s *Server) failed(w http.ResponseWriter, r *http.Request, token string) {
 	}
 	s.log.Info("operator authentication failed", "remote", ip, "path", r.URL.Path)
 	w.Header().Set("WWW-Authenticate", `Bearer realm="fieldhub"`)
-	writeErr(w, http.StatusUnauthorized, "unauthorized", "missing or invalid API token")
+	writeErr(w, http.StatusUnauthorized, "unauthorized", "missing or invalid API token or session")
 }
 
 // authenticate returns the operator behind r's credential, answering
@@ -254,16 +258,20 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, allowQuery
 		// Browsers' WebSocket and EventSource cannot set headers.
 		token = r.URL.Query().Get("token")
 	}
+	var op devices.Operator
+	var ok bool
 	if token == "" {
-		token = sessionToken(r)
+		sid := sessionToken(r)
 		// A cookie rides along with any request the browser makes: state
 		// changes with it must come from the hub's own pages.
-		if token != "" && r.Method != http.MethodGet && r.Method != http.MethodHead && !sameOrigin(r) {
+		if sid != "" && r.Method != http.MethodGet && r.Method != http.MethodHead && !sameOrigin(r) {
 			writeErr(w, http.StatusForbidden, "forbidden", "cross-site request refused")
 			return devices.Operator{}, false
 		}
+		op, ok = s.opts.Registry.AuthenticateSession(r.Context(), sid)
+	} else {
+		op, ok = s.opts.Registry.AuthenticateOperator(r.Context(), token)
 	}
-	op, ok := s.opts.Registry.AuthenticateOperator(r.Context(), token)
 	if !ok {
 		s.failed(w, r, token)
 		return devices.Operator{}, false
@@ -630,8 +638,8 @@ func parseTime(v string, now, def time.Time) (time.Time, error) {
 	return t, nil
 }
 
-// sessionToken returns the operator token of the dashboard's session
-// cookie; the web UI (see ui.go) sets it at sign-in.
+// sessionToken returns the session id of the dashboard's session cookie;
+// the web UI (see ui.go) gets it at sign-in.
 func sessionToken(r *http.Request) string {
 	c, err := r.Cookie(SessionCookie)
 	if err != nil {

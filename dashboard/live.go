@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/telemetry"
 )
 
@@ -226,6 +227,20 @@ func (l *Live) remove(s *subscriber) {
 	l.mu.Unlock()
 }
 
+// CloseCredential ends the live connections opened with an operator
+// credential that stopped working (devices.Options.OnOperatorEnded): every
+// connection of the token when e.Session is empty, else those of that
+// dashboard session. WebSockets get close 4003, SSE streams end.
+func (l *Live) CloseCredential(e devices.OperatorEnded) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	for s := range l.subs {
+		if s.owner.TokenID == e.TokenID && (e.Session == "" || s.owner.Session == e.Session) {
+			s.revoke() // each connection logs its own close
+		}
+	}
+}
+
 // subscribe changes a subscriber's filter and queues the latest value of
 // each newly selected device, with Publish held off so no live event can
 // slip in before the snapshot and be followed by an older value.
@@ -294,6 +309,9 @@ func (f *filter) matches(ev *telemetry.Event) bool {
 // goroutines; the connection's writer takes from it.
 type subscriber struct {
 	live *Live
+	// owner is the credential that opened the connection; set before
+	// the subscriber is added, never changed.
+	owner devices.Operator
 
 	mu          sync.Mutex
 	f           filter
@@ -305,10 +323,28 @@ type subscriber struct {
 	notify      chan struct{} // cap 1
 	kick        chan struct{} // closed once when the subscriber is too slow
 	kickOnce    sync.Once
+	revoked     chan struct{} // closed once when owner stopped working
+	revokeOnce  sync.Once
 }
 
 func newSubscriber(l *Live) *subscriber {
-	return &subscriber{live: l, notify: make(chan struct{}, 1), kick: make(chan struct{})}
+	return &subscriber{live: l, notify: make(chan struct{}, 1), kick: make(chan struct{}), revoked: make(chan struct{})}
+}
+
+// revoke tells the connection's writer that its credential ended.
+func (s *subscriber) revoke() {
+	s.revokeOnce.Do(func() { close(s.revoked) })
+}
+
+// isRevoked reports whether revoke was called: the writers check it
+// before each batch, so nothing is sent after a revocation.
+func (s *subscriber) isRevoked() bool {
+	select {
+	case <-s.revoked:
+		return true
+	default:
+		return false
+	}
 }
 
 // offer queues le for the subscriber, coalescing readings once the queue

@@ -25,6 +25,7 @@ type liveRig struct {
 	live    *Live
 	api     *Server
 	viewer  string
+	session string // a dashboard session of viewer
 }
 
 func newLiveRig(t *testing.T, lo LiveOptions) *liveRig {
@@ -46,6 +47,8 @@ func newLiveRig(t *testing.T, lo LiveOptions) *liveRig {
 	r.api.Register(mux)
 	r.srv = httptest.NewServer(mux)
 	_, r.viewer, _ = reg.CreateOperatorToken(context.Background(), "screen", devices.RoleViewer)
+	op, _ := reg.AuthenticateOperator(context.Background(), r.viewer)
+	r.session, _ = reg.CreateSession(context.Background(), op)
 	t.Cleanup(func() { r.api.Shutdown(); r.srv.Close(); reg.Close(); st.Close() })
 	return r
 }
@@ -127,7 +130,8 @@ func TestLiveAuthAndOrigin(t *testing.T) {
 	}{
 		{"bearer", "", http.Header{"Authorization": {"Bearer " + r.viewer}}, 101},
 		{"query", "?token=" + r.viewer, nil, 101},
-		{"cookie", "", http.Header{"Cookie": {SessionCookie + "=" + r.viewer}}, 101},
+		{"session cookie", "", http.Header{"Cookie": {SessionCookie + "=" + r.session}}, 101},
+		{"token as cookie", "", http.Header{"Cookie": {SessionCookie + "=" + r.viewer}}, 401},
 		{"no token", "", nil, 401},
 		{"bad token", "?token=fho_x", nil, 401},
 		{"foreign origin", "", http.Header{"Authorization": {"Bearer " + r.viewer}, "Origin": {"https://evil.example"}}, 403},

@@ -4,13 +4,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/fieldhub/fieldhub/devices"
 )
 
 // Timing and size limits of operator live connections.
@@ -26,22 +26,32 @@ const (
 	maxLiveFrameSize = 1 << 20
 )
 
-// originAllowed implements the cross-site WebSocket hijacking defence: a
-// browser's Origin must be the hub itself or an allowed origin; tools that
-// send no Origin are allowed.
+// CloseRevoked closes a live socket whose credential stopped working: its
+// token was deleted, its session signed out or expired.
+const CloseRevoked = 4003
+
+// originAllowed applies the hub's one Origin policy (devices.OriginAllowed)
+// to operator streams.
 func (s *Server) originAllowed(r *http.Request) bool {
-	origin := r.Header.Get("Origin")
-	if origin == "" {
-		return true
-	}
-	u, err := url.Parse(origin)
-	if err != nil {
+	return devices.OriginAllowed(r, s.opts.AllowedOrigins)
+}
+
+// bindLive registers sub as a live connection of op, or answers the
+// request itself and returns false: 503 when full, 401 when op's
+// credential ended while the request was being authenticated (a
+// revocation announced before sub was registered would miss it).
+func (s *Server) bindLive(w http.ResponseWriter, op devices.Operator, sub *subscriber) bool {
+	sub.owner = op
+	if !s.opts.Live.add(sub) {
+		writeErr(w, http.StatusServiceUnavailable, "unavailable", "too many live connections")
 		return false
 	}
-	if strings.EqualFold(u.Host, r.Host) {
-		return true
+	if !s.opts.Registry.OperatorActive(op) {
+		s.opts.Live.remove(sub)
+		writeErr(w, http.StatusUnauthorized, "unauthorized", "the credential was revoked")
+		return false
 	}
-	return slices.ContainsFunc(s.opts.AllowedOrigins, func(o string) bool { return strings.EqualFold(strings.TrimRight(o, "/"), origin) })
+	return true
 }
 
 // clientMsg is what a dashboard sends on /ws/live.
@@ -57,12 +67,12 @@ func (s *Server) serveLiveWS(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusForbidden, "forbidden", "Origin not allowed")
 		return
 	}
-	if _, ok := s.authenticate(w, r, true); !ok {
+	op, ok := s.authenticate(w, r, true)
+	if !ok {
 		return
 	}
 	sub := newSubscriber(s.opts.Live)
-	if !s.opts.Live.add(sub) {
-		writeErr(w, http.StatusServiceUnavailable, "unavailable", "too many live connections")
+	if !s.bindLive(w, op, sub) {
 		return
 	}
 	defer s.opts.Live.remove(sub)
@@ -183,6 +193,12 @@ func (c *liveConn) writeLoop() {
 			fail()
 			<-c.done
 			return
+		case <-c.sub.revoked:
+			_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(CloseRevoked, "credentials revoked"), time.Now().Add(time.Second))
+			c.s.log.Info("dashboard disconnected", "reason", "revoked", "token_id", c.sub.owner.TokenID, "remote", c.ws.RemoteAddr().String())
+			fail()
+			<-c.done
+			return
 		case <-c.sub.kick:
 			_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(closeTryAgain, "slow consumer"), time.Now().Add(time.Second))
 			c.s.log.Info("dashboard disconnected", "reason", "slow_consumer", "remote", c.ws.RemoteAddr().String())
@@ -195,6 +211,9 @@ func (c *liveConn) writeLoop() {
 				return
 			}
 		case <-c.sub.notify:
+			if c.sub.isRevoked() {
+				continue // nothing more for a revoked credential; close next
+			}
 			buf = c.sub.take(buf)
 			metrics := c.sub.metrics()
 			for _, le := range buf {
@@ -228,6 +247,10 @@ func (s *subscriber) metrics() map[string]bool {
 // networks that block WebSockets. Last-Event-ID resumes from the replay
 // window.
 func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
+	if !s.originAllowed(r) {
+		writeErr(w, http.StatusForbidden, "forbidden", "Origin not allowed")
+		return
+	}
 	q := r.URL.Query()
 	sub := newSubscriber(s.opts.Live)
 	var devs []string
@@ -245,8 +268,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 		metrics = strings.Split(v, ",")
 	}
 	f := sub.update(func(f *filter) { applySubscribe(f, devs, metrics) })
-	if !s.opts.Live.add(sub) {
-		writeErr(w, http.StatusServiceUnavailable, "unavailable", "too many live connections")
+	if !s.bindLive(w, OperatorFrom(r.Context()), sub) {
 		return
 	}
 	defer s.opts.Live.remove(sub)
@@ -314,12 +336,18 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 			return
 		case <-sub.kick:
 			return
+		case <-sub.revoked:
+			s.log.Info("dashboard disconnected", "reason", "revoked", "token_id", sub.owner.TokenID, "transport", "sse", "remote", s.remoteIP(r))
+			return
 		case <-hb.C:
 			_ = rc.SetWriteDeadline(time.Now().Add(liveWriteWait))
 			if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil || rc.Flush() != nil {
 				return
 			}
 		case <-sub.notify:
+			if sub.isRevoked() {
+				continue // nothing more for a revoked credential; end next
+			}
 			buf = sub.take(buf)
 			for _, le := range buf {
 				if err := write(le); err != nil {

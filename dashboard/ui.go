@@ -4,7 +4,6 @@ import (
 	"embed"
 	"io/fs"
 	"net/http"
-	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -55,8 +54,10 @@ func (s *Server) uiHeaders(h http.Handler) http.Handler {
 	})
 }
 
-// signIn exchanges an operator token for the session cookie: HttpOnly (page
-// scripts cannot read it) and SameSite=Strict (other sites cannot ride it).
+// signIn exchanges an operator token for a server-side session: the
+// cookie holds a random session id, never the token. HttpOnly (page
+// scripts cannot read it), SameSite=Strict (other sites cannot ride it),
+// Secure when the browser reached the hub over TLS.
 func (s *Server) signIn(w http.ResponseWriter, r *http.Request) {
 	if !sameOrigin(r) {
 		writeErr(w, http.StatusForbidden, "forbidden", "cross-site sign-in refused")
@@ -74,16 +75,34 @@ func (s *Server) signIn(w http.ResponseWriter, r *http.Request) {
 		s.failed(w, r, body.Token)
 		return
 	}
-	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: body.Token, Path: "/", HttpOnly: true,
-		Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode, MaxAge: int((12 * time.Hour).Seconds())})
-	s.log.Info("operator signed in", "name", op.Name, "role", op.Role, "remote", ip)
+	sid, err := s.opts.Registry.CreateSession(r.Context(), op)
+	if err != nil {
+		s.writeStoreErr(w, err)
+		return
+	}
+	trusted := s.opts.FromTrustedProxy != nil && s.opts.FromTrustedProxy(r)
+	// The browser drops the cookie at the session's absolute end; the hub
+	// ends it earlier when idle.
+	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: sid, Path: "/", HttpOnly: true,
+		Secure: requestIsTLS(r, trusted), SameSite: http.SameSiteStrictMode, MaxAge: int(s.opts.Registry.SessionMax().Seconds())})
+	s.log.Info("operator signed in", "name", op.Name, "role", op.Role, "token_id", op.TokenID, "remote", ip)
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// requestIsTLS reports whether the browser reached the hub over TLS: the
+// hub terminated it, or a proxy did and says so in X-Forwarded-Proto, which
+// is believed only when fromTrustedProxy.
+func requestIsTLS(r *http.Request, fromTrustedProxy bool) bool {
+	if r.TLS != nil {
+		return true
+	}
+	return fromTrustedProxy && strings.EqualFold(strings.TrimSpace(r.Header.Get("X-Forwarded-Proto")), "https")
 }
 
 // session tells the page whether it is signed in, always with 200 so a
 // signed-out page logs no failed request.
 func (s *Server) session(w http.ResponseWriter, r *http.Request) {
-	op, ok := s.opts.Registry.AuthenticateOperator(r.Context(), sessionToken(r))
+	op, ok := s.opts.Registry.AuthenticateSession(r.Context(), sessionToken(r))
 	if !ok {
 		writeJSON(w, http.StatusOK, map[string]any{"signed_in": false})
 		return
@@ -91,20 +110,27 @@ func (s *Server) session(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"signed_in": true, "name": op.Name, "role": op.Role})
 }
 
+// signOut ends the session on the hub (its live sockets close) and clears
+// the cookie.
 func (s *Server) signOut(w http.ResponseWriter, r *http.Request) {
-	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: "", Path: "/", HttpOnly: true, SameSite: http.SameSiteStrictMode, MaxAge: -1})
+	if !sameOrigin(r) {
+		writeErr(w, http.StatusForbidden, "forbidden", "cross-site sign-out refused")
+		return
+	}
+	if err := s.opts.Registry.DeleteSession(r.Context(), sessionToken(r)); err != nil {
+		s.writeStoreErr(w, err)
+		return
+	}
+	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: "", Path: "/", HttpOnly: true,
+		Secure: requestIsTLS(r, s.opts.FromTrustedProxy != nil && s.opts.FromTrustedProxy(r)), SameSite: http.SameSiteStrictMode, MaxAge: -1})
 	w.WriteHeader(http.StatusNoContent)
 }
 
 // sameOrigin reports whether a browser request comes from the hub's own
-// pages (or from a non-browser client, which sends no Origin).
+// pages (or from a non-browser client, which sends no Origin): the one
+// Origin policy, without the extra allowed origins.
 func sameOrigin(r *http.Request) bool {
-	origin := r.Header.Get("Origin")
-	if origin == "" {
-		return true
-	}
-	u, err := url.Parse(origin)
-	return err == nil && strings.EqualFold(u.Host, r.Host)
+	return devices.OriginAllowed(r, nil)
 }
 
 // rateSampler turns counters into per-second rates over the last few

@@ -9,5 +9,9 @@
 // Secrets are never stored or logged: tokens are shown once, kept only as
 // SHA-256 hashes and compared in constant time.
 //
+// Operators' dashboard sessions (sessions.go) and the one Origin policy of
+// browser-reachable streams (origin.go) belong here too: they decide who may
+// stay connected, and both the dashboard and the bridge import this package.
+//
 // It imports only telemetry among Fieldhub packages.
 package devices

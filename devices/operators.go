@@ -105,7 +105,9 @@ func (r *Registry) ListOperatorTokens() []OperatorToken {
 	return out
 }
 
-// RevokeOperatorToken deletes an operator token; it stops working at once.
+// RevokeOperatorToken deletes an operator token and its dashboard
+// sessions; they stop working at once, and OnOperatorEnded closes the
+// connections they opened.
 func (r *Registry) RevokeOperatorToken(ctx context.Context, id string) error {
 	r.mu.Lock()
 	o, ok := r.operators[id]
@@ -113,13 +115,26 @@ func (r *Registry) RevokeOperatorToken(ctx context.Context, id string) error {
 		r.mu.Unlock()
 		return fmt.Errorf("token %q: %w", id, ErrNotFound)
 	}
-	if err := r.applyLocked(ctx, Change{DeleteOperators: []string{id}}); err != nil {
+	// The token and its dashboard sessions go in one write.
+	sessions := r.tokenSessionsLocked(id)
+	c := Change{DeleteOperators: []string{id}}
+	for _, s := range sessions {
+		c.DeleteSessions = append(c.DeleteSessions, s.Hash)
+	}
+	if err := r.applyLocked(ctx, c); err != nil {
 		r.mu.Unlock()
 		return err
+	}
+	for _, s := range sessions {
+		if s.timer != nil {
+			s.timer.Stop()
+		}
+		delete(r.sessions, s.Hash)
 	}
 	delete(r.opByHash, o.Hash)
 	delete(r.operators, id)
 	r.mu.Unlock()
+	r.ended(OperatorEnded{TokenID: id, Reason: "revoked"})
 	r.notify(func() Changed { return Changed{Operators: true} })
 	return nil
 }
@@ -129,6 +144,9 @@ type Operator struct {
 	TokenID string
 	Name    string
 	Role    Role
+	// Session is the key (OperatorSession.Key) of the dashboard session
+	// the operator came with, empty for a bearer token.
+	Session string
 }
 
 // lastUsedEvery bounds how often last_used is written per token.
@@ -144,7 +162,7 @@ func (r *Registry) AuthenticateOperator(ctx context.Context, token string) (Oper
 	r.mu.Lock()
 	if r.bootstrap != nil && r.bootstrap.Equal(h) {
 		r.mu.Unlock()
-		return Operator{TokenID: "env", Name: "FIELDHUB_ADMIN_TOKEN", Role: RoleAdmin}, true
+		return Operator{TokenID: envTokenID, Name: EnvAdminName, Role: RoleAdmin}, true
 	}
 	id, ok := r.opByHash[h]
 	if !ok {

@@ -8,9 +8,10 @@ import (
 
 // Refresh reloads the registry from its store, for hub instances sharing
 // one store: another instance created, rotated or deleted devices or
-// operator tokens. Devices whose tokens changed or that are gone get
-// OnCredentialsChanged, so their sessions on this instance are checked
-// again; presence, which is per instance, is kept.
+// operator tokens or sessions. Devices whose tokens changed or that are
+// gone get OnCredentialsChanged, so their sessions on this instance are
+// checked again; operator tokens and sessions that are gone get
+// OnOperatorEnded; presence, which is per instance, is kept.
 func (r *Registry) Refresh(ctx context.Context) error {
 	// Load without the lock, so authentication goes on meanwhile; a
 	// snapshot that may predate a write of our own is loaded again, and
@@ -73,9 +74,7 @@ func (r *Registry) Refresh(ctx context.Context) error {
 		e.rec = rec
 		for _, t := range rec.Tokens {
 			r.byHash[t.Hash] = rec.ID
-			if !t.ExpiresAt.IsZero() && t.ExpiresAt.After(now) {
-				r.scheduleExpiry(rec.ID, t.ExpiresAt.Sub(now))
-			}
+			r.scheduleExpiry(rec.ID, t.ExpiresAt, now)
 		}
 	}
 	for id, e := range r.devices {
@@ -85,6 +84,7 @@ func (r *Registry) Refresh(ctx context.Context) error {
 		r.forgetLocked(id, e)
 		changed = append(changed, id)
 	}
+	var ends []OperatorEnded
 	ops := make(map[string]*OperatorToken, len(snap.Operators))
 	opByHash := make(map[TokenHash]string, len(snap.Operators))
 	for _, o := range snap.Operators {
@@ -94,10 +94,19 @@ func (r *Registry) Refresh(ctx context.Context) error {
 		ops[o.ID] = &o
 		opByHash[o.Hash] = o.ID
 	}
+	for id := range r.operators {
+		if ops[id] == nil {
+			ends = append(ends, OperatorEnded{TokenID: id, Reason: "revoked"})
+		}
+	}
 	r.operators, r.opByHash = ops, opByHash
+	ends = append(ends, r.refreshSessionsLocked(snap.Sessions, now)...)
 	r.mu.Unlock()
 	for _, id := range changed {
 		r.changed(id)
+	}
+	for _, e := range ends {
+		r.ended(e)
 	}
 	return nil
 }

@@ -105,6 +105,16 @@ type Options struct {
 	// an external broker. It carries new device tokens in plaintext, which
 	// exist nowhere else: never log a Change.
 	OnChange func(c Changed)
+	// OnOperatorEnded is called (without locks held, possibly from a timer
+	// goroutine) after an operator credential stopped working: a token was
+	// revoked, here or (seen by Refresh) on another instance, or one of its
+	// dashboard sessions signed out, expired or was evicted. The dashboard
+	// closes the live connections that credential opened.
+	OnOperatorEnded func(e OperatorEnded)
+	// SessionIdle ends a dashboard session unused for this long; default
+	// 12 h. SessionMax ends it this long after sign-in whatever its use;
+	// default 7 days.
+	SessionIdle, SessionMax time.Duration
 	// TagLabels names the device labels written to InfluxDB as tags.
 	TagLabels []string
 	Now       func() time.Time
@@ -146,8 +156,13 @@ type Registry struct {
 	operators map[string]*OperatorToken
 	opByHash  map[TokenHash]string // operator token hash -> token id
 	bootstrap *TokenHash           // FIELDHUB_ADMIN_TOKEN, never stored
-	timers    map[string]*time.Timer
-	closed    bool
+	// sessions are the dashboard sign-ins by hash of their id (sessions.go).
+	sessions map[TokenHash]*session
+	// timers re-check a device's sessions when a grace period ends: one
+	// per device and expiry instant, so each superseded token keeps exactly
+	// the grace it was given.
+	timers map[string]map[int64]*time.Timer
+	closed bool
 	// gen counts this registry's credential writes, so a Refresh can tell
 	// that its snapshot may predate one of them.
 	gen uint64
@@ -167,6 +182,12 @@ func Open(ctx context.Context, store Store, opts Options) (*Registry, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.SessionIdle <= 0 {
+		opts.SessionIdle = DefaultSessionIdle
+	}
+	if opts.SessionMax <= 0 {
+		opts.SessionMax = DefaultSessionMax
+	}
 	snap, err := store.Load(ctx)
 	if err != nil {
 		return nil, err
@@ -175,7 +196,8 @@ func Open(ctx context.Context, store Store, opts Options) (*Registry, error) {
 		store: store, opts: opts, log: opts.Logger,
 		devices: map[string]*entry{}, byHash: map[TokenHash]string{},
 		operators: map[string]*OperatorToken{}, opByHash: map[TokenHash]string{},
-		timers: map[string]*time.Timer{},
+		timers:   map[string]map[int64]*time.Timer{},
+		sessions: map[TokenHash]*session{},
 	}
 	now := opts.Now()
 	for _, rec := range snap.Devices {
@@ -187,9 +209,7 @@ func Open(ctx context.Context, store Store, opts Options) (*Registry, error) {
 		r.devices[rec.ID] = e
 		for _, t := range rec.Tokens {
 			r.byHash[t.Hash] = rec.ID
-			if !t.ExpiresAt.IsZero() && t.ExpiresAt.After(now) {
-				r.scheduleExpiry(rec.ID, t.ExpiresAt.Sub(now))
-			}
+			r.scheduleExpiry(rec.ID, t.ExpiresAt, now)
 		}
 	}
 	for _, o := range snap.Operators {
@@ -197,6 +217,7 @@ func Open(ctx context.Context, store Store, opts Options) (*Registry, error) {
 		r.operators[o.ID] = &o
 		r.opByHash[o.Hash] = o.ID
 	}
+	r.loadSessions(ctx, snap.Sessions, now)
 	return r, nil
 }
 
@@ -205,9 +226,14 @@ func (r *Registry) Close() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.closed = true
-	for id, t := range r.timers {
-		t.Stop()
+	for id, ts := range r.timers {
+		for _, t := range ts {
+			t.Stop()
+		}
 		delete(r.timers, id)
+	}
+	for _, s := range r.sessions {
+		s.timer.Stop()
 	}
 }
 
@@ -428,8 +454,8 @@ func (r *Registry) Rotate(ctx context.Context, id string, grace time.Duration) (
 		r.byHash[t.Hash] = id
 	}
 	e.rec = rec
-	if grace > 0 {
-		r.scheduleExpiry(id, grace)
+	for _, t := range rec.Tokens {
+		r.scheduleExpiry(id, t.ExpiresAt, now)
 	}
 	r.mu.Unlock()
 	if grace == 0 {
@@ -439,18 +465,31 @@ func (r *Registry) Rotate(ctx context.Context, id string, grace time.Duration) (
 	return token, nil
 }
 
-// scheduleExpiry re-checks a device's sessions when a grace period ends.
-// Callers hold mu.
-func (r *Registry) scheduleExpiry(id string, after time.Duration) {
-	if r.closed {
+// scheduleExpiry re-checks a device's sessions when a token expiring at
+// at stops working. Every expiry instant gets its own timer: a later
+// rotation never moves an earlier token's end. A zero or past instant
+// schedules nothing. Callers hold mu.
+func (r *Registry) scheduleExpiry(id string, at, now time.Time) {
+	if r.closed || at.IsZero() || !at.After(now) {
 		return
 	}
-	if t := r.timers[id]; t != nil {
-		t.Stop()
+	key := at.UnixNano()
+	ts := r.timers[id]
+	if ts == nil {
+		ts = map[int64]*time.Timer{}
+		r.timers[id] = ts
 	}
-	r.timers[id] = time.AfterFunc(after+time.Millisecond, func() {
+	if ts[key] != nil {
+		return // already scheduled (a refresh sees the same tokens again)
+	}
+	ts[key] = time.AfterFunc(at.Sub(now)+time.Millisecond, func() {
 		r.mu.Lock()
-		delete(r.timers, id)
+		if cur := r.timers[id]; cur != nil {
+			delete(cur, key)
+			if len(cur) == 0 {
+				delete(r.timers, id)
+			}
+		}
 		r.mu.Unlock()
 		r.changed(id)
 	})
@@ -489,10 +528,10 @@ func (r *Registry) forgetLocked(id string, e *entry) {
 		delete(r.byHash, t.Hash)
 	}
 	delete(r.devices, id)
-	if t := r.timers[id]; t != nil {
+	for _, t := range r.timers[id] {
 		t.Stop()
-		delete(r.timers, id)
 	}
+	delete(r.timers, id)
 }
 
 // Authenticate returns the device a token belongs to: one hash lookup,

@@ -2,9 +2,11 @@ package devices
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -43,10 +45,24 @@ type storedOperator struct {
 	Hash TokenHash `json:"hash"`
 }
 
+// OperatorSession is a dashboard sign-in: the browser's cookie holds a
+// random session id, the store only its hash. It belongs to one operator
+// token and ends with it.
+type OperatorSession struct {
+	Hash      TokenHash `json:"hash"`
+	TokenID   string    `json:"token_id"`
+	CreatedAt time.Time `json:"created_at"`
+	LastUsed  time.Time `json:"last_used"`
+}
+
+// Key is the session's store key: the hex of its hash.
+func (s OperatorSession) Key() string { return hex.EncodeToString(s.Hash[:]) }
+
 // Snapshot is everything a Store holds.
 type Snapshot struct {
 	Devices   []Record
 	Operators []OperatorToken
+	Sessions  []OperatorSession
 }
 
 // Change is one atomic write to a Store.
@@ -55,6 +71,11 @@ type Change struct {
 	DeleteDevices   []string
 	PutOperators    []OperatorToken
 	DeleteOperators []string
+	PutSessions     []OperatorSession
+	// TouchSessions updates sessions that still exist and never recreates
+	// one: a stale last_used write cannot bring back a signed-out session.
+	TouchSessions  []OperatorSession
+	DeleteSessions []TokenHash
 }
 
 // Store persists the registry. Apply must be atomic: all of a Change or
@@ -69,6 +90,7 @@ type Store interface {
 var (
 	bucketDevices   = []byte("devices")
 	bucketOperators = []byte("operator_tokens")
+	bucketSessions  = []byte("operator_sessions")
 )
 
 // BoltStore is the embedded Store: one bbolt file, fsynced on every commit.
@@ -83,7 +105,7 @@ func OpenBolt(path string) (*BoltStore, error) {
 		return nil, fmt.Errorf("open registry %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketDevices, bucketOperators} {
+		for _, b := range [][]byte{bucketDevices, bucketOperators, bucketSessions} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -112,13 +134,24 @@ func (s *BoltStore) Load(ctx context.Context) (Snapshot, error) {
 		if err != nil {
 			return err
 		}
-		return tx.Bucket(bucketOperators).ForEach(func(k, v []byte) error {
+		err = tx.Bucket(bucketOperators).ForEach(func(k, v []byte) error {
 			var o storedOperator
 			if err := json.Unmarshal(v, &o); err != nil {
 				return fmt.Errorf("operator token %q: %w", k, err)
 			}
 			o.OperatorToken.Hash = o.Hash
 			snap.Operators = append(snap.Operators, o.OperatorToken)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bucketSessions).ForEach(func(k, v []byte) error {
+			var o OperatorSession
+			if err := json.Unmarshal(v, &o); err != nil {
+				return fmt.Errorf("operator session %.8s: %w", k, err)
+			}
+			snap.Sessions = append(snap.Sessions, o)
 			return nil
 		})
 	})
@@ -160,6 +193,24 @@ func (s *BoltStore) Apply(ctx context.Context, c Change) error {
 		}
 		for _, id := range c.DeleteOperators {
 			if err := ops.Delete([]byte(id)); err != nil {
+				return err
+			}
+		}
+		sess := tx.Bucket(bucketSessions)
+		for i, o := range slices.Concat(c.PutSessions, c.TouchSessions) {
+			if i >= len(c.PutSessions) && sess.Get([]byte(o.Key())) == nil {
+				continue // a touch never recreates a session
+			}
+			v, err := json.Marshal(o)
+			if err != nil {
+				return err
+			}
+			if err := sess.Put([]byte(o.Key()), v); err != nil {
+				return err
+			}
+		}
+		for _, h := range c.DeleteSessions {
+			if err := sess.Delete([]byte(OperatorSession{Hash: h}.Key())); err != nil {
 				return err
 			}
 		}

@@ -4,13 +4,12 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
-	"slices"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/fieldhub/fieldhub/devices"
 )
 
 // wsListener names MQTT-over-WebSocket clients in the broker.
@@ -93,18 +92,9 @@ func (b *Broker) closeWS() {
 	b.wsConns.Wait()
 }
 
+// originAllowed is the hub's one Origin policy for browser streams.
 func (b *Broker) originAllowed(r *http.Request) bool {
-	origin := r.Header.Get("Origin")
-	if origin == "" {
-		return true
-	}
-	u, err := url.Parse(origin)
-	if err != nil {
-		return false
-	}
-	return strings.EqualFold(u.Host, r.Host) || slices.ContainsFunc(b.opts.AllowedOrigins, func(o string) bool {
-		return strings.EqualFold(strings.TrimRight(o, "/"), origin)
-	})
+	return devices.OriginAllowed(r, b.opts.AllowedOrigins)
 }
 
 // wsConn presents a WebSocket as the byte stream MQTT expects: binary

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/fieldhub/fieldhub/bridge"
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/telemetry"
 )
@@ -57,9 +58,10 @@ const maxPollWait = 60 * time.Second
 
 // ServeNextCommand is GET /api/v1/commands/next?wait=30s: a device without
 // a socket long-polls for its next command. 200 with the command frame
-// (the command is then "sent"), 204 when none came within the wait.
+// (the command is then "sent"), 204 when none came within the wait, 401
+// when the token stopped working meanwhile (nothing is handed out then).
 func (h *Handler) ServeNextCommand(w http.ResponseWriter, r *http.Request) {
-	id, _, ok := h.authenticate(w, r)
+	id, hash, ok := h.authenticate(w, r)
 	if !ok {
 		return
 	}
@@ -73,7 +75,14 @@ func (h *Handler) ServeNextCommand(w http.ResponseWriter, r *http.Request) {
 		wait = d
 	}
 	h.opts.Bridge.Touch(id)
-	cmd, ok := h.opts.Bridge.NextCommand(r.Context(), id, wait)
+	cmd, ok, err := h.opts.Bridge.NextCommand(r.Context(), id, hash, wait)
+	if errors.Is(err, bridge.ErrRevoked) {
+		// The token changed during the poll: the poll ends like a request
+		// made with it now would.
+		h.log.Info("device long poll ended", "device", id, "reason", "revoked")
+		writeError(w, http.StatusUnauthorized, &telemetry.Error{Code: "unauthorized", Message: "the device token was revoked during the poll"})
+		return
+	}
 	if !ok {
 		w.WriteHeader(http.StatusNoContent)
 		return

@@ -33,6 +33,8 @@ type config struct {
 	InfluxFlush     time.Duration
 	InfluxBackoff   time.Duration
 	AdminToken      string
+	SessionIdle     time.Duration
+	SessionMax      time.Duration
 	AllowedOrigins  []string
 	TLSCert         string
 	TLSKey          string
@@ -98,6 +100,8 @@ var settings = []setting{
 	{"influx-flush", "FIELDHUB_INFLUX_FLUSH", "100ms", "longest wait to fill an InfluxDB write batch", false},
 	{"influx-max-backoff", "FIELDHUB_INFLUX_MAX_BACKOFF", "10s", "longest wait between retries while InfluxDB is down", false},
 	{"admin-token", "FIELDHUB_ADMIN_TOKEN", "", "bootstrap admin API token (generated and printed once if unset and no admin exists)", true},
+	{"session-idle", "FIELDHUB_SESSION_IDLE", "12h", "a dashboard sign-in unused for this long ends (its live sockets close)", false},
+	{"session-max", "FIELDHUB_SESSION_MAX", "168h", "a dashboard sign-in ends this long after it began, however used", false},
 	{"allowed-origins", "FIELDHUB_ALLOWED_ORIGINS", "", "comma-separated extra origins allowed on operator sockets (e.g. https://ops.example.com)", false},
 	{"tls-cert", "FIELDHUB_TLS_CERT", "", "TLS certificate file (PEM); with --tls-key serves HTTPS/WSS and MQTT over TLS", false},
 	{"tls-key", "FIELDHUB_TLS_KEY", "", "TLS private key file (PEM)", false},
@@ -181,6 +185,8 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 		InfluxFlush:     p.duration("influx-flush"),
 		InfluxBackoff:   p.duration("influx-max-backoff"),
 		AdminToken:      p.str("admin-token"),
+		SessionIdle:     p.duration("session-idle"),
+		SessionMax:      p.duration("session-max"),
 		AllowedOrigins:  p.list("allowed-origins"),
 		TLSCert:         p.str("tls-cert"),
 		TLSKey:          p.str("tls-key"),

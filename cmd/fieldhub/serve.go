@@ -116,6 +116,10 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	reg, err = devices.Open(ctx, store, devices.Options{
 		Logger:    log,
 		TagLabels: cfg.TagLabels,
+		// An operator token revoked or a session ended closes the live
+		// connections it opened, at once.
+		OnOperatorEnded: live.CloseCredential,
+		SessionIdle:     cfg.SessionIdle, SessionMax: cfg.SessionMax,
 		OnChange: func(c devices.Changed) {
 			if cl != nil {
 				cl.RegistryChanged(c)
@@ -194,7 +198,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	api, err := dashboard.New(dashboard.Options{
 		Registry: reg, History: ic, Failures: failures, Proxies: cfg.TrustedProxies, Logger: log,
-		Live: live, AllowedOrigins: cfg.AllowedOrigins, Commands: br, Totals: fleetTotals{br, cl},
+		Live: live, AllowedOrigins: cfg.AllowedOrigins, FromTrustedProxy: cfg.TrustedProxies.Trusted, Commands: br, Totals: fleetTotals{br, cl},
 		OnAuthFailure: func() { m.authFailure("api") },
 	})
 	if err != nil {

@@ -36,6 +36,10 @@ var migrations = []string{
 		PRIMARY KEY (device, id)
 	);
 	CREATE INDEX fieldhub_commands_active ON fieldhub_commands (device, id) WHERE NOT final;`,
+	`CREATE TABLE fieldhub_operator_sessions (
+		id     text PRIMARY KEY,
+		record jsonb NOT NULL
+	);`,
 }
 
 // Store is the PostgreSQL store.
@@ -129,14 +133,29 @@ func (s *Store) Load(ctx context.Context) (devices.Snapshot, error) {
 	if err != nil {
 		return snap, fmt.Errorf("load operator tokens: %w", err)
 	}
-	defer rows.Close()
 	for rows.Next() {
 		var o storedOperator
 		if err := rows.Scan(&o); err != nil {
+			rows.Close()
 			return snap, fmt.Errorf("load operator tokens: %w", err)
 		}
 		o.OperatorToken.Hash = o.Hash
 		snap.Operators = append(snap.Operators, o.OperatorToken)
+	}
+	if err := rows.Err(); err != nil {
+		return snap, fmt.Errorf("load operator tokens: %w", err)
+	}
+	rows, err = s.db.Query(ctx, `SELECT record FROM fieldhub_operator_sessions`)
+	if err != nil {
+		return snap, fmt.Errorf("load operator sessions: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var o devices.OperatorSession
+		if err := rows.Scan(&o); err != nil {
+			return snap, fmt.Errorf("load operator sessions: %w", err)
+		}
+		snap.Sessions = append(snap.Sessions, o)
 	}
 	return snap, rows.Err()
 }
@@ -156,6 +175,16 @@ func (s *Store) Apply(ctx context.Context, c devices.Change) error {
 		}
 		for _, id := range c.DeleteOperators {
 			b.Queue(`DELETE FROM fieldhub_operator_tokens WHERE id = $1`, id)
+		}
+		for _, o := range c.PutSessions {
+			b.Queue(`INSERT INTO fieldhub_operator_sessions (id, record) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record`, o.Key(), o)
+		}
+		for _, o := range c.TouchSessions {
+			// Never recreates a session another instance deleted.
+			b.Queue(`UPDATE fieldhub_operator_sessions SET record = $2 WHERE id = $1`, o.Key(), o)
+		}
+		for _, h := range c.DeleteSessions {
+			b.Queue(`DELETE FROM fieldhub_operator_sessions WHERE id = $1`, devices.OperatorSession{Hash: h}.Key())
 		}
 		if b.Len() == 0 {
 			return tx.QueryRow(ctx, `SELECT 1`).Scan(new(int)) // a ping

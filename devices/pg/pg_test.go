@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -225,5 +226,62 @@ func TestRefreshSeesOtherInstance(t *testing.T) {
 	want := []string{"keep:true:false", "gone:true:false", "rot:true:false", "rot:true:false", "gone:false:true"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("changes %v, want %v", got, want)
+	}
+}
+
+// TestSessionsAcrossInstances: a dashboard session created on one
+// instance works on another after a refresh, survives a reopen, and its
+// sign-out on one instance ends it on the other (announced there).
+func TestSessionsAcrossInstances(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.Database(t)
+	open := func(onEnd func(devices.OperatorEnded)) *devices.Registry {
+		st, err := Open(ctx, url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		reg, err := devices.Open(ctx, st, devices.Options{OnOperatorEnded: onEnd})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(reg.Close)
+		return reg
+	}
+	a := open(nil)
+	var mu sync.Mutex
+	var ended []devices.OperatorEnded
+	b := open(func(e devices.OperatorEnded) { mu.Lock(); ended = append(ended, e); mu.Unlock() })
+	_, secret, err := a.CreateOperatorToken(ctx, "ops", devices.RoleViewer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	op, _ := a.AuthenticateOperator(ctx, secret)
+	sid, err := a.CreateSession(ctx, op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := b.AuthenticateSession(ctx, sid); !ok || got.Name != "ops" {
+		t.Fatalf("b after refresh: %+v %v", got, ok)
+	}
+	if got, ok := open(nil).AuthenticateSession(ctx, sid); !ok || got.Name != "ops" {
+		t.Fatalf("a new instance: %+v %v", got, ok)
+	}
+	if err := a.DeleteSession(ctx, sid); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := b.AuthenticateSession(ctx, sid); ok {
+		t.Fatal("a signed-out session still works on b")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(ended) != 1 || ended[0].TokenID != op.TokenID || ended[0].Session == "" {
+		t.Fatalf("b announced %+v, want the session's end", ended)
 	}
 }
