@@ -421,3 +421,50 @@ func TestPermessageDeflateOffered(t *testing.T) {
 		t.Fatalf("compressed session: %v", ack)
 	}
 }
+
+// TestCompressedMessageBoundAfterDecompression sends, with permessage-
+// deflate, messages of a few KiB on the wire: one that stays under the
+// read limit once decompressed is taken, one that expands past it closes
+// the connection with 1009 and stores nothing.
+func TestCompressedMessageBoundAfterDecompression(t *testing.T) {
+	const limit = 64 << 10
+	tests := []struct {
+		name     string
+		size     int // decompressed bytes
+		wantCode int // close code, 0 for an answer
+	}{
+		{"under the limit", limit - 100, 0},
+		{"just over the limit", limit + 1, websocket.CloseMessageTooBig},
+		{"a hundred times the limit, a few KiB on the wire", 100 * limit, websocket.CloseMessageTooBig},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newRig(t, rigOpts{readLim: limit})
+			d := websocket.Dialer{EnableCompression: true}
+			c, _, err := d.Dial(r.url(), http.Header{"Authorization": {"Bearer " + r.tokens["d1"]}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if err := c.SetCompressionLevel(9); err != nil {
+				t.Fatal(err)
+			}
+			msg := `{"type":"telemetry","id":"z","metrics":{"a":1}}`
+			msg += strings.Repeat(" ", tt.size-len(msg)) // JSON allows trailing white space
+			if err := c.WriteMessage(websocket.TextMessage, []byte(msg)); err != nil {
+				t.Fatal(err)
+			}
+			if tt.wantCode == 0 {
+				if f := readFrame(t, c); f["type"] != "ack" {
+					t.Fatalf("answer %v, want ack", f)
+				}
+				return
+			}
+			expectClose(t, c, tt.wantCode, 10*time.Second)
+			if n := r.stored(t); n != 0 {
+				t.Fatalf("stored %d readings from a message past the limit", n)
+			}
+			waitPresence(t, r, "d1", false, bridge.ReasonReadLimit)
+		})
+	}
+}
