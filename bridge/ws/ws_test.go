@@ -468,3 +468,48 @@ func TestCompressedMessageBoundAfterDecompression(t *testing.T) {
 		})
 	}
 }
+
+// TestSendQueueBytes: frames queue toward a device up to SendQueueBytes;
+// one frame always fits an empty queue, and what the writer wrote frees
+// room again.
+func TestSendQueueBytes(t *testing.T) {
+	steps := []struct {
+		op   string // "queue" n bytes, or "write": the writer takes the next frame, of n bytes
+		n    int
+		want bool
+	}{
+		{"queue", 600, true},
+		{"queue", 400, true}, // exactly the bound
+		{"queue", 1, false},
+		{"write", 600, true},
+		{"queue", 600, true},
+		{"write", 400, true},
+		{"write", 600, true},
+		{"queue", 5000, true}, // larger than the bound, into an empty queue
+		{"queue", 1, false},
+	}
+	c := &conn_{h: &Handler{opts: Options{SendQueueBytes: 1000}}, send: make(chan []byte, 64)}
+	for i, s := range steps {
+		switch s.op {
+		case "queue":
+			if got := c.enqueue(make([]byte, s.n)); got != s.want {
+				t.Fatalf("step %d: queue %d bytes with %d queued = %v, want %v", i, s.n, c.queued.Load(), got, s.want)
+			}
+		case "write":
+			f := <-c.send
+			if len(f) != s.n {
+				t.Fatalf("step %d: wrote a frame of %d bytes, want %d", i, len(f), s.n)
+			}
+			c.queued.Add(-int64(len(f)))
+		}
+	}
+	c = &conn_{h: &Handler{opts: Options{SendQueueBytes: 1 << 20}}, send: make(chan []byte, 2)}
+	for i, want := range []bool{true, true, false} {
+		if got := c.enqueue([]byte("x")); got != want {
+			t.Fatalf("frame %d of a 2-frame queue: %v, want %v", i, got, want)
+		}
+	}
+	if q := c.queued.Load(); q != 2 {
+		t.Fatalf("%d bytes counted after a refused frame, want 2", q)
+	}
+}
