@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/gorilla/websocket"
 
 	"github.com/fieldhub/fieldhub/telemetry/influxtest"
@@ -296,7 +297,7 @@ func TestAttackMQTTOverWebSocketUncompressed(t *testing.T) {
 
 // TestAttackErrorAmplification: 239 KB of bad fields produced a 5.6 MB
 // error frame. Now an error answer lists the first 20 broken rules and
-// counts the rest, and stays under 4 KiB, over WebSocket and HTTP.
+// counts the rest, and stays under 4 KiB, over WebSocket, HTTP and MQTT.
 func TestAttackErrorAmplification(t *testing.T) {
 	influx := influxtest.Start(t)
 	h := startHub(t, influx, nil)
@@ -357,6 +358,28 @@ func TestAttackErrorAmplification(t *testing.T) {
 		t.Fatalf("http: %d %s", resp.StatusCode, body)
 	}
 	check("http", body)
+
+	// MQTT 3.1.1: the error frame comes on the device's errors topic. The
+	// client id is the device id.
+	mq := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + h.env["FIELDHUB_MQTT_ADDR"]).
+		SetClientID("noisy").SetUsername("noisy").SetPassword(token).SetAutoReconnect(false))
+	if tok := mq.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("mqtt connect: %v", tok.Error())
+	}
+	defer mq.Disconnect(50)
+	mqErrs := make(chan []byte, 4)
+	if tok := mq.Subscribe("devices/noisy/errors", 1, func(_ paho.Client, m paho.Message) { mqErrs <- m.Payload() }); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("mqtt subscribe: %v", tok.Error())
+	}
+	if tok := mq.Publish("devices/noisy/telemetry", 1, false, msg); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("mqtt publish: %v", tok.Error())
+	}
+	select {
+	case frame := <-mqErrs:
+		check("mqtt", frame)
+	case <-time.After(15 * time.Second):
+		t.Fatal("no error frame on devices/noisy/errors")
+	}
 }
 
 var inputQueuedBytes = regexp.MustCompile(`device not reading its answers.*device=slowpoke.*queued_bytes=(\d+)`)
