@@ -331,7 +331,7 @@ func (c *Codec) metricErrors(path string, m Metrics) []FieldError {
 	for _, k := range keys {
 		switch {
 		case !ValidName(k):
-			out = append(out, FieldError{Field: path + "." + k, Reason: "metric name must start with a letter or '_' and contain only letters, digits, '_', '.' or '-' (at most 64 characters)"})
+			out = append(out, FieldError{Field: path + "." + k, Reason: "metric name must start with a letter or '_', then letters, digits, '_', '.' or '-' (max 64)"})
 		case c.valueReason(m[k]) != "":
 			out = append(out, FieldError{Field: path + "." + k, Reason: c.valueReason(m[k])})
 		}
@@ -387,17 +387,23 @@ func (c *Codec) validationError(err error, single bool) *Error {
 			reason = fmt.Sprintf("must contain 1 to %d readings", c.limits.MaxReadings)
 		case "metrics":
 			m, _ := fe.Value().(Metrics)
-			out.Fields = append(out.Fields, c.metricErrors(path, m)...)
+			for _, mfe := range c.metricErrors(path, m) {
+				out.addField(mfe)
+			}
 			continue
 		case "ts":
-			reason = fmt.Sprintf("timestamp (unix milliseconds) must be at most %s ahead of and at most %s behind the hub's clock", c.limits.MaxFuture, c.limits.MaxAge)
+			reason = fmt.Sprintf("unix ms, at most %s ahead of and %s behind the hub's clock", c.limits.MaxFuture, c.limits.MaxAge)
 		default:
 			reason = "breaks rule " + fe.Tag()
 		}
-		out.Fields = append(out.Fields, FieldError{Field: path, Reason: reason})
+		out.addField(FieldError{Field: path, Reason: reason})
+	}
+	if len(out.Fields) == 0 {
+		out.Message = "message is invalid"
+		return out
 	}
 	out.Message = out.Fields[0].Field + ": " + out.Fields[0].Reason
-	if n := len(out.Fields); n > 1 {
+	if n := len(out.Fields) + out.Omitted; n > 1 {
 		out.Message += fmt.Sprintf(" (and %d more)", n-1)
 	}
 	return out

@@ -202,12 +202,17 @@ func FuzzDecode(f *testing.F) {
 			if !errors.As(err, &e) || e.Code == "" || e.Message == "" {
 				t.Fatalf("error without code/message: %v", err)
 			}
+			checkErrorBounded(t, fr, e)
 			return
 		}
 		switch fr.Type {
 		case TypeTelemetry:
 			tel, err := c.Telemetry(fr)
 			if err != nil {
+				var e *Error
+				if errors.As(err, &e) {
+					checkErrorBounded(t, fr, e)
+				}
 				return
 			}
 			checkRoundTrip(t, "dev-1", nil, tel.Readings)
@@ -215,6 +220,19 @@ func FuzzDecode(f *testing.F) {
 			_, _ = c.CommandResult(fr)
 		}
 	})
+}
+
+// checkErrorBounded fails if the error frame answering a message is
+// larger than MaxErrorFrameBytes.
+func checkErrorBounded(t *testing.T, fr *Frame, e *Error) {
+	t.Helper()
+	id := ""
+	if fr != nil {
+		id = fr.ID
+	}
+	if b := EncodeError(id, e); len(b) > MaxErrorFrameBytes {
+		t.Fatalf("error frame of %d bytes", len(b))
+	}
 }
 
 // FuzzValidName checks the hand-written name check against NamePattern.

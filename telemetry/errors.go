@@ -1,7 +1,9 @@
 package telemetry
 
 import (
+	"fmt"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/go-json-experiment/json"
 )
@@ -16,6 +18,8 @@ const (
 	CodeOverloaded  = "overloaded"   // the hub cannot take the message now; retry later
 	CodeTooLarge    = "too_large"    // the message exceeds the size limit
 	CodeInternal    = "internal"     // the hub failed; retry later
+
+	CodeUnsupportedEncoding = "unsupported_encoding" // HTTP: a Content-Encoding other than gzip (415)
 )
 
 // FieldError names one broken rule by its JSON path.
@@ -30,6 +34,52 @@ type Error struct {
 	Code    string
 	Message string
 	Fields  []FieldError
+	// Omitted counts broken rules found beyond Fields and not listed, so
+	// that a message with thousands of them costs the hub (and the device)
+	// no more than MaxFieldErrors entries.
+	Omitted int
+}
+
+// Bounds of an error answer: however much is wrong with a message, the
+// error frame answering it stays a few KiB (docs/protocol.md, "Bounds").
+// Input of 239 KB once produced a 5.6 MB error frame.
+const (
+	MaxFieldErrors     = 20   // field errors listed; the rest are counted in a final "..." entry
+	MaxFieldPathLen    = 64   // bytes of one field path (a refused name may be longer)
+	MaxReasonLen       = 96   // bytes of one reason
+	MaxErrorMessageLen = 200  // bytes of the message
+	MaxErrorFrameBytes = 4096 // an encoded error frame never exceeds this
+)
+
+// MoreField is the field of the final entry of an error list that was
+// cut at MaxFieldErrors; its reason says how many were left out.
+const MoreField = "..."
+
+// addField lists fe, clipped, or counts it in Omitted once MaxFieldErrors
+// are listed.
+func (e *Error) addField(fe FieldError) {
+	if len(e.Fields) >= MaxFieldErrors {
+		e.Omitted++
+		return
+	}
+	e.Fields = append(e.Fields, FieldError{Field: clip(fe.Field, MaxFieldPathLen), Reason: clip(fe.Reason, MaxReasonLen)})
+}
+
+// clip shortens s to at most n bytes, on a rune boundary, marking the cut
+// with "...".
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n - 3
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "..."
+}
+
+func moreEntry(n int) FieldError {
+	return FieldError{Field: MoreField, Reason: fmt.Sprintf("and %d more", n)}
 }
 
 func (e *Error) Error() string { return e.Code + ": " + e.Message }
@@ -54,18 +104,45 @@ type ErrorFrame struct {
 	Errors  []FieldError `json:"errors,omitzero"`
 }
 
-// Frame returns the error frame answering message id.
-func (e *Error) Frame(id string) ErrorFrame {
-	return ErrorFrame{Type: TypeError, ID: id, Code: e.Code, Message: e.Message, Errors: e.Fields}
+// Frame returns the error frame answering message id, within the bounds
+// above: at most MaxFieldErrors entries, then one MoreField entry saying
+// how many more there were; every string clipped. The echoed id is clipped
+// to MaxIDLen (a longer one is refused anyway).
+func (e *Error) Frame(id string) ErrorFrame { return e.frame(id, MaxFieldErrors) }
+
+// frame is Frame listing at most n entries.
+func (e *Error) frame(id string, n int) ErrorFrame {
+	fields, more := e.Fields, e.Omitted
+	if len(fields) > n {
+		more += len(fields) - n
+		fields = fields[:n]
+	}
+	var out []FieldError
+	if len(fields) > 0 || more > 0 {
+		out = make([]FieldError, 0, len(fields)+1)
+		for _, f := range fields {
+			out = append(out, FieldError{Field: clip(f.Field, MaxFieldPathLen), Reason: clip(f.Reason, MaxReasonLen)})
+		}
+		if more > 0 {
+			out = append(out, moreEntry(more))
+		}
+	}
+	return ErrorFrame{Type: TypeError, ID: clip(id, MaxIDLen), Code: e.Code, Message: clip(e.Message, MaxErrorMessageLen), Errors: out}
 }
 
-// EncodeError returns the JSON error frame for e answering message id.
+// EncodeError returns the JSON error frame for e answering message id. It
+// is never larger than MaxErrorFrameBytes: should escaping still take the
+// clipped frame past it, entries move from the list into the final count.
 func EncodeError(id string, e *Error) []byte {
-	b, err := json.Marshal(e.Frame(id))
-	if err != nil { // only strings: unreachable, but never panic on a network path
-		return []byte(`{"type":"error","code":"internal","message":"encode error"}`)
+	for n := MaxFieldErrors; ; n-- {
+		b, err := json.Marshal(e.frame(id, n))
+		if err != nil { // only strings: unreachable, but never panic on a network path
+			return []byte(`{"type":"error","code":"internal","message":"encode error"}`)
+		}
+		if len(b) <= MaxErrorFrameBytes || n == 0 {
+			return b
+		}
 	}
-	return b
 }
 
 // pointerPath turns a JSON pointer ("/readings/3/metrics/temp") into the
@@ -85,5 +162,5 @@ func pointerPath(tokens func(yield func(string) bool)) string {
 		}
 		prev = tok
 	}
-	return b.String()
+	return clip(b.String(), MaxFieldPathLen)
 }

@@ -43,6 +43,9 @@ func (b *Broker) ServeWebSocket(w http.ResponseWriter, r *http.Request) {
 		WriteBufferPool:  &b.wsBufs,
 		Subprotocols:     []string{"mqtt"},
 		CheckOrigin:      func(*http.Request) bool { return true }, // checked above
+		// EnableCompression stays off: the read limit below (and the
+		// broker's packet limit) then counts the bytes the hub holds. With
+		// permessage-deflate it would count compressed bytes.
 	}
 	ws, err := up.Upgrade(w, r, nil)
 	if err != nil {

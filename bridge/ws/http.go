@@ -1,9 +1,13 @@
 package ws
 
 import (
+	"compress/flate"
+	"compress/gzip"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/fieldhub/fieldhub/bridge"
@@ -11,23 +15,103 @@ import (
 	"github.com/fieldhub/fieldhub/telemetry"
 )
 
+// Refusals of a request body before it is decoded.
+var (
+	errBodyTooLarge        = errors.New("body exceeds the message size limit")
+	errUnsupportedEncoding = errors.New("unsupported Content-Encoding")
+	errBadEncoding         = errors.New("body is not valid in its Content-Encoding")
+)
+
+// decodeBody reads a device's request body in its Content-Encoding
+// (encodings, the header's values): none, identity or gzip. The limit
+// applies to the body as the hub holds it, after decompression: a gzip
+// body of a few KiB can expand to gigabytes, so the decompressed stream is
+// read through the bound and never decompressed past limit+1 bytes.
+func decodeBody(body io.Reader, encodings []string, limit int64) ([]byte, error) {
+	gz := false
+	for _, v := range encodings {
+		for tok := range strings.SplitSeq(v, ",") {
+			switch tok = strings.ToLower(strings.TrimSpace(tok)); {
+			case tok == "" || tok == "identity":
+			case (tok == "gzip" || tok == "x-gzip") && !gz:
+				gz = true
+			default:
+				return nil, fmt.Errorf("%w %q", errUnsupportedEncoding, clipHeader(v))
+			}
+		}
+	}
+	src := body
+	if gz {
+		zr, err := gzip.NewReader(body)
+		if err != nil {
+			return nil, bodyError(err)
+		}
+		defer zr.Close()
+		src = zr
+	}
+	data, err := io.ReadAll(io.LimitReader(src, limit+1))
+	if err != nil {
+		return nil, bodyError(err)
+	}
+	if int64(len(data)) > limit {
+		return nil, errBodyTooLarge
+	}
+	return data, nil
+}
+
+func bodyError(err error) error {
+	var mbe *http.MaxBytesError
+	var ce flate.CorruptInputError
+	switch {
+	case errors.As(err, &mbe):
+		return errBodyTooLarge
+	case errors.Is(err, gzip.ErrHeader), errors.Is(err, gzip.ErrChecksum), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF), errors.As(err, &ce):
+		return errBadEncoding
+	}
+	return err
+}
+
+func clipHeader(s string) string {
+	if len(s) > 32 {
+		return s[:32] + "..."
+	}
+	return s
+}
+
+// readBody reads a device's request body (decodeBody) and answers the
+// refusal itself: 413 past the limit, 415 for an encoding the hub does not
+// take, 400 for a body it cannot read.
+func (h *Handler) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	body, err := decodeBody(http.MaxBytesReader(w, r.Body, h.opts.ReadLimit), r.Header.Values("Content-Encoding"), h.opts.ReadLimit)
+	switch {
+	case err == nil:
+		return body, true
+	case errors.Is(err, errBodyTooLarge):
+		writeError(w, http.StatusRequestEntityTooLarge, &telemetry.Error{Code: telemetry.CodeTooLarge, Message: fmt.Sprintf("body exceeds the message size limit of %d bytes (after decompression)", h.opts.ReadLimit)})
+	case errors.Is(err, errUnsupportedEncoding):
+		w.Header().Set("Accept-Encoding", "gzip")
+		writeError(w, http.StatusUnsupportedMediaType, &telemetry.Error{Code: telemetry.CodeUnsupportedEncoding, Message: err.Error() + "; send the body as is or with Content-Encoding: gzip"})
+	case errors.Is(err, errBadEncoding):
+		writeError(w, http.StatusBadRequest, &telemetry.Error{Code: telemetry.CodeBadJSON, Message: "body is not valid gzip"})
+	default:
+		writeError(w, http.StatusBadRequest, &telemetry.Error{Code: telemetry.CodeBadJSON, Message: "could not read body"})
+	}
+	return nil, false
+}
+
 // ServeTelemetry is POST /api/v1/telemetry: the same telemetry body as the
-// socket, for devices that wake up, post and sleep. 200 with an ack once
-// every reading is durable; 400 with the error frame; 401; 413; 429; 503
-// when the hub is overloaded (retry after the Retry-After header).
+// socket, for devices that wake up, post and sleep; the body may be gzip
+// (Content-Encoding: gzip). 200 with an ack once every reading is durable;
+// 400 with the error frame; 401; 413 past the size limit (counted after
+// decompression); 415 for another Content-Encoding; 429; 503 when the hub
+// is overloaded (retry after the Retry-After header).
 func (h *Handler) ServeTelemetry(w http.ResponseWriter, r *http.Request) {
 	id, _, ok := h.authenticate(w, r)
 	if !ok {
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.opts.ReadLimit))
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			writeError(w, http.StatusRequestEntityTooLarge, &telemetry.Error{Code: telemetry.CodeTooLarge, Message: "body exceeds the message size limit"})
-			return
-		}
-		writeError(w, http.StatusBadRequest, &telemetry.Error{Code: telemetry.CodeBadJSON, Message: "could not read body"})
+	body, ok := h.readBody(w, r)
+	if !ok {
 		return
 	}
 	s := h.opts.Bridge.Ephemeral(id, devices.TransportHTTP, h.opts.Proxies.ClientAddr(r))
@@ -99,9 +183,8 @@ func (h *Handler) ServeCommandResult(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.opts.ReadLimit))
-	if err != nil {
-		writeError(w, http.StatusRequestEntityTooLarge, &telemetry.Error{Code: telemetry.CodeTooLarge, Message: "body exceeds the message size limit"})
+	body, ok := h.readBody(w, r)
+	if !ok {
 		return
 	}
 	codec := h.opts.Bridge.Codec()

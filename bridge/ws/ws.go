@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -49,14 +50,17 @@ type Options struct {
 	// presented token); nil disables it.
 	Failures *devices.FailureLimiter
 	// Connects bounds new connections per client address, shared with
-	// every other way in; each WebSocket upgrade and each HTTP request
-	// spends one. Nil disables it.
+	// every other way in; each WebSocket upgrade spends one. Nil
+	// disables it.
 	Connects *devices.ConnectLimiter
 	// Proxies are the trusted reverse proxies behind which the client
 	// address is read from X-Forwarded-For; nil trusts none.
 	Proxies *devices.Proxies
-	// ReadLimit is the largest message accepted; default 256 KiB. Larger
-	// frames close the connection with 1009 and nothing of them is stored.
+	// ReadLimit is the largest message accepted, counted after
+	// permessage-deflate decompression (and after Content-Encoding on
+	// HTTP); default 256 KiB. Larger messages close the connection with
+	// 1009 (HTTP: 413) and nothing of them is stored; a compressed message
+	// is never decompressed past the limit.
 	ReadLimit int64
 	// PingInterval is how often the hub pings; a device silent for two
 	// intervals is disconnected (heartbeat_timeout). Default 30 s.
@@ -65,6 +69,11 @@ type Options struct {
 	WriteWait time.Duration
 	// SendQueue bounds frames waiting for the writer; default 64.
 	SendQueue int
+	// SendQueueBytes bounds the bytes of those frames; default 256 KiB. A
+	// device whose answers pass either bound is not reading: it is
+	// disconnected (slow_consumer, logged and counted); a command that
+	// would pass it stays pending. One frame always fits an empty queue.
+	SendQueueBytes int64
 	// OnAuthFailure, if set, is told of each refused credential (metrics).
 	OnAuthFailure func(transport string)
 	Logger        *slog.Logger
@@ -82,6 +91,9 @@ func (o *Options) ensureDefaults() {
 	}
 	if o.SendQueue <= 0 {
 		o.SendQueue = 64
+	}
+	if o.SendQueueBytes <= 0 {
+		o.SendQueueBytes = 256 << 10
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -242,17 +254,40 @@ type conn_ struct {
 	send    chan []byte   // frames for the writer; bounded
 	kick    chan string   // close requests for the writer; cap 1
 	done    chan struct{} // closed when the reader stops
+	// queued is the bytes of the frames in send and being written; the
+	// senders add (reserve) before sending, the writer subtracts after
+	// writing.
+	queued atomic.Int64
+}
+
+// reserve counts n more bytes toward the device if they fit
+// SendQueueBytes (or the queue holds nothing) and reports whether they did.
+func (c *conn_) reserve(n int) bool {
+	if q := c.queued.Add(int64(n)); q > c.h.opts.SendQueueBytes && q != int64(n) {
+		c.queued.Add(-int64(n))
+		return false
+	}
+	return true
+}
+
+// enqueue hands frame to the writer within both bounds.
+func (c *conn_) enqueue(frame []byte) bool {
+	if !c.reserve(len(frame)) {
+		return false
+	}
+	select {
+	case c.send <- frame:
+		return true
+	default:
+		c.queued.Add(-int64(len(frame)))
+		return false
+	}
 }
 
 // Deliver implements bridge.Conn: the command goes through the writer's
-// queue like every other frame.
+// queue like every other frame; one that does not fit now stays pending.
 func (c *conn_) Deliver(cmd telemetry.Command) bool {
-	select {
-	case c.send <- telemetry.EncodeCommand(cmd, true):
-		return true
-	default:
-		return false
-	}
+	return c.enqueue(telemetry.EncodeCommand(cmd, true))
 }
 
 // Close implements bridge.Conn: the writer sends the close frame.
@@ -276,14 +311,20 @@ func (c *conn_) run(ctx context.Context) {
 	c.h.opts.Bridge.Disconnect(c.session, reason)
 }
 
-// queue hands a frame to the writer. A full queue means the device is not
-// reading: it is disconnected, never waited for.
-func (c *conn_) queue(frame []byte) {
-	select {
-	case c.send <- frame:
-	default:
-		c.session.Kick(bridge.ReasonSlowConsumer)
+// queue hands an answer to the writer. A full queue (in frames or in
+// bytes) means the device is not reading: it is disconnected, never waited
+// for, and queue reports false so the reader stops taking its messages.
+func (c *conn_) queue(frame []byte) bool {
+	if c.enqueue(frame) {
+		return true
 	}
+	c.h.log.Warn("device not reading its answers; disconnecting", "device", c.session.DeviceID, "transport", devices.TransportWS,
+		"remote", c.session.Remote, "reason", bridge.ReasonSlowConsumer,
+		"queued_bytes", c.queued.Load(), "queued_frames", len(c.send), "max_bytes", c.h.opts.SendQueueBytes, "max_frames", c.h.opts.SendQueue)
+	c.session.Kick(bridge.ReasonSlowConsumer)
+	// A write blocked on the device gets a second more, not WriteWait.
+	_ = c.ws.NetConn().SetWriteDeadline(time.Now().Add(time.Second))
+	return false
 }
 
 func (c *conn_) readLoop(ctx context.Context) string {
@@ -295,48 +336,103 @@ func (c *conn_) readLoop(ctx context.Context) string {
 	})
 	codec := c.h.opts.Bridge.Codec()
 	for {
-		mt, data, err := c.ws.ReadMessage()
+		mt, data, err := c.readMessage()
+		if errors.Is(err, errDecompressedTooLarge) {
+			return c.refuseTooLarge()
+		}
 		if err != nil {
 			return readErrorReason(err)
 		}
 		// Any message proves the device is alive, like a pong.
 		_ = c.ws.SetReadDeadline(time.Now().Add(pongWait))
+		var answer []byte
 		if terr := c.h.opts.Bridge.Admit(c.session); terr != nil {
-			c.queue(telemetry.EncodeError("", terr))
-			continue
+			answer = telemetry.EncodeError("", terr)
+		} else if mt != websocket.TextMessage {
+			answer = telemetry.EncodeError("", &telemetry.Error{Code: telemetry.CodeBadJSON, Message: "binary frames are not supported; send JSON text frames"})
+		} else {
+			answer = c.handle(ctx, codec, data)
 		}
-		if mt != websocket.TextMessage {
-			c.queue(telemetry.EncodeError("", &telemetry.Error{Code: telemetry.CodeBadJSON, Message: "binary frames are not supported; send JSON text frames"}))
-			continue
+		if answer != nil && !c.queue(answer) {
+			return bridge.ReasonSlowConsumer
 		}
-		f, derr := codec.Decode(data)
-		if derr != nil {
-			id := ""
-			if f != nil {
-				id = f.ID
-			}
-			c.queue(c.reject(id, derr))
-			continue
+	}
+}
+
+// handle acts on one text message and returns the answer to send, if any.
+func (c *conn_) handle(ctx context.Context, codec *telemetry.Codec, data []byte) []byte {
+	f, derr := codec.Decode(data)
+	if derr != nil {
+		id := ""
+		if f != nil {
+			id = f.ID
 		}
-		switch f.Type {
-		case telemetry.TypeTelemetry:
-			id, terr := c.h.opts.Bridge.IngestFrame(ctx, c.session, f)
-			if terr != nil {
-				c.queue(telemetry.EncodeError(id, terr))
-			} else {
-				c.queue(telemetry.EncodeAck(id))
-			}
-		case telemetry.TypePing:
-			c.queue([]byte(`{"type":"pong"}`))
-		case telemetry.TypeCommandResult:
-			r, err := codec.CommandResult(f)
-			if err != nil {
-				c.queue(c.reject(f.ID, err))
-				continue
-			}
-			// An unknown or already finished command is not the device's
-			// fault (a redelivered duplicate): nothing to answer.
-			_ = c.h.opts.Bridge.CommandResult(c.session.DeviceID, r)
+		return c.reject(id, derr)
+	}
+	switch f.Type {
+	case telemetry.TypeTelemetry:
+		id, terr := c.h.opts.Bridge.IngestFrame(ctx, c.session, f)
+		if terr != nil {
+			return telemetry.EncodeError(id, terr)
+		}
+		return telemetry.EncodeAck(id)
+	case telemetry.TypePing:
+		return []byte(`{"type":"pong"}`)
+	case telemetry.TypeCommandResult:
+		r, err := codec.CommandResult(f)
+		if err != nil {
+			return c.reject(f.ID, err)
+		}
+		// An unknown or already finished command is not the device's
+		// fault (a redelivered duplicate): nothing to answer.
+		_ = c.h.opts.Bridge.CommandResult(c.session.DeviceID, r)
+	}
+	return nil
+}
+
+// errDecompressedTooLarge is a compressed message that expands past the
+// read limit.
+var errDecompressedTooLarge = errors.New("ws: message exceeds the read limit once decompressed")
+
+// readMessage is ReadMessage with the read limit applied to the message
+// as the hub holds it: gorilla's SetReadLimit counts the bytes on the
+// wire, and a permessage-deflate message of a few KiB under it can expand
+// to gigabytes. The decompressed stream is read through a bound, so no
+// more than ReadLimit+1 bytes of a message are ever held. The rest of an
+// oversized message is read into io.Discard (a window of memory, bounded
+// in time by the read deadline and in size by the wire limit), so the
+// device's close answer can be read and the close is not lost to a reset.
+func (c *conn_) readMessage() (int, []byte, error) {
+	mt, r, err := c.ws.NextReader()
+	if err != nil {
+		return 0, nil, err
+	}
+	limit := c.h.opts.ReadLimit
+	data, err := io.ReadAll(io.LimitReader(r, limit+1))
+	if err != nil {
+		return 0, nil, err
+	}
+	if int64(len(data)) > limit {
+		_ = c.ws.SetReadDeadline(time.Now().Add(2 * time.Second))
+		_, _ = io.Copy(io.Discard, r)
+		return 0, nil, errDecompressedTooLarge
+	}
+	return mt, data, nil
+}
+
+// refuseTooLarge closes the connection with 1009 through the writer, like
+// gorilla's own read limit, without looking at anything the device sends
+// after the oversized message; it waits a moment for the device's close
+// answer so the close frame is not lost to a reset.
+func (c *conn_) refuseTooLarge() string {
+	c.h.opts.Bridge.Reject(c.session, &telemetry.Error{Code: telemetry.CodeTooLarge, Message: "message exceeds the size limit once decompressed"})
+	c.session.Kick(bridge.ReasonReadLimit)
+	_ = c.ws.SetReadDeadline(time.Now().Add(2 * time.Second))
+	for {
+		// NextReader discards any later message unread (nothing more is
+		// decompressed) until the device's close, an error or the deadline.
+		if _, _, err := c.ws.NextReader(); err != nil {
+			return bridge.ReasonReadLimit
 		}
 	}
 }
@@ -383,6 +479,8 @@ func closeCode(reason string) int {
 		return websocket.CloseGoingAway
 	case bridge.ReasonSlowConsumer:
 		return websocket.ClosePolicyViolation
+	case bridge.ReasonReadLimit:
+		return websocket.CloseMessageTooBig
 	}
 	return websocket.CloseNormalClosure
 }
@@ -397,7 +495,9 @@ func (c *conn_) writeLoop() {
 			return
 		case frame := <-c.send:
 			_ = c.ws.SetWriteDeadline(time.Now().Add(wait))
-			if err := c.ws.WriteMessage(websocket.TextMessage, frame); err != nil {
+			err := c.ws.WriteMessage(websocket.TextMessage, frame)
+			c.queued.Add(-int64(len(frame)))
+			if err != nil {
 				c.session.Kick(bridge.ReasonNetworkError)
 				c.abort()
 				return

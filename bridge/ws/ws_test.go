@@ -441,3 +441,95 @@ func TestAuthFailuresSpareValidTokens(t *testing.T) {
 	c := r.dial(t, r.tokens["d1"])
 	c.Close()
 }
+
+// TestCompressedMessageBoundAfterDecompression sends, with permessage-
+// deflate, messages of a few KiB on the wire: one that stays under the
+// read limit once decompressed is taken, one that expands past it closes
+// the connection with 1009 and stores nothing.
+func TestCompressedMessageBoundAfterDecompression(t *testing.T) {
+	const limit = 64 << 10
+	tests := []struct {
+		name     string
+		size     int // decompressed bytes
+		wantCode int // close code, 0 for an answer
+	}{
+		{"under the limit", limit - 100, 0},
+		{"just over the limit", limit + 1, websocket.CloseMessageTooBig},
+		{"a hundred times the limit, a few KiB on the wire", 100 * limit, websocket.CloseMessageTooBig},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newRig(t, rigOpts{readLim: limit})
+			d := websocket.Dialer{EnableCompression: true}
+			c, _, err := d.Dial(r.url(), http.Header{"Authorization": {"Bearer " + r.tokens["d1"]}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if err := c.SetCompressionLevel(9); err != nil {
+				t.Fatal(err)
+			}
+			msg := `{"type":"telemetry","id":"z","metrics":{"a":1}}`
+			msg += strings.Repeat(" ", tt.size-len(msg)) // JSON allows trailing white space
+			if err := c.WriteMessage(websocket.TextMessage, []byte(msg)); err != nil {
+				t.Fatal(err)
+			}
+			if tt.wantCode == 0 {
+				if f := readFrame(t, c); f["type"] != "ack" {
+					t.Fatalf("answer %v, want ack", f)
+				}
+				return
+			}
+			expectClose(t, c, tt.wantCode, 10*time.Second)
+			if n := r.stored(t); n != 0 {
+				t.Fatalf("stored %d readings from a message past the limit", n)
+			}
+			waitPresence(t, r, "d1", false, bridge.ReasonReadLimit)
+		})
+	}
+}
+
+// TestSendQueueBytes: frames queue toward a device up to SendQueueBytes;
+// one frame always fits an empty queue, and what the writer wrote frees
+// room again.
+func TestSendQueueBytes(t *testing.T) {
+	steps := []struct {
+		op   string // "queue" n bytes, or "write": the writer takes the next frame, of n bytes
+		n    int
+		want bool
+	}{
+		{"queue", 600, true},
+		{"queue", 400, true}, // exactly the bound
+		{"queue", 1, false},
+		{"write", 600, true},
+		{"queue", 600, true},
+		{"write", 400, true},
+		{"write", 600, true},
+		{"queue", 5000, true}, // larger than the bound, into an empty queue
+		{"queue", 1, false},
+	}
+	c := &conn_{h: &Handler{opts: Options{SendQueueBytes: 1000}}, send: make(chan []byte, 64)}
+	for i, s := range steps {
+		switch s.op {
+		case "queue":
+			if got := c.enqueue(make([]byte, s.n)); got != s.want {
+				t.Fatalf("step %d: queue %d bytes with %d queued = %v, want %v", i, s.n, c.queued.Load(), got, s.want)
+			}
+		case "write":
+			f := <-c.send
+			if len(f) != s.n {
+				t.Fatalf("step %d: wrote a frame of %d bytes, want %d", i, len(f), s.n)
+			}
+			c.queued.Add(-int64(len(f)))
+		}
+	}
+	c = &conn_{h: &Handler{opts: Options{SendQueueBytes: 1 << 20}}, send: make(chan []byte, 2)}
+	for i, want := range []bool{true, true, false} {
+		if got := c.enqueue([]byte("x")); got != want {
+			t.Fatalf("frame %d of a 2-frame queue: %v, want %v", i, got, want)
+		}
+	}
+	if q := c.queued.Load(); q != 2 {
+		t.Fatalf("%d bytes counted after a refused frame, want 2", q)
+	}
+}

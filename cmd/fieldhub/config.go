@@ -46,6 +46,7 @@ type config struct {
 	RateLimit       float64
 	RateBurst       int
 	WSPingInterval  time.Duration
+	WSSendQueue     int64
 	MaxFuture       time.Duration
 	MaxAge          time.Duration
 	TagLabels       []string
@@ -113,6 +114,7 @@ var settings = []setting{
 	{"rate-limit", "FIELDHUB_RATE_LIMIT", "50", "messages per second per device", false},
 	{"rate-burst", "FIELDHUB_RATE_BURST", "100", "burst of messages per device", false},
 	{"ws-ping-interval", "FIELDHUB_WS_PING_INTERVAL", "30s", "WebSocket ping interval; no pong within two intervals disconnects", false},
+	{"ws-send-queue-bytes", "FIELDHUB_WS_SEND_QUEUE_BYTES", "262144", "bytes of answers and commands waiting for one WebSocket device; a device that lets more pile up is disconnected (slow_consumer)", false},
 	{"max-future", "FIELDHUB_MAX_FUTURE", "5m", "how far ahead of the hub's clock a reading's ts may be", false},
 	{"max-age", "FIELDHUB_MAX_AGE", "168h", "how far behind the hub's clock a reading's ts may be", false},
 	{"tag-labels", "FIELDHUB_TAG_LABELS", "", "comma-separated device labels written to InfluxDB as tags", false},
@@ -198,6 +200,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 		RateLimit:       p.float("rate-limit"),
 		RateBurst:       p.intRange("rate-burst", 1, 1<<20),
 		WSPingInterval:  p.duration("ws-ping-interval"),
+		WSSendQueue:     int64(p.intRange("ws-send-queue-bytes", 4096, 1<<30)),
 		MaxFuture:       p.duration("max-future"),
 		MaxAge:          p.duration("max-age"),
 		TagLabels:       p.list("tag-labels"),

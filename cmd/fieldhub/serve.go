@@ -192,6 +192,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	deviceWS, err := ws.New(ws.Options{
 		Bridge: br, Auth: reg, Failures: failures, Connects: connects, Proxies: cfg.TrustedProxies, ReadLimit: cfg.MaxMessageBytes,
 		PingInterval: cfg.WSPingInterval, Logger: log, OnAuthFailure: m.authFailure,
+		SendQueueBytes: cfg.WSSendQueue,
 	})
 	if err != nil {
 		return err
