@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
+	"maps"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -375,4 +376,92 @@ func FuzzRecover(f *testing.F) {
 			t.Fatalf("repair changed the records: %v, want %v", again, want)
 		}
 	})
+}
+
+// TestRecoverCheckpointInsideDamage: one damaged stretch covers the last
+// confirmed record and the first unconfirmed one, so the checkpoint points
+// into it. The first Open moves the checkpoint past the damage and saves
+// it before padding; every later Open replays the same intact records and
+// Read never fails.
+func TestRecoverCheckpointInsideDamage(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "spool")
+	s := open(t, dir, Options{})
+	for i := range 20 {
+		if err := s.Append(context.Background(), 1, line(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first, err := s.Read(s.Confirmed(), 10, 1<<20, nil)
+	if err != nil || first.Points != 10 {
+		t.Fatalf("read 10: %d %v", first.Points, err)
+	}
+	if err := s.Confirm(first.Next, first.Points); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	segs, _ := filepath.Glob(filepath.Join(dir, "*.seg"))
+	b, _ := os.ReadFile(segs[0])
+	offs := recordOffsets(t, b)
+	b[offs[9]+headerSize+2] ^= 4  // confirmed
+	b[offs[10]+headerSize+2] ^= 4 // unconfirmed: the checkpoint is its start
+	if err := os.WriteFile(segs[0], b, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int{}
+	for i := 11; i < 20; i++ {
+		want[string(line(i))] = 1
+	}
+	for round := range 3 {
+		s := open(t, dir, Options{})
+		if cp := s.Confirmed(); cp.Offset != int64(offs[11]) {
+			t.Errorf("open %d: checkpoint %v, want offset %d (the first intact record after the damage)", round, cp, offs[11])
+		}
+		// A batch bound smaller than a padding record.
+		if _, err := s.Read(s.Confirmed(), 5000, 100, nil); err != nil {
+			t.Fatalf("open %d: small Read: %v", round, err)
+		}
+		if got := replayedLines(t, s); !maps.Equal(got, want) {
+			t.Fatalf("open %d: replayed %v, want lines 11-19 once", round, got)
+		}
+		if st := s.Stats(); st.PendingPoints != 9 {
+			t.Errorf("open %d: PendingPoints %d, want 9", round, st.PendingPoints)
+		}
+		s.Close()
+	}
+}
+
+// TestReadResyncsInsideRecord: a position inside a record, however it got
+// there, makes Read skip forward to the next intact record, whatever the
+// batch bound, instead of failing on every call.
+func TestReadResyncsInsideRecord(t *testing.T) {
+	for _, maxBytes := range []int{1 << 20, 100, 1} {
+		t.Run(fmt.Sprint(maxBytes), func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "spool")
+			s := open(t, dir, Options{})
+			for i := range 5 {
+				if err := s.Append(context.Background(), 1, line(i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			segs, _ := filepath.Glob(filepath.Join(dir, "*.seg"))
+			b, _ := os.ReadFile(segs[0])
+			offs := recordOffsets(t, b)
+			pos := Position{Segment: s.Confirmed().Segment, Offset: int64(offs[1] + 3)}
+			var lines []string
+			for range 20 {
+				bt, err := s.Read(pos, 5000, maxBytes, nil)
+				if err != nil {
+					t.Fatalf("Read at %v: %v", pos, err)
+				}
+				if bt.Points == 0 {
+					break
+				}
+				lines = append(lines, strings.SplitAfter(string(bt.Data), "\n")...)
+				pos = bt.Next
+			}
+			if got, want := strings.Join(lines, ""), string(line(2))+string(line(3))+string(line(4)); got != want {
+				t.Fatalf("read %q, want %q", got, want)
+			}
+		})
+	}
 }

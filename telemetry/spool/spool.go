@@ -187,7 +187,7 @@ type Spool struct {
 	lastFull  atomic.Int64 // unix nanoseconds of the last ErrFull
 	recovered int64
 
-	// Set by recover, read-only afterwards.
+	// Set by recover; after Open, guarded by mu (Read adds what it skips).
 	corruptBytes   int64
 	corruptRecords int64
 	quarantined    int64 // bytes copied to the quarantine file at Open
@@ -467,7 +467,15 @@ func (s *Spool) scan(seq uint64, cp Position, last bool) (scanResult, error) {
 		return res, fmt.Errorf("read segment: %w", err)
 	}
 	now := time.Now().UnixMilli()
+	// The checkpoint moves to the first record boundary at or after it: a
+	// checkpoint inside a record (or inside damage padded below) would
+	// leave the consumer stuck in the middle of a record.
+	inSeg := cp.Segment == seq
+	boundary := int64(-1)
 	sc := scanRecords(data, func(off, n int64, pts uint32, at int64) {
+		if inSeg && boundary < 0 && off >= cp.Offset {
+			boundary = off
+		}
 		if (Position{seq, off}).less(cp) || pts == 0 && at == 0 {
 			return // confirmed, or padding
 		}
@@ -491,8 +499,29 @@ func (s *Spool) scan(seq uint64, cp Position, last bool) (scanResult, error) {
 		res.corruptBytes += d.end - d.off
 		res.corruptRecords += d.records
 		s.quarantine(seq, d.off, data[d.off:d.end])
-		if cp.Segment == seq && d.off < cp.Offset && cp.Offset < d.end {
-			res.cpOffset = d.end // the checkpoint cannot point into damage
+	}
+	if inSeg {
+		res.cpOffset = sc.tail
+		if boundary >= 0 {
+			res.cpOffset = boundary
+		}
+		for _, d := range sc.damaged {
+			if d.off >= cp.Offset && d.off < res.cpOffset {
+				res.cpOffset = d.off // the damage starts on a record boundary (padded below)
+			}
+			if d.off < cp.Offset && cp.Offset < d.end && d.end < res.cpOffset {
+				res.cpOffset = d.end // the checkpoint cannot point into damage
+			}
+		}
+		// Saved before the padding is written: once padded, the damage
+		// no longer shows where the checkpoint fell, and the next Open
+		// must not start in the middle of a padding record.
+		if res.cpOffset != cp.Offset {
+			if err := s.writeCheckpoint(Position{seq, res.cpOffset}); err != nil {
+				return res, err
+			}
+			s.log.Warn("spool: moved the checkpoint to a record boundary", "segment", segName(seq),
+				"from", cp.Offset, "to", res.cpOffset)
 		}
 	}
 	for _, d := range sc.damaged {
@@ -888,10 +917,28 @@ func (s *Spool) Read(pos Position, maxPoints int, maxBytes int, buf []byte) (Bat
 		for len(chunk) > 0 && b.Points < maxPoints {
 			n, pts, at, ok := parseRecord(chunk)
 			if !ok {
-				if !progressed && int64(len(chunk)) == end-b.Next.Offset {
-					return b, fmt.Errorf("spool: corrupt record at segment %d offset %d", b.Next.Segment, b.Next.Offset)
+				if progressed {
+					break // the chunk cut a record: it is read whole next time round
 				}
-				break // the chunk cut a record: it is read whole next time round
+				rest := chunk
+				if int64(len(chunk)) < end-b.Next.Offset {
+					rest = make([]byte, end-b.Next.Offset)
+					if _, err := f.ReadAt(rest, b.Next.Offset); err != nil && !errors.Is(err, io.EOF) {
+						return b, fmt.Errorf("read segment: %w", err)
+					}
+				}
+				if n, _, _, ok := parseRecord(rest); ok {
+					chunk = rest[:n] // one record larger than the batch bound
+					continue
+				}
+				// Not a record boundary (damage since Open, or a position
+				// inside a record): resynchronise on the next intact
+				// record rather than fail on every call.
+				skip := resync(rest)
+				s.skipped(b.Next, skip)
+				b.Next.Offset += skip
+				progressed = true
+				break
 			}
 			if len(b.Data) > 0 && len(b.Data)+int(n) > maxBytes {
 				return b, nil
@@ -909,6 +956,30 @@ func (s *Spool) Read(pos Position, maxPoints int, maxBytes int, buf []byte) (Bat
 		}
 	}
 	return b, nil
+}
+
+// resync returns the offset in b of the first intact record after its
+// start, or len(b) if there is none. Append refuses payloads holding a zero
+// byte and every header holds one, so a payload cannot pass for a record.
+func resync(b []byte) int64 {
+	for p := 1; p+headerSize <= len(b); p++ {
+		if plausibleHeader(b[p:]) {
+			if _, _, _, ok := parseRecord(b[p:]); ok {
+				return int64(p)
+			}
+		}
+	}
+	return int64(len(b))
+}
+
+// skipped logs and counts n bytes Read skipped at pos to resynchronise.
+func (s *Spool) skipped(pos Position, n int64) {
+	s.mu.Lock()
+	s.corruptBytes += n
+	s.corruptRecords++
+	s.mu.Unlock()
+	s.log.Error("spool: read position is not a record boundary, skipped to the next intact record",
+		"segment", segName(pos.Segment), "offset", pos.Offset, "bytes", n)
 }
 
 // nextSegment returns the first segment after seq.
