@@ -29,6 +29,7 @@
 package spool
 
 import (
+	"bufio"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -191,6 +192,7 @@ type Spool struct {
 	corruptBytes   int64
 	corruptRecords int64
 	quarantined    int64 // bytes copied to the quarantine file at Open
+	qfile          quarantineFile
 
 	closeOnce sync.Once
 }
@@ -274,6 +276,7 @@ func (s *Spool) recover() error {
 	slices.Sort(segs)
 	cp := s.readCheckpoint()
 	var corruptSegs int
+	defer s.closeQuarantine()
 	for _, seq := range segs {
 		if seq < cp.Segment {
 			if err := os.Remove(s.segPath(seq)); err != nil {
@@ -524,6 +527,7 @@ func (s *Spool) scan(seq uint64, cp Position, last bool) (scanResult, error) {
 				"from", cp.Offset, "to", res.cpOffset)
 		}
 	}
+	s.syncQuarantine()
 	for _, d := range sc.damaged {
 		if _, err := f.WriteAt(padding(d.end-d.off), d.off); err != nil {
 			return res, fmt.Errorf("pad corrupt records: %w", err)
@@ -569,39 +573,87 @@ const maxQuarantineBytes = 64 << 20
 
 func (s *Spool) quarantinePath() string { return filepath.Clean(s.opts.Dir) + ".quarantine" }
 
+// quarantineFile is the quarantine file while recover runs: opened at
+// the first damage, written through one buffer, fsynced once per segment
+// before that segment's damage is padded over, closed when recover ends.
+type quarantineFile struct {
+	f      *os.File
+	w      *bufio.Writer
+	size   int64 // bytes in the file, written or buffered
+	kept   int64 // damaged bytes buffered since the last sync
+	broken bool  // a failure was logged; the evidence is no longer kept
+}
+
 // quarantine appends damaged bytes to the quarantine file beside the spool
 // directory, each run after a one-line text header saying where it was.
-// A failure only costs the evidence: it is logged and recovery goes on.
+// A failure only costs the evidence: it is logged once and recovery goes on.
 func (s *Spool) quarantine(seq uint64, off int64, b []byte) {
-	path := s.quarantinePath()
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
-	if err != nil {
-		s.log.Error("spool: open quarantine file", "err", err)
+	q := &s.qfile
+	if q.broken {
 		return
 	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		s.log.Error("spool: stat quarantine file", "err", err)
-		return
+	if q.f == nil {
+		f, err := os.OpenFile(s.quarantinePath(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+		if err != nil {
+			s.quarantineFailed("open", err)
+			return
+		}
+		fi, err := f.Stat()
+		if err != nil {
+			f.Close()
+			s.quarantineFailed("stat", err)
+			return
+		}
+		q.f, q.w, q.size = f, bufio.NewWriterSize(f, 256<<10), fi.Size()
 	}
 	head := fmt.Sprintf("fieldhub-spool-quarantine segment=%s offset=%d bytes=%d at=%s\n",
 		segName(seq), off, len(b), time.Now().UTC().Format(time.RFC3339))
-	room := maxQuarantineBytes - fi.Size() - int64(len(head)) - 1
+	room := maxQuarantineBytes - q.size - int64(len(head)) - 1
 	if room <= 0 {
 		return
 	}
 	keep := b[:min(int64(len(b)), room)]
-	rec := append(append([]byte(head), keep...), '\n')
-	if _, err := f.Write(rec); err != nil {
-		s.log.Error("spool: write quarantine file", "err", err)
+	q.w.WriteString(head)
+	q.w.Write(keep)
+	if err := q.w.WriteByte('\n'); err != nil { // a bufio.Writer keeps its first error
+		s.quarantineFailed("write", err)
 		return
 	}
-	if err := f.Sync(); err != nil {
-		s.log.Error("spool: sync quarantine file", "err", err)
+	q.size += int64(len(head)) + int64(len(keep)) + 1
+	q.kept += int64(len(keep))
+}
+
+// syncQuarantine makes what quarantine buffered durable; recover calls it
+// before it pads damage over, so the evidence is on disk first.
+func (s *Spool) syncQuarantine() {
+	q := &s.qfile
+	if q.f == nil || q.broken || q.kept == 0 {
 		return
 	}
-	s.quarantined += int64(len(keep))
+	if err := q.w.Flush(); err != nil {
+		s.quarantineFailed("write", err)
+		return
+	}
+	if err := q.f.Sync(); err != nil {
+		s.quarantineFailed("sync", err)
+		return
+	}
+	s.quarantined += q.kept
+	q.kept = 0
+}
+
+// closeQuarantine syncs and closes the quarantine file at the end of recover.
+func (s *Spool) closeQuarantine() {
+	s.syncQuarantine()
+	if s.qfile.f != nil {
+		s.qfile.f.Close()
+	}
+	s.qfile = quarantineFile{}
+}
+
+func (s *Spool) quarantineFailed(what string, err error) {
+	s.log.Error("spool: "+what+" quarantine file; damaged bytes are skipped without a copy", "err", err)
+	s.qfile.broken = true
 }
 
 // parseRecord returns the length of the record at the start of b, its
