@@ -686,12 +686,10 @@ func appendRecord(b []byte, points uint32, at int64, payload []byte) []byte {
 }
 
 // roll starts a new active segment. Called from Open and the committer.
+// The new segment is created before the old one is closed: if creating it
+// fails, the old one stays active and the next append that needs room
+// tries again.
 func (s *Spool) roll() error {
-	if s.active != nil {
-		if err := s.active.Close(); err != nil {
-			return fmt.Errorf("close segment: %w", err)
-		}
-	}
 	s.mu.Lock()
 	seq := uint64(1)
 	if n := len(s.segments); n > 0 {
@@ -705,7 +703,14 @@ func (s *Spool) roll() error {
 	if !s.opts.NoSync {
 		if err := syncDir(s.opts.Dir); err != nil {
 			f.Close()
+			os.Remove(s.segPath(seq)) // empty; the next try creates it again
 			return err
+		}
+	}
+	if s.active != nil {
+		// Everything in it was fsynced by flush; a close error loses nothing.
+		if err := s.active.Close(); err != nil {
+			s.log.Warn("spool: close full segment", "segment", segName(s.activeSeq), "err", err)
 		}
 	}
 	s.active, s.activeSeq, s.activeLen = f, seq, 0
