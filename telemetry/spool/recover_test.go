@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
+	"log/slog"
 	"maps"
 	"os"
 	"path/filepath"
@@ -560,5 +561,59 @@ func TestRecoverManyDamagedStretches(t *testing.T) {
 	t.Logf("Open over 10000 damaged stretches took %v", took)
 	if took > 4*time.Second {
 		t.Errorf("Open took %v, want well under 4s", took)
+	}
+}
+
+// TestCorruptCheckpointCounted: a checkpoint file that does not validate
+// makes the spool replay everything (the safe choice: InfluxDB stores a
+// point written twice once), and says so: one log line and a counter. A
+// missing checkpoint (a new spool) is neither.
+func TestCorruptCheckpointCounted(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		content []byte // nil: no checkpoint file
+		want    int64
+	}{
+		{"missing", nil, 0},
+		{"flipped byte", nil, 1},
+		{"short", []byte{1, 2, 3}, 1},
+		{"empty", []byte{}, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "spool")
+			s := open(t, dir, Options{})
+			for i := range 4 {
+				if err := s.Append(context.Background(), 1, line(i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			bt := readAll(t, s, s.Confirmed())
+			if err := s.Confirm(bt.Next, bt.Points); err != nil {
+				t.Fatal(err)
+			}
+			s.Close()
+			cp := filepath.Join(dir, "checkpoint")
+			switch {
+			case tc.name == "missing":
+				os.Remove(cp)
+			case tc.content == nil:
+				b, _ := os.ReadFile(cp)
+				b[3] ^= 1
+				os.WriteFile(cp, b, 0o640)
+			default:
+				os.WriteFile(cp, tc.content, 0o640)
+			}
+			var logs bytes.Buffer
+			s2 := open(t, dir, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+			if got := s2.Stats().CorruptCheckpoints; got != tc.want {
+				t.Errorf("CorruptCheckpoints %d, want %d", got, tc.want)
+			}
+			if got := int64(strings.Count(logs.String(), "spool: checkpoint unreadable")); got != tc.want {
+				t.Errorf("%d log lines about the checkpoint, want %d:\n%s", got, tc.want, logs.String())
+			}
+			if got := len(replayedLines(t, s2)); got != 4 {
+				t.Errorf("replayed %d lines, want all 4", got)
+			}
+		})
 	}
 }

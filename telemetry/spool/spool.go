@@ -108,6 +108,10 @@ type Stats struct {
 	CorruptRecords int64     // records skipped in them (estimated from their length fields, at least one per damaged run)
 	AppendedPoints int64     // points appended since Open
 	LastFull       time.Time // when an append was last refused for lack of room; zero if never
+
+	// CorruptCheckpoints counts checkpoint files Open could not use (0 or
+	// 1): the spool then replayed every segment from the start.
+	CorruptCheckpoints int64
 }
 
 type appendReq struct {
@@ -193,6 +197,10 @@ type Spool struct {
 	corruptRecords int64
 	quarantined    int64 // bytes copied to the quarantine file at Open
 	qfile          quarantineFile
+
+	// corruptCheckpoints is 1 when Open found a checkpoint it could not
+	// use. Set by recover, read-only afterwards.
+	corruptCheckpoints int64
 
 	closeOnce sync.Once
 }
@@ -1134,9 +1142,21 @@ func (s *Spool) writeCheckpoint(pos Position) error {
 	return nil
 }
 
+// readCheckpoint returns the saved checkpoint, or the start when there is
+// none. A checkpoint that cannot be read or does not validate also means
+// the start: everything is replayed (InfluxDB stores a point written twice
+// once), which is logged and counted in Stats.CorruptCheckpoints.
 func (s *Spool) readCheckpoint() Position {
 	b, err := os.ReadFile(filepath.Join(s.opts.Dir, "checkpoint"))
-	if err != nil || len(b) != 20 || crc32.Checksum(b[:16], crcTable) != binary.LittleEndian.Uint32(b[16:]) {
+	if errors.Is(err, os.ErrNotExist) {
+		return Position{}
+	}
+	if err == nil && (len(b) != 20 || crc32.Checksum(b[:16], crcTable) != binary.LittleEndian.Uint32(b[16:])) {
+		err = fmt.Errorf("%d bytes that do not validate", len(b))
+	}
+	if err != nil {
+		s.corruptCheckpoints++
+		s.log.Error("spool: checkpoint unreadable, replaying every segment from the start", "err", err)
 		return Position{}
 	}
 	return Position{binary.LittleEndian.Uint64(b[0:8]), int64(binary.LittleEndian.Uint64(b[8:16]))}
@@ -1155,6 +1175,7 @@ func (s *Spool) Stats() Stats {
 		CorruptRecords: s.corruptRecords,
 		AppendedPoints: s.appended.Load(),
 	}
+	st.CorruptCheckpoints = s.corruptCheckpoints
 	if len(s.times) > 0 {
 		st.OldestPending = time.UnixMilli(s.times[0].at)
 	}
