@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"hash/crc32"
 	"log/slog"
@@ -613,6 +614,34 @@ func TestCorruptCheckpointCounted(t *testing.T) {
 			}
 			if got := len(replayedLines(t, s2)); got != 4 {
 				t.Errorf("replayed %d lines, want all 4", got)
+			}
+		})
+	}
+}
+
+// TestAppendRefusesEmbeddedRecord: a payload holding a whole valid record
+// (or any zero byte, which every header holds) is refused, so a forged
+// record can never be embedded in a reading and replayed on its own once
+// resynchronisation skips a damaged outer header.
+func TestAppendRefusesEmbeddedRecord(t *testing.T) {
+	forged := appendRecord(nil, 1, time.Now().UnixMilli(), []byte("telemetry,device=victim v=666 1\n"))
+	for _, tc := range []struct {
+		name    string
+		payload []byte
+		want    error
+	}{
+		{"line protocol", line(1), nil},
+		{"embedded record", append(append([]byte(`telemetry,device=a s="`), forged...), "\" 2\n"...), ErrInvalid},
+		{"one zero byte", []byte("telemetry,device=a v=1\x00 2\n"), ErrInvalid},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "spool")
+			s := open(t, dir, Options{})
+			if err := s.Append(context.Background(), 1, tc.payload); !errors.Is(err, tc.want) {
+				t.Fatalf("Append: %v, want %v", err, tc.want)
+			}
+			if got := s.Stats().AppendedPoints; (got == 0) != (tc.want != nil) {
+				t.Errorf("AppendedPoints %d after Append returned %v", got, tc.want)
 			}
 		})
 	}

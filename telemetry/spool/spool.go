@@ -19,9 +19,9 @@
 // rest, point count u32, append time i64 (Unix ms), payload. A padding
 // record has zero points, append time 0 and a zero payload. There is no
 // sync marker: a valid header always holds zero bytes (the two high bytes
-// of the append time, until the year 10889) and the hub's line protocol
-// never does (control characters are refused), so a payload cannot pass
-// for a record; and segments written before recovery learnt to
+// of the append time, until the year 10889) and Append refuses a payload
+// holding one (the hub's line protocol never does), so a payload cannot
+// pass for a record; and segments written before recovery learnt to
 // resynchronise are read as they are.
 //
 // Lock order: Spool.mu is a leaf lock; no other lock is taken while it is held.
@@ -30,6 +30,7 @@ package spool
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -57,6 +58,11 @@ var (
 	ErrClosed = errors.New("spool closed")
 	// ErrTooLarge means one record exceeds the segment size.
 	ErrTooLarge = errors.New("record larger than a segment")
+	// ErrInvalid means the payload holds a zero byte. Every record header
+	// holds one and line protocol never does, so refusing them keeps a
+	// forged record from being embedded in a payload and replayed on its
+	// own when recovery resynchronises past a damaged header.
+	ErrInvalid = errors.New("spool payload holds a zero byte")
 )
 
 const (
@@ -751,6 +757,11 @@ func syncDir(dir string) error {
 // if the committer had already copied it; the caller must not acknowledge
 // it).
 //
+// payload must not hold a zero byte (line protocol never does; the bridge
+// builds it with telemetry.AppendLines, whose fuzz test checks this):
+// Append refuses it with ErrInvalid, so no payload can pass for a record
+// when recovery resynchronises.
+//
 // Ownership: Append borrows payload and lets go of it before it returns,
 // whatever it returns. The spool never reads payload after Append returned,
 // so the caller may reuse or overwrite it at once (the bridge returns it
@@ -758,6 +769,9 @@ func syncDir(dir string) error {
 func (s *Spool) Append(ctx context.Context, points int, payload []byte) error {
 	if int64(len(payload)+headerSize) > s.opts.SegmentBytes {
 		return ErrTooLarge
+	}
+	if bytes.IndexByte(payload, 0) >= 0 {
+		return ErrInvalid
 	}
 	done := s.pool.Get().(chan error)
 	r := &appendReq{data: payload, points: uint32(points), done: done}
