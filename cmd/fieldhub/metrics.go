@@ -81,7 +81,7 @@ var (
 	descSpoolPending  = prometheus.NewDesc("fieldhub_spool_pending_readings", "Readings durable in the spool and not yet in InfluxDB.", nil, nil)
 	descSpoolAge      = prometheus.NewDesc("fieldhub_spool_oldest_pending_seconds", "Age of the oldest reading not yet in InfluxDB.", nil, nil)
 	descSpoolTorn     = prometheus.NewDesc("fieldhub_spool_recovered_torn_segments", "Segments whose torn tail (an interrupted write) was truncated at start.", nil, nil)
-	descSpoolCorruptB = prometheus.NewDesc("fieldhub_spool_corrupt_bytes_total", "Damaged spool bytes skipped and quarantined at start.", nil, nil)
+	descSpoolCorruptB = prometheus.NewDesc("fieldhub_spool_corrupt_bytes_total", "Damaged spool bytes skipped and quarantined at start, or skipped by the reader to resynchronise.", nil, nil)
 	descSpoolCorruptR = prometheus.NewDesc("fieldhub_spool_corrupt_records_total", "Damaged spool records skipped at start (estimated from their length fields, at least one per damaged run).", nil, nil)
 	descSpoolCorruptC = prometheus.NewDesc("fieldhub_spool_corrupt_checkpoints_total", "Spool checkpoint files found unusable at start (every segment was replayed from its beginning).", nil, nil)
 	descWritten       = prometheus.NewDesc("fieldhub_influx_points_written_total", "Points InfluxDB accepted.", nil, nil)

@@ -110,7 +110,7 @@ type Stats struct {
 	PendingPoints  int64     // points appended and not yet confirmed
 	OldestPending  time.Time // append time of the oldest unconfirmed record; zero if none
 	RecoveredTorn  int64     // torn tails truncated at Open (normal after a crash)
-	CorruptBytes   int64     // damaged bytes skipped at Open, not counting torn tails
+	CorruptBytes   int64     // damaged bytes skipped at Open (and by Read past a non-boundary), not counting torn tails
 	CorruptRecords int64     // records skipped in them (estimated from their length fields, at least one per damaged run)
 	AppendedPoints int64     // points appended since Open
 	LastFull       time.Time // when an append was last refused for lack of room; zero if never
