@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -76,6 +77,87 @@ func TestAttackSpoolBitFlip(t *testing.T) {
 	}
 	if c := strings.Count(h2.stderr.String(), "spool: skipped corrupt records"); c != 1 {
 		t.Errorf("%d log lines about the corrupt records, want 1", c)
+	}
+}
+
+// TestAttackSpoolCheckpointInDamage: a bad sector covers the last reading
+// InfluxDB confirmed and the first one it did not, so the spool checkpoint
+// points into the damage. The hub restarts twice before InfluxDB is back:
+// neither start may leave the checkpoint inside a record (the old hub
+// exited on every later start with "influx writer: read spool: corrupt
+// record"), and every acknowledged reading but the damaged unconfirmed one
+// reaches InfluxDB.
+func TestAttackSpoolCheckpointInDamage(t *testing.T) {
+	influx := influxtest.Start(t)
+	env := map[string]string{
+		"FIELDHUB_RATE_LIMIT": "100000", "FIELDHUB_RATE_BURST": "100000",
+		"FIELDHUB_INFLUX_MAX_BACKOFF": "500ms", "FIELDHUB_SHUTDOWN_TIMEOUT": "1s",
+	}
+	h := startHub(t, influx, env)
+	token := h.createDevice(t, "spool-cp")
+	s := newStreamer(t, h.url, token)
+	for i := range 20 {
+		if i == 10 {
+			waitUntil(t, "readings 0-9 confirmed", 30*time.Second, func() bool {
+				return scrape(t, h)["fieldhub_spool_pending_readings"] == 0
+			})
+			influx.Kill()
+		}
+		if err := s.send(i); err != nil {
+			t.Fatalf("send %d: %v", i, err)
+		}
+	}
+	if len(s.acked) != 20 {
+		t.Fatalf("%d of 20 readings acknowledged", len(s.acked))
+	}
+	dataDir := h.env["FIELDHUB_DATA_DIR"]
+	h.stop(t)
+
+	seg := spoolLargestSegment(t, filepath.Join(dataDir, "spool"))
+	b, err := os.ReadFile(seg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var offs []int // one record per reading: each message was appended alone
+	for off := 0; off+20 <= len(b); off += 20 + int(binary.LittleEndian.Uint32(b[off:])) {
+		offs = append(offs, off)
+	}
+	if len(offs) != 20 {
+		t.Fatalf("%d records in the segment, want 20", len(offs))
+	}
+	b[offs[9]+25] ^= 1  // confirmed
+	b[offs[10]+25] ^= 1 // not confirmed: the checkpoint is its start
+	if err := os.WriteFile(seg, b, 0o640); err != nil {
+		t.Fatal(err)
+	}
+
+	env["FIELDHUB_DATA_DIR"] = dataDir
+	h2 := startHub(t, influx, env) // repairs the damage, InfluxDB still down
+	if m := scrape(t, h2); m["fieldhub_spool_corrupt_records_total"] < 1 || m["fieldhub_spool_pending_readings"] != 9 {
+		t.Errorf("first restart: corrupt records %v, pending %v; want >= 1, 9", m["fieldhub_spool_corrupt_records_total"], m["fieldhub_spool_pending_readings"])
+	}
+	h2.stop(t)
+
+	h3 := startHub(t, influx, env)
+	influx.Restart()
+	waitUntil(t, "spool replayed into InfluxDB", 60*time.Second, func() bool {
+		select {
+		case err := <-h3.done:
+			h3.cancel = nil
+			t.Fatalf("hub exited on the second restart: %v", err)
+		default:
+		}
+		m := scrape(t, h3)
+		return m["fieldhub_spool_pending_readings"] == 0 && m["fieldhub_influx_up"] == 1
+	})
+	present := spoolPresent(t, influx, "spool-cp")
+	for _, v := range s.acked {
+		if v != 10 && !present[v] {
+			t.Errorf("acknowledged reading %d not in InfluxDB", v)
+		}
+	}
+	if strings.Contains(h3.stderr.String(), "corrupt record") {
+		t.Errorf("second restart logged a corrupt record:\n%s", h3.stderr)
 	}
 }
 

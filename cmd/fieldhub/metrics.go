@@ -81,8 +81,9 @@ var (
 	descSpoolPending  = prometheus.NewDesc("fieldhub_spool_pending_readings", "Readings durable in the spool and not yet in InfluxDB.", nil, nil)
 	descSpoolAge      = prometheus.NewDesc("fieldhub_spool_oldest_pending_seconds", "Age of the oldest reading not yet in InfluxDB.", nil, nil)
 	descSpoolTorn     = prometheus.NewDesc("fieldhub_spool_recovered_torn_segments", "Segments whose torn tail (an interrupted write) was truncated at start.", nil, nil)
-	descSpoolCorruptB = prometheus.NewDesc("fieldhub_spool_corrupt_bytes_total", "Damaged spool bytes skipped and quarantined at start.", nil, nil)
+	descSpoolCorruptB = prometheus.NewDesc("fieldhub_spool_corrupt_bytes_total", "Damaged spool bytes skipped and quarantined at start, or skipped by the reader to resynchronise.", nil, nil)
 	descSpoolCorruptR = prometheus.NewDesc("fieldhub_spool_corrupt_records_total", "Damaged spool records skipped at start (estimated from their length fields, at least one per damaged run).", nil, nil)
+	descSpoolCorruptC = prometheus.NewDesc("fieldhub_spool_corrupt_checkpoints_total", "Spool checkpoint files found unusable at start (every segment was replayed from its beginning).", nil, nil)
 	descWritten       = prometheus.NewDesc("fieldhub_influx_points_written_total", "Points InfluxDB accepted.", nil, nil)
 	descDeadLettered  = prometheus.NewDesc("fieldhub_influx_points_dead_lettered_total", "Points InfluxDB permanently rejected, kept in the dead-letter file.", nil, nil)
 	descInfluxHealthy = prometheus.NewDesc("fieldhub_influx_up", "1 when the last InfluxDB write succeeded.", nil, nil)
@@ -116,7 +117,7 @@ type hubCollector struct {
 
 func (c *hubCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConnected, descConnects, descDisconnects, descMessages, descReadings, descRejected,
-		descSpoolBytes, descSpoolMax, descSpoolPending, descSpoolAge, descSpoolTorn, descSpoolCorruptB, descSpoolCorruptR, descWritten, descDeadLettered, descInfluxHealthy, descDevices,
+		descSpoolBytes, descSpoolMax, descSpoolPending, descSpoolAge, descSpoolTorn, descSpoolCorruptB, descSpoolCorruptR, descSpoolCorruptC, descWritten, descDeadLettered, descInfluxHealthy, descDevices,
 		descLiveSubs, descLiveSent, descLiveCoalesced, descLiveSlow, descCommands,
 		descClusterUp, descClusterConnFail, descClusterIngested, descClusterRedeliv, descClusterLive, descClusterForwarded, descClusterRefreshes, descClusterDynsec} {
 		ch <- d
@@ -160,6 +161,7 @@ func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descSpoolTorn, prometheus.GaugeValue, float64(ss.RecoveredTorn))
 	ch <- prometheus.MustNewConstMetric(descSpoolCorruptB, prometheus.CounterValue, float64(ss.CorruptBytes))
 	ch <- prometheus.MustNewConstMetric(descSpoolCorruptR, prometheus.CounterValue, float64(ss.CorruptRecords))
+	ch <- prometheus.MustNewConstMetric(descSpoolCorruptC, prometheus.CounterValue, float64(ss.CorruptCheckpoints))
 	ws := c.w.Stats()
 	ch <- prometheus.MustNewConstMetric(descWritten, prometheus.CounterValue, float64(ws.WrittenPoints))
 	ch <- prometheus.MustNewConstMetric(descDeadLettered, prometheus.CounterValue, float64(ws.DeadLettered))

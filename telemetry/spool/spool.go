@@ -19,9 +19,9 @@
 // rest, point count u32, append time i64 (Unix ms), payload. A padding
 // record has zero points, append time 0 and a zero payload. There is no
 // sync marker: a valid header always holds zero bytes (the two high bytes
-// of the append time, until the year 10889) and the hub's line protocol
-// never does (control characters are refused), so a payload cannot pass
-// for a record; and segments written before recovery learnt to
+// of the append time, until the year 10889) and Append refuses a payload
+// holding one (the hub's line protocol never does), so a payload cannot
+// pass for a record; and segments written before recovery learnt to
 // resynchronise are read as they are.
 //
 // Lock order: Spool.mu is a leaf lock; no other lock is taken while it is held.
@@ -29,6 +29,8 @@
 package spool
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -56,6 +58,11 @@ var (
 	ErrClosed = errors.New("spool closed")
 	// ErrTooLarge means one record exceeds the segment size.
 	ErrTooLarge = errors.New("record larger than a segment")
+	// ErrInvalid means the payload holds a zero byte. Every record header
+	// holds one and line protocol never does, so refusing them keeps a
+	// forged record from being embedded in a payload and replayed on its
+	// own when recovery resynchronises past a damaged header.
+	ErrInvalid = errors.New("spool payload holds a zero byte")
 )
 
 const (
@@ -103,10 +110,14 @@ type Stats struct {
 	PendingPoints  int64     // points appended and not yet confirmed
 	OldestPending  time.Time // append time of the oldest unconfirmed record; zero if none
 	RecoveredTorn  int64     // torn tails truncated at Open (normal after a crash)
-	CorruptBytes   int64     // damaged bytes skipped at Open, not counting torn tails
+	CorruptBytes   int64     // damaged bytes skipped at Open (and by Read past a non-boundary), not counting torn tails
 	CorruptRecords int64     // records skipped in them (estimated from their length fields, at least one per damaged run)
 	AppendedPoints int64     // points appended since Open
 	LastFull       time.Time // when an append was last refused for lack of room; zero if never
+
+	// CorruptCheckpoints counts checkpoint files Open could not use (0 or
+	// 1): the spool then replayed every segment from the start.
+	CorruptCheckpoints int64
 }
 
 type appendReq struct {
@@ -187,10 +198,15 @@ type Spool struct {
 	lastFull  atomic.Int64 // unix nanoseconds of the last ErrFull
 	recovered int64
 
-	// Set by recover, read-only afterwards.
+	// Set by recover; after Open, guarded by mu (Read adds what it skips).
 	corruptBytes   int64
 	corruptRecords int64
 	quarantined    int64 // bytes copied to the quarantine file at Open
+	qfile          quarantineFile
+
+	// corruptCheckpoints is 1 when Open found a checkpoint it could not
+	// use. Set by recover, read-only afterwards.
+	corruptCheckpoints int64
 
 	closeOnce sync.Once
 }
@@ -274,6 +290,7 @@ func (s *Spool) recover() error {
 	slices.Sort(segs)
 	cp := s.readCheckpoint()
 	var corruptSegs int
+	defer s.closeQuarantine()
 	for _, seq := range segs {
 		if seq < cp.Segment {
 			if err := os.Remove(s.segPath(seq)); err != nil {
@@ -467,7 +484,15 @@ func (s *Spool) scan(seq uint64, cp Position, last bool) (scanResult, error) {
 		return res, fmt.Errorf("read segment: %w", err)
 	}
 	now := time.Now().UnixMilli()
+	// The checkpoint moves to the first record boundary at or after it: a
+	// checkpoint inside a record (or inside damage padded below) would
+	// leave the consumer stuck in the middle of a record.
+	inSeg := cp.Segment == seq
+	boundary := int64(-1)
 	sc := scanRecords(data, func(off, n int64, pts uint32, at int64) {
+		if inSeg && boundary < 0 && off >= cp.Offset {
+			boundary = off
+		}
 		if (Position{seq, off}).less(cp) || pts == 0 && at == 0 {
 			return // confirmed, or padding
 		}
@@ -491,10 +516,32 @@ func (s *Spool) scan(seq uint64, cp Position, last bool) (scanResult, error) {
 		res.corruptBytes += d.end - d.off
 		res.corruptRecords += d.records
 		s.quarantine(seq, d.off, data[d.off:d.end])
-		if cp.Segment == seq && d.off < cp.Offset && cp.Offset < d.end {
-			res.cpOffset = d.end // the checkpoint cannot point into damage
+	}
+	if inSeg {
+		res.cpOffset = sc.tail
+		if boundary >= 0 {
+			res.cpOffset = boundary
+		}
+		for _, d := range sc.damaged {
+			if d.off >= cp.Offset && d.off < res.cpOffset {
+				res.cpOffset = d.off // the damage starts on a record boundary (padded below)
+			}
+			if d.off < cp.Offset && cp.Offset < d.end && d.end < res.cpOffset {
+				res.cpOffset = d.end // the checkpoint cannot point into damage
+			}
+		}
+		// Saved before the padding is written: once padded, the damage
+		// no longer shows where the checkpoint fell, and the next Open
+		// must not start in the middle of a padding record.
+		if res.cpOffset != cp.Offset {
+			if err := s.writeCheckpoint(Position{seq, res.cpOffset}); err != nil {
+				return res, err
+			}
+			s.log.Warn("spool: moved the checkpoint to a record boundary", "segment", segName(seq),
+				"from", cp.Offset, "to", res.cpOffset)
 		}
 	}
+	s.syncQuarantine()
 	for _, d := range sc.damaged {
 		if _, err := f.WriteAt(padding(d.end-d.off), d.off); err != nil {
 			return res, fmt.Errorf("pad corrupt records: %w", err)
@@ -540,39 +587,87 @@ const maxQuarantineBytes = 64 << 20
 
 func (s *Spool) quarantinePath() string { return filepath.Clean(s.opts.Dir) + ".quarantine" }
 
+// quarantineFile is the quarantine file while recover runs: opened at
+// the first damage, written through one buffer, fsynced once per segment
+// before that segment's damage is padded over, closed when recover ends.
+type quarantineFile struct {
+	f      *os.File
+	w      *bufio.Writer
+	size   int64 // bytes in the file, written or buffered
+	kept   int64 // damaged bytes buffered since the last sync
+	broken bool  // a failure was logged; the evidence is no longer kept
+}
+
 // quarantine appends damaged bytes to the quarantine file beside the spool
 // directory, each run after a one-line text header saying where it was.
-// A failure only costs the evidence: it is logged and recovery goes on.
+// A failure only costs the evidence: it is logged once and recovery goes on.
 func (s *Spool) quarantine(seq uint64, off int64, b []byte) {
-	path := s.quarantinePath()
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
-	if err != nil {
-		s.log.Error("spool: open quarantine file", "err", err)
+	q := &s.qfile
+	if q.broken {
 		return
 	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		s.log.Error("spool: stat quarantine file", "err", err)
-		return
+	if q.f == nil {
+		f, err := os.OpenFile(s.quarantinePath(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+		if err != nil {
+			s.quarantineFailed("open", err)
+			return
+		}
+		fi, err := f.Stat()
+		if err != nil {
+			f.Close()
+			s.quarantineFailed("stat", err)
+			return
+		}
+		q.f, q.w, q.size = f, bufio.NewWriterSize(f, 256<<10), fi.Size()
 	}
 	head := fmt.Sprintf("fieldhub-spool-quarantine segment=%s offset=%d bytes=%d at=%s\n",
 		segName(seq), off, len(b), time.Now().UTC().Format(time.RFC3339))
-	room := maxQuarantineBytes - fi.Size() - int64(len(head)) - 1
+	room := maxQuarantineBytes - q.size - int64(len(head)) - 1
 	if room <= 0 {
 		return
 	}
 	keep := b[:min(int64(len(b)), room)]
-	rec := append(append([]byte(head), keep...), '\n')
-	if _, err := f.Write(rec); err != nil {
-		s.log.Error("spool: write quarantine file", "err", err)
+	q.w.WriteString(head)
+	q.w.Write(keep)
+	if err := q.w.WriteByte('\n'); err != nil { // a bufio.Writer keeps its first error
+		s.quarantineFailed("write", err)
 		return
 	}
-	if err := f.Sync(); err != nil {
-		s.log.Error("spool: sync quarantine file", "err", err)
+	q.size += int64(len(head)) + int64(len(keep)) + 1
+	q.kept += int64(len(keep))
+}
+
+// syncQuarantine makes what quarantine buffered durable; recover calls it
+// before it pads damage over, so the evidence is on disk first.
+func (s *Spool) syncQuarantine() {
+	q := &s.qfile
+	if q.f == nil || q.broken || q.kept == 0 {
 		return
 	}
-	s.quarantined += int64(len(keep))
+	if err := q.w.Flush(); err != nil {
+		s.quarantineFailed("write", err)
+		return
+	}
+	if err := q.f.Sync(); err != nil {
+		s.quarantineFailed("sync", err)
+		return
+	}
+	s.quarantined += q.kept
+	q.kept = 0
+}
+
+// closeQuarantine syncs and closes the quarantine file at the end of recover.
+func (s *Spool) closeQuarantine() {
+	s.syncQuarantine()
+	if s.qfile.f != nil {
+		s.qfile.f.Close()
+	}
+	s.qfile = quarantineFile{}
+}
+
+func (s *Spool) quarantineFailed(what string, err error) {
+	s.log.Error("spool: "+what+" quarantine file; damaged bytes are skipped without a copy", "err", err)
+	s.qfile.broken = true
 }
 
 // parseRecord returns the length of the record at the start of b, its
@@ -605,12 +700,10 @@ func appendRecord(b []byte, points uint32, at int64, payload []byte) []byte {
 }
 
 // roll starts a new active segment. Called from Open and the committer.
+// The new segment is created before the old one is closed: if creating it
+// fails, the old one stays active and the next append that needs room
+// tries again.
 func (s *Spool) roll() error {
-	if s.active != nil {
-		if err := s.active.Close(); err != nil {
-			return fmt.Errorf("close segment: %w", err)
-		}
-	}
 	s.mu.Lock()
 	seq := uint64(1)
 	if n := len(s.segments); n > 0 {
@@ -624,7 +717,14 @@ func (s *Spool) roll() error {
 	if !s.opts.NoSync {
 		if err := syncDir(s.opts.Dir); err != nil {
 			f.Close()
+			os.Remove(s.segPath(seq)) // empty; the next try creates it again
 			return err
+		}
+	}
+	if s.active != nil {
+		// Everything in it was fsynced by flush; a close error loses nothing.
+		if err := s.active.Close(); err != nil {
+			s.log.Warn("spool: close full segment", "segment", segName(s.activeSeq), "err", err)
 		}
 	}
 	s.active, s.activeSeq, s.activeLen = f, seq, 0
@@ -657,6 +757,11 @@ func syncDir(dir string) error {
 // if the committer had already copied it; the caller must not acknowledge
 // it).
 //
+// payload must not hold a zero byte (line protocol never does; the bridge
+// builds it with telemetry.AppendLines, whose fuzz test checks this):
+// Append refuses it with ErrInvalid, so no payload can pass for a record
+// when recovery resynchronises.
+//
 // Ownership: Append borrows payload and lets go of it before it returns,
 // whatever it returns. The spool never reads payload after Append returned,
 // so the caller may reuse or overwrite it at once (the bridge returns it
@@ -664,6 +769,9 @@ func syncDir(dir string) error {
 func (s *Spool) Append(ctx context.Context, points int, payload []byte) error {
 	if int64(len(payload)+headerSize) > s.opts.SegmentBytes {
 		return ErrTooLarge
+	}
+	if bytes.IndexByte(payload, 0) >= 0 {
+		return ErrInvalid
 	}
 	done := s.pool.Get().(chan error)
 	r := &appendReq{data: payload, points: uint32(points), done: done}
@@ -888,10 +996,28 @@ func (s *Spool) Read(pos Position, maxPoints int, maxBytes int, buf []byte) (Bat
 		for len(chunk) > 0 && b.Points < maxPoints {
 			n, pts, at, ok := parseRecord(chunk)
 			if !ok {
-				if !progressed && int64(len(chunk)) == end-b.Next.Offset {
-					return b, fmt.Errorf("spool: corrupt record at segment %d offset %d", b.Next.Segment, b.Next.Offset)
+				if progressed {
+					break // the chunk cut a record: it is read whole next time round
 				}
-				break // the chunk cut a record: it is read whole next time round
+				rest := chunk
+				if int64(len(chunk)) < end-b.Next.Offset {
+					rest = make([]byte, end-b.Next.Offset)
+					if _, err := f.ReadAt(rest, b.Next.Offset); err != nil && !errors.Is(err, io.EOF) {
+						return b, fmt.Errorf("read segment: %w", err)
+					}
+				}
+				if n, _, _, ok := parseRecord(rest); ok {
+					chunk = rest[:n] // one record larger than the batch bound
+					continue
+				}
+				// Not a record boundary (damage since Open, or a position
+				// inside a record): resynchronise on the next intact
+				// record rather than fail on every call.
+				skip := resync(rest)
+				s.skipped(b.Next, skip)
+				b.Next.Offset += skip
+				progressed = true
+				break
 			}
 			if len(b.Data) > 0 && len(b.Data)+int(n) > maxBytes {
 				return b, nil
@@ -909,6 +1035,30 @@ func (s *Spool) Read(pos Position, maxPoints int, maxBytes int, buf []byte) (Bat
 		}
 	}
 	return b, nil
+}
+
+// resync returns the offset in b of the first intact record after its
+// start, or len(b) if there is none. Append refuses payloads holding a zero
+// byte and every header holds one, so a payload cannot pass for a record.
+func resync(b []byte) int64 {
+	for p := 1; p+headerSize <= len(b); p++ {
+		if plausibleHeader(b[p:]) {
+			if _, _, _, ok := parseRecord(b[p:]); ok {
+				return int64(p)
+			}
+		}
+	}
+	return int64(len(b))
+}
+
+// skipped logs and counts n bytes Read skipped at pos to resynchronise.
+func (s *Spool) skipped(pos Position, n int64) {
+	s.mu.Lock()
+	s.corruptBytes += n
+	s.corruptRecords++
+	s.mu.Unlock()
+	s.log.Error("spool: read position is not a record boundary, skipped to the next intact record",
+		"segment", segName(pos.Segment), "offset", pos.Offset, "bytes", n)
 }
 
 // nextSegment returns the first segment after seq.
@@ -1006,9 +1156,21 @@ func (s *Spool) writeCheckpoint(pos Position) error {
 	return nil
 }
 
+// readCheckpoint returns the saved checkpoint, or the start when there is
+// none. A checkpoint that cannot be read or does not validate also means
+// the start: everything is replayed (InfluxDB stores a point written twice
+// once), which is logged and counted in Stats.CorruptCheckpoints.
 func (s *Spool) readCheckpoint() Position {
 	b, err := os.ReadFile(filepath.Join(s.opts.Dir, "checkpoint"))
-	if err != nil || len(b) != 20 || crc32.Checksum(b[:16], crcTable) != binary.LittleEndian.Uint32(b[16:]) {
+	if errors.Is(err, os.ErrNotExist) {
+		return Position{}
+	}
+	if err == nil && (len(b) != 20 || crc32.Checksum(b[:16], crcTable) != binary.LittleEndian.Uint32(b[16:])) {
+		err = fmt.Errorf("%d bytes that do not validate", len(b))
+	}
+	if err != nil {
+		s.corruptCheckpoints++
+		s.log.Error("spool: checkpoint unreadable, replaying every segment from the start", "err", err)
 		return Position{}
 	}
 	return Position{binary.LittleEndian.Uint64(b[0:8]), int64(binary.LittleEndian.Uint64(b[8:16]))}
@@ -1027,6 +1189,7 @@ func (s *Spool) Stats() Stats {
 		CorruptRecords: s.corruptRecords,
 		AppendedPoints: s.appended.Load(),
 	}
+	st.CorruptCheckpoints = s.corruptCheckpoints
 	if len(s.times) > 0 {
 		st.OldestPending = time.UnixMilli(s.times[0].at)
 	}

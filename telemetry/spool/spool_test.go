@@ -310,3 +310,44 @@ func TestAppendTimeoutLetsGoOfPayload(t *testing.T) {
 	}
 	t.Logf("%d appends timed out, %d records persisted, all as appended", timedOut.Load(), got.Points)
 }
+
+// TestRollFailureRecovers: while the next segment cannot be created,
+// appends that need it fail; once the cause is gone, the next append rolls
+// and succeeds, and everything acknowledged is replayed.
+func TestRollFailureRecovers(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "spool")
+	s := open(t, dir, Options{SegmentBytes: 4096})
+	blocker := filepath.Join(dir, segName(2)) // a directory where segment 2 goes
+	if err := os.Mkdir(blocker, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	var acked []int
+	var err error
+	for i := 0; i < 500 && err == nil; i++ {
+		if err = s.Append(context.Background(), 1, line(i)); err == nil {
+			acked = append(acked, i)
+		}
+	}
+	if err == nil {
+		t.Fatal("appends went on although the next segment could not be created")
+	}
+	if err := os.Remove(blocker); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1000; i < 1005; i++ {
+		if err := s.Append(context.Background(), 1, line(i)); err != nil {
+			t.Fatalf("append after the cause is gone: %v", err)
+		}
+		acked = append(acked, i)
+	}
+	s.Close()
+	s2 := open(t, dir, Options{})
+	got := string(readAll(t, s2, s2.Confirmed()).Data)
+	var want strings.Builder
+	for _, i := range acked {
+		want.Write(line(i))
+	}
+	if got != want.String() {
+		t.Fatalf("replayed %d bytes, want the %d acknowledged records (%d bytes)", len(got), len(acked), want.Len())
+	}
+}
