@@ -398,3 +398,63 @@ func opbLines(h *hub, what string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestAttackLiveSlowConsumerSSE: the same stalled client on the SSE
+// stream. Before: the stream was dropped without a log line or a count.
+// After: the stream ends, one log line, the metric moves.
+func TestAttackLiveSlowConsumerSSE(t *testing.T) {
+	influx := influxtest.Start(t)
+	h := startHub(t, influx, map[string]string{"FIELDHUB_RATE_LIMIT": "1000", "FIELDHUB_RATE_BURST": "1000"})
+	tok := h.createDevice(t, "slow-sse")
+	viewer := h.token(t, "viewer")
+	before := scrape(t, h)
+
+	var conn net.Conn
+	tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err == nil {
+			_ = c.(*net.TCPConn).SetReadBuffer(128 << 10)
+			conn = c
+		}
+		return c, err
+	}}
+	defer tr.CloseIdleConnections()
+	req, _ := http.NewRequest("GET", h.url+"/api/v1/live?devices=*", nil)
+	req.Header.Set("Authorization", "Bearer "+viewer)
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("SSE: %d", resp.StatusCode)
+	}
+	pad := strings.Repeat("x", 60)
+	_, stop := opbPump(t, h, tok, 10*time.Millisecond, 10, func(i int) map[string]any {
+		m := map[string]any{}
+		for k := range 20 {
+			m[fmt.Sprintf("s%02d", k)] = fmt.Sprintf("%s-%d", pad, i)
+		}
+		return m
+	})
+	key := "fieldhub_live_slow_consumer_disconnects_total"
+	start := time.Now()
+	waitUntil(t, key+" to move", 90*time.Second, func() bool { return scrape(t, h)[key] > before[key] })
+	t.Logf("slow SSE consumer counted after %s", time.Since(start).Round(100*time.Millisecond))
+	stop()
+	// Reading again, the client finds the end of the stream.
+	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	n, err := io.Copy(io.Discard, resp.Body)
+	if err != nil {
+		t.Fatalf("after %d bytes: %v, want the end of the stream", n, err)
+	}
+	if got := scrape(t, h)[key] - before[key]; got != 1 {
+		t.Errorf("%s moved by %v, want 1", key, got)
+	}
+	waitUntil(t, "the slow consumer log line", 10*time.Second, func() bool {
+		return strings.Contains(opbLines(h, "live client disconnected"), "transport=sse")
+	})
+	if n := strings.Count(opbLines(h, "reason=slow_consumer"), "\n") + 1; n != 1 {
+		t.Errorf("%d slow-consumer log lines, want 1:\n%s", n, opbLines(h, "reason=slow_consumer"))
+	}
+}
