@@ -45,8 +45,9 @@ type Options struct {
 	Live *Live
 	// Commands is the command service; nil disables the command routes.
 	Commands Commander
-	// Totals feeds the overview's readings/s and rejected/s.
-	Totals Totals
+	// Rates feeds the overview's readings/s and rejected/s; the caller
+	// runs it. Nil: the overview shows 0.
+	Rates *Rates
 	// AllowedOrigins are browser origins besides the hub's own allowed on
 	// operator sockets (e.g. https://ops.example.com).
 	AllowedOrigins []string
@@ -60,14 +61,14 @@ type Options struct {
 
 // Server is the operator HTTP API and the live sockets.
 type Server struct {
-	opts     Options
-	log      *slog.Logger
-	upgrader websocket.Upgrader
-	liveMu   sync.Mutex // guards stopped and liveWG.Add against Shutdown's Wait
-	stopped  bool
-	liveWG   sync.WaitGroup // live connections, for Shutdown
-	stopLive chan struct{}  // closed by Shutdown
-	rates    rateSampler
+	opts         Options
+	log          *slog.Logger
+	upgrader     websocket.Upgrader
+	liveMu       sync.Mutex // guards stopped and liveWG.Add against Shutdown's Wait
+	stopped      bool
+	liveWG       sync.WaitGroup // live connections, for Shutdown
+	stopLive     chan struct{}  // closed by Shutdown
+	liveRefusals logLimiter     // refused live connections, for the log
 }
 
 // Bounds of the bulk import.
@@ -586,6 +587,10 @@ func (s *Server) readings(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, "bad_request", "stop: "+err.Error())
 		return
 	}
+	if err := checkRange(hq.Start, hq.Stop, now); err != nil {
+		writeErr(w, http.StatusBadRequest, "bad_request", err.Error())
+		return
+	}
 	if v := q.Get("every"); v != "" {
 		if hq.Every, err = time.ParseDuration(v); err != nil {
 			writeErr(w, http.StatusBadRequest, "bad_request", "every must be a duration such as 1m")
@@ -613,8 +618,32 @@ func (s *Server) readings(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"device": id, "metric": hq.Metric, "points": points})
 }
 
+// Bounds of a history range: InfluxDB cannot answer instants outside its
+// time range, and a span of years is not a question the dashboard asks.
+const (
+	maxHistorySpan   = 400 * 24 * time.Hour
+	maxHistoryFuture = 24 * time.Hour
+)
+
+// checkRange returns the rule a history range breaks, or nil: start before
+// stop, nothing before 1970, stop at most a day ahead of now, a span of at
+// most 400 days. Answered 400, so 502 only ever means InfluxDB failed.
+func checkRange(start, stop, now time.Time) error {
+	switch {
+	case start.Before(time.Unix(0, 0)):
+		return errors.New("start: instants before 1970-01-01 are not stored")
+	case stop.After(now.Add(maxHistoryFuture)):
+		return fmt.Errorf("stop: at most %s in the future", maxHistoryFuture)
+	case !start.Before(stop):
+		return errors.New("start must be before stop")
+	case stop.Sub(start) > maxHistorySpan:
+		return fmt.Errorf("a range spans at most %d days", int(maxHistorySpan/(24*time.Hour)))
+	}
+	return nil
+}
+
 // parseTime accepts "now", a negative duration relative to now ("-1h"),
-// RFC 3339, or unix milliseconds.
+// RFC 3339, a date (UTC midnight), or unix milliseconds.
 func parseTime(v string, now, def time.Time) (time.Time, error) {
 	switch {
 	case v == "":
@@ -633,7 +662,10 @@ func parseTime(v string, now, def time.Time) (time.Time, error) {
 	}
 	t, err := time.Parse(time.RFC3339, v)
 	if err != nil {
-		return time.Time{}, errors.New("use now, -1h, RFC 3339 or unix milliseconds")
+		if t, err = time.Parse(time.DateOnly, v); err == nil {
+			return t, nil
+		}
+		return time.Time{}, errors.New("use now, -1h, RFC 3339, a date (2006-01-02) or unix milliseconds")
 	}
 	return t, nil
 }

@@ -2,6 +2,7 @@ package dashboard
 
 import (
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"maps"
 	"sync"
@@ -71,15 +72,24 @@ type LiveOptions struct {
 	// QueueLen bounds each subscriber's queue of events; past it, readings
 	// are coalesced to the latest value per device and metric. Default 1024.
 	QueueLen int
-	// SlowAfter is how long a subscriber may stay behind before it is
-	// disconnected (close 1013). Default 5 s.
+	// SlowAfter is how long a subscriber may stay behind (events waiting
+	// while its writer is not through what it took; readings meanwhile
+	// coalesced past QueueLen) before it is disconnected (close 1013,
+	// logged, counted). Default 5 s.
 	SlowAfter time.Duration
 	// ReplayLen bounds the in-memory window SSE clients resume from with
 	// Last-Event-ID. Default 10,000 events.
 	ReplayLen int
 	// MaxSubscribers caps concurrent live clients; default 1,000.
 	MaxSubscribers int
-	Logger         *slog.Logger
+	// MaxFilterDevices caps the devices one live socket follows (besides
+	// "*"); a subscribe past it is refused. Default 10,000.
+	MaxFilterDevices int
+	// MaxPerCredential caps the live clients of one operator credential
+	// (token), below MaxSubscribers so no principal can starve another;
+	// default 20.
+	MaxPerCredential int
+	Logger           *slog.Logger
 }
 
 // Live is the live fan-out: it receives every accepted reading, presence
@@ -94,8 +104,9 @@ type Live struct {
 	log  *slog.Logger
 	seq  atomic.Uint64
 
-	mu   sync.RWMutex
-	subs map[*subscriber]struct{}
+	mu           sync.RWMutex
+	subs         map[*subscriber]struct{}
+	perPrincipal map[string]int // live clients per credential; bounded by subs
 
 	latestMu sync.Mutex
 	latest   map[string]telemetry.Event   // last reading per device, metrics merged
@@ -105,7 +116,8 @@ type Live struct {
 	replay   []*liveEvent // ring
 	replayAt int
 
-	sent, coalesced, slowDisconnects atomic.Int64
+	sent, coalesced, slowDisconnects  atomic.Int64
+	refusedFull, refusedPerCredential atomic.Int64
 }
 
 // NewLive returns a live fan-out.
@@ -122,23 +134,41 @@ func NewLive(opts LiveOptions) *Live {
 	if opts.MaxSubscribers <= 0 {
 		opts.MaxSubscribers = 1000
 	}
+	if opts.MaxFilterDevices <= 0 {
+		opts.MaxFilterDevices = 10000
+	}
+	if opts.MaxPerCredential <= 0 {
+		opts.MaxPerCredential = 20
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Live{opts: opts, log: opts.Logger, subs: map[*subscriber]struct{}{}, latest: map[string]telemetry.Event{}, presence: map[string][]telemetry.Event{}, replay: make([]*liveEvent, 0, opts.ReplayLen)}
+	return &Live{opts: opts, log: opts.Logger, subs: map[*subscriber]struct{}{}, perPrincipal: map[string]int{}, latest: map[string]telemetry.Event{}, presence: map[string][]telemetry.Event{}, replay: make([]*liveEvent, 0, opts.ReplayLen)}
 }
 
 // LiveStats are the fan-out's counters for metrics.
 type LiveStats struct {
 	Subscribers, Sent, Coalesced, SlowDisconnects int64
+	// FilterDevices is the devices followed, summed over live clients.
+	FilterDevices int64
+	// RefusedFull and RefusedPerCredential count live clients refused at
+	// the global cap and at the per-credential cap.
+	RefusedFull, RefusedPerCredential int64
 }
 
 // Stats returns the fan-out's counters.
 func (l *Live) Stats() LiveStats {
 	l.mu.RLock()
 	n := len(l.subs)
+	var followed int64
+	for s := range l.subs {
+		s.mu.Lock()
+		followed += int64(len(s.f.devices))
+		s.mu.Unlock()
+	}
 	l.mu.RUnlock()
-	return LiveStats{Subscribers: int64(n), Sent: l.sent.Load(), Coalesced: l.coalesced.Load(), SlowDisconnects: l.slowDisconnects.Load()}
+	return LiveStats{Subscribers: int64(n), FilterDevices: followed, Sent: l.sent.Load(), Coalesced: l.coalesced.Load(), SlowDisconnects: l.slowDisconnects.Load(),
+		RefusedFull: l.refusedFull.Load(), RefusedPerCredential: l.refusedPerCredential.Load()}
 }
 
 // Publish implements bridge.Fanout. It never blocks on a subscriber.
@@ -211,19 +241,39 @@ func (l *Live) latestOf(device string) (telemetry.Event, bool) {
 	return ev, ok
 }
 
-func (l *Live) add(s *subscriber) bool {
+// Why add refuses a live client.
+var (
+	errLiveFull          = errors.New("too many live connections")
+	errLivePerCredential = errors.New("too many live connections for this credential")
+)
+
+// add admits s as a live client of principal (the credential that opened
+// it), or says which cap refuses it.
+func (l *Live) add(s *subscriber, principal string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if len(l.subs) >= l.opts.MaxSubscribers {
-		return false
+		l.refusedFull.Add(1)
+		return errLiveFull
 	}
+	if l.perPrincipal[principal] >= l.opts.MaxPerCredential {
+		l.refusedPerCredential.Add(1)
+		return errLivePerCredential
+	}
+	s.principal = principal
+	l.perPrincipal[principal]++
 	l.subs[s] = struct{}{}
-	return true
+	return nil
 }
 
 func (l *Live) remove(s *subscriber) {
 	l.mu.Lock()
-	delete(l.subs, s)
+	if _, ok := l.subs[s]; ok {
+		delete(l.subs, s)
+		if l.perPrincipal[s.principal]--; l.perPrincipal[s.principal] <= 0 {
+			delete(l.perPrincipal, s.principal)
+		}
+	}
 	l.mu.Unlock()
 }
 
@@ -308,23 +358,24 @@ func (f *filter) matches(ev *telemetry.Event) bool {
 // subscriber is one dashboard connection's queue. offer runs on publishers'
 // goroutines; the connection's writer takes from it.
 type subscriber struct {
-	live *Live
+	live      *Live
+	principal string // set once by Live.add
 	// owner is the credential that opened the connection; set before
 	// the subscriber is added, never changed.
 	owner devices.Operator
 
-	mu          sync.Mutex
-	f           filter
-	queue       []*liveEvent
-	pending     map[string]*telemetry.Event // coalesced readings by device
-	pendingSeq  uint64
-	behindSince time.Time
-	slow        bool
-	notify      chan struct{} // cap 1
-	kick        chan struct{} // closed once when the subscriber is too slow
-	kickOnce    sync.Once
-	revoked     chan struct{} // closed once when owner stopped working
-	revokeOnce  sync.Once
+	mu         sync.Mutex
+	f          filter
+	queue      []*liveEvent
+	pending    map[string]*telemetry.Event // coalesced readings by device
+	pendingSeq uint64
+	busySince  time.Time // the writer took what it is writing; zero once it caught up
+	slow       bool
+	notify     chan struct{} // cap 1
+	kick       chan struct{} // closed once when the subscriber is too slow
+	kickOnce   sync.Once
+	revoked    chan struct{} // closed once when owner stopped working
+	revokeOnce sync.Once
 }
 
 func newSubscriber(l *Live) *subscriber {
@@ -383,10 +434,12 @@ func (s *subscriber) offer(le *liveEvent, now time.Time) {
 	default:
 		s.slow = true
 	}
-	if s.behindSince.IsZero() && len(s.queue) >= s.live.opts.QueueLen {
-		s.behindSince = now
-	}
-	if !s.slow && !s.behindSince.IsZero() && now.Sub(s.behindSince) > s.live.opts.SlowAfter {
+	// Slow: events wait for a writer that has been away longer than
+	// SlowAfter, busy with what it took. It may be blocked in a write to
+	// a client that stopped reading, so this is judged here, on the
+	// publisher's side, while its in-flight frame can still finish and be
+	// followed by a clean close 1013 (the write deadline is longer).
+	if !s.slow && !s.busySince.IsZero() && now.Sub(s.busySince) > s.live.opts.SlowAfter {
 		s.slow = true
 	}
 	slow := s.slow
@@ -401,15 +454,31 @@ func (s *subscriber) offer(le *liveEvent, now time.Time) {
 	}
 }
 
+// markSlow marks the subscriber as a slow consumer, whichever path found
+// it (the publisher's lag check or the writer's deadline): the first call
+// closes kick and counts it, later ones do nothing.
 func (s *subscriber) markSlow() {
 	s.kickOnce.Do(func() {
+		s.mu.Lock()
+		s.slow = true
+		s.mu.Unlock()
 		close(s.kick)
 		s.live.slowDisconnects.Add(1)
 	})
 }
 
+// isKicked reports whether the subscriber was marked slow.
+func (s *subscriber) isKicked() bool {
+	select {
+	case <-s.kick:
+		return true
+	default:
+		return false
+	}
+}
+
 // take removes everything queued: events in order, then the coalesced
-// readings. A subscriber that drained its backlog is no longer behind.
+// readings. The writer is busy with them until it calls caughtUp.
 func (s *subscriber) take(buf []*liveEvent) []*liveEvent {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -420,8 +489,18 @@ func (s *subscriber) take(buf []*liveEvent) []*liveEvent {
 		buf = append(buf, &liveEvent{seq: s.pendingSeq, ev: *p})
 	}
 	s.pending = nil
-	s.behindSince = time.Time{}
+	if len(buf) > 0 && s.busySince.IsZero() {
+		s.busySince = time.Now()
+	}
 	return buf
+}
+
+// caughtUp tells the subscriber its writer wrote the batch it took: it
+// is no longer behind.
+func (s *subscriber) caughtUp() {
+	s.mu.Lock()
+	s.busySince = time.Time{}
+	s.mu.Unlock()
 }
 
 // update changes what the subscriber receives and returns a copy of the

@@ -20,7 +20,7 @@ func BenchmarkLivePublish(b *testing.B) {
 			for range n {
 				s := newSubscriber(l)
 				s.f.all = true
-				l.add(s)
+				_ = l.add(s, fmt.Sprint(len(drained))) // one credential each: the per-credential cap is not measured here
 				fin := make(chan struct{})
 				drained = append(drained, fin)
 				go func() {

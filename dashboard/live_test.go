@@ -47,6 +47,9 @@ func newLiveRig(t *testing.T, lo LiveOptions) *liveRig {
 	r.api.Register(mux)
 	r.srv = httptest.NewServer(mux)
 	_, r.viewer, _ = reg.CreateOperatorToken(context.Background(), "screen", devices.RoleViewer)
+	if _, err := reg.Create(context.Background(), devices.Spec{ID: "d1"}); err != nil { // subscriptions name registered devices
+		t.Fatal(err)
+	}
 	op, _ := reg.AuthenticateOperator(context.Background(), r.viewer)
 	r.session, _ = reg.CreateSession(context.Background(), op)
 	t.Cleanup(func() { r.api.Shutdown(); r.srv.Close(); reg.Close(); st.Close() })
@@ -271,7 +274,7 @@ func TestSSE(t *testing.T) {
 // reads everything. The fast one receives every reading, in order, while
 // the stalled one is coalesced, then cut with 1013 and counted.
 func TestStalledSubscriberIsolated(t *testing.T) {
-	r := newLiveRig(t, LiveOptions{QueueLen: 256, SlowAfter: 200 * time.Millisecond})
+	r := newLiveRig(t, LiveOptions{QueueLen: 16, SlowAfter: 200 * time.Millisecond})
 	stalled := r.dial(t, nil)
 	subscribe(t, stalled, `{"type":"subscribe","devices":["*"]}`)
 	waitSubscribed(t, r, stalled, "dx")

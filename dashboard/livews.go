@@ -2,10 +2,13 @@ package dashboard
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -36,22 +39,61 @@ func (s *Server) originAllowed(r *http.Request) bool {
 	return devices.OriginAllowed(r, s.opts.AllowedOrigins)
 }
 
-// bindLive registers sub as a live connection of op, or answers the
-// request itself and returns false: 503 when full, 401 when op's
-// credential ended while the request was being authenticated (a
-// revocation announced before sub was registered would miss it).
-func (s *Server) bindLive(w http.ResponseWriter, op devices.Operator, sub *subscriber) bool {
+// admitLive registers sub as a live client of op's credential (which then
+// owns it: ending the credential closes it), or answers before any
+// upgrade: 503 at the hub's cap, 429 at the credential's, 401 when the
+// credential ended meanwhile.
+// Refusals are logged at most once per liveRefusalLogEvery, with how many
+// were not logged, and counted (LiveStats).
+func (s *Server) admitLive(w http.ResponseWriter, r *http.Request, sub *subscriber, op devices.Operator) bool {
 	sub.owner = op
-	if !s.opts.Live.add(sub) {
-		writeErr(w, http.StatusServiceUnavailable, "unavailable", "too many live connections")
+	err := s.opts.Live.add(sub, op.TokenID)
+	if err == nil {
+		// The credential may have ended between authentication and add:
+		// Live.CloseCredential could not see this socket yet.
+		if !s.opts.Registry.OperatorActive(op) {
+			s.opts.Live.remove(sub)
+			writeErr(w, http.StatusUnauthorized, "unauthorized", "the credential was revoked")
+			return false
+		}
+		return true
+	}
+	reason := "full"
+	if errors.Is(err, errLivePerCredential) {
+		reason = "per_token"
+	}
+	if n, ok := s.liveRefusals.allow(time.Now()); ok {
+		s.log.Warn("live connection refused", "reason", reason, "token_id", op.TokenID, "remote", s.remoteIP(r), "path", r.URL.Path, "unlogged", n)
+	}
+	w.Header().Set("Retry-After", "5")
+	if reason == "full" {
+		writeErr(w, http.StatusServiceUnavailable, "unavailable", fmt.Sprintf("the hub serves at most %d live connections; retry later", s.opts.Live.opts.MaxSubscribers))
 		return false
 	}
-	if !s.opts.Registry.OperatorActive(op) {
-		s.opts.Live.remove(sub)
-		writeErr(w, http.StatusUnauthorized, "unauthorized", "the credential was revoked")
-		return false
+	writeErr(w, http.StatusTooManyRequests, "too_many_connections", fmt.Sprintf("this credential already has %d live connections, the most allowed (FIELDHUB_LIVE_MAX_PER_TOKEN); close one first", s.opts.Live.opts.MaxPerCredential))
+	return false
+}
+
+// liveRefusalLogEvery spaces the refusal log lines, so a client hammering
+// a cap cannot flood the log.
+const liveRefusalLogEvery = 10 * time.Second
+
+// logLimiter lets one event through per liveRefusalLogEvery and counts the
+// others.
+type logLimiter struct {
+	next    atomic.Int64 // unix nanoseconds of the next allowed line
+	dropped atomic.Int64
+}
+
+// allow reports whether to log now, and how many events were not logged
+// since the last line.
+func (l *logLimiter) allow(now time.Time) (int64, bool) {
+	next := l.next.Load()
+	if now.UnixNano() < next || !l.next.CompareAndSwap(next, now.Add(liveRefusalLogEvery).UnixNano()) {
+		l.dropped.Add(1)
+		return 0, false
 	}
-	return true
+	return l.dropped.Swap(0), true
 }
 
 // clientMsg is what a dashboard sends on /ws/live.
@@ -72,7 +114,7 @@ func (s *Server) serveLiveWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sub := newSubscriber(s.opts.Live)
-	if !s.bindLive(w, op, sub) {
+	if !s.admitLive(w, r, sub, op) {
 		return
 	}
 	defer s.opts.Live.remove(sub)
@@ -126,13 +168,69 @@ func (c *liveConn) readLoop() {
 		}
 		switch m.Type {
 		case "subscribe":
-			c.s.opts.Live.subscribe(c.sub, func(f *filter) { applySubscribe(f, m.Devices, m.Metrics) })
+			devs, unknown := c.s.knownDevices(m.Devices)
+			if len(unknown) > 0 {
+				c.answer("unknown_devices", unknownMessage(unknown))
+			}
+			max, over := c.s.opts.Live.opts.MaxFilterDevices, false
+			c.s.opts.Live.subscribe(c.sub, func(f *filter) {
+				if over = f.wouldHold(devs) > max; !over {
+					applySubscribe(f, devs, m.Metrics)
+				}
+			})
+			if over {
+				c.answer("too_many_devices", fmt.Sprintf("a live socket follows at most %d devices; subscribe to \"*\" or unsubscribe some first (this subscribe was not applied)", max))
+			}
 		case "unsubscribe":
 			c.sub.update(func(f *filter) { applyUnsubscribe(f, m.Devices) })
 		default:
 			c.answer("unknown_type", `type must be "subscribe" or "unsubscribe"`)
 		}
 	}
+}
+
+// knownDevices splits ids into those in the registry (and "*") and those
+// not: a filter never holds an id the hub does not know, so its size is
+// bounded by the fleet whatever a client sends.
+func (s *Server) knownDevices(ids []string) (known, unknown []string) {
+	for _, d := range ids {
+		if d == "*" || s.opts.Registry.Exists(d) {
+			known = append(known, d)
+		} else {
+			unknown = append(unknown, d)
+		}
+	}
+	return known, unknown
+}
+
+// unknownMessage names the first few unknown ids, and how many in all.
+func unknownMessage(unknown []string) string {
+	const named = 5
+	list := unknown[:min(len(unknown), named)]
+	b, _ := json.Marshal(list)
+	more := ""
+	if len(unknown) > named {
+		more = fmt.Sprintf(" and %d more", len(unknown)-named)
+	}
+	return fmt.Sprintf("%d device ids are not in the registry and were ignored: %s%s", len(unknown), b, more)
+}
+
+// wouldHold returns how many devices f would follow after subscribing
+// to devs.
+func (f *filter) wouldHold(devs []string) int {
+	n := len(f.devices)
+	var added map[string]bool
+	for _, d := range devs {
+		if d == "*" || f.devices[d] || added[d] {
+			continue
+		}
+		if added == nil {
+			added = map[string]bool{}
+		}
+		added[d] = true
+		n++
+	}
+	return n
 }
 
 func applySubscribe(f *filter, devs, metrics []string) {
@@ -179,11 +277,33 @@ func (c *liveConn) writeLoop() {
 	ping := time.NewTicker(livePingPeriod)
 	defer ping.Stop()
 	var buf []*liveEvent
-	write := func(b []byte) bool {
-		_ = c.ws.SetWriteDeadline(time.Now().Add(liveWriteWait))
-		return c.ws.WriteMessage(websocket.TextMessage, b) == nil
+	// A data write may take until the lag check has had its chance
+	// (SlowAfter) and then some: the lag check ends a stalled client
+	// cleanly with 1013 once its in-flight frame is through; the deadline
+	// is the backstop for a client that never reads again.
+	dataWait := c.s.opts.Live.opts.SlowAfter + 2*liveWriteWait
+	write := func(b []byte) error {
+		_ = c.ws.SetWriteDeadline(time.Now().Add(dataWait))
+		return c.ws.WriteMessage(websocket.TextMessage, b)
 	}
 	fail := func() { _ = c.ws.SetReadDeadline(time.Now()) } // ends the reader
+	// failed ends the connection after a write error; a timed-out write is
+	// a slow consumer like one the lag check found.
+	failed := func(err error) {
+		if isTimeout(err) {
+			c.sub.markSlow()
+			c.s.logSlow(c.sub, "ws", c.ws.RemoteAddr().String(), "write timed out")
+		}
+		fail()
+	}
+	kicked := func() {
+		// The client gets the time of one write to read what is in flight
+		// and the close.
+		_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(closeTryAgain, "slow consumer"), time.Now().Add(liveWriteWait))
+		c.s.logSlow(c.sub, "ws", c.ws.RemoteAddr().String(), "behind")
+		fail()
+		<-c.done
+	}
 	for {
 		select {
 		case <-c.done:
@@ -200,14 +320,11 @@ func (c *liveConn) writeLoop() {
 			<-c.done
 			return
 		case <-c.sub.kick:
-			_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(closeTryAgain, "slow consumer"), time.Now().Add(time.Second))
-			c.s.log.Info("dashboard disconnected", "reason", "slow_consumer", "remote", c.ws.RemoteAddr().String())
-			fail()
-			<-c.done
+			kicked()
 			return
 		case b := <-c.ctl:
-			if !write(b) {
-				fail()
+			if err := write(b); err != nil {
+				failed(err)
 				return
 			}
 		case <-c.sub.notify:
@@ -217,24 +334,42 @@ func (c *liveConn) writeLoop() {
 			buf = c.sub.take(buf)
 			metrics := c.sub.metrics()
 			for _, le := range buf {
+				if c.sub.isKicked() {
+					kicked()
+					return
+				}
 				b := c.sub.frame(le, metrics)
 				if b == nil {
 					continue
 				}
-				if !write(b) {
-					fail()
+				if err := write(b); err != nil {
+					failed(err)
 					return
 				}
 				c.s.opts.Live.sent.Add(1)
 			}
 			clear(buf)
+			c.sub.caughtUp()
 		case <-ping.C:
 			if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(liveWriteWait)); err != nil {
-				fail()
+				failed(err)
 				return
 			}
 		}
 	}
+}
+
+// isTimeout reports whether a write failed on its deadline: the client
+// stopped reading.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// logSlow is the one log line of a slow consumer's disconnection, on
+// every path that finds one (the count is markSlow's).
+func (s *Server) logSlow(sub *subscriber, transport, remote, detail string) {
+	s.log.Warn("live client disconnected", "reason", "slow_consumer", "transport", transport, "token_id", sub.principal, "remote", remote, "detail", detail)
 }
 
 func (s *subscriber) metrics() map[string]bool {
@@ -263,12 +398,13 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("at most %d devices", liveMaxDevices))
 		return
 	}
+	devs, _ = s.knownDevices(devs) // the stream has no way to answer; ids not in the registry are ignored
 	var metrics []string
 	if v := q.Get("metrics"); v != "" {
 		metrics = strings.Split(v, ",")
 	}
 	f := sub.update(func(f *filter) { applySubscribe(f, devs, metrics) })
-	if !s.bindLive(w, OperatorFrom(r.Context()), sub) {
+	if !s.admitLive(w, r, sub, OperatorFrom(r.Context())) {
 		return
 	}
 	defer s.opts.Live.remove(sub)
@@ -286,12 +422,21 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 
+	dataWait := s.opts.Live.opts.SlowAfter + 2*liveWriteWait // as on /ws/live
+	// failed ends the stream after a write error: a timed-out write is a
+	// slow consumer, logged once and counted.
+	failed := func(err error) {
+		if isTimeout(err) {
+			sub.markSlow()
+			s.logSlow(sub, "sse", r.RemoteAddr, "write timed out")
+		}
+	}
 	write := func(le *liveEvent) error {
 		b := sub.frame(le, f.metrics)
 		if b == nil {
 			return nil
 		}
-		_ = rc.SetWriteDeadline(time.Now().Add(liveWriteWait))
+		_ = rc.SetWriteDeadline(time.Now().Add(dataWait))
 		if le.seq > 0 {
 			if _, err := fmt.Fprintf(w, "id: %d\n", le.seq); err != nil {
 				return err
@@ -335,13 +480,19 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 		case <-s.stopLive:
 			return
 		case <-sub.kick:
+			s.logSlow(sub, "sse", r.RemoteAddr, "behind")
 			return
 		case <-sub.revoked:
 			s.log.Info("dashboard disconnected", "reason", "revoked", "token_id", sub.owner.TokenID, "transport", "sse", "remote", s.remoteIP(r))
 			return
 		case <-hb.C:
 			_ = rc.SetWriteDeadline(time.Now().Add(liveWriteWait))
-			if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil || rc.Flush() != nil {
+			_, err := fmt.Fprint(w, ": keep-alive\n\n")
+			if err == nil {
+				err = rc.Flush()
+			}
+			if err != nil {
+				failed(err)
 				return
 			}
 		case <-sub.notify:
@@ -350,15 +501,22 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 			}
 			buf = sub.take(buf)
 			for _, le := range buf {
+				if sub.isKicked() {
+					s.logSlow(sub, "sse", r.RemoteAddr, "behind")
+					return
+				}
 				if err := write(le); err != nil {
+					failed(err)
 					return
 				}
 				s.opts.Live.sent.Add(1)
 			}
 			clear(buf)
-			if rc.Flush() != nil {
+			if err := rc.Flush(); err != nil {
+				failed(err)
 				return
 			}
+			sub.caughtUp()
 		}
 	}
 }

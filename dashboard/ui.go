@@ -5,8 +5,6 @@ import (
 	"io/fs"
 	"net/http"
 	"strings"
-	"sync"
-	"time"
 
 	"github.com/fieldhub/fieldhub/devices"
 )
@@ -133,33 +131,11 @@ func sameOrigin(r *http.Request) bool {
 	return devices.OriginAllowed(r, nil)
 }
 
-// rateSampler turns counters into per-second rates over the last few
-// seconds, for the overview cards.
-type rateSampler struct {
-	mu                 sync.Mutex
-	at                 time.Time
-	readings, rejected int64
-	rRate, jRate       float64
-}
-
-func (rs *rateSampler) sample(now time.Time, readings, rejected int64) (float64, float64) {
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	if d := now.Sub(rs.at).Seconds(); !rs.at.IsZero() && d >= 1 {
-		rs.rRate, rs.jRate = float64(readings-rs.readings)/d, float64(rejected-rs.rejected)/d
-	}
-	if rs.at.IsZero() || now.Sub(rs.at) >= time.Second {
-		rs.at, rs.readings, rs.rejected = now, readings, rejected
-	}
-	return rs.rRate, rs.jRate
-}
-
 func (s *Server) stats(w http.ResponseWriter, r *http.Request) {
 	total, online := s.opts.Registry.Counts()
 	out := map[string]any{"devices": total, "online": online, "readings_per_second": 0.0, "rejected_per_second": 0.0}
-	if s.opts.Totals != nil {
-		readings, rejected := s.opts.Totals.Totals()
-		out["readings_per_second"], out["rejected_per_second"] = s.rates.sample(s.opts.Now(), readings, rejected)
+	if s.opts.Rates != nil {
+		out["readings_per_second"], out["rejected_per_second"] = s.opts.Rates.Now()
 	}
 	writeJSON(w, http.StatusOK, out)
 }

@@ -51,6 +51,7 @@ type config struct {
 	MaxAge          time.Duration
 	TagLabels       []string
 	MQTTMaxConns    int
+	LiveMaxPerToken int
 	MQTTConnectRate float64
 	TrustedProxies  *devices.Proxies
 	MQTTAuthSecret  string
@@ -119,6 +120,7 @@ var settings = []setting{
 	{"max-age", "FIELDHUB_MAX_AGE", "168h", "how far behind the hub's clock a reading's ts may be", false},
 	{"tag-labels", "FIELDHUB_TAG_LABELS", "", "comma-separated device labels written to InfluxDB as tags", false},
 	{"mqtt-max-conns", "FIELDHUB_MQTT_MAX_CONNS", "60000", "maximum MQTT connections", false},
+	{"live-max-per-token", "FIELDHUB_LIVE_MAX_PER_TOKEN", "20", "live dashboard connections (/ws/live and SSE) per operator token; past it 429 (the hub's cap is 1000)", false},
 	{"mqtt-connect-rate", "FIELDHUB_MQTT_CONNECT_RATE", "20", "new device connections per second per client address (burst 2.5x), on every way in that opens a connection: MQTT, MQTT TLS, MQTT over WebSocket and the device WebSocket (device HTTP requests are bounded by the device rate); raise it for fleets behind one NAT", false},
 	{"trusted-proxies", "FIELDHUB_TRUSTED_PROXIES", "", "comma-separated CIDRs of reverse proxies whose X-Forwarded-For / X-Real-IP give the client address (default none: the socket peer is the client)", false},
 	{"mqtt-auth-secret", "FIELDHUB_MQTT_AUTH_SECRET", "", "shared secret of an external broker's HTTP auth hook; enables POST /api/v1/mqtt/auth and /acl", true},
@@ -205,6 +207,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 		MaxAge:          p.duration("max-age"),
 		TagLabels:       p.list("tag-labels"),
 		MQTTMaxConns:    p.intRange("mqtt-max-conns", 1, 1<<22),
+		LiveMaxPerToken: p.intRange("live-max-per-token", 1, 1000),
 		MQTTConnectRate: p.float("mqtt-connect-rate"),
 		TrustedProxies:  p.proxies("trusted-proxies"),
 		MQTTAuthSecret:  p.str("mqtt-auth-secret"),

@@ -112,7 +112,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	var br *bridge.Bridge
 	var reg *devices.Registry
 	var cl *cluster.Cluster
-	live := dashboard.NewLive(dashboard.LiveOptions{Logger: log})
+	live := dashboard.NewLive(dashboard.LiveOptions{Logger: log, MaxPerCredential: cfg.LiveMaxPerToken})
 	reg, err = devices.Open(ctx, store, devices.Options{
 		Logger:    log,
 		TagLabels: cfg.TagLabels,
@@ -197,9 +197,10 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err != nil {
 		return err
 	}
+	rates := dashboard.NewRates(fleetTotals{br, cl})
 	api, err := dashboard.New(dashboard.Options{
 		Registry: reg, History: ic, Failures: failures, Proxies: cfg.TrustedProxies, Logger: log,
-		Live: live, AllowedOrigins: cfg.AllowedOrigins, FromTrustedProxy: cfg.TrustedProxies.Trusted, Commands: br, Totals: fleetTotals{br, cl},
+		Live: live, AllowedOrigins: cfg.AllowedOrigins, FromTrustedProxy: cfg.TrustedProxies.Trusted, Commands: br, Rates: rates,
 		OnAuthFailure: func() { m.authFailure("api") },
 	})
 	if err != nil {
@@ -271,6 +272,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return nil
 	})
 	g.Go(func() error { return br.Run(gctx) })
+	g.Go(func() error { return rates.Run(gctx) })
 	mqttCtx, stopMQTT := context.WithCancel(context.Background())
 	defer stopMQTT()
 	if broker != nil {
