@@ -32,6 +32,7 @@ type Session struct {
 
 	hash    devices.TokenHash
 	limiter *rate.Limiter
+	dev     *deviceState
 	conn    Conn
 	reason  atomic.Pointer[string]
 	ended   atomic.Bool
@@ -69,6 +70,7 @@ func (b *Bridge) Connect(deviceID, transport, remote string, h devices.TokenHash
 	}
 	b.mu.Lock()
 	s.limiter = b.limiterLocked(deviceID)
+	s.dev = b.deviceLocked(deviceID)
 	old := b.sessions[deviceID]
 	b.sessions[deviceID] = s
 	b.mu.Unlock()
@@ -101,8 +103,9 @@ func (b *Bridge) limiterLocked(deviceID string) *rate.Limiter {
 func (b *Bridge) Ephemeral(deviceID, transport, remote string) *Session {
 	b.mu.Lock()
 	lim := b.limiterLocked(deviceID)
+	dev := b.deviceLocked(deviceID)
 	b.mu.Unlock()
-	return &Session{DeviceID: deviceID, Transport: transport, Remote: remote, ConnectedAt: b.opts.Now(), limiter: lim, logLim: &b.logLim}
+	return &Session{DeviceID: deviceID, Transport: transport, Remote: remote, ConnectedAt: b.opts.Now(), limiter: lim, dev: dev, logLim: &b.logLim}
 }
 
 // Touch records that a device without a session was heard from.
