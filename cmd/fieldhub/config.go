@@ -45,6 +45,10 @@ type config struct {
 	MaxFuture       time.Duration
 	MaxAge          time.Duration
 	TagLabels       []string
+
+	MaxMetricsPerDevice int // distinct metric names of one device
+	MaxMetricNames      int // distinct metric names of the fleet
+
 	MQTTMaxConns    int
 	MQTTConnectRate float64
 	MQTTAuthSecret  string
@@ -109,6 +113,8 @@ var settings = []setting{
 	{"max-future", "FIELDHUB_MAX_FUTURE", "5m", "how far ahead of the hub's clock a reading's ts may be", false},
 	{"max-age", "FIELDHUB_MAX_AGE", "168h", "how far behind the hub's clock a reading's ts may be", false},
 	{"tag-labels", "FIELDHUB_TAG_LABELS", "", "comma-separated device labels written to InfluxDB as tags", false},
+	{"max-metrics-per-device", "FIELDHUB_MAX_METRICS_PER_DEVICE", "256", "distinct metric names one device may send; past it readings with a new name are refused 'invalid'", false},
+	{"max-metric-names", "FIELDHUB_MAX_METRIC_NAMES", "10000", "distinct metric names of the whole fleet; past it readings with a new name are refused 'invalid'", false},
 	{"mqtt-max-conns", "FIELDHUB_MQTT_MAX_CONNS", "60000", "maximum MQTT connections", false},
 	{"mqtt-connect-rate", "FIELDHUB_MQTT_CONNECT_RATE", "20", "new MQTT connections per second per client address (burst 2.5x); raise it for fleets behind one NAT", false},
 	{"mqtt-auth-secret", "FIELDHUB_MQTT_AUTH_SECRET", "", "shared secret of an external broker's HTTP auth hook; enables POST /api/v1/mqtt/auth and /acl", true},
@@ -191,6 +197,10 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 		MaxFuture:       p.duration("max-future"),
 		MaxAge:          p.duration("max-age"),
 		TagLabels:       p.list("tag-labels"),
+
+		MaxMetricsPerDevice: p.intRange("max-metrics-per-device", 1, 1<<16),
+		MaxMetricNames:      p.intRange("max-metric-names", 1, 1<<22),
+
 		MQTTMaxConns:    p.intRange("mqtt-max-conns", 1, 1<<22),
 		MQTTConnectRate: p.float("mqtt-connect-rate"),
 		MQTTAuthSecret:  p.str("mqtt-auth-secret"),
