@@ -64,13 +64,15 @@ func (s *BoltStore) LoadSchema(ctx context.Context) (Schema, error) {
 
 // ClaimFields records the type of each name in fields that has none yet
 // and returns the stored type of every name in fields: the first claim of
-// a name wins (bbolt runs one write transaction at a time).
+// a name wins (bbolt runs one write transaction at a time). Concurrent
+// calls share one transaction and one fsync (bbolt's Batch), so a fleet
+// starting up does not queue on the disk one device at a time.
 func (s *BoltStore) ClaimFields(ctx context.Context, fields map[string]string) (map[string]string, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	got := make(map[string]string, len(fields))
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Batch(func(tx *bolt.Tx) error { // may run more than once: idempotent
 		b, err := tx.CreateBucketIfNotExists(bucketFields)
 		if err != nil {
 			return err
@@ -95,19 +97,20 @@ func (s *BoltStore) ClaimFields(ctx context.Context, fields map[string]string) (
 
 // AddDeviceMetrics records names as metrics of device unless the device
 // would then have more than max; either way it returns the device's names
-// as stored, and ErrTooManyMetrics when it refused.
+// as stored, and ErrTooManyMetrics when it refused. Concurrent calls share
+// one transaction (bbolt's Batch).
 func (s *BoltStore) AddDeviceMetrics(ctx context.Context, device string, names []string, max int) ([]string, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	var have []string
 	tooMany := false
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Batch(func(tx *bolt.Tx) error { // may run more than once: starts afresh
 		b, err := tx.CreateBucketIfNotExists(bucketDeviceMetrics)
 		if err != nil {
 			return err
 		}
-		have = have[:0]
+		have, tooMany = have[:0], false
 		prefix := deviceMetricKey(device, "")
 		cur := b.Cursor()
 		for k, _ := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = cur.Next() {
