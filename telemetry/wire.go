@@ -124,7 +124,7 @@ type Reading struct {
 	// to the receive time and the bridge makes it strictly increasing per
 	// device (HubTime), so two readings without ts never share a point in
 	// InfluxDB. TS is always Nanos in milliseconds when Nanos is set.
-	Nanos int64 `json:"-"`
+	Nanos int64 `json:"-" validate:"-"`
 }
 
 // Nano returns the reading's time in unix nanoseconds, the precision the
