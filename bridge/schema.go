@@ -119,6 +119,21 @@ func (b *Bridge) deviceLocked(id string) *deviceState {
 	return d
 }
 
+// forgetDevice empties the metric names of a deleted device (the store
+// deleted them with it), so a device created again under its id starts
+// afresh. Its clock stays: its points share the old series.
+func (b *Bridge) forgetDevice(id string) {
+	b.mu.Lock()
+	d := b.devs[id]
+	b.mu.Unlock()
+	if d == nil {
+		return
+	}
+	d.namesMu.Lock()
+	d.names.Store(setOf(nil))
+	d.namesMu.Unlock()
+}
+
 func fieldType(k telemetry.ValueKind) string {
 	switch k {
 	case telemetry.KindBool:

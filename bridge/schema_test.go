@@ -182,3 +182,41 @@ func TestHubTimesPerDevice(t *testing.T) {
 		t.Errorf("device ts written as %q", last)
 	}
 }
+
+// goneStub is a registry in which every device was deleted.
+type goneStub struct{ registryStub }
+
+func (goneStub) Exists(string) bool { return false }
+
+// TestSchemaForgetsDeletedDevice: a device deleted and created again under
+// its id may send new metric names again; the types stay.
+func TestSchemaForgetsDeletedDevice(t *testing.T) {
+	store, err := devices.OpenBolt(filepath.Join(t.TempDir(), "registry.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	br := newSchemaBridge(t, store, nil)
+	ingest := func(msg string) *telemetry.Error {
+		_, e := br.Ingest(context.Background(), br.Ephemeral("d1", devices.TransportHTTP, "t"), []byte(msg))
+		return e
+	}
+	if e := ingest(`{"metrics":{"a":1,"b":2,"c":3,"d":4}}`); e != nil {
+		t.Fatal(e)
+	}
+	if e := ingest(`{"metrics":{"e":1}}`); e == nil {
+		t.Fatal("fifth name accepted")
+	}
+	if err := store.Apply(context.Background(), devices.Change{DeleteDevices: []string{"d1"}}); err != nil {
+		t.Fatal(err)
+	}
+	br.opts.Devices = goneStub{}
+	br.CredentialsChanged("d1")
+	br.opts.Devices = registryStub{}
+	if e := ingest(`{"metrics":{"e":1}}`); e != nil {
+		t.Errorf("after delete and re-create: %v", e)
+	}
+	if e := ingest(`{"metrics":{"a":"x"}}`); e == nil || !strings.Contains(e.Message, "is a number on this hub") {
+		t.Errorf("type forgotten with the device: %v", e)
+	}
+}

@@ -144,13 +144,17 @@ func (b *Bridge) publishPresence(id string, online bool, transport, reason strin
 
 // CredentialsChanged re-checks the device's session after its tokens
 // changed or it was deleted, and closes it with reason "revoked" if its
-// token no longer works. The registry calls it.
+// token no longer works; a deleted device's metric names are forgotten.
+// The registry calls it.
 func (b *Bridge) CredentialsChanged(deviceID string) {
 	b.mu.Lock()
 	s := b.sessions[deviceID]
 	b.mu.Unlock()
 	if s != nil && !b.opts.Devices.StillValid(deviceID, s.hash) {
 		s.Kick(ReasonRevoked)
+	}
+	if !b.opts.Devices.Exists(deviceID) {
+		b.forgetDevice(deviceID)
 	}
 }
 
