@@ -83,8 +83,22 @@ type Options struct {
 	// StoreTimeout bounds how long one message waits for the spool before
 	// the device is told "overloaded"; default 5 s.
 	StoreTimeout time.Duration
-	Logger       *slog.Logger
-	Now          func() time.Time
+	// Schema persists each metric name's type and each device's metric
+	// names (shared by instances sharing the store); nil keeps them in
+	// memory only. KnownFields are the types InfluxDB already has (name
+	// -> FieldNumber, FieldBool, FieldString or FieldInteger), learned at
+	// start; they win over the store.
+	Schema      SchemaStore
+	KnownFields map[string]string
+	// MaxMetricsPerDevice bounds the distinct metric names of one device
+	// (default 256) and MaxMetricNames those of the fleet (default 10,000):
+	// names are client input and each costs memory in the hub and a
+	// series in InfluxDB.
+	MaxMetricsPerDevice int
+	MaxMetricNames      int
+
+	Logger *slog.Logger
+	Now    func() time.Time
 }
 
 // Bridge is the ingest pipeline and session table shared by all transports.
@@ -98,6 +112,8 @@ type Bridge struct {
 	mu       sync.Mutex // guards sessions and limiters
 	sessions map[string]*Session
 	limiters map[string]*rate.Limiter
+	devs     map[string]*deviceState // per registered device that connected
+	schema   schema
 	nextID   atomic.Uint64
 	commands *commands
 }
@@ -122,8 +138,18 @@ func New(opts Options) (*Bridge, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	b := &Bridge{opts: opts, log: opts.Logger, sessions: map[string]*Session{}, limiters: map[string]*rate.Limiter{}}
+	if opts.MaxMetricsPerDevice <= 0 {
+		opts.MaxMetricsPerDevice = DefaultMaxMetricsPerDevice
+	}
+	if opts.MaxMetricNames <= 0 {
+		opts.MaxMetricNames = DefaultMaxMetricNames
+	}
+	b := &Bridge{opts: opts, log: opts.Logger, sessions: map[string]*Session{}, limiters: map[string]*rate.Limiter{}, devs: map[string]*deviceState{}}
 	b.stats.init()
+	b.schema.store, b.schema.maxPerDevice, b.schema.maxNames = opts.Schema, opts.MaxMetricsPerDevice, opts.MaxMetricNames
+	if err := b.loadSchema(context.Background(), opts.KnownFields); err != nil {
+		return nil, fmt.Errorf("bridge: %w", err)
+	}
 	if opts.Commands != nil {
 		b.commands = newCommands(b, opts.Commands)
 		if err := b.commands.load(context.Background()); err != nil {
@@ -178,6 +204,21 @@ func (b *Bridge) IngestFrame(ctx context.Context, s *Session, f *telemetry.Frame
 	t, err := b.opts.Codec.Telemetry(f)
 	if err != nil {
 		return f.ID, b.reject(s, asError(err))
+	}
+	d := s.dev
+	if d == nil {
+		b.mu.Lock()
+		d = b.deviceLocked(s.DeviceID)
+		b.mu.Unlock()
+	}
+	if e := b.checkSchema(ctx, s, d, t); e != nil {
+		return t.ID, b.reject(s, e)
+	}
+	for i := range t.Readings {
+		if r := &t.Readings[i]; r.Nanos != 0 { // sent without ts: unique per device
+			r.Nanos = telemetry.HubTime(&d.clock, r.Nanos)
+			r.TS = r.Nanos / int64(time.Millisecond)
+		}
 	}
 	bufp := b.bufs.Get().(*[]byte)
 	buf := telemetry.AppendLines((*bufp)[:0], s.DeviceID, b.opts.Devices.Tags(s.DeviceID), t.Readings)

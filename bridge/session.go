@@ -32,6 +32,7 @@ type Session struct {
 
 	hash    devices.TokenHash
 	limiter *rate.Limiter
+	dev     *deviceState
 	conn    Conn
 	reason  atomic.Pointer[string]
 	ended   atomic.Bool
@@ -69,6 +70,7 @@ func (b *Bridge) Connect(deviceID, transport, remote string, h devices.TokenHash
 	}
 	b.mu.Lock()
 	s.limiter = b.limiterLocked(deviceID)
+	s.dev = b.deviceLocked(deviceID)
 	old := b.sessions[deviceID]
 	b.sessions[deviceID] = s
 	b.mu.Unlock()
@@ -101,8 +103,9 @@ func (b *Bridge) limiterLocked(deviceID string) *rate.Limiter {
 func (b *Bridge) Ephemeral(deviceID, transport, remote string) *Session {
 	b.mu.Lock()
 	lim := b.limiterLocked(deviceID)
+	dev := b.deviceLocked(deviceID)
 	b.mu.Unlock()
-	return &Session{DeviceID: deviceID, Transport: transport, Remote: remote, ConnectedAt: b.opts.Now(), limiter: lim, logLim: &b.logLim}
+	return &Session{DeviceID: deviceID, Transport: transport, Remote: remote, ConnectedAt: b.opts.Now(), limiter: lim, dev: dev, logLim: &b.logLim}
 }
 
 // Touch records that a device without a session was heard from.
@@ -142,7 +145,8 @@ func (b *Bridge) publishPresence(id string, online bool, transport, reason strin
 // CredentialsChanged re-checks the device's session after its tokens
 // changed or it was deleted, and closes it with reason "revoked" if its
 // token no longer works; it wakes the device's HTTP long polls, which
-// check their own token (NextCommand). The registry calls it.
+// check their own token (NextCommand); a deleted device's metric names
+// are forgotten. The registry calls it.
 func (b *Bridge) CredentialsChanged(deviceID string) {
 	b.mu.Lock()
 	s := b.sessions[deviceID]
@@ -151,6 +155,9 @@ func (b *Bridge) CredentialsChanged(deviceID string) {
 		s.Kick(ReasonRevoked)
 	}
 	b.WakePollers(deviceID)
+	if !b.opts.Devices.Exists(deviceID) {
+		b.forgetDevice(deviceID)
+	}
 }
 
 // Current returns the device's current session, or nil.

@@ -14,6 +14,7 @@ var (
 	statTransports = []string{devices.TransportWS, devices.TransportMQTT, devices.TransportHTTP}
 	statCodes      = []string{telemetry.CodeBadJSON, telemetry.CodeInvalid, telemetry.CodeUnknownType, telemetry.CodeRateLimited, telemetry.CodeOverloaded, telemetry.CodeTooLarge, telemetry.CodeInternal}
 	statFinal      = []string{devices.CommandSucceeded, devices.CommandFailed, devices.CommandTimedOut, devices.CommandExpired, devices.CommandCancelled}
+	statSchema     = []string{SchemaTypeConflict, SchemaDeviceMetrics, SchemaMetricNames}
 	statReasons    = []string{ReasonClientClosed, ReasonHeartbeatTimeout, ReasonSuperseded, ReasonRevoked, ReasonReadLimit, ReasonProtocolError, ReasonServerShutdown, ReasonSlowConsumer, ReasonNetworkError}
 )
 
@@ -29,6 +30,9 @@ type Stats struct {
 	Connected   map[string]*atomic.Int64            // by transport (gauge)
 	Disconnects map[string]map[string]*atomic.Int64 // by transport, reason
 	Commands    map[string]*atomic.Int64            // commands reaching a final status, by status
+	// SchemaRejected counts messages refused by the metric schema (a type
+	// conflict, a device's or the fleet's bound on metric names), by reason.
+	SchemaRejected map[string]*atomic.Int64
 }
 
 func counters(keys []string) map[string]*atomic.Int64 {
@@ -43,6 +47,7 @@ func (s *Stats) init() {
 	s.Messages, s.Readings, s.Rejected = counters(statTransports), counters(statTransports), counters(statCodes)
 	s.Connects, s.Connected = counters(statTransports), counters(statTransports)
 	s.Commands = counters(statFinal)
+	s.SchemaRejected = counters(statSchema)
 	s.Disconnects = map[string]map[string]*atomic.Int64{}
 	for _, t := range slices.Concat(statTransports, []string{other}) {
 		s.Disconnects[t] = counters(statReasons)
@@ -56,11 +61,12 @@ func pick(m map[string]*atomic.Int64, k string) *atomic.Int64 {
 	return m[other]
 }
 
-func (s *Stats) messages(t string) *atomic.Int64  { return pick(s.Messages, t) }
-func (s *Stats) readings(t string) *atomic.Int64  { return pick(s.Readings, t) }
-func (s *Stats) rejected(c string) *atomic.Int64  { return pick(s.Rejected, c) }
-func (s *Stats) connects(t string) *atomic.Int64  { return pick(s.Connects, t) }
-func (s *Stats) connected(t string) *atomic.Int64 { return pick(s.Connected, t) }
+func (s *Stats) messages(t string) *atomic.Int64       { return pick(s.Messages, t) }
+func (s *Stats) readings(t string) *atomic.Int64       { return pick(s.Readings, t) }
+func (s *Stats) rejected(c string) *atomic.Int64       { return pick(s.Rejected, c) }
+func (s *Stats) schemaRejected(r string) *atomic.Int64 { return pick(s.SchemaRejected, r) }
+func (s *Stats) connects(t string) *atomic.Int64       { return pick(s.Connects, t) }
+func (s *Stats) connected(t string) *atomic.Int64      { return pick(s.Connected, t) }
 func (s *Stats) disconnects(t, r string) *atomic.Int64 {
 	m, ok := s.Disconnects[t]
 	if !ok {

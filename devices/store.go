@@ -181,6 +181,9 @@ func (s *BoltStore) Apply(ctx context.Context, c Change) error {
 			if err := devs.Delete([]byte(id)); err != nil {
 				return err
 			}
+			if err := deleteDeviceMetrics(tx, id); err != nil {
+				return err
+			}
 		}
 		for _, o := range c.PutOperators {
 			v, err := json.Marshal(storedOperator{OperatorToken: o, Hash: o.Hash})

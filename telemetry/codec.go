@@ -23,6 +23,9 @@ type Limits struct {
 	MaxStringLen int           // bytes in a string value; default 256
 	MaxFuture    time.Duration // how far ahead of the hub's clock a ts may be; default 5m
 	MaxAge       time.Duration // how far behind the hub's clock a ts may be; default 7 days
+	// TagKeys are the tag keys the hub writes besides DeviceTag (the
+	// configured FIELDHUB_TAG_LABELS); no metric may take one as its name.
+	TagKeys []string
 }
 
 // Default limits, as documented in docs/protocol.md.
@@ -74,6 +77,31 @@ func ValidName(s string) bool {
 		}
 	}
 	return true
+}
+
+// ReservedReason says why name, a ValidName, cannot be a metric name on
+// this hub, or "" when it can. Reserved, in any letter case: "time"
+// (InfluxDB keeps the timestamp there and silently drops such a field),
+// DeviceTag and every TagKeys entry (a field beside a tag of the same key
+// makes InfluxQL's WHERE on the tag miss), and names starting with '_'
+// (InfluxDB's own columns: _time, _value, _field, _measurement, ...).
+func (c *Codec) ReservedReason(name string) string {
+	switch {
+	case name == "":
+		return ""
+	case name[0] == '_':
+		return "metric names starting with '_' are reserved for InfluxDB's own columns (_time, _value, _field, ...)"
+	case strings.EqualFold(name, "time"):
+		return `"time" is reserved: InfluxDB keeps the timestamp there and would drop the value`
+	case strings.EqualFold(name, DeviceTag):
+		return `"device" is reserved: the hub writes it as the tag that carries the device id`
+	}
+	for _, k := range c.limits.TagKeys {
+		if strings.EqualFold(name, k) {
+			return fmt.Sprintf("%q is reserved: the hub writes it as a tag from the device's labels", k)
+		}
+	}
+	return ""
 }
 
 // Frame is one decoded device -> hub frame. Decoding is strict: member names
@@ -242,12 +270,14 @@ type telemetryMsg struct {
 }
 
 // Telemetry validates a decoded telemetry frame and returns its readings,
-// with missing timestamps set to the receive time.
+// with missing timestamps set to the receive time (TS in milliseconds and
+// Nanos in nanoseconds; the bridge then makes Nanos unique per device).
 func (c *Codec) Telemetry(f *Frame) (*Telemetry, error) {
 	if f.Status != "" || f.Result != nil || f.Error != nil {
 		return nil, fieldErr("status", "not allowed in a telemetry message")
 	}
-	now := c.now().UnixMilli()
+	recv := c.now()
+	now, nowNanos := recv.UnixMilli(), recv.UnixNano()
 	msg := telemetryMsg{ID: f.ID}
 	single := f.Readings == nil
 	switch {
@@ -259,19 +289,18 @@ func (c *Codec) Telemetry(f *Frame) (*Telemetry, error) {
 		if f.Metrics == nil {
 			return nil, fieldErr("metrics", `required (or "readings" for a batch)`)
 		}
-		ts := now
+		r := Reading{TS: now, Nanos: nowNanos, Metrics: f.Metrics}
 		if f.TS != nil {
-			ts = *f.TS
+			r.TS, r.Nanos = *f.TS, 0
 		}
-		msg.Readings = []Reading{{TS: ts, Metrics: f.Metrics}}
+		msg.Readings = []Reading{r}
 	default:
 		msg.Readings = make([]Reading, len(f.Readings))
 		for i, r := range f.Readings {
-			ts := now
+			msg.Readings[i] = Reading{TS: now, Nanos: nowNanos, Metrics: r.Metrics}
 			if r.TS != nil {
-				ts = *r.TS
+				msg.Readings[i].TS, msg.Readings[i].Nanos = *r.TS, 0
 			}
-			msg.Readings[i] = Reading{TS: ts, Metrics: r.Metrics}
 		}
 	}
 	if err := c.v.Struct(&msg); err != nil {
@@ -310,7 +339,7 @@ func (c *Codec) metricsOK(m Metrics) bool {
 		return false
 	}
 	for k, v := range m {
-		if !ValidName(k) || c.valueReason(v) != "" {
+		if !ValidName(k) || c.ReservedReason(k) != "" || c.valueReason(v) != "" {
 			return false
 		}
 	}
@@ -332,6 +361,8 @@ func (c *Codec) metricErrors(path string, m Metrics) []FieldError {
 		switch {
 		case !ValidName(k):
 			out = append(out, FieldError{Field: path + "." + k, Reason: "metric name must start with a letter or '_', then letters, digits, '_', '.' or '-' (max 64)"})
+		case c.ReservedReason(k) != "":
+			out = append(out, FieldError{Field: path + "." + k, Reason: c.ReservedReason(k)})
 		case c.valueReason(m[k]) != "":
 			out = append(out, FieldError{Field: path + "." + k, Reason: c.valueReason(m[k])})
 		}

@@ -7,16 +7,20 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
 
 var testNow = time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
 
-func testCodec() *Codec { return NewCodec(Limits{}, func() time.Time { return testNow }) }
+func testCodec() *Codec {
+	return NewCodec(Limits{TagKeys: []string{"site"}}, func() time.Time { return testNow })
+}
 
 func TestDecodeTelemetryValid(t *testing.T) {
-	now := testNow.UnixMilli()
+	now, nowNs := testNow.UnixMilli(), testNow.UnixNano()
 	tests := []struct {
 		name     string
 		in       string
@@ -25,11 +29,14 @@ func TestDecodeTelemetryValid(t *testing.T) {
 	}{
 		{"single with ts", fmt.Sprintf(`{"type":"telemetry","id":"42","ts":%d,"metrics":{"temp":21.5,"door_open":false,"state":"idle"}}`, now-1000), "42",
 			[]Reading{{TS: now - 1000, Metrics: Metrics{"temp": Number(21.5), "door_open": Bool(false), "state": String("idle")}}}},
-		{"single without ts takes receive time", `{"type":"telemetry","metrics":{"t":1}}`, "", []Reading{{TS: now, Metrics: Metrics{"t": Number(1)}}}},
-		{"version 1 accepted", `{"v":1,"type":"telemetry","metrics":{"t":1}}`, "", []Reading{{TS: now, Metrics: Metrics{"t": Number(1)}}}},
+		{"single without ts takes receive time", `{"type":"telemetry","metrics":{"t":1}}`, "", []Reading{{TS: now, Nanos: nowNs, Metrics: Metrics{"t": Number(1)}}}},
+		{"version 1 accepted", `{"v":1,"type":"telemetry","metrics":{"t":1}}`, "", []Reading{{TS: now, Nanos: nowNs, Metrics: Metrics{"t": Number(1)}}}},
 		{"batch", fmt.Sprintf(`{"type":"telemetry","id":"43","readings":[{"ts":%d,"metrics":{"a":1}},{"metrics":{"b":true}}]}`, now-5), "43",
-			[]Reading{{TS: now - 5, Metrics: Metrics{"a": Number(1)}}, {TS: now, Metrics: Metrics{"b": Bool(true)}}}},
-		{"names with dots and dashes", `{"type":"telemetry","metrics":{"_a.b-c":-1e-3}}`, "", []Reading{{TS: now, Metrics: Metrics{"_a.b-c": Number(-1e-3)}}}},
+			[]Reading{{TS: now - 5, Metrics: Metrics{"a": Number(1)}}, {TS: now, Nanos: nowNs, Metrics: Metrics{"b": Bool(true)}}}},
+		{"device ts equal to now is the device's", fmt.Sprintf(`{"type":"telemetry","ts":%d,"metrics":{"t":1}}`, now), "", []Reading{{TS: now, Metrics: Metrics{"t": Number(1)}}}},
+		{"names with dots and dashes", `{"type":"telemetry","metrics":{"a_.b-c":-1e-3}}`, "", []Reading{{TS: now, Nanos: nowNs, Metrics: Metrics{"a_.b-c": Number(-1e-3)}}}},
+		{"names containing reserved words", `{"type":"telemetry","metrics":{"time_ms":1,"device2":2,"site.a":3,"x_":4}}`, "",
+			[]Reading{{TS: now, Nanos: nowNs, Metrics: Metrics{"time_ms": Number(1), "device2": Number(2), "site.a": Number(3), "x_": Number(4)}}}},
 	}
 	c := testCodec()
 	for _, tt := range tests {
@@ -43,7 +50,7 @@ func TestDecodeTelemetryValid(t *testing.T) {
 			}
 			for i, r := range got.Readings {
 				want := tt.readings[i]
-				if r.TS != want.TS || len(r.Metrics) != len(want.Metrics) {
+				if r.TS != want.TS || len(r.Metrics) != len(want.Metrics) || r.Nanos != want.Nanos {
 					t.Fatalf("reading %d = %+v, want %+v", i, r, want)
 				}
 				for k, v := range want.Metrics {
@@ -99,6 +106,13 @@ func TestDecodeTelemetryErrors(t *testing.T) {
 		{"bad value in batch", `{"type":"telemetry","readings":[{"metrics":{"a":1}},{"metrics":{"a":1}},{"metrics":{"a":1}},{"metrics":{"temp":[1]}}]}`, CodeInvalid, "readings[3].metrics.temp", "not null"},
 		{"ts beside readings", `{"type":"telemetry","ts":1,"readings":[{"metrics":{"a":1}}]}`, CodeInvalid, "ts", "each reading"},
 		{"id too long", `{"type":"telemetry","id":"` + strings.Repeat("i", 65) + `","metrics":{"a":1}}`, CodeInvalid, "id", "at most 64"},
+		{"reserved time", `{"type":"telemetry","metrics":{"time":1}}`, CodeInvalid, "metrics.time", `"time" is reserved`},
+		{"reserved time any case", `{"type":"telemetry","metrics":{"Time":1}}`, CodeInvalid, "metrics.Time", `"time" is reserved`},
+		{"reserved device tag", `{"type":"telemetry","metrics":{"device":"other"}}`, CodeInvalid, "metrics.device", "tag that carries the device id"},
+		{"reserved underscore", `{"type":"telemetry","metrics":{"_x":1}}`, CodeInvalid, "metrics._x", "starting with '_'"},
+		{"reserved underscore field", `{"type":"telemetry","metrics":{"_field":1}}`, CodeInvalid, "metrics._field", "starting with '_'"},
+		{"reserved tag label", `{"type":"telemetry","metrics":{"site":"x"}}`, CodeInvalid, "metrics.site", "tag from the device's labels"},
+		{"reserved in batch", `{"type":"telemetry","readings":[{"metrics":{"a":1}},{"metrics":{"a":1,"time":2}}]}`, CodeInvalid, "readings[1].metrics.time", "reserved"},
 		{"result fields in telemetry", `{"type":"telemetry","status":"ok","metrics":{"a":1}}`, CodeInvalid, "status", "not allowed"},
 	}
 	c := testCodec()
@@ -246,4 +260,51 @@ func FuzzValidName(f *testing.F) {
 			t.Fatalf("ValidName(%q) = %v, NamePattern says %v", s, ValidName(s), re.MatchString(s))
 		}
 	})
+}
+
+// TestHubTime: hub-assigned times are strictly increasing per device and
+// never a whole millisecond, so they equal neither each other nor any ts a
+// device sends.
+func TestHubTime(t *testing.T) {
+	ms := int64(time.Millisecond)
+	tests := []struct {
+		name      string
+		last, now int64
+		want      int64
+	}{
+		{"clock ahead of last", 0, 5*ms + 7, 5*ms + 7},
+		{"same receive time", 5*ms + 7, 5*ms + 7, 5*ms + 8},
+		{"clock behind last", 9*ms + 1, 5 * ms, 9*ms + 2},
+		{"whole millisecond skipped", 0, 5 * ms, 5*ms + 1},
+		{"increment lands on a millisecond", 6*ms - 1, 6*ms - 1, 6*ms + 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var last atomic.Int64
+			last.Store(tt.last)
+			if got := HubTime(&last, tt.now); got != tt.want || last.Load() != got {
+				t.Errorf("HubTime(%d, %d) = %d (last %d), want %d", tt.last, tt.now, got, last.Load(), tt.want)
+			}
+		})
+	}
+	var last atomic.Int64
+	var wg sync.WaitGroup
+	got := make([][]int64, 8)
+	for g := range got {
+		wg.Go(func() {
+			for range 1000 {
+				got[g] = append(got[g], HubTime(&last, testNow.UnixNano()))
+			}
+		})
+	}
+	wg.Wait()
+	seen := map[int64]bool{}
+	for _, ts := range got {
+		for i, n := range ts {
+			if seen[n] || n%ms == 0 || (i > 0 && n <= ts[i-1]) {
+				t.Fatalf("concurrent HubTime gave %d: duplicate, whole millisecond or not increasing", n)
+			}
+			seen[n] = true
+		}
+	}
 }

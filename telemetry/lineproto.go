@@ -32,7 +32,8 @@ func ValidTagValue(s string) bool {
 }
 
 // AppendLines appends one line-protocol line per reading to b, timestamps in
-// milliseconds. The device id must already satisfy the registry's id rule and
+// nanoseconds (Reading.Nano: a device's ts in whole milliseconds, a
+// hub-assigned time with its nanoseconds, so the two never collide). The device id must already satisfy the registry's id rule and
 // every metric the validator's rules; tags that are not ValidTagValue are
 // left out rather than written wrong.
 func AppendLines(b []byte, device string, tags []Tag, readings []Reading) []byte {
@@ -84,7 +85,7 @@ func AppendLines(b []byte, device string, tags []Tag, readings []Reading) []byte
 			}
 		}
 		b = append(b, ' ')
-		b = strconv.AppendInt(b, r.TS, 10)
+		b = strconv.AppendInt(b, r.Nano(), 10)
 		b = append(b, '\n')
 	}
 	return b

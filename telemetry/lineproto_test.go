@@ -3,6 +3,7 @@ package telemetry
 import (
 	"bytes"
 	"math"
+	"strings"
 	"testing"
 	"time"
 
@@ -74,9 +75,9 @@ func checkRoundTrip(t *testing.T, device string, tags []Tag, readings []Reading)
 		if n != len(r.Metrics) {
 			t.Fatalf("line %d has %d fields, want %d", i, n, len(r.Metrics))
 		}
-		ts, err := dec.Time(lineprotocol.Millisecond, time.Time{})
-		if err != nil || ts.UnixMilli() != r.TS {
-			t.Fatalf("line %d time %v (%v), want %d", i, ts, err, r.TS)
+		ts, err := dec.Time(lineprotocol.Nanosecond, time.Time{})
+		if err != nil || ts.UnixNano() != r.Nano() || ts.UnixMilli() != r.TS {
+			t.Fatalf("line %d time %v (%v), want %d ns (ts %d)", i, ts, err, r.Nano(), r.TS)
 		}
 	}
 	if dec.Next() {
@@ -87,9 +88,15 @@ func checkRoundTrip(t *testing.T, device string, tags []Tag, readings []Reading)
 func TestAppendLines(t *testing.T) {
 	r := []Reading{{TS: 1795000000000, Metrics: Metrics{"temp": Number(21.5), "door_open": Bool(false), "state": String("idle")}}}
 	got := string(AppendLines(nil, "dev-1", []Tag{{"site", "north yard"}}, r))
-	want := "telemetry,device=dev-1,site=north\\ yard door_open=false,state=\"idle\",temp=21.5 1795000000000\n"
+	want := "telemetry,device=dev-1,site=north\\ yard door_open=false,state=\"idle\",temp=21.5 1795000000000000000\n"
 	if got != want {
 		t.Errorf("got  %q\nwant %q", got, want)
+	}
+	// A hub-assigned time keeps its nanoseconds.
+	r[0].TS, r[0].Nanos = 1795000000000, 1795000000000123457
+	got = string(AppendLines(nil, "dev-1", nil, r))
+	if want := " 1795000000000123457\n"; !strings.HasSuffix(got, want) {
+		t.Errorf("hub time: got %q, want suffix %q", got, want)
 	}
 }
 
@@ -113,7 +120,7 @@ func TestAppendLinesRoundTrip(t *testing.T) {
 // FuzzAppendLines checks that any tag value and string metric we would
 // accept encodes to a line that parses back unchanged.
 func FuzzAppendLines(f *testing.F) {
-	f.Add("north yard", "idle", 21.5, int64(1795000000000))
+	f.Add("north yard", "idle", 21.5, time.Now().UnixMilli())
 	f.Add(`a,b=c`, `"\`, math.Copysign(0, -1), int64(0))
 	f.Add("x\\", "a\x00b", math.Inf(1), int64(-1))
 	c := testCodec()
@@ -124,7 +131,7 @@ func FuzzAppendLines(f *testing.F) {
 				delete(m, k)
 			}
 		}
-		if len(m) == 0 {
+		if len(m) == 0 || !c.tsOK(ts) {
 			return
 		}
 		// The spool refuses a payload holding a zero byte (every record

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"sync/atomic"
+	"time"
 
 	"github.com/go-json-experiment/json"
 	"github.com/go-json-experiment/json/jsontext"
@@ -117,6 +119,40 @@ type Reading struct {
 	// TS is the reading's time in unix milliseconds.
 	TS      int64   `json:"ts" validate:"ts"`
 	Metrics Metrics `json:"metrics" validate:"metrics"`
+	// Nanos is the hub-assigned time in unix nanoseconds of a reading the
+	// device sent without ts; 0 when the device gave ts. The codec sets it
+	// to the receive time and the bridge makes it strictly increasing per
+	// device (HubTime), so two readings without ts never share a point in
+	// InfluxDB. TS is always Nanos in milliseconds when Nanos is set.
+	Nanos int64 `json:"-" validate:"-"`
+}
+
+// Nano returns the reading's time in unix nanoseconds, the precision the
+// hub writes to InfluxDB.
+func (r *Reading) Nano() int64 {
+	if r.Nanos != 0 {
+		return r.Nanos
+	}
+	return r.TS * int64(time.Millisecond)
+}
+
+// HubTime returns the next hub-assigned time for a reading received at
+// now (unix nanoseconds) by a device whose last assigned time is held in
+// last: strictly greater than every earlier one of that device and never a
+// whole millisecond, so it can equal neither another hub-assigned time nor
+// any ts a device sends (device ts are milliseconds). It is lock-free: one
+// compare-and-swap per reading.
+func HubTime(last *atomic.Int64, now int64) int64 {
+	for {
+		prev := last.Load()
+		n := max(now, prev+1)
+		if n%int64(time.Millisecond) == 0 {
+			n++
+		}
+		if last.CompareAndSwap(prev, n) {
+			return n
+		}
+	}
 }
 
 // Telemetry is a validated telemetry message: one or more readings that are

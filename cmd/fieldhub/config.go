@@ -50,6 +50,10 @@ type config struct {
 	MaxFuture       time.Duration
 	MaxAge          time.Duration
 	TagLabels       []string
+
+	MaxMetricsPerDevice int // distinct metric names of one device
+	MaxMetricNames      int // distinct metric names of the fleet
+
 	MQTTMaxConns    int
 	LiveMaxPerToken int
 	MQTTConnectRate float64
@@ -119,6 +123,8 @@ var settings = []setting{
 	{"max-future", "FIELDHUB_MAX_FUTURE", "5m", "how far ahead of the hub's clock a reading's ts may be", false},
 	{"max-age", "FIELDHUB_MAX_AGE", "168h", "how far behind the hub's clock a reading's ts may be", false},
 	{"tag-labels", "FIELDHUB_TAG_LABELS", "", "comma-separated device labels written to InfluxDB as tags", false},
+	{"max-metrics-per-device", "FIELDHUB_MAX_METRICS_PER_DEVICE", "256", "distinct metric names one device may send; past it readings with a new name are refused 'invalid'", false},
+	{"max-metric-names", "FIELDHUB_MAX_METRIC_NAMES", "10000", "distinct metric names of the whole fleet; past it readings with a new name are refused 'invalid'", false},
 	{"mqtt-max-conns", "FIELDHUB_MQTT_MAX_CONNS", "60000", "maximum MQTT connections", false},
 	{"live-max-per-token", "FIELDHUB_LIVE_MAX_PER_TOKEN", "20", "live dashboard connections (/ws/live and SSE) per operator token; past it 429 (the hub's cap is 1000)", false},
 	{"mqtt-connect-rate", "FIELDHUB_MQTT_CONNECT_RATE", "20", "new device connections per second per client address (burst 2.5x), on every way in that opens a connection: MQTT, MQTT TLS, MQTT over WebSocket and the device WebSocket (device HTTP requests are bounded by the device rate); raise it for fleets behind one NAT", false},
@@ -206,6 +212,10 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 		MaxFuture:       p.duration("max-future"),
 		MaxAge:          p.duration("max-age"),
 		TagLabels:       p.list("tag-labels"),
+
+		MaxMetricsPerDevice: p.intRange("max-metrics-per-device", 1, 1<<16),
+		MaxMetricNames:      p.intRange("max-metric-names", 1, 1<<22),
+
 		MQTTMaxConns:    p.intRange("mqtt-max-conns", 1, 1<<22),
 		LiveMaxPerToken: p.intRange("live-max-per-token", 1, 1000),
 		MQTTConnectRate: p.float("mqtt-connect-rate"),

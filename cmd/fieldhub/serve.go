@@ -177,10 +177,12 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		}
 		fanout, remote = cl, cl
 	}
-	codec := telemetry.NewCodec(telemetry.Limits{MaxFuture: cfg.MaxFuture, MaxAge: cfg.MaxAge}, nil)
+	codec := telemetry.NewCodec(telemetry.Limits{MaxFuture: cfg.MaxFuture, MaxAge: cfg.MaxAge, TagKeys: cfg.TagLabels}, nil)
 	br, err = bridge.New(bridge.Options{
 		Codec: codec, Store: sp, Devices: reg, Fanout: fanout, Remote: remote, Commands: store,
 		RatePerSec: cfg.RateLimit, Burst: cfg.RateBurst, Logger: log,
+		Schema: store, KnownFields: knownFields(ctx, ic, log),
+		MaxMetricsPerDevice: cfg.MaxMetricsPerDevice, MaxMetricNames: cfg.MaxMetricNames,
 	})
 	if err != nil {
 		return err
@@ -344,10 +346,41 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 }
 
 // registryStore is what the hub keeps in its registry database: devices,
-// operator tokens and the command queue.
+// operator tokens, the command queue and the metric schema.
 type registryStore interface {
 	devices.Store
 	bridge.CommandStore
+	bridge.SchemaStore
+}
+
+// knownFields asks InfluxDB which type each metric already has, so the
+// bridge refuses a conflicting reading before the ack even for fields
+// written before the hub kept a schema, or by another writer. InfluxDB
+// being down must not stop the hub: then the store's schema is all it
+// knows, and anything InfluxDB still refuses goes to the dead-letter file.
+func knownFields(ctx context.Context, ic *influx.Client, log *slog.Logger) map[string]string {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	types, err := ic.FieldTypes(ctx)
+	if err != nil {
+		log.Warn("could not learn metric types from influxdb; using the stored schema", "err", err)
+		return nil
+	}
+	known := make(map[string]string, len(types))
+	for name, t := range types {
+		switch t {
+		case "float":
+			known[name] = bridge.FieldNumber
+		case "boolean":
+			known[name] = bridge.FieldBool
+		case "string":
+			known[name] = bridge.FieldString
+		case "integer", "unsigned":
+			known[name] = bridge.FieldInteger
+		}
+	}
+	log.Info("learned metric types from influxdb", "fields", len(known))
+	return known
 }
 
 // openStore opens PostgreSQL when FIELDHUB_DATABASE_URL is set, otherwise

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -39,6 +40,15 @@ var migrations = []string{
 	`CREATE TABLE fieldhub_operator_sessions (
 		id     text PRIMARY KEY,
 		record jsonb NOT NULL
+	);`,
+	`CREATE TABLE fieldhub_metric_fields (
+		name text PRIMARY KEY,
+		type text NOT NULL
+	);
+	CREATE TABLE fieldhub_device_metrics (
+		device text NOT NULL,
+		name   text NOT NULL,
+		PRIMARY KEY (device, name)
 	);`,
 }
 
@@ -169,6 +179,7 @@ func (s *Store) Apply(ctx context.Context, c devices.Change) error {
 		}
 		for _, id := range c.DeleteDevices {
 			b.Queue(`DELETE FROM fieldhub_devices WHERE id = $1`, id)
+			b.Queue(`DELETE FROM fieldhub_device_metrics WHERE device = $1`, id)
 		}
 		for _, o := range c.PutOperators {
 			b.Queue(`INSERT INTO fieldhub_operator_tokens (id, record) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record`, o.ID, storedOperator{OperatorToken: o, Hash: o.Hash})
@@ -267,4 +278,130 @@ func (s *Store) commands(ctx context.Context, q string, args ...any) ([]devices.
 		out = append(out, c)
 	}
 	return out, rows.Err()
+}
+
+// LoadSchema reads every claimed metric type and each device's metric
+// names (see devices.Schema).
+func (s *Store) LoadSchema(ctx context.Context) (devices.Schema, error) {
+	sc := devices.Schema{Fields: map[string]string{}, DeviceMetrics: map[string][]string{}}
+	rows, err := s.db.Query(ctx, `SELECT name, type FROM fieldhub_metric_fields`)
+	if err != nil {
+		return sc, fmt.Errorf("load metric schema: %w", err)
+	}
+	for rows.Next() {
+		var name, typ string
+		if err := rows.Scan(&name, &typ); err != nil {
+			rows.Close()
+			return sc, fmt.Errorf("load metric schema: %w", err)
+		}
+		sc.Fields[name] = typ
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return sc, fmt.Errorf("load metric schema: %w", err)
+	}
+	rows, err = s.db.Query(ctx, `SELECT device, name FROM fieldhub_device_metrics`)
+	if err != nil {
+		return sc, fmt.Errorf("load device metrics: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var dev, name string
+		if err := rows.Scan(&dev, &name); err != nil {
+			return sc, fmt.Errorf("load device metrics: %w", err)
+		}
+		sc.DeviceMetrics[dev] = append(sc.DeviceMetrics[dev], name)
+	}
+	return sc, rows.Err()
+}
+
+// ClaimFields records the type of each name that has none yet and returns
+// the stored type of every name given: the first claim wins across every
+// instance sharing the database (INSERT ... ON CONFLICT DO NOTHING).
+func (s *Store) ClaimFields(ctx context.Context, fields map[string]string) (map[string]string, error) {
+	names := make([]string, 0, len(fields))
+	types := make([]string, 0, len(fields))
+	for n, t := range fields {
+		names, types = append(names, n), append(types, t)
+	}
+	got := make(map[string]string, len(fields))
+	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO fieldhub_metric_fields (name, type)
+			SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (name) DO NOTHING`, names, types); err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, `SELECT name, type FROM fieldhub_metric_fields WHERE name = ANY($1)`, names)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var n, t string
+			if err := rows.Scan(&n, &t); err != nil {
+				return err
+			}
+			got[n] = t
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claim metric types: %w", err)
+	}
+	return got, nil
+}
+
+// AddDeviceMetrics records names as metrics of device unless the device
+// would then have more than max; it returns the device's names as stored,
+// and devices.ErrTooManyMetrics when it refused. A transaction-scoped
+// advisory lock per device makes count-and-insert atomic across instances.
+func (s *Store) AddDeviceMetrics(ctx context.Context, device string, names []string, max int) ([]string, error) {
+	var have []string
+	tooMany := false
+	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		have, tooMany = have[:0], false
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('fieldhub_device_metrics:' || $1))`, device); err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, `SELECT name FROM fieldhub_device_metrics WHERE device = $1`, device)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var n string
+			if err := rows.Scan(&n); err != nil {
+				rows.Close()
+				return err
+			}
+			have = append(have, n)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		var add []string
+		for _, n := range names {
+			if !slices.Contains(have, n) && !slices.Contains(add, n) {
+				add = append(add, n)
+			}
+		}
+		if len(have)+len(add) > max {
+			tooMany = true
+			return nil
+		}
+		if len(add) > 0 {
+			if _, err := tx.Exec(ctx, `INSERT INTO fieldhub_device_metrics (device, name)
+				SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING`, device, add); err != nil {
+				return err
+			}
+		}
+		have = append(have, add...)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("record metric names of %s: %w", device, err)
+	}
+	if tooMany {
+		return have, devices.ErrTooManyMetrics
+	}
+	return have, nil
 }

@@ -2,6 +2,7 @@ package pg
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -283,5 +284,50 @@ func TestSessionsAcrossInstances(t *testing.T) {
 	defer mu.Unlock()
 	if len(ended) != 1 || ended[0].TokenID != op.TokenID || ended[0].Session == "" {
 		t.Fatalf("b announced %+v, want the session's end", ended)
+	}
+}
+
+// TestSchemaOnPostgreSQL: the metric schema shared by instances: the first
+// claim wins across two stores on one database, a device's names are
+// bounded, and a deleted device's names go with it.
+func TestSchemaOnPostgreSQL(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.Database(t)
+	a, err := Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if got, err := a.ClaimFields(ctx, map[string]string{"temp": "number"}); err != nil || got["temp"] != "number" {
+		t.Fatalf("claim: %v %v", got, err)
+	}
+	if got, err := b.ClaimFields(ctx, map[string]string{"temp": "string", "ok": "bool"}); err != nil || got["temp"] != "number" || got["ok"] != "bool" {
+		t.Fatalf("second instance's claim: %v %v", got, err)
+	}
+	if _, err := a.AddDeviceMetrics(ctx, "d1", []string{"x", "y"}, 3); err != nil {
+		t.Fatal(err)
+	}
+	have, err := b.AddDeviceMetrics(ctx, "d1", []string{"z", "w"}, 3)
+	if !errors.Is(err, devices.ErrTooManyMetrics) || len(have) != 2 {
+		t.Fatalf("past the bound from the other instance: %v %v", have, err)
+	}
+	if _, err := b.AddDeviceMetrics(ctx, "d2", []string{"x"}, 3); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Apply(ctx, devices.Change{DeleteDevices: []string{"d2"}}); err != nil {
+		t.Fatal(err)
+	}
+	sc, err := b.LoadSchema(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(sc.DeviceMetrics["d1"])
+	if sc.Fields["temp"] != "number" || sc.Fields["ok"] != "bool" || !slices.Equal(sc.DeviceMetrics["d1"], []string{"x", "y"}) || sc.DeviceMetrics["d2"] != nil {
+		t.Errorf("schema: %+v", sc)
 	}
 }

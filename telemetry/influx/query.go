@@ -2,8 +2,12 @@ package influx
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -97,4 +101,65 @@ func (c *Client) History(ctx context.Context, q HistoryQuery) ([]Point, error) {
 		return nil, fmt.Errorf("read influxdb answer: %w", withoutURL(err))
 	}
 	return points, nil
+}
+
+// FieldTypes returns the type InfluxDB has for each field of the telemetry
+// measurement ("float", "integer", "string" or "boolean"), so the hub
+// refuses a conflicting reading before acknowledging it instead of
+// InfluxDB refusing it afterwards. It asks with InfluxQL's SHOW FIELD KEYS
+// on the 1.x query endpoint (InfluxDB 1.8, and 2.x with a DBRP mapping).
+// A field with different types in different shards keeps the first.
+func (c *Client) FieldTypes(ctx context.Context) (map[string]string, error) {
+	db, rp, _ := strings.Cut(c.opts.Bucket, "/")
+	form := url.Values{"q": {`SHOW FIELD KEYS FROM "` + telemetry.Measurement + `"`}, "db": {db}}
+	if rp != "" {
+		form.Set("rp", rp)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(c.opts.URL, "/")+"/query", strings.NewReader(form.Encode()))
+	if err != nil {
+		return nil, fmt.Errorf("show field keys: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	if c.opts.Token != "" {
+		req.Header.Set("Authorization", "Token "+c.opts.Token)
+	}
+	resp, err := (&http.Client{Timeout: c.opts.Timeout}).Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("show field keys: %w", withoutURL(err))
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, fmt.Errorf("show field keys: read answer: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("show field keys: status %d: %s", resp.StatusCode, truncate(string(body), 200))
+	}
+	var out struct {
+		Results []struct {
+			Error  string `json:"error"`
+			Series []struct {
+				Values [][]string `json:"values"`
+			} `json:"series"`
+		} `json:"results"`
+	}
+	if err := json.Unmarshal(body, &out); err != nil {
+		return nil, fmt.Errorf("show field keys: decode answer: %w", err)
+	}
+	types := map[string]string{}
+	for _, r := range out.Results {
+		if r.Error != "" {
+			return nil, fmt.Errorf("show field keys: %s", truncate(r.Error, 200))
+		}
+		for _, s := range r.Series {
+			for _, v := range s.Values {
+				if len(v) == 2 {
+					if _, ok := types[v[0]]; !ok {
+						types[v[0]] = v[1]
+					}
+				}
+			}
+		}
+	}
+	return types, nil
 }

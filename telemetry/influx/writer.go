@@ -91,7 +91,8 @@ type Client struct {
 func NewClient(opts Options) *Client {
 	opts.ensureDefaults()
 	o := influxdb2.DefaultOptions().
-		SetPrecision(time.Millisecond).
+		SetPrecision(time.Nanosecond). // telemetry.AppendLines writes nanoseconds
+
 		SetUseGZip(opts.Gzip).
 		SetHTTPClient(&http.Client{Timeout: opts.Timeout})
 	c := influxdb2.NewClientWithOptions(opts.URL, opts.Token, o)
@@ -232,7 +233,7 @@ func (w *Writer) Run(ctx context.Context) error {
 			}
 			deadline.Stop()
 		}
-		if err := w.writeAll(ctx, b.Data, b.Points); err != nil {
+		if err := w.writeAll(ctx, upgradeMillis(b.Data), b.Points); err != nil {
 			return nil // ctx ended mid-retry; the batch stays unconfirmed
 		}
 		if err := w.sp.Confirm(b.Next, b.Points); err != nil {
@@ -336,6 +337,38 @@ func classify(err error) (class string, status int, retryAfter time.Duration) {
 	default:
 		return ClassServer, status, retryAfter
 	}
+}
+
+// upgradeMillis rewrites the lines a hub before nanosecond timestamps
+// spooled (timestamps in milliseconds: at most 16 digits, where
+// nanoseconds of any time since 2001 have 19) to nanoseconds, so a spool
+// written by an older version replays at the right instants. Data without
+// such lines is returned as it is, without a copy.
+func upgradeMillis(data []byte) []byte {
+	var out []byte
+	copied := 0
+	for start := 0; start < len(data); {
+		end := bytes.IndexByte(data[start:], '\n')
+		if end < 0 {
+			end = len(data)
+		} else {
+			end += start
+		}
+		line := data[start:end]
+		if sp := bytes.LastIndexByte(line, ' '); sp >= 0 && len(line)-sp-1 > 0 && len(line)-sp-1 <= 16 {
+			if out == nil {
+				out = make([]byte, 0, len(data)+len(data)/8)
+			}
+			out = append(out, data[copied:end]...)
+			out = append(out, "000000"...)
+			copied = end
+		}
+		start = end + 1
+	}
+	if out == nil {
+		return data
+	}
+	return append(out, data[copied:]...)
 }
 
 // splitLines cuts line-protocol data into two halves at a line boundary.

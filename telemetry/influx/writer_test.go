@@ -246,3 +246,24 @@ func TestErrorsCarryNoURL(t *testing.T) {
 		t.Fatalf("ping error %v: want an error without the URL", err)
 	}
 }
+
+// TestUpgradeMillis: lines an older hub spooled with millisecond
+// timestamps are written at the same instants after the switch to
+// nanoseconds; nanosecond lines pass through untouched.
+func TestUpgradeMillis(t *testing.T) {
+	tests := []struct{ name, in, want string }{
+		{"nanoseconds untouched", "t,device=a v=1 1795000000000000001\n", "t,device=a v=1 1795000000000000001\n"},
+		{"milliseconds upgraded", "t,device=a v=1 1795000000000\n", "t,device=a v=1 1795000000000000000\n"},
+		{"mixed", "t,device=a v=1 1795000000000\nt,device=a s=\"a b\" 1795000000000000002\nt,device=b v=2 1795000000001\n",
+			"t,device=a v=1 1795000000000000000\nt,device=a s=\"a b\" 1795000000000000002\nt,device=b v=2 1795000000001000000\n"},
+		{"no final newline", "t,device=a v=1 1795000000000", "t,device=a v=1 1795000000000000000"},
+		{"empty", "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := string(upgradeMillis([]byte(tt.in))); got != tt.want {
+				t.Errorf("got  %q\nwant %q", got, tt.want)
+			}
+		})
+	}
+}

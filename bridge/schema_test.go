@@ -1,0 +1,222 @@
+package bridge
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fieldhub/fieldhub/devices"
+	"github.com/fieldhub/fieldhub/telemetry"
+	"github.com/fieldhub/fieldhub/telemetry/spool"
+)
+
+func newSchemaBridge(t *testing.T, store SchemaStore, known map[string]string) *Bridge {
+	t.Helper()
+	sp, err := spool.Open(spool.Options{Dir: filepath.Join(t.TempDir(), "spool"), MaxBytes: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sp.Close() })
+	br, err := New(Options{Codec: telemetry.NewCodec(telemetry.Limits{}, nil), Store: sp, Devices: registryStub{},
+		RatePerSec: 1e9, Burst: 1e9, Schema: store, KnownFields: known, MaxMetricsPerDevice: 4, MaxMetricNames: 6})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return br
+}
+
+// TestSchemaRules: what the metric schema refuses before the ack, in the
+// order a fleet would send it (each step sees the schema the earlier
+// steps built).
+func TestSchemaRules(t *testing.T) {
+	store, err := devices.OpenBolt(filepath.Join(t.TempDir(), "registry.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	br := newSchemaBridge(t, store, map[string]string{"legacy": FieldInteger})
+	steps := []struct {
+		name, device, msg string
+		want              string // "" accepted, else the error message
+	}{
+		{"first use claims the type", "d1", `{"metrics":{"temp":20,"state":"idle"}}`, ""},
+		{"same types", "d1", `{"metrics":{"temp":21,"state":"run"}}`, ""},
+		{"string for a number", "d1", `{"metrics":{"temp":"hot","TEMP":1}}`, "metrics.temp: is a number on this hub, got a string"},
+		{"conflict inside a batch", "d1", `{"readings":[{"metrics":{"on":true}},{"metrics":{"on":1}}]}`, "readings[1].metrics.on: is a boolean on this hub, got a number"},
+		{"type is fleet-wide", "d2", `{"metrics":{"state":false}}`, "metrics.state: is a string on this hub, got a boolean"},
+		{"integer field of another writer", "d2", `{"metrics":{"legacy":1}}`, "metrics.legacy: is an integer"},
+		{"device bound: 4 names", "d1", `{"metrics":{"a":1,"b":2}}`, ""},
+		{"device bound exceeded", "d1", `{"metrics":{"c":1}}`, "metrics.c: a device may send at most 4 distinct metric names"},
+		{"known names past the bound still fine", "d1", `{"metrics":{"a":3,"temp":4}}`, ""},
+		{"fleet bound: 6 names", "d2", `{"metrics":{"x":1}}`, ""},
+		{"fleet bound exceeded", "d2", `{"metrics":{"y":1}}`, "metrics.y: the hub already stores 6 distinct metric names, at most 6"},
+	}
+	for _, st := range steps {
+		s := br.Ephemeral(st.device, devices.TransportHTTP, "test")
+		_, e := br.Ingest(context.Background(), s, []byte(st.msg))
+		switch {
+		case st.want == "" && e != nil:
+			t.Errorf("%s: refused: %v", st.name, e)
+		case st.want != "" && (e == nil || e.Code != telemetry.CodeInvalid || !strings.HasPrefix(e.Message, st.want)):
+			t.Errorf("%s: got %v, want invalid %q", st.name, e, st.want)
+		}
+	}
+	if got := br.Stats().SchemaRejected[SchemaTypeConflict].Load(); got != 4 {
+		t.Errorf("type conflicts counted %d, want 4", got)
+	}
+
+	// A new bridge on the same store (a restart) knows the types and the
+	// device's names.
+	br2 := newSchemaBridge(t, store, nil)
+	for _, st := range []struct{ msg, want string }{
+		{`{"metrics":{"temp":"x"}}`, "metrics.temp: is a number on this hub, got a string"},
+		{`{"metrics":{"c":1}}`, "metrics.c: a device may send at most 4"},
+		{`{"metrics":{"b":1}}`, ""},
+	} {
+		_, e := br2.Ingest(context.Background(), br2.Ephemeral("d1", devices.TransportHTTP, "test"), []byte(st.msg))
+		if (st.want == "") != (e == nil) || (e != nil && !strings.HasPrefix(e.Message, st.want)) {
+			t.Errorf("after restart %s: %v, want %q", st.msg, e, st.want)
+		}
+	}
+}
+
+// TestSchemaConcurrentFirstUse: of concurrent first uses of one name with
+// different types, only those of one type are accepted, with or without a
+// store.
+func TestSchemaConcurrentFirstUse(t *testing.T) {
+	store, err := devices.OpenBolt(filepath.Join(t.TempDir(), "registry.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	for name, st := range map[string]SchemaStore{"memory": nil, "bolt": store} {
+		t.Run(name, func(t *testing.T) {
+			br := newSchemaBridge(t, st, nil)
+			br.schema.maxNames, br.schema.maxPerDevice = 1000, 1000
+			type answer struct {
+				typ string
+				err *telemetry.Error
+			}
+			for round := range 20 {
+				start := make(chan struct{})
+				answers := make(chan answer, 9)
+				for i := range 9 {
+					typ, v := []string{FieldNumber, FieldString, FieldBool}[i%3], []string{"1", `"s"`, "true"}[i%3]
+					s := br.Ephemeral(fmt.Sprintf("d%d", i), devices.TransportHTTP, "t")
+					go func() {
+						<-start
+						_, e := br.Ingest(context.Background(), s, fmt.Appendf(nil, `{"metrics":{"m%d":%s}}`, round, v))
+						answers <- answer{typ, e}
+					}()
+				}
+				close(start)
+				accepted := map[string]int{}
+				for range 9 {
+					if a := <-answers; a.err == nil {
+						accepted[a.typ]++
+					}
+				}
+				if len(accepted) != 1 {
+					t.Fatalf("round %d: accepted types %v, want exactly one", round, accepted)
+				}
+			}
+		})
+	}
+}
+
+// lineStore keeps what the bridge appends (our own Store interface).
+type lineStore struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *lineStore) Append(_ context.Context, _ int, payload []byte) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, strings.Split(strings.TrimSuffix(string(payload), "\n"), "\n")...)
+	return nil
+}
+
+// TestHubTimesPerDevice: readings without ts get distinct nanosecond
+// times per device, across sessions and transports at once; a device ts is
+// written as its whole millisecond.
+func TestHubTimesPerDevice(t *testing.T) {
+	ls := &lineStore{}
+	br, err := New(Options{Codec: telemetry.NewCodec(telemetry.Limits{}, nil), Store: ls, Devices: registryStub{}, RatePerSec: 1e9, Burst: 1e9})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for i := range 8 {
+		transport := []string{devices.TransportHTTP, devices.TransportWS}[i%2]
+		wg.Go(func() {
+			s := br.Ephemeral("dev", transport, "t")
+			for range 20 {
+				if _, e := br.Ingest(context.Background(), s, []byte(`{"type":"telemetry","readings":[{"metrics":{"a":1}},{"metrics":{"a":2}},{"metrics":{"a":3}}]}`)); e != nil {
+					t.Error(e)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	seen := map[string]bool{}
+	for _, l := range ls.lines {
+		ts := l[strings.LastIndexByte(l, ' ')+1:]
+		if seen[ts] || len(ts) != 19 || strings.HasSuffix(ts, "000000") {
+			t.Fatalf("time %s: duplicate or a whole millisecond", ts)
+		}
+		seen[ts] = true
+	}
+	if len(seen) != 8*20*3 {
+		t.Fatalf("%d distinct times, want %d", len(seen), 8*20*3)
+	}
+	ms := time.Now().UnixMilli()
+	if _, e := br.Ingest(context.Background(), br.Ephemeral("dev", devices.TransportHTTP, "t"), fmt.Appendf(nil, `{"ts":%d,"metrics":{"a":1}}`, ms)); e != nil {
+		t.Fatal(e)
+	}
+	if last := ls.lines[len(ls.lines)-1]; !strings.HasSuffix(last, fmt.Sprintf(" %d000000", ms)) {
+		t.Errorf("device ts written as %q", last)
+	}
+}
+
+// goneStub is a registry in which every device was deleted.
+type goneStub struct{ registryStub }
+
+func (goneStub) Exists(string) bool { return false }
+
+// TestSchemaForgetsDeletedDevice: a device deleted and created again under
+// its id may send new metric names again; the types stay.
+func TestSchemaForgetsDeletedDevice(t *testing.T) {
+	store, err := devices.OpenBolt(filepath.Join(t.TempDir(), "registry.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	br := newSchemaBridge(t, store, nil)
+	ingest := func(msg string) *telemetry.Error {
+		_, e := br.Ingest(context.Background(), br.Ephemeral("d1", devices.TransportHTTP, "t"), []byte(msg))
+		return e
+	}
+	if e := ingest(`{"metrics":{"a":1,"b":2,"c":3,"d":4}}`); e != nil {
+		t.Fatal(e)
+	}
+	if e := ingest(`{"metrics":{"e":1}}`); e == nil {
+		t.Fatal("fifth name accepted")
+	}
+	if err := store.Apply(context.Background(), devices.Change{DeleteDevices: []string{"d1"}}); err != nil {
+		t.Fatal(err)
+	}
+	br.opts.Devices = goneStub{}
+	br.CredentialsChanged("d1")
+	br.opts.Devices = registryStub{}
+	if e := ingest(`{"metrics":{"e":1}}`); e != nil {
+		t.Errorf("after delete and re-create: %v", e)
+	}
+	if e := ingest(`{"metrics":{"a":"x"}}`); e == nil || !strings.Contains(e.Message, "is a number on this hub") {
+		t.Errorf("type forgotten with the device: %v", e)
+	}
+}
