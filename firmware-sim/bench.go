@@ -67,6 +67,7 @@ type Bench struct {
 	Landed           int64   `json:"readings_landed_in_influxdb,omitempty"`
 	LandedPerSec     float64 `json:"readings_per_second_landed,omitempty"`
 	Lost             int64   `json:"acked_readings_missing_from_influxdb,omitempty"`
+	Verified         bool    `json:"acked_readings_checked_one_by_one,omitempty"`
 	Steps            []Step  `json:"steps,omitempty"`
 }
 
@@ -282,6 +283,26 @@ func (f *Fleet) finishBench(ctx context.Context) {
 	br.mu.Lock()
 	br.b.Landed = max(last, 0)
 	br.mu.Unlock()
+	if f.cfg.RecordAcked <= 0 {
+		return
+	}
+	// Reading by reading: every acked reading at its timestamp with its
+	// values, no refused one stored. Problems are contract violations.
+	v, err := f.Verify(ctx, f.cfg.InfluxURL, f.cfg.InfluxDB)
+	if err != nil {
+		f.log.Warn("verify readings in InfluxDB", "err", err)
+		return
+	}
+	br.mu.Lock()
+	br.b.Verified, br.b.Lost = true, int64(v.Missing+v.Wrong)
+	br.mu.Unlock()
+	if !v.OK() {
+		f.c.violation("influxdb: acked %d, found %d, missing %d, wrong %d, refused but stored %d, unacked points %d, incomplete %v",
+			v.Acked, v.Found, v.Missing, v.Wrong, v.RefusedStored, v.Unacked, v.Incomplete)
+		for _, s := range v.Samples {
+			f.c.violation("influxdb: %s", s)
+		}
+	}
 }
 
 func (f *Fleet) countLanded(ctx context.Context) (int64, error) {
@@ -351,7 +372,7 @@ func (f *Fleet) fillBench(st *Stats) {
 	if st.Elapsed > 0 && b.Landed > 0 {
 		b.LandedPerSec = float64(b.Landed) / st.Elapsed
 	}
-	if b.Landed > 0 && st.ReadingsAcked > b.Landed {
+	if !b.Verified && b.Landed > 0 && st.ReadingsAcked > b.Landed {
 		b.Lost = st.ReadingsAcked - b.Landed
 	}
 	st.Bench = b

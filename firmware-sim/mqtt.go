@@ -178,7 +178,7 @@ func (d *device) runMQTT(ctx context.Context) error {
 			timer.Reset(d.jittered())
 			id, payload, fault, ok := d.next(now, maxMessageBytes)
 			if !ok {
-				if d.done() {
+				if d.leave() {
 					return nil
 				}
 				continue

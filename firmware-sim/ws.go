@@ -118,7 +118,7 @@ func (d *device) runWS(ctx context.Context) error {
 			timer.Reset(d.jittered())
 			_, payload, fault, ok := d.next(now, maxMessageBytes)
 			if !ok {
-				if d.done() {
+				if d.leave() {
 					closeConn(websocket.CloseNormalClosure)
 					return nil
 				}
