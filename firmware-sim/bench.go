@@ -264,15 +264,19 @@ func (f *Fleet) finishBench(ctx context.Context) {
 	if f.cfg.InfluxURL == "" {
 		return
 	}
-	// Wait until the count stops growing (the hub drains its spool).
+	// Wait until every acked reading can have landed (the hub drains its
+	// spool): as many points as acks, or, with nothing acked (QoS 0), a
+	// count that stopped growing; at most two minutes.
+	acked := f.c.readingsAcked.Load()
 	var last int64 = -1
-	for range 60 {
+	for range 120 {
 		n, err := f.countLanded(ctx)
 		if err != nil {
 			f.log.Warn("count readings in InfluxDB", "err", err)
 			return
 		}
-		if n == last && n > 0 {
+		if acked > 0 && n >= acked || acked == 0 && n == last && n > 0 {
+			last = n
 			break
 		}
 		last = n
