@@ -34,6 +34,9 @@ func TestFleetEndToEnd(t *testing.T) {
 		Hub: h.url, MQTT: h.env["FIELDHUB_MQTT_ADDR"], AdminToken: h.adminToken, Provision: true,
 		Devices: devices, Transport: firmwaresim.TransportMix, Rate: 5, FaultRate: 0.02,
 		Count: count, Hold: true, RecordAcked: devices * count,
+		// The simulator's own load-mode check runs too, at the end of Run:
+		// its problems are contract violations.
+		InfluxURL: influx.URL, InfluxDB: influxtest.Database,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -97,6 +100,9 @@ func TestFleetEndToEnd(t *testing.T) {
 	t.Logf("%s", st.Line())
 	if st.Violations > 0 {
 		t.Fatalf("%d contract violations: %v", st.Violations, st.ViolationSamples)
+	}
+	if !st.Verified || st.Lost != 0 {
+		t.Fatalf("the simulator's check: verified %v, %d acked readings lost", st.Verified, st.Lost)
 	}
 	if st.FaultsSent == 0 || st.FaultsAnswered != st.FaultsSent {
 		t.Fatalf("faults answered %d of %d", st.FaultsAnswered, st.FaultsSent)
