@@ -320,6 +320,14 @@ func (d *device) answered(id, code string, now time.Time) {
 	}
 }
 
+// unsettled reports whether message id still waits for its answer.
+func (d *device) unsettled(id string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	_, ok := d.ledger[id]
+	return ok
+}
+
 // settleUnacked forgets a message that gets no acknowledgement (MQTT QoS 0).
 func (d *device) settleUnacked(id string) {
 	d.mu.Lock()

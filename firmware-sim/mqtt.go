@@ -62,6 +62,29 @@ func waitToken(ctx context.Context, tok paho.Token, timeout time.Duration) bool 
 	}
 }
 
+// faultAnswerWait bounds how long after its PUBACK a faulty message's error
+// frame may take; past it the hub took the message (a violation).
+const faultAnswerWait = 30 * time.Second
+
+// awaitFaultAnswer waits for a faulty message's error frame. MQTT 3.1.1
+// acknowledges a refused message too and publishes the error on
+// devices/{id}/errors, in no set order with the PUBACK: the error settles
+// the message; with none within faultAnswerWait the PUBACK was an ack.
+func (d *device) awaitFaultAnswer(stop <-chan struct{}, id string) {
+	deadline := time.Now().Add(faultAnswerWait)
+	for d.unsettled(id) {
+		if time.Now().After(deadline) {
+			d.answered(id, "", time.Now())
+			return
+		}
+		select {
+		case <-stop:
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
 func (d *device) runMQTT(ctx context.Context) error {
 	if d.roll() && d.pickFault(faultWrongAuth, "") == faultWrongAuth {
 		d.wrongTokenProbeMQTT(ctx)
@@ -123,6 +146,8 @@ func (d *device) runMQTT(ctx context.Context) error {
 					d.settleUnacked(m.id) // sent; only InfluxDB can tell whether it landed
 				case m.tok.Error() == nil && m.fault == "":
 					d.answered(m.id, "", time.Now())
+				case m.tok.Error() == nil && m.fault != faultOversized:
+					d.awaitFaultAnswer(stop, m.id)
 				}
 			}
 		}

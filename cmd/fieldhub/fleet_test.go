@@ -98,20 +98,23 @@ func TestFleetEndToEnd(t *testing.T) {
 	}
 	st := fleet.Stats()
 	t.Logf("%s", st.Line())
+	// Errors, not fatal: what InfluxDB and the dead-letter file hold
+	// below says what a violation cost.
 	if st.Violations > 0 {
-		t.Fatalf("%d contract violations: %v", st.Violations, st.ViolationSamples)
+		t.Errorf("%d contract violations: %v", st.Violations, st.ViolationSamples)
 	}
 	if !st.Verified || st.Lost != 0 {
-		t.Fatalf("the simulator's check: verified %v, %d acked readings lost", st.Verified, st.Lost)
+		t.Errorf("the simulator's check: verified %v, %d acked readings lost", st.Verified, st.Lost)
 	}
 	if st.FaultsSent == 0 || st.FaultsAnswered != st.FaultsSent {
-		t.Fatalf("faults answered %d of %d", st.FaultsAnswered, st.FaultsSent)
+		t.Errorf("faults answered %d of %d", st.FaultsAnswered, st.FaultsSent)
 	}
 	if st.ReadingsAcked < devices*count*9/10 {
 		t.Fatalf("only %d readings acknowledged, want at least %d", st.ReadingsAcked, devices*count*9/10)
 	}
 	rec := fleet.Recorded()
-	if rec.AckedOver > 0 || int64(len(rec.Acked)) != st.ReadingsAcked {
+	if rec.AckedOver > 0 || int64(len(rec.Acked)) < st.ReadingsAcked { // more: faulty readings the hub acked
+
 		t.Fatalf("recorded %d acked readings (%d over the cap) of %d", len(rec.Acked), rec.AckedOver, st.ReadingsAcked)
 	}
 	if len(rec.Refused) == 0 {
@@ -135,7 +138,7 @@ func TestFleetEndToEnd(t *testing.T) {
 	}
 	t.Logf("InfluxDB, reading by reading: %s", v)
 	if !v.OK() {
-		t.Fatalf("acked readings not in InfluxDB as sent: %s", v)
+		t.Errorf("acked readings not in InfluxDB as sent: %s", v)
 	}
 
 	// Acked means stored: nothing went to the dead-letter file.
