@@ -17,6 +17,8 @@ const (
 	faultMalformed = "malformed_json" // -> bad_json
 	faultFutureTS  = "future_ts"      // -> invalid
 	faultBadMetric = "bad_metric"     // -> invalid
+	faultConflict  = "type_conflict"  // temp as a string on a hub that stores it as a number -> invalid
+	faultReserved  = "reserved_name"  // a metric named time, which InfluxDB drops -> invalid
 	faultOversized = "oversized"      // -> connection closed (WebSocket 1009, MQTT disconnect)
 	faultWrongAuth = "wrong_token"    // -> 401 / CONNACK refused
 	faultFlap      = "flap"           // -> nothing: the device drops and comes back
@@ -26,6 +28,8 @@ var expectedCode = map[string]string{
 	faultMalformed: telemetry.CodeBadJSON,
 	faultFutureTS:  telemetry.CodeInvalid,
 	faultBadMetric: telemetry.CodeInvalid,
+	faultConflict:  telemetry.CodeInvalid,
+	faultReserved:  telemetry.CodeInvalid,
 }
 
 // pending is a message sent and not yet answered.
@@ -185,7 +189,8 @@ func (d *device) next(now time.Time, maxBytes int) (id string, payload []byte, f
 	d.sentMsgs++
 	id = strconv.Itoa(d.seq)
 	if faulty {
-		fault = []string{faultMalformed, faultFutureTS, faultBadMetric, faultOversized, faultFlap}[d.rng.IntN(5)]
+		kinds := []string{faultMalformed, faultFutureTS, faultBadMetric, faultOversized, faultFlap, faultConflict, faultReserved}
+		fault = kinds[d.rng.IntN(len(kinds))]
 	}
 	b := make([]byte, 0, 160*d.f.cfg.Batch)
 	var rs []Reading
@@ -196,6 +201,8 @@ func (d *device) next(now time.Time, maxBytes int) (id string, payload []byte, f
 		b, rs = d.appendMessage(b, id, now.Add(time.Hour), "", true)
 	case faultBadMetric:
 		b, rs = d.appendMessage(b, id, now, "bad metric!", true)
+	case faultConflict, faultReserved:
+		b, rs = d.appendMessage(b, id, now, fault, true)
 	case faultOversized:
 		b = append(b, `{"type":"telemetry","id":"`+id+`","metrics":{"blob":"`...)
 		b = append(b, strings.Repeat("x", maxBytes+1024)...)
@@ -258,9 +265,19 @@ func (d *device) appendMessage(b []byte, id string, now time.Time, extraMetric s
 			b = append(b, '"')
 			b = append(b, k...)
 			b = append(b, `":`...)
+			if k == "temp" && extraMetric == faultConflict {
+				b = append(b, `"hot"`...) // temp is a number on this hub
+				delete(m, k)
+				continue
+			}
 			b = strconv.AppendFloat(b, m[k], 'f', -1, 64)
 		}
-		if extraMetric != "" {
+		switch extraMetric {
+		case "":
+		case faultReserved:
+			b = append(b, `,"time":1`...) // not recorded: a query cannot select a field named time
+		case faultConflict:
+		default:
 			b = append(b, `,"`+extraMetric+`":1`...)
 			if record {
 				m[extraMetric] = 1
