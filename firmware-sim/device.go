@@ -58,6 +58,7 @@ type device struct {
 	interval  time.Duration
 	faultRate float64
 	sentMsgs  int
+	ackedMsgs int   // good messages acknowledged
 	lastTS    int64 // readings get strictly increasing timestamps (unique points)
 	target    int   // which hub (of Hub and MoreHubs) this device connects to now
 }
@@ -191,6 +192,11 @@ func (d *device) next(now time.Time, maxBytes int) (id string, payload []byte, f
 	if faulty {
 		kinds := []string{faultMalformed, faultFutureTS, faultBadMetric, faultOversized, faultFlap, faultConflict, faultReserved}
 		fault = kinds[d.rng.IntN(len(kinds))]
+		if fault == faultConflict && d.ackedMsgs == 0 {
+			// A conflict needs the hub to know temp as a number first:
+			// the device's own good reading, stored before this one.
+			fault = faultBadMetric
+		}
 	}
 	b := make([]byte, 0, 160*d.f.cfg.Batch)
 	var rs []Reading
@@ -323,6 +329,9 @@ func (d *device) answered(id, code string, now time.Time) {
 		// violation and, like any acked reading, must be.
 		d.f.rec.add(code == "", p.recorded)
 	case code == "":
+		d.mu.Lock()
+		d.ackedMsgs++
+		d.mu.Unlock()
 		d.f.rec.add(true, p.recorded)
 		c.acked.Add(1)
 		c.readingsAcked.Add(int64(p.readings))
