@@ -74,14 +74,18 @@ func TestVerify(t *testing.T) {
 			refused: []Reading{{TS: 1000, Metrics: m(30, 50)}},
 			want:    Verification{Acked: 1, Wrong: 1, Refused: 1, RefusedStored: 1}, samples: 3},
 		{name: "a point nobody acked",
-			stored: []string{"temp=21.5,humidity=40 1000", "temp=22,humidity=41 3000"},
+			stored: []string{"temp=21.5,humidity=40 1000", "temp=22,humidity=41 3000", "temp=23,humidity=42 5000"},
+			acked:  []Reading{{TS: 1000, Metrics: m(21.5, 40)}, {TS: 5000, Metrics: m(23, 42)}},
+			want:   Verification{Acked: 2, Found: 2, Unacked: 1}, samples: 1},
+		{name: "points outside what was recorded",
+			stored: []string{"temp=20,humidity=40 500", "temp=21.5,humidity=40 1000", "temp=22,humidity=41 3000"},
 			acked:  []Reading{{TS: 1000, Metrics: m(21.5, 40)}},
-			want:   Verification{Acked: 1, Found: 1, Unacked: 1}, samples: 1},
+			want:   Verification{Acked: 1, Found: 1}},
 		{name: "the record overflowed its cap",
-			stored: []string{"temp=21.5,humidity=40 1000"},
-			acked:  []Reading{{TS: 1000, Metrics: m(21.5, 40)}},
+			stored: []string{"temp=21.5,humidity=40 1000", "temp=22,humidity=41 3000", "temp=23,humidity=42 5000"},
+			acked:  []Reading{{TS: 1000, Metrics: m(21.5, 40)}, {TS: 5000, Metrics: m(23, 42)}},
 			over:   1,
-			want:   Verification{Acked: 1, Found: 1, Incomplete: true}},
+			want:   Verification{Acked: 2, Found: 2, Incomplete: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			device := "v-" + strings.ReplaceAll(tc.name, " ", "-")
