@@ -89,6 +89,7 @@ type benchResult struct {
 	rssStart float64
 	peakRSS  float64
 	held     int64
+	partial  bool // the one-by-one check covered only the recorded readings
 	dashRecv atomic.Int64
 }
 
@@ -298,7 +299,7 @@ func (f *Fleet) finishBench(ctx context.Context) {
 		return
 	}
 	br.mu.Lock()
-	br.b.Verified, br.b.Lost = true, int64(v.Missing+v.Wrong)
+	br.b.Verified, br.b.Lost, br.partial = true, int64(v.Missing+v.Wrong), v.Incomplete
 	br.mu.Unlock()
 	if v.Missing+v.Wrong+v.RefusedStored+v.Unacked > 0 { // Incomplete alone is a cap, not a fault
 		f.c.violation("influxdb: acked %d, found %d, missing %d, wrong %d, refused but stored %d, unacked points %d, incomplete %v",
@@ -350,7 +351,7 @@ func (f *Fleet) countLanded(ctx context.Context) (int64, error) {
 func (f *Fleet) fillBench(st *Stats) {
 	br := &f.bench
 	br.mu.Lock()
-	b := br.b
+	b, partial := br.b, br.partial
 	b.Steps = slices.Clone(br.b.Steps)
 	b.ConnectionsHeld = max(br.held, st.Connected)
 	if f.cfg.HubPID > 0 {
@@ -376,8 +377,8 @@ func (f *Fleet) fillBench(st *Stats) {
 	if st.Elapsed > 0 && b.Landed > 0 {
 		b.LandedPerSec = float64(b.Landed) / st.Elapsed
 	}
-	if !b.Verified && b.Landed > 0 && st.ReadingsAcked > b.Landed {
-		b.Lost = st.ReadingsAcked - b.Landed
+	if (!b.Verified || partial) && b.Landed > 0 && st.ReadingsAcked > b.Landed {
+		b.Lost = max(b.Lost, st.ReadingsAcked-b.Landed)
 	}
 	st.Bench = b
 }
