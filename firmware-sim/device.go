@@ -17,6 +17,8 @@ const (
 	faultMalformed = "malformed_json" // -> bad_json
 	faultFutureTS  = "future_ts"      // -> invalid
 	faultBadMetric = "bad_metric"     // -> invalid
+	faultConflict  = "type_conflict"  // temp as a string on a hub that stores it as a number -> invalid
+	faultReserved  = "reserved_name"  // a metric named time, which InfluxDB drops -> invalid
 	faultOversized = "oversized"      // -> connection closed (WebSocket 1009, MQTT disconnect)
 	faultWrongAuth = "wrong_token"    // -> 401 / CONNACK refused
 	faultFlap      = "flap"           // -> nothing: the device drops and comes back
@@ -26,6 +28,8 @@ var expectedCode = map[string]string{
 	faultMalformed: telemetry.CodeBadJSON,
 	faultFutureTS:  telemetry.CodeInvalid,
 	faultBadMetric: telemetry.CodeInvalid,
+	faultConflict:  telemetry.CodeInvalid,
+	faultReserved:  telemetry.CodeInvalid,
 }
 
 // pending is a message sent and not yet answered.
@@ -34,6 +38,7 @@ type pending struct {
 	payload  []byte
 	readings int
 	fault    string
+	recorded []Reading // the readings as sent, when the fleet records them
 }
 
 // device is one simulated device. Its ledger of unanswered messages
@@ -53,6 +58,7 @@ type device struct {
 	interval  time.Duration
 	faultRate float64
 	sentMsgs  int
+	ackedMsgs int   // good messages acknowledged
 	lastTS    int64 // readings get strictly increasing timestamps (unique points)
 	target    int   // which hub (of Hub and MoreHubs) this device connects to now
 }
@@ -94,7 +100,7 @@ func (d *device) run(ctx context.Context) {
 		return
 	}
 	attempt := 0
-	for ctx.Err() == nil && !d.done() {
+	for ctx.Err() == nil && !d.leave() {
 		var err error
 		switch d.transport {
 		case TransportMQTT:
@@ -102,7 +108,7 @@ func (d *device) run(ctx context.Context) {
 		default:
 			err = d.runWS(ctx)
 		}
-		if ctx.Err() != nil || d.done() {
+		if ctx.Err() != nil || d.leave() {
 			return
 		}
 		d.f.c.reconnects.Add(1)
@@ -148,6 +154,12 @@ func (d *device) done() bool {
 	return d.sentMsgs >= d.f.cfg.Count && len(d.ledger) == 0
 }
 
+// leave reports whether the device is done and may disconnect for good:
+// with Hold it stays until ctx ends.
+func (d *device) leave() bool {
+	return !d.f.cfg.Hold && d.done()
+}
+
 func (d *device) roll() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -178,29 +190,38 @@ func (d *device) next(now time.Time, maxBytes int) (id string, payload []byte, f
 	d.sentMsgs++
 	id = strconv.Itoa(d.seq)
 	if faulty {
-		fault = []string{faultMalformed, faultFutureTS, faultBadMetric, faultOversized, faultFlap}[d.rng.IntN(5)]
+		kinds := []string{faultMalformed, faultFutureTS, faultBadMetric, faultOversized, faultFlap, faultConflict, faultReserved}
+		fault = kinds[d.rng.IntN(len(kinds))]
+		if fault == faultConflict && d.ackedMsgs == 0 {
+			// A conflict needs the hub to know temp as a number first:
+			// the device's own good reading, stored before this one.
+			fault = faultBadMetric
+		}
 	}
 	b := make([]byte, 0, 160*d.f.cfg.Batch)
+	var rs []Reading
 	switch fault {
 	case faultMalformed:
 		b = append(b, `{"type":"telemetry","id":"`+id+`","metrics":{"temp":`...)
 	case faultFutureTS:
-		b = d.appendMessage(b, id, now.Add(time.Hour), "", true)
+		b, rs = d.appendMessage(b, id, now.Add(time.Hour), "", true)
 	case faultBadMetric:
-		b = d.appendMessage(b, id, now, "bad metric!", true)
+		b, rs = d.appendMessage(b, id, now, "bad metric!", true)
+	case faultConflict, faultReserved:
+		b, rs = d.appendMessage(b, id, now, fault, true)
 	case faultOversized:
 		b = append(b, `{"type":"telemetry","id":"`+id+`","metrics":{"blob":"`...)
 		b = append(b, strings.Repeat("x", maxBytes+1024)...)
 		b = append(b, `"}}`...)
 	default:
-		b = d.appendMessage(b, id, now, "", false)
+		b, rs = d.appendMessage(b, id, now, "", false)
 	}
 	readings := d.f.cfg.Batch
 	if fault == "" || fault == faultFlap {
-		d.ledger[id] = &pending{at: now, payload: b, readings: readings}
+		d.ledger[id] = &pending{at: now, payload: b, readings: readings, recorded: rs}
 		d.order = append(d.order, id)
 	} else {
-		d.ledger[id] = &pending{at: now, payload: b, fault: fault}
+		d.ledger[id] = &pending{at: now, payload: b, fault: fault, recorded: rs}
 		d.order = append(d.order, id)
 	}
 	return id, b, fault, true
@@ -209,8 +230,11 @@ func (d *device) next(now time.Time, maxBytes int) (id string, payload []byte, f
 // appendMessage appends a telemetry message of Batch readings ending at
 // now, spaced by the device's interval. Good readings get strictly
 // increasing timestamps, so every one is its own point in InfluxDB; a
-// faulty message's timestamps do not move that clock.
-func (d *device) appendMessage(b []byte, id string, now time.Time, extraMetric string, faulty bool) []byte {
+// faulty message's timestamps do not move that clock. When the fleet
+// records (Config.RecordAcked), it also returns the readings as sent.
+func (d *device) appendMessage(b []byte, id string, now time.Time, extraMetric string, faulty bool) ([]byte, []Reading) {
+	var rs []Reading
+	record := d.f.cfg.RecordAcked > 0
 	b = append(b, `{"type":"telemetry","id":"`...)
 	b = append(b, id...)
 	b = append(b, `","readings":[`...)
@@ -228,12 +252,16 @@ func (d *device) appendMessage(b []byte, id string, now time.Time, extraMetric s
 		b = append(b, `{"ts":`...)
 		b = strconv.AppendInt(b, ms, 10)
 		b = append(b, `,"metrics":{`...)
+		m := d.sensor.read(ts)
 		if d.f.cfg.Seq {
 			b = append(b, `"seq":`...)
-			b = strconv.AppendInt(b, d.f.lat.stamp(), 10)
+			seq := d.f.lat.stamp()
+			b = strconv.AppendInt(b, seq, 10)
 			b = append(b, ',')
+			if record {
+				m["seq"] = float64(seq)
+			}
 		}
-		m := d.sensor.read(ts)
 		first := true
 		for _, k := range [...]string{"temp", "humidity", "battery", "count"} {
 			if !first {
@@ -243,19 +271,40 @@ func (d *device) appendMessage(b []byte, id string, now time.Time, extraMetric s
 			b = append(b, '"')
 			b = append(b, k...)
 			b = append(b, `":`...)
+			if k == "temp" && extraMetric == faultConflict {
+				b = append(b, `"hot"`...) // temp is a number on this hub
+				delete(m, k)
+				continue
+			}
 			b = strconv.AppendFloat(b, m[k], 'f', -1, 64)
 		}
-		if extraMetric != "" {
+		switch extraMetric {
+		case "":
+		case faultReserved:
+			b = append(b, `,"time":1`...) // not recorded: a query cannot select a field named time
+		case faultConflict:
+		default:
 			b = append(b, `,"`+extraMetric+`":1`...)
+			if record {
+				m[extraMetric] = 1
+			}
 		}
 		b = append(b, `}}`...)
+		if record {
+			rs = append(rs, Reading{Device: d.cred.ID, TS: ms, Metrics: m})
+		}
 	}
-	return append(b, `]}`...)
+	return append(b, `]}`...), rs
 }
 
 // answered settles message id with an ack (code "") or an error code.
 func (d *device) answered(id, code string, now time.Time) {
 	d.mu.Lock()
+	if id == "" && code == telemetry.CodeBadJSON {
+		// The hub cannot read the id of a message that is not JSON: the
+		// answer is the oldest malformed message's (answers keep order).
+		id = d.oldestFault(faultMalformed)
+	}
 	p, ok := d.ledger[id]
 	if ok {
 		delete(d.ledger, id)
@@ -276,7 +325,14 @@ func (d *device) answered(id, code string, now time.Time) {
 		} else {
 			c.violation("%s: %s message %s answered %q, want %q", d.cred.ID, p.fault, id, code, want)
 		}
+		// Refused readings must not be stored; an acked faulty one is a
+		// violation and, like any acked reading, must be.
+		d.f.rec.add(code == "", p.recorded)
 	case code == "":
+		d.mu.Lock()
+		d.ackedMsgs++
+		d.mu.Unlock()
+		d.f.rec.add(true, p.recorded)
 		c.acked.Add(1)
 		c.readingsAcked.Add(int64(p.readings))
 		c.latency(now.Sub(p.at))
@@ -290,11 +346,30 @@ func (d *device) answered(id, code string, now time.Time) {
 	}
 }
 
+// unsettled reports whether message id still waits for its answer.
+func (d *device) unsettled(id string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	_, ok := d.ledger[id]
+	return ok
+}
+
 // settleUnacked forgets a message that gets no acknowledgement (MQTT QoS 0).
 func (d *device) settleUnacked(id string) {
 	d.mu.Lock()
 	delete(d.ledger, id)
 	d.mu.Unlock()
+}
+
+// oldestFault returns the id of the oldest unanswered message with the
+// given fault, or "". The caller holds d.mu.
+func (d *device) oldestFault(fault string) string {
+	for _, k := range d.order {
+		if p, ok := d.ledger[k]; ok && p.fault == fault {
+			return k
+		}
+	}
+	return ""
 }
 
 // closedByFault settles a message whose documented answer is the

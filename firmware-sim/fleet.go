@@ -1,6 +1,7 @@
 package firmwaresim
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -55,9 +56,20 @@ type Config struct {
 	// deliberately faulty, 0 to 1.
 	FaultRate float64
 	// Duration and Count bound the run: wall time, and messages per
-	// device. Zero means unbounded (until ctx ends).
+	// device. Zero means unbounded (until ctx ends). Tests bound a run by
+	// Count: it means the same on a loaded machine as on an idle one.
 	Duration time.Duration
 	Count    int
+	// Hold keeps a device that has sent Count messages, each answered,
+	// connected and obeying commands until ctx ends (or Duration passes),
+	// so a test can command devices without racing the end of their
+	// readings. Stats.Finished counts the devices that got there.
+	Hold bool
+	// RecordAcked, when above zero, makes the fleet remember up to this
+	// many readings the hub acknowledged (device, ts, values) and as many
+	// readings of faulty messages it refused, for Recorded and Verify.
+	// Each costs about 300 bytes; zero records nothing.
+	RecordAcked int
 	// MaxInflight bounds unacknowledged messages per device; default 100.
 	MaxInflight int
 	// Seed makes the signals and faults repeatable; default 1.
@@ -150,6 +162,7 @@ type Fleet struct {
 	log   *slog.Logger
 	creds []Cred
 	c     counters
+	rec   recorder
 	start time.Time
 
 	mu      sync.Mutex // guards devices, creds and start once Run began
@@ -209,6 +222,7 @@ func (c *counters) latency(d time.Duration) {
 type Stats struct {
 	Devices          int              `json:"devices"`
 	Connected        int64            `json:"connected"`
+	Finished         int64            `json:"devices_finished"`
 	Elapsed          float64          `json:"elapsed_seconds"`
 	Sent             int64            `json:"messages_sent"`
 	Acked            int64            `json:"messages_acked"`
@@ -241,7 +255,7 @@ func New(cfg Config) (*Fleet, error) {
 	if cfg.Dashboards > 0 {
 		cfg.Seq = true
 	}
-	f := &Fleet{cfg: cfg, log: cfg.Logger, lat: newLatencyRing()}
+	f := &Fleet{cfg: cfg, log: cfg.Logger, lat: newLatencyRing(), rec: recorder{cap: cfg.RecordAcked}}
 	f.c.errors = map[string]int64{}
 	f.c.rng = rand.New(rand.NewPCG(cfg.Seed, 7))
 	f.dash = &counters{errors: map[string]int64{}, rng: rand.New(rand.NewPCG(cfg.Seed, 8))}
@@ -268,6 +282,11 @@ func (f *Fleet) Stats() Stats {
 	if !f.start.IsZero() {
 		st.Elapsed = time.Since(f.start).Seconds()
 	}
+	for _, d := range f.devices { // lock order: f.mu, then d.mu
+		if d.done() {
+			st.Finished++
+		}
+	}
 	f.mu.Unlock()
 	st.Connected, st.Sent, st.Acked = c.connected.Load(), c.sent.Load(), c.acked.Load()
 	st.ReadingsSent, st.ReadingsAcked = c.readingsSent.Load(), c.readingsAcked.Load()
@@ -291,7 +310,8 @@ func (f *Fleet) Creds() []Cred {
 }
 
 // Run provisions the fleet if asked, connects every device and runs until
-// ctx ends, the duration passes or every device sent Count messages. It
+// ctx ends, the duration passes or every device sent Count messages and
+// got every answer (with Hold, only the first two). It
 // returns an error only when the fleet could not run; contract violations
 // are in Stats.
 func (f *Fleet) Run(ctx context.Context) error {
@@ -372,4 +392,32 @@ func (s Stats) Line() string {
 	return fmt.Sprintf("%6.1fs  connected %d/%d  sent %d  acked %d  readings/s %.0f  errors {%s}  reconnects %d  faults %d/%d  violations %d  ack p50 %.1fms p99 %.1fms",
 		s.Elapsed, s.Connected, s.Devices, s.Sent, s.Acked, float64(s.ReadingsAcked)/max(s.Elapsed, 0.001),
 		strings.Join(codes, " "), s.Reconnects, s.FaultsAnswered, s.FaultsSent, s.Violations, s.AckP50, s.AckP99)
+}
+
+// Unfinished describes up to limit devices that have not yet sent Count
+// messages with every one answered, each with its unanswered messages, so a
+// test that waits for the fleet to finish can say what it is waiting for.
+func (f *Fleet) Unfinished(limit int) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for _, d := range f.devices { // lock order: f.mu, then d.mu
+		if len(out) >= limit {
+			break
+		}
+		d.mu.Lock()
+		if d.f.cfg.Count > 0 && d.sentMsgs >= d.f.cfg.Count && len(d.ledger) == 0 {
+			d.mu.Unlock()
+			continue
+		}
+		s := fmt.Sprintf("%s (%s): sent %d, unanswered", d.cred.ID, d.transport, d.sentMsgs)
+		for _, id := range d.order {
+			if p, ok := d.ledger[id]; ok {
+				s += fmt.Sprintf(" %s[%s %s ago]", id, cmp.Or(p.fault, "good"), time.Since(p.at).Round(time.Millisecond))
+			}
+		}
+		d.mu.Unlock()
+		out = append(out, s)
+	}
+	return out
 }

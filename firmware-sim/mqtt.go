@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
@@ -65,6 +66,18 @@ func waitToken(ctx context.Context, tok paho.Token, timeout time.Duration) bool 
 	}
 }
 
+// faultAnswerWait bounds how long after its PUBACK a faulty message's error
+// frame may take. MQTT 3.1.1 acknowledges a refused message too and
+// publishes the error on devices/{id}/errors, in no set order with the
+// PUBACK: the error settles a faulty message; with none within this wait
+// the PUBACK was an ack (a violation). Generous: a loaded test machine must
+// not turn into a violation.
+const faultAnswerWait = 30 * time.Second
+
+// oversizedAnswerWait bounds how long the hub may take to close a
+// connection that sent an oversized message, likewise generous.
+const oversizedAnswerWait = 60 * time.Second
+
 func (d *device) runMQTT(ctx context.Context) error {
 	if d.roll() && d.pickFault(faultWrongAuth, "") == faultWrongAuth {
 		d.wrongTokenProbeMQTT(ctx)
@@ -111,10 +124,30 @@ func (d *device) runMQTT(ctx context.Context) error {
 	waiterDone := make(chan struct{})
 	go func() { // owner: runMQTT; ends when stop closes
 		defer close(waiterDone)
+		// Faulty messages PUBACKed and waiting for their error frame, at
+		// most the ledger's size.
+		type awaiting struct {
+			id string
+			by time.Time
+		}
+		var waiting []awaiting
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
 		for {
 			select {
 			case <-stop:
 				return
+			case now := <-tick.C:
+				waiting = slices.DeleteFunc(waiting, func(a awaiting) bool {
+					if !d.unsettled(a.id) {
+						return true
+					}
+					if now.After(a.by) { // no error frame: the PUBACK was an ack
+						d.answered(a.id, "", now)
+						return true
+					}
+					return false
+				})
 			case m := <-inflight:
 				select {
 				case <-stop:
@@ -126,6 +159,8 @@ func (d *device) runMQTT(ctx context.Context) error {
 					d.settleUnacked(m.id) // sent; only InfluxDB can tell whether it landed
 				case m.tok.Error() == nil && m.fault == "":
 					d.answered(m.id, "", time.Now())
+				case m.tok.Error() == nil && m.fault != faultOversized:
+					waiting = append(waiting, awaiting{m.id, time.Now().Add(faultAnswerWait)})
 				}
 			}
 		}
@@ -181,7 +216,7 @@ func (d *device) runMQTT(ctx context.Context) error {
 			timer.Reset(d.jittered())
 			id, payload, fault, ok := d.next(now, maxMessageBytes)
 			if !ok {
-				if d.done() {
+				if d.leave() {
 					return nil
 				}
 				continue
@@ -202,8 +237,8 @@ func (d *device) runMQTT(ctx context.Context) error {
 				case err := <-lost:
 					d.closedByFault()
 					return err
-				case <-time.After(10 * time.Second):
-					d.f.c.violation("%s: oversized MQTT packet did not close the connection", d.cred.ID)
+				case <-time.After(oversizedAnswerWait):
+					d.f.c.violation("%s: oversized MQTT packet did not close the connection within %s", d.cred.ID, oversizedAnswerWait)
 					return errors.New("oversized packet not refused")
 				case <-ctx.Done():
 					return ctx.Err()

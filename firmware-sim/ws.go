@@ -118,7 +118,7 @@ func (d *device) runWS(ctx context.Context) error {
 			timer.Reset(d.jittered())
 			_, payload, fault, ok := d.next(now, maxMessageBytes)
 			if !ok {
-				if d.done() {
+				if d.leave() {
 					closeConn(websocket.CloseNormalClosure)
 					return nil
 				}
@@ -142,8 +142,8 @@ func (d *device) runWS(ctx context.Context) error {
 				select {
 				case err := <-readerDone:
 					return err
-				case <-time.After(10 * time.Second):
-					d.f.c.violation("%s: oversized message not answered with close 1009", d.cred.ID)
+				case <-time.After(oversizedAnswerWait):
+					d.f.c.violation("%s: oversized message not answered with close 1009 within %s", d.cred.ID, oversizedAnswerWait)
 					conn.Close()
 					<-readerDone
 					return errors.New("oversized message not refused")

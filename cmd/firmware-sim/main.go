@@ -57,6 +57,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	fs.IntVar(&cfg.HubPID, "hub-pid", 0, "the hub's process id, to measure its CPU and RSS from /proc")
 	fs.StringVar(&cfg.InfluxURL, "influx-url", "", "InfluxDB URL, to count the readings that landed after the run")
 	fs.StringVar(&cfg.InfluxDB, "influx-db", "telemetry", "InfluxDB database for --influx-url")
+	fs.IntVar(&cfg.RecordAcked, "record-acked", 100000, "with --influx-url, remember up to this many acked readings (about 300 bytes each) and check each one in InfluxDB by device, ts and value; 0 only counts")
 	steps := fs.String("steps", "", "comma-separated total readings/s to step through, stopping when acks fall behind")
 	fs.DurationVar(&cfg.StepDuration, "step-duration", 20*time.Second, "how long each --steps rate runs")
 	report := fs.String("report", "", "also print a one-line markdown table row of the key figures, named this")
@@ -99,6 +100,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		} else {
 			cfg.Provision = true
 		}
+	}
+	if cfg.InfluxURL == "" {
+		cfg.RecordAcked = 0
 	}
 	if !*quiet {
 		cfg.Progress = stderr
