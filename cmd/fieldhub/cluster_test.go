@@ -162,7 +162,7 @@ func (p *hubProcess) start() {
 	}
 	p.cmd = cmd
 	p.t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	waitUntil(p.t, "hub process ready", clusterWait, func() bool {
+	waitUntil(p.t, "hub process ready", loadWait, func() bool {
 		resp, err := http.Get(p.url + "/readyz")
 		if err != nil {
 			return false
@@ -180,11 +180,6 @@ func (p *hubProcess) kill() {
 	_ = p.cmd.Process.Signal(syscall.SIGKILL)
 	_ = p.cmd.Wait()
 }
-
-// clusterWait is how long the cluster test waits for an event it expects:
-// generous, because the test runs beside others on a loaded machine, and
-// every wait ends as soon as the event happens.
-const clusterWait = 60 * time.Second
 
 // TestTwoInstancesOnMosquitto is the multi-instance deployment end to end:
 // a real Mosquitto with the dynamic-security plugin, the machine's
@@ -236,7 +231,7 @@ func TestTwoInstancesOnMosquitto(t *testing.T) {
 	}
 	h2 := startHub(t, influx, env2)
 	h2.adminToken = admin
-	waitUntil(t, "instance 2 connected to the broker", clusterWait, func() bool {
+	waitUntil(t, "instance 2 connected to the broker", loadWait, func() bool {
 		_, m := h2.api(t, "GET", "/readyz", "", nil)
 		return m["checks"].(map[string]any)["mqtt"].(map[string]any)["status"] == "connected"
 	})
@@ -255,7 +250,16 @@ func TestTwoInstancesOnMosquitto(t *testing.T) {
 	if err := dash.WriteJSON(map[string]any{"type": "subscribe", "devices": []string{"ws-1", "mq-1"}}); err != nil {
 		t.Fatal(err)
 	}
+	// The dashboard may coalesce a device's readings to the latest value
+	// when it falls behind (it does on a loaded machine), so the test
+	// follows the latest seq seen per device, not a count.
 	var liveWS, liveMQ atomic.Int64
+	latest := func(v *atomic.Int64, e map[string]any) {
+		m, _ := e["metrics"].(map[string]any)
+		if seq, ok := m["seq"].(float64); ok && int64(seq) > v.Load() {
+			v.Store(int64(seq)) // only this goroutine stores
+		}
+	}
 	commandEvents := make(chan string, 100)
 	go func() {
 		for {
@@ -265,9 +269,9 @@ func TestTwoInstancesOnMosquitto(t *testing.T) {
 			}
 			switch {
 			case e["type"] == "reading" && e["device"] == "ws-1":
-				liveWS.Add(1)
+				latest(&liveWS, e)
 			case e["type"] == "reading" && e["device"] == "mq-1":
-				liveMQ.Add(1)
+				latest(&liveMQ, e)
 			case e["type"] == "command":
 				select {
 				case commandEvents <- fmt.Sprint(e["device"], " ", e["status"]):
@@ -295,7 +299,7 @@ func TestTwoInstancesOnMosquitto(t *testing.T) {
 	}
 	connectWS := func(hubURL, token string) {
 		t.Helper()
-		waitUntil(t, "the WebSocket device connected to "+hubURL, clusterWait, func() bool {
+		waitUntil(t, "the WebSocket device connected to "+hubURL, loadWait, func() bool {
 			d, err := dialClusterDevice(hubURL, token, base, wsAcks)
 			if err != nil {
 				return false
@@ -306,7 +310,7 @@ func TestTwoInstancesOnMosquitto(t *testing.T) {
 	}
 	connectWS(h1.url, wsToken)
 	var bystander *websocket.Conn
-	waitUntil(t, "the second WebSocket device on instance 1", clusterWait, func() bool {
+	waitUntil(t, "the second WebSocket device on instance 1", loadWait, func() bool {
 		c, _, err := websocket.DefaultDialer.Dial(strings.Replace(h1.url, "http", "ws", 1)+"/ws/device", http.Header{"Authorization": {"Bearer " + bystanderToken}})
 		bystander = c
 		return err == nil
@@ -317,7 +321,7 @@ func TestTwoInstancesOnMosquitto(t *testing.T) {
 		d, _ := m["device"].(map[string]any)
 		return d
 	}
-	waitUntil(t, "instance 2 showing the devices of instance 1 online", clusterWait, func() bool {
+	waitUntil(t, "instance 2 showing the devices of instance 1 online", loadWait, func() bool {
 		return presenceOn2("ws-1")["online"] == true && presenceOn2("ws-2")["online"] == true
 	})
 
@@ -325,7 +329,7 @@ func TestTwoInstancesOnMosquitto(t *testing.T) {
 	// for it in the dynamic-security plugin.
 	mqAcks := &ackLog{acked: map[int]bool{}}
 	var mqDev paho.Client
-	waitUntil(t, "the MQTT device connected to mosquitto", clusterWait, func() bool {
+	waitUntil(t, "the MQTT device connected to mosquitto", loadWait, func() bool {
 		o := paho.NewClientOptions().SetProtocolVersion(4).AddBroker(mq.URL).SetClientID("mq-1").SetUsername("mq-1").SetPassword(mqToken).
 			SetCleanSession(true).SetAutoReconnect(false).SetConnectTimeout(10 * time.Second)
 		c := paho.NewClient(o)
@@ -342,7 +346,7 @@ func TestTwoInstancesOnMosquitto(t *testing.T) {
 			c.Publish("devices/mq-1/commands/result", 1, false, fmt.Sprintf(`{"id":%q,"status":"ok"}`, cmd["id"]))
 		}
 	})
-	if !sub.WaitTimeout(clusterWait) || sub.(*paho.SubscribeToken).Result()["devices/mq-1/commands"] == 0x80 {
+	if !sub.WaitTimeout(loadWait) || sub.(*paho.SubscribeToken).Result()["devices/mq-1/commands"] == 0x80 {
 		t.Fatal("the MQTT device could not subscribe to its commands")
 	}
 	// The broker stays up throughout, so every publish is acknowledged
@@ -350,8 +354,8 @@ func TestTwoInstancesOnMosquitto(t *testing.T) {
 	mqSend := func(n int) {
 		t.Helper()
 		tok := mqDev.Publish("devices/mq-1/telemetry", 1, false, fmt.Sprintf(`{"id":"%d","ts":%d,"metrics":{"seq":%d}}`, n, base+int64(n), n))
-		if !tok.WaitTimeout(clusterWait) || tok.Error() != nil {
-			t.Fatalf("MQTT reading %d not acknowledged by the broker within %s: %v", n, clusterWait, tok.Error())
+		if !tok.WaitTimeout(loadWait) || tok.Error() != nil {
+			t.Fatalf("MQTT reading %d not acknowledged by the broker within %s: %v", n, loadWait, tok.Error())
 		}
 		mqAcks.add(n)
 	}
@@ -384,10 +388,10 @@ func TestTwoInstancesOnMosquitto(t *testing.T) {
 		wsSend(seq, noFailover)
 		mqSend(seq)
 	}
-	waitUntil(t, "both devices' readings live on instance 2", clusterWait, func() bool { return liveWS.Load() >= 200 && liveMQ.Load() >= 200 })
+	waitUntil(t, "both devices' latest readings live on instance 2", loadWait, func() bool { return liveWS.Load() == 199 && liveMQ.Load() == 199 })
 	// Every reading sent so far is acknowledged before the revoke below,
 	// so none is in flight when the connection is cut.
-	waitUntil(t, "instance 1 to acknowledge the first 200 WebSocket readings", clusterWait, func() bool { return len(wsAcks.missing(seq)) == 0 })
+	waitUntil(t, "instance 1 to acknowledge the first 200 WebSocket readings", loadWait, func() bool { return len(wsAcks.missing(seq)) == 0 })
 
 	// A command through instance 2 to each device. ?wait ends as soon as
 	// the result is in; its maximum only matters on a slow machine.
@@ -437,8 +441,8 @@ func TestTwoInstancesOnMosquitto(t *testing.T) {
 		// socket buffer before the device noticed: it notices now.
 		select {
 		case <-wsDev.closed:
-		case <-time.After(clusterWait):
-			t.Fatalf("the WebSocket device still connected to the killed instance 1 after %s", clusterWait)
+		case <-time.After(loadWait):
+			t.Fatalf("the WebSocket device still connected to the killed instance 1 after %s", loadWait)
 		}
 		failover()
 		if !wsResend(seq) {
@@ -447,7 +451,7 @@ func TestTwoInstancesOnMosquitto(t *testing.T) {
 	}
 	// The device that stayed on instance 1 shows offline on instance 2:
 	// instance 1's broker will said it was gone.
-	waitUntil(t, "the device left on the dead instance offline on instance 2", clusterWait, func() bool {
+	waitUntil(t, "the device left on the dead instance offline on instance 2", loadWait, func() bool {
 		d := presenceOn2("ws-2")
 		return d["online"] == false && d["disconnect_reason"] == "instance_lost"
 	})
@@ -460,7 +464,7 @@ func TestTwoInstancesOnMosquitto(t *testing.T) {
 	// Every reading not acknowledged by instance 1 was resent to instance
 	// 2 when the device failed over, so every reading is acknowledged in
 	// the end.
-	waitUntil(t, "every WebSocket reading acknowledged", clusterWait, func() bool {
+	waitUntil(t, "every WebSocket reading acknowledged", loadWait, func() bool {
 		if wsDev.isClosed() {
 			t.Fatalf("instance 2 closed the WebSocket device (close code %d)", wsDev.code())
 		}
@@ -521,7 +525,7 @@ func clusterEnv(t testing.TB, influx *influxtest.Server) map[string]string {
 // waitBroker waits until the hub reports its external broker connected.
 func (h *hub) waitBroker(t testing.TB) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(loadWait)
 	for {
 		_, m := h.apiTB(t, "GET", "/readyz", "", nil)
 		if c, _ := m["checks"].(map[string]any); c != nil {
@@ -530,7 +534,7 @@ func (h *hub) waitBroker(t testing.TB) {
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("hub not connected to the broker after 10 s")
+			t.Fatalf("hub not connected to the broker after %s", loadWait)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
