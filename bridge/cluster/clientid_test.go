@@ -34,7 +34,7 @@ func TestBrokerClientIDIsDeviceID(t *testing.T) {
 			SetAutoReconnect(false).SetConnectTimeout(5 * time.Second).SetCleanSession(clean)
 		c := paho.NewClient(o)
 		tok := c.Connect()
-		if !tok.WaitTimeout(10 * time.Second) {
+		if !tok.WaitTimeout(eventWait) {
 			t.Fatal("no CONNACK")
 		}
 		if tok.Error() == nil {

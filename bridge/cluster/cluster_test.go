@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -52,6 +53,19 @@ func (r *recorder) Publish(ev telemetry.Event) {
 	r.mu.Lock()
 	r.events = append(r.events, ev)
 	r.mu.Unlock()
+}
+
+// presence returns the presence events of device, in order.
+func (r *recorder) presence(device string) []telemetry.Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []telemetry.Event
+	for _, ev := range r.events {
+		if ev.Type == telemetry.EventPresence && ev.Device == device && ev.Online != nil {
+			out = append(out, ev)
+		}
+	}
+	return out
 }
 
 func (r *recorder) count(typ, device string) int {
@@ -126,7 +140,7 @@ func newRig(t *testing.T) *rig {
 	t.Cleanup(func() { cancel(); <-done })
 	select {
 	case <-r.cl.Ready():
-	case <-time.After(10 * time.Second):
+	case <-time.After(eventWait):
 		t.Fatalf("hub did not connect to mosquitto; log:\n%s", r.mq.Log())
 	}
 	return r
@@ -138,10 +152,10 @@ func newRig(t *testing.T) *rig {
 // refused CONNECT, and 3.1 has no SUBACK failure code to check.
 func (r *rig) device(t *testing.T, id, token string, onMsg paho.MessageHandler, lost chan<- error) paho.Client {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(eventWait)
 	for {
 		o := paho.NewClientOptions().SetProtocolVersion(4).AddBroker(r.mq.URL).SetClientID(id).SetUsername(id).SetPassword(token).
-			SetAutoReconnect(false).SetConnectTimeout(2 * time.Second).SetCleanSession(true)
+			SetAutoReconnect(false).SetConnectTimeout(10 * time.Second).SetCleanSession(true)
 		if lost != nil {
 			o.SetConnectionLostHandler(func(_ paho.Client, err error) { lost <- err })
 		}
@@ -168,6 +182,11 @@ func (r *rig) device(t *testing.T, id, token string, onMsg paho.MessageHandler, 
 	}
 }
 
+// eventWait is how long a test waits for an event it expects: generous,
+// because the tests run beside others on a loaded machine, and every wait
+// ends as soon as the event happens.
+const eventWait = 60 * time.Second
+
 func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
@@ -182,7 +201,7 @@ func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 func publish(t *testing.T, c paho.Client, topic, payload string) {
 	t.Helper()
 	tok := c.Publish(topic, 1, false, payload)
-	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+	if !tok.WaitTimeout(eventWait) || tok.Error() != nil {
 		t.Fatalf("publish %s: %v", topic, tok.Error())
 	}
 }
@@ -229,24 +248,24 @@ func TestBrokerDevice(t *testing.T) {
 	for i := range n {
 		publish(t, c, "devices/pump-1/telemetry", fmt.Sprintf(`{"id":"m%d","ts":%d,"metrics":{"v":%d}}`, i, ts+int64(i), i))
 	}
-	waitFor(t, "every reading in the spool", 10*time.Second, func() bool {
+	waitFor(t, "every reading in the spool", eventWait, func() bool {
 		return r.sp.Stats().PendingPoints == n
 	})
-	waitFor(t, "the live events", 5*time.Second, func() bool { return r.live.count(telemetry.EventReading, "pump-1") == n })
+	waitFor(t, "the live events", eventWait, func() bool { return r.live.count(telemetry.EventReading, "pump-1") == n })
 
 	// Malformed: an error on the device's errors topic, nothing stored.
 	publish(t, c, "devices/pump-1/telemetry", `{"id":"bad1","ts":1,"metrics":{"v":`)
-	waitFor(t, "the bad_json error", 5*time.Second, func() bool { return received("/errors", telemetry.CodeBadJSON) != nil })
+	waitFor(t, "the bad_json error", eventWait, func() bool { return received("/errors", telemetry.CodeBadJSON) != nil })
 	// Invalid: the error names the message.
 	publish(t, c, "devices/pump-1/telemetry", fmt.Sprintf(`{"id":"bad2","ts":%d,"metrics":{"bad name":1}}`, ts))
-	waitFor(t, "the invalid error", 5*time.Second, func() bool { return received("/errors", `"bad2"`) != nil })
+	waitFor(t, "the invalid error", eventWait, func() bool { return received("/errors", `"bad2"`) != nil })
 	if m := received("/errors", `"bad2"`); !strings.Contains(string(m.Payload()), telemetry.CodeInvalid) {
 		t.Fatalf("error frame %s", m.Payload())
 	}
 	// Oversized: too_large, nothing stored.
 	big := fmt.Sprintf(`{"id":"big1","ts":%d,"metrics":{"s":"%s"}}`, ts, strings.Repeat("x", 300<<10))
 	publish(t, c, "devices/pump-1/telemetry", big)
-	waitFor(t, "the too_large error", 5*time.Second, func() bool { return received("/errors", telemetry.CodeTooLarge) != nil })
+	waitFor(t, "the too_large error", eventWait, func() bool { return received("/errors", telemetry.CodeTooLarge) != nil })
 	// Spoofed topic: the broker refuses it; the hub never sees it.
 	publish(t, c, "devices/pump-2/telemetry", fmt.Sprintf(`{"id":"spoof","ts":%d,"metrics":{"v":1}}`, ts))
 	st := c.Subscribe("devices/pump-2/commands", 1, nil)
@@ -257,7 +276,7 @@ func TestBrokerDevice(t *testing.T) {
 	// A valid message after them: once it is durable, anything the hub
 	// took of the ones before would be too.
 	publish(t, c, "devices/pump-1/telemetry", fmt.Sprintf(`{"id":"after","ts":%d,"metrics":{"v":1}}`, ts-1))
-	waitFor(t, "the message after the refused ones", 5*time.Second, func() bool { return r.sp.Stats().PendingPoints >= n+1 })
+	waitFor(t, "the message after the refused ones", eventWait, func() bool { return r.sp.Stats().PendingPoints >= n+1 })
 	if p := r.sp.Stats().PendingPoints; p != n+1 {
 		t.Fatalf("spool has %d points after the spoofed, oversized and malformed messages, want %d", p, n+1)
 	}
@@ -267,14 +286,15 @@ func TestBrokerDevice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the command at the device", 5*time.Second, func() bool { return received("/commands", rec.ID) != nil })
+	waitFor(t, "the command at the device", eventWait, func() bool { return received("/commands", rec.ID) != nil })
 	publish(t, c, "devices/pump-1/commands/result", `{"id":"`+rec.ID+`","status":"ok","result":{"up":true}}`)
-	done, err := r.br.WaitCommand(ctx, "pump-1", rec.ID, 5*time.Second)
+	done, err := r.br.WaitCommand(ctx, "pump-1", rec.ID, eventWait)
 	if err != nil || done.Status != devices.CommandSucceeded {
 		t.Fatalf("command %+v, %v", done, err)
 	}
 
-	// Deleting the device deletes its broker client, which cuts it.
+	// Deleting the device deletes its broker client, which cuts it (the
+	// time it took is logged; the deadline is for a loaded machine).
 	start := time.Now()
 	if err := r.reg.Delete(ctx, "pump-1"); err != nil {
 		t.Fatal(err)
@@ -282,8 +302,8 @@ func TestBrokerDevice(t *testing.T) {
 	select {
 	case <-lost:
 		t.Logf("device cut %s after delete", time.Since(start).Round(time.Millisecond))
-	case <-time.After(2 * time.Second):
-		t.Fatal("deleted device still connected to the broker after 2 s")
+	case <-time.After(eventWait):
+		t.Fatalf("deleted device still connected to the broker after %s", eventWait)
 	}
 }
 
@@ -300,22 +320,29 @@ func TestBrokerDevicePresence(t *testing.T) {
 	if d, _ := r.reg.Get("meter-7"); d.Online {
 		t.Fatal("online before it sent anything")
 	}
+	// Online lasts BrokerIdle (a second): too short a window to poll for
+	// on a loaded machine, so the test waits for the end state and checks
+	// the way there in the events the dashboards were given.
+	sent := time.Now()
 	publish(t, c, "devices/meter-7/telemetry", fmt.Sprintf(`{"id":"1","ts":%d,"metrics":{"v":1}}`, time.Now().UnixMilli()))
-	waitFor(t, "the device online", 5*time.Second, func() bool {
-		d, _ := r.reg.Get("meter-7")
-		return d.Online && d.Transport == devices.TransportMQTT
-	})
-	start := time.Now()
-	waitFor(t, "the device offline after a second of silence", 5*time.Second, func() bool {
-		d, _ := r.reg.Get("meter-7")
-		return !d.Online && d.Reason == ReasonIdle
-	})
-	if idle := time.Since(start); idle < 500*time.Millisecond {
-		t.Fatalf("offline after %s, before BrokerIdle", idle)
-	}
-	waitFor(t, "the online and offline events on the dashboards", 5*time.Second, func() bool {
+	waitFor(t, "the online and offline events on the dashboards", eventWait, func() bool {
 		return r.live.count(telemetry.EventPresence, "meter-7") == 2
 	})
+	// The hub heard the reading after sent, so it went idle no earlier
+	// than BrokerIdle after sent.
+	if idle := time.Since(sent); idle < time.Second {
+		t.Fatalf("offline after %s, before BrokerIdle", idle)
+	}
+	var seen []string
+	for _, ev := range r.live.presence("meter-7") {
+		seen = append(seen, fmt.Sprintf("online=%v transport=%s reason=%s", *ev.Online, ev.Transport, ev.Reason))
+	}
+	if want := []string{"online=true transport=mqtt reason=", "online=false transport=mqtt reason=" + ReasonIdle}; !slices.Equal(seen, want) {
+		t.Fatalf("presence events %q, want %q", seen, want)
+	}
+	if d, _ := r.reg.Get("meter-7"); d.Online || d.Reason != ReasonIdle {
+		t.Fatalf("registry says online=%v reason=%q, want offline, %s", d.Online, d.Reason, ReasonIdle)
+	}
 }
 
 // TestBrokerCredentialSync: a bulk import gives every device its broker
@@ -346,7 +373,7 @@ func TestBrokerCredentialSync(t *testing.T) {
 	}
 	select {
 	case <-lost:
-	case <-time.After(5 * time.Second):
+	case <-time.After(eventWait):
 		t.Fatal("device still connected to the broker after its token was rotated without grace")
 	}
 	connect := func(token string) error {
@@ -364,7 +391,7 @@ func TestBrokerCredentialSync(t *testing.T) {
 	if connect(last.Token) == nil {
 		t.Fatal("the old token still works at the broker")
 	}
-	waitFor(t, "the new token to work at the broker", 5*time.Second, func() bool { return connect(newToken) == nil })
+	waitFor(t, "the new token to work at the broker", eventWait, func() bool { return connect(newToken) == nil })
 
 	// Reconcile: the broker knows a fieldhub device the registry does not.
 	if _, err := r.cl.dynsec.send(ctx, []map[string]any{
@@ -375,7 +402,7 @@ func TestBrokerCredentialSync(t *testing.T) {
 	}
 	t.Log("ghost created", time.Since(began))
 	r.cl.dynsec.reconcileSoon()
-	waitFor(t, "the ghost's broker client deleted", 10*time.Second, func() bool {
+	waitFor(t, "the ghost's broker client deleted", eventWait, func() bool {
 		res, err := r.cl.dynsec.send(ctx, []map[string]any{{"command": "getClient", "username": "ghost"}})
 		return err == nil && res[0].Error != ""
 	})
@@ -404,26 +431,26 @@ func TestBrokerRestart(t *testing.T) {
 	for i := range 50 {
 		publish(t, c, "devices/pump-9/telemetry", fmt.Sprintf(`{"id":"a%d","ts":%d,"metrics":{"v":%d}}`, i, ts+int64(i), i))
 	}
-	waitFor(t, "the first readings held on their way to the spool", 5*time.Second, func() bool { return r.store.waiting.Load() == 50 })
+	waitFor(t, "the first readings held on their way to the spool", eventWait, func() bool { return r.store.waiting.Load() == 50 })
 
 	r.mq.Stop()
-	waitFor(t, "the hub to notice", 5*time.Second, func() bool { return !r.cl.Connected() })
+	waitFor(t, "the hub to notice", eventWait, func() bool { return !r.cl.Connected() })
 	r.store.gate.Store(nil)
 	close(gate) // durable now; their acknowledgements go nowhere
-	waitFor(t, "the first readings in the spool", 5*time.Second, func() bool { return r.cl.Stats().Ingested.Load() == 50 })
+	waitFor(t, "the first readings in the spool", eventWait, func() bool { return r.cl.Stats().Ingested.Load() == 50 })
 	if p := r.sp.Stats().PendingPoints; p != 50 {
 		t.Fatalf("spool has %d points, want 50", p)
 	}
 
 	r.mq.Restart()
-	waitFor(t, "the hub back on the broker", 20*time.Second, func() bool { return r.cl.Connected() })
+	waitFor(t, "the hub back on the broker", eventWait, func() bool { return r.cl.Connected() })
 	handled := func() int64 { return r.cl.Stats().Ingested.Load() + r.cl.Stats().Redelivered.Load() }
-	waitFor(t, "the broker's redeliveries", 10*time.Second, func() bool { return handled() >= 100 })
+	waitFor(t, "the broker's redeliveries", eventWait, func() bool { return handled() >= 100 })
 	c = r.device(t, "pump-9", dev.Token, nil, nil)
 	for i := range 50 {
 		publish(t, c, "devices/pump-9/telemetry", fmt.Sprintf(`{"id":"b%d","ts":%d,"metrics":{"v":%d}}`, i, ts+100+int64(i), i))
 	}
-	waitFor(t, "the later readings in the spool", 10*time.Second, func() bool { return handled() >= 150 })
+	waitFor(t, "the later readings in the spool", eventWait, func() bool { return handled() >= 150 })
 	if p, n := r.sp.Stats().PendingPoints, r.cl.Stats().Redelivered.Load(); p != 100 || n != 50 {
 		t.Fatalf("spool has %d points and %d redeliveries were recognised, want 100 and 50: something was taken twice", p, n)
 	}
@@ -498,7 +525,7 @@ func TestConnectFailureSaid(t *testing.T) {
 			done := make(chan struct{})
 			go func() { _ = cl.Run(ctx, nil); close(done) }()
 			defer func() { cancel(); <-done }()
-			waitFor(t, "two rounds of failed attempts", 15*time.Second, func() bool { return cl.Stats().ConnectFailures.Load() >= 8 })
+			waitFor(t, "two rounds of failed attempts", eventWait, func() bool { return cl.Stats().ConnectFailures.Load() >= 8 })
 			said := grep(logs.String(), "cannot connect to the broker")
 			if len(said) != 1 || !strings.Contains(said[0], tc.want) {
 				t.Fatalf("want one line saying %q, got:\n%s", tc.want, logs.String())

@@ -42,7 +42,7 @@ func TestExternalBrokerTLS(t *testing.T) {
 			}
 			h := startHub(t, influx, env)
 			if tc.want != "" {
-				waitUntil(t, "the hub to say why it cannot connect", 15*time.Second, func() bool {
+				waitUntil(t, "the hub to say why it cannot connect", loadWait, func() bool {
 					return strings.Contains(grepLines(h.stderr.String(), "cannot connect to the broker"), tc.want)
 				})
 				_, m := h.api(t, "GET", "/readyz", "", nil)
@@ -60,11 +60,11 @@ func TestExternalBrokerTLS(t *testing.T) {
 			id := "tls-dev"
 			token := h.createDevice(t, id)
 			var dev paho.Client
-			waitUntil(t, "the device connected to mosquitto", 10*time.Second, func() bool {
+			waitUntil(t, "the device connected to mosquitto", loadWait, func() bool {
 				o := paho.NewClientOptions().SetProtocolVersion(4).AddBroker(mq.URL).SetClientID(id).SetUsername(id).SetPassword(token).
-					SetCleanSession(true).SetAutoReconnect(false).SetConnectTimeout(2 * time.Second)
+					SetCleanSession(true).SetAutoReconnect(false).SetConnectTimeout(10 * time.Second)
 				c := paho.NewClient(o)
-				if tok := c.Connect(); !tok.WaitTimeout(3*time.Second) || tok.Error() != nil {
+				if tok := c.Connect(); !tok.WaitTimeout(loadWait) || tok.Error() != nil {
 					return false
 				}
 				dev = c
@@ -73,11 +73,11 @@ func TestExternalBrokerTLS(t *testing.T) {
 			defer dev.Disconnect(50)
 			for i := range 5 {
 				tok := dev.Publish("devices/"+id+"/telemetry", 1, false, fmt.Sprintf(`{"id":"%d","metrics":{"v":%d}}`, i, i))
-				if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+				if !tok.WaitTimeout(loadWait) || tok.Error() != nil {
 					t.Fatalf("publish: %v", tok.Error())
 				}
 			}
-			waitUntil(t, "the readings taken over TLS", 10*time.Second, func() bool {
+			waitUntil(t, "the readings taken over TLS", loadWait, func() bool {
 				return strings.Contains(h.metricLines(t, "fieldhub_cluster_messages_acked_total"), "fieldhub_cluster_messages_acked_total 5")
 			})
 		})

@@ -87,7 +87,7 @@ func screenshot(t *testing.T, ctx context.Context, name string) {
 // pollText waits until the text of sel satisfies ok.
 func pollText(t *testing.T, ctx context.Context, what, sel string, ok func(string) bool) string {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(loadWait)
 	for {
 		var s string
 		_ = chromedp.Run(ctx, chromedp.Evaluate(fmt.Sprintf(`(document.querySelector(%q)||{}).textContent||""`, sel), &s))
@@ -116,7 +116,7 @@ func TestDashboardInBrowser(t *testing.T) {
 
 	run := func(actions ...chromedp.Action) {
 		t.Helper()
-		tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		tctx, cancel := context.WithTimeout(ctx, loadWait)
 		defer cancel()
 		if err := chromedp.Run(tctx, actions...); err != nil {
 			var html string
@@ -146,7 +146,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	fleetDone := make(chan error, 1)
 	go func() { fleetDone <- fleet.Run(fleetCtx) }()
 	defer func() { stopFleet(); <-fleetDone }()
-	waitUntil(t, "devices provisioned", 10*time.Second, func() bool { return len(fleet.Creds()) == 6 })
+	waitUntil(t, "devices provisioned", loadWait, func() bool { return len(fleet.Creds()) == 6 })
 	run(chromedp.Reload(), chromedp.WaitVisible(`tr[data-device="sim-1"]`, chromedp.ByQuery))
 	run(chromedp.WaitVisible(`tr[data-device="sim-1"] .dot.on`, chromedp.ByQuery))
 	pollText(t, ctx, "online count", "#c-online", func(s string) bool { n, _ := strconv.Atoi(s); return n >= 1 })
@@ -164,7 +164,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	pollText(t, ctx, "the command to succeed", "#cmd-rows td[data-command]", func(s string) bool { return s == "succeeded" })
 
 	// A history range from InfluxDB.
-	waitUntil(t, "readings in InfluxDB", 15*time.Second, func() bool { n, _ := influx.Count("sim-1", "temp"); return n > 0 })
+	waitUntil(t, "readings in InfluxDB", loadWait, func() bool { n, _ := influx.Count("sim-1", "temp"); return n > 0 })
 	run(chromedp.Click(`.ranges button[data-range="1h"]`, chromedp.ByQuery))
 	pollText(t, ctx, "the 1 h history chart", `.chart .title span:last-child`, func(s string) bool { return strings.HasSuffix(s, "points") && s != "0 points" })
 	screenshot(t, ctx, "device.png")

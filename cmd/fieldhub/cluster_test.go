@@ -43,10 +43,17 @@ func (l *ackLog) add(n int) {
 	l.mu.Unlock()
 }
 
-func (l *ackLog) has(n int) bool {
+// missing returns the readings below n that were never acknowledged.
+func (l *ackLog) missing(n int) []int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.acked[n]
+	var out []int
+	for k := range n {
+		if !l.acked[k] {
+			out = append(out, k)
+		}
+	}
+	return out
 }
 
 func (l *ackLog) sorted() []int {
@@ -155,7 +162,7 @@ func (p *hubProcess) start() {
 	}
 	p.cmd = cmd
 	p.t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	waitUntil(p.t, "hub process ready", 20*time.Second, func() bool {
+	waitUntil(p.t, "hub process ready", loadWait, func() bool {
 		resp, err := http.Get(p.url + "/readyz")
 		if err != nil {
 			return false
@@ -224,7 +231,7 @@ func TestTwoInstancesOnMosquitto(t *testing.T) {
 	}
 	h2 := startHub(t, influx, env2)
 	h2.adminToken = admin
-	waitUntil(t, "instance 2 connected to the broker", 10*time.Second, func() bool {
+	waitUntil(t, "instance 2 connected to the broker", loadWait, func() bool {
 		_, m := h2.api(t, "GET", "/readyz", "", nil)
 		return m["checks"].(map[string]any)["mqtt"].(map[string]any)["status"] == "connected"
 	})
@@ -243,7 +250,16 @@ func TestTwoInstancesOnMosquitto(t *testing.T) {
 	if err := dash.WriteJSON(map[string]any{"type": "subscribe", "devices": []string{"ws-1", "mq-1"}}); err != nil {
 		t.Fatal(err)
 	}
+	// The dashboard may coalesce a device's readings to the latest value
+	// when it falls behind (it does on a loaded machine), so the test
+	// follows the latest seq seen per device, not a count.
 	var liveWS, liveMQ atomic.Int64
+	latest := func(v *atomic.Int64, e map[string]any) {
+		m, _ := e["metrics"].(map[string]any)
+		if seq, ok := m["seq"].(float64); ok && int64(seq) > v.Load() {
+			v.Store(int64(seq)) // only this goroutine stores
+		}
+	}
 	commandEvents := make(chan string, 100)
 	go func() {
 		for {
@@ -253,9 +269,9 @@ func TestTwoInstancesOnMosquitto(t *testing.T) {
 			}
 			switch {
 			case e["type"] == "reading" && e["device"] == "ws-1":
-				liveWS.Add(1)
+				latest(&liveWS, e)
 			case e["type"] == "reading" && e["device"] == "mq-1":
-				liveMQ.Add(1)
+				latest(&liveMQ, e)
 			case e["type"] == "command":
 				select {
 				case commandEvents <- fmt.Sprint(e["device"], " ", e["status"]):
@@ -270,20 +286,31 @@ func TestTwoInstancesOnMosquitto(t *testing.T) {
 	base := time.Now().Add(-time.Minute).UnixMilli()
 	wsAcks := &ackLog{acked: map[int]bool{}}
 	var wsDev *clusterDevice
+	var wsOn string // the URL of the instance wsDev is connected to
+	// wsResend resends on the current connection every reading below n
+	// that was never acknowledged, and says whether it could.
+	wsResend := func(n int) bool {
+		for _, k := range wsAcks.missing(n) {
+			if wsDev.isClosed() || wsDev.send(k) != nil {
+				return false
+			}
+		}
+		return true
+	}
 	connectWS := func(hubURL, token string) {
 		t.Helper()
-		waitUntil(t, "the WebSocket device connected to "+hubURL, 10*time.Second, func() bool {
+		waitUntil(t, "the WebSocket device connected to "+hubURL, loadWait, func() bool {
 			d, err := dialClusterDevice(hubURL, token, base, wsAcks)
 			if err != nil {
 				return false
 			}
-			wsDev = d
+			wsDev, wsOn = d, hubURL
 			return true
 		})
 	}
 	connectWS(h1.url, wsToken)
 	var bystander *websocket.Conn
-	waitUntil(t, "the second WebSocket device on instance 1", 10*time.Second, func() bool {
+	waitUntil(t, "the second WebSocket device on instance 1", loadWait, func() bool {
 		c, _, err := websocket.DefaultDialer.Dial(strings.Replace(h1.url, "http", "ws", 1)+"/ws/device", http.Header{"Authorization": {"Bearer " + bystanderToken}})
 		bystander = c
 		return err == nil
@@ -294,7 +321,7 @@ func TestTwoInstancesOnMosquitto(t *testing.T) {
 		d, _ := m["device"].(map[string]any)
 		return d
 	}
-	waitUntil(t, "instance 2 showing the devices of instance 1 online", 5*time.Second, func() bool {
+	waitUntil(t, "instance 2 showing the devices of instance 1 online", loadWait, func() bool {
 		return presenceOn2("ws-1")["online"] == true && presenceOn2("ws-2")["online"] == true
 	})
 
@@ -302,11 +329,11 @@ func TestTwoInstancesOnMosquitto(t *testing.T) {
 	// for it in the dynamic-security plugin.
 	mqAcks := &ackLog{acked: map[int]bool{}}
 	var mqDev paho.Client
-	waitUntil(t, "the MQTT device connected to mosquitto", 10*time.Second, func() bool {
+	waitUntil(t, "the MQTT device connected to mosquitto", loadWait, func() bool {
 		o := paho.NewClientOptions().SetProtocolVersion(4).AddBroker(mq.URL).SetClientID("mq-1").SetUsername("mq-1").SetPassword(mqToken).
-			SetCleanSession(true).SetAutoReconnect(false).SetConnectTimeout(2 * time.Second)
+			SetCleanSession(true).SetAutoReconnect(false).SetConnectTimeout(10 * time.Second)
 		c := paho.NewClient(o)
-		if tok := c.Connect(); !tok.WaitTimeout(3*time.Second) || tok.Error() != nil {
+		if tok := c.Connect(); !tok.WaitTimeout(15*time.Second) || tok.Error() != nil {
 			return false
 		}
 		mqDev = c
@@ -319,23 +346,38 @@ func TestTwoInstancesOnMosquitto(t *testing.T) {
 			c.Publish("devices/mq-1/commands/result", 1, false, fmt.Sprintf(`{"id":%q,"status":"ok"}`, cmd["id"]))
 		}
 	})
-	if !sub.WaitTimeout(5*time.Second) || sub.(*paho.SubscribeToken).Result()["devices/mq-1/commands"] == 0x80 {
+	if !sub.WaitTimeout(loadWait) || sub.(*paho.SubscribeToken).Result()["devices/mq-1/commands"] == 0x80 {
 		t.Fatal("the MQTT device could not subscribe to its commands")
 	}
+	// The broker stays up throughout, so every publish is acknowledged
+	// (PUBACK from the broker) however long the machine takes.
 	mqSend := func(n int) {
+		t.Helper()
 		tok := mqDev.Publish("devices/mq-1/telemetry", 1, false, fmt.Sprintf(`{"id":"%d","ts":%d,"metrics":{"seq":%d}}`, n, base+int64(n), n))
-		if tok.WaitTimeout(10*time.Second) && tok.Error() == nil { // PUBACK from the broker: acknowledged
-			mqAcks.add(n)
+		if !tok.WaitTimeout(loadWait) || tok.Error() != nil {
+			t.Fatalf("MQTT reading %d not acknowledged by the broker within %s: %v", n, loadWait, tok.Error())
 		}
+		mqAcks.add(n)
 	}
-	wsSend := func(n int, failover func()) {
-		for attempt := 0; attempt < 3; attempt++ {
+	// wsSend sends reading n. When the connection is gone the device does
+	// what a real one does: it reconnects and first resends every earlier
+	// reading that was never acknowledged (a reading in flight when an
+	// instance died may or may not have been stored; the resend has the
+	// same ts, so it overwrites the same point).
+	wsSend := func(n int, reconnect func()) {
+		t.Helper()
+		for attempt := 0; attempt < 5; attempt++ {
+			if attempt > 0 {
+				reconnect()
+				if !wsResend(n) {
+					continue
+				}
+			}
 			if !wsDev.isClosed() && wsDev.send(n) == nil {
 				return
 			}
-			failover()
 		}
-		t.Fatalf("reading %d could not be sent", n)
+		t.Fatalf("reading %d could not be sent in 5 connections", n)
 	}
 	noFailover := func() {
 		t.Fatalf("the WebSocket device lost its connection (close code %d); instance 1 log:\n%s", wsDev.code(), grepLines(h1.logs.String(), "ws-1"))
@@ -346,17 +388,24 @@ func TestTwoInstancesOnMosquitto(t *testing.T) {
 		wsSend(seq, noFailover)
 		mqSend(seq)
 	}
-	waitUntil(t, "both devices' readings live on instance 2", 10*time.Second, func() bool { return liveWS.Load() >= 200 && liveMQ.Load() >= 200 })
+	waitUntil(t, "both devices' latest readings live on instance 2", loadWait, func() bool { return liveWS.Load() == 199 && liveMQ.Load() == 199 })
+	// Every reading sent so far is acknowledged before the revoke below,
+	// so none is in flight when the connection is cut.
+	waitUntil(t, "instance 1 to acknowledge the first 200 WebSocket readings", loadWait, func() bool { return len(wsAcks.missing(seq)) == 0 })
 
-	// A command through instance 2 to each device.
+	// A command through instance 2 to each device. ?wait ends as soon as
+	// the result is in; its maximum only matters on a slow machine.
 	for _, dev := range []string{"ws-1", "mq-1"} {
-		st, cmd := h2.send(t, admin, dev, "?wait=10s", map[string]any{"name": "reboot"}, nil)
+		st, cmd := h2.send(t, admin, dev, "?wait=60s", map[string]any{"name": "reboot"}, nil)
 		if st != 200 || cmd["status"] != "succeeded" {
 			t.Fatalf("command to %s through instance 2: %d %v\ninstance 1 log:\n%s", dev, st, cmd, h1.logs)
 		}
 	}
 
-	// A revoke through instance 2 cuts the device on instance 1.
+	// A revoke through instance 2 cuts the device on instance 1, through
+	// the registry announcement on the broker (the time it took is logged;
+	// the deadline is for a loaded machine and stays below the 30 s full
+	// registry reload).
 	revoked := time.Now()
 	st, m := h2.api(t, "POST", "/api/v1/devices/ws-1/token", admin, map[string]any{"grace": "0s"})
 	if st != 200 {
@@ -372,12 +421,13 @@ func TestTwoInstancesOnMosquitto(t *testing.T) {
 			t.Fatalf("revoked device closed with %d, want 4003", code)
 		}
 		t.Logf("revoke on instance 2 cut the device on instance 1 after %s", time.Since(revoked).Round(time.Millisecond))
-	case <-time.After(2 * time.Second):
-		t.Fatal("device on instance 1 still connected 2 s after its token was revoked on instance 2")
+	case <-time.After(20 * time.Second):
+		t.Fatal("device on instance 1 still connected 20 s after its token was revoked on instance 2")
 	}
 	connectWS(h1.url, wsToken)
 
-	// Instance 1 dies mid-stream; the WebSocket device fails over.
+	// Instance 1 dies mid-stream; the WebSocket device fails over to
+	// instance 2 and resends there what instance 1 never acknowledged.
 	failover := func() { connectWS(h2.url, wsToken) }
 	for ; seq < 500; seq++ {
 		if seq == 350 {
@@ -386,9 +436,22 @@ func TestTwoInstancesOnMosquitto(t *testing.T) {
 		wsSend(seq, failover)
 		mqSend(seq)
 	}
+	if wsOn != h2.url {
+		// Every reading after the kill went into the dead connection's
+		// socket buffer before the device noticed: it notices now.
+		select {
+		case <-wsDev.closed:
+		case <-time.After(loadWait):
+			t.Fatalf("the WebSocket device still connected to the killed instance 1 after %s", loadWait)
+		}
+		failover()
+		if !wsResend(seq) {
+			t.Fatalf("instance 2 closed the WebSocket device while it resent (close code %d)", wsDev.code())
+		}
+	}
 	// The device that stayed on instance 1 shows offline on instance 2:
 	// instance 1's broker will said it was gone.
-	waitUntil(t, "the device left on the dead instance offline on instance 2", 5*time.Second, func() bool {
+	waitUntil(t, "the device left on the dead instance offline on instance 2", loadWait, func() bool {
 		d := presenceOn2("ws-2")
 		return d["online"] == false && d["disconnect_reason"] == "instance_lost"
 	})
@@ -398,17 +461,23 @@ func TestTwoInstancesOnMosquitto(t *testing.T) {
 	if wsDev.isClosed() {
 		t.Fatal("the WebSocket device is not connected after failing over")
 	}
-	// Instance 2 answers a connection's readings in order: once the last
-	// one is acknowledged, every ack it will send has arrived.
-	waitUntil(t, "instance 2 to acknowledge the last WebSocket reading", 30*time.Second, func() bool { return wsAcks.has(seq - 1) })
+	// Every reading not acknowledged by instance 1 was resent to instance
+	// 2 when the device failed over, so every reading is acknowledged in
+	// the end.
+	waitUntil(t, "every WebSocket reading acknowledged", loadWait, func() bool {
+		if wsDev.isClosed() {
+			t.Fatalf("instance 2 closed the WebSocket device (close code %d)", wsDev.code())
+		}
+		return len(wsAcks.missing(seq)) == 0
+	})
 	// A supervisor restarts instance 1: it replays its spool and takes
 	// what the broker kept for its session.
 	h1.start()
 
 	wsList := wsAcks.sorted()
 	mqList := mqAcks.sorted()
-	if len(wsList) < 400 || len(mqList) < 450 {
-		t.Fatalf("only %d WebSocket and %d MQTT readings acknowledged of 500 each\ninstance 2 log:\n%s\n%s\n%s", len(wsList), len(mqList), grepLines(h2.stderr.String(), "ws-1"),
+	if len(wsList) != seq || len(mqList) != seq {
+		t.Fatalf("%d WebSocket and %d MQTT readings acknowledged of %d each\ninstance 2 log:\n%s\n%s\n%s", len(wsList), len(mqList), seq, grepLines(h2.stderr.String(), "ws-1"),
 			h2.metricLines(t, "fieldhub_messages_received_total"), h2.metricLines(t, "fieldhub_messages_rejected_total"))
 	}
 	assertAllAckedPresent(t, influx, "ws-1", wsList)
@@ -456,7 +525,7 @@ func clusterEnv(t testing.TB, influx *influxtest.Server) map[string]string {
 // waitBroker waits until the hub reports its external broker connected.
 func (h *hub) waitBroker(t testing.TB) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(loadWait)
 	for {
 		_, m := h.apiTB(t, "GET", "/readyz", "", nil)
 		if c, _ := m["checks"].(map[string]any); c != nil {
@@ -465,7 +534,7 @@ func (h *hub) waitBroker(t testing.TB) {
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("hub not connected to the broker after 10 s")
+			t.Fatalf("hub not connected to the broker after %s", loadWait)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -126,16 +126,16 @@ func TestCommandsOverWebSocket(t *testing.T) {
 			if id != want {
 				t.Fatalf("delivered %s, want %s (order)", id, want)
 			}
-		case <-time.After(5 * time.Second):
+		case <-time.After(loadWait):
 			t.Fatal("queued command not delivered on connect")
 		}
 	}
-	waitUntil(t, "first command succeeded", 5*time.Second, func() bool { return h.commandStatus(t, "valve-1", first["id"].(string)) == "succeeded" })
+	waitUntil(t, "first command succeeded", loadWait, func() bool { return h.commandStatus(t, "valve-1", first["id"].(string)) == "succeeded" })
 	// Every status change reached the dashboard as a command event.
 	var seen []string
 	for len(seen) < 3 {
 		var e map[string]any
-		_ = dash.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_ = dash.SetReadDeadline(time.Now().Add(loadWait))
 		if err := dash.ReadJSON(&e); err != nil {
 			t.Fatalf("live command events: %v (saw %v)", err, seen)
 		}
@@ -148,15 +148,15 @@ func TestCommandsOverWebSocket(t *testing.T) {
 	}
 
 	// Online with ?wait: the answer comes back in the same request.
-	st, done := h.send(t, operator, "valve-1", "?wait=10s", map[string]any{"name": "reboot"}, nil)
+	st, done := h.send(t, operator, "valve-1", "?wait=60s", map[string]any{"name": "reboot"}, nil)
 	if st != 200 || done["status"] != "succeeded" {
 		t.Fatalf("wait: %d %v", st, done)
 	}
-	st, failed := h.send(t, operator, "valve-1", "?wait=10s", map[string]any{"name": "fail"}, nil)
+	st, failed := h.send(t, operator, "valve-1", "?wait=60s", map[string]any{"name": "fail"}, nil)
 	if st != 200 || failed["status"] != "failed" || failed["error"] != "valve stuck" {
 		t.Fatalf("failure result: %d %v", st, failed)
 	}
-	st, timedOut := h.send(t, operator, "valve-1", "?wait=10s", map[string]any{"name": "ignore", "timeout": "1s"}, nil)
+	st, timedOut := h.send(t, operator, "valve-1", "?wait=60s", map[string]any{"name": "ignore", "timeout": "1s"}, nil)
 	if st != 200 || timedOut["status"] != "timed_out" {
 		t.Fatalf("timeout: %d %v", st, timedOut)
 	}
@@ -185,7 +185,7 @@ func TestCommandsOverWebSocket(t *testing.T) {
 	// The CLI.
 	var out syncBuf
 	env := map[string]string{"FIELDHUB_URL": h.url, "FIELDHUB_TOKEN": operator}
-	if err := run(t.Context(), []string{"fieldhub", "command", "send", "valve-1", "set_interval", "--params", `{"seconds":9}`, "--wait", "10s"}, func(k string) string { return env[k] }, &out, &out); err != nil || !strings.Contains(out.String(), "succeeded") || !strings.Contains(out.String(), `"seconds":9`) {
+	if err := run(t.Context(), []string{"fieldhub", "command", "send", "valve-1", "set_interval", "--params", `{"seconds":9}`, "--wait", "60s"}, func(k string) string { return env[k] }, &out, &out); err != nil || !strings.Contains(out.String(), "succeeded") || !strings.Contains(out.String(), `"seconds":9`) {
 		t.Fatalf("cli send: %v\n%s", err, out.String())
 	}
 	out = syncBuf{}
@@ -220,7 +220,7 @@ func TestCommandQueueLifecycleAndRestart(t *testing.T) {
 	if st, _ := h.api(t, "DELETE", "/api/v1/devices/gate-1/commands/"+canc["id"].(string), h.adminToken, nil); st != 409 {
 		t.Fatalf("second cancel: %d, want 409", st)
 	}
-	waitUntil(t, "ttl expiry", 5*time.Second, func() bool { return h.commandStatus(t, "gate-1", exp["id"].(string)) == "expired" })
+	waitUntil(t, "ttl expiry", loadWait, func() bool { return h.commandStatus(t, "gate-1", exp["id"].(string)) == "expired" })
 
 	// Queue limit.
 	var kept []string
@@ -246,11 +246,11 @@ func TestCommandQueueLifecycleAndRestart(t *testing.T) {
 			if id != want {
 				t.Fatalf("after restart delivery %d is %s, want %s", i, id, want)
 			}
-		case <-time.After(5 * time.Second):
+		case <-time.After(loadWait):
 			t.Fatalf("after restart only %d of %d delivered", i, len(kept))
 		}
 	}
-	waitUntil(t, "all succeeded", 10*time.Second, func() bool { return h2.commandStatus(t, "gate-1", kept[99]) == "succeeded" })
+	waitUntil(t, "all succeeded", loadWait, func() bool { return h2.commandStatus(t, "gate-1", kept[99]) == "succeeded" })
 }
 
 func TestCommandRedeliveredAfterReconnect(t *testing.T) {
@@ -272,7 +272,7 @@ func TestCommandRedeliveredAfterReconnect(t *testing.T) {
 		if id != cmd["id"] {
 			t.Fatalf("redelivered %s", id)
 		}
-	case <-time.After(5 * time.Second):
+	case <-time.After(loadWait):
 		t.Fatal("sent command without a result not redelivered on reconnect")
 	}
 }
@@ -287,7 +287,7 @@ func TestCommandsOverMQTTAndHTTP(t *testing.T) {
 	_, queued := h.send(t, h.adminToken, "mq-1", "", map[string]any{"name": "set_interval", "params": map[string]any{"seconds": 2}}, nil)
 	c := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + h.env["FIELDHUB_MQTT_ADDR"]).
 		SetClientID("mq-1").SetUsername("mq-1").SetPassword(mqttTok).SetAutoReconnect(false))
-	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+	if tok := c.Connect(); !tok.WaitTimeout(loadWait) || tok.Error() != nil {
 		t.Fatalf("connect: %v", tok.Error())
 	}
 	defer c.Disconnect(50)
@@ -296,9 +296,9 @@ func TestCommandsOverMQTTAndHTTP(t *testing.T) {
 		_ = json.Unmarshal(m.Payload(), &cmd)
 		res, _ := json.Marshal(map[string]any{"id": cmd["id"], "status": "ok", "result": map[string]any{"name": cmd["name"]}})
 		cl.Publish("devices/mq-1/commands/result", 1, false, res)
-	}).WaitTimeout(5 * time.Second)
-	waitUntil(t, "MQTT command succeeded", 5*time.Second, func() bool { return h.commandStatus(t, "mq-1", queued["id"].(string)) == "succeeded" })
-	st, live := h.send(t, h.adminToken, "mq-1", "?wait=10s", map[string]any{"name": "reboot"}, nil)
+	}).WaitTimeout(loadWait)
+	waitUntil(t, "MQTT command succeeded", loadWait, func() bool { return h.commandStatus(t, "mq-1", queued["id"].(string)) == "succeeded" })
+	st, live := h.send(t, h.adminToken, "mq-1", "?wait=60s", map[string]any{"name": "reboot"}, nil)
 	if st != 200 || live["status"] != "succeeded" {
 		t.Fatalf("MQTT round trip: %d %v", st, live)
 	}
@@ -325,7 +325,7 @@ func TestCommandsOverMQTTAndHTTP(t *testing.T) {
 		cmd map[string]any
 	}
 	polled := make(chan result, 1)
-	go func() { st, m := poll("10s"); polled <- result{st, m} }()
+	go func() { st, m := poll("60s"); polled <- result{st, m} }()
 	_, sent := h.send(t, h.adminToken, "http-1", "", map[string]any{"name": "open_valve"}, nil)
 	r := <-polled
 	if r.st != 200 || r.cmd["id"] != sent["id"] || r.cmd["type"] != "command" {

@@ -79,11 +79,11 @@ func TestMetricsMove(t *testing.T) {
 		t.Fatalf("wrong token: %v", resp)
 	}
 	mq := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + h.env["FIELDHUB_MQTT_ADDR"]).SetClientID("m-2").SetUsername("m-2").SetPassword(mqttTok).SetAutoReconnect(false))
-	if tok := mq.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+	if tok := mq.Connect(); !tok.WaitTimeout(loadWait) || tok.Error() != nil {
 		t.Fatal(tok.Error())
 	}
 	defer mq.Disconnect(50)
-	mq.Subscribe("devices/m-1/commands", 1, nil).WaitTimeout(5 * time.Second)
+	mq.Subscribe("devices/m-1/commands", 1, nil).WaitTimeout(loadWait)
 	if st, cmd := h.send(t, h.adminToken, "m-2", "", map[string]any{"name": "x", "ttl": "1s"}, nil); st != 202 {
 		t.Fatalf("command: %d %v", st, cmd)
 	}
@@ -108,7 +108,7 @@ func TestMetricsMove(t *testing.T) {
 		`fieldhub_devices_registered`:                                                  2,
 		`fieldhub_live_subscribers`:                                                    1,
 	}
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(loadWait)
 	for {
 		after = scrape(t, h)
 		var missing []string
@@ -146,7 +146,7 @@ func TestMetricsMove(t *testing.T) {
 			resp.Body.Close()
 		}
 	}
-	waitUntil(t, "outage in metrics", 10*time.Second, func() bool {
+	waitUntil(t, "outage in metrics", loadWait, func() bool {
 		m := scrape(t, h)
 		return m["fieldhub_spool_pending_readings"] >= 5 && m["fieldhub_influx_up"] == 0 &&
 			m["fieldhub_spool_oldest_pending_seconds"] > 0 && m[`fieldhub_influx_write_errors_total{class="network"}`] > 0
@@ -156,7 +156,7 @@ func TestMetricsMove(t *testing.T) {
 		t.Fatalf("readiness during outage: %v", c)
 	}
 	influx.Restart()
-	waitUntil(t, "backlog written", 15*time.Second, func() bool {
+	waitUntil(t, "backlog written", loadWait, func() bool {
 		m := scrape(t, h)
 		return m["fieldhub_spool_pending_readings"] == 0 && m["fieldhub_influx_up"] == 1
 	})

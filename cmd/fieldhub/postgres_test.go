@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/fieldhub/fieldhub/devices/pg/pgtest"
 	firmwaresim "github.com/fieldhub/fieldhub/firmware-sim"
@@ -70,11 +69,11 @@ func TestFleetFailsOverBetweenHubs(t *testing.T) {
 		n, _ := s["online"].(float64)
 		return n
 	}
-	waitUntil(t, "the fleet spread over both hubs", 15*time.Second, func() bool { return online(h1) == 3 && online(h2) == 3 })
+	waitUntil(t, "the fleet spread over both hubs", loadWait, func() bool { return online(h1) == 3 && online(h2) == 3 })
 	h1.stop(t)
-	waitUntil(t, "every device on the second hub", 20*time.Second, func() bool { return online(h2) == 6 })
+	waitUntil(t, "every device on the second hub", loadWait, func() bool { return online(h2) == 6 })
 	acked := fleet.Stats().ReadingsAcked
-	waitUntil(t, "more readings acknowledged by the second hub", 10*time.Second, func() bool { return fleet.Stats().ReadingsAcked > acked+100 })
+	waitUntil(t, "more readings acknowledged by the second hub", loadWait, func() bool { return fleet.Stats().ReadingsAcked > acked+100 })
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
@@ -83,7 +82,7 @@ func TestFleetFailsOverBetweenHubs(t *testing.T) {
 	if st.Violations > 0 {
 		t.Fatalf("violations: %v", st.ViolationSamples)
 	}
-	waitUntil(t, "every acknowledged reading in InfluxDB", 30*time.Second, func() bool {
+	waitUntil(t, "every acknowledged reading in InfluxDB", loadWait, func() bool {
 		rows, err := influx.Query(`SELECT count("temp") FROM "telemetry" WHERE "device" =~ /^fo-/`)
 		return err == nil && len(rows) > 0 && int64(rows[0][1].(float64)) >= st.ReadingsAcked
 	})

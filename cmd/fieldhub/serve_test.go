@@ -79,7 +79,7 @@ func startHubTB(t testing.TB, influx *influxtest.Server, extraEnv map[string]str
 		h.done <- run(ctx, []string{"fieldhub", "serve"}, func(k string) string { return h.env[k] }, h.stdout, h.stderr)
 	}()
 	t.Cleanup(func() { h.stop(t) })
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(loadWait)
 	for {
 		resp, err := http.Get(h.url + "/healthz")
 		if err == nil {
@@ -95,7 +95,7 @@ func startHubTB(t testing.TB, influx *influxtest.Server, extraEnv map[string]str
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("hub not healthy after 15s\n%s", h.stderr)
+			t.Fatalf("hub not healthy after %s\n%s", loadWait, h.stderr)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -112,8 +112,8 @@ func (h *hub) stop(t testing.TB) {
 		if err != nil {
 			t.Errorf("hub run: %v", err)
 		}
-	case <-time.After(15 * time.Second):
-		t.Error("hub did not stop within 15s")
+	case <-time.After(loadWait):
+		t.Errorf("hub did not stop within %s", loadWait)
 	}
 }
 
@@ -141,6 +141,12 @@ func (h *hub) apiTB(t testing.TB, method, path, token string, body any) (int, ma
 	_ = json.NewDecoder(resp.Body).Decode(&m)
 	return resp.StatusCode, m
 }
+
+// loadWait is how long a test waits for an event it expects: generous,
+// because the tests run beside others on a loaded 2-core machine, and
+// every wait ends as soon as the event happens. A test that checks how
+// fast something happens logs the time it took instead.
+const loadWait = 60 * time.Second
 
 func waitUntil(t *testing.T, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
@@ -196,7 +202,7 @@ func TestHubEndToEnd(t *testing.T) {
 			t.Fatalf("ack %d: %v %v", i, ack, err)
 		}
 	}
-	waitUntil(t, "20 points in InfluxDB", 15*time.Second, func() bool {
+	waitUntil(t, "20 points in InfluxDB", loadWait, func() bool {
 		n, _ := influx.Count("boiler-7", "temp")
 		return n == 20
 	})
@@ -206,27 +212,42 @@ func TestHubEndToEnd(t *testing.T) {
 		t.Fatalf("history %d %v", status, hist)
 	}
 
-	resp, err := http.Get(h.url + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	for _, want := range []string{
+	// The writer counts a batch once InfluxDB has answered, which can be
+	// a while after the points became visible to a query: wait for it.
+	wantMetrics := []string{
 		`fieldhub_readings_accepted_total{transport="ws"} 20`,
 		`fieldhub_devices_connected{transport="ws"} 1`,
 		`fieldhub_influx_points_written_total 20`,
 		`go_goroutines`,
 		`process_resident_memory_bytes`,
-	} {
-		if !strings.Contains(string(body), want) {
-			t.Errorf("metrics lack %q", want)
+	}
+	var lacking []string
+	deadline := time.Now().Add(loadWait)
+	for {
+		resp, err := http.Get(h.url + "/metrics")
+		if err != nil {
+			t.Fatal(err)
 		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		lacking = lacking[:0]
+		for _, want := range wantMetrics {
+			if !strings.Contains(string(body), want) {
+				lacking = append(lacking, want)
+			}
+		}
+		if len(lacking) == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	for _, want := range lacking {
+		t.Errorf("metrics lack %q", want)
 	}
 
 	// Shutdown closes the device socket with 1001 and returns cleanly.
 	h.stop(t)
-	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_ = c.SetReadDeadline(time.Now().Add(loadWait))
 	_, _, err = c.ReadMessage()
 	if !websocket.IsCloseError(err, websocket.CloseGoingAway) {
 		t.Errorf("device saw %v, want close 1001", err)
@@ -378,26 +399,26 @@ func TestTransportsIndistinguishable(t *testing.T) {
 	defer wsc.Close()
 	mq := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + h.env["FIELDHUB_MQTT_ADDR"]).
 		SetClientID("mqtt-dev").SetUsername("mqtt-dev").SetPassword(tokens["mqtt-dev"]).SetAutoReconnect(false))
-	if tok := mq.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+	if tok := mq.Connect(); !tok.WaitTimeout(loadWait) || tok.Error() != nil {
 		t.Fatalf("mqtt connect: %v", tok.Error())
 	}
 	defer mq.Disconnect(50)
 	mqErrs := make(chan []byte, 8)
-	mq.Subscribe("devices/mqtt-dev/errors", 1, func(_ paho.Client, m paho.Message) { mqErrs <- m.Payload() }).WaitTimeout(5 * time.Second)
+	mq.Subscribe("devices/mqtt-dev/errors", 1, func(_ paho.Client, m paho.Message) { mqErrs <- m.Payload() }).WaitTimeout(loadWait)
 
 	sendWS := func(payload string) map[string]any {
 		if err := wsc.WriteMessage(websocket.TextMessage, []byte(payload)); err != nil {
 			t.Fatal(err)
 		}
 		var f map[string]any
-		_ = wsc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_ = wsc.SetReadDeadline(time.Now().Add(loadWait))
 		if err := wsc.ReadJSON(&f); err != nil {
 			t.Fatal(err)
 		}
 		return f
 	}
 	sendMQTT := func(payload string) {
-		if tok := mq.Publish("devices/mqtt-dev/telemetry", 1, false, payload); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		if tok := mq.Publish("devices/mqtt-dev/telemetry", 1, false, payload); !tok.WaitTimeout(loadWait) || tok.Error() != nil {
 			t.Fatalf("mqtt publish: %v", tok.Error())
 		}
 	}
@@ -415,7 +436,7 @@ func TestTransportsIndistinguishable(t *testing.T) {
 		select {
 		case b := <-mqErrs:
 			_ = json.Unmarshal(b, &mqErr)
-		case <-time.After(5 * time.Second):
+		case <-time.After(loadWait):
 			t.Fatal("no MQTT error message")
 		}
 		if fmt.Sprint(wsErr) != fmt.Sprint(mqErr) {
@@ -435,7 +456,7 @@ func TestTransportsIndistinguishable(t *testing.T) {
 	live := map[string][]string{}
 	for len(live["ws-dev"]) < 5 || len(live["mqtt-dev"]) < 5 {
 		var e map[string]any
-		_ = dash.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_ = dash.SetReadDeadline(time.Now().Add(loadWait))
 		if err := dash.ReadJSON(&e); err != nil {
 			t.Fatalf("live: %v (have %v)", err, live)
 		}
@@ -451,7 +472,7 @@ func TestTransportsIndistinguishable(t *testing.T) {
 	}
 	points := func(dev string) string {
 		var rows [][]any
-		waitUntil(t, "points of "+dev, 15*time.Second, func() bool {
+		waitUntil(t, "points of "+dev, loadWait, func() bool {
 			rows, _ = influx.Query(fmt.Sprintf(`SELECT "temp","door","state" FROM "telemetry" WHERE "device"='%s'`, dev))
 			return len(rows) == 5
 		})

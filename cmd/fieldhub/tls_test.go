@@ -68,7 +68,7 @@ func TestTLS(t *testing.T) {
 		done <- run(runCtx, []string{"fieldhub", "serve"}, func(k string) string { return env[k] }, &out, &out)
 	}()
 	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
-	waitUntil(t, "HTTPS health", 15*time.Second, func() bool {
+	waitUntil(t, "HTTPS health", loadWait, func() bool {
 		resp, err := client.Get("https://" + addr + "/healthz")
 		if err == nil {
 			resp.Body.Close()

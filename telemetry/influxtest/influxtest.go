@@ -113,13 +113,18 @@ func (s *Server) launch() error {
 	}
 	s.cmd, s.logFile, s.exited = cmd, logFile, make(chan struct{})
 	go func() { _ = cmd.Wait(); close(s.exited) }()
-	if err := s.waitHealthy(30 * time.Second); err != nil {
+	if err := s.waitHealthy(healthyWait); err != nil {
 		s.Stop()
 		log, _ := os.ReadFile(filepath.Join(s.dir, "influxd.log"))
 		return fmt.Errorf("%w; log:\n%s", err, tail(log, 2000))
 	}
 	return nil
 }
+
+// healthyWait is how long a launch waits for influxd to answer /health:
+// generous, because tests run beside others on a loaded machine (where 30
+// s was seen to be too short), and the wait ends as soon as it answers.
+const healthyWait = 2 * time.Minute
 
 func (s *Server) waitHealthy(timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
