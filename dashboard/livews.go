@@ -282,9 +282,20 @@ func (c *liveConn) writeLoop() {
 	// cleanly with 1013 once its in-flight frame is through; the deadline
 	// is the backstop for a client that never reads again.
 	dataWait := c.s.opts.Live.opts.SlowAfter + 2*liveWriteWait
+	// A write still blocked after SlowAfter marks the client slow at once,
+	// whether or not events arrive meanwhile to be judged by the
+	// publisher's lag check: the close 1013 then follows the frame in
+	// flight as soon as the client reads again. One timer, re-armed per
+	// write (no allocation).
+	stalled := time.AfterFunc(time.Hour, c.sub.markSlow)
+	stalled.Stop()
+	defer stalled.Stop()
 	write := func(b []byte) error {
 		_ = c.ws.SetWriteDeadline(time.Now().Add(dataWait))
-		return c.ws.WriteMessage(websocket.TextMessage, b)
+		stalled.Reset(c.s.opts.Live.opts.SlowAfter)
+		err := c.ws.WriteMessage(websocket.TextMessage, b)
+		stalled.Stop()
+		return err
 	}
 	fail := func() { _ = c.ws.SetReadDeadline(time.Now()) } // ends the reader
 	// failed ends the connection after a write error; a timed-out write is
