@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -279,5 +280,66 @@ func TestV3EmptyClientIDPersistentSession(t *testing.T) {
 				t.Fatalf("CONNACK % x, want % x", ack, tt.ack)
 			}
 		})
+	}
+}
+
+// TestWillsBlocked: mochi publishes a last will straight to subscribers,
+// without the ACL, so OnConnect clearing it is all that keeps device d1
+// from leaving a "reboot" on d2's commands topic (or readings on d2's
+// telemetry) for when its connection drops.
+func TestWillsBlocked(t *testing.T) {
+	r := newRig(t, Options{})
+	got := make(chan string, 16)
+	subscribed := make(chan struct{})
+	_, tok := r.v3(t, "d2", r.tokens["d2"], func(o *paho.ClientOptions) {
+		o.SetOnConnectHandler(func(c paho.Client) {
+			go func() { // owner: this test; ends when the SUBACK comes or the client goes
+				if st := c.Subscribe("devices/d2/commands", 1, func(_ paho.Client, m paho.Message) { got <- string(m.Payload()) }); st.WaitTimeout(10*time.Second) && st.Error() == nil {
+					close(subscribed)
+				}
+			}()
+		})
+	})
+	if tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	select {
+	case <-subscribed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("d2 not subscribed to its commands within 10s")
+	}
+	before := r.stored(t)
+	wills := [][2]string{
+		{"devices/d2/commands", `{"id":"will-1","name":"reboot"}`},
+		{"devices/d2/telemetry", `{"metrics":{"will":1}}`},
+		{"devices/d1/telemetry", `{"metrics":{"will":1}}`},
+	}
+	for i, w := range wills {
+		c, ack := rawConnect(t, r.addr, 4, true, "d1", "d1", r.tokens["d1"], &w)
+		if !bytes.Equal(ack, []byte{0x20, 0x02, 0x00, 0x00}) {
+			t.Fatalf("d1 with a will on %s: CONNACK % x", w[0], ack)
+		}
+		waitFor(t, "d1's session", func() bool { _, ok := r.broker.srv.Clients.Get("d1"); return ok })
+		_ = c.(*net.TCPConn).SetLinger(0)
+		c.Close() // no DISCONNECT: a will would be sent now
+		// mochi sends the will before it forgets the client.
+		waitFor(t, "d1's session to end", func() bool { _, ok := r.broker.srv.Clients.Get("d1"); return !ok })
+		// A marker after it, on the same topic: d2 sees the will first if
+		// there is one.
+		marker := fmt.Sprintf(`{"id":"marker-%d","name":"noop"}`, i)
+		if err := r.broker.Publish("devices/d2/commands", []byte(marker), 1); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case m := <-got:
+			if m != marker {
+				t.Fatalf("d2 received d1's will (%s): %s", w[0], m)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("d2 did not receive the marker within 10s")
+		}
+	}
+	if after := r.stored(t); after != before {
+		t.Fatalf("a will was stored as telemetry: %d -> %d points", before, after)
 	}
 }
