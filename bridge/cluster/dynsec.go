@@ -259,6 +259,102 @@ func (d *dynsec) reconcileNow(ctx context.Context) {
 		d.c.log.Info("deleting broker clients of devices no longer registered", "devices", len(gone))
 		d.apply(ctx, gone)
 	}
+	d.bindClientIDs(ctx)
+}
+
+// bindClientIDs sets client id = username on every device client of the
+// plugin that lacks it: clients created before the hub bound client ids
+// (createClient and modifyClient set it since) would otherwise let a
+// device take over or resume another's session by its client id until the
+// device's token is next rotated. It runs with every reconcile, so at each
+// start (and after each reconnect to the broker), and sends nothing when
+// every client is bound. Only clients with their own DeviceRolePrefix role
+// are touched, never the hub's or an operator's; dynsecChunk clients per
+// control message, dynsecAttempts tries with backoff, then counted in
+// DynsecErrors and logged.
+func (d *dynsec) bindClientIDs(ctx context.Context) {
+	res, err := d.send(ctx, []map[string]any{{"command": "listClients", "verbose": true, "count": -1, "offset": 0}})
+	if err != nil || res[0].Error != "" {
+		d.c.log.Warn("list broker clients failed", "err", err, "error", res0Error(res))
+		return
+	}
+	var data struct {
+		Clients []struct {
+			Username string `json:"username"`
+			ClientID string `json:"clientid"`
+			Roles    []struct {
+				Rolename string `json:"rolename"`
+			} `json:"roles"`
+		} `json:"clients"`
+	}
+	if err := json.Unmarshal(res[0].Data, &data, json.RejectUnknownMembers(false)); err != nil {
+		d.c.log.Warn("list broker clients: unexpected answer", "err", err)
+		return
+	}
+	var unbound []string
+	for _, cl := range data.Clients {
+		if cl.ClientID == cl.Username || !devices.ValidID(cl.Username) {
+			continue
+		}
+		for _, r := range cl.Roles {
+			if r.Rolename == DeviceRolePrefix+cl.Username {
+				unbound = append(unbound, cl.Username)
+				break
+			}
+		}
+	}
+	if len(unbound) == 0 {
+		return
+	}
+	d.c.log.Info("binding broker clients to their device id as client id", "devices", len(unbound))
+	for len(unbound) > 0 {
+		chunk := unbound[:min(len(unbound), dynsecChunk)]
+		unbound = unbound[len(chunk):]
+		backoff := 500 * time.Millisecond
+		for attempt := 1; len(chunk) > 0; attempt++ {
+			var err error
+			chunk, err = d.bindChunk(ctx, chunk)
+			if len(chunk) == 0 || ctx.Err() != nil {
+				break
+			}
+			if attempt == dynsecAttempts {
+				d.c.stats.DynsecErrors.Add(int64(len(chunk)))
+				d.c.log.Error("binding broker client ids failed", "devices", len(chunk), "first", chunk[0], "err", err)
+				break
+			}
+			d.c.log.Debug("binding broker client ids failed; retrying", "devices", len(chunk), "attempt", attempt, "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(backoff):
+			}
+			backoff *= 2
+		}
+	}
+}
+
+// bindChunk sends modifyClient with clientid = username for ids and
+// returns those that failed, with the first error. A client deleted
+// meanwhile needs nothing.
+func (d *dynsec) bindChunk(ctx context.Context, ids []string) ([]string, error) {
+	cmds := make([]map[string]any, len(ids))
+	for i, id := range ids {
+		cmds[i] = map[string]any{"command": "modifyClient", "username": id, "clientid": id}
+	}
+	res, err := d.send(ctx, cmds)
+	if err != nil {
+		return ids, err
+	}
+	var failed []string
+	var firstErr error
+	for i, r := range res {
+		if r.Error != "" && !strings.Contains(r.Error, "not found") {
+			failed = append(failed, ids[i])
+			if firstErr == nil {
+				firstErr = fmt.Errorf("%s %s: %s", r.Command, ids[i], r.Error)
+			}
+		}
+	}
+	return failed, firstErr
 }
 
 func res0Error(res []dynsecResponseItem) string {

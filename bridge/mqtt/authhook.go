@@ -77,17 +77,39 @@ func answer(w http.ResponseWriter, allow bool, why string) {
 	_ = json.NewEncoder(w).Encode(res)
 }
 
+// Refusal reasons for a client id that is not the device id. The broker
+// must send the client id (EMQX: "clientid":"${clientid}" in the request
+// body, which its default body leaves out; mosquitto-go-auth sends it), so
+// a missing one is a broker misconfiguration that would let any device
+// take over another's session: refused, never assumed.
+const (
+	whyNoClientID    = "the broker sent no client id: add \"clientid\":\"${clientid}\" to its request body (see docs/deploy.md)"
+	whyOtherClientID = "client id must be the device id"
+)
+
+// clientIDRefusal says why req's client id is refused, or "" if it is the
+// device id (the username).
+func clientIDRefusal(req authRequest) string {
+	switch {
+	case req.ClientID == "":
+		return whyNoClientID
+	case req.ClientID != req.Username:
+		return whyOtherClientID
+	}
+	return ""
+}
+
 // ServeAuth is POST /api/v1/mqtt/auth: username = device id, password =
-// device token, and the client id, when the broker sends one, the device
-// id too: as on the embedded broker, no device may take over or resume
-// another's session by its client id.
+// device token, client id = device id. As on the embedded broker, no
+// device may take over or resume another's session by its client id; a
+// request without a client id is refused (see whyNoClientID).
 func (h *AuthHook) ServeAuth(w http.ResponseWriter, r *http.Request) {
 	req, ok := h.authorised(w, r)
 	if !ok {
 		return
 	}
-	if req.ClientID != "" && req.ClientID != req.Username {
-		answer(w, false, "client id must be the device id")
+	if why := clientIDRefusal(req); why != "" {
+		answer(w, false, why)
 		return
 	}
 	// The broker calls on behalf of the device, whose own address is not
@@ -108,10 +130,19 @@ func (h *AuthHook) ServeAuth(w http.ResponseWriter, r *http.Request) {
 }
 
 // ServeACL is POST /api/v1/mqtt/acl: the embedded broker's ACL, for an
-// external one.
+// external one. The client id must be the device id here too, so a
+// session opened under another client id (before the broker was
+// configured to send it, say) reaches nothing.
 func (h *AuthHook) ServeACL(w http.ResponseWriter, r *http.Request) {
 	req, ok := h.authorised(w, r)
 	if !ok {
+		return
+	}
+	if why := clientIDRefusal(req); why != "" {
+		if h.OnACLDenied != nil {
+			h.OnACLDenied()
+		}
+		answer(w, false, why)
 		return
 	}
 	var write bool

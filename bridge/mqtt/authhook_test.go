@@ -42,17 +42,24 @@ func TestAuthHook(t *testing.T) {
 		{"emqx auth ok", "/api/v1/mqtt/auth", "broker-secret", "application/json", js(map[string]any{"username": "d1", "password": r.tokens["d1"], "clientid": "d1"}), 200, true},
 		{"another device's client id", "/api/v1/mqtt/auth", "broker-secret", "application/json", js(map[string]any{"username": "d1", "password": r.tokens["d1"], "clientid": "d2"}), 200, false},
 		{"a made-up client id", "/api/v1/mqtt/auth", "broker-secret", "application/x-www-form-urlencoded", url.Values{"username": {"d2"}, "password": {r.tokens["d2"]}, "clientid": {"auto-1234"}}.Encode(), 200, false},
-		{"wrong token", "/api/v1/mqtt/auth", "broker-secret", "application/json", js(map[string]any{"username": "d1", "password": "fhd_x"}), 200, false},
-		{"other device's token", "/api/v1/mqtt/auth", "broker-secret", "application/json", js(map[string]any{"username": "d1", "password": r.tokens["d2"]}), 200, false},
-		{"form auth (mosquitto-go-auth)", "/api/v1/mqtt/auth", "broker-secret", "application/x-www-form-urlencoded", url.Values{"username": {"d2"}, "password": {r.tokens["d2"]}}.Encode(), 200, true},
-		{"wrong broker secret", "/api/v1/mqtt/auth", "guess", "application/json", js(map[string]any{"username": "d1", "password": r.tokens["d1"]}), 401, false},
-		{"publish own telemetry", "/api/v1/mqtt/acl", "broker-secret", "application/json", js(map[string]any{"username": "d1", "topic": "devices/d1/telemetry", "action": "publish"}), 200, true},
-		{"subscribe own commands (acc 4)", "/api/v1/mqtt/acl", "broker-secret", "application/json", js(map[string]any{"username": "d1", "topic": "devices/d1/commands", "acc": 4}), 200, true},
-		{"publish to another device", "/api/v1/mqtt/acl", "broker-secret", "application/json", js(map[string]any{"username": "d1", "topic": "devices/d2/telemetry", "action": "publish"}), 200, false},
-		{"prefix trick", "/api/v1/mqtt/acl", "broker-secret", "application/json", js(map[string]any{"username": "d1", "topic": "devices/d10/telemetry", "action": "publish"}), 200, false},
-		{"wildcard subscribe", "/api/v1/mqtt/acl", "broker-secret", "application/json", js(map[string]any{"username": "d1", "topic": "devices/#", "action": "subscribe"}), 200, false},
-		{"publish to own commands", "/api/v1/mqtt/acl", "broker-secret", "application/json", js(map[string]any{"username": "d1", "topic": "devices/d1/commands", "action": "publish"}), 200, false},
-		{"unknown device", "/api/v1/mqtt/acl", "broker-secret", "application/json", js(map[string]any{"username": "ghost", "topic": "devices/ghost/telemetry", "action": "publish"}), 200, false},
+		{"wrong token", "/api/v1/mqtt/auth", "broker-secret", "application/json", js(map[string]any{"username": "d1", "password": "fhd_x", "clientid": "d1"}), 200, false},
+		{"other device's token", "/api/v1/mqtt/auth", "broker-secret", "application/json", js(map[string]any{"username": "d1", "password": r.tokens["d2"], "clientid": "d1"}), 200, false},
+		// EMQX's default body: username and password only.
+		{"no client id (EMQX default body)", "/api/v1/mqtt/auth", "broker-secret", "application/json", js(map[string]any{"username": "d1", "password": r.tokens["d1"]}), 200, false},
+		{"empty client id", "/api/v1/mqtt/auth", "broker-secret", "application/json", js(map[string]any{"username": "d1", "password": r.tokens["d1"], "clientid": ""}), 200, false},
+		{"form without client id", "/api/v1/mqtt/auth", "broker-secret", "application/x-www-form-urlencoded", url.Values{"username": {"d2"}, "password": {r.tokens["d2"]}}.Encode(), 200, false},
+		{"form auth (mosquitto-go-auth)", "/api/v1/mqtt/auth", "broker-secret", "application/x-www-form-urlencoded", url.Values{"username": {"d2"}, "password": {r.tokens["d2"]}, "clientid": {"d2"}}.Encode(), 200, true},
+		{"wrong broker secret", "/api/v1/mqtt/auth", "guess", "application/json", js(map[string]any{"username": "d1", "password": r.tokens["d1"], "clientid": "d1"}), 401, false},
+		{"publish own telemetry", "/api/v1/mqtt/acl", "broker-secret", "application/json", js(map[string]any{"username": "d1", "clientid": "d1", "topic": "devices/d1/telemetry", "action": "publish"}), 200, true},
+		{"subscribe own commands (acc 4)", "/api/v1/mqtt/acl", "broker-secret", "application/json", js(map[string]any{"username": "d1", "clientid": "d1", "topic": "devices/d1/commands", "acc": 4}), 200, true},
+		{"publish to another device", "/api/v1/mqtt/acl", "broker-secret", "application/json", js(map[string]any{"username": "d1", "clientid": "d1", "topic": "devices/d2/telemetry", "action": "publish"}), 200, false},
+		{"prefix trick", "/api/v1/mqtt/acl", "broker-secret", "application/json", js(map[string]any{"username": "d1", "clientid": "d1", "topic": "devices/d10/telemetry", "action": "publish"}), 200, false},
+		{"wildcard subscribe", "/api/v1/mqtt/acl", "broker-secret", "application/json", js(map[string]any{"username": "d1", "clientid": "d1", "topic": "devices/#", "action": "subscribe"}), 200, false},
+		{"publish to own commands", "/api/v1/mqtt/acl", "broker-secret", "application/json", js(map[string]any{"username": "d1", "clientid": "d1", "topic": "devices/d1/commands", "action": "publish"}), 200, false},
+		{"acl without client id", "/api/v1/mqtt/acl", "broker-secret", "application/json", js(map[string]any{"username": "d1", "topic": "devices/d1/telemetry", "action": "publish"}), 200, false},
+		{"acl with another device's client id", "/api/v1/mqtt/acl", "broker-secret", "application/json", js(map[string]any{"username": "d1", "clientid": "d2", "topic": "devices/d1/telemetry", "action": "publish"}), 200, false},
+		{"acl form (mosquitto-go-auth)", "/api/v1/mqtt/acl", "broker-secret", "application/x-www-form-urlencoded", url.Values{"username": {"d2"}, "clientid": {"d2"}, "topic": {"devices/d2/telemetry"}, "acc": {"2"}}.Encode(), 200, true},
+		{"unknown device", "/api/v1/mqtt/acl", "broker-secret", "application/json", js(map[string]any{"username": "ghost", "clientid": "ghost", "topic": "devices/ghost/telemetry", "action": "publish"}), 200, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -64,5 +71,10 @@ func TestAuthHook(t *testing.T) {
 				t.Fatalf("answer %v, want allow=%v", m, tt.allow)
 			}
 		})
+	}
+	// A broker configured without the client id is told how to fix it.
+	_, m := call("/api/v1/mqtt/auth", "broker-secret", "application/json", js(map[string]any{"username": "d1", "password": r.tokens["d1"]}))
+	if why, _ := m["error"].(string); !strings.Contains(why, "${clientid}") {
+		t.Fatalf("refusal without a client id says %q, want it to name ${clientid}", why)
 	}
 }

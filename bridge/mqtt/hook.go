@@ -54,11 +54,39 @@ func (h *hook) ID() string { return hookID }
 
 func (h *hook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSessionEstablished,
+	case mqtt.OnPacketRead, mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSessionEstablished,
 		mqtt.OnDisconnect, mqtt.OnPublish, mqtt.OnSubscribed:
 		return true
 	}
 	return false
+}
+
+// OnPacketRead runs before mochi validates a CONNECT. An MQTT 3.1.1 (or
+// 3.1) CONNECT with an empty client id and clean session off is invalid
+// there (§3.1.3-8 wants return code 0x02 identifier rejected), and mochi
+// would answer it with 0x80, which is no 3.1.1 return code. Our contract
+// says an empty client id is assigned the device id, so it is filled in
+// with the username here, and OnConnect then proves it as any other
+// (only the device itself, by its credentials, resumes that session).
+// Without a username there is no device id to assign: refused with 0x02.
+// Every other packet passes untouched.
+func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type != packets.Connect || pk.ProtocolVersion >= 5 || pk.Connect.Clean || pk.Connect.ClientIdentifier != "" {
+		return pk, nil
+	}
+	if user := string(pk.Connect.Username); user != "" && user != mqtt.InlineClientId {
+		pk.Connect.ClientIdentifier = user
+		return pk, nil
+	}
+	if n, ok := h.connectLog.allow(); ok {
+		h.b.log.Info("mqtt client id refused", "device", "", "client_id", "", "remote", remoteIP(cl.Net.Remote),
+			"reason", "empty client id without clean session and no username", "suppressed", n)
+	}
+	cl.Properties.ProtocolVersion = pk.ProtocolVersion // ParseConnect has not run yet: CONNACK in the client's version
+	if err := h.b.srv.SendConnack(cl, packets.ErrClientIdentifierNotValid, false, nil); err != nil {
+		return pk, fmt.Errorf("refuse client id: %w", err)
+	}
+	return pk, packets.ErrClientIdentifierNotValid
 }
 
 // OnConnect binds the client id to the device (see clientID) and enforces

@@ -3,7 +3,10 @@ package mqtt
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
+	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -157,5 +160,186 @@ func TestMochiLogHandler(t *testing.T) {
 				t.Fatalf("line (%d bytes) %.400q, want one short line with %q", len(out), out, tt.want)
 			}
 		})
+	}
+}
+
+// rawConnect sends one hand-built CONNECT (level 4 = MQTT 3.1.1, 5 = MQTT
+// 5, no properties) and returns the connection and the CONNACK's bytes (nil
+// if none came), for what real clients refuse to send: mosquitto_pub
+// 2.0.11 will not send -V mqttv311 -c without -i ("You must provide a
+// client id if you are using the -c option"). user "" sends no username;
+// will, when set, is {topic, payload} at QoS 1.
+func rawConnect(t *testing.T, addr string, level byte, clean bool, id, user, pass string, will *[2]string) (net.Conn, []byte) {
+	t.Helper()
+	str := func(b []byte, s string) []byte { return append(binary.BigEndian.AppendUint16(b, uint16(len(s))), s...) }
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	vh := append(str(nil, "MQTT"), level)
+	var flags byte
+	if clean {
+		flags |= 0x02
+	}
+	if will != nil {
+		flags |= 0x04 | 0x08
+	}
+	if user != "" {
+		flags |= 0x80
+	}
+	if pass != "" {
+		flags |= 0x40
+	}
+	vh = append(vh, flags, 0, 30) // keep-alive 30 s
+	if level == 5 {
+		vh = append(vh, 0)
+	}
+	vh = str(vh, id)
+	if will != nil {
+		if level == 5 {
+			vh = append(vh, 0)
+		}
+		vh = str(str(vh, will[0]), will[1])
+	}
+	if user != "" {
+		vh = str(vh, user)
+	}
+	if pass != "" {
+		vh = str(vh, pass)
+	}
+	pk := []byte{0x10}
+	for n := len(vh); ; n >>= 7 { // remaining length, variable byte integer
+		if n < 0x80 {
+			pk = append(pk, byte(n))
+			break
+		}
+		pk = append(pk, byte(n&0x7f|0x80))
+	}
+	if _, err := c.Write(append(pk, vh...)); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	h := make([]byte, 2)
+	if _, err := io.ReadFull(c, h); err != nil || h[0] != 0x20 {
+		return c, nil
+	}
+	body := make([]byte, h[1])
+	if _, err := io.ReadFull(c, body); err != nil {
+		return c, nil
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	return c, append(h, body...)
+}
+
+// TestV3EmptyClientIDPersistentSession: MQTT 3.1.1 allows an empty client
+// id only with clean session on, and wants return code 0x02 otherwise
+// (§3.1.3-8); 0x80, what mochi answers by itself, is no 3.1.1 return code.
+// The hub's contract assigns an empty client id the device id, so such a
+// CONNECT is accepted as the device's own persistent session, resumed by
+// the device alone; without a username (nothing to assign) it gets 0x02.
+func TestV3EmptyClientIDPersistentSession(t *testing.T) {
+	r := newRig(t, Options{})
+
+	// paho.mqtt.golang, 3.1.1, CleanSession false, no client id.
+	o := paho.NewClientOptions().AddBroker("tcp://" + r.addr).SetClientID("").SetUsername("d1").SetPassword(r.tokens["d1"]).
+		SetProtocolVersion(4).SetCleanSession(false).SetAutoReconnect(false).SetConnectTimeout(10 * time.Second)
+	pc := paho.NewClient(o)
+	tok := pc.Connect()
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("paho 3.1.1, clean session off, empty client id: %v (return code %#x)", tok.Error(), tok.(*paho.ConnectToken).ReturnCode())
+	}
+	if cl, ok := r.broker.srv.Clients.Get("d1"); !ok || string(cl.Properties.Username) != "d1" {
+		t.Fatalf("broker does not know the session as d1's (found %v)", ok)
+	}
+	pc.Disconnect(50)
+	waitFor(t, "paho's session to end", func() bool { cl, ok := r.broker.srv.Clients.Get("d1"); return ok && cl.Closed() })
+
+	tests := []struct {
+		name       string
+		level      byte
+		user, pass string
+		ack        []byte // the whole CONNACK; 5: the first 4 bytes
+	}{
+		{"3.1.1: the device resumes its own session", 4, "d1", r.tokens["d1"], []byte{0x20, 0x02, 0x01, 0x00}},
+		{"3.1.1: another device gets its own", 4, "d2", r.tokens["d2"], []byte{0x20, 0x02, 0x00, 0x00}},
+		{"3.1.1: wrong token", 4, "d1", "fhd_wrong", []byte{0x20, 0x02, 0x00, 0x05}},
+		{"3.1.1: no username, nothing to assign", 4, "", "", []byte{0x20, 0x02, 0x00, 0x02}},
+		{"5: the device resumes its own session", 5, "d1", r.tokens["d1"], []byte{0x20, 0, 0x01, 0x00}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, ack := rawConnect(t, r.addr, tt.level, false, "", tt.user, tt.pass, nil)
+			defer c.Close()
+			n := len(tt.ack)
+			if tt.level == 5 && len(ack) >= 4 {
+				ack[1] = 0 // properties make the length vary
+				n = 4
+			}
+			if len(ack) < n || !bytes.Equal(ack[:n], tt.ack) {
+				t.Fatalf("CONNACK % x, want % x", ack, tt.ack)
+			}
+		})
+	}
+}
+
+// TestWillsBlocked: mochi publishes a last will straight to subscribers,
+// without the ACL, so OnConnect clearing it is all that keeps device d1
+// from leaving a "reboot" on d2's commands topic (or readings on d2's
+// telemetry) for when its connection drops.
+func TestWillsBlocked(t *testing.T) {
+	r := newRig(t, Options{})
+	got := make(chan string, 16)
+	subscribed := make(chan struct{})
+	_, tok := r.v3(t, "d2", r.tokens["d2"], func(o *paho.ClientOptions) {
+		o.SetOnConnectHandler(func(c paho.Client) {
+			go func() { // owner: this test; ends when the SUBACK comes or the client goes
+				if st := c.Subscribe("devices/d2/commands", 1, func(_ paho.Client, m paho.Message) { got <- string(m.Payload()) }); st.WaitTimeout(10*time.Second) && st.Error() == nil {
+					close(subscribed)
+				}
+			}()
+		})
+	})
+	if tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	select {
+	case <-subscribed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("d2 not subscribed to its commands within 10s")
+	}
+	before := r.stored(t)
+	wills := [][2]string{
+		{"devices/d2/commands", `{"id":"will-1","name":"reboot"}`},
+		{"devices/d2/telemetry", `{"metrics":{"will":1}}`},
+		{"devices/d1/telemetry", `{"metrics":{"will":1}}`},
+	}
+	for i, w := range wills {
+		c, ack := rawConnect(t, r.addr, 4, true, "d1", "d1", r.tokens["d1"], &w)
+		if !bytes.Equal(ack, []byte{0x20, 0x02, 0x00, 0x00}) {
+			t.Fatalf("d1 with a will on %s: CONNACK % x", w[0], ack)
+		}
+		waitFor(t, "d1's session", func() bool { _, ok := r.broker.srv.Clients.Get("d1"); return ok })
+		_ = c.(*net.TCPConn).SetLinger(0)
+		c.Close() // no DISCONNECT: a will would be sent now
+		// mochi sends the will before it forgets the client.
+		waitFor(t, "d1's session to end", func() bool { _, ok := r.broker.srv.Clients.Get("d1"); return !ok })
+		// A marker after it, on the same topic: d2 sees the will first if
+		// there is one.
+		marker := fmt.Sprintf(`{"id":"marker-%d","name":"noop"}`, i)
+		if err := r.broker.Publish("devices/d2/commands", []byte(marker), 1); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case m := <-got:
+			if m != marker {
+				t.Fatalf("d2 received d1's will (%s): %s", w[0], m)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("d2 did not receive the marker within 10s")
+		}
+	}
+	if after := r.stored(t); after != before {
+		t.Fatalf("a will was stored as telemetry: %d -> %d points", before, after)
 	}
 }

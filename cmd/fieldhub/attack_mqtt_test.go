@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -311,5 +313,116 @@ func TestAttackMQTTV5InvalidPublishLogLine(t *testing.T) {
 	}
 	if len(refused) > n {
 		t.Fatalf("%d refusal lines for %d publishes", len(refused), n)
+	}
+}
+
+// TestAttackMQTTWillToAnotherDevice: device A connects with a last will on
+// B's commands topic ("reboot") and drops its connection without
+// DISCONNECT. mochi sends wills straight to subscribers, outside the ACL:
+// with the hub's will clearing removed, B received A's reboot. Now B gets
+// nothing but the command the operator sends after A is gone.
+func TestAttackMQTTWillToAnotherDevice(t *testing.T) {
+	influx := influxtest.Start(t)
+	h := startHub(t, influx, nil)
+	tokA, tokB := h.createDevice(t, "atk-wa"), h.createDevice(t, "atk-wb")
+
+	got := make(chan string, 8)
+	cb, ct := mqttAttackV3(t, h, "atk-wb", "atk-wb", tokB, nil)
+	if ct.Error() != nil {
+		t.Fatal(ct.Error())
+	}
+	if st := cb.Subscribe("devices/atk-wb/commands", 1, func(_ paho.Client, m paho.Message) { got <- string(m.Payload()) }); !st.WaitTimeout(15*time.Second) || st.Error() != nil {
+		t.Fatalf("B subscribe: %v", st.Error())
+	}
+
+	var connA atomic.Pointer[net.Conn]
+	_, ct = mqttAttackV3(t, h, "atk-wa", "atk-wa", tokA, func(o *paho.ClientOptions) {
+		o.SetWill("devices/atk-wb/commands", `{"id":"will-reboot","name":"reboot"}`, 1, false)
+		o.SetCustomOpenConnectionFn(func(u *url.URL, _ paho.ClientOptions) (net.Conn, error) {
+			c, err := net.Dial("tcp", u.Host)
+			if err == nil {
+				connA.Store(&c)
+			}
+			return c, err
+		})
+	})
+	if ct.Error() != nil {
+		t.Fatal(ct.Error())
+	}
+	waitUntil(t, "A online", 15*time.Second, func() bool { return h.mqttAttackPresence(t, "atk-wa")["online"] == true })
+	if tc, ok := (*connA.Load()).(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	(*connA.Load()).Close() // no DISCONNECT: the will would go now
+	waitUntil(t, "A offline", 15*time.Second, func() bool { return h.mqttAttackPresence(t, "atk-wa")["online"] != true })
+
+	// The operator's command comes after A's will would have: B sees the
+	// will first if there is one.
+	if st, m := h.send(t, h.adminToken, "atk-wb", "", map[string]any{"name": "ping"}, nil); st/100 != 2 {
+		t.Fatalf("send command: %d %v", st, m)
+	}
+	select {
+	case p := <-got:
+		if strings.Contains(p, "will-reboot") || !strings.Contains(p, `"ping"`) {
+			t.Fatalf("B received %s, want only the operator's ping", p)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("B got no command within 20s")
+	}
+}
+
+// TestAttackMQTTV3EmptyClientIDPersistentSession: MQTT 3.1.1, clean
+// session off, no client id (paho.mqtt.golang sends exactly that; Debian's
+// mosquitto_pub refuses to). mochi answered CONNACK 0x80, which is no
+// 3.1.1 return code (§3.1.3-8 wants 0x02), closed the connection, and paho
+// took it for a success. Now the device is assigned its id, as the
+// contract says, and its readings are acknowledged.
+func TestAttackMQTTV3EmptyClientIDPersistentSession(t *testing.T) {
+	influx := influxtest.Start(t)
+	h := startHub(t, influx, nil)
+	tok := h.createDevice(t, "atk-p")
+	c, ct := mqttAttackV3(t, h, "", "atk-p", tok, func(o *paho.ClientOptions) { o.SetCleanSession(false) })
+	if ct.Error() != nil || ct.ReturnCode() != 0 {
+		t.Fatalf("CONNECT: return code %#x, %v", ct.ReturnCode(), ct.Error())
+	}
+	if pt := c.Publish("devices/atk-p/telemetry", 1, false, `{"metrics":{"temp":1}}`); !pt.WaitTimeout(15*time.Second) || pt.Error() != nil {
+		t.Fatalf("publish not acknowledged: %v", pt.Error())
+	}
+	if p := h.mqttAttackPresence(t, "atk-p"); p["online"] != true {
+		t.Fatalf("presence %v, want online", p)
+	}
+}
+
+// TestAttackMQTTAuthHookWithoutClientID: the HTTP hook for an external
+// broker. EMQX's default body sends only username and password; the hook
+// let that through, so device A could connect as B's client id there. Now
+// auth and ACL requests without a client id, or with another one, are
+// denied, and the refusal names the placeholder to configure.
+func TestAttackMQTTAuthHookWithoutClientID(t *testing.T) {
+	influx := influxtest.Start(t)
+	const secret = "attack-broker-secret"
+	h := startHub(t, influx, map[string]string{"FIELDHUB_MQTT_AUTH_SECRET": secret})
+	tok := h.createDevice(t, "atk-h")
+	tests := []struct {
+		name, path string
+		body       map[string]any
+		allow      bool
+	}{
+		{"auth, EMQX default body", "/api/v1/mqtt/auth", map[string]any{"username": "atk-h", "password": tok}, false},
+		{"auth, empty client id", "/api/v1/mqtt/auth", map[string]any{"username": "atk-h", "password": tok, "clientid": ""}, false},
+		{"auth, another client id", "/api/v1/mqtt/auth", map[string]any{"username": "atk-h", "password": tok, "clientid": "atk-other"}, false},
+		{"auth, own client id", "/api/v1/mqtt/auth", map[string]any{"username": "atk-h", "password": tok, "clientid": "atk-h"}, true},
+		{"acl, no client id", "/api/v1/mqtt/acl", map[string]any{"username": "atk-h", "topic": "devices/atk-h/telemetry", "action": "publish"}, false},
+		{"acl, another client id", "/api/v1/mqtt/acl", map[string]any{"username": "atk-h", "clientid": "atk-other", "topic": "devices/atk-h/telemetry", "action": "publish"}, false},
+		{"acl, own client id", "/api/v1/mqtt/acl", map[string]any{"username": "atk-h", "clientid": "atk-h", "topic": "devices/atk-h/telemetry", "action": "publish"}, true},
+	}
+	for _, tt := range tests {
+		st, m := h.api(t, "POST", tt.path, secret, tt.body)
+		if st != 200 || (m["result"] == "allow") != tt.allow {
+			t.Errorf("%s: %d %v, want allow=%v", tt.name, st, m, tt.allow)
+		}
+	}
+	if _, m := h.api(t, "POST", "/api/v1/mqtt/auth", secret, tests[0].body); !strings.Contains(fmt.Sprint(m["error"]), "${clientid}") {
+		t.Errorf("refusal without a client id: %v, want it to name ${clientid}", m)
 	}
 }
