@@ -333,10 +333,9 @@ func TestAttackTypeConflict(t *testing.T) {
 	ca := integrityDial(t, h, h.createDevice(t, "types-a"))
 	cb := integrityDial(t, h, h.createDevice(t, "types-b"))
 	for round := range 10 {
-		var names, nums, strs []string
+		var nums, strs []string
 		for i := range 5 {
 			n := fmt.Sprintf("race%d_%d", round, i)
-			names = append(names, n)
 			nums = append(nums, fmt.Sprintf("%q:%d", n, i))
 			strs = append(strs, fmt.Sprintf("%q:\"s%d\"", n, i))
 		}
