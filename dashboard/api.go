@@ -245,7 +245,9 @@ func (s *Server) failed(w http.ResponseWriter, r *http.Request, token string) {
 		writeErr(w, http.StatusTooManyRequests, "rate_limited", "too many failed authentications with this token; retry later")
 		return
 	}
-	s.log.Info("operator authentication failed", "remote", ip, "path", r.URL.Path)
+	if n, ok := s.opts.Failures.Log(); ok {
+		s.log.Info("operator authentication failed", "remote", ip, "path", r.URL.Path, "suppressed", n)
+	}
 	w.Header().Set("WWW-Authenticate", `Bearer realm="fieldhub"`)
 	writeErr(w, http.StatusUnauthorized, "unauthorized", "missing or invalid API token or session")
 }

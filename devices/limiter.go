@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -37,6 +38,9 @@ type FailureLimiter struct {
 
 	mu      sync.Mutex // guards entries
 	entries map[string]*limiterEntry
+
+	logs     *rate.Limiter // the failure log lines of every way in
+	unlogged atomic.Int64  // failures not logged since the last line
 }
 
 type limiterEntry struct {
@@ -46,7 +50,31 @@ type limiterEntry struct {
 
 // NewFailureLimiter allows perSec failures a second per key, with burst.
 func NewFailureLimiter(perSec float64, burst int) *FailureLimiter {
-	return &FailureLimiter{perSec: perSec, burst: burst, max: limiterTableMax, entries: map[string]*limiterEntry{}}
+	return &FailureLimiter{perSec: perSec, burst: burst, max: limiterTableMax, entries: map[string]*limiterEntry{},
+		logs: rate.NewLimiter(failureLogsPerSec, failureLogsBurst)}
+}
+
+// Failure log lines, hub-wide: a client presenting a new bad credential
+// each time never exhausts any pair's budget, so the lines themselves are
+// bounded too.
+const (
+	failureLogsPerSec = 10
+	failureLogsBurst  = 20
+)
+
+// Log reports whether to log a failed authentication now (within the
+// hub-wide budget for such lines) and how many were not logged since the
+// last line that was, for its "suppressed" attribute. A nil limiter logs
+// every failure.
+func (l *FailureLimiter) Log() (suppressed int64, ok bool) {
+	if l == nil {
+		return 0, true
+	}
+	if !l.logs.Allow() {
+		l.unlogged.Add(1)
+		return 0, false
+	}
+	return l.unlogged.Swap(0), true
 }
 
 // FailureKey is the limiter key of a claimed identity (a device id, an MQTT
@@ -121,45 +149,25 @@ func (l *FailureLimiter) evict(now time.Time) {
 }
 
 // ConnectLimiter bounds new connections per client address: one instance
-// is shared by every way in (MQTT over TCP and TLS, MQTT over WebSocket,
-// the device WebSocket and device HTTP requests), so a storm cannot pick
-// the unguarded door. Its table is bounded: when full, refilled entries
-// are dropped, and if every address is still busy connecting, new
-// addresses are shed until some refill.
+// is shared by every way in that opens a connection (MQTT over TCP and
+// TLS, MQTT over WebSocket, the device WebSocket), so a storm cannot pick
+// the unguarded door. Its table is the failure limiter's: bounded, and
+// when full, refilled entries go first, then the least recently seen
+// tenth, so a flood of new addresses never locks out the next one and a
+// full table is scanned once per 1,000 new addresses, not on each.
 type ConnectLimiter struct {
-	perSec float64
-	burst  int
-	max    int
-
-	mu sync.Mutex // guards m
-	m  map[string]*rate.Limiter
+	t *FailureLimiter
 }
 
 // NewConnectLimiter allows perSec new connections a second per client
-// address, with burst.
+// address, with burst (at least 1).
 func NewConnectLimiter(perSec float64, burst int) *ConnectLimiter {
-	return &ConnectLimiter{perSec: perSec, burst: burst, max: limiterTableMax, m: map[string]*rate.Limiter{}}
+	return &ConnectLimiter{t: NewFailureLimiter(perSec, max(burst, 1))}
 }
 
 // Allow spends one connection from addr's budget (an address without its
 // port, see Proxies.ClientAddr) and reports whether it may go on.
-func (l *ConnectLimiter) Allow(addr string) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	lim, ok := l.m[addr]
-	if !ok {
-		if len(l.m) >= l.max {
-			for k, v := range l.m {
-				if v.Tokens() >= float64(l.burst) {
-					delete(l.m, k)
-				}
-			}
-			if len(l.m) >= l.max {
-				return false // every address is busy connecting: shed
-			}
-		}
-		lim = rate.NewLimiter(rate.Limit(l.perSec), l.burst)
-		l.m[addr] = lim
-	}
-	return lim.Allow()
-}
+func (l *ConnectLimiter) Allow(addr string) bool { return l.t.Fail(addr) }
+
+// Len returns the number of addresses held, for tests of the bound.
+func (l *ConnectLimiter) Len() int { return l.t.Len() }

@@ -94,6 +94,22 @@ func TestConnectLimiter(t *testing.T) {
 	}
 }
 
+// TestConnectLimiterTableFull: a flood of new addresses fills the table;
+// the next new address is still let in (the least recently seen go), and
+// the table stays bounded.
+func TestConnectLimiterTableFull(t *testing.T) {
+	l := NewConnectLimiter(0.001, 5)
+	for i := range limiterTableMax + 500 {
+		l.Allow(fmt.Sprintf("10.%d.%d.%d", i>>16&255, i>>8&255, i&255))
+	}
+	if !l.Allow("192.0.2.1") {
+		t.Error("a new address was refused because the table was full")
+	}
+	if n := l.Len(); n > limiterTableMax {
+		t.Errorf("table holds %d addresses, bound %d", n, limiterTableMax)
+	}
+}
+
 func repeat(k string, n int) []string {
 	out := make([]string, n)
 	for i := range out {

@@ -159,7 +159,9 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 			h.b.log.Debug("device authentication failed", "transport", "mqtt", "remote", ip, "reason", "rate_limited")
 			return false
 		}
-		h.b.log.Info("device authentication failed", "transport", "mqtt", "remote", ip)
+		if n, ok := h.b.opts.Failures.Log(); ok {
+			h.b.log.Info("device authentication failed", "transport", "mqtt", "remote", ip, "suppressed", n)
+		}
 		return false
 	}
 	h.mu.Lock()

@@ -205,7 +205,9 @@ func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request) (string, 
 			writeError(w, http.StatusTooManyRequests, &telemetry.Error{Code: telemetry.CodeRateLimited, Message: "too many failed authentications with this token; retry later"})
 			return "", devices.TokenHash{}, false
 		}
-		h.log.Info("device authentication failed", "remote", ip, "path", r.URL.Path)
+		if n, ok := h.opts.Failures.Log(); ok {
+			h.log.Info("device authentication failed", "remote", ip, "path", r.URL.Path, "suppressed", n)
+		}
 		writeError(w, http.StatusUnauthorized, &telemetry.Error{Code: "unauthorized", Message: "missing or invalid device token"})
 		return "", devices.TokenHash{}, false
 	}
@@ -398,10 +400,10 @@ var errDecompressedTooLarge = errors.New("ws: message exceeds the read limit onc
 // as the hub holds it: gorilla's SetReadLimit counts the bytes on the
 // wire, and a permessage-deflate message of a few KiB under it can expand
 // to gigabytes. The decompressed stream is read through a bound, so no
-// more than ReadLimit+1 bytes of a message are ever held. The rest of an
-// oversized message is read into io.Discard (a window of memory, bounded
-// in time by the read deadline and in size by the wire limit), so the
-// device's close answer can be read and the close is not lost to a reset.
+// more than ReadLimit+1 bytes of a message are ever held, and no more than
+// that is ever decompressed: the rest of an oversized message is skipped
+// as wire bytes by the next NextReader (refuseTooLarge), never inflated,
+// so a device cannot make the hub spend CPU inflating what it refuses.
 func (c *conn_) readMessage() (int, []byte, error) {
 	mt, r, err := c.ws.NextReader()
 	if err != nil {
@@ -413,8 +415,6 @@ func (c *conn_) readMessage() (int, []byte, error) {
 		return 0, nil, err
 	}
 	if int64(len(data)) > limit {
-		_ = c.ws.SetReadDeadline(time.Now().Add(2 * time.Second))
-		_, _ = io.Copy(io.Discard, r)
 		return 0, nil, errDecompressedTooLarge
 	}
 	return mt, data, nil

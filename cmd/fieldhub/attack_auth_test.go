@@ -325,7 +325,7 @@ func TestAttackAuthTrustedProxies(t *testing.T) {
 		}
 		waitUntil(t, "client address in the log", 10*time.Second, func() bool {
 			logs := h.stderr.String()
-			return strings.Contains(logs, "remote=198.51.100.4") && strings.Contains(logs, "remote=198.51.100.5")
+			return strings.Contains(logs, "remote=198.51.100.3") && strings.Contains(logs, "remote=198.51.100.5")
 		})
 	})
 
@@ -346,4 +346,37 @@ func TestAttackAuthTrustedProxies(t *testing.T) {
 			t.Fatal("an untrusted X-Forwarded-For reached the log")
 		}
 	})
+}
+
+// TestAttackAuthUniqueTokenLogFlood: a client presenting a new bad token
+// every time never runs out of any (address, token) budget, so each
+// failure is answered 401; the log lines of failures are bounded hub-wide
+// all the same (10/s, burst 20), with the count of those not logged.
+// Before: 2,000 bad tokens in ~1 s wrote 2,000 log lines.
+func TestAttackAuthUniqueTokenLogFlood(t *testing.T) {
+	influx := influxtest.Start(t)
+	h := startHub(t, influx, nil)
+	started := time.Now()
+	const attempts = 600
+	for i := range attempts {
+		if st, _ := authRequest(t, "GET", h.url+"/api/v1/devices", fmt.Sprintf("fho_guess-%d", i), nil); st != http.StatusUnauthorized {
+			t.Fatalf("attempt %d: %d, want 401", i, st)
+		}
+		if st, _ := authRequest(t, "POST", h.url+"/api/v1/telemetry", fmt.Sprintf("fhd_guess-%d", i), nil); st != http.StatusUnauthorized {
+			t.Fatalf("device attempt %d: %d, want 401", i, st)
+		}
+	}
+	elapsed := time.Since(started)
+	lines := strings.Count(h.stderr.String(), "authentication failed")
+	allowed := 20 + int(10*elapsed.Seconds()) + 2
+	t.Logf("%d bad tokens in %s: %d log lines (at most %d allowed)", 2*attempts, elapsed.Round(time.Millisecond), lines, allowed)
+	if lines > allowed {
+		t.Fatalf("%d failure log lines for %d failures in %s, want at most %d", lines, 2*attempts, elapsed, allowed)
+	}
+	if lines == 0 {
+		t.Fatal("no failure was logged at all")
+	}
+	if !strings.Contains(h.stderr.String(), "suppressed=") {
+		t.Error("the log lines do not say how many failures were not logged")
+	}
 }
