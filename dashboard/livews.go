@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -389,6 +390,9 @@ func (s *subscriber) metrics() map[string]bool {
 	return s.f.metrics
 }
 
+// errStreamCut is a write refused because the stream is ending.
+var errStreamCut = errors.New("live stream ending")
+
 // serveSSE is GET /api/v1/live: the same events as Server-Sent Events, for
 // networks that block WebSockets. Last-Event-ID resumes from the replay
 // window.
@@ -434,10 +438,82 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 
 	dataWait := s.opts.Live.opts.SlowAfter + 2*liveWriteWait // as on /ws/live
-	// failed ends the stream after a write error: a timed-out write is a
-	// slow consumer, logged once and counted.
+	revoked := func() {
+		s.log.Info("dashboard disconnected", "reason", "revoked", "token_id", sub.owner.TokenID, "transport", "sse", "remote", s.remoteIP(r))
+	}
+	// over reports whether the stream must end before its next frame:
+	// the request ended, the hub is stopping, the credential ended or
+	// the client fell behind (each logged once here). Each frame of the
+	// resume and the snapshot is checked, as in the live loop: a replay
+	// window is thousands of frames to a client that may read slowly.
+	over := func() bool {
+		select {
+		case <-r.Context().Done():
+		case <-s.stopLive:
+		case <-sub.revoked:
+			revoked()
+		case <-sub.kick:
+			s.logSlow(sub, "sse", r.RemoteAddr, "behind")
+		default:
+			return false
+		}
+		return true
+	}
+	// A write blocked on a client that stopped reading is cut as soon as
+	// the stream must end (revoked, shutdown, request over): the
+	// watcher moves the write deadline to now. cutMu orders that against
+	// the writer setting its own deadline, so the writer never re-arms a
+	// deadline after the cut. The watcher stops when serveSSE returns.
+	var (
+		cutMu sync.Mutex
+		cut   bool
+	)
+	setDeadline := func(d time.Duration) error {
+		cutMu.Lock()
+		defer cutMu.Unlock()
+		if cut {
+			return errStreamCut
+		}
+		return rc.SetWriteDeadline(time.Now().Add(d))
+	}
+	watchStop, watchDone := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		select {
+		case <-watchStop:
+			return
+		case <-r.Context().Done():
+		case <-s.stopLive:
+		case <-sub.revoked:
+		}
+		cutMu.Lock()
+		cut = true
+		_ = rc.SetWriteDeadline(time.Now())
+		cutMu.Unlock()
+	}()
+	defer func() {
+		close(watchStop)
+		<-watchDone
+	}()
+	// A write still blocked after SlowAfter marks the client slow, as on
+	// /ws/live, whether or not events arrive to be judged by the
+	// publishers' lag check; the stream ends after the frame in flight
+	// (the client gets the time of one write to take it, dataWait).
+	stalled := time.AfterFunc(time.Hour, sub.markSlow)
+	stalled.Stop()
+	defer stalled.Stop()
+	// failed ends the stream after a write error: a cut write ends for
+	// the watcher's reason; a timed-out one is a slow consumer, logged
+	// once and counted.
 	failed := func(err error) {
-		if isTimeout(err) {
+		stalled.Stop()
+		cutMu.Lock()
+		wasCut := cut
+		cutMu.Unlock()
+		switch {
+		case wasCut || errors.Is(err, errStreamCut):
+			over()
+		case isTimeout(err):
 			sub.markSlow()
 			s.logSlow(sub, "sse", r.RemoteAddr, "write timed out")
 		}
@@ -447,7 +523,11 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 		if b == nil {
 			return nil
 		}
-		_ = rc.SetWriteDeadline(time.Now().Add(dataWait))
+		if err := setDeadline(dataWait); err != nil {
+			return err
+		}
+		stalled.Reset(s.opts.Live.opts.SlowAfter)
+		defer stalled.Stop()
 		if le.seq > 0 {
 			if _, err := fmt.Fprintf(w, "id: %d\n", le.seq); err != nil {
 				return err
@@ -456,16 +536,21 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 		_, err := fmt.Fprintf(w, "event: %s\ndata: %s\n\n", le.ev.Type, b)
 		return err
 	}
-	// Resume or snapshot, then live.
+	flush := func() error {
+		stalled.Reset(s.opts.Live.opts.SlowAfter)
+		defer stalled.Stop()
+		return rc.Flush()
+	}
+	// Resume or snapshot, then live. The writer is busy meanwhile, so the
+	// publishers' lag check (SlowAfter) applies as in the live loop.
+	var backlog []*liveEvent
 	resumed := false
 	if last := r.Header.Get("Last-Event-ID"); last != "" {
 		if seq, err := strconv.ParseUint(last, 10, 64); err == nil {
 			evs, complete := s.opts.Live.since(seq)
 			for _, le := range evs {
 				if f.matches(&le.ev) {
-					if write(le) != nil {
-						return
-					}
+					backlog = append(backlog, le)
 				}
 			}
 			resumed = complete
@@ -473,14 +558,26 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 	}
 	if !resumed {
 		for _, ev := range s.opts.Live.snapshot(&f) {
-			if write(&liveEvent{ev: ev}) != nil {
-				return
-			}
+			backlog = append(backlog, &liveEvent{ev: ev})
 		}
 	}
-	if rc.Flush() != nil {
+	sub.busy()
+	for _, le := range backlog {
+		if over() {
+			return
+		}
+		if err := write(le); err != nil {
+			failed(err)
+			return
+		}
+		s.opts.Live.sent.Add(1)
+	}
+	backlog = nil
+	if err := flush(); err != nil {
+		failed(err)
 		return
 	}
+	sub.caughtUp()
 	hb := time.NewTicker(sseHeartbeat)
 	defer hb.Stop()
 	var buf []*liveEvent
@@ -494,11 +591,13 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 			s.logSlow(sub, "sse", r.RemoteAddr, "behind")
 			return
 		case <-sub.revoked:
-			s.log.Info("dashboard disconnected", "reason", "revoked", "token_id", sub.owner.TokenID, "transport", "sse", "remote", s.remoteIP(r))
+			revoked()
 			return
 		case <-hb.C:
-			_ = rc.SetWriteDeadline(time.Now().Add(liveWriteWait))
-			_, err := fmt.Fprint(w, ": keep-alive\n\n")
+			err := setDeadline(liveWriteWait)
+			if err == nil {
+				_, err = fmt.Fprint(w, ": keep-alive\n\n")
+			}
 			if err == nil {
 				err = rc.Flush()
 			}
@@ -512,8 +611,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 			}
 			buf = sub.take(buf)
 			for _, le := range buf {
-				if sub.isKicked() {
-					s.logSlow(sub, "sse", r.RemoteAddr, "behind")
+				if over() { // per frame: nothing after a revocation
 					return
 				}
 				if err := write(le); err != nil {
@@ -523,7 +621,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 				s.opts.Live.sent.Add(1)
 			}
 			clear(buf)
-			if err := rc.Flush(); err != nil {
+			if err := flush(); err != nil {
 				failed(err)
 				return
 			}
