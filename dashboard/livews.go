@@ -350,6 +350,9 @@ func (c *liveConn) writeLoop() {
 					kicked()
 					return
 				}
+				if c.sub.isRevoked() {
+					break // per frame: nothing after a revocation; the close follows
+				}
 				b := c.sub.frame(le, metrics)
 				if b == nil {
 					continue
