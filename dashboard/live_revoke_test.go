@@ -2,9 +2,11 @@ package dashboard
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"syscall"
 	"testing"
@@ -95,5 +97,79 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestBadMetricFilter(t *testing.T) {
+	many := func(n int) []string {
+		var out []string
+		for i := range n {
+			out = append(out, fmt.Sprintf("m%d", i))
+		}
+		return out
+	}
+	for _, c := range []struct {
+		name  string
+		names []string
+		bad   string // substring of the message; "" for accepted
+	}{
+		{"none", nil, ""},
+		{"some", []string{"temp", "hum.rel", "_x-1"}, ""},
+		{"at the cap", many(liveMaxMetrics), ""},
+		{"duplicates count once", append(many(liveMaxMetrics), many(liveMaxMetrics)...), ""},
+		{"past the cap", many(liveMaxMetrics + 1), "at most 256 metric names"},
+		{"empty", []string{"temp", ""}, "not valid"},
+		{"leading digit", []string{"1a"}, "not valid"},
+		{"too long", []string{strings.Repeat("a", 65)}, "not valid"},
+		{"quote", []string{`a"b`}, "not valid"},
+	} {
+		got := badMetricFilter(c.names)
+		if (c.bad == "") != (got == "") || !strings.Contains(got, c.bad) {
+			t.Errorf("%s: %q, want %q", c.name, got, c.bad)
+		}
+	}
+}
+
+// TestLiveMetricFilterBounded: a subscribe past the metric-name cap, or
+// with an invalid name, is refused on the socket and not applied; SSE
+// answers 400.
+func TestLiveMetricFilterBounded(t *testing.T) {
+	r := newLiveRig(t, LiveOptions{})
+	c := r.dial(t, nil)
+	var names []string
+	for i := range liveMaxMetrics + 1 {
+		names = append(names, fmt.Sprintf("m%d", i))
+	}
+	for _, metrics := range [][]string{names, {"temp", "9lives"}} {
+		b, _ := json.Marshal(map[string]any{"type": "subscribe", "devices": []string{"*"}, "metrics": metrics})
+		subscribe(t, c, string(b))
+		_ = c.SetReadDeadline(time.Now().Add(loadWait))
+		var m map[string]string
+		if err := c.ReadJSON(&m); err != nil || m["type"] != "error" || m["code"] != "invalid_metrics" {
+			t.Fatalf("subscribe with %d metric names: %v %v, want error invalid_metrics", len(metrics), m, err)
+		}
+	}
+	sub := func() *subscriber {
+		r.live.mu.RLock()
+		defer r.live.mu.RUnlock()
+		for s := range r.live.subs {
+			return s
+		}
+		return nil
+	}()
+	if f := sub.update(func(*filter) {}); f.all || f.metrics != nil {
+		t.Errorf("a refused subscribe was applied: %+v", f)
+	}
+	for _, q := range []string{strings.Join(names, ","), "temp,bad name"} {
+		req, _ := http.NewRequest("GET", r.srv.URL+"/api/v1/live?devices=*&metrics="+url.QueryEscape(q), nil)
+		req.Header.Set("Authorization", "Bearer "+r.viewer)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("SSE metrics=%.40s...: %d, want 400", q, resp.StatusCode)
+		}
 	}
 }

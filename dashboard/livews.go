@@ -15,6 +15,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/fieldhub/fieldhub/devices"
+	"github.com/fieldhub/fieldhub/telemetry"
 )
 
 // Timing and size limits of operator live connections.
@@ -24,6 +25,7 @@ const (
 	livePingPeriod   = livePongWait * 9 / 10
 	liveMaxMessage   = 64 << 10
 	liveMaxDevices   = 10000
+	liveMaxMetrics   = 256 // metric names one live socket filters on; FIELDHUB_MAX_METRICS_PER_DEVICE's default
 	sseHeartbeat     = 15 * time.Second
 	closeTryAgain    = 1013 // RFC 6455: try again later (slow consumer)
 	closeShutdown    = websocket.CloseGoingAway
@@ -169,6 +171,10 @@ func (c *liveConn) readLoop() {
 		}
 		switch m.Type {
 		case "subscribe":
+			if msg := badMetricFilter(m.Metrics); msg != "" {
+				c.answer("invalid_metrics", msg+" (this subscribe was not applied)")
+				continue
+			}
 			devs, unknown := c.s.knownDevices(m.Devices)
 			if len(unknown) > 0 {
 				c.answer("unknown_devices", unknownMessage(unknown))
@@ -188,6 +194,26 @@ func (c *liveConn) readLoop() {
 			c.answer("unknown_type", `type must be "subscribe" or "unsubscribe"`)
 		}
 	}
+}
+
+// badMetricFilter says what is wrong with a metric filter, or "": at most
+// liveMaxMetrics distinct names, each a valid metric name, so a socket's
+// filter is bounded by the cap, not by the message size.
+func badMetricFilter(names []string) string {
+	seen := make(map[string]bool, min(len(names), liveMaxMetrics+1))
+	for _, n := range names {
+		if !telemetry.ValidName(n) {
+			b, _ := json.Marshal(n[:min(len(n), 64)])
+			return fmt.Sprintf("metric name %s is not valid", b)
+		}
+		if seen[n] {
+			continue
+		}
+		if seen[n] = true; len(seen) > liveMaxMetrics {
+			return fmt.Sprintf("a live stream filters on at most %d metric names", liveMaxMetrics)
+		}
+	}
+	return ""
 }
 
 // knownDevices splits ids into those in the registry (and "*") and those
@@ -420,6 +446,10 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 	var metrics []string
 	if v := q.Get("metrics"); v != "" {
 		metrics = strings.Split(v, ",")
+		if msg := badMetricFilter(metrics); msg != "" {
+			writeErr(w, http.StatusBadRequest, "bad_request", msg)
+			return
+		}
 	}
 	f := sub.update(func(f *filter) { applySubscribe(f, devs, metrics) })
 	if !s.admitLive(w, r, sub, OperatorFrom(r.Context())) {
