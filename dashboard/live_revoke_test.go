@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"syscall"
@@ -171,5 +172,32 @@ func TestLiveMetricFilterBounded(t *testing.T) {
 		if resp.StatusCode != http.StatusBadRequest {
 			t.Errorf("SSE metrics=%.40s...: %d, want 400", q, resp.StatusCode)
 		}
+	}
+}
+
+// TestAdmitLiveRechecksCredential: a credential revoked between
+// authentication and the live socket's registration (where
+// Live.CloseCredential could not see the socket yet) is refused 401 and
+// leaves no live client behind.
+func TestAdmitLiveRechecksCredential(t *testing.T) {
+	r := newLiveRig(t, LiveOptions{})
+	reg := r.api.opts.Registry
+	op, ok := reg.AuthenticateOperator(context.Background(), r.viewer)
+	if !ok {
+		t.Fatal("viewer token does not authenticate")
+	}
+	if err := reg.RevokeOperatorToken(context.Background(), op.TokenID); err != nil {
+		t.Fatal(err)
+	}
+	w := httptest.NewRecorder()
+	req := httptest.NewRequest("GET", "/ws/live", nil)
+	if r.api.admitLive(w, req, newSubscriber(r.live), op) {
+		t.Fatal("a revoked credential was admitted as a live client")
+	}
+	if w.Code != http.StatusUnauthorized {
+		t.Errorf("answer %d, want 401", w.Code)
+	}
+	if n := r.live.Stats().Subscribers; n != 0 {
+		t.Errorf("%d live clients left registered", n)
 	}
 }
