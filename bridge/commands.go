@@ -351,8 +351,8 @@ func (b *Bridge) NextCommand(ctx context.Context, device string, h devices.Token
 		if b.opts.Remote != nil {
 			// Several instances: the command may have been created on any
 			// of them; the shared store says which one is next.
-			if cmd, ok := c.nextShared(ctx, device, now); ok {
-				return cmd, true, nil
+			if cmd, ok, err := c.nextShared(ctx, device, h, now); ok || err != nil {
+				return cmd, ok, err
 			}
 		}
 		c.mu.Lock()
@@ -362,6 +362,14 @@ func (b *Bridge) NextCommand(ctx context.Context, device string, h devices.Token
 			}
 			if a.rec.Status != devices.CommandQueued {
 				continue
+			}
+			// Checked again right before the hand-out, under c.mu: the
+			// token may have been rotated since the check above. (The
+			// registry never calls the bridge with its lock held, so
+			// asking it under c.mu cannot deadlock.)
+			if !b.opts.Devices.StillValid(device, h) {
+				c.mu.Unlock()
+				return telemetry.Command{}, false, ErrRevoked
 			}
 			a.rec.Deliveries++
 			t := now
@@ -388,12 +396,13 @@ func (b *Bridge) NextCommand(ctx context.Context, device string, h devices.Token
 }
 
 // nextShared hands out, once, the device's oldest open command from the
-// shared store that no poll took yet.
-func (c *commands) nextShared(ctx context.Context, device string, now time.Time) (telemetry.Command, bool) {
+// shared store that no poll took yet, to the token with hash h if it still
+// works right before the hand-out (ErrRevoked otherwise).
+func (c *commands) nextShared(ctx context.Context, device string, h devices.TokenHash, now time.Time) (telemetry.Command, bool, error) {
 	recs, err := c.store.ListCommands(ctx, device, "", MaxQueuedCommands+commandWindow)
 	if err != nil {
 		c.b.log.Warn("list commands for a poll", "device", device, "err", err)
-		return telemetry.Command{}, false
+		return telemetry.Command{}, false, nil
 	}
 	for i := len(recs) - 1; i >= 0; i-- { // oldest first
 		rec := recs[i]
@@ -410,6 +419,10 @@ func (c *commands) nextShared(ctx context.Context, device string, now time.Time)
 			rec.History = append(rec.History, devices.StatusChange{Status: devices.CommandSent, At: now})
 		}
 		c.mu.Lock()
+		if !c.b.opts.Devices.StillValid(device, h) {
+			c.mu.Unlock()
+			return telemetry.Command{}, false, ErrRevoked
+		}
 		for _, a := range c.active[device] {
 			if a.rec.ID == rec.ID {
 				a.rec = rec
@@ -417,9 +430,9 @@ func (c *commands) nextShared(ctx context.Context, device string, now time.Time)
 		}
 		c.changedLocked(rec, announce)
 		c.mu.Unlock()
-		return telemetry.Command{Type: telemetry.TypeCommand, ID: rec.ID, Name: rec.Name, Params: []byte(rec.Params)}, true
+		return telemetry.Command{Type: telemetry.TypeCommand, ID: rec.ID, Name: rec.Name, Params: []byte(rec.Params)}, true, nil
 	}
-	return telemetry.Command{}, false
+	return telemetry.Command{}, false, nil
 }
 
 // WakePollers wakes the device's HTTP long polls on this instance: another

@@ -653,7 +653,13 @@ func parseTime(v string, now, def time.Time) (time.Time, error) {
 	case v == "now":
 		return now, nil
 	case strings.HasPrefix(v, "-"):
-		d, err := time.ParseDuration(v[1:])
+		// One sign only: time.ParseDuration would take "--5m" as -(-5m),
+		// five minutes ahead.
+		rest := v[1:]
+		d, err := time.ParseDuration(rest)
+		if err == nil && (strings.HasPrefix(rest, "-") || strings.HasPrefix(rest, "+")) {
+			err = errors.New("double sign")
+		}
 		if err != nil {
 			return time.Time{}, errors.New("relative times look like -15m, -1h or -168h")
 		}

@@ -495,6 +495,16 @@ func (s *subscriber) take(buf []*liveEvent) []*liveEvent {
 	return buf
 }
 
+// busy tells the subscriber its writer is busy with frames it took
+// besides the queue (an SSE resume or snapshot), so the lag check applies.
+func (s *subscriber) busy() {
+	s.mu.Lock()
+	if s.busySince.IsZero() {
+		s.busySince = time.Now()
+	}
+	s.mu.Unlock()
+}
+
 // caughtUp tells the subscriber its writer wrote the batch it took: it
 // is no longer behind.
 func (s *subscriber) caughtUp() {

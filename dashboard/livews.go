@@ -8,12 +8,14 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
 
 	"github.com/fieldhub/fieldhub/devices"
+	"github.com/fieldhub/fieldhub/telemetry"
 )
 
 // Timing and size limits of operator live connections.
@@ -23,6 +25,7 @@ const (
 	livePingPeriod   = livePongWait * 9 / 10
 	liveMaxMessage   = 64 << 10
 	liveMaxDevices   = 10000
+	liveMaxMetrics   = 256 // metric names one live socket filters on; FIELDHUB_MAX_METRICS_PER_DEVICE's default
 	sseHeartbeat     = 15 * time.Second
 	closeTryAgain    = 1013 // RFC 6455: try again later (slow consumer)
 	closeShutdown    = websocket.CloseGoingAway
@@ -168,6 +171,10 @@ func (c *liveConn) readLoop() {
 		}
 		switch m.Type {
 		case "subscribe":
+			if msg := badMetricFilter(m.Metrics); msg != "" {
+				c.answer("invalid_metrics", msg+" (this subscribe was not applied)")
+				continue
+			}
 			devs, unknown := c.s.knownDevices(m.Devices)
 			if len(unknown) > 0 {
 				c.answer("unknown_devices", unknownMessage(unknown))
@@ -187,6 +194,26 @@ func (c *liveConn) readLoop() {
 			c.answer("unknown_type", `type must be "subscribe" or "unsubscribe"`)
 		}
 	}
+}
+
+// badMetricFilter says what is wrong with a metric filter, or "": at most
+// liveMaxMetrics distinct names, each a valid metric name, so a socket's
+// filter is bounded by the cap, not by the message size.
+func badMetricFilter(names []string) string {
+	seen := make(map[string]bool, min(len(names), liveMaxMetrics+1))
+	for _, n := range names {
+		if !telemetry.ValidName(n) {
+			b, _ := json.Marshal(n[:min(len(n), 64)])
+			return fmt.Sprintf("metric name %s is not valid", b)
+		}
+		if seen[n] {
+			continue
+		}
+		if seen[n] = true; len(seen) > liveMaxMetrics {
+			return fmt.Sprintf("a live stream filters on at most %d metric names", liveMaxMetrics)
+		}
+	}
+	return ""
 }
 
 // knownDevices splits ids into those in the registry (and "*") and those
@@ -349,6 +376,9 @@ func (c *liveConn) writeLoop() {
 					kicked()
 					return
 				}
+				if c.sub.isRevoked() {
+					break // per frame: nothing after a revocation; the close follows
+				}
 				b := c.sub.frame(le, metrics)
 				if b == nil {
 					continue
@@ -389,6 +419,9 @@ func (s *subscriber) metrics() map[string]bool {
 	return s.f.metrics
 }
 
+// errStreamCut is a write refused because the stream is ending.
+var errStreamCut = errors.New("live stream ending")
+
 // serveSSE is GET /api/v1/live: the same events as Server-Sent Events, for
 // networks that block WebSockets. Last-Event-ID resumes from the replay
 // window.
@@ -413,6 +446,10 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 	var metrics []string
 	if v := q.Get("metrics"); v != "" {
 		metrics = strings.Split(v, ",")
+		if msg := badMetricFilter(metrics); msg != "" {
+			writeErr(w, http.StatusBadRequest, "bad_request", msg)
+			return
+		}
 	}
 	f := sub.update(func(f *filter) { applySubscribe(f, devs, metrics) })
 	if !s.admitLive(w, r, sub, OperatorFrom(r.Context())) {
@@ -434,10 +471,82 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 
 	dataWait := s.opts.Live.opts.SlowAfter + 2*liveWriteWait // as on /ws/live
-	// failed ends the stream after a write error: a timed-out write is a
-	// slow consumer, logged once and counted.
+	revoked := func() {
+		s.log.Info("dashboard disconnected", "reason", "revoked", "token_id", sub.owner.TokenID, "transport", "sse", "remote", s.remoteIP(r))
+	}
+	// over reports whether the stream must end before its next frame:
+	// the request ended, the hub is stopping, the credential ended or
+	// the client fell behind (each logged once here). Each frame of the
+	// resume and the snapshot is checked, as in the live loop: a replay
+	// window is thousands of frames to a client that may read slowly.
+	over := func() bool {
+		select {
+		case <-r.Context().Done():
+		case <-s.stopLive:
+		case <-sub.revoked:
+			revoked()
+		case <-sub.kick:
+			s.logSlow(sub, "sse", r.RemoteAddr, "behind")
+		default:
+			return false
+		}
+		return true
+	}
+	// A write blocked on a client that stopped reading is cut as soon as
+	// the stream must end (revoked, shutdown, request over): the
+	// watcher moves the write deadline to now. cutMu orders that against
+	// the writer setting its own deadline, so the writer never re-arms a
+	// deadline after the cut. The watcher stops when serveSSE returns.
+	var (
+		cutMu sync.Mutex
+		cut   bool
+	)
+	setDeadline := func(d time.Duration) error {
+		cutMu.Lock()
+		defer cutMu.Unlock()
+		if cut {
+			return errStreamCut
+		}
+		return rc.SetWriteDeadline(time.Now().Add(d))
+	}
+	watchStop, watchDone := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		select {
+		case <-watchStop:
+			return
+		case <-r.Context().Done():
+		case <-s.stopLive:
+		case <-sub.revoked:
+		}
+		cutMu.Lock()
+		cut = true
+		_ = rc.SetWriteDeadline(time.Now())
+		cutMu.Unlock()
+	}()
+	defer func() {
+		close(watchStop)
+		<-watchDone
+	}()
+	// A write still blocked after SlowAfter marks the client slow, as on
+	// /ws/live, whether or not events arrive to be judged by the
+	// publishers' lag check; the stream ends after the frame in flight
+	// (the client gets the time of one write to take it, dataWait).
+	stalled := time.AfterFunc(time.Hour, sub.markSlow)
+	stalled.Stop()
+	defer stalled.Stop()
+	// failed ends the stream after a write error: a cut write ends for
+	// the watcher's reason; a timed-out one is a slow consumer, logged
+	// once and counted.
 	failed := func(err error) {
-		if isTimeout(err) {
+		stalled.Stop()
+		cutMu.Lock()
+		wasCut := cut
+		cutMu.Unlock()
+		switch {
+		case wasCut || errors.Is(err, errStreamCut):
+			over()
+		case isTimeout(err):
 			sub.markSlow()
 			s.logSlow(sub, "sse", r.RemoteAddr, "write timed out")
 		}
@@ -447,7 +556,11 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 		if b == nil {
 			return nil
 		}
-		_ = rc.SetWriteDeadline(time.Now().Add(dataWait))
+		if err := setDeadline(dataWait); err != nil {
+			return err
+		}
+		stalled.Reset(s.opts.Live.opts.SlowAfter)
+		defer stalled.Stop()
 		if le.seq > 0 {
 			if _, err := fmt.Fprintf(w, "id: %d\n", le.seq); err != nil {
 				return err
@@ -456,16 +569,21 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 		_, err := fmt.Fprintf(w, "event: %s\ndata: %s\n\n", le.ev.Type, b)
 		return err
 	}
-	// Resume or snapshot, then live.
+	flush := func() error {
+		stalled.Reset(s.opts.Live.opts.SlowAfter)
+		defer stalled.Stop()
+		return rc.Flush()
+	}
+	// Resume or snapshot, then live. The writer is busy meanwhile, so the
+	// publishers' lag check (SlowAfter) applies as in the live loop.
+	var backlog []*liveEvent
 	resumed := false
 	if last := r.Header.Get("Last-Event-ID"); last != "" {
 		if seq, err := strconv.ParseUint(last, 10, 64); err == nil {
 			evs, complete := s.opts.Live.since(seq)
 			for _, le := range evs {
 				if f.matches(&le.ev) {
-					if write(le) != nil {
-						return
-					}
+					backlog = append(backlog, le)
 				}
 			}
 			resumed = complete
@@ -473,14 +591,26 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 	}
 	if !resumed {
 		for _, ev := range s.opts.Live.snapshot(&f) {
-			if write(&liveEvent{ev: ev}) != nil {
-				return
-			}
+			backlog = append(backlog, &liveEvent{ev: ev})
 		}
 	}
-	if rc.Flush() != nil {
+	sub.busy()
+	for _, le := range backlog {
+		if over() {
+			return
+		}
+		if err := write(le); err != nil {
+			failed(err)
+			return
+		}
+		s.opts.Live.sent.Add(1)
+	}
+	backlog = nil
+	if err := flush(); err != nil {
+		failed(err)
 		return
 	}
+	sub.caughtUp()
 	hb := time.NewTicker(sseHeartbeat)
 	defer hb.Stop()
 	var buf []*liveEvent
@@ -494,11 +624,13 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 			s.logSlow(sub, "sse", r.RemoteAddr, "behind")
 			return
 		case <-sub.revoked:
-			s.log.Info("dashboard disconnected", "reason", "revoked", "token_id", sub.owner.TokenID, "transport", "sse", "remote", s.remoteIP(r))
+			revoked()
 			return
 		case <-hb.C:
-			_ = rc.SetWriteDeadline(time.Now().Add(liveWriteWait))
-			_, err := fmt.Fprint(w, ": keep-alive\n\n")
+			err := setDeadline(liveWriteWait)
+			if err == nil {
+				_, err = fmt.Fprint(w, ": keep-alive\n\n")
+			}
 			if err == nil {
 				err = rc.Flush()
 			}
@@ -512,8 +644,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 			}
 			buf = sub.take(buf)
 			for _, le := range buf {
-				if sub.isKicked() {
-					s.logSlow(sub, "sse", r.RemoteAddr, "behind")
+				if over() { // per frame: nothing after a revocation
 					return
 				}
 				if err := write(le); err != nil {
@@ -523,7 +654,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 				s.opts.Live.sent.Add(1)
 			}
 			clear(buf)
-			if err := rc.Flush(); err != nil {
+			if err := flush(); err != nil {
 				failed(err)
 				return
 			}

@@ -340,6 +340,7 @@ func TestAttackHistoryRanges(t *testing.T) {
 		{"start=-1h&stop=-2h", "start must be before stop", 400},
 		{"start=1900-01-01T00:00:00Z&stop=now", "1970", 400},
 		{"start=-10000h&stop=now", "400 days", 400},
+		{"start=--5m&stop=--10m", "relative times", 400},
 		{"start=-1h&stop=now", "", 200},
 	} {
 		q, _ := url.ParseQuery(tc.query + "&metric=temp")

@@ -7,9 +7,14 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -530,4 +535,86 @@ func opSSECookie(t *testing.T, h *hub, c *http.Cookie) (*http.Response, chan str
 		}
 	}()
 	return resp, lines
+}
+
+// opFillWide sends n wide readings (41 metrics each) from a new device,
+// each acked, to fill the hub's replay window.
+func opFillWide(t *testing.T, h *hub, dev string, n int) {
+	t.Helper()
+	tok := h.createDevice(t, dev)
+	c, _, err := websocket.DefaultDialer.Dial(strings.Replace(h.url, "http", "ws", 1)+"/ws/device", http.Header{"Authorization": {"Bearer " + tok}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := 0; i < n; i++ {
+		m := map[string]any{"n": i}
+		for k := 0; k < 40; k++ {
+			m[fmt.Sprintf("padding_metric_name_for_width_%02d", k)] = i*100 + k
+		}
+		b, _ := json.Marshal(map[string]any{"type": "telemetry", "metrics": m})
+		if err := c.WriteMessage(websocket.TextMessage, b); err != nil {
+			t.Fatal(err)
+		}
+		var ack map[string]any
+		_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		if err := c.ReadJSON(&ack); err != nil || ack["type"] != "ack" {
+			t.Fatalf("reading %d: %v %v", i, ack, err)
+		}
+	}
+}
+
+// TestAttackSSEResumeEndsOnRevocation: an SSE client resuming from a full
+// replay window (Last-Event-ID: 0) on a socket with a 4 KiB receive buffer
+// has its token deleted early in the resume: the stream ends at once, not
+// after the thousands of replayed frames still to go.
+func TestAttackSSEResumeEndsOnRevocation(t *testing.T) {
+	influx := influxtest.Start(t)
+	h := startHub(t, influx, map[string]string{"FIELDHUB_RATE_LIMIT": "100000", "FIELDHUB_RATE_BURST": "100000"})
+	id, viewer := opViewer(t, h, "resumer")
+	const n = 3000
+	opFillWide(t, h, "wide-1", n)
+
+	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+	}}
+	conn, err := d.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET /api/v1/live?devices=* HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nLast-Event-ID: 0\r\n\r\n", viewer)
+	br := bufio.NewReaderSize(conn, 4096)
+	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if status, err := br.ReadString('\n'); err != nil || !strings.Contains(status, "200") {
+		t.Fatalf("status %q %v", status, err)
+	}
+	if st, m := h.api(t, "DELETE", "/api/v1/tokens/"+id, h.adminToken, nil); st != 204 {
+		t.Fatalf("revoke: %d %v", st, m)
+	}
+	revoked := time.Now()
+	// Read at the client's slow pace until the hub ends the stream; the
+	// whole replay at this pace takes minutes.
+	const within = 20 * time.Second
+	_ = conn.SetReadDeadline(revoked.Add(within))
+	var events int
+	buf := make([]byte, 4096)
+	for {
+		k, err := br.Read(buf)
+		events += strings.Count(string(buf[:k]), "event: reading")
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("SSE stream of a deleted token still open %s after the DELETE (%d readings read meanwhile)", within, events)
+		}
+		if err != nil {
+			break
+		}
+	}
+	t.Logf("stream ended %s after the DELETE; %d of %d replayed readings read after it (in flight in socket buffers)", time.Since(revoked).Round(time.Millisecond), events, n)
+	if events >= n {
+		t.Errorf("the whole replay window went to a deleted token")
+	}
+	waitUntil(t, "revocation logged", 10*time.Second, func() bool {
+		l := h.stderr.String()
+		return strings.Contains(l, "reason=revoked") && strings.Contains(l, "transport=sse")
+	})
 }
