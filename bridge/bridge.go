@@ -107,7 +107,7 @@ type Bridge struct {
 	log    *slog.Logger
 	stats  Stats
 	bufs   sync.Pool // *[]byte line-protocol buffers
-	logLim logLimiter
+	logLim LogLimiter
 
 	mu       sync.Mutex // guards sessions and limiters
 	sessions map[string]*Session

@@ -36,7 +36,7 @@ type Session struct {
 	conn    Conn
 	reason  atomic.Pointer[string]
 	ended   atomic.Bool
-	logLim  *logLimiter
+	logLim  *LogLimiter
 }
 
 // Kick closes the session for reason; the first reason given wins.
@@ -54,7 +54,7 @@ func (s *Session) Reason(def string) string {
 }
 
 func (s *Session) logReject(log *slog.Logger, e *telemetry.Error) {
-	if n, ok := s.logLim.allow(); ok {
+	if n, ok := s.logLim.Allow(); ok {
 		log.Debug("message rejected", "device", s.DeviceID, "transport", s.Transport, "code", e.Code, "reason", e.Message, "suppressed", n)
 	}
 }
@@ -185,15 +185,20 @@ func (b *Bridge) Sessions() []*Session {
 	return all
 }
 
-// logLimiter keeps a faulty fleet from flooding the log with per-message
-// errors: a few lines a second, and the next line says how many it skipped.
-type logLimiter struct {
+// LogLimiter keeps a flood of refusals (a faulty fleet's per-message
+// errors, refused connects and publishes) from flooding the log: 10 lines
+// a second, burst 20, and the next line says how many it skipped. The
+// zero value is ready to use. Transports use it for their own refusal
+// lines.
+type LogLimiter struct {
 	once       sync.Once
 	lim        *rate.Limiter
 	suppressed atomic.Int64
 }
 
-func (l *logLimiter) allow() (suppressed int64, ok bool) {
+// Allow reports whether to log now, and how many lines were skipped since
+// the last one logged.
+func (l *LogLimiter) Allow() (suppressed int64, ok bool) {
 	l.once.Do(func() { l.lim = rate.NewLimiter(10, 20) })
 	if !l.lim.Allow() {
 		l.suppressed.Add(1)

@@ -14,7 +14,6 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
-	"golang.org/x/time/rate"
 
 	"github.com/fieldhub/fieldhub/bridge"
 	"github.com/fieldhub/fieldhub/devices"
@@ -44,7 +43,7 @@ type hook struct {
 	conns    map[*mqtt.Client]*conn
 
 	// connectLog and publishLog rate-limit the refusal log lines.
-	connectLog, publishLog logLimiter
+	connectLog, publishLog bridge.LogLimiter
 }
 
 // hookID names the hook in mochi (and in mochi's log lines).
@@ -78,7 +77,7 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 		pk.Connect.ClientIdentifier = user
 		return pk, nil
 	}
-	if n, ok := h.connectLog.allow(); ok {
+	if n, ok := h.connectLog.Allow(); ok {
 		h.b.log.Info("mqtt client id refused", "device", "", "client_id", "", "remote", remoteIP(cl.Net.Remote),
 			"reason", "empty client id without clean session and no username", "suppressed", n)
 	}
@@ -132,7 +131,7 @@ func (h *hook) clientID(cl *mqtt.Client, pk packets.Packet) error {
 			return nil
 		}
 	}
-	if n, ok := h.connectLog.allow(); ok {
+	if n, ok := h.connectLog.Allow(); ok {
 		h.b.log.Info("mqtt client id refused", "device", truncate(user, 64), "client_id", truncate(id, 64),
 			"remote", remoteIP(cl.Net.Remote), "reason", "client id must be the device id", "suppressed", n)
 	}
@@ -366,7 +365,7 @@ func (h *hook) refuse(cl *mqtt.Client, pk packets.Packet, msgID string, terr *te
 		default:
 			code = packets.Code{Code: packets.ErrPayloadFormatInvalid.Code, Reason: truncate(terr.Code+": "+terr.Message, 256)}
 		}
-		if n, ok := h.publishLog.allow(); ok {
+		if n, ok := h.publishLog.Allow(); ok {
 			h.b.log.Debug("mqtt publish refused", "device", string(cl.Properties.Username), "topic", truncate(pk.TopicName, 128),
 				"code", terr.Code, "reason_code", fmt.Sprintf("%#02x", code.Code), "suppressed", n)
 		}
@@ -427,22 +426,4 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n] + "..."
-}
-
-// logLimiter keeps a flood of refusals from flooding the log: a few lines
-// a second, and the next line says how many it skipped. The zero value is
-// ready to use.
-type logLimiter struct {
-	once       sync.Once
-	lim        *rate.Limiter
-	suppressed atomic.Int64
-}
-
-func (l *logLimiter) allow() (suppressed int64, ok bool) {
-	l.once.Do(func() { l.lim = rate.NewLimiter(10, 20) })
-	if !l.lim.Allow() {
-		l.suppressed.Add(1)
-		return 0, false
-	}
-	return l.suppressed.Swap(0), true
 }
