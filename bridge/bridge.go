@@ -211,7 +211,8 @@ func (b *Bridge) IngestFrame(ctx context.Context, s *Session, f *telemetry.Frame
 		d = b.deviceLocked(s.DeviceID)
 		b.mu.Unlock()
 	}
-	if e := b.checkSchema(ctx, s, d, t); e != nil {
+	var c claims
+	if e := b.checkSchema(ctx, s, d, t, &c); e != nil {
 		return t.ID, b.reject(s, e)
 	}
 	for i := range t.Readings {
@@ -230,6 +231,7 @@ func (b *Bridge) IngestFrame(ctx context.Context, s *Session, f *telemetry.Frame
 		b.bufs.Put(bufp)
 	}
 	if serr != nil {
+		b.releaseClaims(ctx, s, d, &c)
 		switch {
 		case errors.Is(serr, spool.ErrFull), errors.Is(serr, context.DeadlineExceeded), errors.Is(serr, spool.ErrClosed):
 			return t.ID, b.reject(s, telemetry.ErrOverloaded)

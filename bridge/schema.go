@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/telemetry"
@@ -42,11 +43,26 @@ const (
 type SchemaStore interface {
 	LoadSchema(ctx context.Context) (devices.Schema, error)
 	// ClaimFields records the type of each name that has none yet and
-	// returns the stored type of every name given: the first claim wins.
-	ClaimFields(ctx context.Context, fields map[string]string) (map[string]string, error)
+	// returns the stored type of every name given and the names this call
+	// was first to claim: the first claim wins.
+	ClaimFields(ctx context.Context, fields map[string]string) (map[string]string, []string, error)
 	// AddDeviceMetrics adds names to device's unless it would then have
 	// more than max (devices.ErrTooManyMetrics); it returns the stored names.
 	AddDeviceMetrics(ctx context.Context, device string, names []string, max int) ([]string, error)
+	// ReleaseFields deletes each name whose stored type is still the one
+	// given: the undo of a claim by a message that was not stored.
+	ReleaseFields(ctx context.Context, fields map[string]string) error
+	// RemoveDeviceMetrics forgets names of device added by a message that
+	// was not stored.
+	RemoveDeviceMetrics(ctx context.Context, device string, names []string) error
+}
+
+// claims is what one message newly claimed in the schema, released again
+// when the spool refuses the message (docs/protocol.md: the first
+// *accepted* reading decides a name's type).
+type claims struct {
+	fields map[string]string // names this message was first to claim -> type
+	names  []string          // names this message added to its device
 }
 
 // schema is the bridge's copy of the metric schema. The hot path reads it
@@ -94,7 +110,7 @@ func (b *Bridge) loadSchema(ctx context.Context, known map[string]string) error 
 		sc.nfields.Store(int64(len(stored.Fields)))
 		sc.initial = stored.DeviceMetrics
 		if len(known) > 0 {
-			if _, err := sc.store.ClaimFields(ctx, known); err != nil {
+			if _, _, err := sc.store.ClaimFields(ctx, known); err != nil {
 				return err
 			}
 		}
@@ -197,7 +213,7 @@ type newName struct {
 // acknowledged (two concurrent first uses of a name with different types:
 // one wins, the other is refused). Nothing here locks unless a name is new
 // to the hub or to the device.
-func (b *Bridge) checkSchema(ctx context.Context, s *Session, d *deviceState, t *telemetry.Telemetry) *telemetry.Error {
+func (b *Bridge) checkSchema(ctx context.Context, s *Session, d *deviceState, t *telemetry.Telemetry, c *claims) *telemetry.Error {
 	sc := &b.schema
 	names := *d.names.Load()
 	var errs []telemetry.FieldError
@@ -255,7 +271,7 @@ func (b *Bridge) checkSchema(ctx context.Context, s *Session, d *deviceState, t 
 			sc.maxPerDevice, len(names), len(add))}})
 	}
 	if len(fresh) > 0 {
-		if e := b.claimFields(ctx, s, t, fresh); e != nil {
+		if e := b.claimFields(ctx, s, t, fresh, c); e != nil {
 			return e
 		}
 	}
@@ -280,13 +296,14 @@ func (b *Bridge) checkSchema(ctx context.Context, s *Session, d *deviceState, t 
 		all = stored
 	}
 	d.names.Store(setOf(all))
+	c.names = add
 	return nil
 }
 
 // claimFields claims the types of names new to this instance: through the
 // store when there is one (the first claim wins across instances), in
 // memory otherwise (sync.Map.LoadOrStore is the atomic claim).
-func (b *Bridge) claimFields(ctx context.Context, s *Session, t *telemetry.Telemetry, fresh map[string]newName) *telemetry.Error {
+func (b *Bridge) claimFields(ctx context.Context, s *Session, t *telemetry.Telemetry, fresh map[string]newName, c *claims) *telemetry.Error {
 	sc := &b.schema
 	if n := sc.nfields.Load(); n+int64(len(fresh)) > int64(sc.maxNames) {
 		b.stats.schemaRejected(SchemaMetricNames).Add(1)
@@ -306,7 +323,7 @@ func (b *Bridge) claimFields(ctx context.Context, s *Session, t *telemetry.Telem
 		for k, n := range fresh {
 			want[k] = n.typ
 		}
-		stored, err := sc.store.ClaimFields(ctx, want)
+		stored, claimed, err := sc.store.ClaimFields(ctx, want)
 		if err != nil {
 			b.log.Error("claim metric types failed", "device", s.DeviceID, "err", err)
 			return telemetry.ErrInternal
@@ -317,11 +334,15 @@ func (b *Bridge) claimFields(ctx context.Context, s *Session, t *telemetry.Telem
 			}
 			got[k] = typ
 		}
+		for _, k := range claimed {
+			c.claimField(k, want[k])
+		}
 	} else {
 		for k, n := range fresh {
 			have, loaded := sc.fields.LoadOrStore(k, n.typ)
 			if !loaded {
 				sc.nfields.Add(1)
+				c.claimField(k, n.typ)
 			}
 			got[k] = have.(string)
 		}
@@ -337,6 +358,63 @@ func (b *Bridge) claimFields(ctx context.Context, s *Session, t *telemetry.Telem
 		return fieldsError(errs)
 	}
 	return nil
+}
+
+func (c *claims) claimField(name, typ string) {
+	if c.fields == nil {
+		c.fields = map[string]string{}
+	}
+	c.fields[name] = typ
+}
+
+// releaseTimeout bounds the undo of a refused message's claims; it runs on
+// a fresh context, since the message's own may be what expired.
+const releaseTimeout = 5 * time.Second
+
+// releaseClaims undoes what a message refused after its schema check (the
+// spool did not take it) claimed: the field types it was first to claim,
+// where the type is still the one it claimed, and the names it added to
+// its device, in memory and in the store. A failed release is logged and
+// counted (Stats.SchemaReleaseFailed); the claim then stays.
+func (b *Bridge) releaseClaims(ctx context.Context, s *Session, d *deviceState, c *claims) {
+	if len(c.fields) == 0 && len(c.names) == 0 {
+		return
+	}
+	sc := &b.schema
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
+	defer cancel()
+	if len(c.fields) > 0 {
+		if sc.store != nil {
+			if err := sc.store.ReleaseFields(ctx, c.fields); err != nil {
+				b.stats.SchemaReleaseFailed.Add(1)
+				b.log.Error("release metric types failed", "device", s.DeviceID, "err", err)
+			}
+		}
+		for k, typ := range c.fields {
+			if sc.fields.CompareAndDelete(k, typ) {
+				sc.nfields.Add(-1)
+			}
+		}
+	}
+	if len(c.names) > 0 {
+		d.namesMu.Lock()
+		defer d.namesMu.Unlock()
+		if sc.store != nil {
+			if err := sc.store.RemoveDeviceMetrics(ctx, s.DeviceID, c.names); err != nil {
+				b.stats.SchemaReleaseFailed.Add(1)
+				b.log.Error("release metric names failed", "device", s.DeviceID, "err", err)
+				return
+			}
+		}
+		names := *d.names.Load()
+		keep := make([]string, 0, len(names))
+		for k := range names {
+			if !slices.Contains(c.names, k) {
+				keep = append(keep, k)
+			}
+		}
+		d.names.Store(setOf(keep))
+	}
 }
 
 // FieldType returns the type the metric name has on this hub, if any.

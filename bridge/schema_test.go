@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -218,5 +219,95 @@ func TestSchemaForgetsDeletedDevice(t *testing.T) {
 	}
 	if e := ingest(`{"metrics":{"a":"x"}}`); e == nil || !strings.Contains(e.Message, "is a number on this hub") {
 		t.Errorf("type forgotten with the device: %v", e)
+	}
+}
+
+// refusingStore is a spool stand-in (the bridge's own Store interface)
+// that refuses every append with err while err is set.
+type refusingStore struct {
+	mu  sync.Mutex
+	err error
+}
+
+func (r *refusingStore) Append(ctx context.Context, points int, payload []byte) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.err
+}
+
+func (r *refusingStore) set(err error) {
+	r.mu.Lock()
+	r.err = err
+	r.mu.Unlock()
+}
+
+// TestSchemaRefusedMessageClaimsNothing: a message the spool refuses
+// (full, timed out, any error) leaves no field type and no device name
+// behind, in memory or in the store: a later reading of another type is
+// accepted and the device's name count is unchanged.
+func TestSchemaRefusedMessageClaimsNothing(t *testing.T) {
+	for _, serr := range []error{spool.ErrFull, context.DeadlineExceeded, fmt.Errorf("disk: %w", spool.ErrClosed), fmt.Errorf("anything else")} {
+		for _, persisted := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%v/store=%v", serr, persisted), func(t *testing.T) {
+				ctx := context.Background()
+				var store SchemaStore
+				var bolt *devices.BoltStore
+				if persisted {
+					var err error
+					bolt, err = devices.OpenBolt(filepath.Join(t.TempDir(), "registry.db"))
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer bolt.Close()
+					store = bolt
+				}
+				rs := &refusingStore{}
+				br, err := New(Options{Codec: telemetry.NewCodec(telemetry.Limits{}, nil), Store: rs, Devices: registryStub{},
+					RatePerSec: 1e9, Burst: 1e9, Schema: store, MaxMetricsPerDevice: 3, MaxMetricNames: 3})
+				if err != nil {
+					t.Fatal(err)
+				}
+				// d1 already has one stored name: "keep" (number).
+				if _, e := br.Ingest(ctx, br.Ephemeral("d1", devices.TransportHTTP, "test"), []byte(`{"metrics":{"keep":1}}`)); e != nil {
+					t.Fatal(e)
+				}
+				rs.set(serr)
+				if _, e := br.Ingest(ctx, br.Ephemeral("d1", devices.TransportHTTP, "test"), []byte(`{"metrics":{"temp":"hot","x":1,"keep":2}}`)); e == nil {
+					t.Fatal("refused append acked")
+				}
+				rs.set(nil)
+				if typ, ok := br.FieldType("temp"); ok {
+					t.Errorf("temp kept type %q from a refused message", typ)
+				}
+				if _, e := br.Ingest(ctx, br.Ephemeral("d2", devices.TransportHTTP, "test"), []byte(`{"metrics":{"temp":21}}`)); e != nil {
+					t.Errorf("temp:21 after a refused temp:\"hot\": %v", e)
+				}
+				// d1 may still add two names (3 per device); the fleet one more (3).
+				if _, e := br.Ingest(ctx, br.Ephemeral("d1", devices.TransportHTTP, "test"), []byte(`{"metrics":{"a":true,"keep":3}}`)); e != nil {
+					t.Errorf("name budget used up by a refused message: %v", e)
+				}
+				br.mu.Lock()
+				n := len(*br.deviceLocked("d1").names.Load())
+				br.mu.Unlock()
+				if n != 2 {
+					t.Errorf("d1 has %d names in memory, want 2 (keep, a)", n)
+				}
+				if typ, _ := br.FieldType("keep"); typ != FieldNumber {
+					t.Errorf("keep, claimed before the refused message, is %q", typ)
+				}
+				if bolt != nil {
+					sc, err := bolt.LoadSchema(ctx)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if _, ok := sc.Fields["x"]; ok || sc.Fields["temp"] != FieldNumber || sc.Fields["keep"] != FieldNumber {
+						t.Errorf("stored fields %v, want keep and temp numbers, no x", sc.Fields)
+					}
+					if got := strings.Join(slices.Sorted(slices.Values(sc.DeviceMetrics["d1"])), ","); got != "a,keep" {
+						t.Errorf("stored names of d1 %q, want a,keep", got)
+					}
+				}
+			})
+		}
 	}
 }

@@ -33,6 +33,9 @@ type Stats struct {
 	// SchemaRejected counts messages refused by the metric schema (a type
 	// conflict, a device's or the fleet's bound on metric names), by reason.
 	SchemaRejected map[string]*atomic.Int64
+	// SchemaReleaseFailed counts claims of a refused message that could
+	// not be undone (the store failed): such a claim stays.
+	SchemaReleaseFailed atomic.Int64
 }
 
 func counters(keys []string) map[string]*atomic.Int64 {

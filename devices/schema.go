@@ -63,16 +63,19 @@ func (s *BoltStore) LoadSchema(ctx context.Context) (Schema, error) {
 }
 
 // ClaimFields records the type of each name in fields that has none yet
-// and returns the stored type of every name in fields: the first claim of
-// a name wins (bbolt runs one write transaction at a time). Concurrent
-// calls share one transaction and one fsync (bbolt's Batch), so a fleet
-// starting up does not queue on the disk one device at a time.
-func (s *BoltStore) ClaimFields(ctx context.Context, fields map[string]string) (map[string]string, error) {
+// and returns the stored type of every name in fields and the names this
+// call was first to claim: the first claim of a name wins (bbolt runs one
+// write transaction at a time). Concurrent calls share one transaction and
+// one fsync (bbolt's Batch), so a fleet starting up does not queue on the
+// disk one device at a time.
+func (s *BoltStore) ClaimFields(ctx context.Context, fields map[string]string) (map[string]string, []string, error) {
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	got := make(map[string]string, len(fields))
-	err := s.db.Batch(func(tx *bolt.Tx) error { // may run more than once: idempotent
+	var claimed []string
+	err := s.db.Batch(func(tx *bolt.Tx) error { // may run more than once: starts afresh
+		claimed = claimed[:0]
 		b, err := tx.CreateBucketIfNotExists(bucketFields)
 		if err != nil {
 			return err
@@ -86,13 +89,65 @@ func (s *BoltStore) ClaimFields(ctx context.Context, fields map[string]string) (
 				return err
 			}
 			got[name] = typ
+			claimed = append(claimed, name)
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("claim metric types: %w", err)
+		return nil, nil, fmt.Errorf("claim metric types: %w", err)
 	}
-	return got, nil
+	return got, claimed, nil
+}
+
+// ReleaseFields undoes claims of a message that was not stored after all:
+// it deletes each name of fields whose stored type is still the one given
+// (a conditional delete, so a claim made again since is kept).
+func (s *BoltStore) ReleaseFields(ctx context.Context, fields map[string]string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	err := s.db.Batch(func(tx *bolt.Tx) error { // may run more than once: idempotent
+		b := tx.Bucket(bucketFields)
+		if b == nil {
+			return nil
+		}
+		for name, typ := range fields {
+			if v := b.Get([]byte(name)); v != nil && string(v) == typ {
+				if err := b.Delete([]byte(name)); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("release metric types: %w", err)
+	}
+	return nil
+}
+
+// RemoveDeviceMetrics forgets names of device that a message added but
+// that were not stored after all.
+func (s *BoltStore) RemoveDeviceMetrics(ctx context.Context, device string, names []string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	err := s.db.Batch(func(tx *bolt.Tx) error { // may run more than once: idempotent
+		b := tx.Bucket(bucketDeviceMetrics)
+		if b == nil {
+			return nil
+		}
+		for _, n := range names {
+			if err := b.Delete(deviceMetricKey(device, n)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("remove metric names of %s: %w", device, err)
+	}
+	return nil
 }
 
 // AddDeviceMetrics records names as metrics of device unless the device

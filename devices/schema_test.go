@@ -19,11 +19,11 @@ func TestBoltSchema(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := st.ClaimFields(ctx, map[string]string{"temp": "number", "state": "string"})
+	got, _, err := st.ClaimFields(ctx, map[string]string{"temp": "number", "state": "string"})
 	if err != nil || got["temp"] != "number" || got["state"] != "string" {
 		t.Fatalf("first claim: %v %v", got, err)
 	}
-	got, err = st.ClaimFields(ctx, map[string]string{"temp": "string", "ok": "bool"})
+	got, _, err = st.ClaimFields(ctx, map[string]string{"temp": "string", "ok": "bool"})
 	if err != nil || got["temp"] != "number" || got["ok"] != "bool" {
 		t.Fatalf("second claim: %v %v, want temp to stay a number", got, err)
 	}
@@ -32,7 +32,7 @@ func TestBoltSchema(t *testing.T) {
 	for i := range answers {
 		typ := []string{"number", "string"}[i%2]
 		wg.Go(func() {
-			g, err := st.ClaimFields(ctx, map[string]string{"race": typ})
+			g, _, err := st.ClaimFields(ctx, map[string]string{"race": typ})
 			if err != nil {
 				t.Error(err)
 			}

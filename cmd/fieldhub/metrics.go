@@ -77,6 +77,7 @@ var (
 	descReadings      = prometheus.NewDesc("fieldhub_readings_accepted_total", "Readings made durable, by transport.", []string{"transport"}, nil)
 	descRejected      = prometheus.NewDesc("fieldhub_messages_rejected_total", "Device messages refused, by error code.", []string{"code"}, nil)
 	descSchema        = prometheus.NewDesc("fieldhub_metric_schema_rejections_total", "Device messages refused by the metric schema, by reason (type_conflict, device_metrics, metric_names).", []string{"reason"}, nil)
+	descSchemaRelease = prometheus.NewDesc("fieldhub_metric_schema_release_failures_total", "Schema claims of a message the spool refused that could not be undone (the claim stays).", nil, nil)
 	descSpoolBytes    = prometheus.NewDesc("fieldhub_spool_bytes", "Bytes of spool segments on disk.", nil, nil)
 	descSpoolMax      = prometheus.NewDesc("fieldhub_spool_max_bytes", "Bound on spool bytes.", nil, nil)
 	descSpoolPending  = prometheus.NewDesc("fieldhub_spool_pending_readings", "Readings durable in the spool and not yet in InfluxDB.", nil, nil)
@@ -119,7 +120,7 @@ type hubCollector struct {
 }
 
 func (c *hubCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConnected, descConnects, descDisconnects, descMessages, descReadings, descRejected, descSchema,
+	for _, d := range []*prometheus.Desc{descConnected, descConnects, descDisconnects, descMessages, descReadings, descRejected, descSchema, descSchemaRelease,
 		descSpoolBytes, descSpoolMax, descSpoolPending, descSpoolAge, descSpoolTorn, descSpoolCorruptB, descSpoolCorruptR, descSpoolCorruptC, descWritten, descDeadLettered, descInfluxHealthy, descDevices,
 		descLiveSubs, descLiveSent, descLiveCoalesced, descLiveSlow, descLiveRefused, descLiveFilter, descCommands,
 		descClusterUp, descClusterConnFail, descClusterIngested, descClusterRedeliv, descClusterLive, descClusterForwarded, descClusterRefreshes, descClusterDynsec} {
@@ -155,6 +156,7 @@ func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
 	for reason, v := range st.SchemaRejected {
 		ch <- prometheus.MustNewConstMetric(descSchema, prometheus.CounterValue, float64(v.Load()), reason)
 	}
+	ch <- prometheus.MustNewConstMetric(descSchemaRelease, prometheus.CounterValue, float64(st.SchemaReleaseFailed.Load()))
 	ss := c.sp.Stats()
 	ch <- prometheus.MustNewConstMetric(descSpoolBytes, prometheus.GaugeValue, float64(ss.Bytes))
 	ch <- prometheus.MustNewConstMetric(descSpoolMax, prometheus.GaugeValue, float64(ss.MaxBytes))

@@ -316,21 +316,37 @@ func (s *Store) LoadSchema(ctx context.Context) (devices.Schema, error) {
 }
 
 // ClaimFields records the type of each name that has none yet and returns
-// the stored type of every name given: the first claim wins across every
-// instance sharing the database (INSERT ... ON CONFLICT DO NOTHING).
-func (s *Store) ClaimFields(ctx context.Context, fields map[string]string) (map[string]string, error) {
+// the stored type of every name given and the names this call was first
+// to claim: the first claim wins across every instance sharing the
+// database (INSERT ... ON CONFLICT DO NOTHING RETURNING).
+func (s *Store) ClaimFields(ctx context.Context, fields map[string]string) (map[string]string, []string, error) {
 	names := make([]string, 0, len(fields))
 	types := make([]string, 0, len(fields))
 	for n, t := range fields {
 		names, types = append(names, n), append(types, t)
 	}
 	got := make(map[string]string, len(fields))
+	var claimed []string
 	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `INSERT INTO fieldhub_metric_fields (name, type)
-			SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (name) DO NOTHING`, names, types); err != nil {
+		claimed = claimed[:0]
+		rows, err := tx.Query(ctx, `INSERT INTO fieldhub_metric_fields (name, type)
+			SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (name) DO NOTHING RETURNING name`, names, types)
+		if err != nil {
 			return err
 		}
-		rows, err := tx.Query(ctx, `SELECT name, type FROM fieldhub_metric_fields WHERE name = ANY($1)`, names)
+		for rows.Next() {
+			var n string
+			if err := rows.Scan(&n); err != nil {
+				rows.Close()
+				return err
+			}
+			claimed = append(claimed, n)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		rows, err = tx.Query(ctx, `SELECT name, type FROM fieldhub_metric_fields WHERE name = ANY($1)`, names)
 		if err != nil {
 			return err
 		}
@@ -345,9 +361,35 @@ func (s *Store) ClaimFields(ctx context.Context, fields map[string]string) (map[
 		return rows.Err()
 	})
 	if err != nil {
-		return nil, fmt.Errorf("claim metric types: %w", err)
+		return nil, nil, fmt.Errorf("claim metric types: %w", err)
 	}
-	return got, nil
+	return got, claimed, nil
+}
+
+// ReleaseFields undoes claims of a message that was not stored after all:
+// it deletes each name whose stored type is still the one given (a
+// conditional delete, so a claim made again since is kept).
+func (s *Store) ReleaseFields(ctx context.Context, fields map[string]string) error {
+	names := make([]string, 0, len(fields))
+	types := make([]string, 0, len(fields))
+	for n, t := range fields {
+		names, types = append(names, n), append(types, t)
+	}
+	if _, err := s.db.Exec(ctx, `DELETE FROM fieldhub_metric_fields f
+		USING unnest($1::text[], $2::text[]) AS r(name, type)
+		WHERE f.name = r.name AND f.type = r.type`, names, types); err != nil {
+		return fmt.Errorf("release metric types: %w", err)
+	}
+	return nil
+}
+
+// RemoveDeviceMetrics forgets names of device that a message added but
+// that were not stored after all.
+func (s *Store) RemoveDeviceMetrics(ctx context.Context, device string, names []string) error {
+	if _, err := s.db.Exec(ctx, `DELETE FROM fieldhub_device_metrics WHERE device = $1 AND name = ANY($2)`, device, names); err != nil {
+		return fmt.Errorf("remove metric names of %s: %w", device, err)
+	}
+	return nil
 }
 
 // AddDeviceMetrics records names as metrics of device unless the device

@@ -303,10 +303,10 @@ func TestSchemaOnPostgreSQL(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	if got, err := a.ClaimFields(ctx, map[string]string{"temp": "number"}); err != nil || got["temp"] != "number" {
+	if got, _, err := a.ClaimFields(ctx, map[string]string{"temp": "number"}); err != nil || got["temp"] != "number" {
 		t.Fatalf("claim: %v %v", got, err)
 	}
-	if got, err := b.ClaimFields(ctx, map[string]string{"temp": "string", "ok": "bool"}); err != nil || got["temp"] != "number" || got["ok"] != "bool" {
+	if got, _, err := b.ClaimFields(ctx, map[string]string{"temp": "string", "ok": "bool"}); err != nil || got["temp"] != "number" || got["ok"] != "bool" {
 		t.Fatalf("second instance's claim: %v %v", got, err)
 	}
 	if _, err := a.AddDeviceMetrics(ctx, "d1", []string{"x", "y"}, 3); err != nil {
