@@ -513,3 +513,65 @@ func TestAttackMetricNameFlood(t *testing.T) {
 	}
 	integrityNoDeadLetters(t, h)
 }
+
+// TestAttackRefusedMessageClaimsNothing: while InfluxDB is down and the
+// spool is full, a device sends {"temp":"hot","x":1,...}; the hub answers
+// overloaded and nothing is stored, so nothing may be decided by it: once
+// the spool drains, {"temp":21} is accepted and stored, and the refused
+// message used none of the device's name budget.
+func TestAttackRefusedMessageClaimsNothing(t *testing.T) {
+	influx := influxtest.Start(t)
+	h := startHub(t, influx, map[string]string{"FIELDHUB_SPOOL_MAX_BYTES": "1048576", "FIELDHUB_RATE_LIMIT": "100000", "FIELDHUB_RATE_BURST": "100000",
+		"FIELDHUB_MAX_METRICS_PER_DEVICE": "4"})
+	filler := h.createDevice(t, "filler")
+	dev := h.createDevice(t, "claimer")
+	influx.Kill()
+	// Fill the spool to the last few bytes: batches of 1000, 100, 10, 1.
+	for _, n := range []int{1000, 100, 10, 1} {
+		var body strings.Builder
+		body.WriteString(`{"readings":[`)
+		for i := range n {
+			if i > 0 {
+				body.WriteString(",")
+			}
+			fmt.Fprintf(&body, `{"metrics":{"padding_metric_name":%d,"another_padding_metric":%d}}`, i, i)
+		}
+		body.WriteString(`]}`)
+		full := false
+		for range 200 {
+			if st, _ := integrityPost(t, h, filler, body.String()); st != 200 {
+				full = st == 503
+				break
+			}
+		}
+		if !full {
+			t.Fatalf("the spool never refused a batch of %d", n)
+		}
+	}
+	long := strings.Repeat("h", 200) // longer than the room the fillers left
+	if st, e := integrityPost(t, h, dev, `{"metrics":{"temp":"`+long+`","x":1,"y":2,"z":3}}`); st != 503 || e["code"] != "overloaded" {
+		t.Fatalf("full spool answered %d %v, want 503 overloaded", st, e)
+	}
+	influx.Restart()
+	waitUntil(t, "temp:21 accepted once the spool drains", 120*time.Second, func() bool {
+		st, e := integrityPost(t, h, dev, `{"metrics":{"temp":21}}`)
+		if st == 400 {
+			t.Fatalf("temp:21 refused: %v", e)
+		}
+		return st == 200
+	})
+	// 4 names per device: temp plus three new ones fit only if the refused
+	// x, y, z were given back.
+	waitUntil(t, "three new names accepted", 120*time.Second, func() bool {
+		st, e := integrityPost(t, h, dev, `{"metrics":{"a":1,"b":2,"c":3}}`)
+		if st == 400 {
+			t.Fatalf("name budget after a refused message: %v", e)
+		}
+		return st == 200
+	})
+	integrityWaitCount(t, influx, "claimer", "temp", 1)
+	if typ := integrityFieldKeys(t, influx)["temp"]; typ != "float" {
+		t.Errorf("temp stored as %q, want float", typ)
+	}
+	integrityNoDeadLetters(t, h)
+}
