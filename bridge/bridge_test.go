@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -67,5 +69,67 @@ func BenchmarkIngest(b *testing.B) {
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 			b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "readings/s")
 		})
+	}
+}
+
+// recordingStore is a spool stand-in (the bridge's own Store interface)
+// that keeps a copy of every payload it accepts.
+type recordingStore struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (r *recordingStore) Append(ctx context.Context, points int, payload []byte) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for l := range strings.SplitSeq(strings.TrimSpace(string(payload)), "\n") {
+		r.lines = append(r.lines, l)
+	}
+	return nil
+}
+
+// TestHubTimesUniqueUnderConcurrency: many sessions of one device send
+// readings without ts at once, single and batched, while the hub's clock
+// stands still (the worst case of a coarse clock): every acknowledged
+// reading gets its own timestamp, so none overwrites another in InfluxDB.
+func TestHubTimesUniqueUnderConcurrency(t *testing.T) {
+	frozen := time.Unix(1_700_000_000, 123_000_000)
+	rs := &recordingStore{}
+	br, err := New(Options{Codec: telemetry.NewCodec(telemetry.Limits{}, func() time.Time { return frozen }), Store: rs, Devices: registryStub{},
+		RatePerSec: 1e9, Burst: 1e9})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const sessions, messages = 8, 25
+	transports := []string{devices.TransportWS, devices.TransportMQTT, devices.TransportHTTP}
+	var wg sync.WaitGroup
+	for i := range sessions {
+		s := br.Ephemeral("d1", transports[i%len(transports)], "test")
+		wg.Go(func() {
+			for j := range messages {
+				msg := fmt.Sprintf(`{"type":"telemetry","metrics":{"n":%d}}`, i*1000+j)
+				if j%5 == 0 {
+					msg = fmt.Sprintf(`{"type":"telemetry","readings":[{"metrics":{"n":%d}},{"metrics":{"n":%d}},{"metrics":{"n":%d}}]}`, i*1000+j, i*1000+j+500, i*1000+j+700)
+				}
+				if _, e := br.Ingest(context.Background(), s, []byte(msg)); e != nil {
+					t.Errorf("session %d message %d: %v", i, j, e)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	want := sessions * (messages + 2*(messages/5))
+	if len(rs.lines) != want {
+		t.Fatalf("%d lines spooled, want %d", len(rs.lines), want)
+	}
+	seen := map[string]string{}
+	for _, l := range rs.lines {
+		ts := l[strings.LastIndexByte(l, ' ')+1:]
+		if prev, dup := seen[ts]; dup {
+			t.Fatalf("two acknowledged readings share timestamp %s:\n%s\n%s", ts, prev, l)
+		}
+		seen[ts] = l
 	}
 }
