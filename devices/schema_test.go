@@ -23,9 +23,17 @@ func TestBoltSchema(t *testing.T) {
 	if err != nil || got["temp"] != "number" || got["state"] != "string" {
 		t.Fatalf("first claim: %v %v", got, err)
 	}
-	got, _, err = st.ClaimFields(ctx, map[string]string{"temp": "string", "ok": "bool"})
-	if err != nil || got["temp"] != "number" || got["ok"] != "bool" {
-		t.Fatalf("second claim: %v %v, want temp to stay a number", got, err)
+	got, claimed, err := st.ClaimFields(ctx, map[string]string{"temp": "string", "ok": "bool"})
+	if err != nil || got["temp"] != "number" || got["ok"] != "bool" || !slices.Equal(claimed, []string{"ok"}) {
+		t.Fatalf("second claim: %v %v %v, want temp to stay a number and ok claimed", got, claimed, err)
+	}
+	// A release deletes only a claim still of the type released.
+	if err := st.ReleaseFields(ctx, map[string]string{"temp": "string", "ok": "bool"}); err != nil {
+		t.Fatal(err)
+	}
+	got, claimed, err = st.ClaimFields(ctx, map[string]string{"temp": "string", "ok": "string"})
+	if err != nil || got["temp"] != "number" || got["ok"] != "string" || !slices.Equal(claimed, []string{"ok"}) {
+		t.Fatalf("after release: %v %v %v", got, claimed, err)
 	}
 	var wg sync.WaitGroup
 	answers := make([]string, 8)
@@ -66,6 +74,13 @@ func TestBoltSchema(t *testing.T) {
 			t.Errorf("%s: %v %v, want %v (too many %v)", tt.name, have, err, tt.want, tt.tooMany)
 		}
 	}
+	// Removing names of a refused message frees the device's budget.
+	if err := st.RemoveDeviceMetrics(ctx, "d1", []string{"c"}); err != nil {
+		t.Fatal(err)
+	}
+	if have, err := st.AddDeviceMetrics(ctx, "d1", []string{"c"}, 3); err != nil || len(have) != 3 {
+		t.Fatalf("after a removal: %v %v", have, err)
+	}
 	if err := st.Apply(ctx, Change{DeleteDevices: []string{"d2"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +95,7 @@ func TestBoltSchema(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if sc.Fields["temp"] != "number" || sc.Fields["state"] != "string" || sc.Fields["ok"] != "bool" || len(sc.Fields) != 4 {
+	if sc.Fields["temp"] != "number" || sc.Fields["state"] != "string" || sc.Fields["ok"] != "string" || len(sc.Fields) != 4 {
 		t.Errorf("fields after reopen: %v", sc.Fields)
 	}
 	slices.Sort(sc.DeviceMetrics["d1"])

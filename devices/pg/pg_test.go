@@ -306,8 +306,18 @@ func TestSchemaOnPostgreSQL(t *testing.T) {
 	if got, _, err := a.ClaimFields(ctx, map[string]string{"temp": "number"}); err != nil || got["temp"] != "number" {
 		t.Fatalf("claim: %v %v", got, err)
 	}
-	if got, _, err := b.ClaimFields(ctx, map[string]string{"temp": "string", "ok": "bool"}); err != nil || got["temp"] != "number" || got["ok"] != "bool" {
-		t.Fatalf("second instance's claim: %v %v", got, err)
+	if got, claimed, err := b.ClaimFields(ctx, map[string]string{"temp": "string", "ok": "bool"}); err != nil || got["temp"] != "number" || got["ok"] != "bool" || !slices.Equal(claimed, []string{"ok"}) {
+		t.Fatalf("second instance's claim: %v %v %v", got, claimed, err)
+	}
+	// A release deletes only a claim still of the type released.
+	if err := b.ReleaseFields(ctx, map[string]string{"temp": "string", "ok": "bool"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, claimed, err := a.ClaimFields(ctx, map[string]string{"temp": "string", "ok": "string"}); err != nil || got["temp"] != "number" || got["ok"] != "string" || !slices.Equal(claimed, []string{"ok"}) {
+		t.Fatalf("after release: %v %v %v", got, claimed, err)
+	}
+	if err := a.ReleaseFields(ctx, map[string]string{"ok": "string"}); err != nil {
+		t.Fatal(err)
 	}
 	if _, err := a.AddDeviceMetrics(ctx, "d1", []string{"x", "y"}, 3); err != nil {
 		t.Fatal(err)
@@ -315,6 +325,12 @@ func TestSchemaOnPostgreSQL(t *testing.T) {
 	have, err := b.AddDeviceMetrics(ctx, "d1", []string{"z", "w"}, 3)
 	if !errors.Is(err, devices.ErrTooManyMetrics) || len(have) != 2 {
 		t.Fatalf("past the bound from the other instance: %v %v", have, err)
+	}
+	if err := a.RemoveDeviceMetrics(ctx, "d1", []string{"y"}); err != nil {
+		t.Fatal(err)
+	}
+	if have, err := b.AddDeviceMetrics(ctx, "d1", []string{"y"}, 3); err != nil || len(have) != 2 {
+		t.Fatalf("after a removal: %v %v", have, err)
 	}
 	if _, err := b.AddDeviceMetrics(ctx, "d2", []string{"x"}, 3); err != nil {
 		t.Fatal(err)
