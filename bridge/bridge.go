@@ -231,7 +231,9 @@ func (b *Bridge) IngestFrame(ctx context.Context, s *Session, f *telemetry.Frame
 		b.bufs.Put(bufp)
 	}
 	if serr != nil {
-		b.releaseClaims(ctx, s, d, &c)
+		if !errors.Is(serr, spool.ErrMaybeStored) { // it may be stored: its claims stay
+			b.releaseClaims(ctx, s, d, &c)
+		}
 		switch {
 		case errors.Is(serr, spool.ErrFull), errors.Is(serr, context.DeadlineExceeded), errors.Is(serr, spool.ErrClosed):
 			return t.ID, b.reject(s, telemetry.ErrOverloaded)

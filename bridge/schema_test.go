@@ -311,3 +311,24 @@ func TestSchemaRefusedMessageClaimsNothing(t *testing.T) {
 		}
 	}
 }
+
+// TestSchemaMaybeStoredMessageKeepsClaims: an append that timed out after
+// the spool copied the record (spool.ErrMaybeStored) may still be stored,
+// so the types it claimed stay: a later reading of another type is
+// refused rather than acknowledged and dead-lettered.
+func TestSchemaMaybeStoredMessageKeepsClaims(t *testing.T) {
+	ctx := context.Background()
+	rs := &refusingStore{err: fmt.Errorf("%w: %w", spool.ErrMaybeStored, context.DeadlineExceeded)}
+	br, err := New(Options{Codec: telemetry.NewCodec(telemetry.Limits{}, nil), Store: rs, Devices: registryStub{},
+		RatePerSec: 1e9, Burst: 1e9})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, e := br.Ingest(ctx, br.Ephemeral("d1", devices.TransportHTTP, "test"), []byte(`{"metrics":{"temp":"hot"}}`)); e == nil || e.Code != telemetry.CodeOverloaded {
+		t.Fatalf("timed-out append answered %v, want overloaded", e)
+	}
+	rs.set(nil)
+	if _, e := br.Ingest(ctx, br.Ephemeral("d2", devices.TransportHTTP, "test"), []byte(`{"metrics":{"temp":21}}`)); e == nil {
+		t.Error("temp:21 acknowledged although temp:\"hot\" may be stored")
+	}
+}

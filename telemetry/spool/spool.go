@@ -63,6 +63,11 @@ var (
 	// forged record from being embedded in a payload and replayed on its
 	// own when recovery resynchronises past a damaged header.
 	ErrInvalid = errors.New("spool payload holds a zero byte")
+	// ErrMaybeStored wraps the context's error when ctx ended after the
+	// committer had copied the record: it may still become durable. The
+	// caller must not acknowledge it, nor undo what it decided for it
+	// (the bridge keeps the metric types such a message claimed).
+	ErrMaybeStored = errors.New("record may still be stored")
 )
 
 const (
@@ -801,7 +806,7 @@ func (s *Spool) Append(ctx context.Context, points int, payload []byte) error {
 		}
 		// Otherwise the committer copied payload and may still send on
 		// done, so done is not returned to the pool.
-		return ctx.Err()
+		return fmt.Errorf("%w: %w", ErrMaybeStored, ctx.Err())
 	}
 }
 
