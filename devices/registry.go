@@ -157,7 +157,8 @@ type Registry struct {
 	opByHash  map[TokenHash]string // operator token hash -> token id
 	bootstrap *TokenHash           // FIELDHUB_ADMIN_TOKEN, never stored
 	// sessions are the dashboard sign-ins by hash of their id (sessions.go).
-	sessions map[TokenHash]*session
+	sessions   map[TokenHash]*session
+	sessionSeq uint64 // sign-ins on this instance, ordering sessions created in the same millisecond; guarded by mu
 	// timers re-check a device's sessions when a grace period ends: one
 	// per device and expiry instant, so each superseded token keeps exactly
 	// the grace it was given.

@@ -1,6 +1,7 @@
 package devices
 
 import (
+	"cmp"
 	"context"
 	"encoding/hex"
 	"fmt"
@@ -47,7 +48,8 @@ type OperatorEnded struct {
 // Registry.mu.
 type session struct {
 	OperatorSession
-	memOnly bool // a session of FIELDHUB_ADMIN_TOKEN, never stored
+	memOnly bool   // a session of FIELDHUB_ADMIN_TOKEN, never stored
+	seq     uint64 // order of sign-in on this instance (0: loaded from the store)
 	timer   *time.Timer
 }
 
@@ -158,6 +160,8 @@ func (r *Registry) CreateSession(ctx context.Context, op Operator) (string, erro
 		r.mu.Unlock()
 		return "", fmt.Errorf("token %q: %w", op.TokenID, ErrNotFound)
 	}
+	r.sessionSeq++
+	s.seq = r.sessionSeq
 	var mine []*session
 	for _, x := range r.sessions {
 		if x.TokenID == op.TokenID {
@@ -166,7 +170,13 @@ func (r *Registry) CreateSession(ctx context.Context, op Operator) (string, erro
 	}
 	var evict []*session
 	if n := len(mine) - MaxSessionsPerToken + 1; n > 0 {
-		slices.SortFunc(mine, func(a, b *session) int { return a.CreatedAt.Compare(b.CreatedAt) })
+		// Oldest first; sign-ins in the same millisecond by their order.
+		slices.SortFunc(mine, func(a, b *session) int {
+			if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
+				return c
+			}
+			return cmp.Compare(a.seq, b.seq)
+		})
 		evict = mine[:n]
 	}
 	if !s.memOnly {
