@@ -12,8 +12,11 @@ const state = { me: null, view: null, live: null, liveDelay: 500, liveTimer: nul
 let aborter = new AbortController();
 function abortRequests() { aborter.abort(); aborter = new AbortController(); }
 
-async function api(method, path, body) {
-  const opts = { method, headers: {}, signal: aborter.signal };
+// signal defaults to the current view's; a function that awaits between
+// requests passes the one it started with, so a request it makes after a
+// view change or sign-out is aborted too instead of going out.
+async function api(method, path, body, signal = aborter.signal) {
+  const opts = { method, headers: {}, signal };
   if (body !== undefined) { opts.headers["Content-Type"] = "application/json"; opts.body = JSON.stringify(body); }
   let resp;
   try {
@@ -279,14 +282,14 @@ for (const b of document.querySelectorAll(".ranges button")) {
 }
 
 async function loadHistory() {
-  const id = state.device.id, span = ranges[state.range];
+  const id = state.device.id, span = ranges[state.range], signal = aborter.signal;
   // Aggregate long ranges to about 300 points per chart.
   const every = span > 3600e3 ? Math.max(60, Math.round(span / 300 / 1000)) + "s" : "";
   let metrics = Object.keys(state.device.latest);
   if (!metrics.length) {
     // Learn the metric names from the most recent reading.
     try {
-      const snap = await api("GET", "/api/v1/devices/" + encodeURIComponent(id) + "/latest");
+      const snap = await api("GET", "/api/v1/devices/" + encodeURIComponent(id) + "/latest", undefined, signal);
       for (const [k, v] of Object.entries(snap.metrics || {})) state.device.latest[k] = v;
       renderLatest(snap.ts);
       metrics = Object.keys(state.device.latest);
@@ -296,7 +299,7 @@ async function loadHistory() {
     const q = new URLSearchParams({ metric: m, start: "-" + state.range, stop: "now" });
     if (every) { q.set("every", every); q.set("fn", "mean"); } else { q.set("limit", "5000"); }
     try {
-      const h = await api("GET", "/api/v1/devices/" + encodeURIComponent(id) + "/readings?" + q);
+      const h = await api("GET", "/api/v1/devices/" + encodeURIComponent(id) + "/readings?" + q, undefined, signal);
       chartFor(m).load(h.points);
     } catch (e) { chartFor(m).note("history unavailable: " + e.message); }
   }
