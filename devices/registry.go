@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fieldhub/fieldhub/telemetry"
@@ -86,10 +87,60 @@ type Created struct {
 	Token  string `json:"token"`
 }
 
-type entry struct {
-	rec      Record
-	presence Presence
+// device is one device in a snapshot: its record, never changed once
+// published, and its live state, which every snapshot holding the device
+// shares.
+type device struct {
+	rec  Record
+	live *liveState
 }
+
+// liveState is what the transports change per message or per connection,
+// without a lock: Touch and SetPresence store atomically into it.
+type liveState struct {
+	lastSeen atomic.Int64 // unix nanoseconds; 0: never heard from
+	// stored is the last_seen the store has; only Flush (one at a time,
+	// under flushMu) and the single writer change it.
+	stored   atomic.Int64
+	presence atomic.Pointer[Presence] // LastSeen left nil; nil: never connected here
+}
+
+func nanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func newLive(lastSeen time.Time) *liveState {
+	l := &liveState{}
+	l.lastSeen.Store(nanos(lastSeen))
+	l.stored.Store(nanos(lastSeen))
+	return l
+}
+
+// snapshot is the registry's device state at one instant. It is immutable
+// once published through Registry.snap: a writer builds the next one from
+// a copy and swaps the pointer, so readers never lock.
+type snapshot struct {
+	devices map[string]*device
+	byHash  map[TokenHash]string // device token hash -> device id
+	// cursor is the store's change cursor this snapshot has caught up
+	// with (see ChangeFeed); 0 for stores without one.
+	cursor uint64
+}
+
+// clone copies the maps (not the devices, which are immutable) for the
+// writer to change.
+func (s *snapshot) clone() *snapshot {
+	return &snapshot{devices: maps.Clone(s.devices), byHash: maps.Clone(s.byHash), cursor: s.cursor}
+}
+
+// Defaults of Options.
+const (
+	DefaultStoreTimeout  = 10 * time.Second
+	DefaultFlushInterval = 30 * time.Second
+)
 
 // Options configures a Registry.
 type Options struct {
@@ -117,7 +168,14 @@ type Options struct {
 	SessionIdle, SessionMax time.Duration
 	// TagLabels names the device labels written to InfluxDB as tags.
 	TagLabels []string
-	Now       func() time.Time
+	// StoreTimeout bounds every store write and refresh, so a hung store
+	// fails the operation instead of stalling the writer; default 10 s.
+	StoreTimeout time.Duration
+	// FlushInterval is how often Run writes the last_seen of devices heard
+	// from since the previous flush, in one store write; default 30 s.
+	// Close writes the rest.
+	FlushInterval time.Duration
+	Now           func() time.Time
 }
 
 // Changed says what one registry operation changed.
@@ -143,36 +201,81 @@ func (c DeviceChange) LogValue() slog.Value {
 }
 
 // Registry is the in-memory, write-through registry of devices and operator
-// tokens. It is safe for concurrent use. mu guards every map; store writes
-// happen under mu so memory and disk change in the same order.
+// tokens. It is safe for concurrent use.
+//
+// Devices are an immutable snapshot behind snap: every read (Authenticate,
+// StillValid, Tags, Exists, Get, List, Counts) loads the pointer and takes
+// no lock; Touch and SetPresence store into per-device atomics. Device
+// writes (CreateBatch, Rotate, Delete, Refresh) are serialised by the
+// writer token wsem: the holder writes the change to the store under a
+// deadline, and only when that succeeded publishes the next snapshot, so
+// a failed write leaves the snapshot as it was. mu guards operator tokens
+// and dashboard sessions (operators.go, sessions.go), never devices.
 type Registry struct {
 	store Store
 	opts  Options
 	log   *slog.Logger
 
+	snap atomic.Pointer[snapshot]
+	// wsem is the device writer's token (capacity 1): taking it honours
+	// the caller's ctx, so a writer queued behind a hung store gives up at
+	// its own deadline. Hot-path reads never take it.
+	wsem chan struct{}
+	// flushMu makes Flushes one at a time; held across the store write of
+	// last_seen, which no reader waits for.
+	flushMu sync.Mutex
+
 	mu        sync.RWMutex
-	devices   map[string]*entry
-	byHash    map[TokenHash]string // device token hash -> device id
 	operators map[string]*OperatorToken
 	opByHash  map[TokenHash]string // operator token hash -> token id
 	bootstrap *TokenHash           // FIELDHUB_ADMIN_TOKEN, never stored
 	// sessions are the dashboard sign-ins by hash of their id (sessions.go).
 	sessions   map[TokenHash]*session
 	sessionSeq uint64 // sign-ins on this instance, ordering sessions created in the same millisecond; guarded by mu
+	closed     bool   // guarded by mu
+	// gen counts this registry's operator and session writes, so a Refresh
+	// can tell that its load may predate one of them. Guarded by mu.
+	gen uint64
+
+	// tmu guards timers and timersClosed; nothing is called under it.
+	tmu sync.Mutex
 	// timers re-check a device's sessions when a grace period ends: one
 	// per device and expiry instant, so each superseded token keeps exactly
 	// the grace it was given.
-	timers map[string]map[int64]*time.Timer
-	closed bool
-	// gen counts this registry's credential writes, so a Refresh can tell
-	// that its snapshot may predate one of them.
-	gen uint64
+	timers       map[string]map[int64]*time.Timer
+	timersClosed bool
 }
 
-// applyLocked writes a credential change to the store. Callers hold mu.
+// applyLocked writes an operator or session change to the store, under
+// the store deadline. Callers hold mu.
 func (r *Registry) applyLocked(ctx context.Context, c Change) error {
 	r.gen++
+	ctx, cancel := context.WithTimeout(ctx, r.opts.StoreTimeout)
+	defer cancel()
 	return r.store.Apply(ctx, c)
+}
+
+// lockWriter takes the device writer's token, or gives up with ctx.
+func (r *Registry) lockWriter(ctx context.Context) error {
+	select {
+	case r.wsem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("wait for the registry writer: %w", ctx.Err())
+	}
+}
+
+func (r *Registry) unlockWriter() { <-r.wsem }
+
+// applyDevices writes a device change to the store under the store
+// deadline. Callers hold the writer token.
+func (r *Registry) applyDevices(ctx context.Context, c Change) error {
+	ctx, cancel := context.WithTimeout(ctx, r.opts.StoreTimeout)
+	defer cancel()
+	if err := r.store.Apply(ctx, c); err != nil {
+		return err
+	}
+	return nil
 }
 
 // Open loads the registry from store.
@@ -189,57 +292,133 @@ func Open(ctx context.Context, store Store, opts Options) (*Registry, error) {
 	if opts.SessionMax <= 0 {
 		opts.SessionMax = DefaultSessionMax
 	}
-	snap, err := store.Load(ctx)
+	if opts.StoreTimeout <= 0 {
+		opts.StoreTimeout = DefaultStoreTimeout
+	}
+	if opts.FlushInterval <= 0 {
+		opts.FlushInterval = DefaultFlushInterval
+	}
+	lctx, cancel := context.WithTimeout(ctx, opts.StoreTimeout)
+	defer cancel()
+	st, err := store.Load(lctx)
 	if err != nil {
 		return nil, err
 	}
 	r := &Registry{
 		store: store, opts: opts, log: opts.Logger,
-		devices: map[string]*entry{}, byHash: map[TokenHash]string{},
+		wsem:      make(chan struct{}, 1),
 		operators: map[string]*OperatorToken{}, opByHash: map[TokenHash]string{},
 		timers:   map[string]map[int64]*time.Timer{},
 		sessions: map[TokenHash]*session{},
 	}
 	now := opts.Now()
-	for _, rec := range snap.Devices {
-		e := &entry{rec: rec}
-		if !rec.LastSeen.IsZero() {
-			ls := rec.LastSeen
-			e.presence.LastSeen = &ls
-		}
-		r.devices[rec.ID] = e
+	snap := &snapshot{devices: make(map[string]*device, len(st.Devices)), byHash: make(map[TokenHash]string, len(st.Devices)), cursor: st.Cursor}
+	for _, rec := range st.Devices {
+		snap.devices[rec.ID] = &device{rec: rec, live: newLive(rec.LastSeen)}
 		for _, t := range rec.Tokens {
-			r.byHash[t.Hash] = rec.ID
+			snap.byHash[t.Hash] = rec.ID
 			r.scheduleExpiry(rec.ID, t.ExpiresAt, now)
 		}
 	}
-	for _, o := range snap.Operators {
+	r.snap.Store(snap)
+	for _, o := range st.Operators {
 		o := o
 		r.operators[o.ID] = &o
 		r.opByHash[o.Hash] = o.ID
 	}
-	r.loadSessions(ctx, snap.Sessions, now)
+	r.loadSessions(ctx, st.Sessions, now)
 	return r, nil
 }
 
-// Close stops grace-period timers. The store is closed by its owner.
+// Run writes last_seen to the store every FlushInterval until ctx ends,
+// then once more. The caller owns the goroutine; Close flushes too, so a
+// registry without Run still persists last_seen at shutdown.
+func (r *Registry) Run(ctx context.Context) error {
+	t := time.NewTicker(r.opts.FlushInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.opts.StoreTimeout)
+			defer cancel()
+			if err := r.Flush(fctx); err != nil {
+				r.log.Warn("flush last_seen", "err", err)
+			}
+			return nil
+		case <-t.C:
+			if err := r.Flush(ctx); err != nil {
+				r.log.Warn("flush last_seen", "err", err)
+			}
+		}
+	}
+}
+
+// Flush writes, in one store write, the last_seen of every device heard
+// from since it was last written. A device deleted meanwhile is not
+// recreated (Change.TouchDevices). On failure nothing is marked written,
+// so the next Flush tries again.
+func (r *Registry) Flush(ctx context.Context) error {
+	r.flushMu.Lock()
+	defer r.flushMu.Unlock()
+	type pending struct {
+		l  *liveState
+		at int64
+	}
+	var (
+		touches []LastSeen
+		marks   []pending
+	)
+	for id, d := range r.snap.Load().devices {
+		at := d.live.lastSeen.Load()
+		if at != 0 && at != d.live.stored.Load() {
+			touches = append(touches, LastSeen{ID: id, At: time.Unix(0, at).UTC()})
+			marks = append(marks, pending{d.live, at})
+		}
+	}
+	if len(touches) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.opts.StoreTimeout)
+	defer cancel()
+	if err := r.store.Apply(ctx, Change{TouchDevices: touches}); err != nil {
+		return fmt.Errorf("write last_seen of %d devices: %w", len(touches), err)
+	}
+	for _, m := range marks {
+		m.l.stored.Store(m.at)
+	}
+	return nil
+}
+
+// Close writes the last_seen not yet flushed, in one store write, and
+// stops grace-period and session timers. The store is closed by its owner,
+// after Close.
 func (r *Registry) Close() {
+	ctx, cancel := context.WithTimeout(context.Background(), r.opts.StoreTimeout)
+	defer cancel()
+	if err := r.Flush(ctx); err != nil {
+		r.log.Warn("flush last_seen", "err", err)
+	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	r.closed = true
+	for _, s := range r.sessions {
+		s.timer.Stop()
+	}
+	r.mu.Unlock()
+	r.tmu.Lock()
+	r.timersClosed = true
 	for id, ts := range r.timers {
 		for _, t := range ts {
 			t.Stop()
 		}
 		delete(r.timers, id)
 	}
-	for _, s := range r.sessions {
-		s.timer.Stop()
-	}
+	r.tmu.Unlock()
 }
 
 // Ping reports whether the registry's store is usable, for readiness.
 func (r *Registry) Ping(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, r.opts.StoreTimeout)
+	defer cancel()
 	return r.store.Apply(ctx, Change{})
 }
 
@@ -297,25 +476,30 @@ func (r *Registry) CreateBatch(ctx context.Context, specs []Spec) ([]Created, er
 			recs[i].Labels = map[string]string{}
 		}
 	}
-	r.mu.Lock()
+	if err := r.lockWriter(ctx); err != nil {
+		return nil, err
+	}
+	cur := r.snap.Load()
 	for _, rec := range recs {
-		if _, ok := r.devices[rec.ID]; ok {
-			r.mu.Unlock()
+		if _, ok := cur.devices[rec.ID]; ok {
+			r.unlockWriter()
 			return nil, fmt.Errorf("device %q: %w", rec.ID, ErrExists)
 		}
 	}
-	if err := r.applyLocked(ctx, Change{PutDevices: recs}); err != nil {
-		r.mu.Unlock()
+	if err := r.applyDevices(ctx, Change{PutDevices: recs}); err != nil {
+		r.unlockWriter()
 		return nil, err
 	}
+	next := cur.clone()
 	out := make([]Created, len(recs))
 	for i, rec := range recs {
-		e := &entry{rec: rec}
-		r.devices[rec.ID] = e
-		r.byHash[rec.Tokens[0].Hash] = rec.ID
-		out[i] = Created{Device: e.view(), Token: tokens[i]}
+		d := &device{rec: rec, live: newLive(time.Time{})}
+		next.devices[rec.ID] = d
+		next.byHash[rec.Tokens[0].Hash] = rec.ID
+		out[i] = Created{Device: d.view(), Token: tokens[i]}
 	}
-	r.mu.Unlock()
+	r.snap.Store(next)
+	r.unlockWriter()
 	r.notify(func() Changed {
 		ch := Changed{Devices: make([]DeviceChange, len(recs))}
 		for i, rec := range recs {
@@ -327,33 +511,49 @@ func (r *Registry) CreateBatch(ctx context.Context, specs []Spec) ([]Created, er
 }
 
 // notify calls OnChange, if set, with the change mk builds; mk runs only
-// when someone listens. Callers do not hold mu.
+// when someone listens. Callers hold no lock and not the writer token.
 func (r *Registry) notify(mk func() Changed) {
 	if r.opts.OnChange != nil {
 		r.opts.OnChange(mk())
 	}
 }
 
-func (e *entry) view() Device {
-	return Device{ID: e.rec.ID, Name: e.rec.Name, Labels: maps.Clone(e.rec.Labels), CreatedAt: e.rec.CreatedAt, Presence: e.presence}
+// lastSeen is the device's last_seen as this instance knows it.
+func (d *device) lastSeen() *time.Time {
+	n := d.live.lastSeen.Load()
+	if n == 0 {
+		return nil
+	}
+	t := time.Unix(0, n).UTC()
+	return &t
+}
+
+func (d *device) view() Device {
+	var p Presence
+	if cur := d.live.presence.Load(); cur != nil {
+		p = *cur
+	}
+	p.LastSeen = d.lastSeen()
+	return Device{ID: d.rec.ID, Name: d.rec.Name, Labels: maps.Clone(d.rec.Labels), CreatedAt: d.rec.CreatedAt, Presence: p}
+}
+
+func (d *device) online() bool {
+	p := d.live.presence.Load()
+	return p != nil && p.Online
 }
 
 // Get returns the device with id.
 func (r *Registry) Get(id string) (Device, error) {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	e, ok := r.devices[id]
+	d, ok := r.snap.Load().devices[id]
 	if !ok {
 		return Device{}, fmt.Errorf("device %q: %w", id, ErrNotFound)
 	}
-	return e.view(), nil
+	return d.view(), nil
 }
 
 // Exists reports whether a device is registered.
 func (r *Registry) Exists(id string) bool {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	_, ok := r.devices[id]
+	_, ok := r.snap.Load().devices[id]
 	return ok
 }
 
@@ -374,43 +574,42 @@ func (r *Registry) List(f Filter) (devs []Device, next string, total int) {
 	}
 	f.Limit = min(f.Limit, MaxListPageSize)
 	search := strings.ToLower(f.Search)
-	r.mu.RLock()
-	matched := make([]*entry, 0, len(r.devices))
-	for _, e := range r.devices {
-		if f.Online != nil && e.presence.Online != *f.Online {
+	snap := r.snap.Load()
+	matched := make([]*device, 0, len(snap.devices))
+	for _, d := range snap.devices {
+		if f.Online != nil && d.online() != *f.Online {
 			continue
 		}
-		if search != "" && !strings.Contains(strings.ToLower(e.rec.ID), search) && !strings.Contains(strings.ToLower(e.rec.Name), search) {
+		if search != "" && !strings.Contains(strings.ToLower(d.rec.ID), search) && !strings.Contains(strings.ToLower(d.rec.Name), search) {
 			continue
 		}
 		ok := true
 		for k, v := range f.Labels {
-			if e.rec.Labels[k] != v {
+			if d.rec.Labels[k] != v {
 				ok = false
 				break
 			}
 		}
 		if ok {
-			matched = append(matched, e)
+			matched = append(matched, d)
 		}
 	}
-	slices.SortFunc(matched, func(a, b *entry) int { return cmp.Compare(a.rec.ID, b.rec.ID) })
+	slices.SortFunc(matched, func(a, b *device) int { return cmp.Compare(a.rec.ID, b.rec.ID) })
 	total = len(matched)
-	start, _ := slices.BinarySearchFunc(matched, f.After, func(e *entry, id string) int {
+	start, _ := slices.BinarySearchFunc(matched, f.After, func(d *device, id string) int {
 		if id == "" {
 			return 1
 		}
-		return cmp.Compare(e.rec.ID, id)
+		return cmp.Compare(d.rec.ID, id)
 	})
 	if f.After != "" && start < len(matched) && matched[start].rec.ID == f.After {
 		start++
 	}
 	end := min(start+f.Limit, len(matched))
 	devs = make([]Device, 0, end-start)
-	for _, e := range matched[start:end] {
-		devs = append(devs, e.view())
+	for _, d := range matched[start:end] {
+		devs = append(devs, d.view())
 	}
-	r.mu.RUnlock()
 	if end < len(matched) {
 		next = matched[end-1].rec.ID
 	}
@@ -425,13 +624,16 @@ func (r *Registry) Rotate(ctx context.Context, id string, grace time.Duration) (
 	}
 	token := newToken(DeviceTokenPrefix)
 	now := r.opts.Now()
-	r.mu.Lock()
-	e, ok := r.devices[id]
+	if err := r.lockWriter(ctx); err != nil {
+		return "", err
+	}
+	cur := r.snap.Load()
+	d, ok := cur.devices[id]
 	if !ok {
-		r.mu.Unlock()
+		r.unlockWriter()
 		return "", fmt.Errorf("device %q: %w", id, ErrNotFound)
 	}
-	rec := e.rec
+	rec := d.rec
 	var keep []StoredToken
 	if grace > 0 {
 		for _, t := range rec.Tokens {
@@ -444,21 +646,27 @@ func (r *Registry) Rotate(ctx context.Context, id string, grace time.Duration) (
 		}
 	}
 	rec.Tokens = append(keep, StoredToken{Hash: HashToken(token)})
-	if err := r.applyLocked(ctx, Change{PutDevices: []Record{rec}}); err != nil {
-		r.mu.Unlock()
+	if ls := d.lastSeen(); ls != nil && ls.After(rec.LastSeen) {
+		rec.LastSeen = *ls
+	}
+	if err := r.applyDevices(ctx, Change{PutDevices: []Record{rec}}); err != nil {
+		r.unlockWriter()
 		return "", err
 	}
-	for _, t := range e.rec.Tokens {
-		delete(r.byHash, t.Hash)
+	d.live.stored.Store(nanos(rec.LastSeen))
+	next := cur.clone()
+	for _, t := range d.rec.Tokens {
+		delete(next.byHash, t.Hash)
 	}
 	for _, t := range rec.Tokens {
-		r.byHash[t.Hash] = id
+		next.byHash[t.Hash] = id
 	}
-	e.rec = rec
+	next.devices[id] = &device{rec: rec, live: d.live}
+	r.snap.Store(next)
+	r.unlockWriter()
 	for _, t := range rec.Tokens {
 		r.scheduleExpiry(id, t.ExpiresAt, now)
 	}
-	r.mu.Unlock()
 	if grace == 0 {
 		r.changed(id)
 	}
@@ -469,9 +677,14 @@ func (r *Registry) Rotate(ctx context.Context, id string, grace time.Duration) (
 // scheduleExpiry re-checks a device's sessions when a token expiring at
 // at stops working. Every expiry instant gets its own timer: a later
 // rotation never moves an earlier token's end. A zero or past instant
-// schedules nothing. Callers hold mu.
+// schedules nothing. It takes tmu; callers may hold the writer token.
 func (r *Registry) scheduleExpiry(id string, at, now time.Time) {
-	if r.closed || at.IsZero() || !at.After(now) {
+	if at.IsZero() || !at.After(now) {
+		return
+	}
+	r.tmu.Lock()
+	defer r.tmu.Unlock()
+	if r.timersClosed {
 		return
 	}
 	key := at.UnixNano()
@@ -484,16 +697,26 @@ func (r *Registry) scheduleExpiry(id string, at, now time.Time) {
 		return // already scheduled (a refresh sees the same tokens again)
 	}
 	ts[key] = time.AfterFunc(at.Sub(now)+time.Millisecond, func() {
-		r.mu.Lock()
+		r.tmu.Lock()
 		if cur := r.timers[id]; cur != nil {
 			delete(cur, key)
 			if len(cur) == 0 {
 				delete(r.timers, id)
 			}
 		}
-		r.mu.Unlock()
+		r.tmu.Unlock()
 		r.changed(id)
 	})
+}
+
+// stopTimers drops a deleted device's grace-period timers.
+func (r *Registry) stopTimers(id string) {
+	r.tmu.Lock()
+	defer r.tmu.Unlock()
+	for _, t := range r.timers[id] {
+		t.Stop()
+	}
+	delete(r.timers, id)
 }
 
 func (r *Registry) changed(id string) {
@@ -505,34 +728,36 @@ func (r *Registry) changed(id string) {
 // Delete removes device id; its tokens stop working and its sessions are
 // closed through OnCredentialsChanged.
 func (r *Registry) Delete(ctx context.Context, id string) error {
-	r.mu.Lock()
-	e, ok := r.devices[id]
-	if !ok {
-		r.mu.Unlock()
-		return fmt.Errorf("device %q: %w", id, ErrNotFound)
-	}
-	if err := r.applyLocked(ctx, Change{DeleteDevices: []string{id}}); err != nil {
-		r.mu.Unlock()
+	if err := r.lockWriter(ctx); err != nil {
 		return err
 	}
-	r.forgetLocked(id, e)
-	r.mu.Unlock()
+	cur := r.snap.Load()
+	d, ok := cur.devices[id]
+	if !ok {
+		r.unlockWriter()
+		return fmt.Errorf("device %q: %w", id, ErrNotFound)
+	}
+	if err := r.applyDevices(ctx, Change{DeleteDevices: []string{id}}); err != nil {
+		r.unlockWriter()
+		return err
+	}
+	next := cur.clone()
+	forget(next, id, d)
+	r.snap.Store(next)
+	r.unlockWriter()
+	r.stopTimers(id)
 	r.changed(id)
 	r.notify(func() Changed { return Changed{Devices: []DeviceChange{{ID: id, Deleted: true}}} })
 	return nil
 }
 
-// forgetLocked drops a deleted device from memory: its token hashes and
-// its grace-period timer. Callers hold mu.
-func (r *Registry) forgetLocked(id string, e *entry) {
-	for _, t := range e.rec.Tokens {
-		delete(r.byHash, t.Hash)
+// forget drops a deleted device from a snapshot being built, with its
+// token hashes.
+func forget(s *snapshot, id string, d *device) {
+	for _, t := range d.rec.Tokens {
+		delete(s.byHash, t.Hash)
 	}
-	delete(r.devices, id)
-	for _, t := range r.timers[id] {
-		t.Stop()
-	}
-	delete(r.timers, id)
+	delete(s.devices, id)
 }
 
 // Authenticate returns the device a token belongs to: one hash lookup,
@@ -542,10 +767,9 @@ func (r *Registry) Authenticate(token string) (id string, h TokenHash, ok bool) 
 		return "", TokenHash{}, false
 	}
 	h = HashToken(token)
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	id, ok = r.byHash[h]
-	if !ok || !r.validLocked(id, h) {
+	snap := r.snap.Load()
+	id, ok = snap.byHash[h]
+	if !ok || !r.valid(snap, id, h) {
 		return "", TokenHash{}, false
 	}
 	return id, h, true
@@ -558,26 +782,22 @@ func (r *Registry) AuthenticateDevice(id, token string) (TokenHash, bool) {
 		return TokenHash{}, false
 	}
 	h := HashToken(token)
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	return h, r.validLocked(id, h)
+	return h, r.valid(r.snap.Load(), id, h)
 }
 
 // StillValid reports whether a session authenticated with h may go on.
 func (r *Registry) StillValid(id string, h TokenHash) bool {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	return r.validLocked(id, h)
+	return r.valid(r.snap.Load(), id, h)
 }
 
-func (r *Registry) validLocked(id string, h TokenHash) bool {
-	e, ok := r.devices[id]
+func (r *Registry) valid(s *snapshot, id string, h TokenHash) bool {
+	d, ok := s.devices[id]
 	if !ok {
 		return false
 	}
 	now := r.opts.Now()
 	valid := false
-	for _, t := range e.rec.Tokens {
+	for _, t := range d.rec.Tokens {
 		// Compare every token so timing does not say which one matched.
 		if t.Hash.Equal(h) && (t.ExpiresAt.IsZero() || now.Before(t.ExpiresAt)) {
 			valid = true
@@ -587,40 +807,27 @@ func (r *Registry) validLocked(id string, h TokenHash) bool {
 }
 
 // SetPresence records a device's presence as decided by the bridge, which
-// knows which session is current. Going offline persists last_seen.
+// knows which session is current. It is served from memory at once; the
+// last_seen it carries reaches the store with the next Flush (Run's
+// interval, or Close), batched with every other device's.
 func (r *Registry) SetPresence(id string, p Presence) {
-	r.mu.Lock()
-	e, ok := r.devices[id]
+	d, ok := r.snap.Load().devices[id]
 	if !ok {
-		r.mu.Unlock()
 		return
 	}
-	if p.LastSeen == nil {
-		p.LastSeen = e.presence.LastSeen
+	if p.LastSeen != nil {
+		d.live.lastSeen.Store(nanos(*p.LastSeen))
 	}
-	e.presence = p
-	var rec Record
-	persist := !p.Online && p.LastSeen != nil
-	if persist {
-		e.rec.LastSeen = *p.LastSeen
-		rec = e.rec
-	}
-	r.mu.Unlock()
-	if persist {
-		// Best effort and outside the lock: last_seen is informative.
-		if err := r.store.Apply(context.Background(), Change{PutDevices: []Record{rec}}); err != nil {
-			r.log.Warn("persist last_seen", "device", id, "err", err)
-		}
-	}
+	p.LastSeen = nil
+	d.live.presence.Store(&p)
 }
 
-// Touch records that a device was heard from now.
+// Touch records that a device was heard from at at: one atomic store, no
+// lock, no I/O. Flush persists it.
 func (r *Registry) Touch(id string, at time.Time) {
-	r.mu.Lock()
-	if e, ok := r.devices[id]; ok {
-		e.presence.LastSeen = &at
+	if d, ok := r.snap.Load().devices[id]; ok {
+		d.live.lastSeen.Store(nanos(at))
 	}
-	r.mu.Unlock()
 }
 
 // Tags returns the InfluxDB tags for device id from its allow-listed labels.
@@ -628,15 +835,13 @@ func (r *Registry) Tags(id string) []telemetry.Tag {
 	if len(r.opts.TagLabels) == 0 {
 		return nil
 	}
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	e, ok := r.devices[id]
+	d, ok := r.snap.Load().devices[id]
 	if !ok {
 		return nil
 	}
 	var tags []telemetry.Tag
 	for _, k := range r.opts.TagLabels {
-		if v, ok := e.rec.Labels[k]; ok {
+		if v, ok := d.rec.Labels[k]; ok {
 			tags = append(tags, telemetry.Tag{Key: k, Value: v})
 		}
 	}
@@ -645,14 +850,13 @@ func (r *Registry) Tags(id string) []telemetry.Tag {
 
 // Counts returns how many devices are registered and online.
 func (r *Registry) Counts() (total, online int) {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	for _, e := range r.devices {
-		if e.presence.Online {
+	snap := r.snap.Load()
+	for _, d := range snap.devices {
+		if d.online() {
 			online++
 		}
 	}
-	return len(r.devices), online
+	return len(snap.devices), online
 }
 
 func truncate(s string, n int) string {

@@ -63,12 +63,51 @@ type Snapshot struct {
 	Devices   []Record
 	Operators []OperatorToken
 	Sessions  []OperatorSession
+	// Cursor is the store's change cursor at the instant of the load, for
+	// ChangesSince; 0 for a store that is no ChangeFeed.
+	Cursor uint64
+}
+
+// LastSeen is when a device was last heard from, for Change.TouchDevices.
+type LastSeen struct {
+	ID string
+	At time.Time
+}
+
+// ChangeFeed is a Store shared by several hub instances that can say what
+// changed since a cursor, so Refresh reads only that instead of every
+// device. Stores without one are reloaded whole.
+type ChangeFeed interface {
+	ChangesSince(ctx context.Context, cursor uint64) (Changes, error)
+}
+
+// Changes is what a ChangeFeed saw change after a cursor.
+type Changes struct {
+	// Full means the cursor was too old (the deletions it would need were
+	// pruned): Devices is then every device, and a device not in it is gone.
+	Full bool
+	// Devices are the records created or whose credentials, name or labels
+	// changed after the cursor (a last_seen write does not count).
+	Devices []Record
+	// Deleted are the ids of devices deleted after the cursor.
+	Deleted []string
+	// Operators and Sessions are every operator token and session: they
+	// are few, and Refresh compares them whole.
+	Operators []OperatorToken
+	Sessions  []OperatorSession
+	// Cursor is where the next ChangesSince starts.
+	Cursor uint64
 }
 
 // Change is one atomic write to a Store.
 type Change struct {
-	PutDevices      []Record
-	DeleteDevices   []string
+	PutDevices    []Record
+	DeleteDevices []string
+	// TouchDevices raises the last_seen of devices that still exist (never
+	// lowers it, never recreates a deleted device) without counting as a
+	// change for ChangesSince: a flush of last_seen is not news to other
+	// instances.
+	TouchDevices    []LastSeen
 	PutOperators    []OperatorToken
 	DeleteOperators []string
 	PutSessions     []OperatorSession
@@ -185,6 +224,11 @@ func (s *BoltStore) Apply(ctx context.Context, c Change) error {
 				return err
 			}
 		}
+		for _, ls := range c.TouchDevices {
+			if err := touchDevice(devs, ls); err != nil {
+				return err
+			}
+		}
 		for _, o := range c.PutOperators {
 			v, err := json.Marshal(storedOperator{OperatorToken: o, Hash: o.Hash})
 			if err != nil {
@@ -223,6 +267,28 @@ func (s *BoltStore) Apply(ctx context.Context, c Change) error {
 		return fmt.Errorf("write registry: %w", err)
 	}
 	return nil
+}
+
+// touchDevice raises one device's stored last_seen, inside Apply's
+// transaction.
+func touchDevice(devs *bolt.Bucket, ls LastSeen) error {
+	v := devs.Get([]byte(ls.ID))
+	if v == nil {
+		return nil // deleted since: a touch never recreates a device
+	}
+	var r Record
+	if err := json.Unmarshal(v, &r); err != nil {
+		return fmt.Errorf("device %q: %w", ls.ID, err)
+	}
+	if !ls.At.After(r.LastSeen) {
+		return nil
+	}
+	r.LastSeen = ls.At
+	v, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	return devs.Put([]byte(ls.ID), v)
 }
 
 // Close closes the database file.

@@ -274,6 +274,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return nil
 	})
 	g.Go(func() error { return br.Run(gctx) })
+	g.Go(func() error { return reg.Run(gctx) }) // last_seen flushes; Close writes the rest
 	g.Go(func() error { return rates.Run(gctx) })
 	mqttCtx, stopMQTT := context.WithCancel(context.Background())
 	defer stopMQTT()

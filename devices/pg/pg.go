@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -50,7 +51,32 @@ var migrations = []string{
 		name   text NOT NULL,
 		PRIMARY KEY (device, name)
 	);`,
+	// Incremental refresh: every device write takes the next registry
+	// version under the one row of fieldhub_registry_version (so versions
+	// commit in order, and a reader that saw version v has seen every
+	// write up to v); a deletion leaves a tombstone with its version.
+	// Tombstones older than a day are pruned; pruned records the newest
+	// version pruned, and a cursor older than that reloads whole.
+	`ALTER TABLE fieldhub_devices ADD COLUMN version bigint NOT NULL DEFAULT 0;
+	CREATE INDEX fieldhub_devices_version ON fieldhub_devices (version);
+	CREATE TABLE fieldhub_device_tombstones (
+		id         text PRIMARY KEY,
+		version    bigint NOT NULL,
+		deleted_at timestamptz NOT NULL DEFAULT now()
+	);
+	CREATE INDEX fieldhub_device_tombstones_version ON fieldhub_device_tombstones (version);
+	CREATE TABLE fieldhub_registry_version (
+		one     boolean PRIMARY KEY DEFAULT true CHECK (one),
+		version bigint NOT NULL,
+		pruned  bigint NOT NULL
+	);
+	INSERT INTO fieldhub_registry_version (version, pruned) VALUES (0, 0);`,
 }
+
+// TombstoneKeep is how long a deletion is remembered for ChangesSince. An
+// instance whose cursor is older (it missed a day of refreshes) reloads
+// the registry whole instead.
+const TombstoneKeep = 24 * time.Hour
 
 // Store is the PostgreSQL store.
 type Store struct {
@@ -121,65 +147,158 @@ type storedOperator struct {
 	Hash devices.TokenHash `json:"hash"`
 }
 
-// Load reads every device and operator token.
+// Load reads every device, operator token and session, and the change
+// cursor, from one consistent view (a repeatable-read transaction).
 func (s *Store) Load(ctx context.Context) (devices.Snapshot, error) {
 	var snap devices.Snapshot
-	rows, err := s.db.Query(ctx, `SELECT record FROM fieldhub_devices`)
-	if err != nil {
-		return snap, fmt.Errorf("load devices: %w", err)
-	}
-	for rows.Next() {
-		var r devices.Record
-		if err := rows.Scan(&r); err != nil {
-			rows.Close()
-			return snap, fmt.Errorf("load devices: %w", err)
+	err := s.readTx(ctx, func(tx pgx.Tx) error {
+		var err error
+		if snap.Cursor, _, err = version(ctx, tx); err != nil {
+			return err
 		}
-		snap.Devices = append(snap.Devices, r)
-	}
-	if err := rows.Err(); err != nil {
-		return snap, fmt.Errorf("load devices: %w", err)
-	}
-	rows, err = s.db.Query(ctx, `SELECT record FROM fieldhub_operator_tokens`)
-	if err != nil {
-		return snap, fmt.Errorf("load operator tokens: %w", err)
-	}
-	for rows.Next() {
-		var o storedOperator
-		if err := rows.Scan(&o); err != nil {
-			rows.Close()
-			return snap, fmt.Errorf("load operator tokens: %w", err)
+		if snap.Devices, err = loadDevices(ctx, tx, `SELECT record FROM fieldhub_devices`); err != nil {
+			return err
 		}
-		o.OperatorToken.Hash = o.Hash
-		snap.Operators = append(snap.Operators, o.OperatorToken)
-	}
-	if err := rows.Err(); err != nil {
-		return snap, fmt.Errorf("load operator tokens: %w", err)
-	}
-	rows, err = s.db.Query(ctx, `SELECT record FROM fieldhub_operator_sessions`)
+		snap.Operators, snap.Sessions, err = loadOperators(ctx, tx)
+		return err
+	})
 	if err != nil {
-		return snap, fmt.Errorf("load operator sessions: %w", err)
+		return devices.Snapshot{}, err
 	}
-	defer rows.Close()
-	for rows.Next() {
-		var o devices.OperatorSession
-		if err := rows.Scan(&o); err != nil {
-			return snap, fmt.Errorf("load operator sessions: %w", err)
-		}
-		snap.Sessions = append(snap.Sessions, o)
-	}
-	return snap, rows.Err()
+	return snap, nil
 }
 
-// Apply writes a change in one transaction.
+// ChangesSince returns the devices written and deleted after cursor (or
+// every device, Full, when cursor predates pruned tombstones), every
+// operator token and session, and the next cursor, from one consistent
+// view. It implements devices.ChangeFeed.
+func (s *Store) ChangesSince(ctx context.Context, cursor uint64) (devices.Changes, error) {
+	var ch devices.Changes
+	err := s.readTx(ctx, func(tx pgx.Tx) error {
+		v, pruned, err := version(ctx, tx)
+		if err != nil {
+			return err
+		}
+		ch.Cursor = v
+		if cursor < pruned {
+			ch.Full = true
+			ch.Devices, err = loadDevices(ctx, tx, `SELECT record FROM fieldhub_devices`)
+		} else {
+			ch.Devices, err = loadDevices(ctx, tx, `SELECT record FROM fieldhub_devices WHERE version > $1`, int64(cursor))
+		}
+		if err != nil {
+			return err
+		}
+		if !ch.Full {
+			rows, err := tx.Query(ctx, `SELECT id FROM fieldhub_device_tombstones WHERE version > $1`, int64(cursor))
+			if err != nil {
+				return fmt.Errorf("load deleted devices: %w", err)
+			}
+			if ch.Deleted, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+				return fmt.Errorf("load deleted devices: %w", err)
+			}
+		}
+		ch.Operators, ch.Sessions, err = loadOperators(ctx, tx)
+		return err
+	})
+	if err != nil {
+		return devices.Changes{}, err
+	}
+	return ch, nil
+}
+
+// readTx runs f in a read-only repeatable-read transaction: every query
+// sees the same snapshot of the database.
+func (s *Store) readTx(ctx context.Context, f func(pgx.Tx) error) error {
+	return pgx.BeginTxFunc(ctx, s.db, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, f)
+}
+
+// version reads the registry version and the newest pruned tombstone's.
+func version(ctx context.Context, tx pgx.Tx) (v, pruned uint64, err error) {
+	var vv, pp int64
+	if err := tx.QueryRow(ctx, `SELECT version, pruned FROM fieldhub_registry_version`).Scan(&vv, &pp); err != nil {
+		return 0, 0, fmt.Errorf("read registry version: %w", err)
+	}
+	return uint64(vv), uint64(pp), nil
+}
+
+func loadDevices(ctx context.Context, tx pgx.Tx, q string, args ...any) ([]devices.Record, error) {
+	rows, err := tx.Query(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("load devices: %w", err)
+	}
+	recs, err := pgx.CollectRows(rows, pgx.RowTo[devices.Record])
+	if err != nil {
+		return nil, fmt.Errorf("load devices: %w", err)
+	}
+	return recs, nil
+}
+
+func loadOperators(ctx context.Context, tx pgx.Tx) ([]devices.OperatorToken, []devices.OperatorSession, error) {
+	rows, err := tx.Query(ctx, `SELECT record FROM fieldhub_operator_tokens`)
+	if err != nil {
+		return nil, nil, fmt.Errorf("load operator tokens: %w", err)
+	}
+	stored, err := pgx.CollectRows(rows, pgx.RowTo[storedOperator])
+	if err != nil {
+		return nil, nil, fmt.Errorf("load operator tokens: %w", err)
+	}
+	ops := make([]devices.OperatorToken, len(stored))
+	for i, o := range stored {
+		o.OperatorToken.Hash = o.Hash
+		ops[i] = o.OperatorToken
+	}
+	rows, err = tx.Query(ctx, `SELECT record FROM fieldhub_operator_sessions`)
+	if err != nil {
+		return nil, nil, fmt.Errorf("load operator sessions: %w", err)
+	}
+	sessions, err := pgx.CollectRows(rows, pgx.RowTo[devices.OperatorSession])
+	if err != nil {
+		return nil, nil, fmt.Errorf("load operator sessions: %w", err)
+	}
+	return ops, sessions, nil
+}
+
+// Apply writes a change in one transaction. A change to devices (not a
+// last_seen touch) takes the next registry version first, which also
+// orders it after every other instance's device write.
 func (s *Store) Apply(ctx context.Context, c devices.Change) error {
 	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		b := &pgx.Batch{}
-		for _, r := range c.PutDevices {
-			b.Queue(`INSERT INTO fieldhub_devices (id, record) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record`, r.ID, r)
+		if len(c.PutDevices)+len(c.DeleteDevices) > 0 {
+			var v int64
+			if err := tx.QueryRow(ctx, `UPDATE fieldhub_registry_version SET version = version + 1 RETURNING version`).Scan(&v); err != nil {
+				return fmt.Errorf("next registry version: %w", err)
+			}
+			for _, r := range c.PutDevices {
+				b.Queue(`INSERT INTO fieldhub_devices (id, record, version) VALUES ($1, $2, $3)
+					ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record, version = EXCLUDED.version`, r.ID, r, v)
+				b.Queue(`DELETE FROM fieldhub_device_tombstones WHERE id = $1`, r.ID)
+			}
+			for _, id := range c.DeleteDevices {
+				b.Queue(`DELETE FROM fieldhub_devices WHERE id = $1`, id)
+				b.Queue(`DELETE FROM fieldhub_device_metrics WHERE device = $1`, id)
+				b.Queue(`INSERT INTO fieldhub_device_tombstones (id, version) VALUES ($1, $2)
+					ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, deleted_at = now()`, id, v)
+			}
+			if len(c.DeleteDevices) > 0 {
+				b.Queue(`WITH gone AS (
+					DELETE FROM fieldhub_device_tombstones WHERE deleted_at < now() - $1::interval RETURNING version)
+					UPDATE fieldhub_registry_version SET pruned = GREATEST(pruned, COALESCE((SELECT max(version) FROM gone), 0))`,
+					fmt.Sprintf("%d seconds", int64(TombstoneKeep/time.Second)))
+			}
 		}
-		for _, id := range c.DeleteDevices {
-			b.Queue(`DELETE FROM fieldhub_devices WHERE id = $1`, id)
-			b.Queue(`DELETE FROM fieldhub_device_metrics WHERE device = $1`, id)
+		if len(c.TouchDevices) > 0 {
+			ids := make([]string, len(c.TouchDevices))
+			ats := make([]string, len(c.TouchDevices))
+			for i, ls := range c.TouchDevices {
+				ids[i], ats[i] = ls.ID, ls.At.UTC().Format(time.RFC3339Nano)
+			}
+			// Raises last_seen only, keeps the version: not news to peers;
+			// a device deleted meanwhile has no row to update.
+			b.Queue(`UPDATE fieldhub_devices d SET record = jsonb_set(d.record, '{last_seen}', to_jsonb(u.at))
+				FROM unnest($1::text[], $2::text[]) AS u(id, at)
+				WHERE d.id = u.id AND (d.record->>'last_seen' IS NULL OR (d.record->>'last_seen')::timestamptz < u.at::timestamptz)`, ids, ats)
 		}
 		for _, o := range c.PutOperators {
 			b.Queue(`INSERT INTO fieldhub_operator_tokens (id, record) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record`, o.ID, storedOperator{OperatorToken: o, Hash: o.Hash})
