@@ -100,7 +100,7 @@ func applyChanges(cur *snapshot, ch Changes) (next *snapshot, changed []string, 
 	for _, rec := range ch.Devices {
 		seen[rec.ID] = true
 		d, ok := next.devices[rec.ID]
-		if ok && slices.Equal(d.rec.Tokens, rec.Tokens) {
+		if ok && sameTokens(d.rec.Tokens, rec.Tokens) {
 			// Same credentials: take labels and name; last_seen stays ours
 			// unless the store's is newer.
 			raiseLastSeen(d.live, rec)
@@ -138,6 +138,15 @@ func applyChanges(cur *snapshot, ch Changes) (next *snapshot, changed []string, 
 		}
 	}
 	return next, changed, expiries
+}
+
+// sameTokens reports whether two token lists are the same credentials:
+// same hashes, same expiry instants (a time read back from a store has
+// lost its monotonic reading and maybe its zone, so == would not do).
+func sameTokens(a, b []StoredToken) bool {
+	return slices.EqualFunc(a, b, func(x, y StoredToken) bool {
+		return x.Hash == y.Hash && x.ExpiresAt.Equal(y.ExpiresAt)
+	})
 }
 
 // raiseLastSeen takes the store's last_seen when it is newer than ours
