@@ -2,9 +2,12 @@
 // presence), per-device tokens, operator API tokens with roles, the limiters
 // of failed authentications (per address and claimed identity) and of new
 // connections (per address), and the client address behind trusted
-// proxies. State lives in memory for O(1) lookups on every connect and is
-// written through to a Store (bbolt by default) so it survives restarts and
-// crashes.
+// proxies. Devices live in memory as an immutable snapshot behind an
+// atomic pointer, so lookups on every connect and message take no lock;
+// one writer at a time writes each change through to a Store (bbolt by
+// default, PostgreSQL for several instances) under a deadline, then
+// publishes the next snapshot. Presence and last_seen are per-device
+// atomics, flushed to the store in batches (registry.go, refresh.go).
 //
 // Secrets are never stored or logged: tokens are shown once, kept only as
 // SHA-256 hashes and compared in constant time.
