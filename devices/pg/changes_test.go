@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/devices/pg/pgtest"
 )
@@ -183,5 +185,60 @@ func TestIncrementalRefresh(t *testing.T) {
 	c := open(nil)
 	if d, err := c.Get("d2"); err != nil || d.LastSeen == nil || !d.LastSeen.Equal(at) {
 		t.Fatalf("a later instance sees d2 %+v (%v)", d, err)
+	}
+}
+
+// TestMigrateExistingDatabase: a database made by the previous schema
+// (migrations 1-3) with devices in it is migrated, loaded whole, and then
+// followed by the cursor.
+func TestMigrateExistingDatabase(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.Database(t)
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `CREATE TABLE fieldhub_schema (version int NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	for i, m := range migrations[:3] {
+		if _, err := conn.Exec(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Exec(ctx, `INSERT INTO fieldhub_schema (version) VALUES ($1)`, i+1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old := devices.Record{ID: "old", Tokens: []devices.StoredToken{{Hash: devices.HashToken("fhd_old")}}}
+	if _, err := conn.Exec(ctx, `INSERT INTO fieldhub_devices (id, record) VALUES ($1, $2)`, old.ID, old); err != nil {
+		t.Fatal(err)
+	}
+	st, err := Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	reg, err := devices.Open(ctx, st, devices.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	if !reg.Exists("old") {
+		t.Fatal("a device stored before the migration is not loaded")
+	}
+	other, err := Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if err := other.Apply(ctx, devices.Change{PutDevices: []devices.Record{{ID: "new", Tokens: []devices.StoredToken{{Hash: devices.HashToken("fhd_new")}}}}, DeleteDevices: []string{"old"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if reg.Exists("old") || !reg.Exists("new") {
+		t.Fatal("refresh after the migration missed a change")
 	}
 }
