@@ -198,7 +198,7 @@ func TestTwoInstancesOnMosquitto(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs Mosquitto, PostgreSQL, influxd and two hubs; run without -short")
 	}
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	db := pgtest.Database(t)
 	mq := mosquittotest.Start(t)
 	bin := filepath.Join(t.TempDir(), "fieldhub")

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	firmwaresim "github.com/fieldhub/fieldhub/firmware-sim"
-	"github.com/fieldhub/fieldhub/telemetry/influxtest"
 )
 
 // TestFleetEndToEnd runs the real hub against a real influxd with a
@@ -27,7 +26,7 @@ func TestFleetEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a 300-device fleet for 30 messages each; run without -short")
 	}
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, map[string]string{"FIELDHUB_MQTT_CONNECT_RATE": "1000"})
 	const devices, count = 300, 30
 	fleet, err := firmwaresim.New(firmwaresim.Config{
@@ -36,7 +35,7 @@ func TestFleetEndToEnd(t *testing.T) {
 		Count: count, Hold: true, RecordAcked: devices * count,
 		// The simulator's own load-mode check runs too, at the end of Run:
 		// its problems are contract violations.
-		InfluxURL: influx.URL, InfluxDB: influxtest.Database,
+		InfluxURL: influx.URL, InfluxDB: influx.DB,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -132,7 +131,7 @@ func TestFleetEndToEnd(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond) // polling InfluxDB, not synchronising
 	}
-	v, err := fleet.Verify(context.Background(), influx.URL, influxtest.Database)
+	v, err := fleet.Verify(context.Background(), influx.URL, influx.DB)
 	if err != nil {
 		t.Fatal(err)
 	}
