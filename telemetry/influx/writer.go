@@ -250,6 +250,14 @@ func (w *Writer) writeAll(ctx context.Context, data []byte, points int) error {
 	backoff := 100 * time.Millisecond
 	for {
 		start := time.Now()
+		// string(data) copies the batch, on purpose: data is the spool's
+		// read buffer, reused for the next batch as soon as this returns,
+		// and the client may still read the body after WriteRecord
+		// returned (its gzip compressor is an unwaited goroutine reading
+		// the body through a pipe; net/http may finish writing a body
+		// after RoundTrip returned). A zero-copy string over data would
+		// race with the next read. The copy is one memmove per batch
+		// (BenchmarkWriter: noise beside the HTTP round trip).
 		err := w.c.write.WriteRecord(ctx, string(data))
 		if err == nil {
 			d := time.Since(start)
