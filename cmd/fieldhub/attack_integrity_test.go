@@ -502,6 +502,9 @@ func TestAttackMetricNameFlood(t *testing.T) {
 		t.Fatalf("past 350 fleet names: %v", f)
 	}
 	integrityWaitCount(t, influx, "flood-1", "m5", 2)
+	// flood-2's names are in a later write than flood-1's m5: wait for
+	// them too (on a loaded machine the field keys were counted between).
+	integrityWaitCount(t, influx, "flood-2", "n0", 1)
 	if keys := integrityFieldKeys(t, influx); len(keys) != 300 {
 		t.Errorf("InfluxDB has %d field keys, want 300", len(keys))
 	}
