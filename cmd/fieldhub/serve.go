@@ -221,38 +221,54 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	m.register(br, sp, writer, reg, live, cl)
 
-	mux := http.NewServeMux()
-	api.Register(mux)
-	mux.Handle("GET /ws/device", deviceWS)
-	mux.HandleFunc("POST /api/v1/telemetry", deviceWS.ServeTelemetry)
-	mux.HandleFunc("GET /api/v1/commands/next", deviceWS.ServeNextCommand)
-	if cfg.MQTTAuthSecret != "" {
-		ah := &mqtt.AuthHook{Auth: reg, Exists: reg.Exists, Secret: cfg.MQTTAuthSecret, Failures: failures,
-			OnAuthFailure: m.authFailure, OnACLDenied: m.aclDenied.Inc}
-		mux.HandleFunc("POST /api/v1/mqtt/auth", ah.ServeAuth)
-		mux.HandleFunc("POST /api/v1/mqtt/acl", ah.ServeACL)
-	}
-	if broker != nil && cfg.MQTTWSPath != "" {
-		mux.HandleFunc("GET "+cfg.MQTTWSPath, broker.ServeWebSocket)
-	}
-	mux.HandleFunc("POST /api/v1/commands/{id}/result", deviceWS.ServeCommandResult)
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain")
-		_, _ = io.WriteString(w, "ok\n")
-	})
+	// The route table: every endpoint of docs/protocol.md this process
+	// serves, in one place. The dashboard registers its own REST API and UI
+	// first (api.Register); an entry with a nil handler is switched off by
+	// configuration.
 	ready := health{registryCheck(reg), spoolCheck(sp, cfg.MaxMessageBytes), influxCheck(ic, writer, sp), brokerCheck(broker)}
 	if cl != nil {
 		ready[len(ready)-1] = clusterCheck(cl)
 	}
-	mux.Handle("GET /readyz", ready)
-	mux.Handle("GET /metrics", m.handler())
+	var mqttAuth, mqttACL, mqttWS http.Handler
+	if cfg.MQTTAuthSecret != "" {
+		ah := &mqtt.AuthHook{Auth: reg, Exists: reg.Exists, Secret: cfg.MQTTAuthSecret, Failures: failures,
+			OnAuthFailure: m.authFailure, OnACLDenied: m.aclDenied.Inc}
+		mqttAuth, mqttACL = http.HandlerFunc(ah.ServeAuth), http.HandlerFunc(ah.ServeACL)
+	}
+	if broker != nil && cfg.MQTTWSPath != "" {
+		mqttWS = http.HandlerFunc(broker.ServeWebSocket)
+	}
+	routes := []route{
+		{"GET /ws/device", deviceWS},
+		{"POST /api/v1/telemetry", http.HandlerFunc(deviceWS.ServeTelemetry)},
+		{"GET /api/v1/commands/next", http.HandlerFunc(deviceWS.ServeNextCommand)},
+		{"POST /api/v1/commands/{id}/result", http.HandlerFunc(deviceWS.ServeCommandResult)},
+		{"POST /api/v1/mqtt/auth", mqttAuth},
+		{"POST /api/v1/mqtt/acl", mqttACL},
+		{"GET " + cfg.MQTTWSPath, mqttWS},
+		{"GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/plain")
+			_, _ = io.WriteString(w, "ok\n")
+		})},
+		{"GET /readyz", ready},
+		{"GET /metrics", m.handler()},
+	}
 	if cfg.Pprof {
 		admin := func(h http.HandlerFunc) http.Handler { return api.RequireRole(devices.RoleAdmin, h) }
-		mux.Handle("GET /debug/pprof/", admin(pprof.Index))
-		mux.Handle("GET /debug/pprof/cmdline", admin(pprof.Cmdline))
-		mux.Handle("GET /debug/pprof/profile", admin(pprof.Profile))
-		mux.Handle("GET /debug/pprof/symbol", admin(pprof.Symbol))
-		mux.Handle("GET /debug/pprof/trace", admin(pprof.Trace))
+		for _, p := range []struct {
+			pattern string
+			h       http.HandlerFunc
+		}{{"GET /debug/pprof/", pprof.Index}, {"GET /debug/pprof/cmdline", pprof.Cmdline}, {"GET /debug/pprof/profile", pprof.Profile},
+			{"GET /debug/pprof/symbol", pprof.Symbol}, {"GET /debug/pprof/trace", pprof.Trace}} {
+			routes = append(routes, route{p.pattern, admin(p.h)})
+		}
+	}
+	mux := http.NewServeMux()
+	api.Register(mux)
+	for _, r := range routes {
+		if r.handler != nil {
+			mux.Handle(r.pattern, r.handler)
+		}
 	}
 
 	srv := &http.Server{
@@ -339,6 +355,13 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	log.Info("fieldhub stopped")
 	return nil
+}
+
+// route is one entry of serve's route table; a nil handler is an
+// endpoint switched off by configuration.
+type route struct {
+	pattern string
+	handler http.Handler
 }
 
 // registryStore is what the hub keeps in its registry database: devices,
