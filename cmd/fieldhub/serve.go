@@ -197,7 +197,11 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err != nil {
 		return err
 	}
-	rates := dashboard.NewRates(fleetTotals{br, cl})
+	var totals dashboard.Totals = br // one instance
+	if cl != nil {
+		totals = clusterTotals{br, cl}
+	}
+	rates := dashboard.NewRates(totals)
 	api, err := dashboard.New(dashboard.Options{
 		Registry: reg, History: ic, Failures: failures, Proxies: cfg.TrustedProxies, Logger: log,
 		Live: live, AllowedOrigins: cfg.AllowedOrigins, FromTrustedProxy: cfg.TrustedProxies.Trusted, Commands: br, Rates: rates,
@@ -619,18 +623,17 @@ func instanceID(dataDir string) (string, error) {
 	return id, nil
 }
 
-// fleetTotals is the overview's readings/s: this instance's, plus, with
-// several instances, the readings the others accepted (their live events
-// reach every instance). Rejections are this instance's own.
-type fleetTotals struct {
+// clusterTotals is the overview's readings/s with several instances:
+// this instance's, plus the readings the others accepted (their live
+// events reach every instance). Rejections are this instance's own. With
+// one instance the bridge is the Totals itself; serve picks one of the two
+// at construction, so nothing is nil-checked later.
+type clusterTotals struct {
 	br *bridge.Bridge
-	cl *cluster.Cluster // nil: one instance
+	cl *cluster.Cluster
 }
 
-func (t fleetTotals) Totals() (readings, rejected int64) {
+func (t clusterTotals) Totals() (readings, rejected int64) {
 	readings, rejected = t.br.Totals()
-	if t.cl != nil {
-		readings += t.cl.Stats().RemoteReadings.Load()
-	}
-	return readings, rejected
+	return readings + t.cl.Stats().RemoteReadings.Load(), rejected
 }
