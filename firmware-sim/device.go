@@ -253,9 +253,9 @@ func (d *device) appendMessage(b []byte, id string, now time.Time, extraMetric s
 		b = strconv.AppendInt(b, ms, 10)
 		b = append(b, `,"metrics":{`...)
 		m := d.sensor.read(ts)
-		if d.f.cfg.Seq {
+		if d.f.cfg.Stamp != nil {
 			b = append(b, `"seq":`...)
-			seq := d.f.lat.stamp()
+			seq := d.f.cfg.Stamp()
 			b = strconv.AppendInt(b, seq, 10)
 			b = append(b, ',')
 			if record {

@@ -79,20 +79,11 @@ type Config struct {
 	// QoS0 publishes MQTT telemetry at QoS 0 instead of 1: no acks, so
 	// what landed in InfluxDB is what counts.
 	QoS0 bool
-	// Load mode (see bench.go): Seq tags every reading with a fleet-wide
-	// sequence number; Dashboards opens that many /ws/live sockets
-	// subscribed to everything and measures device -> dashboard latency;
-	// HubPID samples the hub's CPU and RSS from /proc; InfluxURL and
-	// InfluxDB count what landed after the run; Steps runs the fleet at
-	// each total readings/s in turn for StepDuration, stopping when acks
-	// fall behind.
-	Seq          bool
-	Dashboards   int
-	HubPID       int
-	InfluxURL    string
-	InfluxDB     string
-	Steps        []float64
-	StepDuration time.Duration
+	// Stamp, if set, gives every reading a fleet-wide sequence number
+	// (metric "seq"), so a load harness (package firmware-sim/load) can
+	// match what dashboards receive to when it was sent. It must be safe
+	// for concurrent use.
+	Stamp func() int64
 	// Progress, if set, receives a progress line every ProgressEvery
 	// (default 5 s).
 	Progress      io.Writer
@@ -130,9 +121,6 @@ func (c *Config) ensureDefaults() error {
 	if c.FaultRate < 0 || c.FaultRate > 1 {
 		return errors.New("firmwaresim: fault rate must be between 0 and 1")
 	}
-	if len(c.Steps) > 0 && c.StepDuration <= 0 {
-		c.StepDuration = 20 * time.Second
-	}
 	if c.MaxInflight <= 0 {
 		c.MaxInflight = 100
 	}
@@ -167,9 +155,7 @@ type Fleet struct {
 
 	mu      sync.Mutex // guards devices, creds and start once Run began
 	devices []*device
-	lat     *latencyRing
-	dash    *counters // dashboard latency reservoir (only its latency fields)
-	bench   benchResult
+	started chan struct{} // closed once Run launched every device
 }
 
 // counters are the fleet's totals, updated by every device.
@@ -244,7 +230,6 @@ type Stats struct {
 
 	ReadingsPerSecSent  float64 `json:"readings_per_second_offered"`
 	ReadingsPerSecAcked float64 `json:"readings_per_second_acked"`
-	Bench               `json:"bench"`
 }
 
 // New prepares a fleet; Run provisions it and runs it.
@@ -252,15 +237,41 @@ func New(cfg Config) (*Fleet, error) {
 	if err := cfg.ensureDefaults(); err != nil {
 		return nil, err
 	}
-	if cfg.Dashboards > 0 {
-		cfg.Seq = true
-	}
-	f := &Fleet{cfg: cfg, log: cfg.Logger, lat: newLatencyRing(), rec: recorder{cap: cfg.RecordAcked}}
+	f := &Fleet{cfg: cfg, log: cfg.Logger, rec: recorder{cap: cfg.RecordAcked}, started: make(chan struct{})}
 	f.c.errors = map[string]int64{}
 	f.c.rng = rand.New(rand.NewPCG(cfg.Seed, 7))
-	f.dash = &counters{errors: map[string]int64{}, rng: rand.New(rand.NewPCG(cfg.Seed, 8))}
 	return f, nil
 }
+
+// Started is closed once Run has launched every device (after
+// provisioning), so a harness can steer a running fleet.
+func (f *Fleet) Started() <-chan struct{} { return f.started }
+
+// Connected is how many devices are connected now (cheaper than Stats).
+func (f *Fleet) Connected() int64 { return f.c.connected.Load() }
+
+// SetRate sets the fleet's total readings/s, spread evenly over its
+// devices, and starts a new ack-latency sample, so the next Stats
+// percentiles describe the new rate only.
+func (f *Fleet) SetRate(total float64) {
+	f.mu.Lock()
+	per := total / float64(max(len(f.devices), 1))
+	for _, d := range f.devices { // lock order: f.mu, then d.mu
+		d.setRate(per)
+	}
+	f.mu.Unlock()
+	f.c.mu.Lock()
+	f.c.latencies, f.c.latSeen = f.c.latencies[:0], 0
+	f.c.mu.Unlock()
+}
+
+// Violation records a contract violation found outside the fleet (a load
+// harness's check of what landed in InfluxDB); it counts in Stats like
+// the fleet's own.
+func (f *Fleet) Violation(format string, args ...any) { f.c.violation(format, args...) }
+
+// Recording reports whether the fleet remembers acked readings for Verify.
+func (f *Fleet) Recording() bool { return f.cfg.RecordAcked > 0 }
 
 // Stats returns the fleet's counters so far.
 func (f *Fleet) Stats() Stats {
@@ -296,7 +307,6 @@ func (f *Fleet) Stats() Stats {
 		st.ReadingsPerSecSent = float64(st.ReadingsSent) / st.Elapsed
 		st.ReadingsPerSecAcked = float64(st.ReadingsAcked) / st.Elapsed
 	}
-	f.fillBench(&st)
 	return st
 }
 
@@ -325,20 +335,11 @@ func (f *Fleet) Run(ctx context.Context) error {
 	if len(creds) > f.cfg.Devices {
 		creds = creds[:f.cfg.Devices]
 	}
-	total := f.cfg.Duration
-	if len(f.cfg.Steps) > 0 {
-		total = time.Duration(len(f.cfg.Steps))*f.cfg.StepDuration + 10*time.Second
-	}
-	if total > 0 {
+	if f.cfg.Duration > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, total)
+		ctx, cancel = context.WithTimeout(ctx, f.cfg.Duration)
 		defer cancel()
 	}
-	stopBench, err := f.startBench(ctx)
-	if err != nil {
-		return err
-	}
-	defer stopBench()
 	f.mu.Lock()
 	f.creds, f.start = creds, time.Now()
 	f.mu.Unlock()
@@ -356,6 +357,7 @@ func (f *Fleet) Run(ctx context.Context) error {
 		f.mu.Unlock()
 		wg.Go(func() { d.run(devCtx) })
 	}
+	close(f.started)
 	progressDone := make(chan struct{})
 	if f.cfg.Progress != nil {
 		go func() { // owner: Run; stops with progressDone
@@ -371,14 +373,8 @@ func (f *Fleet) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	if len(f.cfg.Steps) > 0 {
-		f.runSteps(ctx)
-		stopDevices() // the steps are the run
-	}
 	wg.Wait()
 	close(progressDone)
-	stopBench()
-	f.finishBench(context.WithoutCancel(ctx))
 	return nil
 }
 

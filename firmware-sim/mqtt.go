@@ -20,25 +20,20 @@ type inflightMsg struct {
 // mqttOptions connects as the device: username and client id are both the
 // device id, the hub's contract (any other client id is refused with
 // return code 0x02, so no device can take over another's session).
-func (d *device) mqttOptions(password string, lost chan<- error) *paho.ClientOptions {
+func (d *device) mqttOptions(password string, lost func(error)) *paho.ClientOptions {
 	_, broker := d.endpoint()
 	return paho.NewClientOptions().AddBroker("tcp://" + broker).
 		SetClientID(d.cred.ID).SetUsername(d.cred.ID).SetPassword(password).
 		SetProtocolVersion(4).SetCleanSession(true).SetOrderMatters(false).
 		SetAutoReconnect(false).SetConnectRetry(false).
 		SetKeepAlive(60 * time.Second).SetConnectTimeout(10 * time.Second).SetWriteTimeout(10 * time.Second).
-		SetConnectionLostHandler(func(_ paho.Client, err error) {
-			select {
-			case lost <- err:
-			default:
-			}
-		})
+		SetConnectionLostHandler(func(_ paho.Client, err error) { lost(err) })
 }
 
 // wrongTokenProbeMQTT checks the broker refuses a wrong token with return
 // code 5 (not authorized).
 func (d *device) wrongTokenProbeMQTT(ctx context.Context) {
-	c := paho.NewClient(d.mqttOptions("fhd_not-a-real-token", make(chan error, 1)))
+	c := paho.NewClient(d.mqttOptions("fhd_not-a-real-token", func(error) {}))
 	tok := c.Connect()
 	if !waitToken(ctx, tok, 15*time.Second) {
 		return
@@ -82,8 +77,8 @@ func (d *device) runMQTT(ctx context.Context) error {
 	if d.roll() && d.pickFault(faultWrongAuth, "") == faultWrongAuth {
 		d.wrongTokenProbeMQTT(ctx)
 	}
-	lost := make(chan error, 1)
-	c := paho.NewClient(d.mqttOptions(d.cred.Token, lost))
+	end := newEndOnce()
+	c := paho.NewClient(d.mqttOptions(d.cred.Token, end.end))
 	tok := c.Connect()
 	if !waitToken(ctx, tok, 15*time.Second) {
 		c.Disconnect(0)
@@ -110,7 +105,7 @@ func (d *device) runMQTT(ctx context.Context) error {
 		}
 		select {
 		case cmds <- wsCommand{f.ID, f.Name, f.Params}:
-		default:
+		default: // 16 commands waiting: drop; the hub redelivers
 		}
 	})
 	if !waitToken(ctx, sub, 15*time.Second) || sub.Error() != nil {
@@ -124,126 +119,103 @@ func (d *device) runMQTT(ctx context.Context) error {
 	waiterDone := make(chan struct{})
 	go func() { // owner: runMQTT; ends when stop closes
 		defer close(waiterDone)
-		// Faulty messages PUBACKed and waiting for their error frame, at
-		// most the ledger's size.
-		type awaiting struct {
-			id string
-			by time.Time
-		}
-		var waiting []awaiting
-		tick := time.NewTicker(100 * time.Millisecond)
-		defer tick.Stop()
-		for {
+		d.settlePubacks(inflight, stop)
+	}()
+	defer func() { close(stop); <-waiterDone }()
+	return d.stream(ctx, &mqttLink{d: d, c: c, prefix: prefix, cmds: cmds, inflight: inflight, end: end})
+}
+
+// settlePubacks settles PUBACKs in publish order until stop closes.
+func (d *device) settlePubacks(inflight <-chan inflightMsg, stop <-chan struct{}) {
+	// Faulty messages PUBACKed and waiting for their error frame, at
+	// most the ledger's size.
+	type awaiting struct {
+		id string
+		by time.Time
+	}
+	var waiting []awaiting
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case now := <-tick.C:
+			waiting = slices.DeleteFunc(waiting, func(a awaiting) bool {
+				if !d.unsettled(a.id) {
+					return true
+				}
+				if now.After(a.by) { // no error frame: the PUBACK was an ack
+					d.answered(a.id, "", now)
+					return true
+				}
+				return false
+			})
+		case m := <-inflight:
 			select {
 			case <-stop:
 				return
-			case now := <-tick.C:
-				waiting = slices.DeleteFunc(waiting, func(a awaiting) bool {
-					if !d.unsettled(a.id) {
-						return true
-					}
-					if now.After(a.by) { // no error frame: the PUBACK was an ack
-						d.answered(a.id, "", now)
-						return true
-					}
-					return false
-				})
-			case m := <-inflight:
-				select {
-				case <-stop:
-					return
-				case <-m.tok.Done():
-				}
-				switch {
-				case d.f.cfg.QoS0:
-					d.settleUnacked(m.id) // sent; only InfluxDB can tell whether it landed
-				case m.tok.Error() == nil && m.fault == "":
-					d.answered(m.id, "", time.Now())
-				case m.tok.Error() == nil && m.fault != faultOversized:
-					waiting = append(waiting, awaiting{m.id, time.Now().Add(faultAnswerWait)})
-				}
+			case <-m.tok.Done():
 			}
-		}
-	}()
-	defer func() { close(stop); <-waiterDone }()
-
-	publish := func(id, fault string, payload []byte) error {
-		qos := byte(1)
-		if d.f.cfg.QoS0 {
-			qos = 0
-		}
-		t := c.Publish(prefix+"/telemetry", qos, false, payload)
-		select {
-		case inflight <- inflightMsg{id: id, fault: fault, tok: t}:
-			return nil
-		case err := <-lost:
-			return err
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-	for _, p := range d.unanswered() {
-		var id struct {
-			ID string `json:"id"`
-		}
-		_ = json.Unmarshal(p, &id)
-		if err := publish(id.ID, "", p); err != nil {
-			return err
-		}
-	}
-	timer := time.NewTimer(d.jittered())
-	defer timer.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case err := <-lost:
-			return err
-		case cmd := <-cmds:
-			res, reboot := d.command(cmd.id, cmd.name, cmd.params)
-			// The result topic takes the frame without "type".
-			var m map[string]any
-			_ = json.Unmarshal(res, &m)
-			delete(m, "type")
-			b, _ := json.Marshal(m)
-			if t := c.Publish(prefix+"/commands/result", 1, false, b); !waitToken(ctx, t, 10*time.Second) || t.Error() != nil {
-				return fmt.Errorf("publish command result: %v", t.Error())
-			}
-			if reboot {
-				return errReboot
-			}
-		case now := <-timer.C:
-			timer.Reset(d.jittered())
-			id, payload, fault, ok := d.next(now, maxMessageBytes)
-			if !ok {
-				if d.leave() {
-					return nil
-				}
-				continue
-			}
-			if fault == faultFlap {
-				return errFlap
-			}
-			if err := publish(id, fault, payload); err != nil {
-				return err
-			}
-			d.f.c.sent.Add(1)
-			if fault == "" {
-				d.f.c.readingsSent.Add(int64(d.f.cfg.Batch))
-			}
-			if fault == faultOversized {
-				// The documented answer: the broker closes the connection.
-				select {
-				case err := <-lost:
-					d.closedByFault()
-					return err
-				case <-time.After(oversizedAnswerWait):
-					d.f.c.violation("%s: oversized MQTT packet did not close the connection within %s", d.cred.ID, oversizedAnswerWait)
-					return errors.New("oversized packet not refused")
-				case <-ctx.Done():
-					return ctx.Err()
-				}
+			switch {
+			case d.f.cfg.QoS0:
+				d.settleUnacked(m.id) // sent; only InfluxDB can tell whether it landed
+			case m.tok.Error() == nil && m.fault == "":
+				d.answered(m.id, "", time.Now())
+			case m.tok.Error() == nil && m.fault != faultOversized:
+				waiting = append(waiting, awaiting{m.id, time.Now().Add(faultAnswerWait)})
 			}
 		}
 	}
 }
+
+// mqttLink is a device's MQTT session; paho's handlers feed cmds and end.
+type mqttLink struct {
+	d        *device
+	c        paho.Client
+	prefix   string
+	cmds     chan wsCommand   // bounded at 16; the subscription handler drops when full
+	inflight chan inflightMsg // bounded by MaxInflight; send waits (back-pressure) or ends with the connection
+	end      *endOnce
+}
+
+func (l *mqttLink) send(ctx context.Context, id, fault string, payload []byte) error {
+	qos := byte(1)
+	if l.d.f.cfg.QoS0 {
+		qos = 0
+	}
+	t := l.c.Publish(l.prefix+"/telemetry", qos, false, payload)
+	select {
+	case l.inflight <- inflightMsg{id: id, fault: fault, tok: t}:
+		return nil
+	case <-l.end.ch:
+		return l.end.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// answer publishes a command result; the result topic takes the frame
+// without "type".
+func (l *mqttLink) answer(ctx context.Context, res []byte) error {
+	var m map[string]any
+	_ = json.Unmarshal(res, &m)
+	delete(m, "type")
+	b, _ := json.Marshal(m)
+	if t := l.c.Publish(l.prefix+"/commands/result", 1, false, b); !waitToken(ctx, t, 10*time.Second) || t.Error() != nil {
+		return fmt.Errorf("publish command result: %v", t.Error())
+	}
+	return nil
+}
+
+func (l *mqttLink) commands() <-chan wsCommand { return l.cmds }
+func (l *mqttLink) ended() <-chan struct{}     { return l.end.ch }
+func (l *mqttLink) endErr() error              { return l.end.err }
+func (l *mqttLink) oversizedAnswer() string    { return "the broker closing the connection" }
+
+// settleOversized settles the oversized message: for MQTT the broker
+// closing the connection is the documented answer.
+func (l *mqttLink) settleOversized() { l.d.closedByFault() }
+
+// close has nothing to do: runMQTT disconnects the client after the loop.
+func (l *mqttLink) close() {}

@@ -69,88 +69,48 @@ func (d *device) runWS(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
 	d.f.c.connected.Add(1)
 	defer d.f.c.connected.Add(-1)
-
-	cmds := make(chan wsCommand, 16)
-	readerDone := make(chan error, 1)
-	go func() { // owner: runWS; ends when conn is closed
-		readerDone <- d.readWS(conn, cmds)
+	l := &wsLink{conn: conn, cmds: make(chan wsCommand, 16), end: newEndOnce()}
+	go func() { // owner: the wsLink; ends when conn is closed (wsLink.close waits for it)
+		l.end.end(d.readWS(conn, l.cmds))
 	}()
-	write := func(b []byte) error {
-		_ = conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-		return conn.WriteMessage(websocket.TextMessage, b)
+	return d.stream(ctx, l)
+}
+
+// wsLink is a device's WebSocket session: writes go straight to the
+// connection (the send loop is its one writer), readWS is its one reader.
+type wsLink struct {
+	conn   *websocket.Conn
+	cmds   chan wsCommand // bounded at 16; readWS drops a command when full
+	end    *endOnce
+	closed bool // only the send loop touches it
+}
+
+func (l *wsLink) write(b []byte) error {
+	_ = l.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	return l.conn.WriteMessage(websocket.TextMessage, b)
+}
+
+func (l *wsLink) send(_ context.Context, _, _ string, payload []byte) error { return l.write(payload) }
+func (l *wsLink) answer(_ context.Context, result []byte) error             { return l.write(result) }
+func (l *wsLink) commands() <-chan wsCommand                                { return l.cmds }
+func (l *wsLink) ended() <-chan struct{}                                    { return l.end.ch }
+func (l *wsLink) endErr() error                                             { return l.end.err }
+func (l *wsLink) oversizedAnswer() string                                   { return "close 1009" }
+
+// settleOversized has nothing to do: readWS settles the message when it
+// reads close 1009.
+func (l *wsLink) settleOversized() {}
+
+func (l *wsLink) close() {
+	if l.closed {
+		return
 	}
-	closeConn := func(code int) {
-		_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, ""), time.Now().Add(time.Second))
-		conn.Close()
-		<-readerDone
-	}
-	for _, p := range d.unanswered() {
-		if err := write(p); err != nil {
-			conn.Close()
-			<-readerDone
-			return err
-		}
-	}
-	timer := time.NewTimer(d.jittered())
-	defer timer.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			closeConn(websocket.CloseNormalClosure)
-			return ctx.Err()
-		case err := <-readerDone:
-			return err
-		case c := <-cmds:
-			res, reboot := d.command(c.id, c.name, c.params)
-			if err := write(res); err != nil {
-				conn.Close()
-				<-readerDone
-				return err
-			}
-			if reboot {
-				closeConn(websocket.CloseNormalClosure)
-				return errReboot
-			}
-		case now := <-timer.C:
-			timer.Reset(d.jittered())
-			_, payload, fault, ok := d.next(now, maxMessageBytes)
-			if !ok {
-				if d.leave() {
-					closeConn(websocket.CloseNormalClosure)
-					return nil
-				}
-				continue
-			}
-			if fault == faultFlap {
-				closeConn(websocket.CloseNormalClosure)
-				return errFlap
-			}
-			if err := write(payload); err != nil {
-				conn.Close()
-				<-readerDone
-				return err
-			}
-			d.f.c.sent.Add(1)
-			if fault == "" {
-				d.f.c.readingsSent.Add(int64(d.f.cfg.Batch))
-			}
-			if fault == faultOversized {
-				// The documented answer is close 1009; wait for it.
-				select {
-				case err := <-readerDone:
-					return err
-				case <-time.After(oversizedAnswerWait):
-					d.f.c.violation("%s: oversized message not answered with close 1009 within %s", d.cred.ID, oversizedAnswerWait)
-					conn.Close()
-					<-readerDone
-					return errors.New("oversized message not refused")
-				}
-			}
-		}
-	}
+	l.closed = true
+	_ = l.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
+	l.conn.Close()
+	<-l.end.ch
 }
 
 // readWS is the connection's one reader: acks and errors settle the

@@ -12,8 +12,6 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/gorilla/websocket"
-
-	"github.com/fieldhub/fieldhub/telemetry/influxtest"
 )
 
 // authRequest makes one request with a bearer token and extra headers and
@@ -91,7 +89,7 @@ func authMQTTConnect(h *hub, id, token string) error {
 // Before, the failure limiter counted per address only and refused valid
 // clients whenever the attacker had spent the address's budget.
 func TestAttackAuthBadTokensSpareValidClients(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	// The connect limit is not what is under test: raise it so only the
 	// failure limiter could refuse anyone.
 	h := startHub(t, influx, map[string]string{"FIELDHUB_MQTT_CONNECT_RATE": "1000"})
@@ -178,7 +176,7 @@ func TestAttackAuthBadTokensSpareValidClients(t *testing.T) {
 // and the operator ways in, while a valid token from the same address
 // still passes and another bad token from it still hears 401.
 func TestAttackAuthGuesserLimited(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, map[string]string{"FIELDHUB_MQTT_CONNECT_RATE": "1000"})
 	devToken := h.createDevice(t, "guessed")
 	for _, tc := range []struct {
@@ -234,7 +232,7 @@ func TestAttackAuthGuesserLimited(t *testing.T) {
 // MQTT over TCP (20/s, burst 50, one budget per address for every way in).
 // Before, /mqtt had no connect limit: 300 of 300 were accepted.
 func TestAttackAuthMQTTWebSocketConnectStorm(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, nil)
 	url := strings.Replace(h.url, "http", "ws", 1) + "/mqtt"
 	d := websocket.Dialer{Subprotocols: []string{"mqtt"}, HandshakeTimeout: 10 * time.Second}
@@ -279,7 +277,7 @@ func TestAttackAuthMQTTWebSocketConnectStorm(t *testing.T) {
 // without FIELDHUB_TRUSTED_PROXIES, X-Forwarded-For is ignored and
 // spoofing it does not escape the limiter.
 func TestAttackAuthTrustedProxies(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	next := func(xff string) http.Header { return http.Header{"X-Forwarded-For": {xff}} }
 
 	t.Run("trusted proxy", func(t *testing.T) {
@@ -354,7 +352,7 @@ func TestAttackAuthTrustedProxies(t *testing.T) {
 // all the same (10/s, burst 20), with the count of those not logged.
 // Before: 2,000 bad tokens in ~1 s wrote 2,000 log lines.
 func TestAttackAuthUniqueTokenLogFlood(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, nil)
 	started := time.Now()
 	const attempts = 600

@@ -147,7 +147,7 @@ func inputNothingStored(t *testing.T, h *hub, influx *influxtest.Server, device,
 // deflate sends as about 64 KiB, under the 256 KiB limit, was acked and
 // stored. Now the hub decompresses no more than the limit and closes 1009.
 func TestAttackCompressedWebSocketBomb(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, nil)
 	token := h.createDevice(t, "bomber")
 
@@ -208,7 +208,7 @@ func TestAttackCompressedWebSocketBomb(t *testing.T) {
 // TestAttackGzipHTTPBomb: the HTTP fallback takes Content-Encoding: gzip,
 // bounded after decompression (413), and refuses any other encoding (415).
 func TestAttackGzipHTTPBomb(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, nil)
 	token := h.createDevice(t, "gz")
 	post := func(body []byte, encoding string) (int, map[string]any) {
@@ -275,7 +275,7 @@ func TestAttackGzipHTTPBomb(t *testing.T) {
 // limit) counts the bytes the hub holds; a message past it is refused.
 // (This path was already safe; the test keeps it so.)
 func TestAttackMQTTOverWebSocketUncompressed(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, nil)
 	d := websocket.Dialer{EnableCompression: true, Subprotocols: []string{"mqtt"}}
 	c, resp, err := d.Dial(strings.Replace(h.url, "http", "ws", 1)+"/mqtt", nil)
@@ -299,7 +299,7 @@ func TestAttackMQTTOverWebSocketUncompressed(t *testing.T) {
 // error frame. Now an error answer lists the first 20 broken rules and
 // counts the rest, and stays under 4 KiB, over WebSocket, HTTP and MQTT.
 func TestAttackErrorAmplification(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, nil)
 	token := h.createDevice(t, "noisy")
 	const bad = 34000
@@ -392,7 +392,7 @@ var inputQueuedBytes = regexp.MustCompile(`device not reading its answers.*devic
 // stays flat.
 func TestAttackSlowDeviceQueueBytes(t *testing.T) {
 	const bound = 32 << 10
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, map[string]string{
 		"FIELDHUB_WS_SEND_QUEUE_BYTES": strconv.Itoa(bound),
 		"FIELDHUB_RATE_LIMIT":          "100000",

@@ -84,7 +84,7 @@ func integrityRows(t *testing.T, influx *influxtest.Server, q string) [][]any {
 // another client of the same database would.
 func integrityInfluxWrite(t *testing.T, influx *influxtest.Server, lines string) {
 	t.Helper()
-	resp, err := http.Post(influx.URL+"/write?db="+influxtest.Database, "text/plain", strings.NewReader(lines))
+	resp, err := http.Post(influx.URL+"/write?db="+influx.DB, "text/plain", strings.NewReader(lines))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +145,7 @@ func integrityWaitCount(t *testing.T, influx *influxtest.Server, device, field s
 // used to be acked and stored as 1 point (all got the same millisecond).
 // Each acked reading must be its own point, also beside readings with ts.
 func TestAttackTimestamplessBatchCollapses(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, nil)
 	c := integrityDial(t, h, h.createDevice(t, "nots-batch"))
 
@@ -179,7 +179,7 @@ func TestAttackTimestamplessBatchCollapses(t *testing.T) {
 // 10 acks and 9 points. And a device ts equal to the millisecond of a
 // hub-assigned time must not overwrite it.
 func TestAttackTimestamplessConcurrent(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, nil)
 	token := h.createDevice(t, "nots-conc")
 	conns := make([]*websocket.Conn, 0, 5)
@@ -259,7 +259,7 @@ func TestAttackTimestamplessConcurrent(t *testing.T) {
 // silently dropped by InfluxDB; one named "device" made every WHERE
 // device='x' miss. Reserved names are refused with the field path.
 func TestAttackReservedMetricNames(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, map[string]string{"FIELDHUB_TAG_LABELS": "site"})
 	st, m := h.api(t, "POST", "/api/v1/devices", h.adminToken, map[string]any{"id": "names-1", "labels": map[string]string{"site": "north"}})
 	if st != 201 {
@@ -305,7 +305,7 @@ func TestAttackReservedMetricNames(t *testing.T) {
 // ack now, and of two concurrent first uses of a new name with different
 // types exactly one is acked.
 func TestAttackTypeConflict(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, nil)
 	c := integrityDial(t, h, h.createDevice(t, "types-1"))
 	if f := integritySend(t, c, `{"type":"telemetry","id":"1","metrics":{"temp":20}}`); f["type"] != "ack" {
@@ -443,7 +443,7 @@ func TestAttackTypeKnownAfterRestart(t *testing.T) {
 // device's names are bounded (FIELDHUB_MAX_METRICS_PER_DEVICE) and so are
 // the fleet's (FIELDHUB_MAX_METRIC_NAMES).
 func TestAttackMetricNameFlood(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, map[string]string{"FIELDHUB_MAX_METRIC_NAMES": "350", "FIELDHUB_RATE_LIMIT": "1000", "FIELDHUB_RATE_BURST": "1000"})
 	c := integrityDial(t, h, h.createDevice(t, "flood-1"))
 	msg := func(prefix string, from int) string {
@@ -502,6 +502,9 @@ func TestAttackMetricNameFlood(t *testing.T) {
 		t.Fatalf("past 350 fleet names: %v", f)
 	}
 	integrityWaitCount(t, influx, "flood-1", "m5", 2)
+	// flood-2's names are in a later write than flood-1's m5: wait for
+	// them too (on a loaded machine the field keys were counted between).
+	integrityWaitCount(t, influx, "flood-2", "n0", 1)
 	if keys := integrityFieldKeys(t, influx); len(keys) != 300 {
 		t.Errorf("InfluxDB has %d field keys, want 300", len(keys))
 	}

@@ -13,8 +13,6 @@ import (
 
 	pahov5 "github.com/eclipse/paho.golang/paho"
 	paho "github.com/eclipse/paho.mqtt.golang"
-
-	"github.com/fieldhub/fieldhub/telemetry/influxtest"
 )
 
 // The MQTT identity attacks: a device with its own valid credentials tries
@@ -74,7 +72,7 @@ func (h *hub) mqttAttackPresence(t *testing.T, id string) map[string]any {
 // command with its params. Now A is refused on 3.1.1 and 5, B stays
 // connected and answers its own command.
 func TestAttackMQTTClientIDTakeover(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, nil)
 	tokA := h.createDevice(t, "atk-a")
 	tokB := h.createDevice(t, "atk-b")
@@ -145,7 +143,7 @@ func TestAttackMQTTClientIDTakeover(t *testing.T) {
 // device id (MQTT 5: Assigned Client Identifier in CONNACK) and works on
 // 3.1.1 (clean session) and 5. Before: mochi assigned a random id.
 func TestAttackMQTTEmptyClientIDIsDeviceID(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, nil)
 	tok := h.createDevice(t, "atk-e")
 
@@ -200,7 +198,7 @@ func TestAttackMQTTEmptyClientIDIsDeviceID(t *testing.T) {
 // B's command, params included, resent to it. Now A is refused and B
 // resumes its own session with the command still in it.
 func TestAttackMQTTPersistentSessionNotResumed(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, nil)
 	tokA := h.createDevice(t, "atk-a")
 	tokB := h.createDevice(t, "atk-b")
@@ -265,7 +263,7 @@ func TestAttackMQTTPersistentSessionNotResumed(t *testing.T) {
 // logged "publish packet error" with the whole packet struct, payload
 // included (about 2.4 KB a line, one per publish, at error level).
 func TestAttackMQTTV5InvalidPublishLogLine(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, nil)
 	tok := h.createDevice(t, "atk-log")
 	c, _, err := mqttAttackV5(t, h, "atk-log", "atk-log", tok, true)
@@ -322,7 +320,7 @@ func TestAttackMQTTV5InvalidPublishLogLine(t *testing.T) {
 // with the hub's will clearing removed, B received A's reboot. Now B gets
 // nothing but the command the operator sends after A is gone.
 func TestAttackMQTTWillToAnotherDevice(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, nil)
 	tokA, tokB := h.createDevice(t, "atk-wa"), h.createDevice(t, "atk-wb")
 
@@ -378,7 +376,7 @@ func TestAttackMQTTWillToAnotherDevice(t *testing.T) {
 // took it for a success. Now the device is assigned its id, as the
 // contract says, and its readings are acknowledged.
 func TestAttackMQTTV3EmptyClientIDPersistentSession(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, nil)
 	tok := h.createDevice(t, "atk-p")
 	c, ct := mqttAttackV3(t, h, "", "atk-p", tok, func(o *paho.ClientOptions) { o.SetCleanSession(false) })
@@ -399,7 +397,7 @@ func TestAttackMQTTV3EmptyClientIDPersistentSession(t *testing.T) {
 // auth and ACL requests without a client id, or with another one, are
 // denied, and the refusal names the placeholder to configure.
 func TestAttackMQTTAuthHookWithoutClientID(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	const secret = "attack-broker-secret"
 	h := startHub(t, influx, map[string]string{"FIELDHUB_MQTT_AUTH_SECRET": secret})
 	tok := h.createDevice(t, "atk-h")

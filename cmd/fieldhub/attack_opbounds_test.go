@@ -17,8 +17,6 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-
-	"github.com/fieldhub/fieldhub/telemetry/influxtest"
 )
 
 // Attacks on operator-side state (issue 18, "Bounded operator-side
@@ -102,7 +100,7 @@ func opbPump(t *testing.T, h *hub, token string, period time.Duration, perMsg in
 // refuses must not take the admin's (or anyone else's) live access.
 // Before: all 25 accepted, and 1,000 of them starved the admin (503).
 func TestAttackLivePerTokenCap(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, nil)
 	viewer := h.token(t, "viewer")
 	before := scrape(t, h)
@@ -163,7 +161,7 @@ func TestAttackLivePerTokenCap(t *testing.T) {
 // by one socket. After: ids not in the registry are ignored (and the
 // socket told so); the filter holds at most the fleet.
 func TestAttackLiveSubscribeFlood(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, nil)
 	tok := h.createDevice(t, "flood-real")
 	viewer := h.token(t, "viewer")
@@ -250,7 +248,7 @@ func TestAttackLiveSubscribeFlood(t *testing.T) {
 // After: counted, one log line, and once it reads again it finds close
 // 1013 after the frames the hub had already written.
 func TestAttackLiveSlowConsumer(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, map[string]string{"FIELDHUB_RATE_LIMIT": "1000", "FIELDHUB_RATE_BURST": "1000"})
 	tok := h.createDevice(t, "slow-src")
 	viewer := h.token(t, "viewer")
@@ -324,7 +322,7 @@ func TestAttackLiveSlowConsumer(t *testing.T) {
 // error. Before: stop=9999-12-31T23:59:59Z answered 502 "InfluxDB did not
 // answer".
 func TestAttackHistoryRanges(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, nil)
 	h.createDevice(t, "hist-1")
 	viewer := h.token(t, "viewer")
@@ -356,7 +354,7 @@ func TestAttackHistoryRanges(t *testing.T) {
 // window. Before: each call sampled the counters against the previous
 // call, so a viewer's first call said 0 and viewers shared one sample.
 func TestAttackStatsRate(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, map[string]string{"FIELDHUB_RATE_LIMIT": "1000", "FIELDHUB_RATE_BURST": "1000"})
 	tok := h.createDevice(t, "rate-src")
 	a, b := h.token(t, "viewer"), h.token(t, "viewer")
@@ -404,7 +402,7 @@ func opbLines(h *hub, what string) string {
 // stream. Before: the stream was dropped without a log line or a count.
 // After: the stream ends, one log line, the metric moves.
 func TestAttackLiveSlowConsumerSSE(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, map[string]string{"FIELDHUB_RATE_LIMIT": "1000", "FIELDHUB_RATE_BURST": "1000"})
 	tok := h.createDevice(t, "slow-sse")
 	viewer := h.token(t, "viewer")

@@ -21,7 +21,6 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/fieldhub/fieldhub/bridge/ws"
-	"github.com/fieldhub/fieldhub/telemetry/influxtest"
 )
 
 // opWaitClose waits up to d for c to be closed by the hub and returns the
@@ -48,7 +47,7 @@ func opWaitClose(c *websocket.Conn, d time.Duration, seen func([]byte)) error {
 // not the second one's: the close must come before the second grace could
 // have ended.
 func TestAttackDoubleRotationKeepsFirstGrace(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, nil)
 	first := h.createDevice(t, "rot-1")
 	c, _, err := websocket.DefaultDialer.Dial(strings.Replace(h.url, "http", "ws", 1)+"/ws/device", http.Header{"Authorization": {"Bearer " + first}})
@@ -82,7 +81,7 @@ func TestAttackDoubleRotationKeepsFirstGrace(t *testing.T) {
 // without grace ends with 401 at once (not when its 20 s wait runs out),
 // and a command queued right after the rotation is not handed to it.
 func TestAttackLongPollEndsOnRotation(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, nil)
 	type result struct {
 		st   int
@@ -327,7 +326,7 @@ func opAfterEnd(t *testing.T, c *websocket.Conn, lines chan string, after int) {
 // its /ws/live socket (4003) and ends its SSE stream, and neither gets an
 // event published after the deletion.
 func TestAttackRevokedTokenEndsLiveStreams(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, nil)
 	id, viewer := opViewer(t, h, "wall-screen")
 	send := opDevice(t, h, "rev-1")
@@ -355,7 +354,7 @@ func TestAttackRevokedTokenEndsLiveStreams(t *testing.T) {
 // TestAttackSSEForeignOrigin: the SSE stream applies the same Origin
 // policy as /ws/live.
 func TestAttackSSEForeignOrigin(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, nil)
 	for _, tt := range []struct {
 		origin string
@@ -416,7 +415,7 @@ func opCookieGet(t *testing.T, h *hub, path string, c *http.Cookie) (int, map[st
 // token ends all its sessions; a session survives a restart; a session
 // ends at its absolute expiry and so do its sockets.
 func TestAttackSessionCookie(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, map[string]string{"FIELDHUB_SESSION_MAX": "1h"})
 	id, viewer := opViewer(t, h, "night-shift")
 	send := opDevice(t, h, "sess-1")
@@ -497,7 +496,7 @@ func TestAttackSessionCookie(t *testing.T) {
 // TestAttackSessionExpiryClosesSockets: a session at its absolute expiry
 // ends, and its live socket closes with it.
 func TestAttackSessionExpiryClosesSockets(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, map[string]string{"FIELDHUB_SESSION_MAX": "2s"})
 	_, viewer := opViewer(t, h, "short")
 	cookie := opSignIn(t, h, viewer)
@@ -569,7 +568,7 @@ func opFillWide(t *testing.T, h *hub, dev string, n int) {
 // has its token deleted early in the resume: the stream ends at once, not
 // after the thousands of replayed frames still to go.
 func TestAttackSSEResumeEndsOnRevocation(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, map[string]string{"FIELDHUB_RATE_LIMIT": "100000", "FIELDHUB_RATE_BURST": "100000"})
 	id, viewer := opViewer(t, h, "resumer")
 	const n = 3000

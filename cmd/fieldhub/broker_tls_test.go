@@ -9,7 +9,6 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/fieldhub/fieldhub/bridge/cluster/mosquittotest"
-	"github.com/fieldhub/fieldhub/telemetry/influxtest"
 )
 
 // TestExternalBrokerTLS: a hub reaches its broker over TLS with a client
@@ -17,7 +16,7 @@ import (
 // device on the broker cross that link. A hub without the certificate,
 // or that does not trust the broker's, stays out and says why.
 func TestExternalBrokerTLS(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	mq := mosquittotest.StartWith(t, mosquittotest.Options{TLS: true})
 	base := map[string]string{
 		"FIELDHUB_MQTT_BROKER":          mq.TLSURL,

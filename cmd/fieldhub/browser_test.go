@@ -17,7 +17,6 @@ import (
 	"github.com/chromedp/chromedp"
 
 	firmwaresim "github.com/fieldhub/fieldhub/firmware-sim"
-	"github.com/fieldhub/fieldhub/telemetry/influxtest"
 )
 
 // browser starts headless Chromium (installed by scripts/install-chromium
@@ -109,7 +108,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	if testing.Short() {
 		t.Skip("drives headless Chromium; run without -short")
 	}
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, map[string]string{"FIELDHUB_MQTT_CONNECT_RATE": "1000"})
 	viewer := h.token(t, "viewer")
 	ctx, consoleErrors := browser(t)

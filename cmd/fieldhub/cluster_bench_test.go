@@ -9,7 +9,6 @@ import (
 	"time"
 
 	firmwaresim "github.com/fieldhub/fieldhub/firmware-sim"
-	"github.com/fieldhub/fieldhub/telemetry/influxtest"
 )
 
 // BenchmarkInstances compares one hub instance with two on the same
@@ -30,7 +29,7 @@ func BenchmarkInstances(b *testing.B) {
 
 func benchInstances(b *testing.B, transport string, instances int) {
 	const devicesN, rate, runFor = 200, 100.0, 5 * time.Second
-	influx := influxtest.Start(b)
+	influx := startInflux(b)
 	env := clusterEnv(b, influx)
 	env["FIELDHUB_LOG_LEVEL"] = "warn"
 	var hubs []*hub

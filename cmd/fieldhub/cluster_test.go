@@ -198,7 +198,7 @@ func TestTwoInstancesOnMosquitto(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs Mosquitto, PostgreSQL, influxd and two hubs; run without -short")
 	}
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	db := pgtest.Database(t)
 	mq := mosquittotest.Start(t)
 	bin := filepath.Join(t.TempDir(), "fieldhub")
@@ -567,10 +567,11 @@ func TestFleetTotals(t *testing.T) {
 		t.Fatal(terr)
 	}
 	cl.Stats().RemoteReadings.Add(41)
-	if r, _ := (fleetTotals{br: br}).Totals(); r != 1 {
+	var one dashboard.Totals = br
+	if r, _ := one.Totals(); r != 1 {
 		t.Fatalf("one instance: %d readings, want 1", r)
 	}
-	if r, _ := (fleetTotals{br: br, cl: cl}).Totals(); r != 42 {
+	if r, _ := (clusterTotals{br: br, cl: cl}).Totals(); r != 42 {
 		t.Fatalf("with the other instances: %d readings, want 42", r)
 	}
 }

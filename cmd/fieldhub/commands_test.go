@@ -11,8 +11,6 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/gorilla/websocket"
-
-	"github.com/fieldhub/fieldhub/telemetry/influxtest"
 )
 
 func (h *hub) createDevice(t *testing.T, id string) string {
@@ -100,7 +98,7 @@ func wsDevice(t *testing.T, h *hub, token string) (*websocket.Conn, chan string)
 }
 
 func TestCommandsOverWebSocket(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, nil)
 	token := h.createDevice(t, "valve-1")
 	operator, viewer := h.token(t, "operator"), h.token(t, "viewer")
@@ -206,7 +204,7 @@ func TestCommandsOverWebSocket(t *testing.T) {
 }
 
 func TestCommandQueueLifecycleAndRestart(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, nil)
 	token := h.createDevice(t, "gate-1")
 
@@ -254,7 +252,7 @@ func TestCommandQueueLifecycleAndRestart(t *testing.T) {
 }
 
 func TestCommandRedeliveredAfterReconnect(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, nil)
 	token := h.createDevice(t, "pump-3")
 	c1, got1 := wsDevice(t, h, token)
@@ -278,7 +276,7 @@ func TestCommandRedeliveredAfterReconnect(t *testing.T) {
 }
 
 func TestCommandsOverMQTTAndHTTP(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, nil)
 	mqttTok := h.createDevice(t, "mq-1")
 	httpTok := h.createDevice(t, "http-1")

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	firmwaresim "github.com/fieldhub/fieldhub/firmware-sim"
-	"github.com/fieldhub/fieldhub/telemetry/influxtest"
+	"github.com/fieldhub/fieldhub/firmware-sim/load"
 )
 
 // TestFleetEndToEnd runs the real hub against a real influxd with a
@@ -27,23 +27,23 @@ func TestFleetEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a 300-device fleet for 30 messages each; run without -short")
 	}
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, map[string]string{"FIELDHUB_MQTT_CONNECT_RATE": "1000"})
 	const devices, count = 300, 30
 	fleet, err := firmwaresim.New(firmwaresim.Config{
 		Hub: h.url, MQTT: h.env["FIELDHUB_MQTT_ADDR"], AdminToken: h.adminToken, Provision: true,
 		Devices: devices, Transport: firmwaresim.TransportMix, Rate: 5, FaultRate: 0.02,
 		Count: count, Hold: true, RecordAcked: devices * count,
-		// The simulator's own load-mode check runs too, at the end of Run:
-		// its problems are contract violations.
-		InfluxURL: influx.URL, InfluxDB: influxtest.Database,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, stopFleet := context.WithCancel(context.Background())
 	runErr := make(chan error, 1)
-	go func() { runErr <- fleet.Run(ctx) }()
+	// The load harness's check runs too, at the end of Run: its problems
+	// are the fleet's contract violations.
+	harness := load.New(load.Options{InfluxURL: influx.URL, InfluxDB: influx.DB, Prefix: "sim"})
+	go func() { runErr <- harness.Run(ctx, fleet) }()
 	stopped := false
 	stop := func() error {
 		if stopped {
@@ -103,8 +103,8 @@ func TestFleetEndToEnd(t *testing.T) {
 	if st.Violations > 0 {
 		t.Errorf("%d contract violations: %v", st.Violations, st.ViolationSamples)
 	}
-	if !st.Verified || st.Lost != 0 {
-		t.Errorf("the simulator's check: verified %v, %d acked readings lost", st.Verified, st.Lost)
+	if b := harness.Bench(st); !b.Verified || b.Lost != 0 {
+		t.Errorf("the load harness's check: verified %v, %d acked readings lost", b.Verified, b.Lost)
 	}
 	if st.FaultsSent == 0 || st.FaultsAnswered != st.FaultsSent {
 		t.Errorf("faults answered %d of %d", st.FaultsAnswered, st.FaultsSent)
@@ -132,7 +132,7 @@ func TestFleetEndToEnd(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond) // polling InfluxDB, not synchronising
 	}
-	v, err := fleet.Verify(context.Background(), influx.URL, influxtest.Database)
+	v, err := fleet.Verify(context.Background(), influx.URL, influx.DB)
 	if err != nil {
 		t.Fatal(err)
 	}

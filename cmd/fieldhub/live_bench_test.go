@@ -12,14 +12,12 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-
-	"github.com/fieldhub/fieldhub/telemetry/influxtest"
 )
 
 // BenchmarkLiveLatency measures device -> dashboard latency through the
 // whole hub (measureLiveLatency).
 func BenchmarkLiveLatency(b *testing.B) {
-	influx := influxtest.Start(b)
+	influx := startInflux(b)
 	h := startHubTB(b, influx, map[string]string{"FIELDHUB_RATE_LIMIT": "1000", "FIELDHUB_RATE_BURST": "1000"})
 	measureLiveLatency(b, h, h)
 }
@@ -29,7 +27,7 @@ func BenchmarkLiveLatency(b *testing.B) {
 // real Mosquitto and PostgreSQL: every reading crosses the broker on
 // fieldhub/live/{device}.
 func BenchmarkLiveLatencyAcrossInstances(b *testing.B) {
-	influx := influxtest.Start(b)
+	influx := startInflux(b)
 	env := clusterEnv(b, influx)
 	env["FIELDHUB_INSTANCE_ID"] = "bench-1"
 	h1 := startHubTB(b, influx, env)

@@ -56,12 +56,19 @@ func newMetrics() *metrics {
 
 func (m *metrics) authFailure(transport string) { m.authFailures.WithLabelValues(transport).Inc() }
 
-func (m *metrics) register(br *bridge.Bridge, sp *spool.Spool, w *influx.Writer, reg *devices.Registry, live *dashboard.Live, cl *cluster.Cluster) {
-	w.OnBatch = func(points int, d time.Duration) {
-		m.batchSize.Observe(float64(points))
-		m.writeLatency.Observe(d.Seconds())
+// writerObservers are the writer's batch and error metrics, handed to
+// influx.NewWriter at construction.
+func (m *metrics) writerObservers() influx.WriterObservers {
+	return influx.WriterObservers{
+		OnBatch: func(points int, d time.Duration) {
+			m.batchSize.Observe(float64(points))
+			m.writeLatency.Observe(d.Seconds())
+		},
+		OnError: func(class string) { m.writeErrors.WithLabelValues(class).Inc() },
 	}
-	w.OnError = func(class string) { m.writeErrors.WithLabelValues(class).Inc() }
+}
+
+func (m *metrics) register(br *bridge.Bridge, sp *spool.Spool, w *influx.Writer, reg *devices.Registry, live *dashboard.Live, cl *cluster.Cluster) {
 	m.reg.MustRegister(&hubCollector{br: br, sp: sp, w: w, reg: reg, live: live, cl: cl})
 }
 

@@ -9,14 +9,13 @@ import (
 
 	"github.com/fieldhub/fieldhub/devices/pg/pgtest"
 	firmwaresim "github.com/fieldhub/fieldhub/firmware-sim"
-	"github.com/fieldhub/fieldhub/telemetry/influxtest"
 )
 
 // TestHubOnPostgreSQL runs the hub with FIELDHUB_DATABASE_URL: the registry
 // and the command queue live in PostgreSQL, so a second hub with a fresh
 // data directory (another instance) sees them.
 func TestHubOnPostgreSQL(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	db := pgtest.Database(t)
 	h := startHub(t, influx, map[string]string{"FIELDHUB_DATABASE_URL": db})
 	h.createDevice(t, "shared-1")
@@ -48,7 +47,7 @@ func TestFleetFailsOverBetweenHubs(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs two hubs and a fleet; run without -short")
 	}
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	db := pgtest.Database(t)
 	h1 := startHub(t, influx, map[string]string{"FIELDHUB_DATABASE_URL": db})
 	var creds []firmwaresim.Cred

@@ -20,8 +20,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/fieldhub/fieldhub/bridge"
 	"github.com/fieldhub/fieldhub/bridge/cluster"
 	"github.com/fieldhub/fieldhub/bridge/mqtt"
@@ -163,12 +161,12 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		DeadLetterPath: filepath.Join(cfg.DataDir, "deadletter.lp"), Logger: log,
 	})
 	defer ic.Close()
-	writer, err := influx.NewWriter(ic, sp)
+	m := newMetrics()
+	writer, err := influx.NewWriter(ic, sp, m.writerObservers())
 	if err != nil {
 		return err
 	}
 
-	m := newMetrics()
 	var fanout bridge.Fanout = live
 	var remote bridge.RemoteCommands
 	if cfg.MQTTBroker != "" {
@@ -199,7 +197,11 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err != nil {
 		return err
 	}
-	rates := dashboard.NewRates(fleetTotals{br, cl})
+	var totals dashboard.Totals = br // one instance
+	if cl != nil {
+		totals = clusterTotals{br, cl}
+	}
+	rates := dashboard.NewRates(totals)
 	api, err := dashboard.New(dashboard.Options{
 		Registry: reg, History: ic, Failures: failures, Proxies: cfg.TrustedProxies, Logger: log,
 		Live: live, AllowedOrigins: cfg.AllowedOrigins, FromTrustedProxy: cfg.TrustedProxies.Trusted, Commands: br, Rates: rates,
@@ -223,35 +225,54 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	m.register(br, sp, writer, reg, live, cl)
 
-	mux := http.NewServeMux()
-	api.Register(mux)
-	mux.Handle("GET /ws/device", deviceWS)
-	mux.HandleFunc("POST /api/v1/telemetry", deviceWS.ServeTelemetry)
-	mux.HandleFunc("GET /api/v1/commands/next", deviceWS.ServeNextCommand)
+	// The route table: every endpoint of docs/protocol.md this process
+	// serves, in one place. The dashboard registers its own REST API and UI
+	// first (api.Register); an entry with a nil handler is switched off by
+	// configuration.
+	ready := health{registryCheck(reg), spoolCheck(sp, cfg.MaxMessageBytes), influxCheck(ic, writer, sp), brokerCheck(broker)}
+	if cl != nil {
+		ready[len(ready)-1] = clusterCheck(cl)
+	}
+	var mqttAuth, mqttACL, mqttWS http.Handler
 	if cfg.MQTTAuthSecret != "" {
 		ah := &mqtt.AuthHook{Auth: reg, Exists: reg.Exists, Secret: cfg.MQTTAuthSecret, Failures: failures,
 			OnAuthFailure: m.authFailure, OnACLDenied: m.aclDenied.Inc}
-		mux.HandleFunc("POST /api/v1/mqtt/auth", ah.ServeAuth)
-		mux.HandleFunc("POST /api/v1/mqtt/acl", ah.ServeACL)
+		mqttAuth, mqttACL = http.HandlerFunc(ah.ServeAuth), http.HandlerFunc(ah.ServeACL)
 	}
 	if broker != nil && cfg.MQTTWSPath != "" {
-		mux.HandleFunc("GET "+cfg.MQTTWSPath, broker.ServeWebSocket)
+		mqttWS = http.HandlerFunc(broker.ServeWebSocket)
 	}
-	mux.HandleFunc("POST /api/v1/commands/{id}/result", deviceWS.ServeCommandResult)
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain")
-		_, _ = io.WriteString(w, "ok\n")
-	})
-	rd := &readiness{reg: reg, sp: sp, writer: writer, influx: ic, mqtt: broker, cluster: cl, maxMessage: cfg.MaxMessageBytes}
-	mux.Handle("GET /readyz", rd)
-	mux.Handle("GET /metrics", m.handler())
+	routes := []route{
+		{"GET /ws/device", deviceWS},
+		{"POST /api/v1/telemetry", http.HandlerFunc(deviceWS.ServeTelemetry)},
+		{"GET /api/v1/commands/next", http.HandlerFunc(deviceWS.ServeNextCommand)},
+		{"POST /api/v1/commands/{id}/result", http.HandlerFunc(deviceWS.ServeCommandResult)},
+		{"POST /api/v1/mqtt/auth", mqttAuth},
+		{"POST /api/v1/mqtt/acl", mqttACL},
+		{"GET " + cfg.MQTTWSPath, mqttWS},
+		{"GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/plain")
+			_, _ = io.WriteString(w, "ok\n")
+		})},
+		{"GET /readyz", ready},
+		{"GET /metrics", m.handler()},
+	}
 	if cfg.Pprof {
 		admin := func(h http.HandlerFunc) http.Handler { return api.RequireRole(devices.RoleAdmin, h) }
-		mux.Handle("GET /debug/pprof/", admin(pprof.Index))
-		mux.Handle("GET /debug/pprof/cmdline", admin(pprof.Cmdline))
-		mux.Handle("GET /debug/pprof/profile", admin(pprof.Profile))
-		mux.Handle("GET /debug/pprof/symbol", admin(pprof.Symbol))
-		mux.Handle("GET /debug/pprof/trace", admin(pprof.Trace))
+		for _, p := range []struct {
+			pattern string
+			h       http.HandlerFunc
+		}{{"GET /debug/pprof/", pprof.Index}, {"GET /debug/pprof/cmdline", pprof.Cmdline}, {"GET /debug/pprof/profile", pprof.Profile},
+			{"GET /debug/pprof/symbol", pprof.Symbol}, {"GET /debug/pprof/trace", pprof.Trace}} {
+			routes = append(routes, route{p.pattern, admin(p.h)})
+		}
+	}
+	mux := http.NewServeMux()
+	api.Register(mux)
+	for _, r := range routes {
+		if r.handler != nil {
+			mux.Handle(r.pattern, r.handler)
+		}
 	}
 
 	srv := &http.Server{
@@ -264,65 +285,57 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 
-	g, gctx := errgroup.WithContext(ctx)
-	writerCtx, stopWriter := context.WithCancel(context.Background())
-	defer stopWriter()
-	g.Go(func() error {
-		if err := writer.Run(writerCtx); err != nil {
-			return fmt.Errorf("influx writer: %w", err)
-		}
-		return nil
-	})
-	g.Go(func() error { return br.Run(gctx) })
-	g.Go(func() error { return reg.Run(gctx) }) // last_seen flushes; Close writes the rest
-	g.Go(func() error { return rates.Run(gctx) })
-	mqttCtx, stopMQTT := context.WithCancel(context.Background())
-	defer stopMQTT()
-	if broker != nil {
-		g.Go(func() error { return broker.Run(mqttCtx) })
+	// The hub's components in start order; shutdown runs the list
+	// backwards: stop accepting (HTTP) -> close device sockets -> stop the
+	// broker and the cluster -> close dashboard sockets -> stop the
+	// bridge -> drain the spool to InfluxDB -> stop the writer. Stores
+	// close after it (the defers above).
+	comps := []component{
+		{Name: "influx writer", Run: writer.Run,
+			// Drain what is spooled while the shutdown deadline allows;
+			// what is left is replayed at the next start.
+			Stop: func(ctx context.Context) { drainSpool(ctx, sp) }},
+		// last_seen flushes on an interval; Close (deferred) writes the rest.
+		{Name: "registry", Run: reg.Run},
+		{Name: "bridge", Run: br.Run},
+		{Name: "rates", Run: rates.Run},
+		{Name: "dashboard", Stop: func(context.Context) { api.Shutdown() }},
 	}
-	clusterCtx, stopCluster := context.WithCancel(context.Background())
-	defer stopCluster()
 	if cl != nil {
-		g.Go(func() error { return cl.Run(clusterCtx, br) })
+		// Stopping takes no more broker messages; what is not durable yet
+		// stays unacknowledged at the broker, for this instance's next start.
+		comps = append(comps, component{Name: "cluster", Run: func(ctx context.Context) error { return cl.Run(ctx, br) }})
 	}
-	g.Go(func() error {
-		var err error
-		if tlsCfg != nil {
-			err = srv.ServeTLS(httpLn, "", "")
-		} else {
-			err = srv.Serve(httpLn)
-		}
-		if errors.Is(err, http.ErrServerClosed) {
-			return nil
-		}
-		return fmt.Errorf("http server: %w", err)
-	})
-	g.Go(func() error {
-		<-gctx.Done()
-		shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
-		defer cancel()
-		log.Info("shutting down", "timeout", cfg.ShutdownTimeout)
-		// 1. Stop accepting connections and requests.
-		if err := srv.Shutdown(shutdownCtx); err != nil {
-			log.Warn("http shutdown", "err", err)
-		}
-		// 2. Close device sockets with a proper close code; net/http does
-		// not close hijacked connections.
-		deviceWS.Close()
-		br.CloseAll(bridge.ReasonServerShutdown)
-		deviceWS.Wait()
-		stopMQTT()
-		// Stop taking broker messages; what is not durable yet stays
-		// unacknowledged at the broker, for this instance's next start.
-		stopCluster()
-		api.Shutdown()
-		// 3. Drain what is spooled to InfluxDB while time remains; what is
-		// left is replayed at the next start.
-		drainSpool(shutdownCtx, sp)
-		stopWriter()
-		return nil
-	})
+	if broker != nil {
+		comps = append(comps, component{Name: "mqtt broker", Run: broker.Run})
+	}
+	comps = append(comps,
+		// Close device sockets with a proper close code; net/http does not
+		// close hijacked connections.
+		component{Name: "device sockets", Stop: func(context.Context) {
+			deviceWS.Close()
+			br.CloseAll(bridge.ReasonServerShutdown)
+			deviceWS.Wait()
+		}},
+		component{Name: "http server",
+			Run: func(context.Context) error {
+				var err error
+				if tlsCfg != nil {
+					err = srv.ServeTLS(httpLn, "", "")
+				} else {
+					err = srv.Serve(httpLn)
+				}
+				if errors.Is(err, http.ErrServerClosed) {
+					return nil
+				}
+				return err
+			},
+			Stop: func(ctx context.Context) {
+				if err := srv.Shutdown(ctx); err != nil {
+					log.Warn("http shutdown", "err", err)
+				}
+			}},
+	)
 	url := "http://"
 	if tlsCfg != nil {
 		url = "https://"
@@ -334,9 +347,13 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	case cl != nil:
 		mqttAddr = "external broker, instance " + cfg.InstanceID
 	}
-	log.Info("fieldhub ready", "config", cfg, "http", httpLn.Addr().String(), "mqtt", mqttAddr, "startup", time.Since(started).Round(time.Millisecond))
-	fmt.Fprintf(stdout, "Fieldhub is serving on %s%s (dashboard at /, API at /api/v1)\n", url, displayAddr(httpLn.Addr()))
-	if err := g.Wait(); err != nil {
+	onReady := func() {
+		log.Info("fieldhub ready", "config", cfg, "http", httpLn.Addr().String(), "mqtt", mqttAddr, "startup", time.Since(started).Round(time.Millisecond))
+		fmt.Fprintf(stdout, "Fieldhub is serving on %s%s (dashboard at /, API at /api/v1)\n", url, displayAddr(httpLn.Addr()))
+	}
+	lc := &lifecycle{log: log, shutdownTimeout: cfg.ShutdownTimeout,
+		onShutdown: func() { log.Info("shutting down", "timeout", cfg.ShutdownTimeout) }}
+	if err := lc.run(ctx, comps, onReady); err != nil {
 		return err
 	}
 	if p := sp.Stats().PendingPoints; p > 0 {
@@ -344,6 +361,13 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	log.Info("fieldhub stopped")
 	return nil
+}
+
+// route is one entry of serve's route table; a nil handler is an
+// endpoint switched off by configuration.
+type route struct {
+	pattern string
+	handler http.Handler
 }
 
 // registryStore is what the hub keeps in its registry database: devices,
@@ -424,17 +448,12 @@ func displayAddr(a net.Addr) string {
 	return net.JoinHostPort(host, port)
 }
 
-// readiness is GET /readyz: the state of each dependency, 200 when the hub
-// can accept readings and 503 when it cannot.
-type readiness struct {
-	reg     *devices.Registry
-	sp      *spool.Spool
-	writer  *influx.Writer
-	influx  *influx.Client
-	mqtt    *mqtt.Broker
-	cluster *cluster.Cluster
-	// maxMessage is the largest device message: less room than this is full.
-	maxMessage int64
+// healthCheck is one component's part of GET /readyz: the key it reports
+// under, its status and detail, and whether the hub can take readings as
+// far as it is concerned (a degraded dependency answers ok=true).
+type healthCheck struct {
+	Key   string
+	Check func(ctx context.Context) (c check, ok bool)
 }
 
 type check struct {
@@ -442,69 +461,22 @@ type check struct {
 	Detail any    `json:"detail,omitempty"`
 }
 
-func (rd *readiness) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+// health is GET /readyz: it aggregates the components' checks, 200 when
+// every one says the hub can accept readings and 503 when one says it
+// cannot. The policy of each check is the component's own (below); the
+// aggregator only combines them.
+type health []healthCheck
+
+func (h health) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
-	checks := map[string]check{}
+	checks := make(map[string]check, len(h))
 	ready := true
-
-	if err := rd.reg.Ping(ctx); err != nil {
-		checks["registry"] = check{Status: "unavailable", Detail: err.Error()}
-		ready = false
-	} else {
-		total, online := rd.reg.Counts()
-		checks["registry"] = check{Status: "ok", Detail: map[string]int{"devices": total, "online": online}}
+	for _, hc := range h {
+		c, ok := hc.Check(ctx)
+		checks[hc.Key] = c
+		ready = ready && ok
 	}
-
-	st := rd.sp.Stats()
-	spoolDetail := map[string]any{"bytes": st.Bytes, "max_bytes": st.MaxBytes, "pending_points": st.PendingPoints}
-	if !st.OldestPending.IsZero() {
-		spoolDetail["oldest_pending_seconds"] = time.Since(st.OldestPending).Seconds()
-	}
-	// Full: a message of the maximum size may not fit, or an append was
-	// refused for room in the last few seconds. Load balancers then send
-	// devices elsewhere rather than to "overloaded" answers.
-	if st.MaxBytes-st.Bytes < rd.maxMessage || time.Since(st.LastFull) < 5*time.Second {
-		checks["spool"] = check{Status: "full", Detail: spoolDetail}
-		ready = false
-	} else {
-		checks["spool"] = check{Status: "ok", Detail: spoolDetail}
-	}
-
-	ws := rd.writer.Stats()
-	influxDetail := map[string]any{"backlog_points": st.PendingPoints}
-	if !st.OldestPending.IsZero() {
-		influxDetail["backlog_age_seconds"] = time.Since(st.OldestPending).Seconds()
-	}
-	pingErr := rd.influx.Ping(ctx)
-	switch {
-	case pingErr == nil && ws.Healthy:
-		checks["influxdb"] = check{Status: "ok", Detail: influxDetail}
-	default:
-		// Ingest goes on into the spool: degraded, not unready.
-		if pingErr != nil {
-			influxDetail["error"] = pingErr.Error()
-		} else {
-			influxDetail["error"] = ws.LastError
-		}
-		checks["influxdb"] = check{Status: "spooling", Detail: influxDetail}
-	}
-	switch {
-	case rd.cluster != nil:
-		// Without the broker this instance still takes WebSocket and HTTP
-		// readings into its spool: degraded, not unready (every instance
-		// would go unready at once).
-		status := "connected"
-		if !rd.cluster.Connected() {
-			status = "disconnected"
-		}
-		checks["mqtt"] = check{Status: status, Detail: map[string]string{"mode": "external broker"}}
-	case rd.mqtt == nil:
-		checks["mqtt"] = check{Status: "disabled"}
-	default:
-		checks["mqtt"] = check{Status: "listening", Detail: map[string]string{"addr": rd.mqtt.Addr().String()}}
-	}
-
 	status, code := "ready", http.StatusOK
 	if !ready {
 		status, code = "not_ready", http.StatusServiceUnavailable
@@ -513,6 +485,80 @@ func (rd *readiness) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(code)
 	_ = json.NewEncoder(w).Encode(map[string]any{"status": status, "checks": checks})
+}
+
+// registryCheck: the registry store answers; detail is the device counts.
+func registryCheck(reg *devices.Registry) healthCheck {
+	return healthCheck{Key: "registry", Check: func(ctx context.Context) (check, bool) {
+		if err := reg.Ping(ctx); err != nil {
+			return check{Status: "unavailable", Detail: err.Error()}, false
+		}
+		total, online := reg.Counts()
+		return check{Status: "ok", Detail: map[string]int{"devices": total, "online": online}}, true
+	}}
+}
+
+// spoolCheck: full when a message of the maximum size may not fit, or an
+// append was refused for room in the last few seconds. Load balancers then
+// send devices elsewhere rather than to "overloaded" answers.
+func spoolCheck(sp *spool.Spool, maxMessage int64) healthCheck {
+	return healthCheck{Key: "spool", Check: func(context.Context) (check, bool) {
+		st := sp.Stats()
+		detail := map[string]any{"bytes": st.Bytes, "max_bytes": st.MaxBytes, "pending_points": st.PendingPoints}
+		if !st.OldestPending.IsZero() {
+			detail["oldest_pending_seconds"] = time.Since(st.OldestPending).Seconds()
+		}
+		if st.MaxBytes-st.Bytes < maxMessage || time.Since(st.LastFull) < 5*time.Second {
+			return check{Status: "full", Detail: detail}, false
+		}
+		return check{Status: "ok", Detail: detail}, true
+	}}
+}
+
+// influxCheck: InfluxDB down only degrades the hub (ingest goes on into
+// the spool): "spooling", never unready.
+func influxCheck(ic *influx.Client, writer *influx.Writer, sp *spool.Spool) healthCheck {
+	return healthCheck{Key: "influxdb", Check: func(ctx context.Context) (check, bool) {
+		st := sp.Stats()
+		ws := writer.Stats()
+		detail := map[string]any{"backlog_points": st.PendingPoints}
+		if !st.OldestPending.IsZero() {
+			detail["backlog_age_seconds"] = time.Since(st.OldestPending).Seconds()
+		}
+		pingErr := ic.Ping(ctx)
+		if pingErr == nil && ws.Healthy {
+			return check{Status: "ok", Detail: detail}, true
+		}
+		if pingErr != nil {
+			detail["error"] = pingErr.Error()
+		} else {
+			detail["error"] = ws.LastError
+		}
+		return check{Status: "spooling", Detail: detail}, true
+	}}
+}
+
+// brokerCheck is the embedded broker's check: listening, or disabled.
+func brokerCheck(broker *mqtt.Broker) healthCheck {
+	return healthCheck{Key: "mqtt", Check: func(context.Context) (check, bool) {
+		if broker == nil {
+			return check{Status: "disabled"}, true
+		}
+		return check{Status: "listening", Detail: map[string]string{"addr": broker.Addr().String()}}, true
+	}}
+}
+
+// clusterCheck is external-broker mode's check: without the broker this
+// instance still takes WebSocket and HTTP readings into its spool:
+// degraded, not unready (every instance would go unready at once).
+func clusterCheck(cl *cluster.Cluster) healthCheck {
+	return healthCheck{Key: "mqtt", Check: func(context.Context) (check, bool) {
+		status := "connected"
+		if !cl.Connected() {
+			status = "disconnected"
+		}
+		return check{Status: status, Detail: map[string]string{"mode": "external broker"}}, true
+	}}
 }
 
 // newCluster sets up external-broker mode: the instance id (generated
@@ -579,18 +625,17 @@ func instanceID(dataDir string) (string, error) {
 	return id, nil
 }
 
-// fleetTotals is the overview's readings/s: this instance's, plus, with
-// several instances, the readings the others accepted (their live events
-// reach every instance). Rejections are this instance's own.
-type fleetTotals struct {
+// clusterTotals is the overview's readings/s with several instances:
+// this instance's, plus the readings the others accepted (their live
+// events reach every instance). Rejections are this instance's own. With
+// one instance the bridge is the Totals itself; serve picks one of the two
+// at construction, so nothing is nil-checked later.
+type clusterTotals struct {
 	br *bridge.Bridge
-	cl *cluster.Cluster // nil: one instance
+	cl *cluster.Cluster
 }
 
-func (t fleetTotals) Totals() (readings, rejected int64) {
+func (t clusterTotals) Totals() (readings, rejected int64) {
 	readings, rejected = t.br.Totals()
-	if t.cl != nil {
-		readings += t.cl.Stats().RemoteReadings.Load()
-	}
-	return readings, rejected
+	return readings + t.cl.Stats().RemoteReadings.Load(), rejected
 }

@@ -163,7 +163,7 @@ func waitUntil(t *testing.T, what string, timeout time.Duration, cond func() boo
 // readiness, metrics, a device streaming over WebSocket into InfluxDB, the
 // history API, and a clean shutdown.
 func TestHubEndToEnd(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, nil)
 
 	status, ready := h.api(t, "GET", "/readyz", "", nil)
@@ -323,7 +323,7 @@ func TestServeHelpListsEverySetting(t *testing.T) {
 // TestAdminCLI drives the device and token subcommands against a running
 // hub, and checks the registry survives a restart of the hub.
 func TestAdminCLI(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, nil)
 	cli := func(args ...string) (string, error) {
 		var out, errOut syncBuf
@@ -372,7 +372,7 @@ func TestAdminCLI(t *testing.T) {
 // payloads from a WebSocket device and an MQTT device: the errors, the
 // InfluxDB points and the live events must match.
 func TestTransportsIndistinguishable(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	h := startHub(t, influx, nil)
 	tokens := map[string]string{}
 	for _, id := range []string{"ws-dev", "mqtt-dev"} {

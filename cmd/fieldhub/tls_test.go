@@ -18,8 +18,6 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-
-	"github.com/fieldhub/fieldhub/telemetry/influxtest"
 )
 
 // writeCert writes a self-signed certificate for 127.0.0.1 and returns the
@@ -53,7 +51,7 @@ func writeCert(t *testing.T) (certFile, keyFile string, pool *x509.CertPool) {
 
 // TestTLS serves HTTPS and WSS when a certificate is configured.
 func TestTLS(t *testing.T) {
-	influx := influxtest.Start(t)
+	influx := startInflux(t)
 	certFile, keyFile, pool := writeCert(t)
 	addr := freePort(t)
 	env := map[string]string{

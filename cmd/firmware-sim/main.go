@@ -18,6 +18,7 @@ import (
 	"time"
 
 	firmwaresim "github.com/fieldhub/fieldhub/firmware-sim"
+	"github.com/fieldhub/fieldhub/firmware-sim/load"
 )
 
 func main() {
@@ -37,6 +38,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	fs := flag.NewFlagSet("firmware-sim", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var cfg firmwaresim.Config
+	var lo load.Options
 	hubs := fs.String("hub", "http://127.0.0.1:8080", "hub REST and WebSocket base URL; several, comma-separated, for devices to spread and fail over across")
 	brokers := fs.String("mqtt", "127.0.0.1:1883", "hub MQTT address host:port; several, comma-separated")
 	fs.StringVar(&cfg.AdminToken, "admin-token", getenv("FIELDHUB_ADMIN_TOKEN"), "admin API token for --provision (env FIELDHUB_ADMIN_TOKEN)")
@@ -53,13 +55,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	header := fs.Bool("report-header", false, "print the markdown header for --report rows and exit")
 	fs.BoolVar(&cfg.Idle, "idle", false, "connect and send nothing (memory per idle connection)")
 	fs.BoolVar(&cfg.QoS0, "qos0", false, "publish MQTT telemetry at QoS 0 (no acks; count what landed)")
-	fs.IntVar(&cfg.Dashboards, "dashboards", 0, "open this many /ws/live sockets and measure device -> dashboard latency")
-	fs.IntVar(&cfg.HubPID, "hub-pid", 0, "the hub's process id, to measure its CPU and RSS from /proc")
-	fs.StringVar(&cfg.InfluxURL, "influx-url", "", "InfluxDB URL, to count the readings that landed after the run")
-	fs.StringVar(&cfg.InfluxDB, "influx-db", "telemetry", "InfluxDB database for --influx-url")
+	fs.IntVar(&lo.Dashboards, "dashboards", 0, "open this many /ws/live sockets and measure device -> dashboard latency")
+	fs.IntVar(&lo.HubPID, "hub-pid", 0, "the hub's process id, to measure its CPU and RSS from /proc")
+	fs.StringVar(&lo.InfluxURL, "influx-url", "", "InfluxDB URL, to count the readings that landed after the run")
+	fs.StringVar(&lo.InfluxDB, "influx-db", "telemetry", "InfluxDB database for --influx-url")
 	fs.IntVar(&cfg.RecordAcked, "record-acked", 100000, "with --influx-url, remember up to this many acked readings (about 300 bytes each) and check each one in InfluxDB by device, ts and value; 0 only counts")
 	steps := fs.String("steps", "", "comma-separated total readings/s to step through, stopping when acks fall behind")
-	fs.DurationVar(&cfg.StepDuration, "step-duration", 20*time.Second, "how long each --steps rate runs")
+	fs.DurationVar(&lo.StepDuration, "step-duration", 20*time.Second, "how long each --steps rate runs")
 	report := fs.String("report", "", "also print a one-line markdown table row of the key figures, named this")
 	credsFile := fs.String("creds", "", "CSV id,token file: read it if it exists, otherwise provision and write it")
 	asJSON := fs.Bool("json", false, "print the final summary as JSON")
@@ -84,7 +86,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		if err != nil || r <= 0 {
 			return fmt.Errorf("--steps: %q is not a rate", v)
 		}
-		cfg.Steps = append(cfg.Steps, r)
+		lo.Steps = append(lo.Steps, r)
 	}
 	if cfg.Devices < 1 || cfg.Devices > 50000 {
 		return errors.New("--devices must be 1 to 50,000")
@@ -101,17 +103,23 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			cfg.Provision = true
 		}
 	}
-	if cfg.InfluxURL == "" {
+	if lo.InfluxURL == "" {
 		cfg.RecordAcked = 0
 	}
 	if !*quiet {
 		cfg.Progress = stderr
+		lo.Progress = stderr
+	}
+	lo.Hub, lo.AdminToken, lo.Prefix = cfg.Hub, cfg.AdminToken, cfg.Prefix
+	harness := load.New(lo)
+	if lo.Dashboards > 0 {
+		cfg.Stamp = harness.Stamp
 	}
 	fleet, err := firmwaresim.New(cfg)
 	if err != nil {
 		return err
 	}
-	runErr := fleet.Run(ctx)
+	runErr := harness.Run(ctx, fleet)
 	if *credsFile != "" && cfg.Provision && len(fleet.Creds()) > 0 {
 		if err := writeCreds(*credsFile, fleet.Creds()); err != nil {
 			fmt.Fprintln(stderr, "firmware-sim: save credentials:", err)
@@ -121,10 +129,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return runErr
 	}
 	st := fleet.Stats()
+	b := harness.Bench(st)
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		if err := enc.Encode(st); err != nil {
+		summary := struct {
+			firmwaresim.Stats
+			Bench load.Bench `json:"bench"`
+		}{st, b}
+		if err := enc.Encode(summary); err != nil {
 			return err
 		}
 	} else {
@@ -134,7 +147,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 	}
 	if *report != "" {
-		fmt.Fprintln(stdout, reportRow(*report, st))
+		fmt.Fprintln(stdout, reportRow(*report, st, b))
 	}
 	if st.Violations > 0 {
 		return errViolations
@@ -145,34 +158,34 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 // ReportHeader is the markdown table header for --report rows.
 const reportHeader = "| scenario | connections | offered/s | acked/s | landed in InfluxDB | acked but missing | ack p50 / p99 ms | dashboard p50 / p99 / max ms | hub CPU-s per M readings | hub peak RSS MiB | RSS per conn KiB | errors |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
 
-func reportRow(name string, st firmwaresim.Stats) string {
+func reportRow(name string, st firmwaresim.Stats, b load.Bench) string {
 	errs := 0
 	for _, v := range st.Errors {
 		errs += int(v)
 	}
 	offered, acked := st.ReadingsPerSecSent, st.ReadingsPerSecAcked
 	p50, p99 := st.AckP50, st.AckP99
-	if n := len(st.Steps); n > 0 {
+	if n := len(b.Steps); n > 0 {
 		// A stepped run reports its last step that kept up.
-		best := st.Steps[0]
-		for _, s := range st.Steps {
+		best := b.Steps[0]
+		for _, s := range b.Steps {
 			if !s.FellBehind {
 				best = s
 			}
 		}
 		offered, acked, p50, p99 = best.Offered, best.Acked, best.AckP50, best.AckP99
-		name = fmt.Sprintf("%s: kept up at %.0f/s, fell behind at %.0f/s", name, best.Target, st.Steps[n-1].Target)
+		name = fmt.Sprintf("%s: kept up at %.0f/s, fell behind at %.0f/s", name, best.Target, b.Steps[n-1].Target)
 	}
 	dash, perConn := "–", "–"
-	if st.DashReceived > 0 {
-		dash = fmt.Sprintf("%.1f / %.1f / %.1f", st.DashP50, st.DashP99, st.DashMax)
+	if b.DashReceived > 0 {
+		dash = fmt.Sprintf("%.1f / %.1f / %.1f", b.DashP50, b.DashP99, b.DashMax)
 	}
-	if st.ReadingsSent == 0 && st.HubRSSPerConnKiB > 0 {
-		perConn = fmt.Sprintf("%.1f", st.HubRSSPerConnKiB) // only meaningful for idle fleets
+	if st.ReadingsSent == 0 && b.HubRSSPerConnKiB > 0 {
+		perConn = fmt.Sprintf("%.1f", b.HubRSSPerConnKiB) // only meaningful for idle fleets
 	}
 	return fmt.Sprintf("| %s | %d | %.0f | %.0f | %d | %d | %.1f / %.1f | %s | %.1f | %.0f | %s | %d |",
-		name, st.ConnectionsHeld, offered, acked, st.Landed, st.Lost, p50, p99,
-		dash, st.HubCPUPerMillion, st.HubPeakRSSMiB, perConn, errs)
+		name, b.ConnectionsHeld, offered, acked, b.Landed, b.Lost, p50, p99,
+		dash, b.HubCPUPerMillion, b.HubPeakRSSMiB, perConn, errs)
 }
 
 // splitFirst splits a comma-separated list into its first item and the rest.

@@ -36,7 +36,7 @@ func newRigGzip(t testing.TB, srv *influxtest.Server, gzip bool) *rig {
 	}
 	r := &rig{srv: srv, sp: sp, dead: filepath.Join(dir, "deadletter.lp")}
 	r.client = NewClient(Options{URL: srv.URL, Bucket: srv.Bucket, DeadLetterPath: r.dead, MaxBackoff: 300 * time.Millisecond, Timeout: 2 * time.Second, Gzip: gzip})
-	r.w, err = NewWriter(r.client, sp)
+	r.w, err = NewWriter(r.client, sp, WriterObservers{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,11 @@
 // pinned influxd (installed into ./bin by scripts/install-influxd when
 // missing) on free loopback ports, with its own temporary data directory.
 // Every test that needs InfluxDB uses it; there are no mocks of InfluxDB.
+//
+// Start gives a test an influxd of its own (for tests that stop, kill or
+// restart it); Shared gives every test of a package its own database on one
+// influxd started for the whole test binary, which is what keeps a package
+// of sixty end-to-end tests from starting sixty servers.
 package influxtest
 
 import (
@@ -17,6 +22,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -32,8 +38,12 @@ type Server struct {
 	URL string
 	// Bucket is the InfluxDB 2-style bucket name for the write/query APIs.
 	Bucket string
+	// DB is the InfluxDB 1 database behind Bucket: Database for a server
+	// of its own, a database of the test's own on a Shared server.
+	DB string
 
 	t        testing.TB
+	shared   bool // a view of a Shared server: Stop, Kill and Restart refuse
 	bin, dir string
 	httpAddr string
 	cmd      *exec.Cmd
@@ -45,19 +55,87 @@ type Server struct {
 func Start(t testing.TB) *Server {
 	t.Helper()
 	bin := Binary(t)
-	s := &Server{t: t, bin: bin, dir: t.TempDir(), Bucket: Database + "/autogen"}
-	var err error
-	for range 3 { // a free port can be taken between probe and bind; try again
-		if err = s.startFresh(); err == nil {
-			break
-		}
-	}
-	if err != nil {
+	s := &Server{t: t, bin: bin, dir: t.TempDir(), Bucket: Database + "/autogen", DB: Database}
+	if err := s.startRetrying(); err != nil {
 		t.Fatalf("start influxd: %v", err)
 	}
 	t.Cleanup(s.Stop)
 	s.Exec("CREATE DATABASE " + Database)
 	return s
+}
+
+func (s *Server) startRetrying() error {
+	var err error
+	for range 3 { // a free port can be taken between probe and bind; try again
+		if err = s.startFresh(); err == nil {
+			return nil
+		}
+	}
+	return err
+}
+
+// Shared is one influxd shared by the tests of one test binary, each test
+// in a database of its own, so tests stay independent without paying for
+// a server start each. The zero value is ready: the server starts on the
+// first Database call. The package's TestMain calls Close after m.Run.
+// Tests that stop, kill or restart influxd use Start instead.
+type Shared struct {
+	mu   sync.Mutex // guards the fields below; held across the first start only
+	srv  *Server
+	err  error
+	next int // databases handed out so far
+}
+
+// Database returns a view of the shared influxd bound to t, with a fresh
+// database created for t and dropped when t ends. Stop, Kill and Restart
+// on the view fail the test: they would take the server from every other
+// test.
+func (sh *Shared) Database(t testing.TB) *Server {
+	t.Helper()
+	sh.mu.Lock()
+	if sh.srv == nil && sh.err == nil {
+		sh.srv, sh.err = startShared()
+	}
+	srv, err := sh.srv, sh.err
+	sh.next++
+	n := sh.next
+	sh.mu.Unlock()
+	if err != nil {
+		t.Fatalf("start shared influxd: %v", err)
+	}
+	db := fmt.Sprintf("%s_%d", Database, n)
+	v := &Server{URL: srv.URL, Bucket: db + "/autogen", DB: db, t: t, shared: true, httpAddr: srv.httpAddr}
+	v.Exec("CREATE DATABASE " + db)
+	t.Cleanup(func() { _, _ = v.query("DROP DATABASE " + db) })
+	return v
+}
+
+// Close stops the shared influxd, if it was started, and removes its data.
+func (sh *Shared) Close() {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if sh.srv != nil {
+		sh.srv.Stop()
+		_ = os.RemoveAll(sh.srv.dir)
+		sh.srv = nil
+	}
+}
+
+func startShared() (*Server, error) {
+	bin, err := binary()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "influxtest-shared-")
+	if err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	s := &Server{bin: bin, dir: dir, Bucket: Database + "/autogen", DB: Database}
+	if err := s.startRetrying(); err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, err
+	}
+	return s, nil
 }
 
 func (s *Server) startFresh() error {
@@ -148,6 +226,7 @@ func (s *Server) waitHealthy(timeout time.Duration) error {
 
 // Stop stops influxd and waits for it to exit. It is safe to call twice.
 func (s *Server) Stop() {
+	s.refuseShared("Stop")
 	if s.cmd == nil {
 		return
 	}
@@ -164,6 +243,7 @@ func (s *Server) Stop() {
 
 // Kill stops influxd with SIGKILL, as a crash would.
 func (s *Server) Kill() {
+	s.refuseShared("Kill")
 	if s.cmd == nil {
 		return
 	}
@@ -177,6 +257,7 @@ func (s *Server) Kill() {
 // operator would after an outage.
 func (s *Server) Restart() {
 	s.t.Helper()
+	s.refuseShared("Restart")
 	var err error
 	for range 20 { // the old socket may linger briefly
 		if err = s.launch(); err == nil {
@@ -185,6 +266,14 @@ func (s *Server) Restart() {
 		time.Sleep(100 * time.Millisecond)
 	}
 	s.t.Fatalf("restart influxd: %v", err)
+}
+
+// refuseShared fails the test when s is a view of a Shared server.
+func (s *Server) refuseShared(op string) {
+	if s.shared {
+		s.t.Helper()
+		s.t.Fatalf("influxtest: %s on a shared influxd; use influxtest.Start for a test that stops it", op)
+	}
 }
 
 // Exec runs an InfluxQL statement that returns no rows.
@@ -196,7 +285,7 @@ func (s *Server) Exec(q string) {
 }
 
 // Count returns how many points of measurement telemetry, field field, the
-// device has in InfluxDB.
+// device has in the server's database.
 func (s *Server) Count(device, field string) (int, error) {
 	rows, err := s.query(fmt.Sprintf(`SELECT count(%q) FROM "telemetry" WHERE "device" = '%s'`, field, strings.ReplaceAll(device, `'`, `\'`)))
 	if err != nil {
@@ -212,13 +301,14 @@ func (s *Server) Count(device, field string) (int, error) {
 	return int(n), nil
 }
 
-// Query runs an InfluxQL query and returns the rows of its first series.
+// Query runs an InfluxQL query in the server's database and returns the
+// rows of its first series.
 func (s *Server) Query(q string) ([][]any, error) { return s.query(q) }
 
 func (s *Server) query(q string) ([][]any, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	form := url.Values{"q": {q}, "db": {Database}, "epoch": {"ms"}}
+	form := url.Values{"q": {q}, "db": {s.DB}, "epoch": {"ms"}}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.URL+"/query", strings.NewReader(form.Encode()))
 	if err != nil {
 		return nil, err
@@ -262,15 +352,23 @@ func (s *Server) query(q string) ([][]any, error) {
 // Binary returns the path of the pinned influxd, installing it when missing.
 func Binary(t testing.TB) string {
 	t.Helper()
+	bin, err := binary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
+func binary() (string, error) {
 	root, err := moduleRoot()
 	if err != nil {
-		t.Fatalf("find module root: %v", err)
+		return "", fmt.Errorf("find module root: %w", err)
 	}
 	cmd := exec.Command("bash", filepath.Join(root, "scripts", "install-influxd"))
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("install influxd: %v\n%s", err, out)
+		return "", fmt.Errorf("install influxd: %w\n%s", err, out)
 	}
-	return filepath.Join(root, "bin", "influxd")
+	return filepath.Join(root, "bin", "influxd"), nil
 }
 
 func moduleRoot() (string, error) {
