@@ -137,7 +137,7 @@ type Stats struct {
 }
 
 // Cluster is the hub's connection to the external broker. It implements
-// bridge.Fanout and bridge.RemoteCommands.
+// bridge.Fanout and commands.Publisher.
 type Cluster struct {
 	opts   Options
 	log    *slog.Logger
@@ -146,7 +146,9 @@ type Cluster struct {
 	stats  Stats
 
 	delivered *delivered // recent durable messages, to recognise redeliveries
-	br        atomic.Pointer[bridge.Bridge]
+	// peers are set by Run before any goroutine or broker callback that
+	// reads them starts, and never change after.
+	peers     Peers
 	inbound   chan paho.Message
 	live      chan telemetry.Event
 	refresh   chan struct{}
@@ -411,12 +413,26 @@ func (c *Cluster) dispatch(_ paho.Client, m paho.Message) {
 	}
 }
 
+// Peers are the parts of this instance that broker traffic goes to. They
+// are built after the Cluster, whose Fanout and command Publisher they
+// use, and handed to Run.
+type Peers struct {
+	// Bridge makes device messages from the broker durable; its sessions
+	// say which devices are connected here.
+	Bridge *bridge.Bridge
+	// Commands takes results, commands other instances published, and
+	// news of commands and devices elsewhere.
+	Commands Commands
+}
+
 // Run connects and serves until ctx ends: the workers that make broker
 // messages durable, the live publisher, registry refreshes and the
-// dynamic-security sync. br must be the bridge this Cluster is the Fanout
-// and RemoteCommands of.
-func (c *Cluster) Run(ctx context.Context, br *bridge.Bridge) error {
-	c.br.Store(br)
+// dynamic-security sync. p must be the bridge and command service this
+// Cluster is the Fanout and command Publisher of; only a Cluster that
+// never receives device traffic (a test of the live relay) may run with
+// zero Peers.
+func (c *Cluster) Run(ctx context.Context, p Peers) error {
+	c.peers = p
 	var wg sync.WaitGroup
 	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
 	for range c.opts.Workers {
@@ -474,7 +490,7 @@ func deviceOf(topic string) string {
 // acknowledges it to the broker. A message the spool cannot take now is
 // retried here, not acknowledged, until it fits or the hub stops.
 func (c *Cluster) handle(ctx context.Context, m paho.Message) {
-	br := c.br.Load()
+	br := c.peers.Bridge
 	device := deviceOf(m.Topic())
 	if !devices.ValidID(device) || !c.known(ctx, device) {
 		// The broker let it in, but the registry does not know the device
@@ -574,75 +590,6 @@ func (c *Cluster) known(ctx context.Context, device string) bool {
 	c.unknown[device] = now
 	c.presMu.Unlock()
 	return false
-}
-
-func (c *Cluster) handleResult(br *bridge.Bridge, s *bridge.Session, m paho.Message) {
-	defer m.Ack()
-	f, err := br.Codec().Decode(m.Payload())
-	if f != nil && f.Type == "" {
-		f.Type, err = telemetry.TypeCommandResult, nil
-	}
-	var res *telemetry.CommandResult
-	if err == nil {
-		res, err = br.Codec().CommandResult(f)
-	}
-	if err != nil {
-		var terr *telemetry.Error
-		if !errors.As(err, &terr) {
-			terr = &telemetry.Error{Code: telemetry.CodeBadJSON, Message: "malformed command result"}
-		}
-		br.Reject(s, terr)
-		id := ""
-		if f != nil {
-			id = f.ID
-		}
-		c.publishError(s.DeviceID, id, terr)
-		return
-	}
-	if err := br.CommandResult(s.DeviceID, res); err != nil {
-		c.log.Debug("command result for an unknown command", "device", s.DeviceID, "command", truncate(res.ID, 64), "err", err)
-	}
-}
-
-// publishError tells an MQTT device why its message was refused, on the
-// same errors topic the embedded broker uses.
-func (c *Cluster) publishError(device, msgID string, terr *telemetry.Error) {
-	c.client.Publish("devices/"+device+"/errors", 0, false, telemetry.EncodeError(msgID, terr))
-}
-
-// PublishCommand implements bridge.RemoteCommands: QoS 1 on the device's
-// commands topic. It never waits: paho queues the publish and resends it
-// after a reconnect.
-func (c *Cluster) PublishCommand(device string, cmd telemetry.Command) bool {
-	if !c.connected.Load() {
-		return false
-	}
-	c.client.Publish("devices/"+device+"/commands", 1, false, telemetry.EncodeCommand(cmd, false))
-	return true
-}
-
-// maxCommandBytes bounds a command read back from the broker; commands
-// are validated when queued, so anything larger is not ours.
-const maxCommandBytes = 64 << 10
-
-func (c *Cluster) onCommand(topic string, payload []byte) {
-	device := deviceOf(topic)
-	br := c.br.Load()
-	if br == nil || device == "" || len(payload) > maxCommandBytes {
-		return
-	}
-	if br.Current(device) == nil {
-		br.WakePollers(device) // an HTTP device may be polling here
-		return
-	}
-	var cmd telemetry.Command
-	if err := json.Unmarshal(payload, &cmd); err != nil || cmd.ID == "" {
-		c.log.Debug("malformed command on the broker", "device", device)
-		return
-	}
-	if br.ForwardCommand(device, cmd) {
-		c.stats.Forwarded.Add(1)
-	}
 }
 
 // envelope is what travels on fieldhub/live/{device}: one or more live
@@ -763,7 +710,6 @@ func (c *Cluster) onLive(payload []byte) {
 func (c *Cluster) onRemoteEvent(ev telemetry.Event) {
 	c.stats.LiveIn.Add(1)
 	c.observePresence(ev)
-	br := c.br.Load()
 	switch ev.Type {
 	case telemetry.EventReading:
 		c.stats.RemoteReadings.Add(1)
@@ -774,16 +720,14 @@ func (c *Cluster) onRemoteEvent(ev telemetry.Event) {
 		if ev.Online != nil && *ev.Online {
 			p = devices.Presence{Online: true, Transport: ev.Transport, ConnectedAt: &at, LastSeen: &at}
 		}
-		if br == nil || br.Current(ev.Device) == nil { // our own session's presence wins here
+		if c.peers.Bridge.Current(ev.Device) == nil { // our own session's presence wins here
 			c.opts.Registry.SetPresence(ev.Device, p)
 		}
-		if br != nil && p.Online {
-			br.RemoteConnected(ev.Device)
+		if p.Online {
+			c.peers.Commands.RemoteConnected(ev.Device)
 		}
 	case telemetry.EventCommand:
-		if br != nil {
-			br.CommandChanged(ev.Device, ev.ID)
-		}
+		c.peers.Commands.CommandChanged(ev.Device, ev.ID)
 	}
 	c.opts.Local.Publish(ev)
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/fieldhub/fieldhub/bridge"
 	"github.com/fieldhub/fieldhub/bridge/cluster"
+	"github.com/fieldhub/fieldhub/bridge/commands"
 	"github.com/fieldhub/fieldhub/dashboard"
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/telemetry/influx"
@@ -56,13 +57,13 @@ func newMetrics() *metrics {
 
 func (m *metrics) authFailure(transport string) { m.authFailures.WithLabelValues(transport).Inc() }
 
-func (m *metrics) register(br *bridge.Bridge, sp *spool.Spool, w *influx.Writer, reg *devices.Registry, live *dashboard.Live, cl *cluster.Cluster) {
+func (m *metrics) register(br *bridge.Bridge, cmds *commands.Service, sp *spool.Spool, w *influx.Writer, reg *devices.Registry, live *dashboard.Live, cl *cluster.Cluster) {
 	w.OnBatch = func(points int, d time.Duration) {
 		m.batchSize.Observe(float64(points))
 		m.writeLatency.Observe(d.Seconds())
 	}
 	w.OnError = func(class string) { m.writeErrors.WithLabelValues(class).Inc() }
-	m.reg.MustRegister(&hubCollector{br: br, sp: sp, w: w, reg: reg, live: live, cl: cl})
+	m.reg.MustRegister(&hubCollector{br: br, cmds: cmds, sp: sp, w: w, reg: reg, live: live, cl: cl})
 }
 
 func (m *metrics) handler() http.Handler {
@@ -112,6 +113,7 @@ var (
 // hubCollector reads the components' counters at scrape time.
 type hubCollector struct {
 	br   *bridge.Bridge
+	cmds *commands.Service
 	sp   *spool.Spool
 	w    *influx.Writer
 	reg  *devices.Registry
@@ -147,7 +149,7 @@ func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
 	for t, v := range st.Readings {
 		ch <- prometheus.MustNewConstMetric(descReadings, prometheus.CounterValue, float64(v.Load()), t)
 	}
-	for status, v := range st.Commands {
+	for status, v := range c.cmds.Stats().Finished {
 		ch <- prometheus.MustNewConstMetric(descCommands, prometheus.CounterValue, float64(v.Load()), status)
 	}
 	for code, v := range st.Rejected {

@@ -24,6 +24,9 @@ import (
 
 	"github.com/fieldhub/fieldhub/bridge"
 	"github.com/fieldhub/fieldhub/bridge/cluster"
+	"github.com/fieldhub/fieldhub/bridge/commands"
+	"github.com/fieldhub/fieldhub/bridge/commands/boltstore"
+	"github.com/fieldhub/fieldhub/bridge/commands/pgstore"
 	"github.com/fieldhub/fieldhub/bridge/mqtt"
 	"github.com/fieldhub/fieldhub/bridge/ws"
 	"github.com/fieldhub/fieldhub/dashboard"
@@ -104,7 +107,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		}
 	}
 
-	store, err := openStore(ctx, cfg)
+	store, cmdStore, err := openStore(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -170,16 +173,20 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 
 	m := newMetrics()
 	var fanout bridge.Fanout = live
-	var remote bridge.RemoteCommands
+	router := commands.LocalRouter()
 	if cfg.MQTTBroker != "" {
 		if cl, err = newCluster(cfg, reg, live, log); err != nil {
 			return err
 		}
-		fanout, remote = cl, cl
+		fanout, router = cl, commands.ClusterRouter(cl)
+	}
+	cmds, err := commands.New(ctx, commands.Options{Store: cmdStore, Devices: reg, Router: router, Fanout: fanout, Logger: log})
+	if err != nil {
+		return err
 	}
 	codec := telemetry.NewCodec(telemetry.Limits{MaxFuture: cfg.MaxFuture, MaxAge: cfg.MaxAge, TagKeys: cfg.TagLabels}, nil)
 	br, err = bridge.New(bridge.Options{
-		Codec: codec, Store: sp, Devices: reg, Fanout: fanout, Remote: remote, Commands: store,
+		Codec: codec, Store: sp, Devices: reg, Fanout: fanout, Commands: cmds,
 		RatePerSec: cfg.RateLimit, Burst: cfg.RateBurst, Logger: log,
 		Schema: store, KnownFields: knownFields(ctx, ic, log),
 		MaxMetricsPerDevice: cfg.MaxMetricsPerDevice, MaxMetricNames: cfg.MaxMetricNames,
@@ -192,7 +199,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	failures := devices.NewFailureLimiter(10, 20)
 	connects := devices.NewConnectLimiter(cfg.MQTTConnectRate, int(cfg.MQTTConnectRate*2.5))
 	deviceWS, err := ws.New(ws.Options{
-		Bridge: br, Auth: reg, Failures: failures, Connects: connects, Proxies: cfg.TrustedProxies, ReadLimit: cfg.MaxMessageBytes,
+		Bridge: br, Commands: cmds, Auth: reg, Failures: failures, Connects: connects, Proxies: cfg.TrustedProxies, ReadLimit: cfg.MaxMessageBytes,
 		PingInterval: cfg.WSPingInterval, Logger: log, OnAuthFailure: m.authFailure,
 		SendQueueBytes: cfg.WSSendQueue,
 	})
@@ -202,7 +209,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	rates := dashboard.NewRates(fleetTotals{br, cl})
 	api, err := dashboard.New(dashboard.Options{
 		Registry: reg, History: ic, Failures: failures, Proxies: cfg.TrustedProxies, Logger: log,
-		Live: live, AllowedOrigins: cfg.AllowedOrigins, FromTrustedProxy: cfg.TrustedProxies.Trusted, Commands: br, Rates: rates,
+		Live: live, AllowedOrigins: cfg.AllowedOrigins, FromTrustedProxy: cfg.TrustedProxies.Trusted, Commands: cmds, Rates: rates,
 		OnAuthFailure: func() { m.authFailure("api") },
 	})
 	if err != nil {
@@ -211,7 +218,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	var broker *mqtt.Broker
 	if mqttLn != nil {
 		broker, err = mqtt.New(mqtt.Options{
-			Bridge: br, Auth: reg, Failures: failures, Connects: connects, Proxies: cfg.TrustedProxies,
+			Bridge: br, Commands: cmds, Auth: reg, Failures: failures, Connects: connects, Proxies: cfg.TrustedProxies,
 			Listener: mqttLn, TLSListener: mqttTLSLn,
 			MaxPacketBytes: int(cfg.MaxMessageBytes), MaxConns: cfg.MQTTMaxConns, Logger: log,
 			AllowedOrigins: cfg.AllowedOrigins,
@@ -221,7 +228,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 			return err
 		}
 	}
-	m.register(br, sp, writer, reg, live, cl)
+	m.register(br, cmds, sp, writer, reg, live, cl)
 
 	mux := http.NewServeMux()
 	api.Register(mux)
@@ -273,7 +280,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		}
 		return nil
 	})
-	g.Go(func() error { return br.Run(gctx) })
+	g.Go(func() error { return cmds.Run(gctx) })
 	g.Go(func() error { return rates.Run(gctx) })
 	mqttCtx, stopMQTT := context.WithCancel(context.Background())
 	defer stopMQTT()
@@ -283,7 +290,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	clusterCtx, stopCluster := context.WithCancel(context.Background())
 	defer stopCluster()
 	if cl != nil {
-		g.Go(func() error { return cl.Run(clusterCtx, br) })
+		g.Go(func() error { return cl.Run(clusterCtx, cluster.Peers{Bridge: br, Commands: cmds}) })
 	}
 	g.Go(func() error {
 		var err error
@@ -346,10 +353,10 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 }
 
 // registryStore is what the hub keeps in its registry database: devices,
-// operator tokens, the command queue and the metric schema.
+// operator tokens and the metric schema. The command queue lives in the
+// same database, through its own commands.Store.
 type registryStore interface {
 	devices.Store
-	bridge.CommandStore
 	bridge.SchemaStore
 }
 
@@ -385,19 +392,21 @@ func knownFields(ctx context.Context, ic *influx.Client, log *slog.Logger) map[s
 
 // openStore opens PostgreSQL when FIELDHUB_DATABASE_URL is set, otherwise
 // the embedded bbolt file in the data directory.
-func openStore(ctx context.Context, cfg config) (registryStore, error) {
+// The command store shares the registry store's connection; closing the
+// registry store closes both.
+func openStore(ctx context.Context, cfg config) (registryStore, commands.Store, error) {
 	if cfg.DatabaseURL != "" {
 		st, err := pg.Open(ctx, cfg.DatabaseURL)
 		if err != nil {
-			return nil, fmt.Errorf("FIELDHUB_DATABASE_URL: %w", err)
+			return nil, nil, fmt.Errorf("FIELDHUB_DATABASE_URL: %w", err)
 		}
-		return st, nil
+		return st, pgstore.New(st.Pool()), nil
 	}
 	st, err := devices.OpenBolt(filepath.Join(cfg.DataDir, "registry.db"))
 	if err != nil {
-		return nil, fmt.Errorf("FIELDHUB_DATA_DIR: %w", err)
+		return nil, nil, fmt.Errorf("FIELDHUB_DATA_DIR: %w", err)
 	}
-	return st, nil
+	return st, boltstore.New(st.DB()), nil
 }
 
 func drainSpool(ctx context.Context, sp *spool.Spool) {

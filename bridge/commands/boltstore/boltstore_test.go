@@ -1,8 +1,10 @@
-package devices
+package boltstore
 
 import (
 	"context"
 	"fmt"
+	"github.com/fieldhub/fieldhub/bridge/commands"
+	"github.com/fieldhub/fieldhub/devices"
 	"path/filepath"
 	"testing"
 	"time"
@@ -10,22 +12,21 @@ import (
 
 func TestCommandStore(t *testing.T) {
 	ctx := context.Background()
-	st, err := OpenBolt(filepath.Join(t.TempDir(), "r.db"))
+	st, err := open(t)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
 	put := func(device string, i int, status string) {
 		t.Helper()
-		if err := st.PutCommand(ctx, CommandRecord{ID: fmt.Sprintf("cmd-%04d", i), Device: device, Name: "x", Status: status, CreatedAt: time.Now()}); err != nil {
+		if err := st.PutCommand(ctx, commands.Record{ID: fmt.Sprintf("cmd-%04d", i), Device: device, Name: "x", Status: status, CreatedAt: time.Now()}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for i := range 25 {
-		put("a", i, CommandSucceeded)
-		put("b", i, CommandQueued)
+		put("a", i, commands.Succeeded)
+		put("b", i, commands.Queued)
 	}
-	put("aa", 0, CommandQueued) // a device whose id extends "a"
+	put("aa", 0, commands.Queued) // a device whose id extends "a"
 	var got []string
 	before := ""
 	for {
@@ -52,7 +53,7 @@ func TestCommandStore(t *testing.T) {
 		t.Fatalf("active: %d, %v", len(active), err)
 	}
 	c, err := st.GetCommand(ctx, "b", "cmd-0003")
-	if err != nil || c.Status != CommandQueued {
+	if err != nil || c.Status != commands.Queued {
 		t.Fatalf("get: %+v %v", c, err)
 	}
 	if _, err := st.GetCommand(ctx, "b", "nope"); err == nil {
@@ -62,22 +63,21 @@ func TestCommandStore(t *testing.T) {
 
 func TestCommandStorePrunesOldestFinal(t *testing.T) {
 	ctx := context.Background()
-	st, err := OpenBolt(filepath.Join(t.TempDir(), "r.db"))
+	st, err := open(t)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
-	for i := range MaxCommandsKept + 50 {
-		status := CommandSucceeded
+	for i := range commands.MaxKept + 50 {
+		status := commands.Succeeded
 		if i == 0 {
-			status = CommandQueued // never pruned: not final
+			status = commands.Queued // never pruned: not final
 		}
-		if err := st.PutCommand(ctx, CommandRecord{ID: fmt.Sprintf("cmd-%06d", i), Device: "d", Status: status}); err != nil {
+		if err := st.PutCommand(ctx, commands.Record{ID: fmt.Sprintf("cmd-%06d", i), Device: "d", Status: status}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	all, _ := st.ListCommands(ctx, "d", "", 10*MaxCommandsKept)
-	if len(all) > MaxCommandsKept+1 {
+	all, _ := st.ListCommands(ctx, "d", "", 10*commands.MaxKept)
+	if len(all) > commands.MaxKept+1 {
 		t.Fatalf("kept %d commands", len(all))
 	}
 	if _, err := st.GetCommand(ctx, "d", "cmd-000000"); err != nil {
@@ -90,17 +90,28 @@ func TestCommandStorePrunesOldestFinal(t *testing.T) {
 // result was recorded) cannot undo a result.
 func TestFinalCommandNeverChanges(t *testing.T) {
 	ctx := context.Background()
-	st, err := OpenBolt(filepath.Join(t.TempDir(), "r.db"))
+	st, err := open(t)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
-	for _, status := range []string{CommandQueued, CommandSucceeded, CommandSent, CommandTimedOut} {
-		if err := st.PutCommand(ctx, CommandRecord{ID: "cmd-1", Device: "d", Status: status}); err != nil {
+	for _, status := range []string{commands.Queued, commands.Succeeded, commands.Sent, commands.TimedOut} {
+		if err := st.PutCommand(ctx, commands.Record{ID: "cmd-1", Device: "d", Status: status}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if c, _ := st.GetCommand(ctx, "d", "cmd-1"); c.Status != CommandSucceeded {
+	if c, _ := st.GetCommand(ctx, "d", "cmd-1"); c.Status != commands.Succeeded {
 		t.Fatalf("status %s, want the first final status (succeeded)", c.Status)
 	}
+}
+
+// open returns a Store in the bucket of a fresh registry file, as
+// cmd/fieldhub builds it.
+func open(t *testing.T) (*Store, error) {
+	t.Helper()
+	reg, err := devices.OpenBolt(filepath.Join(t.TempDir(), "r.db"))
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { _ = reg.Close() })
+	return New(reg.DB()), nil
 }
