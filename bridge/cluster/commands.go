@@ -1,10 +1,10 @@
 package cluster
 
 import (
-	"encoding/json"
 	"errors"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/go-json-experiment/json"
 
 	"github.com/fieldhub/fieldhub/bridge"
 	"github.com/fieldhub/fieldhub/telemetry"
