@@ -231,6 +231,16 @@ func (s *Service) do(ctx context.Context, f func()) error {
 	}
 }
 
+// enqueue queues f for the owner goroutine and returns without waiting
+// for it to run. While the request queue is full the caller waits (back
+// pressure), until Run has returned.
+func (s *Service) enqueue(f func()) {
+	select {
+	case s.reqs <- f:
+	case <-s.done:
+	}
+}
+
 // nudge queues f for the owner goroutine without waiting. When the queue
 // is full f is dropped and counted: nudges are deliveries, which the
 // clock retries on its next tick (pendingDelivery).
@@ -616,10 +626,10 @@ func (s *Service) takeShared(ctx context.Context, device string, h devices.Token
 
 // WakePollers wakes the device's HTTP long polls on this instance: its
 // credentials changed, or another instance published a command for it.
-// While the request queue is full the caller waits: a poll must learn of
-// a revocation; callers hold no lock the service takes.
+// It does not wait for the polls to wake, but while the request queue is
+// full it waits for room: a poll must learn of a revocation.
 func (s *Service) WakePollers(device string) {
-	_ = s.do(context.Background(), func() { s.wakePollers(device) })
+	s.enqueue(func() { s.wakePollers(device) })
 }
 
 // wakePollers is WakePollers on the owner goroutine.
@@ -631,7 +641,7 @@ func (s *Service) wakePollers(device string) {
 }
 
 func (s *Service) dropPoller(device string, ch chan struct{}) {
-	_ = s.do(context.Background(), func() {
+	s.enqueue(func() {
 		list := s.pollers[device]
 		for i, x := range list {
 			if x == ch {
@@ -847,7 +857,7 @@ func (s *Service) WaitCommand(ctx context.Context, device, id string, d time.Dur
 		case <-ctx.Done():
 		}
 		t.Stop()
-		_ = s.do(context.Background(), func() {
+		s.enqueue(func() {
 			list := s.waiters[key]
 			for i, x := range list {
 				if x == ch {
