@@ -3,11 +3,14 @@ package boltstore
 import (
 	"context"
 	"fmt"
-	"github.com/fieldhub/fieldhub/bridge/commands"
-	"github.com/fieldhub/fieldhub/devices"
 	"path/filepath"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/fieldhub/fieldhub/bridge/commands"
+	"github.com/fieldhub/fieldhub/devices"
 )
 
 func TestCommandStore(t *testing.T) {
@@ -114,4 +117,49 @@ func open(t *testing.T) (*Store, error) {
 	}
 	t.Cleanup(func() { _ = reg.Close() })
 	return New(reg.DB()), nil
+}
+
+// TestExistingDataDir: commands that devices.BoltStore wrote before the
+// commands package existed (bucket "commands", key device NUL id, the
+// record's JSON) load as they were.
+func TestExistingDataDir(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "registry.db")
+	old := `{"id":"cmd-0000000000001000001aabbccdd","device":"pump-1","name":"reboot","params":{"delay":5},"status":"sent",` +
+		`"created_at":"2026-01-02T03:04:05Z","created_by":"op","expires_at":"2026-01-02T04:04:05Z","timeout_ms":30000,` +
+		`"sent_at":"2026-01-02T03:04:06Z","deliveries":1,"idempotency_key":"k1","history":[{"status":"queued","at":"2026-01-02T03:04:05Z"},{"status":"sent","at":"2026-01-02T03:04:06Z"}]}`
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists([]byte("commands"))
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte("pump-1\x00cmd-0000000000001000001aabbccdd"), []byte(old))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	reg, err := devices.OpenBolt(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	st := New(reg.DB())
+	active, err := st.ActiveCommands(context.Background())
+	if err != nil || len(active) != 1 {
+		t.Fatalf("active %v, %v", active, err)
+	}
+	c := active[0]
+	if c.ID != "cmd-0000000000001000001aabbccdd" || c.Device != "pump-1" || c.Status != commands.Sent || c.Deliveries != 1 ||
+		c.IdempotencyKey != "k1" || string(c.Params) != `{"delay":5}` || c.SentAt == nil || len(c.History) != 2 || c.TimeoutMS != 30000 {
+		t.Fatalf("loaded %+v", c)
+	}
+	if got, err := st.GetCommand(context.Background(), "pump-1", c.ID); err != nil || got.CreatedBy != "op" {
+		t.Fatalf("get: %+v %v", got, err)
+	}
 }
