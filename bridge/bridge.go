@@ -41,13 +41,22 @@ type Fanout interface {
 	Publish(ev telemetry.Event)
 }
 
-// RemoteCommands hands a command to the network beyond this instance: an
-// external broker delivers it to an MQTT device, or to the instance that
-// holds the device's WebSocket. PublishCommand must not block; false means
-// it cannot take the command now (the command clock tries again).
-type RemoteCommands interface {
-	PublishCommand(device string, cmd telemetry.Command) bool
+// Commands is all the bridge knows of the command service
+// (bridge/commands implements it): which session of a device can take
+// commands now, and that a device's credentials changed (its HTTP long
+// polls re-check their token). The calls must not block on I/O.
+type Commands interface {
+	SessionOpened(device string, sid uint64, deliver func(telemetry.Command) bool)
+	SessionClosed(device string, sid uint64)
+	WakePollers(device string)
 }
+
+// noCommands is the Commands of a hub without a command service.
+type noCommands struct{}
+
+func (noCommands) SessionOpened(string, uint64, func(telemetry.Command) bool) {}
+func (noCommands) SessionClosed(string, uint64)                               {}
+func (noCommands) WakePollers(string)                                         {}
 
 // Disconnect reasons: why a session ended. Low-cardinality; used in
 // presence events, logs and metrics.
@@ -69,14 +78,8 @@ type Options struct {
 	Store   Store
 	Devices Devices
 	Fanout  Fanout // optional
-	// Commands persists the command queue; nil disables commands.
-	Commands CommandStore
-	// Remote carries commands to devices that are not connected to this
-	// instance (several instances on an external broker). With Remote set,
-	// Commands is shared with other instances: a result may finish a
-	// command this instance did not create, and the store is the truth
-	// about whether a command is final. nil: a single instance.
-	Remote RemoteCommands
+	// Commands is told of sessions that can take commands; default none.
+	Commands Commands
 	// RatePerSec and Burst bound each device's messages; defaults 50 and 100.
 	RatePerSec float64
 	Burst      int
@@ -115,7 +118,6 @@ type Bridge struct {
 	devs     map[string]*deviceState // per registered device that connected
 	schema   schema
 	nextID   atomic.Uint64
-	commands *commands
 }
 
 // New returns a Bridge.
@@ -135,6 +137,9 @@ func New(opts Options) (*Bridge, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	if opts.Commands == nil {
+		opts.Commands = noCommands{}
+	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
@@ -149,12 +154,6 @@ func New(opts Options) (*Bridge, error) {
 	b.schema.store, b.schema.maxPerDevice, b.schema.maxNames = opts.Schema, opts.MaxMetricsPerDevice, opts.MaxMetricNames
 	if err := b.loadSchema(context.Background(), opts.KnownFields); err != nil {
 		return nil, fmt.Errorf("bridge: %w", err)
-	}
-	if opts.Commands != nil {
-		b.commands = newCommands(b, opts.Commands)
-		if err := b.commands.load(context.Background()); err != nil {
-			return nil, fmt.Errorf("bridge: %w", err)
-		}
 	}
 	b.bufs.New = func() any { b := make([]byte, 0, 512); return &b }
 	return b, nil

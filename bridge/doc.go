@@ -7,6 +7,7 @@
 // Transport adapters live in sub-packages (bridge/ws, bridge/mqtt), each the
 // only importer of its network library. bridge imports telemetry and the
 // spool; it reaches the registry and the fan-out through the small
-// interfaces it declares (Devices, Store, Fanout), and never imports
-// dashboard.
+// interfaces it declares (Devices, Store, Fanout, Commands), and never
+// imports dashboard or bridge/commands: it only tells the command service
+// which session of a device can take commands (Commands).
 package bridge

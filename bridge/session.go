@@ -82,7 +82,7 @@ func (b *Bridge) Connect(deviceID, transport, remote string, h devices.TokenHash
 	b.stats.connected(transport).Add(1)
 	b.log.Info("device connected", "device", deviceID, "transport", transport, "remote", remote)
 	b.publishPresence(deviceID, true, transport, "", now)
-	b.DeliverCommands(deviceID)
+	b.opts.Commands.SessionOpened(deviceID, s.ID, c.Deliver)
 	return s
 }
 
@@ -125,6 +125,7 @@ func (b *Bridge) Disconnect(s *Session, reason string) {
 		delete(b.sessions, s.DeviceID)
 	}
 	b.mu.Unlock()
+	b.opts.Commands.SessionClosed(s.DeviceID, s.ID)
 	b.stats.connected(s.Transport).Add(-1)
 	b.stats.disconnects(s.Transport, reason).Add(1)
 	b.log.Info("device disconnected", "device", s.DeviceID, "transport", s.Transport, "remote", s.Remote,
@@ -154,7 +155,7 @@ func (b *Bridge) CredentialsChanged(deviceID string) {
 	if s != nil && !b.opts.Devices.StillValid(deviceID, s.hash) {
 		s.Kick(ReasonRevoked)
 	}
-	b.WakePollers(deviceID)
+	b.opts.Commands.WakePollers(deviceID)
 	if !b.opts.Devices.Exists(deviceID) {
 		b.forgetDevice(deviceID)
 	}

@@ -13,7 +13,6 @@ import (
 var (
 	statTransports = []string{devices.TransportWS, devices.TransportMQTT, devices.TransportHTTP}
 	statCodes      = []string{telemetry.CodeBadJSON, telemetry.CodeInvalid, telemetry.CodeUnknownType, telemetry.CodeRateLimited, telemetry.CodeOverloaded, telemetry.CodeTooLarge, telemetry.CodeInternal}
-	statFinal      = []string{devices.CommandSucceeded, devices.CommandFailed, devices.CommandTimedOut, devices.CommandExpired, devices.CommandCancelled}
 	statSchema     = []string{SchemaTypeConflict, SchemaDeviceMetrics, SchemaMetricNames}
 	statReasons    = []string{ReasonClientClosed, ReasonHeartbeatTimeout, ReasonSuperseded, ReasonRevoked, ReasonReadLimit, ReasonProtocolError, ReasonServerShutdown, ReasonSlowConsumer, ReasonNetworkError}
 )
@@ -29,7 +28,6 @@ type Stats struct {
 	Connects    map[string]*atomic.Int64            // by transport
 	Connected   map[string]*atomic.Int64            // by transport (gauge)
 	Disconnects map[string]map[string]*atomic.Int64 // by transport, reason
-	Commands    map[string]*atomic.Int64            // commands reaching a final status, by status
 	// SchemaRejected counts messages refused by the metric schema (a type
 	// conflict, a device's or the fleet's bound on metric names), by reason.
 	SchemaRejected map[string]*atomic.Int64
@@ -49,7 +47,6 @@ func counters(keys []string) map[string]*atomic.Int64 {
 func (s *Stats) init() {
 	s.Messages, s.Readings, s.Rejected = counters(statTransports), counters(statTransports), counters(statCodes)
 	s.Connects, s.Connected = counters(statTransports), counters(statTransports)
-	s.Commands = counters(statFinal)
 	s.SchemaRejected = counters(statSchema)
 	s.Disconnects = map[string]map[string]*atomic.Int64{}
 	for _, t := range slices.Concat(statTransports, []string{other}) {

@@ -9,16 +9,17 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/fieldhub/fieldhub/bridge/commands"
 	"github.com/fieldhub/fieldhub/devices"
 )
 
-// Commander is the command service. *bridge.Bridge implements it.
+// Commander is the command service. *commands.Service implements it.
 type Commander interface {
-	SendCommand(ctx context.Context, spec devices.CommandSpec) (rec devices.CommandRecord, replayed bool, err error)
-	GetCommand(ctx context.Context, device, id string) (devices.CommandRecord, error)
-	ListCommands(ctx context.Context, device, before string, limit int) ([]devices.CommandRecord, error)
-	CancelCommand(ctx context.Context, device, id string) (devices.CommandRecord, error)
-	WaitCommand(ctx context.Context, device, id string, d time.Duration) (devices.CommandRecord, error)
+	SendCommand(ctx context.Context, spec commands.Spec) (rec commands.Record, replayed bool, err error)
+	GetCommand(ctx context.Context, device, id string) (commands.Record, error)
+	ListCommands(ctx context.Context, device, before string, limit int) ([]commands.Record, error)
+	CancelCommand(ctx context.Context, device, id string) (commands.Record, error)
+	WaitCommand(ctx context.Context, device, id string, d time.Duration) (commands.Record, error)
 }
 
 // maxCommandWait bounds ?wait= on command requests.
@@ -71,7 +72,7 @@ func (s *Server) sendCommand(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, "bad_request", err.Error())
 		return
 	}
-	spec := devices.CommandSpec{Device: r.PathValue("id"), Name: body.Name, Params: body.Params,
+	spec := commands.Spec{Device: r.PathValue("id"), Name: body.Name, Params: body.Params,
 		CreatedBy: OperatorFrom(r.Context()).Name, IdempotencyKey: r.Header.Get("Idempotency-Key")}
 	for _, d := range []struct {
 		name string

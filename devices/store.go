@@ -298,3 +298,8 @@ func (s *BoltStore) Close() error {
 	}
 	return nil
 }
+
+// DB returns the open database, which the BoltStore owns and closes, for
+// the command store (bridge/commands/boltstore) to keep its bucket in the
+// same file.
+func (s *BoltStore) DB() *bolt.DB { return s.db }

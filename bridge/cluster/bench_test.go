@@ -45,7 +45,8 @@ func BenchmarkLiveAcrossBroker(b *testing.B) {
 			b.Fatal(err)
 		}
 		done := make(chan struct{})
-		go func() { _ = c.Run(ctx, nil); close(done) }()
+		peers := stubPeers(b, local)
+		go func() { _ = c.Run(ctx, peers); close(done) }()
 		b.Cleanup(func() { cancel(); <-done })
 		select {
 		case <-c.Ready():

@@ -122,13 +122,13 @@ func TestBrokerClientIDBoundAtStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	br2, err := bridge.New(bridge.Options{Codec: telemetry.NewCodec(telemetry.Limits{}, nil), Store: r.store,
-		Devices: r.reg, Fanout: hub2, Remote: hub2, RatePerSec: 10000, Burst: 10000})
+		Devices: r.reg, Fanout: hub2, RatePerSec: 10000, Burst: 10000})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx2, stop2 := context.WithCancel(ctx)
 	done2 := make(chan struct{})
-	go func() { _ = hub2.Run(ctx2, br2); close(done2) }() // owner: this test; ends with stop2
+	go func() { _ = hub2.Run(ctx2, Peers{Bridge: br2, Commands: &commandsFake{}}); close(done2) }() // owner: this test; ends with stop2
 	t.Cleanup(func() { stop2(); <-done2 })
 
 	waitFor(t, "old-1's broker client bound to client id old-1", 20*time.Second, func() bool {

@@ -27,7 +27,6 @@
 package cluster
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -137,7 +136,7 @@ type Stats struct {
 }
 
 // Cluster is the hub's connection to the external broker. It implements
-// bridge.Fanout and bridge.RemoteCommands.
+// bridge.Fanout and commands.Publisher.
 type Cluster struct {
 	opts   Options
 	log    *slog.Logger
@@ -146,7 +145,9 @@ type Cluster struct {
 	stats  Stats
 
 	delivered *delivered // recent durable messages, to recognise redeliveries
-	br        atomic.Pointer[bridge.Bridge]
+	// peers are set by Run before any goroutine or broker callback that
+	// reads them starts, and never change after.
+	peers     Peers
 	inbound   chan paho.Message
 	live      chan telemetry.Event
 	refresh   chan struct{}
@@ -411,12 +412,26 @@ func (c *Cluster) dispatch(_ paho.Client, m paho.Message) {
 	}
 }
 
+// Peers are the parts of this instance that broker traffic goes to. They
+// are built after the Cluster, whose Fanout and command Publisher they
+// use, and handed to Run.
+type Peers struct {
+	// Bridge makes device messages from the broker durable; its sessions
+	// say which devices are connected here.
+	Bridge *bridge.Bridge
+	// Commands takes results, commands other instances published, and
+	// news of commands and devices elsewhere.
+	Commands Commands
+}
+
 // Run connects and serves until ctx ends: the workers that make broker
 // messages durable, the live publisher, registry refreshes and the
-// dynamic-security sync. br must be the bridge this Cluster is the Fanout
-// and RemoteCommands of.
-func (c *Cluster) Run(ctx context.Context, br *bridge.Bridge) error {
-	c.br.Store(br)
+// dynamic-security sync. p must be the bridge and command service this
+// Cluster is the Fanout and command Publisher of; only a Cluster that
+// never receives device traffic (a test of the live relay) may run with
+// zero Peers.
+func (c *Cluster) Run(ctx context.Context, p Peers) error {
+	c.peers = p
 	var wg sync.WaitGroup
 	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
 	for range c.opts.Workers {
@@ -447,391 +462,6 @@ func (c *Cluster) Run(ctx context.Context, br *bridge.Bridge) error {
 	stopWork()
 	wg.Wait()
 	return nil
-}
-
-func (c *Cluster) work(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case m := <-c.inbound:
-			c.handle(ctx, m)
-		}
-	}
-}
-
-// deviceOf returns {id} of devices/{id}/...
-func deviceOf(topic string) string {
-	rest, ok := strings.CutPrefix(topic, "devices/")
-	if !ok {
-		return ""
-	}
-	id, _, _ := strings.Cut(rest, "/")
-	return id
-}
-
-// handle makes one telemetry message or command result durable and
-// acknowledges it to the broker. A message the spool cannot take now is
-// retried here, not acknowledged, until it fits or the hub stops.
-func (c *Cluster) handle(ctx context.Context, m paho.Message) {
-	br := c.br.Load()
-	device := deviceOf(m.Topic())
-	if !devices.ValidID(device) || !c.known(ctx, device) {
-		// The broker let it in, but the registry does not know the device
-		// (deleted while its broker credentials lingered): nothing to keep.
-		c.log.Warn("broker message from a device not in the registry dropped", "device", truncate(device, 64))
-		c.stats.Refused.Add(1)
-		m.Ack()
-		return
-	}
-	s := br.Ephemeral(device, devices.TransportMQTT, "broker")
-	if len(m.Payload()) > c.opts.MaxMessageBytes {
-		terr := &telemetry.Error{Code: telemetry.CodeTooLarge, Message: fmt.Sprintf("message of %d bytes; the limit is %d", len(m.Payload()), c.opts.MaxMessageBytes)}
-		br.Reject(s, terr)
-		c.stats.Refused.Add(1)
-		c.publishError(device, "", terr)
-		m.Ack()
-		return
-	}
-	if strings.HasSuffix(m.Topic(), "/commands/result") {
-		c.handleResult(br, s, m)
-		c.heardFromBroker(device)
-		return
-	}
-	key := c.delivered.key(m.Topic(), m.Payload())
-	if m.Duplicate() && c.delivered.seen(key) {
-		// Made durable already; the broker never saw our PUBACK.
-		c.stats.Redelivered.Add(1)
-		m.Ack()
-		return
-	}
-	backoff := 50 * time.Millisecond
-	for {
-		id, terr := br.Ingest(ctx, s, m.Payload())
-		if terr == nil {
-			c.delivered.remember(key)
-			c.stats.Ingested.Add(1)
-			c.opts.Registry.Touch(device, time.Now())
-			m.Ack()
-			c.heardFromBroker(device)
-			return
-		}
-		if terr.Code != telemetry.CodeOverloaded && terr.Code != telemetry.CodeInternal {
-			c.stats.Refused.Add(1)
-			c.publishError(device, id, terr)
-			m.Ack()
-			return
-		}
-		select {
-		case <-ctx.Done():
-			return // not acknowledged: redelivered when we reconnect
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, 2*time.Second)
-	}
-}
-
-// unknownWait bounds how long a worker waits for the registry to learn of
-// a device another instance just created.
-const (
-	unknownWait          = 3 * time.Second
-	unknownRemember      = 30 * time.Second
-	maxUnknownRemembered = 10000
-)
-
-// known reports whether the registry has device, reloading it first if
-// not: another instance may have created the device a moment ago, and its
-// first messages can reach us before the announcement does.
-func (c *Cluster) known(ctx context.Context, device string) bool {
-	if c.opts.Registry.Exists(device) {
-		return true
-	}
-	// A device found unknown recently is dropped at once: a deleted
-	// device whose broker client lingers must not tie up the workers.
-	now := time.Now()
-	c.presMu.Lock()
-	if at, ok := c.unknown[device]; ok && now.Sub(at) < unknownRemember {
-		c.presMu.Unlock()
-		return false
-	}
-	c.presMu.Unlock()
-	c.requestRefresh()
-	deadline := time.Now().Add(unknownWait)
-	for time.Now().Before(deadline) {
-		select {
-		case <-ctx.Done():
-			return false
-		case <-time.After(50 * time.Millisecond):
-		}
-		if c.opts.Registry.Exists(device) {
-			return true
-		}
-	}
-	c.presMu.Lock()
-	if len(c.unknown) >= maxUnknownRemembered {
-		clear(c.unknown)
-	}
-	c.unknown[device] = now
-	c.presMu.Unlock()
-	return false
-}
-
-func (c *Cluster) handleResult(br *bridge.Bridge, s *bridge.Session, m paho.Message) {
-	defer m.Ack()
-	f, err := br.Codec().Decode(m.Payload())
-	if f != nil && f.Type == "" {
-		f.Type, err = telemetry.TypeCommandResult, nil
-	}
-	var res *telemetry.CommandResult
-	if err == nil {
-		res, err = br.Codec().CommandResult(f)
-	}
-	if err != nil {
-		var terr *telemetry.Error
-		if !errors.As(err, &terr) {
-			terr = &telemetry.Error{Code: telemetry.CodeBadJSON, Message: "malformed command result"}
-		}
-		br.Reject(s, terr)
-		id := ""
-		if f != nil {
-			id = f.ID
-		}
-		c.publishError(s.DeviceID, id, terr)
-		return
-	}
-	if err := br.CommandResult(s.DeviceID, res); err != nil {
-		c.log.Debug("command result for an unknown command", "device", s.DeviceID, "command", truncate(res.ID, 64), "err", err)
-	}
-}
-
-// publishError tells an MQTT device why its message was refused, on the
-// same errors topic the embedded broker uses.
-func (c *Cluster) publishError(device, msgID string, terr *telemetry.Error) {
-	c.client.Publish("devices/"+device+"/errors", 0, false, telemetry.EncodeError(msgID, terr))
-}
-
-// PublishCommand implements bridge.RemoteCommands: QoS 1 on the device's
-// commands topic. It never waits: paho queues the publish and resends it
-// after a reconnect.
-func (c *Cluster) PublishCommand(device string, cmd telemetry.Command) bool {
-	if !c.connected.Load() {
-		return false
-	}
-	c.client.Publish("devices/"+device+"/commands", 1, false, telemetry.EncodeCommand(cmd, false))
-	return true
-}
-
-// maxCommandBytes bounds a command read back from the broker; commands
-// are validated when queued, so anything larger is not ours.
-const maxCommandBytes = 64 << 10
-
-func (c *Cluster) onCommand(topic string, payload []byte) {
-	device := deviceOf(topic)
-	br := c.br.Load()
-	if br == nil || device == "" || len(payload) > maxCommandBytes {
-		return
-	}
-	if br.Current(device) == nil {
-		br.WakePollers(device) // an HTTP device may be polling here
-		return
-	}
-	var cmd telemetry.Command
-	if err := json.Unmarshal(payload, &cmd); err != nil || cmd.ID == "" {
-		c.log.Debug("malformed command on the broker", "device", device)
-		return
-	}
-	if br.ForwardCommand(device, cmd) {
-		c.stats.Forwarded.Add(1)
-	}
-}
-
-// envelope is what travels on fieldhub/live/{device}: one or more live
-// events of that device, oldest first, with the instance they came from
-// so an instance skips its own.
-type envelope struct {
-	Origin string            `json:"o"`
-	Events []telemetry.Event `json:"e"`
-}
-
-// Publish implements bridge.Fanout: this instance's dashboards at once,
-// the other instances through the broker. It never blocks.
-func (c *Cluster) Publish(ev telemetry.Event) {
-	if ev.Type == telemetry.EventPresence && ev.Transport != devices.TransportMQTT {
-		c.observePresence(ev) // a session here: no longer a broker device
-	}
-	c.opts.Local.Publish(ev)
-	select {
-	case c.live <- ev:
-	default:
-		c.stats.LiveDropped.Add(1)
-	}
-}
-
-// maxLiveBatch bounds the events of one device in one broker message.
-const maxLiveBatch = 128
-
-// publishLive sends live events to the other instances. An idle hub sends
-// each event at once; under load, what queued up while the last messages
-// went out leaves as one message per device, so the per-message cost of
-// the broker round trip is shared instead of limiting the rate.
-func (c *Cluster) publishLive(ctx context.Context) {
-	byDevice := map[string][]telemetry.Event{}
-	var order []string
-	add := func(ev telemetry.Event) {
-		if _, ok := byDevice[ev.Device]; !ok {
-			order = append(order, ev.Device)
-		}
-		byDevice[ev.Device] = append(byDevice[ev.Device], ev)
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case ev := <-c.live:
-			add(ev)
-		}
-	drain:
-		for n := 1; n < maxLiveBatch*8; n++ {
-			select {
-			case ev := <-c.live:
-				add(ev)
-			default:
-				break drain
-			}
-		}
-		for _, device := range order {
-			evs := byDevice[device]
-			for len(evs) > 0 {
-				k := min(len(evs), maxLiveBatch)
-				c.sendLive(device, evs[:k])
-				evs = evs[k:]
-			}
-			delete(byDevice, device)
-		}
-		order = order[:0]
-	}
-}
-
-func (c *Cluster) sendLive(device string, evs []telemetry.Event) {
-	if !c.connected.Load() {
-		c.stats.LiveDropped.Add(int64(len(evs)))
-		return
-	}
-	b, err := json.Marshal(envelope{Origin: c.opts.ClientID, Events: evs})
-	if err != nil {
-		c.log.Error("encode live events", "err", err)
-		return
-	}
-	c.client.Publish(livePrefix+device, 0, false, b)
-	c.stats.LiveOut.Add(int64(len(evs)))
-}
-
-// originPrefix is how every live message of instance id starts: the
-// envelope's first member.
-func originPrefix(id string) []byte {
-	b, err := json.Marshal(envelope{Origin: id})
-	if err != nil {
-		return nil
-	}
-	if i := bytes.Index(b, []byte(`,"e"`)); i > 0 {
-		return b[:i]
-	}
-	return nil
-}
-
-// maxLiveBytes bounds a live message read back from the broker.
-const maxLiveBytes = 1 << 20
-
-// onLive takes another instance's live events: to this instance's
-// dashboards, presence to the registry, and to the command service.
-func (c *Cluster) onLive(payload []byte) {
-	if len(payload) > maxLiveBytes || (len(c.ownLive) > 0 && bytes.HasPrefix(payload, c.ownLive)) {
-		return // our own events, back from the broker: skipped undecoded
-	}
-	var env envelope
-	if err := json.Unmarshal(payload, &env); err != nil || env.Origin == c.opts.ClientID || len(env.Events) > maxLiveBatch {
-		return
-	}
-	for _, ev := range env.Events {
-		if devices.ValidID(ev.Device) {
-			c.trackOwner(env.Origin, ev)
-			c.onRemoteEvent(ev)
-		}
-	}
-}
-
-func (c *Cluster) onRemoteEvent(ev telemetry.Event) {
-	c.stats.LiveIn.Add(1)
-	c.observePresence(ev)
-	br := c.br.Load()
-	switch ev.Type {
-	case telemetry.EventReading:
-		c.stats.RemoteReadings.Add(1)
-		c.opts.Registry.Touch(ev.Device, time.Now())
-	case telemetry.EventPresence:
-		at := time.UnixMilli(ev.At)
-		p := devices.Presence{LastSeen: &at, Reason: ev.Reason}
-		if ev.Online != nil && *ev.Online {
-			p = devices.Presence{Online: true, Transport: ev.Transport, ConnectedAt: &at, LastSeen: &at}
-		}
-		if br == nil || br.Current(ev.Device) == nil { // our own session's presence wins here
-			c.opts.Registry.SetPresence(ev.Device, p)
-		}
-		if br != nil && p.Online {
-			br.RemoteConnected(ev.Device)
-		}
-	case telemetry.EventCommand:
-		if br != nil {
-			br.CommandChanged(ev.Device, ev.ID)
-		}
-	}
-	c.opts.Local.Publish(ev)
-}
-
-// RegistryChanged announces a registry change of this instance to the
-// others and mirrors device credentials into the broker. Give it to
-// devices.Options.OnChange.
-func (c *Cluster) RegistryChanged(ch devices.Changed) {
-	if c.connected.Load() {
-		c.client.Publish(topicRegistry, 1, false, []byte(`{"o":"`+c.opts.ClientID+`"}`))
-	}
-	if c.dynsec != nil {
-		c.dynsec.changed(ch)
-	}
-}
-
-func (c *Cluster) requestRefresh() {
-	select {
-	case c.refresh <- struct{}{}:
-	default: // one is pending already: it will see this change too
-	}
-}
-
-// refreshLoop reloads the registry when another instance announced a
-// change, at most every refreshGap, and every RefreshEvery regardless.
-func (c *Cluster) refreshLoop(ctx context.Context) {
-	const refreshGap = 100 * time.Millisecond
-	t := time.NewTicker(c.opts.RefreshEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-c.refresh:
-		case <-t.C:
-		}
-		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		if err := c.opts.Registry.Refresh(rctx); err != nil {
-			c.log.Warn("registry refresh failed", "err", err)
-		}
-		cancel()
-		c.stats.Refreshes.Add(1)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(refreshGap):
-		}
-	}
 }
 
 func truncate(s string, n int) string {

@@ -16,6 +16,8 @@ import (
 
 	"github.com/fieldhub/fieldhub/bridge"
 	"github.com/fieldhub/fieldhub/bridge/cluster/mosquittotest"
+	"github.com/fieldhub/fieldhub/bridge/commands"
+	"github.com/fieldhub/fieldhub/bridge/commands/boltstore"
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/telemetry"
 	"github.com/fieldhub/fieldhub/telemetry/spool"
@@ -86,6 +88,7 @@ type rig struct {
 	sp    *spool.Spool
 	store *flakyStore
 	br    *bridge.Bridge
+	cmds  *commands.Service
 	cl    *Cluster
 	live  *recorder
 }
@@ -128,16 +131,21 @@ func newRig(t *testing.T) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
+	r.cmds, err = commands.New(context.Background(), commands.Options{Store: boltstore.New(st.DB()), Devices: r.reg,
+		Router: commands.ClusterRouter(r.cl), Fanout: r.cl})
+	if err != nil {
+		t.Fatal(err)
+	}
 	r.br, err = bridge.New(bridge.Options{Codec: telemetry.NewCodec(telemetry.Limits{}, nil), Store: r.store,
-		Devices: r.reg, Fanout: r.cl, Remote: r.cl, Commands: st, RatePerSec: 10000, Burst: 10000})
+		Devices: r.reg, Fanout: r.cl, Commands: r.cmds, RatePerSec: 10000, Burst: 10000})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = r.cl.Run(ctx, r.br); close(done) }()
-	go func() { _ = r.br.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	done, cmdsDone := make(chan struct{}), make(chan struct{})
+	go func() { _ = r.cmds.Run(ctx); close(cmdsDone) }()
+	go func() { _ = r.cl.Run(ctx, Peers{Bridge: r.br, Commands: r.cmds}); close(done) }()
+	t.Cleanup(func() { cancel(); <-done; <-cmdsDone })
 	select {
 	case <-r.cl.Ready():
 	case <-time.After(eventWait):
@@ -282,14 +290,14 @@ func TestBrokerDevice(t *testing.T) {
 	}
 
 	// A command through the broker, answered on commands/result.
-	rec, _, err := r.br.SendCommand(ctx, devices.CommandSpec{Device: "pump-1", Name: "reboot", Timeout: 10 * time.Second})
+	rec, _, err := r.cmds.SendCommand(ctx, commands.Spec{Device: "pump-1", Name: "reboot", Timeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "the command at the device", eventWait, func() bool { return received("/commands", rec.ID) != nil })
 	publish(t, c, "devices/pump-1/commands/result", `{"id":"`+rec.ID+`","status":"ok","result":{"up":true}}`)
-	done, err := r.br.WaitCommand(ctx, "pump-1", rec.ID, eventWait)
-	if err != nil || done.Status != devices.CommandSucceeded {
+	done, err := r.cmds.WaitCommand(ctx, "pump-1", rec.ID, eventWait)
+	if err != nil || done.Status != commands.Succeeded {
 		t.Fatalf("command %+v, %v", done, err)
 	}
 
@@ -523,7 +531,8 @@ func TestConnectFailureSaid(t *testing.T) {
 			}
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan struct{})
-			go func() { _ = cl.Run(ctx, nil); close(done) }()
+			peers := stubPeers(t, &recorder{})
+			go func() { _ = cl.Run(ctx, peers); close(done) }()
 			defer func() { cancel(); <-done }()
 			waitFor(t, "two rounds of failed attempts", eventWait, func() bool { return cl.Stats().ConnectFailures.Load() >= 8 })
 			said := grep(logs.String(), "cannot connect to the broker")

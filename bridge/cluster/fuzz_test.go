@@ -39,6 +39,8 @@ func FuzzOnLive(f *testing.F) {
 	f.Fuzz(func(t *testing.T, payload []byte) {
 		rec := &recorder{}
 		c := &Cluster{opts: Options{ClientID: "me", Registry: registryStub{}, Local: rec}, brokerHeard: map[string]time.Time{}, owner: map[string]string{}}
+		c.peers = stubPeers(t, rec)
+		c.peers = stubPeers(t, rec)
 		c.onLive(payload)
 		for _, ev := range rec.events {
 			if !devices.ValidID(ev.Device) {
@@ -55,6 +57,7 @@ func TestOnLiveSeed(t *testing.T) {
 	}
 	rec := &recorder{}
 	c := &Cluster{opts: Options{ClientID: "me", Registry: registryStub{}, Local: rec}, brokerHeard: map[string]time.Time{}, owner: map[string]string{}}
+	c.peers = stubPeers(t, rec)
 	c.onLive(b)
 	if len(rec.events) != 3 || rec.events[0].Metrics["temp"].Num != 21.5 || rec.events[2].Status != "succeeded" {
 		t.Fatalf("decoded %+v", rec.events)

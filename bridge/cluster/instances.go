@@ -54,10 +54,9 @@ func (c *Cluster) onInstance(payload []byte) {
 	}
 	c.presMu.Unlock()
 	c.log.Warn("another instance lost the broker; its devices show offline until they reconnect", "instance", n.Origin, "devices", len(held))
-	br := c.br.Load()
 	now := time.Now()
 	for _, device := range held {
-		if br != nil && br.Current(device) != nil {
+		if c.peers.Bridge.Current(device) != nil {
 			continue
 		}
 		d, err := c.opts.Registry.Get(device)
@@ -75,11 +74,7 @@ func (c *Cluster) onInstance(payload []byte) {
 // instance holds, after a reconnect: while it was away its will may have
 // made them show offline there.
 func (c *Cluster) announceSessions() {
-	br := c.br.Load()
-	if br == nil {
-		return
-	}
-	for _, s := range br.Sessions() {
+	for _, s := range c.peers.Bridge.Sessions() {
 		online := true
 		at := s.ConnectedAt
 		select {

@@ -32,7 +32,7 @@ func (c *Cluster) heardFromBroker(device string) {
 	if tracked {
 		return
 	}
-	if br := c.br.Load(); br != nil && br.Current(device) != nil {
+	if c.peers.Bridge.Current(device) != nil {
 		return
 	}
 	d, err := c.opts.Registry.Get(device)
@@ -83,9 +83,8 @@ func (c *Cluster) sweepPresence(ctx context.Context) {
 			}
 		}
 		c.presMu.Unlock()
-		br := c.br.Load()
 		for _, device := range idle {
-			if br != nil && br.Current(device) != nil {
+			if c.peers.Bridge.Current(device) != nil {
 				continue
 			}
 			d, err := c.opts.Registry.Get(device)

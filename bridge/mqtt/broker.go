@@ -32,6 +32,7 @@ import (
 
 	"github.com/fieldhub/fieldhub/bridge"
 	"github.com/fieldhub/fieldhub/devices"
+	"github.com/fieldhub/fieldhub/telemetry"
 )
 
 // Authenticator checks a device id and token pair. *devices.Registry
@@ -40,10 +41,18 @@ type Authenticator interface {
 	AuthenticateDevice(id, token string) (devices.TokenHash, bool)
 }
 
+// Commands is the command service as the broker uses it
+// (*commands.Service): delivery once a device subscribed, and results.
+type Commands interface {
+	DeliverCommands(device string)
+	CommandResult(device string, r *telemetry.CommandResult) error
+}
+
 // Options configures the broker. Zero values take the documented defaults.
 type Options struct {
-	Bridge *bridge.Bridge
-	Auth   Authenticator
+	Bridge   *bridge.Bridge
+	Commands Commands
+	Auth     Authenticator
 	// Failures rate-limits failed authentications per (client address,
 	// username); nil disables it.
 	Failures *devices.FailureLimiter
@@ -126,8 +135,8 @@ type Broker struct {
 
 // New returns a broker serving on opts' listeners once Run is called.
 func New(opts Options) (*Broker, error) {
-	if opts.Bridge == nil || opts.Auth == nil || opts.Listener == nil {
-		return nil, errors.New("mqtt: Bridge, Auth and Listener are required")
+	if opts.Bridge == nil || opts.Commands == nil || opts.Auth == nil || opts.Listener == nil {
+		return nil, errors.New("mqtt: Bridge, Commands, Auth and Listener are required")
 	}
 	opts.ensureDefaults()
 	caps := mqtt.NewDefaultServerCapabilities()

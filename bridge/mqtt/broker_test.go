@@ -17,6 +17,8 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/fieldhub/fieldhub/bridge"
+	"github.com/fieldhub/fieldhub/bridge/commands"
+	"github.com/fieldhub/fieldhub/bridge/commands/boltstore"
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/telemetry"
 	"github.com/fieldhub/fieldhub/telemetry/spool"
@@ -65,10 +67,19 @@ func newRigTB(t testing.TB, o Options) *rig {
 		t.Fatal(err)
 	}
 	r.store = &flakyStore{sp: r.sp}
-	r.br, err = bridge.New(bridge.Options{Codec: telemetry.NewCodec(telemetry.Limits{}, nil), Store: r.store, Devices: r.reg})
+	cmds, err := commands.New(context.Background(), commands.Options{Store: boltstore.New(st.DB()), Devices: r.reg})
 	if err != nil {
 		t.Fatal(err)
 	}
+	cmdsCtx, stopCmds := context.WithCancel(context.Background())
+	cmdsDone := make(chan struct{})
+	go func() { _ = cmds.Run(cmdsCtx); close(cmdsDone) }() // owner: this rig; ends at cleanup
+	t.Cleanup(func() { stopCmds(); <-cmdsDone })
+	r.br, err = bridge.New(bridge.Options{Codec: telemetry.NewCodec(telemetry.Limits{}, nil), Store: r.store, Devices: r.reg, Commands: cmds})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.Commands = cmds
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -206,7 +206,7 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []by
 	for i, f := range pk.Filters {
 		if f.Filter == conn.commands && i < len(reasonCodes) && reasonCodes[i] < 0x80 {
 			conn.subscribed.Store(true)
-			h.b.opts.Bridge.DeliverCommands(string(cl.Properties.Username))
+			h.b.opts.Commands.DeliverCommands(string(cl.Properties.Username))
 		}
 	}
 }
@@ -338,7 +338,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 			}
 			return pk, h.refuse(cl, pk, id, terr)
 		}
-		_ = h.b.opts.Bridge.CommandResult(s.DeviceID, res) // unknown or finished: a duplicate
+		_ = h.b.opts.Commands.CommandResult(s.DeviceID, res) // unknown or finished: a duplicate
 		return pk, packets.CodeSuccessIgnore
 	}
 	return pk, packets.ErrRejectPacket

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/fieldhub/fieldhub/bridge"
+	"github.com/fieldhub/fieldhub/bridge/commands"
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/telemetry"
 )
@@ -159,8 +159,8 @@ func (h *Handler) ServeNextCommand(w http.ResponseWriter, r *http.Request) {
 		wait = d
 	}
 	h.opts.Bridge.Touch(id)
-	cmd, ok, err := h.opts.Bridge.NextCommand(r.Context(), id, hash, wait)
-	if errors.Is(err, bridge.ErrRevoked) {
+	cmd, ok, err := h.opts.Commands.NextCommand(r.Context(), id, hash, wait)
+	if errors.Is(err, commands.ErrRevoked) {
 		// The token changed during the poll: the poll ends like a request
 		// made with it now would.
 		h.log.Info("device long poll ended", "device", id, "reason", "revoked")
@@ -207,7 +207,7 @@ func (h *Handler) ServeCommandResult(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, e)
 		return
 	}
-	if err := h.opts.Bridge.CommandResult(id, res); err != nil {
+	if err := h.opts.Commands.CommandResult(id, res); err != nil {
 		writeError(w, http.StatusNotFound, &telemetry.Error{Code: "not_found", Message: "no pending command with this id for this device"})
 		return
 	}

@@ -41,11 +41,19 @@ type Authenticator interface {
 	Authenticate(token string) (id string, h devices.TokenHash, ok bool)
 }
 
+// Commands is the command service as the device transport uses it
+// (*commands.Service): the HTTP long poll and device results.
+type Commands interface {
+	NextCommand(ctx context.Context, device string, h devices.TokenHash, wait time.Duration) (telemetry.Command, bool, error)
+	CommandResult(device string, r *telemetry.CommandResult) error
+}
+
 // Options configures the device transport. Zero values take the
 // documented defaults.
 type Options struct {
-	Bridge *bridge.Bridge
-	Auth   Authenticator
+	Bridge   *bridge.Bridge
+	Commands Commands
+	Auth     Authenticator
 	// Failures rate-limits failed authentications per (client address,
 	// presented token); nil disables it.
 	Failures *devices.FailureLimiter
@@ -112,8 +120,8 @@ type Handler struct {
 
 // New returns a Handler.
 func New(opts Options) (*Handler, error) {
-	if opts.Bridge == nil || opts.Auth == nil {
-		return nil, errors.New("ws: Bridge and Auth are required")
+	if opts.Bridge == nil || opts.Commands == nil || opts.Auth == nil {
+		return nil, errors.New("ws: Bridge, Commands and Auth are required")
 	}
 	opts.ensureDefaults()
 	h := &Handler{opts: opts, log: opts.Logger}
@@ -387,7 +395,7 @@ func (c *conn_) handle(ctx context.Context, codec *telemetry.Codec, data []byte)
 		}
 		// An unknown or already finished command is not the device's
 		// fault (a redelivered duplicate): nothing to answer.
-		_ = c.h.opts.Bridge.CommandResult(c.session.DeviceID, r)
+		_ = c.h.opts.Commands.CommandResult(c.session.DeviceID, r)
 	}
 	return nil
 }

@@ -15,6 +15,8 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/fieldhub/fieldhub/bridge"
+	"github.com/fieldhub/fieldhub/bridge/commands"
+	"github.com/fieldhub/fieldhub/bridge/commands/boltstore"
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/telemetry"
 	"github.com/fieldhub/fieldhub/telemetry/spool"
@@ -75,11 +77,19 @@ func newRigTB(t testing.TB, o rigOpts) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.br, err = bridge.New(bridge.Options{Codec: telemetry.NewCodec(telemetry.Limits{}, nil), Store: r.sp, Devices: r.reg, Fanout: r.ev, RatePerSec: o.rate, Burst: o.burst})
+	cmds, err := commands.New(context.Background(), commands.Options{Store: boltstore.New(st.DB()), Devices: r.reg, Fanout: r.ev})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.h, err = New(Options{Bridge: r.br, Auth: r.reg, Failures: devices.NewFailureLimiter(5, 10), PingInterval: o.ping, ReadLimit: o.readLim})
+	cmdsCtx, stopCmds := context.WithCancel(context.Background())
+	cmdsDone := make(chan struct{})
+	go func() { _ = cmds.Run(cmdsCtx); close(cmdsDone) }() // owner: this rig; ends at cleanup
+	t.Cleanup(func() { stopCmds(); <-cmdsDone })
+	r.br, err = bridge.New(bridge.Options{Codec: telemetry.NewCodec(telemetry.Limits{}, nil), Store: r.sp, Devices: r.reg, Fanout: r.ev, Commands: cmds, RatePerSec: o.rate, Burst: o.burst})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.h, err = New(Options{Bridge: r.br, Commands: cmds, Auth: r.reg, Failures: devices.NewFailureLimiter(5, 10), PingInterval: o.ping, ReadLimit: o.readLim})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,12 +16,15 @@ func TestImportRules(t *testing.T) {
 	const mod = "github.com/fieldhub/fieldhub/"
 	// Fieldhub packages a package may import, by package prefix.
 	allowed := map[string][]string{
-		"telemetry":    {"telemetry"},
-		"devices":      {"telemetry"},
-		"devices/pg":   {"devices", "telemetry"},
-		"bridge":       {"bridge", "devices", "telemetry"},
-		"dashboard":    {"dashboard", "devices", "telemetry"},
-		"firmware-sim": {"telemetry"},
+		"telemetry":  {"telemetry"},
+		"devices":    {"telemetry"},
+		"devices/pg": {"devices", "telemetry"},
+		"bridge":     {"bridge", "devices", "telemetry"},
+		// Commands own their records and stores; they know nothing of the
+		// pipeline or the transports.
+		"bridge/commands": {"bridge/commands", "devices", "telemetry"},
+		"dashboard":       {"dashboard", "bridge/commands", "devices", "telemetry"},
+		"firmware-sim":    {"telemetry"},
 		// The load harness wraps a fleet; the fleet (a device) never
 		// imports the harness.
 		"firmware-sim/load": {"firmware-sim", "telemetry"},
@@ -32,10 +35,11 @@ func TestImportRules(t *testing.T) {
 	owners := map[string][]string{
 		"github.com/mochi-mqtt/server/v2":             {"bridge/mqtt"},
 		"github.com/influxdata/influxdb-client-go/v2": {"telemetry/influx"},
-		"go.etcd.io/bbolt":                            {"devices"},
-		"github.com/jackc/pgx/v5":                     {"devices/pg"},
-		"github.com/prometheus/client_golang":         {"cmd/fieldhub"},
-		"github.com/go-playground/validator/v10":      {"telemetry"},
+		// The command stores share the registry's open database.
+		"go.etcd.io/bbolt":                       {"devices", "bridge/commands/boltstore"},
+		"github.com/jackc/pgx/v5":                {"devices/pg", "bridge/commands/pgstore"},
+		"github.com/prometheus/client_golang":    {"cmd/fieldhub"},
+		"github.com/go-playground/validator/v10": {"telemetry"},
 		// The hub's broker client, and the simulator's MQTT devices.
 		"github.com/eclipse/paho.mqtt.golang": {"bridge/cluster", "firmware-sim"},
 	}

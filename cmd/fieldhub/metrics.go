@@ -10,6 +10,7 @@ import (
 
 	"github.com/fieldhub/fieldhub/bridge"
 	"github.com/fieldhub/fieldhub/bridge/cluster"
+	"github.com/fieldhub/fieldhub/bridge/commands"
 	"github.com/fieldhub/fieldhub/dashboard"
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/telemetry/influx"
@@ -68,8 +69,8 @@ func (m *metrics) writerObservers() influx.WriterObservers {
 	}
 }
 
-func (m *metrics) register(br *bridge.Bridge, sp *spool.Spool, w *influx.Writer, reg *devices.Registry, live *dashboard.Live, cl *cluster.Cluster) {
-	m.reg.MustRegister(&hubCollector{br: br, sp: sp, w: w, reg: reg, live: live, cl: cl})
+func (m *metrics) register(br *bridge.Bridge, cmds *commands.Service, sp *spool.Spool, w *influx.Writer, reg *devices.Registry, live *dashboard.Live, cl *cluster.Cluster) {
+	m.reg.MustRegister(&hubCollector{br: br, cmds: cmds, sp: sp, w: w, reg: reg, live: live, cl: cl})
 }
 
 func (m *metrics) handler() http.Handler {
@@ -119,6 +120,7 @@ var (
 // hubCollector reads the components' counters at scrape time.
 type hubCollector struct {
 	br   *bridge.Bridge
+	cmds *commands.Service
 	sp   *spool.Spool
 	w    *influx.Writer
 	reg  *devices.Registry
@@ -154,7 +156,7 @@ func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
 	for t, v := range st.Readings {
 		ch <- prometheus.MustNewConstMetric(descReadings, prometheus.CounterValue, float64(v.Load()), t)
 	}
-	for status, v := range st.Commands {
+	for status, v := range c.cmds.Stats().Finished {
 		ch <- prometheus.MustNewConstMetric(descCommands, prometheus.CounterValue, float64(v.Load()), status)
 	}
 	for code, v := range st.Rejected {

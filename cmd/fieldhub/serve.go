@@ -22,6 +22,9 @@ import (
 
 	"github.com/fieldhub/fieldhub/bridge"
 	"github.com/fieldhub/fieldhub/bridge/cluster"
+	"github.com/fieldhub/fieldhub/bridge/commands"
+	"github.com/fieldhub/fieldhub/bridge/commands/boltstore"
+	"github.com/fieldhub/fieldhub/bridge/commands/pgstore"
 	"github.com/fieldhub/fieldhub/bridge/mqtt"
 	"github.com/fieldhub/fieldhub/bridge/ws"
 	"github.com/fieldhub/fieldhub/dashboard"
@@ -102,7 +105,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		}
 	}
 
-	store, err := openStore(ctx, cfg)
+	store, cmdStore, err := openStore(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -168,16 +171,20 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 
 	var fanout bridge.Fanout = live
-	var remote bridge.RemoteCommands
+	router := commands.LocalRouter()
 	if cfg.MQTTBroker != "" {
 		if cl, err = newCluster(cfg, reg, live, log); err != nil {
 			return err
 		}
-		fanout, remote = cl, cl
+		fanout, router = cl, commands.ClusterRouter(cl)
+	}
+	cmds, err := commands.New(ctx, commands.Options{Store: cmdStore, Devices: reg, Router: router, Fanout: fanout, Logger: log})
+	if err != nil {
+		return err
 	}
 	codec := telemetry.NewCodec(telemetry.Limits{MaxFuture: cfg.MaxFuture, MaxAge: cfg.MaxAge, TagKeys: cfg.TagLabels}, nil)
 	br, err = bridge.New(bridge.Options{
-		Codec: codec, Store: sp, Devices: reg, Fanout: fanout, Remote: remote, Commands: store,
+		Codec: codec, Store: sp, Devices: reg, Fanout: fanout, Commands: cmds,
 		RatePerSec: cfg.RateLimit, Burst: cfg.RateBurst, Logger: log,
 		Schema: store, KnownFields: knownFields(ctx, ic, log),
 		MaxMetricsPerDevice: cfg.MaxMetricsPerDevice, MaxMetricNames: cfg.MaxMetricNames,
@@ -190,7 +197,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	failures := devices.NewFailureLimiter(10, 20)
 	connects := devices.NewConnectLimiter(cfg.MQTTConnectRate, int(cfg.MQTTConnectRate*2.5))
 	deviceWS, err := ws.New(ws.Options{
-		Bridge: br, Auth: reg, Failures: failures, Connects: connects, Proxies: cfg.TrustedProxies, ReadLimit: cfg.MaxMessageBytes,
+		Bridge: br, Commands: cmds, Auth: reg, Failures: failures, Connects: connects, Proxies: cfg.TrustedProxies, ReadLimit: cfg.MaxMessageBytes,
 		PingInterval: cfg.WSPingInterval, Logger: log, OnAuthFailure: m.authFailure,
 		SendQueueBytes: cfg.WSSendQueue,
 	})
@@ -204,7 +211,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	rates := dashboard.NewRates(totals)
 	api, err := dashboard.New(dashboard.Options{
 		Registry: reg, History: ic, Failures: failures, Proxies: cfg.TrustedProxies, Logger: log,
-		Live: live, AllowedOrigins: cfg.AllowedOrigins, FromTrustedProxy: cfg.TrustedProxies.Trusted, Commands: br, Rates: rates,
+		Live: live, AllowedOrigins: cfg.AllowedOrigins, FromTrustedProxy: cfg.TrustedProxies.Trusted, Commands: cmds, Rates: rates,
 		OnAuthFailure: func() { m.authFailure("api") },
 	})
 	if err != nil {
@@ -213,7 +220,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	var broker *mqtt.Broker
 	if mqttLn != nil {
 		broker, err = mqtt.New(mqtt.Options{
-			Bridge: br, Auth: reg, Failures: failures, Connects: connects, Proxies: cfg.TrustedProxies,
+			Bridge: br, Commands: cmds, Auth: reg, Failures: failures, Connects: connects, Proxies: cfg.TrustedProxies,
 			Listener: mqttLn, TLSListener: mqttTLSLn,
 			MaxPacketBytes: int(cfg.MaxMessageBytes), MaxConns: cfg.MQTTMaxConns, Logger: log,
 			AllowedOrigins: cfg.AllowedOrigins,
@@ -223,7 +230,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 			return err
 		}
 	}
-	m.register(br, sp, writer, reg, live, cl)
+	m.register(br, cmds, sp, writer, reg, live, cl)
 
 	// The route table: every endpoint of docs/protocol.md this process
 	// serves, in one place. The dashboard registers its own REST API and UI
@@ -297,14 +304,16 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 			Stop: func(ctx context.Context) { drainSpool(ctx, sp) }},
 		// last_seen flushes on an interval; Close (deferred) writes the rest.
 		{Name: "registry", Run: reg.Run},
-		{Name: "bridge", Run: br.Run},
+		{Name: "commands", Run: cmds.Run},
 		{Name: "rates", Run: rates.Run},
 		{Name: "dashboard", Stop: func(context.Context) { api.Shutdown() }},
 	}
 	if cl != nil {
 		// Stopping takes no more broker messages; what is not durable yet
 		// stays unacknowledged at the broker, for this instance's next start.
-		comps = append(comps, component{Name: "cluster", Run: func(ctx context.Context) error { return cl.Run(ctx, br) }})
+		comps = append(comps, component{Name: "cluster", Run: func(ctx context.Context) error {
+			return cl.Run(ctx, cluster.Peers{Bridge: br, Commands: cmds})
+		}})
 	}
 	if broker != nil {
 		comps = append(comps, component{Name: "mqtt broker", Run: broker.Run})
@@ -371,10 +380,10 @@ type route struct {
 }
 
 // registryStore is what the hub keeps in its registry database: devices,
-// operator tokens, the command queue and the metric schema.
+// operator tokens and the metric schema. The command queue lives in the
+// same database, through its own commands.Store.
 type registryStore interface {
 	devices.Store
-	bridge.CommandStore
 	bridge.SchemaStore
 }
 
@@ -410,19 +419,21 @@ func knownFields(ctx context.Context, ic *influx.Client, log *slog.Logger) map[s
 
 // openStore opens PostgreSQL when FIELDHUB_DATABASE_URL is set, otherwise
 // the embedded bbolt file in the data directory.
-func openStore(ctx context.Context, cfg config) (registryStore, error) {
+// The command store shares the registry store's connection; closing the
+// registry store closes both.
+func openStore(ctx context.Context, cfg config) (registryStore, commands.Store, error) {
 	if cfg.DatabaseURL != "" {
 		st, err := pg.Open(ctx, cfg.DatabaseURL)
 		if err != nil {
-			return nil, fmt.Errorf("FIELDHUB_DATABASE_URL: %w", err)
+			return nil, nil, fmt.Errorf("FIELDHUB_DATABASE_URL: %w", err)
 		}
-		return st, nil
+		return st, pgstore.New(st.Pool()), nil
 	}
 	st, err := devices.OpenBolt(filepath.Join(cfg.DataDir, "registry.db"))
 	if err != nil {
-		return nil, fmt.Errorf("FIELDHUB_DATA_DIR: %w", err)
+		return nil, nil, fmt.Errorf("FIELDHUB_DATA_DIR: %w", err)
 	}
-	return st, nil
+	return st, boltstore.New(st.DB()), nil
 }
 
 func drainSpool(ctx context.Context, sp *spool.Spool) {

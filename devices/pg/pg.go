@@ -1,15 +1,13 @@
 // Package pg is the PostgreSQL registry store, for several hub instances
 // sharing one registry, operator tokens and command queue
-// (FIELDHUB_DATABASE_URL). It implements devices.Store and the command
-// store, keeps each record as JSONB next to the columns it is looked up
+// (FIELDHUB_DATABASE_URL). It implements devices.Store (bridge/commands/pgstore
+// keeps the command queue in the same database through Pool), keeps each record as JSONB next to the columns it is looked up
 // by, and migrates its schema at start. It is the only package that
 // imports pgx.
 package pg
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -82,6 +80,11 @@ const TombstoneKeep = 24 * time.Hour
 type Store struct {
 	db *pgxpool.Pool
 }
+
+// Pool returns the connection pool, which the Store owns and closes, for
+// the command store (bridge/commands/pgstore) to share. The schema
+// migrations, the commands table's among them, stay here.
+func (s *Store) Pool() *pgxpool.Pool { return s.db }
 
 // Open connects to url and migrates the schema.
 func Open(ctx context.Context, url string) (*Store, error) {
@@ -325,78 +328,6 @@ func (s *Store) Apply(ctx context.Context, c devices.Change) error {
 		return fmt.Errorf("write registry: %w", err)
 	}
 	return nil
-}
-
-// PutCommand stores a command, creating or replacing it; creating one
-// prunes the device's oldest final commands beyond devices.MaxCommandsKept.
-// A command already final in the store is never changed: the first final
-// status wins (see devices.BoltStore.PutCommand).
-func (s *Store) PutCommand(ctx context.Context, c devices.CommandRecord) error {
-	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
-		_, err := tx.Exec(ctx, `INSERT INTO fieldhub_commands (device, id, final, record) VALUES ($1, $2, $3, $4)
-			ON CONFLICT (device, id) DO UPDATE SET final = EXCLUDED.final, record = EXCLUDED.record
-			WHERE NOT fieldhub_commands.final`, c.Device, c.ID, c.Final(), c)
-		if err != nil || c.Status != devices.CommandQueued {
-			return err // only a new command (status queued) can push the device over the bound
-		}
-		_, err = tx.Exec(ctx, `DELETE FROM fieldhub_commands WHERE device = $1 AND final AND id IN (
-			SELECT id FROM fieldhub_commands WHERE device = $1 ORDER BY id DESC OFFSET $2)`, c.Device, devices.MaxCommandsKept)
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("store command: %w", err)
-	}
-	return nil
-}
-
-// GetCommand returns one command of a device.
-func (s *Store) GetCommand(ctx context.Context, device, id string) (devices.CommandRecord, error) {
-	var c devices.CommandRecord
-	err := s.db.QueryRow(ctx, `SELECT record FROM fieldhub_commands WHERE device = $1 AND id = $2`, device, id).Scan(&c)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return c, fmt.Errorf("command %q: %w", id, devices.ErrNotFound)
-	}
-	if err != nil {
-		return c, fmt.Errorf("get command: %w", err)
-	}
-	return c, nil
-}
-
-// ListCommands returns a device's commands newest first, after the cursor.
-func (s *Store) ListCommands(ctx context.Context, device, before string, limit int) ([]devices.CommandRecord, error) {
-	q := `SELECT record FROM fieldhub_commands WHERE device = $1 ORDER BY id DESC LIMIT $2`
-	args := []any{device, limit}
-	if before != "" {
-		q = `SELECT record FROM fieldhub_commands WHERE device = $1 AND id < $3 ORDER BY id DESC LIMIT $2`
-		args = append(args, before)
-	}
-	return s.commands(ctx, q, args...)
-}
-
-// ActiveCommands returns every command that is not final.
-func (s *Store) ActiveCommands(ctx context.Context) ([]devices.CommandRecord, error) {
-	return s.commands(ctx, `SELECT record FROM fieldhub_commands WHERE NOT final ORDER BY device, id`)
-}
-
-func (s *Store) commands(ctx context.Context, q string, args ...any) ([]devices.CommandRecord, error) {
-	rows, err := s.db.Query(ctx, q, args...)
-	if err != nil {
-		return nil, fmt.Errorf("list commands: %w", err)
-	}
-	defer rows.Close()
-	out := []devices.CommandRecord{}
-	for rows.Next() {
-		var raw []byte
-		if err := rows.Scan(&raw); err != nil {
-			return nil, fmt.Errorf("list commands: %w", err)
-		}
-		var c devices.CommandRecord
-		if err := json.Unmarshal(raw, &c); err != nil {
-			return nil, fmt.Errorf("decode command: %w", err)
-		}
-		out = append(out, c)
-	}
-	return out, rows.Err()
 }
 
 // LoadSchema reads every claimed metric type and each device's metric

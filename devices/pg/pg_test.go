@@ -7,7 +7,6 @@ import (
 	"slices"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/devices/pg/pgtest"
@@ -75,62 +74,6 @@ func TestRegistryOnPostgreSQL(t *testing.T) {
 	if err := reg2.Ping(ctx); err != nil {
 		t.Fatal(err)
 	}
-}
-
-func TestCommandsOnPostgreSQL(t *testing.T) {
-	ctx := context.Background()
-	st, err := Open(ctx, pgtest.Database(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	for i := range devices.MaxCommandsKept + 30 {
-		status := devices.CommandSucceeded
-		if i < 3 {
-			status = devices.CommandQueued
-		}
-		c := devices.CommandRecord{ID: fmt.Sprintf("cmd-%06d", i), Device: "d", Name: "x", Status: status, CreatedAt: time.Now()}
-		if err := st.PutCommand(ctx, c); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// Creating one more queued command prunes old final ones, never active ones.
-	if err := st.PutCommand(ctx, devices.CommandRecord{ID: "cmd-999999", Device: "d", Status: devices.CommandQueued}); err != nil {
-		t.Fatal(err)
-	}
-	all, err := st.ListCommands(ctx, "d", "", 10*devices.MaxCommandsKept)
-	if err != nil || len(all) > devices.MaxCommandsKept+3 {
-		t.Fatalf("kept %d commands, %v", len(all), err)
-	}
-	active, err := st.ActiveCommands(ctx)
-	if err != nil || len(active) != 4 {
-		t.Fatalf("active %d, %v", len(active), err)
-	}
-	page, err := st.ListCommands(ctx, "d", "cmd-000500", 5)
-	if err != nil || len(page) != 5 || page[0].ID != "cmd-000499" || page[4].ID != "cmd-000495" {
-		t.Fatalf("page before cmd-000500: %v %v", ids(page), err)
-	}
-	if _, err := st.GetCommand(ctx, "d", "nope"); err == nil {
-		t.Fatal("missing command found")
-	}
-	// The first final status wins: a late "sent" from another instance
-	// does not undo a result.
-	for _, status := range []string{devices.CommandSucceeded, devices.CommandSent, devices.CommandTimedOut} {
-		if err := st.PutCommand(ctx, devices.CommandRecord{ID: "cmd-999999", Device: "d", Status: status}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if c, _ := st.GetCommand(ctx, "d", "cmd-999999"); c.Status != devices.CommandSucceeded {
-		t.Fatalf("status %s, want the first final status (succeeded)", c.Status)
-	}
-}
-
-func ids(cs []devices.CommandRecord) []string {
-	out := make([]string, len(cs))
-	for i, c := range cs {
-		out[i] = c.ID
-	}
-	return out
 }
 
 // TestRefreshSeesOtherInstance: two registries share one database, as two

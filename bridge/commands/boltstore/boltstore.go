@@ -1,92 +1,44 @@
-package devices
+// Package boltstore is the embedded commands.Store: the "commands"
+// bucket of the registry's bbolt file (the *bbolt.DB devices.BoltStore
+// opened, handed in by cmd/fieldhub), keyed device NUL id so that a
+// device's commands sort by id. The bucket and its JSON values are those
+// devices kept before the commands package existed: an existing data
+// directory loads its commands. It may import bridge/commands, devices
+// (errors) and bbolt.
+package boltstore
 
 import (
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/fieldhub/fieldhub/bridge/commands"
+	"github.com/fieldhub/fieldhub/devices"
 )
 
-// Command statuses. queued -> sent -> succeeded | failed | timed_out;
-// queued -> expired | cancelled.
-const (
-	CommandQueued    = "queued"
-	CommandSent      = "sent"
-	CommandSucceeded = "succeeded"
-	CommandFailed    = "failed"
-	CommandTimedOut  = "timed_out"
-	CommandExpired   = "expired"
-	CommandCancelled = "cancelled"
-)
-
-// CommandSpec is an operator's request to send a command.
-type CommandSpec struct {
-	Device         string
-	Name           string
-	Params         json.RawMessage
-	TTL            time.Duration // how long it may wait for delivery; default 1 h
-	Timeout        time.Duration // how long a sent command may wait for its result; default 30 s
-	CreatedBy      string
-	IdempotencyKey string
+// Store keeps commands in an open bbolt database, which it does not own:
+// whoever opened db closes it.
+type Store struct {
+	db *bolt.DB
 }
 
-// StatusChange is one step of a command's audit trail.
-type StatusChange struct {
-	Status string    `json:"status"`
-	At     time.Time `json:"at"`
-}
-
-// CommandRecord is a command to a device with its delivery history. Who
-// sent what, when, and what became of it is kept (audit).
-type CommandRecord struct {
-	ID          string          `json:"id"`
-	Device      string          `json:"device"`
-	Name        string          `json:"name"`
-	Params      json.RawMessage `json:"params"`
-	Status      string          `json:"status"`
-	CreatedAt   time.Time       `json:"created_at"`
-	CreatedBy   string          `json:"created_by"`
-	ExpiresAt   time.Time       `json:"expires_at"`
-	TimeoutMS   int64           `json:"timeout_ms"`
-	SentAt      *time.Time      `json:"sent_at,omitempty"`
-	CompletedAt *time.Time      `json:"completed_at,omitempty"`
-	Deliveries  int             `json:"deliveries"`
-	// PolledAt is when the device took the command over the HTTP long
-	// poll, which must hand each command out once.
-	PolledAt       *time.Time      `json:"polled_at,omitempty"`
-	Result         json.RawMessage `json:"result,omitempty"`
-	Error          string          `json:"error,omitempty"`
-	IdempotencyKey string          `json:"idempotency_key,omitempty"`
-	History        []StatusChange  `json:"history"`
-}
-
-// Final reports whether the command's status can no longer change.
-func (c *CommandRecord) Final() bool {
-	switch c.Status {
-	case CommandQueued, CommandSent:
-		return false
-	}
-	return true
-}
-
-// MaxCommandsKept bounds the commands kept per device; the oldest final
-// ones are deleted first.
-const MaxCommandsKept = 1000
+// New returns the Store over db.
+func New(db *bolt.DB) *Store { return &Store{db: db} }
 
 var bucketCommands = []byte("commands")
 
 func commandKey(device, id string) []byte { return []byte(device + "\x00" + id) }
 
 // PutCommand stores a command, creating or replacing it. Creating one
-// prunes the device's oldest final commands beyond MaxCommandsKept. A
+// prunes the device's oldest final commands beyond commands.MaxKept. A
 // command whose stored status is final is never changed again: with
 // several instances sharing a store, a late write of an older status
 // (one instance marking "sent" after another recorded the result) must
 // not undo the result; the first final status wins.
-func (s *BoltStore) PutCommand(ctx context.Context, c CommandRecord) error {
+func (s *Store) PutCommand(ctx context.Context, c commands.Record) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -103,7 +55,7 @@ func (s *BoltStore) PutCommand(ctx context.Context, c CommandRecord) error {
 		prev := b.Get(key)
 		isNew := prev == nil
 		if !isNew {
-			var old CommandRecord
+			var old commands.Record
 			if json.Unmarshal(prev, &old) == nil && old.Final() {
 				return nil
 			}
@@ -120,8 +72,8 @@ func (s *BoltStore) PutCommand(ctx context.Context, c CommandRecord) error {
 		for k, _ := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = cur.Next() {
 			keys = append(keys, bytes.Clone(k))
 		}
-		for i := 0; len(keys)-i > MaxCommandsKept && i < len(keys); i++ {
-			var old CommandRecord
+		for i := 0; len(keys)-i > commands.MaxKept && i < len(keys); i++ {
+			var old commands.Record
 			if json.Unmarshal(b.Get(keys[i]), &old) == nil && old.Final() {
 				if err := b.Delete(keys[i]); err != nil {
 					return err
@@ -137,29 +89,29 @@ func (s *BoltStore) PutCommand(ctx context.Context, c CommandRecord) error {
 }
 
 // GetCommand returns one command of a device.
-func (s *BoltStore) GetCommand(ctx context.Context, device, id string) (CommandRecord, error) {
-	var c CommandRecord
+func (s *Store) GetCommand(ctx context.Context, device, id string) (commands.Record, error) {
+	var c commands.Record
 	err := s.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketCommands)
 		if b == nil {
-			return ErrNotFound
+			return devices.ErrNotFound
 		}
 		v := b.Get(commandKey(device, id))
 		if v == nil {
-			return ErrNotFound
+			return devices.ErrNotFound
 		}
 		return json.Unmarshal(v, &c)
 	})
 	if err != nil {
-		return CommandRecord{}, fmt.Errorf("command %q: %w", id, err)
+		return commands.Record{}, fmt.Errorf("command %q: %w", id, err)
 	}
 	return c, nil
 }
 
 // ListCommands returns a device's commands newest first, starting after
 // the command id before ("" for the newest).
-func (s *BoltStore) ListCommands(ctx context.Context, device, before string, limit int) ([]CommandRecord, error) {
-	out := []CommandRecord{}
+func (s *Store) ListCommands(ctx context.Context, device, before string, limit int) ([]commands.Record, error) {
+	out := []commands.Record{}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketCommands)
 		if b == nil {
@@ -180,7 +132,7 @@ func (s *BoltStore) ListCommands(ctx context.Context, device, before string, lim
 			k, v = cur.Prev()
 		}
 		for ; k != nil && bytes.HasPrefix(k, prefix) && len(out) < limit; k, v = cur.Prev() {
-			var c CommandRecord
+			var c commands.Record
 			if err := json.Unmarshal(v, &c); err != nil {
 				return err
 			}
@@ -196,15 +148,15 @@ func (s *BoltStore) ListCommands(ctx context.Context, device, before string, lim
 
 // ActiveCommands returns every command that is not final, oldest first per
 // device, for the command service to take up after a restart.
-func (s *BoltStore) ActiveCommands(ctx context.Context) ([]CommandRecord, error) {
-	var out []CommandRecord
+func (s *Store) ActiveCommands(ctx context.Context) ([]commands.Record, error) {
+	var out []commands.Record
 	err := s.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketCommands)
 		if b == nil {
 			return nil
 		}
 		return b.ForEach(func(k, v []byte) error {
-			var c CommandRecord
+			var c commands.Record
 			if err := json.Unmarshal(v, &c); err != nil {
 				return err
 			}
