@@ -13,7 +13,6 @@ import (
 
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/telemetry"
-	"github.com/fieldhub/fieldhub/telemetry/spool"
 )
 
 // Store makes encoded readings durable. *spool.Spool implements it.
@@ -165,110 +164,6 @@ func (b *Bridge) Codec() *telemetry.Codec { return b.opts.Codec }
 
 // Stats returns the bridge's counters.
 func (b *Bridge) Stats() *Stats { return &b.stats }
-
-// Ingest runs one telemetry payload through the pipeline: rate limit,
-// decode and validate, spool, live fan-out. It returns the message id to
-// acknowledge, or the error to send back. Nothing is stored unless it
-// returns a nil error, and a nil error means every reading is durable.
-func (b *Bridge) Ingest(ctx context.Context, s *Session, payload []byte) (string, *telemetry.Error) {
-	if err := b.Admit(s); err != nil {
-		return "", err
-	}
-	f, err := b.opts.Codec.Decode(payload)
-	if f != nil && f.Type == "" && s.Transport != devices.TransportWS {
-		f.Type, err = telemetry.TypeTelemetry, nil // the MQTT topic or HTTP path says what it is
-	}
-	if err != nil {
-		return idOf(f), b.reject(s, asError(err))
-	}
-	if f.Type != telemetry.TypeTelemetry {
-		return f.ID, b.reject(s, &telemetry.Error{Code: telemetry.CodeUnknownType, Message: `type: expected "telemetry" here`})
-	}
-	return b.IngestFrame(ctx, s, f)
-}
-
-// Admit counts one incoming message of s and applies the device's rate
-// limit. Transports that decode frames themselves call it first for every
-// frame, before spending any work on it.
-func (b *Bridge) Admit(s *Session) *telemetry.Error {
-	b.stats.messages(s.Transport).Add(1)
-	if !s.limiter.Allow() {
-		return b.reject(s, telemetry.ErrRateLimited)
-	}
-	return nil
-}
-
-// IngestFrame is Ingest for a frame the transport already admitted and
-// decoded (the WebSocket reader decodes once to dispatch on type).
-func (b *Bridge) IngestFrame(ctx context.Context, s *Session, f *telemetry.Frame) (string, *telemetry.Error) {
-	t, err := b.opts.Codec.Telemetry(f)
-	if err != nil {
-		return f.ID, b.reject(s, asError(err))
-	}
-	d := s.dev
-	if d == nil {
-		b.mu.Lock()
-		d = b.deviceLocked(s.DeviceID)
-		b.mu.Unlock()
-	}
-	var c claims
-	if e := b.checkSchema(ctx, s, d, t, &c); e != nil {
-		return t.ID, b.reject(s, e)
-	}
-	for i := range t.Readings {
-		if r := &t.Readings[i]; r.Nanos != 0 { // sent without ts: unique per device
-			r.Nanos = telemetry.HubTime(&d.clock, r.Nanos)
-			r.TS = r.Nanos / int64(time.Millisecond)
-		}
-	}
-	bufp := b.bufs.Get().(*[]byte)
-	buf := telemetry.AppendLines((*bufp)[:0], s.DeviceID, b.opts.Devices.Tags(s.DeviceID), t.Readings)
-	ctx, cancel := context.WithTimeout(ctx, b.opts.StoreTimeout)
-	serr := b.opts.Store.Append(ctx, len(t.Readings), buf)
-	cancel()
-	*bufp = buf
-	if cap(buf) <= 64<<10 {
-		b.bufs.Put(bufp)
-	}
-	if serr != nil {
-		if !errors.Is(serr, spool.ErrMaybeStored) { // it may be stored: its claims stay
-			b.releaseClaims(ctx, s, d, &c)
-		}
-		switch {
-		case errors.Is(serr, spool.ErrFull), errors.Is(serr, context.DeadlineExceeded), errors.Is(serr, spool.ErrClosed):
-			return t.ID, b.reject(s, telemetry.ErrOverloaded)
-		case errors.Is(serr, spool.ErrTooLarge):
-			return t.ID, b.reject(s, &telemetry.Error{Code: telemetry.CodeTooLarge, Message: "message too large"})
-		default:
-			b.log.Error("spool append failed", "device", s.DeviceID, "err", serr)
-			return t.ID, b.reject(s, telemetry.ErrInternal)
-		}
-	}
-	now := b.opts.Now()
-	b.opts.Devices.Touch(s.DeviceID, now)
-	b.stats.readings(s.Transport).Add(int64(len(t.Readings)))
-	if b.opts.Fanout != nil {
-		for _, r := range t.Readings {
-			b.opts.Fanout.Publish(telemetry.Event{Type: telemetry.EventReading, Device: s.DeviceID, TS: r.TS, Metrics: r.Metrics})
-		}
-	}
-	return t.ID, nil
-}
-
-func idOf(f *telemetry.Frame) string {
-	if f == nil {
-		return ""
-	}
-	return f.ID
-}
-
-func asError(err error) *telemetry.Error {
-	var e *telemetry.Error
-	if errors.As(err, &e) {
-		return e
-	}
-	return &telemetry.Error{Code: telemetry.CodeBadJSON, Message: err.Error()}
-}
 
 // Reject counts and (rate-limited) logs a refusal a transport decided on
 // its own, so every refusal shows up in the same metrics.

@@ -189,8 +189,7 @@ func RemoteIP(r *http.Request) string {
 func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request) (string, devices.TokenHash, bool) {
 	ip := h.opts.Proxies.ClientAddr(r)
 	if h.opts.Connects != nil && websocket.IsWebSocketUpgrade(r) && !h.opts.Connects.Allow(ip) {
-		w.Header().Set("Retry-After", "1")
-		writeError(w, http.StatusTooManyRequests, &telemetry.Error{Code: telemetry.CodeRateLimited, Message: "too many connections from this address; retry later"})
+		writeError(w, "", &telemetry.Error{Code: telemetry.CodeRateLimited, Message: "too many connections from this address; retry later"})
 		return "", devices.TokenHash{}, false
 	}
 	token := DeviceToken(r)
@@ -201,23 +200,29 @@ func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request) (string, 
 		}
 		if h.opts.Failures != nil && !h.opts.Failures.Fail(devices.FailureKey(ip, token)) {
 			h.log.Debug("device authentication failed", "remote", ip, "path", r.URL.Path, "reason", "rate_limited")
-			w.Header().Set("Retry-After", "1")
-			writeError(w, http.StatusTooManyRequests, &telemetry.Error{Code: telemetry.CodeRateLimited, Message: "too many failed authentications with this token; retry later"})
+			writeError(w, "", &telemetry.Error{Code: telemetry.CodeRateLimited, Message: "too many failed authentications with this token; retry later"})
 			return "", devices.TokenHash{}, false
 		}
 		if n, ok := h.opts.Failures.Log(); ok {
 			h.log.Info("device authentication failed", "remote", ip, "path", r.URL.Path, "suppressed", n)
 		}
-		writeError(w, http.StatusUnauthorized, &telemetry.Error{Code: "unauthorized", Message: "missing or invalid device token"})
+		writeError(w, "", &telemetry.Error{Code: telemetry.CodeUnauthorized, Message: "missing or invalid device token"})
 		return "", devices.TokenHash{}, false
 	}
 	return id, hash, true
 }
 
-func writeError(w http.ResponseWriter, status int, e *telemetry.Error) {
+// writeError answers an HTTP request with the error frame of e (answering
+// message id), in the status and with the Retry-After the error table
+// (telemetry.AnswerFor) gives its code.
+func writeError(w http.ResponseWriter, id string, e *telemetry.Error) {
+	a := telemetry.AnswerFor(e.Code)
+	if a.RetryAfter != "" {
+		w.Header().Set("Retry-After", a.RetryAfter)
+	}
 	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_, _ = w.Write(telemetry.EncodeError("", e))
+	w.WriteHeader(a.HTTPStatus)
+	_, _ = w.Write(telemetry.EncodeError(id, e))
 }
 
 // ServeHTTP upgrades an authenticated device to a WebSocket session.
@@ -227,7 +232,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !h.track() {
-		writeError(w, http.StatusServiceUnavailable, &telemetry.Error{Code: telemetry.CodeOverloaded, Message: "hub is shutting down"})
+		writeError(w, "", &telemetry.Error{Code: telemetry.CodeOverloaded, Message: "hub is shutting down"})
 		return
 	}
 	defer h.wg.Done()
@@ -336,7 +341,6 @@ func (c *conn_) readLoop(ctx context.Context) string {
 	c.ws.SetPongHandler(func(string) error {
 		return c.ws.SetReadDeadline(time.Now().Add(pongWait))
 	})
-	codec := c.h.opts.Bridge.Codec()
 	for {
 		mt, data, err := c.readMessage()
 		if errors.Is(err, errDecompressedTooLarge) {
@@ -347,47 +351,24 @@ func (c *conn_) readLoop(ctx context.Context) string {
 		}
 		// Any message proves the device is alive, like a pong.
 		_ = c.ws.SetReadDeadline(time.Now().Add(pongWait))
-		var answer []byte
-		if terr := c.h.opts.Bridge.Admit(c.session); terr != nil {
-			answer = telemetry.EncodeError("", terr)
-		} else if mt != websocket.TextMessage {
-			answer = telemetry.EncodeError("", &telemetry.Error{Code: telemetry.CodeBadJSON, Message: "binary frames are not supported; send JSON text frames"})
-		} else {
-			answer = c.handle(ctx, codec, data)
-		}
+		answer := frameFor(c.h.opts.Bridge.Accept(ctx, c.session, bridge.Message{Kind: telemetry.KindFrame, Payload: data, Binary: mt != websocket.TextMessage}))
 		if answer != nil && !c.queue(answer) {
 			return bridge.ReasonSlowConsumer
 		}
 	}
 }
 
-// handle acts on one text message and returns the answer to send, if any.
-func (c *conn_) handle(ctx context.Context, codec *telemetry.Codec, data []byte) []byte {
-	f, derr := codec.Decode(data)
-	if derr != nil {
-		id := ""
-		if f != nil {
-			id = f.ID
-		}
-		return c.reject(id, derr)
-	}
-	switch f.Type {
-	case telemetry.TypeTelemetry:
-		id, terr := c.h.opts.Bridge.IngestFrame(ctx, c.session, f)
-		if terr != nil {
-			return telemetry.EncodeError(id, terr)
-		}
-		return telemetry.EncodeAck(id)
-	case telemetry.TypePing:
+// frameFor is the frame answering a, if any: the error table's answer on
+// a socket is the error frame (telemetry.WSErrorFrame) for every code a
+// frame can earn; a result for no pending command gets none.
+func frameFor(a bridge.Answer) []byte {
+	switch {
+	case a.Err != nil:
+		return telemetry.EncodeError(a.ID, a.Err)
+	case a.Reply == bridge.ReplyAck:
+		return telemetry.EncodeAck(a.ID)
+	case a.Reply == bridge.ReplyPong:
 		return []byte(`{"type":"pong"}`)
-	case telemetry.TypeCommandResult:
-		r, err := codec.CommandResult(f)
-		if err != nil {
-			return c.reject(f.ID, err)
-		}
-		// An unknown or already finished command is not the device's
-		// fault (a redelivered duplicate): nothing to answer.
-		_ = c.h.opts.Bridge.CommandResult(c.session.DeviceID, r)
 	}
 	return nil
 }
@@ -435,15 +416,6 @@ func (c *conn_) refuseTooLarge() string {
 			return bridge.ReasonReadLimit
 		}
 	}
-}
-
-func (c *conn_) reject(id string, err error) []byte {
-	var e *telemetry.Error
-	if !errors.As(err, &e) {
-		e = &telemetry.Error{Code: telemetry.CodeBadJSON, Message: "malformed message"}
-	}
-	c.h.opts.Bridge.Reject(c.session, e)
-	return telemetry.EncodeError(id, e)
 }
 
 func readErrorReason(err error) string {
