@@ -121,7 +121,7 @@ func (b *Bridge) Accept(ctx context.Context, s *Session, m Message) Answer {
 		if err != nil {
 			return Answer{ID: f.ID, Err: b.reject(s, asError(err))}
 		}
-		if b.CommandResult(s.DeviceID, res) != nil {
+		if b.opts.Results.CommandResult(s.DeviceID, res) != nil {
 			return Answer{ID: res.ID, Unknown: true}
 		}
 		return Answer{ID: res.ID}

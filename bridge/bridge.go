@@ -40,6 +40,13 @@ type Fanout interface {
 	Publish(ev telemetry.Event)
 }
 
+// Results takes a device's answers to commands. CommandResult returns an
+// error for a command the device does not have pending (unknown, or
+// already final).
+type Results interface {
+	CommandResult(device string, r *telemetry.CommandResult) error
+}
+
 // RemoteCommands hands a command to the network beyond this instance: an
 // external broker delivers it to an MQTT device, or to the instance that
 // holds the device's WebSocket. PublishCommand must not block; false means
@@ -76,6 +83,9 @@ type Options struct {
 	// command this instance did not create, and the store is the truth
 	// about whether a command is final. nil: a single instance.
 	Remote RemoteCommands
+	// Results takes command results Accept validated; default: the
+	// bridge's own commands (CommandResult).
+	Results Results
 	// RatePerSec and Burst bound each device's messages; defaults 50 and 100.
 	RatePerSec float64
 	Burst      int
@@ -144,6 +154,9 @@ func New(opts Options) (*Bridge, error) {
 		opts.MaxMetricNames = DefaultMaxMetricNames
 	}
 	b := &Bridge{opts: opts, log: opts.Logger, sessions: map[string]*Session{}, limiters: map[string]*rate.Limiter{}, devs: map[string]*deviceState{}}
+	if b.opts.Results == nil {
+		b.opts.Results = b
+	}
 	b.stats.init()
 	b.schema.store, b.schema.maxPerDevice, b.schema.maxNames = opts.Schema, opts.MaxMetricsPerDevice, opts.MaxMetricNames
 	if err := b.loadSchema(context.Background(), opts.KnownFields); err != nil {

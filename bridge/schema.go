@@ -86,6 +86,7 @@ type deviceState struct {
 	clock   atomic.Int64 // last hub-assigned time, unix ns (telemetry.HubTime)
 	names   atomic.Pointer[map[string]struct{}]
 	namesMu sync.Mutex // serialises changes of names (slow path)
+	presence presence   // the device's presence writes (presence.go)
 }
 
 func newDeviceState(names []string) *deviceState {
