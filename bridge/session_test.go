@@ -182,7 +182,9 @@ func TestSupersededSessionKeepsNewOnline(t *testing.T) {
 // resultsFunc is a Results answering with a func.
 type resultsFunc func(device string, r *telemetry.CommandResult) error
 
-func (f resultsFunc) CommandResult(device string, r *telemetry.CommandResult) error { return f(device, r) }
+func (f resultsFunc) CommandResult(device string, r *telemetry.CommandResult) error {
+	return f(device, r)
+}
 
 // TestAccept covers the entry point's answers for every kind of message.
 func TestAccept(t *testing.T) {
