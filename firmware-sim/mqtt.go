@@ -9,6 +9,8 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/fieldhub/fieldhub/telemetry"
 )
 
 type inflightMsg struct {
@@ -97,14 +99,15 @@ func (d *device) runMQTT(ctx context.Context) error {
 	defer c.Disconnect(100)
 
 	cmds := make(chan wsCommand, 16)
-	prefix := "devices/" + d.cred.ID
-	sub := c.SubscribeMultiple(map[string]byte{prefix + "/commands": 1, prefix + "/errors": 0}, func(_ paho.Client, m paho.Message) {
+	id := d.cred.ID
+	errTopic := telemetry.Topic(id, telemetry.KindErrors)
+	sub := c.SubscribeMultiple(map[string]byte{telemetry.Topic(id, telemetry.KindCommands): 1, errTopic: 0}, func(_ paho.Client, m paho.Message) {
 		var f wsFrame
 		if json.Unmarshal(m.Payload(), &f) != nil {
 			d.f.c.violation("%s: hub published a message that is not JSON on %s", d.cred.ID, m.Topic())
 			return
 		}
-		if m.Topic() == prefix+"/errors" {
+		if m.Topic() == errTopic {
 			d.answered(f.ID, f.Code, time.Now())
 			return
 		}
@@ -172,7 +175,7 @@ func (d *device) runMQTT(ctx context.Context) error {
 		if d.f.cfg.QoS0 {
 			qos = 0
 		}
-		t := c.Publish(prefix+"/telemetry", qos, false, payload)
+		t := c.Publish(telemetry.Topic(id, telemetry.KindTelemetry), qos, false, payload)
 		select {
 		case inflight <- inflightMsg{id: id, fault: fault, tok: t}:
 			return nil
@@ -206,7 +209,7 @@ func (d *device) runMQTT(ctx context.Context) error {
 			_ = json.Unmarshal(res, &m)
 			delete(m, "type")
 			b, _ := json.Marshal(m)
-			if t := c.Publish(prefix+"/commands/result", 1, false, b); !waitToken(ctx, t, 10*time.Second) || t.Error() != nil {
+			if t := c.Publish(telemetry.Topic(id, telemetry.KindCommandResult), 1, false, b); !waitToken(ctx, t, 10*time.Second) || t.Error() != nil {
 				return fmt.Errorf("publish command result: %v", t.Error())
 			}
 			if reboot {
