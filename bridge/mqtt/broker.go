@@ -32,6 +32,7 @@ import (
 
 	"github.com/fieldhub/fieldhub/bridge"
 	"github.com/fieldhub/fieldhub/devices"
+	"github.com/fieldhub/fieldhub/hijack"
 )
 
 // Authenticator checks a device id and token pair. *devices.Registry
@@ -114,14 +115,11 @@ type Broker struct {
 	log    *slog.Logger
 	srv    *mqtt.Server
 	hook   *hook
-	kicks  sync.WaitGroup // in-flight disconnects started by Kick
+	kicks  hijack.Conns[*conn] // in-flight disconnects started by Kick; closed by Run
 	denied atomic.Int64
 
-	wsMu     sync.Mutex // guards wsClosed, wsOpen and wsConns.Add against closeWS
-	wsClosed bool
-	wsOpen   map[*wsConn]struct{}
-	wsConns  sync.WaitGroup // MQTT-over-WebSocket handlers
-	wsBufs   sync.Pool      // write buffers shared by idle WebSocket clients
+	wsConns hijack.Conns[*wsConn] // MQTT-over-WebSocket handlers, for closeWS
+	wsBufs  sync.Pool             // write buffers shared by idle WebSocket clients
 }
 
 // New returns a broker serving on opts' listeners once Run is called.
@@ -138,7 +136,7 @@ func New(opts Options) (*Broker, error) {
 	caps.MaximumSessionExpiryInterval = 3600
 	caps.MaximumMessageExpiryInterval = 3600
 	caps.MaximumClientWritesPending = 256
-	b := &Broker{opts: opts, log: opts.Logger, wsOpen: map[*wsConn]struct{}{}}
+	b := &Broker{opts: opts, log: opts.Logger}
 	b.srv = mqtt.New(&mqtt.Options{
 		Capabilities:             caps,
 		InlineClient:             true, // the hub publishes commands and errors
@@ -174,6 +172,7 @@ func (b *Broker) Run(ctx context.Context) error {
 	}
 	<-ctx.Done()
 	b.closeWS()
+	b.kicks.Close() // a kick from now on is left to srv.Close below
 	b.kicks.Wait()
 	// Let kicked clients finish leaving before mochi's Close walks its
 	// client table: v2.7.9 takes that table's read lock twice there, which

@@ -352,9 +352,11 @@ func (c *conn) Close(reason string) {
 		case bridge.ReasonSlowConsumer:
 			code = packets.ErrQuotaExceeded
 		}
-		c.b.kicks.Add(1)
+		if !c.b.kicks.Add(c) { // shutting down: the broker's Close disconnects every client
+			return
+		}
 		go func() { // owner: the broker; Run waits for kicks before closing
-			defer c.b.kicks.Done()
+			defer c.b.kicks.Done(c)
 			_ = c.b.srv.DisconnectClient(c.cl, code)
 		}()
 	})

@@ -26,6 +26,7 @@ import (
 
 	"github.com/fieldhub/fieldhub/bridge"
 	"github.com/fieldhub/fieldhub/devices"
+	"github.com/fieldhub/fieldhub/hijack"
 	"github.com/fieldhub/fieldhub/telemetry"
 )
 
@@ -105,9 +106,7 @@ type Handler struct {
 	opts     Options
 	log      *slog.Logger
 	upgrader websocket.Upgrader
-	mu       sync.Mutex // guards closing and wg.Add against Wait
-	closing  bool
-	wg       sync.WaitGroup // live connections, for Wait
+	conns    hijack.Conns[*http.Request] // live connections, for Close and Wait
 }
 
 // New returns a Handler.
@@ -134,31 +133,11 @@ func New(opts Options) (*Handler, error) {
 
 // Close refuses new connections; a connection that raced past it is
 // kicked as soon as its session exists. At shutdown: Close, then the
-// bridge's CloseAll, then Wait.
-func (h *Handler) Close() {
-	h.mu.Lock()
-	h.closing = true
-	h.mu.Unlock()
-}
+// bridge's CloseAll (which closes the open sockets), then Wait.
+func (h *Handler) Close() { h.conns.Close() }
 
 // Wait blocks until every connection handler has returned.
-func (h *Handler) Wait() { h.wg.Wait() }
-
-func (h *Handler) isClosing() bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.closing
-}
-
-func (h *Handler) track() bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.closing {
-		return false
-	}
-	h.wg.Add(1)
-	return true
-}
+func (h *Handler) Wait() { h.conns.Wait() }
 
 // DeviceToken extracts a device token from Authorization: Bearer or the
 // token query parameter.
@@ -231,11 +210,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if !h.track() {
+	if !h.conns.Add(r) {
 		writeError(w, "", &telemetry.Error{Code: telemetry.CodeOverloaded, Message: "hub is shutting down"})
 		return
 	}
-	defer h.wg.Done()
+	defer h.conns.Done(r)
 	conn, err := h.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		return // the upgrader already answered
@@ -247,7 +226,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		done: make(chan struct{}),
 	}
 	c.session = h.opts.Bridge.Connect(id, devices.TransportWS, h.opts.Proxies.ClientAddr(r), hash, c)
-	if h.isClosing() {
+	if h.conns.Closing() {
 		c.session.Kick(bridge.ReasonServerShutdown)
 	}
 	c.run(r.Context())

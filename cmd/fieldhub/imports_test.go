@@ -16,11 +16,14 @@ func TestImportRules(t *testing.T) {
 	const mod = "github.com/fieldhub/fieldhub/"
 	// Fieldhub packages a package may import, by package prefix.
 	allowed := map[string][]string{
-		"telemetry":        {"telemetry"},
-		"devices":          {"telemetry"},
-		"devices/pg":       {"devices", "telemetry"},
-		"bridge":           {"bridge", "devices", "telemetry"},
-		"dashboard":        {"dashboard", "devices", "telemetry"},
+		"telemetry":  {"telemetry"},
+		"devices":    {"telemetry"},
+		"devices/pg": {"devices", "telemetry"},
+		"bridge":     {"bridge", "devices", "telemetry", "hijack"},
+		"dashboard":  {"dashboard", "devices", "telemetry", "hijack"},
+		// hijack: the closing set of hijacked connections, shared by the
+		// device and operator sockets; standard library only.
+		"hijack":           {},
 		"firmware-sim":     {"telemetry"},
 		"cmd/firmware-sim": {"firmware-sim", "telemetry"},
 		"cmd/fieldhub":     {""},
