@@ -144,13 +144,8 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		if h.b.opts.OnAuthFailure != nil {
 			h.b.opts.OnAuthFailure(devices.TransportMQTT)
 		}
-		if f := h.b.opts.Failures; f != nil && !f.Fail(devices.FailureKey(ip, id)) {
-			h.b.log.Debug("device authentication failed", "transport", "mqtt", "remote", ip, "reason", "rate_limited")
-			return false
-		}
-		if n, ok := h.b.opts.Failures.Log(); ok {
-			h.b.log.Info("device authentication failed", "transport", "mqtt", "remote", ip, "suppressed", n)
-		}
+		// Limited or not, the answer is bad username or password.
+		h.b.opts.Failures.Refuse(h.b.log, "device authentication failed", ip, id, "transport", devices.TransportMQTT)
 		return false
 	}
 	h.mu.Lock()

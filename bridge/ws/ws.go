@@ -177,13 +177,9 @@ func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request) (string, 
 		if h.opts.OnAuthFailure != nil {
 			h.opts.OnAuthFailure(devices.TransportWS)
 		}
-		if h.opts.Failures != nil && !h.opts.Failures.Fail(devices.FailureKey(ip, token)) {
-			h.log.Debug("device authentication failed", "remote", ip, "path", r.URL.Path, "reason", "rate_limited")
+		if h.opts.Failures.Refuse(h.log, "device authentication failed", ip, token, "path", r.URL.Path) {
 			writeError(w, "", &telemetry.Error{Code: telemetry.CodeRateLimited, Message: "too many failed authentications with this token; retry later"})
 			return "", devices.TokenHash{}, false
-		}
-		if n, ok := h.opts.Failures.Log(); ok {
-			h.log.Info("device authentication failed", "remote", ip, "path", r.URL.Path, "suppressed", n)
 		}
 		writeError(w, "", &telemetry.Error{Code: telemetry.CodeUnauthorized, Message: "missing or invalid device token"})
 		return "", devices.TokenHash{}, false
