@@ -91,3 +91,23 @@ func TestDecodeKindDefaultsType(t *testing.T) {
 		}
 	}
 }
+
+func TestTruncate(t *testing.T) {
+	tests := []struct {
+		in   string
+		n    int
+		want string
+	}{
+		{"short", 10, "short"},
+		{"exactly10!", 10, "exactly10!"},
+		{"abcdefghijk", 10, "abcdefghij..."},
+		{"aé", 2, "a..."}, // never cuts a rune
+		{"", 0, ""},
+		{"x", 0, "..."},
+	}
+	for _, tt := range tests {
+		if got := telemetry.Truncate(tt.in, tt.n); got != tt.want {
+			t.Errorf("Truncate(%q, %d) = %q, want %q", tt.in, tt.n, got, tt.want)
+		}
+	}
+}

@@ -204,7 +204,7 @@ func (c *Codec) DecodeKind(data []byte, k Kind) (*Frame, error) {
 		case want:
 			return f, nil
 		}
-		return f, &Error{Code: CodeUnknownType, Message: fmt.Sprintf(`type: %q is not allowed here; expected %q`, truncate(f.Type, 32), want)}
+		return f, &Error{Code: CodeUnknownType, Message: fmt.Sprintf(`type: %q is not allowed here; expected %q`, Truncate(f.Type, 32), want)}
 	}
 	switch f.Type {
 	case TypeTelemetry, TypeCommandResult, TypePing:
@@ -212,7 +212,7 @@ func (c *Codec) DecodeKind(data []byte, k Kind) (*Frame, error) {
 	case "":
 		return f, &Error{Code: CodeUnknownType, Message: `type: required ("telemetry", "command_result" or "ping")`}
 	default:
-		return f, &Error{Code: CodeUnknownType, Message: fmt.Sprintf(`type: unknown frame type %q; expected "telemetry", "command_result" or "ping"`, truncate(f.Type, 32))}
+		return f, &Error{Code: CodeUnknownType, Message: fmt.Sprintf(`type: unknown frame type %q; expected "telemetry", "command_result" or "ping"`, Truncate(f.Type, 32))}
 	}
 }
 
@@ -469,9 +469,3 @@ func fieldPath(ns string, single bool) string {
 	return ns
 }
 
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
-}

@@ -33,6 +33,7 @@ import (
 	"github.com/fieldhub/fieldhub/bridge"
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/hijack"
+	"github.com/fieldhub/fieldhub/telemetry"
 )
 
 // Authenticator checks a device id and token pair. *devices.Registry
@@ -273,16 +274,16 @@ func shortAttr(a slog.Attr) slog.Attr {
 	case error, fmt.Stringer:
 		return a
 	case packets.Packet:
-		return slog.Group(a.Key, "type", v.FixedHeader.Type, "topic", truncate(v.TopicName, 128), "qos", v.FixedHeader.Qos, "bytes", len(v.Payload))
+		return slog.Group(a.Key, "type", v.FixedHeader.Type, "topic", telemetry.Truncate(v.TopicName, 128), "qos", v.FixedHeader.Qos, "bytes", len(v.Payload))
 	case *packets.Packet:
 		if v != nil {
 			return shortAttr(slog.Any(a.Key, *v))
 		}
 	case mqtt.Will:
-		return slog.Group(a.Key, "topic", truncate(v.TopicName, 128), "bytes", len(v.Payload))
+		return slog.Group(a.Key, "topic", telemetry.Truncate(v.TopicName, 128), "bytes", len(v.Payload))
 	case *mqtt.Client:
 		if v != nil {
-			return slog.String(a.Key, truncate(v.ID, 64))
+			return slog.String(a.Key, telemetry.Truncate(v.ID, 64))
 		}
 	}
 	if k := reflect.Indirect(reflect.ValueOf(a.Value.Any())).Kind(); k == reflect.Struct || k == reflect.Map || k == reflect.Slice {

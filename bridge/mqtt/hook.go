@@ -122,7 +122,7 @@ func (h *hook) clientID(cl *mqtt.Client, pk packets.Packet) error {
 		}
 	}
 	if n, ok := h.connectLog.Allow(); ok {
-		h.b.log.Info("mqtt client id refused", "device", truncate(user, 64), "client_id", truncate(id, 64),
+		h.b.log.Info("mqtt client id refused", "device", telemetry.Truncate(user, 64), "client_id", telemetry.Truncate(id, 64),
 			"remote", remoteIP(cl.Net.Remote), "reason", "client id must be the device id", "suppressed", n)
 	}
 	if err := h.b.srv.SendConnack(cl, packets.ErrClientIdentifierNotValid, false, nil); err != nil {
@@ -258,7 +258,7 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 		if h.b.opts.OnACLDenied != nil {
 			h.b.opts.OnACLDenied()
 		}
-		h.b.log.Debug("mqtt acl denied", "device", string(cl.Properties.Username), "topic", truncate(topic, 128), "write", write)
+		h.b.log.Debug("mqtt acl denied", "device", string(cl.Properties.Username), "topic", telemetry.Truncate(topic, 128), "write", write)
 	}
 	return allowed
 }
@@ -298,9 +298,9 @@ func (h *hook) refuse(cl *mqtt.Client, pk packets.Packet, msgID string, terr *te
 		if ans.PubAck == 0 { // a code no publish earns: refuse it as malformed
 			ans.PubAck = telemetry.ReasonPayloadFormatInvalid
 		}
-		code := packets.Code{Code: ans.PubAck, Reason: truncate(terr.Code+": "+terr.Message, 256)}
+		code := packets.Code{Code: ans.PubAck, Reason: telemetry.Truncate(terr.Code+": "+terr.Message, 256)}
 		if n, ok := h.publishLog.Allow(); ok {
-			h.b.log.Debug("mqtt publish refused", "device", string(cl.Properties.Username), "topic", truncate(pk.TopicName, 128),
+			h.b.log.Debug("mqtt publish refused", "device", string(cl.Properties.Username), "topic", telemetry.Truncate(pk.TopicName, 128),
 				"code", terr.Code, "reason_code", fmt.Sprintf("%#02x", code.Code), "suppressed", n)
 		}
 		return code
@@ -355,11 +355,4 @@ func (c *conn) Close(reason string) {
 			_ = c.b.srv.DisconnectClient(c.cl, code)
 		}()
 	})
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
 }

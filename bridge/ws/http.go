@@ -36,7 +36,7 @@ func decodeBody(body io.Reader, encodings []string, limit int64) ([]byte, error)
 			case (tok == "gzip" || tok == "x-gzip") && !gz:
 				gz = true
 			default:
-				return nil, fmt.Errorf("%w %q", errUnsupportedEncoding, clipHeader(v))
+				return nil, fmt.Errorf("%w %q", errUnsupportedEncoding, telemetry.Truncate(v, 32))
 			}
 		}
 	}
@@ -69,13 +69,6 @@ func bodyError(err error) error {
 		return errBadEncoding
 	}
 	return err
-}
-
-func clipHeader(s string) string {
-	if len(s) > 32 {
-		return s[:32] + "..."
-	}
-	return s
 }
 
 // readBody reads a device's request body (decodeBody) and answers the
