@@ -185,7 +185,14 @@ func (b *Bridge) ingest(ctx context.Context, s *Session, f *telemetry.Frame) (st
 	now := b.opts.Now()
 	b.opts.Devices.Touch(s.DeviceID, now)
 	b.stats.readings(s.Transport).Add(int64(len(t.Readings)))
-	if b.opts.Fanout != nil {
+	switch {
+	case b.batch != nil:
+		evs := make([]telemetry.Event, len(t.Readings))
+		for i, r := range t.Readings {
+			evs[i] = telemetry.Event{Type: telemetry.EventReading, Device: s.DeviceID, TS: r.TS, Metrics: r.Metrics}
+		}
+		b.batch.PublishBatch(evs)
+	case b.opts.Fanout != nil:
 		for _, r := range t.Readings {
 			b.opts.Fanout.Publish(telemetry.Event{Type: telemetry.EventReading, Device: s.DeviceID, TS: r.TS, Metrics: r.Metrics})
 		}

@@ -47,6 +47,14 @@ type Results interface {
 	CommandResult(device string, r *telemetry.CommandResult) error
 }
 
+// BatchFanout is a Fanout that takes every reading of one message in one
+// call: the device's reader then makes one non-blocking send per message
+// (the live hub's shape). When Options.Fanout has PublishBatch, the
+// pipeline uses it for readings; the slice is the fan-out's from then on.
+type BatchFanout interface {
+	PublishBatch(evs []telemetry.Event)
+}
+
 // RemoteCommands hands a command to the network beyond this instance: an
 // external broker delivers it to an MQTT device, or to the instance that
 // holds the device's WebSocket. PublishCommand must not block; false means
@@ -125,6 +133,7 @@ type Bridge struct {
 	schema   schema
 	nextID   atomic.Uint64
 	commands *commands
+	batch    BatchFanout // Options.Fanout's PublishBatch, or nil
 }
 
 // New returns a Bridge.
@@ -154,6 +163,7 @@ func New(opts Options) (*Bridge, error) {
 		opts.MaxMetricNames = DefaultMaxMetricNames
 	}
 	b := &Bridge{opts: opts, log: opts.Logger, sessions: map[string]*Session{}, limiters: map[string]*rate.Limiter{}, devs: map[string]*deviceState{}}
+	b.batch, _ = opts.Fanout.(BatchFanout)
 	if b.opts.Results == nil {
 		b.opts.Results = b
 	}

@@ -290,3 +290,34 @@ func TestAcceptedReadingTouchesAndFansOut(t *testing.T) {
 		t.Fatalf("touched %d, live events %d; want 1 and 2", touched, n)
 	}
 }
+
+// batchLog is a BatchFanout recording each call.
+type batchLog struct {
+	liveLog
+	batches [][]telemetry.Event
+}
+
+func (b *batchLog) PublishBatch(evs []telemetry.Event) {
+	b.mu.Lock()
+	b.batches = append(b.batches, evs)
+	b.mu.Unlock()
+}
+
+// TestReadingsFanOutAsOneBatch: with a batching fan-out, every reading of
+// a message goes in one call; presence still goes through Publish.
+func TestReadingsFanOutAsOneBatch(t *testing.T) {
+	live := &batchLog{}
+	b := newTestBridge(t, Options{Fanout: live})
+	s := b.Connect("d1", devices.TransportWS, "t", devices.TokenHash{}, &nopConn{})
+	if _, e := b.Ingest(context.Background(), s, []byte(`{"readings":[{"metrics":{"a":1}},{"metrics":{"a":2}},{"metrics":{"a":3}}]}`)); e != nil {
+		t.Fatal(e)
+	}
+	live.mu.Lock()
+	defer live.mu.Unlock()
+	if len(live.batches) != 1 || len(live.batches[0]) != 3 || live.batches[0][2].Metrics["a"].Num != 3 || live.batches[0][0].Device != "d1" {
+		t.Fatalf("batches %+v, want one of 3 readings", live.batches)
+	}
+	if len(live.evs) != 1 || live.evs[0].Type != telemetry.EventPresence {
+		t.Fatalf("Publish got %+v, want only the presence event", live.evs)
+	}
+}
