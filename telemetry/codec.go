@@ -468,4 +468,3 @@ func fieldPath(ns string, single bool) string {
 	}
 	return ns
 }
-
