@@ -13,7 +13,6 @@ import (
 
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/telemetry"
-	"github.com/fieldhub/fieldhub/telemetry/spool"
 )
 
 // Store makes encoded readings durable. *spool.Spool implements it.
@@ -43,12 +42,23 @@ type Fanout interface {
 
 // Commands is all the bridge knows of the command service
 // (bridge/commands implements it): which session of a device can take
-// commands now, and that a device's credentials changed (its HTTP long
+// commands now, the command results devices send (CommandResult returns
+// an error for a command the device does not have pending: unknown, or
+// already final), and that a device's credentials changed (its HTTP long
 // polls re-check their token). The calls must not block on I/O.
 type Commands interface {
 	SessionOpened(device string, sid uint64, deliver func(telemetry.Command) bool)
 	SessionClosed(device string, sid uint64)
+	CommandResult(device string, r *telemetry.CommandResult) error
 	WakePollers(device string)
+}
+
+// BatchFanout is a Fanout that takes every reading of one message in one
+// call: the device's reader then makes one non-blocking send per message
+// (the live hub's shape). When Options.Fanout has PublishBatch, the
+// pipeline uses it for readings; the slice is the fan-out's from then on.
+type BatchFanout interface {
+	PublishBatch(evs []telemetry.Event)
 }
 
 // noCommands is the Commands of a hub without a command service.
@@ -57,6 +67,12 @@ type noCommands struct{}
 func (noCommands) SessionOpened(string, uint64, func(telemetry.Command) bool) {}
 func (noCommands) SessionClosed(string, uint64)                               {}
 func (noCommands) WakePollers(string)                                         {}
+
+// ErrNoCommands is the answer to a command result on a hub without a
+// command service: nothing is pending.
+var ErrNoCommands = errors.New("bridge: no command service")
+
+func (noCommands) CommandResult(string, *telemetry.CommandResult) error { return ErrNoCommands }
 
 // Disconnect reasons: why a session ended. Low-cardinality; used in
 // presence events, logs and metrics.
@@ -118,6 +134,7 @@ type Bridge struct {
 	devs     map[string]*deviceState // per registered device that connected
 	schema   schema
 	nextID   atomic.Uint64
+	batch    BatchFanout // Options.Fanout's PublishBatch, or nil
 }
 
 // New returns a Bridge.
@@ -150,6 +167,7 @@ func New(opts Options) (*Bridge, error) {
 		opts.MaxMetricNames = DefaultMaxMetricNames
 	}
 	b := &Bridge{opts: opts, log: opts.Logger, sessions: map[string]*Session{}, limiters: map[string]*rate.Limiter{}, devs: map[string]*deviceState{}}
+	b.batch, _ = opts.Fanout.(BatchFanout)
 	b.stats.init()
 	b.schema.store, b.schema.maxPerDevice, b.schema.maxNames = opts.Schema, opts.MaxMetricsPerDevice, opts.MaxMetricNames
 	if err := b.loadSchema(context.Background(), opts.KnownFields); err != nil {
@@ -164,110 +182,6 @@ func (b *Bridge) Codec() *telemetry.Codec { return b.opts.Codec }
 
 // Stats returns the bridge's counters.
 func (b *Bridge) Stats() *Stats { return &b.stats }
-
-// Ingest runs one telemetry payload through the pipeline: rate limit,
-// decode and validate, spool, live fan-out. It returns the message id to
-// acknowledge, or the error to send back. Nothing is stored unless it
-// returns a nil error, and a nil error means every reading is durable.
-func (b *Bridge) Ingest(ctx context.Context, s *Session, payload []byte) (string, *telemetry.Error) {
-	if err := b.Admit(s); err != nil {
-		return "", err
-	}
-	f, err := b.opts.Codec.Decode(payload)
-	if f != nil && f.Type == "" && s.Transport != devices.TransportWS {
-		f.Type, err = telemetry.TypeTelemetry, nil // the MQTT topic or HTTP path says what it is
-	}
-	if err != nil {
-		return idOf(f), b.reject(s, asError(err))
-	}
-	if f.Type != telemetry.TypeTelemetry {
-		return f.ID, b.reject(s, &telemetry.Error{Code: telemetry.CodeUnknownType, Message: `type: expected "telemetry" here`})
-	}
-	return b.IngestFrame(ctx, s, f)
-}
-
-// Admit counts one incoming message of s and applies the device's rate
-// limit. Transports that decode frames themselves call it first for every
-// frame, before spending any work on it.
-func (b *Bridge) Admit(s *Session) *telemetry.Error {
-	b.stats.messages(s.Transport).Add(1)
-	if !s.limiter.Allow() {
-		return b.reject(s, telemetry.ErrRateLimited)
-	}
-	return nil
-}
-
-// IngestFrame is Ingest for a frame the transport already admitted and
-// decoded (the WebSocket reader decodes once to dispatch on type).
-func (b *Bridge) IngestFrame(ctx context.Context, s *Session, f *telemetry.Frame) (string, *telemetry.Error) {
-	t, err := b.opts.Codec.Telemetry(f)
-	if err != nil {
-		return f.ID, b.reject(s, asError(err))
-	}
-	d := s.dev
-	if d == nil {
-		b.mu.Lock()
-		d = b.deviceLocked(s.DeviceID)
-		b.mu.Unlock()
-	}
-	var c claims
-	if e := b.checkSchema(ctx, s, d, t, &c); e != nil {
-		return t.ID, b.reject(s, e)
-	}
-	for i := range t.Readings {
-		if r := &t.Readings[i]; r.Nanos != 0 { // sent without ts: unique per device
-			r.Nanos = telemetry.HubTime(&d.clock, r.Nanos)
-			r.TS = r.Nanos / int64(time.Millisecond)
-		}
-	}
-	bufp := b.bufs.Get().(*[]byte)
-	buf := telemetry.AppendLines((*bufp)[:0], s.DeviceID, b.opts.Devices.Tags(s.DeviceID), t.Readings)
-	ctx, cancel := context.WithTimeout(ctx, b.opts.StoreTimeout)
-	serr := b.opts.Store.Append(ctx, len(t.Readings), buf)
-	cancel()
-	*bufp = buf
-	if cap(buf) <= 64<<10 {
-		b.bufs.Put(bufp)
-	}
-	if serr != nil {
-		if !errors.Is(serr, spool.ErrMaybeStored) { // it may be stored: its claims stay
-			b.releaseClaims(ctx, s, d, &c)
-		}
-		switch {
-		case errors.Is(serr, spool.ErrFull), errors.Is(serr, context.DeadlineExceeded), errors.Is(serr, spool.ErrClosed):
-			return t.ID, b.reject(s, telemetry.ErrOverloaded)
-		case errors.Is(serr, spool.ErrTooLarge):
-			return t.ID, b.reject(s, &telemetry.Error{Code: telemetry.CodeTooLarge, Message: "message too large"})
-		default:
-			b.log.Error("spool append failed", "device", s.DeviceID, "err", serr)
-			return t.ID, b.reject(s, telemetry.ErrInternal)
-		}
-	}
-	now := b.opts.Now()
-	b.opts.Devices.Touch(s.DeviceID, now)
-	b.stats.readings(s.Transport).Add(int64(len(t.Readings)))
-	if b.opts.Fanout != nil {
-		for _, r := range t.Readings {
-			b.opts.Fanout.Publish(telemetry.Event{Type: telemetry.EventReading, Device: s.DeviceID, TS: r.TS, Metrics: r.Metrics})
-		}
-	}
-	return t.ID, nil
-}
-
-func idOf(f *telemetry.Frame) string {
-	if f == nil {
-		return ""
-	}
-	return f.ID
-}
-
-func asError(err error) *telemetry.Error {
-	var e *telemetry.Error
-	if errors.As(err, &e) {
-		return e
-	}
-	return &telemetry.Error{Code: telemetry.CodeBadJSON, Message: err.Error()}
-}
 
 // Reject counts and (rate-limited) logs a refusal a transport decided on
 // its own, so every refusal shows up in the same metrics.

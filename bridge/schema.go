@@ -83,9 +83,10 @@ type schema struct {
 // sessions and transports: the clock of hub-assigned times and the set of
 // metric names it has sent. Created for authenticated devices only.
 type deviceState struct {
-	clock   atomic.Int64 // last hub-assigned time, unix ns (telemetry.HubTime)
-	names   atomic.Pointer[map[string]struct{}]
-	namesMu sync.Mutex // serialises changes of names (slow path)
+	clock    atomic.Int64 // last hub-assigned time, unix ns (telemetry.HubTime)
+	names    atomic.Pointer[map[string]struct{}]
+	namesMu  sync.Mutex // serialises changes of names (slow path)
+	presence presence   // the device's presence writes (presence.go)
 }
 
 func newDeviceState(names []string) *deviceState {

@@ -61,7 +61,8 @@ func (s *Session) logReject(log *slog.Logger, e *telemetry.Error) {
 
 // Connect registers a new authenticated session. An older session of the
 // same device is closed with reason "superseded"; its late Disconnect will
-// not touch the new session's presence.
+// not touch the new session's presence (the session's ID is its presence
+// epoch: see presence.go).
 func (b *Bridge) Connect(deviceID, transport, remote string, h devices.TokenHash, c Conn) *Session {
 	now := b.opts.Now()
 	s := &Session{
@@ -77,11 +78,10 @@ func (b *Bridge) Connect(deviceID, transport, remote string, h devices.TokenHash
 	if old != nil {
 		old.Kick(ReasonSuperseded)
 	}
-	b.opts.Devices.SetPresence(deviceID, devices.Presence{Online: true, Transport: transport, ConnectedAt: &now, LastSeen: &now, RemoteAddr: remote})
 	b.stats.connects(transport).Add(1)
 	b.stats.connected(transport).Add(1)
 	b.log.Info("device connected", "device", deviceID, "transport", transport, "remote", remote)
-	b.publishPresence(deviceID, true, transport, "", now)
+	b.online(s, now)
 	b.opts.Commands.SessionOpened(deviceID, s.ID, c.Deliver)
 	return s
 }
@@ -131,16 +131,8 @@ func (b *Bridge) Disconnect(s *Session, reason string) {
 	b.log.Info("device disconnected", "device", s.DeviceID, "transport", s.Transport, "remote", s.Remote,
 		"duration", now.Sub(s.ConnectedAt).Round(time.Millisecond), "reason", reason)
 	if current {
-		b.opts.Devices.SetPresence(s.DeviceID, devices.Presence{Online: false, LastSeen: &now, Reason: reason})
-		b.publishPresence(s.DeviceID, false, s.Transport, reason, now)
+		b.offline(s, reason, now)
 	}
-}
-
-func (b *Bridge) publishPresence(id string, online bool, transport, reason string, at time.Time) {
-	if b.opts.Fanout == nil {
-		return
-	}
-	b.opts.Fanout.Publish(telemetry.Event{Type: telemetry.EventPresence, Device: id, Online: &online, Transport: transport, Reason: reason, At: at.UnixMilli()})
 }
 
 // CredentialsChanged re-checks the device's session after its tokens

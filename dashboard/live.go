@@ -1,7 +1,6 @@
 package dashboard
 
 import (
-	"encoding/json"
 	"errors"
 	"log/slog"
 	"maps"
@@ -27,45 +26,8 @@ func (e *liveEvent) encoded() []byte {
 	return e.data
 }
 
-func encodeEvent(ev telemetry.Event) []byte {
-	b, err := json.Marshal(eventJSON(ev))
-	if err != nil {
-		return []byte(`{"type":"error","message":"encode event"}`)
-	}
-	return b
-}
-
-// eventJSON gives metrics their plain JSON values (encoding/json does not
-// know telemetry.Value's encoder).
-func eventJSON(ev telemetry.Event) any {
-	type out struct {
-		Type      string         `json:"type"`
-		Device    string         `json:"device"`
-		TS        int64          `json:"ts,omitempty"`
-		Metrics   map[string]any `json:"metrics,omitempty"`
-		Online    *bool          `json:"online,omitempty"`
-		Transport string         `json:"transport,omitempty"`
-		Reason    string         `json:"reason,omitempty"`
-		At        int64          `json:"at,omitempty"`
-		ID        string         `json:"id,omitempty"`
-		Status    string         `json:"status,omitempty"`
-	}
-	o := out{Type: ev.Type, Device: ev.Device, TS: ev.TS, Online: ev.Online, Transport: ev.Transport, Reason: ev.Reason, At: ev.At, ID: ev.ID, Status: ev.Status}
-	if len(ev.Metrics) > 0 {
-		o.Metrics = make(map[string]any, len(ev.Metrics))
-		for k, v := range ev.Metrics {
-			switch v.Kind {
-			case telemetry.KindNumber:
-				o.Metrics[k] = v.Num
-			case telemetry.KindBool:
-				o.Metrics[k] = v.Bool
-			case telemetry.KindString:
-				o.Metrics[k] = v.Str
-			}
-		}
-	}
-	return o
-}
+// encodeEvent is telemetry's one live-event encoder.
+func encodeEvent(ev telemetry.Event) []byte { return telemetry.EncodeEvent(ev) }
 
 // LiveOptions configures the live fan-out. Zero values take the defaults.
 type LiveOptions struct {

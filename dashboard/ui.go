@@ -2,11 +2,13 @@ package dashboard
 
 import (
 	"embed"
+	"encoding/json"
 	"io/fs"
 	"net/http"
 	"strings"
 
 	"github.com/fieldhub/fieldhub/devices"
+	"github.com/fieldhub/fieldhub/telemetry"
 )
 
 // uiFiles is the operators' web UI: plain HTML, CSS and JavaScript with no
@@ -147,9 +149,9 @@ func (s *Server) presence(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	evs := s.opts.Live.presenceLog(id)
-	out := make([]any, 0, len(evs))
+	out := make([]json.RawMessage, 0, len(evs))
 	for _, ev := range evs {
-		out = append(out, eventJSON(ev))
+		out = append(out, telemetry.EncodeEvent(ev))
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"device": id, "events": out})
 }
@@ -165,5 +167,5 @@ func (s *Server) latest(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"device": id, "metrics": map[string]any{}})
 		return
 	}
-	writeJSON(w, http.StatusOK, eventJSON(ev))
+	writeJSON(w, http.StatusOK, json.RawMessage(telemetry.EncodeEvent(ev)))
 }

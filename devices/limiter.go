@@ -3,6 +3,7 @@ package devices
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"log/slog"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -171,3 +172,27 @@ func (l *ConnectLimiter) Allow(addr string) bool { return l.t.Fail(addr) }
 
 // Len returns the number of addresses held, for tests of the bound.
 func (l *ConnectLimiter) Len() int { return l.t.Len() }
+
+// Refuse is the one failed-authentication flow of every way in. It counts
+// a failure of identity from addr (FailureKey) and logs it: past the
+// budget, a Debug line with reason rate_limited, and it reports true (the
+// caller answers "too many failed authentications", 429); within it, an
+// Info line within the hub-wide budget for such lines (Log) with the count
+// of lines skipped, and it reports false (the caller answers 401 or bad
+// credentials). A nil limiter never limits; a nil log logs nothing. attrs
+// follow "remote" on each line.
+func (l *FailureLimiter) Refuse(log *slog.Logger, msg, addr, identity string, attrs ...any) (limited bool) {
+	if l != nil && !l.Fail(FailureKey(addr, identity)) {
+		if log != nil {
+			log.Debug(msg, append(append([]any{"remote", addr}, attrs...), "reason", "rate_limited")...)
+		}
+		return true
+	}
+	if log == nil {
+		return false
+	}
+	if n, ok := l.Log(); ok {
+		log.Info(msg, append(append([]any{"remote", addr}, attrs...), "suppressed", n)...)
+	}
+	return false
+}

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/fieldhub/fieldhub/telemetry"
 )
 
 type inflightMsg struct {
@@ -92,14 +94,15 @@ func (d *device) runMQTT(ctx context.Context) error {
 	defer c.Disconnect(100)
 
 	cmds := make(chan wsCommand, 16)
-	prefix := "devices/" + d.cred.ID
-	sub := c.SubscribeMultiple(map[string]byte{prefix + "/commands": 1, prefix + "/errors": 0}, func(_ paho.Client, m paho.Message) {
+	id := d.cred.ID
+	errTopic := telemetry.Topic(id, telemetry.KindErrors)
+	sub := c.SubscribeMultiple(map[string]byte{telemetry.Topic(id, telemetry.KindCommands): 1, errTopic: 0}, func(_ paho.Client, m paho.Message) {
 		var f wsFrame
 		if json.Unmarshal(m.Payload(), &f) != nil {
 			d.f.c.violation("%s: hub published a message that is not JSON on %s", d.cred.ID, m.Topic())
 			return
 		}
-		if m.Topic() == prefix+"/errors" {
+		if m.Topic() == errTopic {
 			d.answered(f.ID, f.Code, time.Now())
 			return
 		}
@@ -122,7 +125,7 @@ func (d *device) runMQTT(ctx context.Context) error {
 		d.settlePubacks(inflight, stop)
 	}()
 	defer func() { close(stop); <-waiterDone }()
-	return d.stream(ctx, &mqttLink{d: d, c: c, prefix: prefix, cmds: cmds, inflight: inflight, end: end})
+	return d.stream(ctx, &mqttLink{d: d, c: c, id: id, cmds: cmds, inflight: inflight, end: end})
 }
 
 // settlePubacks settles PUBACKs in publish order until stop closes.
@@ -173,7 +176,7 @@ func (d *device) settlePubacks(inflight <-chan inflightMsg, stop <-chan struct{}
 type mqttLink struct {
 	d        *device
 	c        paho.Client
-	prefix   string
+	id       string
 	cmds     chan wsCommand   // bounded at 16; the subscription handler drops when full
 	inflight chan inflightMsg // bounded by MaxInflight; send waits (back-pressure) or ends with the connection
 	end      *endOnce
@@ -184,7 +187,7 @@ func (l *mqttLink) send(ctx context.Context, id, fault string, payload []byte) e
 	if l.d.f.cfg.QoS0 {
 		qos = 0
 	}
-	t := l.c.Publish(l.prefix+"/telemetry", qos, false, payload)
+	t := l.c.Publish(telemetry.Topic(l.id, telemetry.KindTelemetry), qos, false, payload)
 	select {
 	case l.inflight <- inflightMsg{id: id, fault: fault, tok: t}:
 		return nil
@@ -202,7 +205,7 @@ func (l *mqttLink) answer(ctx context.Context, res []byte) error {
 	_ = json.Unmarshal(res, &m)
 	delete(m, "type")
 	b, _ := json.Marshal(m)
-	if t := l.c.Publish(l.prefix+"/commands/result", 1, false, b); !waitToken(ctx, t, 10*time.Second) || t.Error() != nil {
+	if t := l.c.Publish(telemetry.Topic(l.id, telemetry.KindCommandResult), 1, false, b); !waitToken(ctx, t, 10*time.Second) || t.Error() != nil {
 		return fmt.Errorf("publish command result: %v", t.Error())
 	}
 	return nil

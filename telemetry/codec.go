@@ -173,9 +173,17 @@ func must(err error) {
 // Limits returns the limits c enforces.
 func (c *Codec) Limits() Limits { return c.limits }
 
-// Decode parses one device frame. It checks syntax, member names and the
-// frame type; Telemetry and CommandResult check the rules of each type.
-func (c *Codec) Decode(data []byte) (*Frame, error) {
+// Decode parses one device frame whose "type" says what it is (a
+// WebSocket frame): DecodeKind(data, KindFrame).
+func (c *Codec) Decode(data []byte) (*Frame, error) { return c.DecodeKind(data, KindFrame) }
+
+// DecodeKind is the one decode entry point of a device message of kind k.
+// It checks syntax, member names, the protocol version and the frame type;
+// Telemetry and CommandResult check the rules of each type. Where the
+// topic or path says the kind (anything but KindFrame), a missing "type"
+// defaults to it (the one place that default is written) and any other
+// type is refused; a WebSocket frame must name its type.
+func (c *Codec) DecodeKind(data []byte, k Kind) (*Frame, error) {
 	f := new(Frame)
 	if err := json.Unmarshal(data, f, json.RejectUnknownMembers(true)); err != nil {
 		return nil, decodeError(err)
@@ -184,28 +192,36 @@ func (c *Codec) Decode(data []byte) (*Frame, error) {
 		return f, &Error{Code: CodeInvalid, Message: fmt.Sprintf("v: unsupported protocol version %d; this hub speaks %d", *f.V, ProtocolVersion),
 			Fields: []FieldError{{Field: "v", Reason: fmt.Sprintf("unsupported protocol version; this hub speaks %d", ProtocolVersion)}}}
 	}
+	if k != KindFrame {
+		want := ""
+		if int(k) < len(frameType) {
+			want = frameType[k]
+		}
+		switch f.Type {
+		case "":
+			f.Type = want
+			return f, nil
+		case want:
+			return f, nil
+		}
+		return f, &Error{Code: CodeUnknownType, Message: fmt.Sprintf(`type: %q is not allowed here; expected %q`, Truncate(f.Type, 32), want)}
+	}
 	switch f.Type {
 	case TypeTelemetry, TypeCommandResult, TypePing:
 		return f, nil
 	case "":
 		return f, &Error{Code: CodeUnknownType, Message: `type: required ("telemetry", "command_result" or "ping")`}
 	default:
-		return f, &Error{Code: CodeUnknownType, Message: fmt.Sprintf(`type: unknown frame type %q; expected "telemetry", "command_result" or "ping"`, truncate(f.Type, 32))}
+		return f, &Error{Code: CodeUnknownType, Message: fmt.Sprintf(`type: unknown frame type %q; expected "telemetry", "command_result" or "ping"`, Truncate(f.Type, 32))}
 	}
 }
 
 // DecodeTelemetry decodes and validates a telemetry payload whose "type"
 // may be omitted (the MQTT telemetry topic already says what it is).
 func (c *Codec) DecodeTelemetry(data []byte) (*Telemetry, error) {
-	f, err := c.Decode(data)
-	if f != nil && f.Type == "" {
-		f.Type, err = TypeTelemetry, nil
-	}
+	f, err := c.DecodeKind(data, KindTelemetry)
 	if err != nil {
 		return nil, err
-	}
-	if f.Type != TypeTelemetry {
-		return nil, &Error{Code: CodeUnknownType, Message: fmt.Sprintf(`type: %q is not allowed here; expected "telemetry"`, f.Type)}
 	}
 	return c.Telemetry(f)
 }
@@ -451,11 +467,4 @@ func fieldPath(ns string, single bool) string {
 		ns = strings.TrimPrefix(ns, "readings[0].")
 	}
 	return ns
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
 }

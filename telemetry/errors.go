@@ -78,6 +78,19 @@ func clip(s string, n int) string {
 	return s[:cut] + "..."
 }
 
+// Truncate shortens s to its first n bytes (backing off to a rune
+// boundary) followed by "...", for a client's string echoed in a message
+// or a log line: one copy for every package that echoes one.
+func Truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "..."
+}
+
 func moreEntry(n int) FieldError {
 	return FieldError{Field: MoreField, Reason: fmt.Sprintf("and %d more", n)}
 }

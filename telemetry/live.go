@@ -1,5 +1,7 @@
 package telemetry
 
+import "github.com/go-json-experiment/json"
+
 // Live event types pushed to operators' dashboards.
 const (
 	EventReading  = "reading"
@@ -23,4 +25,16 @@ type Event struct {
 	// Command.
 	ID     string `json:"id,omitzero"`
 	Status string `json:"status,omitzero"`
+}
+
+// EncodeEvent returns the JSON of ev, the one encoding of a live event
+// (dashboards' /ws/live, SSE and REST; between instances it is the same
+// shape, the Event type's own JSON form): members left out when zero,
+// metric values as plain JSON values, metric names in sorted order.
+func EncodeEvent(ev Event) []byte {
+	b, err := json.Marshal(ev, json.Deterministic(true))
+	if err != nil { // a non-finite number: validation refuses them first
+		return []byte(`{"type":"error","message":"encode event"}`)
+	}
+	return b
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/go-json-experiment/json/jsontext"
 
 	"github.com/fieldhub/fieldhub/devices"
+	"github.com/fieldhub/fieldhub/telemetry"
 )
 
 // Mosquitto's dynamic-security plugin is managed by publishing commands to
@@ -35,19 +36,24 @@ const (
 	reconcileEvery = 5 * time.Minute
 )
 
-// deviceACLs is a device's role: publish its telemetry and command
-// results, subscribe to its commands and errors, nothing else (the
-// plugin's defaults deny the rest).
+// deviceACLs is a device's role, generated from telemetry.DeviceACL (the
+// one definition of what a device may do; the plugin's defaults deny the
+// rest): a topic the device publishes is a publishClientSend; one it
+// subscribes to is a subscribeLiteral (the filter must be the topic itself,
+// no wildcard) and a publishClientReceive (it may receive what the hub
+// publishes there).
 func deviceACLs(id string) []map[string]any {
-	p := "devices/" + id
-	return []map[string]any{
-		{"acltype": "publishClientSend", "topic": p + "/telemetry", "allow": true},
-		{"acltype": "publishClientSend", "topic": p + "/commands/result", "allow": true},
-		{"acltype": "subscribeLiteral", "topic": p + "/commands", "allow": true},
-		{"acltype": "subscribeLiteral", "topic": p + "/errors", "allow": true},
-		{"acltype": "publishClientReceive", "topic": p + "/commands", "allow": true},
-		{"acltype": "publishClientReceive", "topic": p + "/errors", "allow": true},
+	var out []map[string]any
+	for _, r := range telemetry.DeviceACL(id) {
+		if r.Access&telemetry.Publish != 0 {
+			out = append(out, map[string]any{"acltype": "publishClientSend", "topic": r.Topic, "allow": true})
+		}
+		if r.Access&telemetry.Subscribe != 0 {
+			out = append(out, map[string]any{"acltype": "subscribeLiteral", "topic": r.Topic, "allow": true},
+				map[string]any{"acltype": "publishClientReceive", "topic": r.Topic, "allow": true})
+		}
 	}
+	return out
 }
 
 // dynsec keeps the plugin's clients in step with the registry: a device

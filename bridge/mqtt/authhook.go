@@ -119,7 +119,7 @@ func (h *AuthHook) ServeAuth(w http.ResponseWriter, r *http.Request) {
 		if h.OnAuthFailure != nil {
 			h.OnAuthFailure(devices.TransportMQTT)
 		}
-		if h.Failures != nil && !h.Failures.Fail(devices.FailureKey("mqtt-user", req.Username)) {
+		if h.Failures.Refuse(nil, "", "mqtt-user", req.Username) { // counted per username; the broker logs
 			answer(w, false, "too many failed authentications")
 			return
 		}

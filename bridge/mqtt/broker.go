@@ -31,6 +31,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/fieldhub/fieldhub/bridge"
+	"github.com/fieldhub/fieldhub/bridge/hijack"
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/telemetry"
 )
@@ -123,14 +124,11 @@ type Broker struct {
 	log    *slog.Logger
 	srv    *mqtt.Server
 	hook   *hook
-	kicks  sync.WaitGroup // in-flight disconnects started by Kick
+	kicks  hijack.Conns[*conn] // in-flight disconnects started by Kick; closed by Run
 	denied atomic.Int64
 
-	wsMu     sync.Mutex // guards wsClosed, wsOpen and wsConns.Add against closeWS
-	wsClosed bool
-	wsOpen   map[*wsConn]struct{}
-	wsConns  sync.WaitGroup // MQTT-over-WebSocket handlers
-	wsBufs   sync.Pool      // write buffers shared by idle WebSocket clients
+	wsConns hijack.Conns[*wsConn] // MQTT-over-WebSocket handlers, for closeWS
+	wsBufs  sync.Pool             // write buffers shared by idle WebSocket clients
 }
 
 // New returns a broker serving on opts' listeners once Run is called.
@@ -147,7 +145,7 @@ func New(opts Options) (*Broker, error) {
 	caps.MaximumSessionExpiryInterval = 3600
 	caps.MaximumMessageExpiryInterval = 3600
 	caps.MaximumClientWritesPending = 256
-	b := &Broker{opts: opts, log: opts.Logger, wsOpen: map[*wsConn]struct{}{}}
+	b := &Broker{opts: opts, log: opts.Logger}
 	b.srv = mqtt.New(&mqtt.Options{
 		Capabilities:             caps,
 		InlineClient:             true, // the hub publishes commands and errors
@@ -183,6 +181,7 @@ func (b *Broker) Run(ctx context.Context) error {
 	}
 	<-ctx.Done()
 	b.closeWS()
+	b.kicks.Close() // a kick from now on is left to srv.Close below
 	b.kicks.Wait()
 	// Let kicked clients finish leaving before mochi's Close walks its
 	// client table: v2.7.9 takes that table's read lock twice there, which
@@ -283,16 +282,16 @@ func shortAttr(a slog.Attr) slog.Attr {
 	case error, fmt.Stringer:
 		return a
 	case packets.Packet:
-		return slog.Group(a.Key, "type", v.FixedHeader.Type, "topic", truncate(v.TopicName, 128), "qos", v.FixedHeader.Qos, "bytes", len(v.Payload))
+		return slog.Group(a.Key, "type", v.FixedHeader.Type, "topic", telemetry.Truncate(v.TopicName, 128), "qos", v.FixedHeader.Qos, "bytes", len(v.Payload))
 	case *packets.Packet:
 		if v != nil {
 			return shortAttr(slog.Any(a.Key, *v))
 		}
 	case mqtt.Will:
-		return slog.Group(a.Key, "topic", truncate(v.TopicName, 128), "bytes", len(v.Payload))
+		return slog.Group(a.Key, "topic", telemetry.Truncate(v.TopicName, 128), "bytes", len(v.Payload))
 	case *mqtt.Client:
 		if v != nil {
-			return slog.String(a.Key, truncate(v.ID, 64))
+			return slog.String(a.Key, telemetry.Truncate(v.ID, 64))
 		}
 	}
 	if k := reflect.Indirect(reflect.ValueOf(a.Value.Any())).Kind(); k == reflect.Struct || k == reflect.Map || k == reflect.Slice {

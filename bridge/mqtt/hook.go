@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,15 +17,6 @@ import (
 	"github.com/fieldhub/fieldhub/bridge"
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/telemetry"
-)
-
-// Topic parts of the device contract.
-const (
-	topicPrefix = "devices/"
-	suffixTelem = "/telemetry"
-	suffixCmds  = "/commands"
-	suffixRes   = "/commands/result"
-	suffixErrs  = "/errors"
 )
 
 // hook connects mochi's callbacks to the bridge. Every callback decodes,
@@ -132,7 +122,7 @@ func (h *hook) clientID(cl *mqtt.Client, pk packets.Packet) error {
 		}
 	}
 	if n, ok := h.connectLog.Allow(); ok {
-		h.b.log.Info("mqtt client id refused", "device", truncate(user, 64), "client_id", truncate(id, 64),
+		h.b.log.Info("mqtt client id refused", "device", telemetry.Truncate(user, 64), "client_id", telemetry.Truncate(id, 64),
 			"remote", remoteIP(cl.Net.Remote), "reason", "client id must be the device id", "suppressed", n)
 	}
 	if err := h.b.srv.SendConnack(cl, packets.ErrClientIdentifierNotValid, false, nil); err != nil {
@@ -154,13 +144,8 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		if h.b.opts.OnAuthFailure != nil {
 			h.b.opts.OnAuthFailure(devices.TransportMQTT)
 		}
-		if f := h.b.opts.Failures; f != nil && !f.Fail(devices.FailureKey(ip, id)) {
-			h.b.log.Debug("device authentication failed", "transport", "mqtt", "remote", ip, "reason", "rate_limited")
-			return false
-		}
-		if n, ok := h.b.opts.Failures.Log(); ok {
-			h.b.log.Info("device authentication failed", "transport", "mqtt", "remote", ip, "suppressed", n)
-		}
+		// Limited or not, the answer is bad username or password.
+		h.b.opts.Failures.Refuse(h.b.log, "device authentication failed", ip, id, "transport", devices.TransportMQTT)
 		return false
 	}
 	h.mu.Lock()
@@ -186,7 +171,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	if !ok {
 		return
 	}
-	conn := &conn{b: h.b, cl: cl, commands: topicPrefix + string(cl.Properties.Username) + suffixCmds}
+	conn := &conn{b: h.b, cl: cl, commands: telemetry.Topic(string(cl.Properties.Username), telemetry.KindCommands)}
 	s := h.b.opts.Bridge.Connect(string(cl.Properties.Username), devices.TransportMQTT, cl.Net.Remote, hash, conn)
 	h.mu.Lock()
 	h.sessions[cl] = s
@@ -253,30 +238,14 @@ func disconnectReason(err error) string {
 	return bridge.ReasonProtocolError
 }
 
-// topicAllowed is the per-device ACL, shared by the embedded broker and the
-// HTTP hook for external ones: publish only to devices/{id}/telemetry and
-// devices/{id}/commands/result, subscribe only to devices/{id}/commands and
-// devices/{id}/errors; no wildcards, no other device, no $SYS.
+// topicAllowed is the embedded broker's form of the device ACL
+// (telemetry.DeviceACL): write is a publish, otherwise a subscribe.
 func topicAllowed(id, topic string, write bool) bool {
-	prefix := topicPrefix + id
-	if id == "" || !strings.HasPrefix(topic, prefix) {
-		return false
-	}
-	rest := topic[len(prefix):]
+	a := telemetry.Subscribe
 	if write {
-		return rest == suffixTelem || rest == suffixRes
+		a = telemetry.Publish
 	}
-	return rest == suffixCmds || rest == suffixErrs
-}
-
-// ownTopic splits devices/{id}/{rest} and reports whether id is cl's.
-func ownTopic(cl *mqtt.Client, topic string) (rest string, ok bool) {
-	id := string(cl.Properties.Username)
-	prefix := topicPrefix + id
-	if id == "" || !strings.HasPrefix(topic, prefix) {
-		return "", false
-	}
-	return topic[len(prefix):], true
+	return telemetry.Allowed(id, topic, a)
 }
 
 // OnACLCheck allows a device to publish only to its own telemetry and
@@ -289,7 +258,7 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 		if h.b.opts.OnACLDenied != nil {
 			h.b.opts.OnACLDenied()
 		}
-		h.b.log.Debug("mqtt acl denied", "device", string(cl.Properties.Username), "topic", truncate(topic, 128), "write", write)
+		h.b.log.Debug("mqtt acl denied", "device", string(cl.Properties.Username), "topic", telemetry.Truncate(topic, 128), "write", write)
 	}
 	return allowed
 }
@@ -306,42 +275,15 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		return pk, nil
 	}
 	s := h.session(cl)
-	rest, own := ownTopic(cl, pk.TopicName)
-	if s == nil || !own {
+	id, kind, ok := telemetry.ParseTopic(pk.TopicName)
+	if s == nil || !ok || id != s.DeviceID || (kind != telemetry.KindTelemetry && kind != telemetry.KindCommandResult) {
 		return pk, packets.ErrRejectPacket
 	}
-	switch rest {
-	case suffixTelem:
-		id, terr := h.b.opts.Bridge.Ingest(context.Background(), s, pk.Payload)
-		if terr == nil {
-			return pk, packets.CodeSuccessIgnore
-		}
-		return pk, h.refuse(cl, pk, id, terr)
-	case suffixRes:
-		f, err := h.b.opts.Bridge.Codec().Decode(pk.Payload)
-		if f != nil && f.Type == "" {
-			f.Type, err = telemetry.TypeCommandResult, nil
-		}
-		var res *telemetry.CommandResult
-		if err == nil {
-			res, err = h.b.opts.Bridge.Codec().CommandResult(f)
-		}
-		if err != nil {
-			var terr *telemetry.Error
-			if !errors.As(err, &terr) {
-				terr = &telemetry.Error{Code: telemetry.CodeBadJSON, Message: "malformed command result"}
-			}
-			h.b.opts.Bridge.Reject(s, terr)
-			id := ""
-			if f != nil {
-				id = f.ID
-			}
-			return pk, h.refuse(cl, pk, id, terr)
-		}
-		_ = h.b.opts.Commands.CommandResult(s.DeviceID, res) // unknown or finished: a duplicate
-		return pk, packets.CodeSuccessIgnore
+	a := h.b.opts.Bridge.Accept(context.Background(), s, bridge.Message{Kind: kind, Payload: pk.Payload})
+	if a.Err != nil {
+		return pk, h.refuse(cl, pk, a.ID, a.Err)
 	}
-	return pk, packets.ErrRejectPacket
+	return pk, packets.CodeSuccessIgnore // an unknown or finished command result is a duplicate
 }
 
 // refuse answers a refused publish the way the client's protocol allows;
@@ -351,32 +293,24 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 // the whole packet; the broker's logger drops that line (see
 // mochiLogHandler) and this one logs it instead, short and rate-limited.
 func (h *hook) refuse(cl *mqtt.Client, pk packets.Packet, msgID string, terr *telemetry.Error) error {
-	v5 := cl.Properties.ProtocolVersion == 5
-	retryLater := terr.Code == telemetry.CodeOverloaded || terr.Code == telemetry.CodeInternal
-	if v5 && pk.FixedHeader.Qos > 0 {
-		var code packets.Code
-		switch terr.Code {
-		case telemetry.CodeOverloaded, telemetry.CodeInternal:
-			code = packets.Code{Code: packets.ErrQuotaExceeded.Code, Reason: terr.Code + ": " + terr.Message}
-		case telemetry.CodeRateLimited:
-			code = packets.Code{Code: packets.ErrMessageRateTooHigh.Code, Reason: terr.Code + ": " + terr.Message}
-		case telemetry.CodeTooLarge:
-			code = packets.Code{Code: packets.ErrPacketTooLarge.Code, Reason: terr.Code + ": " + terr.Message}
-		default:
-			code = packets.Code{Code: packets.ErrPayloadFormatInvalid.Code, Reason: truncate(terr.Code+": "+terr.Message, 256)}
+	ans := telemetry.AnswerFor(terr.Code)
+	if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos > 0 {
+		if ans.PubAck == 0 { // a code no publish earns: refuse it as malformed
+			ans.PubAck = telemetry.ReasonPayloadFormatInvalid
 		}
+		code := packets.Code{Code: ans.PubAck, Reason: telemetry.Truncate(terr.Code+": "+terr.Message, 256)}
 		if n, ok := h.publishLog.Allow(); ok {
-			h.b.log.Debug("mqtt publish refused", "device", string(cl.Properties.Username), "topic", truncate(pk.TopicName, 128),
+			h.b.log.Debug("mqtt publish refused", "device", string(cl.Properties.Username), "topic", telemetry.Truncate(pk.TopicName, 128),
 				"code", terr.Code, "reason_code", fmt.Sprintf("%#02x", code.Code), "suppressed", n)
 		}
 		return code
 	}
 	// MQTT 3.1.1 (or QoS 0): tell the device on its errors topic.
 	id := string(cl.Properties.Username)
-	if err := h.b.Publish(topicPrefix+id+suffixErrs, telemetry.EncodeError(msgID, terr), 0); err != nil {
+	if err := h.b.Publish(telemetry.Topic(id, telemetry.KindErrors), telemetry.EncodeError(msgID, terr), 0); err != nil {
 		h.b.log.Debug("publish device error", "device", id, "err", err)
 	}
-	if retryLater && pk.FixedHeader.Qos > 0 {
+	if ans.MQTT311 == telemetry.MQTTWithhold && pk.FixedHeader.Qos > 0 {
 		// No PUBACK: the device keeps the message and sends it again.
 		return packets.ErrRejectPacket
 	}
@@ -413,17 +347,12 @@ func (c *conn) Close(reason string) {
 		case bridge.ReasonSlowConsumer:
 			code = packets.ErrQuotaExceeded
 		}
-		c.b.kicks.Add(1)
+		if !c.b.kicks.Add(c) { // shutting down: the broker's Close disconnects every client
+			return
+		}
 		go func() { // owner: the broker; Run waits for kicks before closing
-			defer c.b.kicks.Done()
+			defer c.b.kicks.Done(c)
 			_ = c.b.srv.DisconnectClient(c.cl, code)
 		}()
 	})
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
 }

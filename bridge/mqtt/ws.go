@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -31,11 +32,12 @@ func (b *Broker) ServeWebSocket(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "too many connections from this address; retry later", http.StatusTooManyRequests)
 		return
 	}
-	if !b.trackWS() {
+	conn := &wsConn{remote: wsAddr(remote)}
+	if !b.wsConns.Add(conn) {
 		http.Error(w, "shutting down", http.StatusServiceUnavailable)
 		return
 	}
-	defer b.wsConns.Done()
+	defer b.wsConns.Done(conn)
 	up := websocket.Upgrader{
 		HandshakeTimeout: 10 * time.Second,
 		ReadBufferSize:   1024,
@@ -52,28 +54,14 @@ func (b *Broker) ServeWebSocket(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ws.SetReadLimit(int64(b.opts.MaxPacketBytes) + 8)
-	conn := &wsConn{ws: ws, remote: wsAddr(remote)}
-	b.wsMu.Lock()
-	b.wsOpen[conn] = struct{}{}
-	b.wsMu.Unlock()
-	defer func() {
-		b.wsMu.Lock()
-		delete(b.wsOpen, conn)
-		b.wsMu.Unlock()
-	}()
+	conn.setWS(ws)
+	if b.wsConns.Closing() { // closeWS ran during the upgrade
+		_ = ws.Close()
+		return
+	}
 	_ = conn.SetDeadline(time.Now().Add(b.opts.ConnectTimeout)) // CONNECT deadline, as on TCP
 	_ = b.srv.EstablishConnection(wsListener, conn)             // returns when the client is gone
 	conn.Close()
-}
-
-func (b *Broker) trackWS() bool {
-	b.wsMu.Lock()
-	defer b.wsMu.Unlock()
-	if b.wsClosed {
-		return false
-	}
-	b.wsConns.Add(1)
-	return true
 }
 
 // closeWS closes MQTT-over-WebSocket connections (the broker closes only
@@ -82,15 +70,8 @@ func (b *Broker) trackWS() bool {
 // asking mochi (v2.7.9's Clients.GetByListener takes its read lock twice
 // and deadlocks against a waiting writer).
 func (b *Broker) closeWS() {
-	b.wsMu.Lock()
-	b.wsClosed = true
-	open := make([]*wsConn, 0, len(b.wsOpen))
-	for c := range b.wsOpen {
-		open = append(open, c)
-	}
-	b.wsMu.Unlock()
-	for _, c := range open {
-		c.Close()
+	for _, c := range b.wsConns.Close() {
+		c.shut()
 	}
 	b.wsConns.Wait()
 }
@@ -104,10 +85,26 @@ func (b *Broker) originAllowed(r *http.Request) bool {
 // messages in, one binary message per write out. The broker reads from one
 // goroutine and serialises its writes.
 type wsConn struct {
-	ws     *websocket.Conn
-	remote net.Addr // the client behind any trusted proxy
+	ws     *websocket.Conn // set once, by setWS, before the broker sees the conn
+	remote net.Addr        // the client behind any trusted proxy
 	r      io.Reader
 	wm     sync.Mutex
+	// upgraded is ws for closeWS, which may run before the upgrade ends.
+	upgraded atomic.Pointer[websocket.Conn]
+}
+
+// setWS gives c its socket once the upgrade succeeded.
+func (c *wsConn) setWS(ws *websocket.Conn) {
+	c.ws = ws
+	c.upgraded.Store(ws)
+}
+
+// shut closes c's socket if it has one yet (closeWS; the handler closes a
+// socket upgraded after that itself).
+func (c *wsConn) shut() {
+	if ws := c.upgraded.Load(); ws != nil {
+		_ = ws.Close()
+	}
 }
 
 // wsAddr is a client address computed by devices.Proxies.ClientAddr (no

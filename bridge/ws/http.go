@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fieldhub/fieldhub/bridge"
 	"github.com/fieldhub/fieldhub/bridge/commands"
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/telemetry"
@@ -36,7 +37,7 @@ func decodeBody(body io.Reader, encodings []string, limit int64) ([]byte, error)
 			case (tok == "gzip" || tok == "x-gzip") && !gz:
 				gz = true
 			default:
-				return nil, fmt.Errorf("%w %q", errUnsupportedEncoding, clipHeader(v))
+				return nil, fmt.Errorf("%w %q", errUnsupportedEncoding, telemetry.Truncate(v, 32))
 			}
 		}
 	}
@@ -71,13 +72,6 @@ func bodyError(err error) error {
 	return err
 }
 
-func clipHeader(s string) string {
-	if len(s) > 32 {
-		return s[:32] + "..."
-	}
-	return s
-}
-
 // readBody reads a device's request body (decodeBody) and answers the
 // refusal itself: 413 past the limit, 415 for an encoding the hub does not
 // take, 400 for a body it cannot read.
@@ -87,14 +81,14 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool
 	case err == nil:
 		return body, true
 	case errors.Is(err, errBodyTooLarge):
-		writeError(w, http.StatusRequestEntityTooLarge, &telemetry.Error{Code: telemetry.CodeTooLarge, Message: fmt.Sprintf("body exceeds the message size limit of %d bytes (after decompression)", h.opts.ReadLimit)})
+		writeError(w, "", &telemetry.Error{Code: telemetry.CodeTooLarge, Message: fmt.Sprintf("body exceeds the message size limit of %d bytes (after decompression)", h.opts.ReadLimit)})
 	case errors.Is(err, errUnsupportedEncoding):
 		w.Header().Set("Accept-Encoding", "gzip")
-		writeError(w, http.StatusUnsupportedMediaType, &telemetry.Error{Code: telemetry.CodeUnsupportedEncoding, Message: err.Error() + "; send the body as is or with Content-Encoding: gzip"})
+		writeError(w, "", &telemetry.Error{Code: telemetry.CodeUnsupportedEncoding, Message: err.Error() + "; send the body as is or with Content-Encoding: gzip"})
 	case errors.Is(err, errBadEncoding):
-		writeError(w, http.StatusBadRequest, &telemetry.Error{Code: telemetry.CodeBadJSON, Message: "body is not valid gzip"})
+		writeError(w, "", &telemetry.Error{Code: telemetry.CodeBadJSON, Message: "body is not valid gzip"})
 	default:
-		writeError(w, http.StatusBadRequest, &telemetry.Error{Code: telemetry.CodeBadJSON, Message: "could not read body"})
+		writeError(w, "", &telemetry.Error{Code: telemetry.CodeBadJSON, Message: "could not read body"})
 	}
 	return nil, false
 }
@@ -115,26 +109,13 @@ func (h *Handler) ServeTelemetry(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s := h.opts.Bridge.Ephemeral(id, devices.TransportHTTP, h.opts.Proxies.ClientAddr(r))
-	msgID, terr := h.opts.Bridge.Ingest(r.Context(), s, body)
-	if terr != nil {
-		status := http.StatusBadRequest
-		switch terr.Code {
-		case telemetry.CodeRateLimited:
-			status = http.StatusTooManyRequests
-			w.Header().Set("Retry-After", "1")
-		case telemetry.CodeOverloaded, telemetry.CodeInternal:
-			status = http.StatusServiceUnavailable
-			w.Header().Set("Retry-After", "5")
-		case telemetry.CodeTooLarge:
-			status = http.StatusRequestEntityTooLarge
-		}
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(status)
-		_, _ = w.Write(telemetry.EncodeError(msgID, terr))
+	a := h.opts.Bridge.Accept(r.Context(), s, bridge.Message{Kind: telemetry.KindTelemetry, Payload: body})
+	if a.Err != nil {
+		writeError(w, a.ID, a.Err)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
-	_, _ = w.Write(telemetry.EncodeAck(msgID))
+	_, _ = w.Write(telemetry.EncodeAck(a.ID))
 }
 
 // maxPollWait bounds a device's command long poll.
@@ -153,7 +134,7 @@ func (h *Handler) ServeNextCommand(w http.ResponseWriter, r *http.Request) {
 	if v := r.URL.Query().Get("wait"); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil || d < 0 || d > maxPollWait {
-			writeError(w, http.StatusBadRequest, &telemetry.Error{Code: telemetry.CodeInvalid, Message: "wait must be a duration up to 60s, such as 30s"})
+			writeError(w, "", &telemetry.Error{Code: telemetry.CodeInvalid, Message: "wait must be a duration up to 60s, such as 30s"})
 			return
 		}
 		wait = d
@@ -164,7 +145,7 @@ func (h *Handler) ServeNextCommand(w http.ResponseWriter, r *http.Request) {
 		// The token changed during the poll: the poll ends like a request
 		// made with it now would.
 		h.log.Info("device long poll ended", "device", id, "reason", "revoked")
-		writeError(w, http.StatusUnauthorized, &telemetry.Error{Code: "unauthorized", Message: "the device token was revoked during the poll"})
+		writeError(w, "", &telemetry.Error{Code: telemetry.CodeUnauthorized, Message: "the device token was revoked during the poll"})
 		return
 	}
 	if !ok {
@@ -187,28 +168,14 @@ func (h *Handler) ServeCommandResult(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	codec := h.opts.Bridge.Codec()
-	f, derr := codec.Decode(body)
-	if f != nil && f.Type == "" {
-		f.Type, derr = telemetry.TypeCommandResult, nil
-	}
-	if f != nil && f.ID == "" {
-		f.ID = r.PathValue("id")
-	}
-	var res *telemetry.CommandResult
-	if derr == nil {
-		res, derr = codec.CommandResult(f)
-	}
-	if derr != nil || res.ID != r.PathValue("id") {
-		var e *telemetry.Error
-		if !errors.As(derr, &e) {
-			e = &telemetry.Error{Code: telemetry.CodeInvalid, Message: "id: must match the command id in the path"}
-		}
-		writeError(w, http.StatusBadRequest, e)
+	s := h.opts.Bridge.Ephemeral(id, devices.TransportHTTP, h.opts.Proxies.ClientAddr(r))
+	a := h.opts.Bridge.Accept(r.Context(), s, bridge.Message{Kind: telemetry.KindCommandResult, Payload: body, PathID: r.PathValue("id")})
+	switch {
+	case a.Err != nil:
+		writeError(w, "", a.Err)
 		return
-	}
-	if err := h.opts.Commands.CommandResult(id, res); err != nil {
-		writeError(w, http.StatusNotFound, &telemetry.Error{Code: "not_found", Message: "no pending command with this id for this device"})
+	case a.Unknown:
+		writeError(w, "", &telemetry.Error{Code: telemetry.CodeNotFound, Message: "no pending command with this id for this device"})
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)

@@ -25,6 +25,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/fieldhub/fieldhub/bridge"
+	"github.com/fieldhub/fieldhub/bridge/hijack"
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/telemetry"
 )
@@ -113,9 +114,7 @@ type Handler struct {
 	opts     Options
 	log      *slog.Logger
 	upgrader websocket.Upgrader
-	mu       sync.Mutex // guards closing and wg.Add against Wait
-	closing  bool
-	wg       sync.WaitGroup // live connections, for Wait
+	conns    hijack.Conns[*http.Request] // live connections, for Close and Wait
 }
 
 // New returns a Handler.
@@ -142,31 +141,11 @@ func New(opts Options) (*Handler, error) {
 
 // Close refuses new connections; a connection that raced past it is
 // kicked as soon as its session exists. At shutdown: Close, then the
-// bridge's CloseAll, then Wait.
-func (h *Handler) Close() {
-	h.mu.Lock()
-	h.closing = true
-	h.mu.Unlock()
-}
+// bridge's CloseAll (which closes the open sockets), then Wait.
+func (h *Handler) Close() { h.conns.Close() }
 
 // Wait blocks until every connection handler has returned.
-func (h *Handler) Wait() { h.wg.Wait() }
-
-func (h *Handler) isClosing() bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.closing
-}
-
-func (h *Handler) track() bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.closing {
-		return false
-	}
-	h.wg.Add(1)
-	return true
-}
+func (h *Handler) Wait() { h.conns.Wait() }
 
 // DeviceToken extracts a device token from Authorization: Bearer or the
 // token query parameter.
@@ -197,8 +176,7 @@ func RemoteIP(r *http.Request) string {
 func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request) (string, devices.TokenHash, bool) {
 	ip := h.opts.Proxies.ClientAddr(r)
 	if h.opts.Connects != nil && websocket.IsWebSocketUpgrade(r) && !h.opts.Connects.Allow(ip) {
-		w.Header().Set("Retry-After", "1")
-		writeError(w, http.StatusTooManyRequests, &telemetry.Error{Code: telemetry.CodeRateLimited, Message: "too many connections from this address; retry later"})
+		writeError(w, "", &telemetry.Error{Code: telemetry.CodeRateLimited, Message: "too many connections from this address; retry later"})
 		return "", devices.TokenHash{}, false
 	}
 	token := DeviceToken(r)
@@ -207,25 +185,27 @@ func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request) (string, 
 		if h.opts.OnAuthFailure != nil {
 			h.opts.OnAuthFailure(devices.TransportWS)
 		}
-		if h.opts.Failures != nil && !h.opts.Failures.Fail(devices.FailureKey(ip, token)) {
-			h.log.Debug("device authentication failed", "remote", ip, "path", r.URL.Path, "reason", "rate_limited")
-			w.Header().Set("Retry-After", "1")
-			writeError(w, http.StatusTooManyRequests, &telemetry.Error{Code: telemetry.CodeRateLimited, Message: "too many failed authentications with this token; retry later"})
+		if h.opts.Failures.Refuse(h.log, "device authentication failed", ip, token, "path", r.URL.Path) {
+			writeError(w, "", &telemetry.Error{Code: telemetry.CodeRateLimited, Message: "too many failed authentications with this token; retry later"})
 			return "", devices.TokenHash{}, false
 		}
-		if n, ok := h.opts.Failures.Log(); ok {
-			h.log.Info("device authentication failed", "remote", ip, "path", r.URL.Path, "suppressed", n)
-		}
-		writeError(w, http.StatusUnauthorized, &telemetry.Error{Code: "unauthorized", Message: "missing or invalid device token"})
+		writeError(w, "", &telemetry.Error{Code: telemetry.CodeUnauthorized, Message: "missing or invalid device token"})
 		return "", devices.TokenHash{}, false
 	}
 	return id, hash, true
 }
 
-func writeError(w http.ResponseWriter, status int, e *telemetry.Error) {
+// writeError answers an HTTP request with the error frame of e (answering
+// message id), in the status and with the Retry-After the error table
+// (telemetry.AnswerFor) gives its code.
+func writeError(w http.ResponseWriter, id string, e *telemetry.Error) {
+	a := telemetry.AnswerFor(e.Code)
+	if a.RetryAfter != "" {
+		w.Header().Set("Retry-After", a.RetryAfter)
+	}
 	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_, _ = w.Write(telemetry.EncodeError("", e))
+	w.WriteHeader(a.HTTPStatus)
+	_, _ = w.Write(telemetry.EncodeError(id, e))
 }
 
 // ServeHTTP upgrades an authenticated device to a WebSocket session.
@@ -234,11 +214,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if !h.track() {
-		writeError(w, http.StatusServiceUnavailable, &telemetry.Error{Code: telemetry.CodeOverloaded, Message: "hub is shutting down"})
+	if !h.conns.Add(r) {
+		writeError(w, "", &telemetry.Error{Code: telemetry.CodeOverloaded, Message: "hub is shutting down"})
 		return
 	}
-	defer h.wg.Done()
+	defer h.conns.Done(r)
 	conn, err := h.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		return // the upgrader already answered
@@ -250,7 +230,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		done: make(chan struct{}),
 	}
 	c.session = h.opts.Bridge.Connect(id, devices.TransportWS, h.opts.Proxies.ClientAddr(r), hash, c)
-	if h.isClosing() {
+	if h.conns.Closing() {
 		c.session.Kick(bridge.ReasonServerShutdown)
 	}
 	c.run(r.Context())
@@ -344,7 +324,6 @@ func (c *conn_) readLoop(ctx context.Context) string {
 	c.ws.SetPongHandler(func(string) error {
 		return c.ws.SetReadDeadline(time.Now().Add(pongWait))
 	})
-	codec := c.h.opts.Bridge.Codec()
 	for {
 		mt, data, err := c.readMessage()
 		if errors.Is(err, errDecompressedTooLarge) {
@@ -355,47 +334,24 @@ func (c *conn_) readLoop(ctx context.Context) string {
 		}
 		// Any message proves the device is alive, like a pong.
 		_ = c.ws.SetReadDeadline(time.Now().Add(pongWait))
-		var answer []byte
-		if terr := c.h.opts.Bridge.Admit(c.session); terr != nil {
-			answer = telemetry.EncodeError("", terr)
-		} else if mt != websocket.TextMessage {
-			answer = telemetry.EncodeError("", &telemetry.Error{Code: telemetry.CodeBadJSON, Message: "binary frames are not supported; send JSON text frames"})
-		} else {
-			answer = c.handle(ctx, codec, data)
-		}
+		answer := frameFor(c.h.opts.Bridge.Accept(ctx, c.session, bridge.Message{Kind: telemetry.KindFrame, Payload: data, Binary: mt != websocket.TextMessage}))
 		if answer != nil && !c.queue(answer) {
 			return bridge.ReasonSlowConsumer
 		}
 	}
 }
 
-// handle acts on one text message and returns the answer to send, if any.
-func (c *conn_) handle(ctx context.Context, codec *telemetry.Codec, data []byte) []byte {
-	f, derr := codec.Decode(data)
-	if derr != nil {
-		id := ""
-		if f != nil {
-			id = f.ID
-		}
-		return c.reject(id, derr)
-	}
-	switch f.Type {
-	case telemetry.TypeTelemetry:
-		id, terr := c.h.opts.Bridge.IngestFrame(ctx, c.session, f)
-		if terr != nil {
-			return telemetry.EncodeError(id, terr)
-		}
-		return telemetry.EncodeAck(id)
-	case telemetry.TypePing:
+// frameFor is the frame answering a, if any: the error table's answer on
+// a socket is the error frame (telemetry.WSErrorFrame) for every code a
+// frame can earn; a result for no pending command gets none.
+func frameFor(a bridge.Answer) []byte {
+	switch {
+	case a.Err != nil:
+		return telemetry.EncodeError(a.ID, a.Err)
+	case a.Reply == bridge.ReplyAck:
+		return telemetry.EncodeAck(a.ID)
+	case a.Reply == bridge.ReplyPong:
 		return []byte(`{"type":"pong"}`)
-	case telemetry.TypeCommandResult:
-		r, err := codec.CommandResult(f)
-		if err != nil {
-			return c.reject(f.ID, err)
-		}
-		// An unknown or already finished command is not the device's
-		// fault (a redelivered duplicate): nothing to answer.
-		_ = c.h.opts.Commands.CommandResult(c.session.DeviceID, r)
 	}
 	return nil
 }
@@ -443,15 +399,6 @@ func (c *conn_) refuseTooLarge() string {
 			return bridge.ReasonReadLimit
 		}
 	}
-}
-
-func (c *conn_) reject(id string, err error) []byte {
-	var e *telemetry.Error
-	if !errors.As(err, &e) {
-		e = &telemetry.Error{Code: telemetry.CodeBadJSON, Message: "malformed message"}
-	}
-	c.h.opts.Bridge.Reject(c.session, e)
-	return telemetry.EncodeError(id, e)
 }
 
 func readErrorReason(err error) string {

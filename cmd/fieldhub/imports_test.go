@@ -20,10 +20,13 @@ func TestImportRules(t *testing.T) {
 		"devices":    {"telemetry"},
 		"devices/pg": {"devices", "telemetry"},
 		"bridge":     {"bridge", "devices", "telemetry"},
+		// hijack: the closing set of hijacked connections, shared by the
+		// device and operator sockets; standard library only.
+		"bridge/hijack": {},
 		// Commands own their records and stores; they know nothing of the
 		// pipeline or the transports.
 		"bridge/commands": {"bridge/commands", "devices", "telemetry"},
-		"dashboard":       {"dashboard", "bridge/commands", "devices", "telemetry"},
+		"dashboard":       {"dashboard", "bridge/commands", "bridge/hijack", "devices", "telemetry"},
 		"firmware-sim":    {"telemetry"},
 		// The load harness wraps a fleet; the fleet (a device) never
 		// imports the harness.
