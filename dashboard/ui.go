@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/fieldhub/fieldhub/dashboard/live"
 	"github.com/fieldhub/fieldhub/devices"
 )
 
@@ -146,10 +147,10 @@ func (s *Server) presence(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, "not_found", "device not found")
 		return
 	}
-	evs := s.opts.Live.presenceLog(id)
+	evs := s.opts.Live.PresenceLog(id)
 	out := make([]any, 0, len(evs))
 	for _, ev := range evs {
-		out = append(out, eventJSON(ev))
+		out = append(out, live.EventJSON(ev))
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"device": id, "events": out})
 }
@@ -160,10 +161,10 @@ func (s *Server) latest(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, "not_found", "device not found")
 		return
 	}
-	ev, ok := s.opts.Live.latestOf(id)
+	ev, ok := s.opts.Live.Latest(id)
 	if !ok {
 		writeJSON(w, http.StatusOK, map[string]any{"device": id, "metrics": map[string]any{}})
 		return
 	}
-	writeJSON(w, http.StatusOK, eventJSON(ev))
+	writeJSON(w, http.StatusOK, live.EventJSON(ev))
 }

@@ -21,6 +21,7 @@ func TestImportRules(t *testing.T) {
 		"devices/pg":       {"devices", "telemetry"},
 		"bridge":           {"bridge", "devices", "telemetry"},
 		"dashboard":        {"dashboard", "devices", "telemetry"},
+		"dashboard/live":   {"devices", "telemetry"}, // the hub without HTTP: never the handlers
 		"firmware-sim":     {"telemetry"},
 		"cmd/firmware-sim": {"firmware-sim", "telemetry"},
 		"cmd/fieldhub":     {""},

@@ -10,7 +10,7 @@ import (
 
 	"github.com/fieldhub/fieldhub/bridge"
 	"github.com/fieldhub/fieldhub/bridge/cluster"
-	"github.com/fieldhub/fieldhub/dashboard"
+	"github.com/fieldhub/fieldhub/dashboard/live"
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/telemetry/influx"
 	"github.com/fieldhub/fieldhub/telemetry/spool"
@@ -56,7 +56,7 @@ func newMetrics() *metrics {
 
 func (m *metrics) authFailure(transport string) { m.authFailures.WithLabelValues(transport).Inc() }
 
-func (m *metrics) register(br *bridge.Bridge, sp *spool.Spool, w *influx.Writer, reg *devices.Registry, live *dashboard.Live, cl *cluster.Cluster) {
+func (m *metrics) register(br *bridge.Bridge, sp *spool.Spool, w *influx.Writer, reg *devices.Registry, live *live.Hub, cl *cluster.Cluster) {
 	w.OnBatch = func(points int, d time.Duration) {
 		m.batchSize.Observe(float64(points))
 		m.writeLatency.Observe(d.Seconds())
@@ -115,7 +115,7 @@ type hubCollector struct {
 	sp   *spool.Spool
 	w    *influx.Writer
 	reg  *devices.Registry
-	live *dashboard.Live
+	live *live.Hub
 	cl   *cluster.Cluster // nil: embedded broker
 }
 

@@ -27,6 +27,7 @@ import (
 	"github.com/fieldhub/fieldhub/bridge/mqtt"
 	"github.com/fieldhub/fieldhub/bridge/ws"
 	"github.com/fieldhub/fieldhub/dashboard"
+	"github.com/fieldhub/fieldhub/dashboard/live"
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/devices/pg"
 	"github.com/fieldhub/fieldhub/telemetry"
@@ -112,13 +113,13 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	var br *bridge.Bridge
 	var reg *devices.Registry
 	var cl *cluster.Cluster
-	live := dashboard.NewLive(dashboard.LiveOptions{Logger: log, MaxPerCredential: cfg.LiveMaxPerToken})
+	liveHub := live.New(live.Options{Logger: log, MaxPerCredential: cfg.LiveMaxPerToken})
 	reg, err = devices.Open(ctx, store, devices.Options{
 		Logger:    log,
 		TagLabels: cfg.TagLabels,
 		// An operator token revoked or a session ended closes the live
 		// connections it opened, at once.
-		OnOperatorEnded: live.CloseCredential,
+		OnOperatorEnded: liveHub.CloseCredential,
 		SessionIdle:     cfg.SessionIdle, SessionMax: cfg.SessionMax,
 		OnChange: func(c devices.Changed) {
 			if cl != nil {
@@ -130,7 +131,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 				br.CredentialsChanged(id)
 			}
 			if reg != nil && !reg.Exists(id) {
-				live.Forget(id)
+				liveHub.Forget(id)
 			}
 		},
 	})
@@ -169,10 +170,10 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 
 	m := newMetrics()
-	var fanout bridge.Fanout = live
+	var fanout bridge.Fanout = liveHub
 	var remote bridge.RemoteCommands
 	if cfg.MQTTBroker != "" {
-		if cl, err = newCluster(cfg, reg, live, log); err != nil {
+		if cl, err = newCluster(cfg, reg, liveHub, log); err != nil {
 			return err
 		}
 		fanout, remote = cl, cl
@@ -202,7 +203,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	rates := dashboard.NewRates(fleetTotals{br, cl})
 	api, err := dashboard.New(dashboard.Options{
 		Registry: reg, History: ic, Failures: failures, Proxies: cfg.TrustedProxies, Logger: log,
-		Live: live, AllowedOrigins: cfg.AllowedOrigins, FromTrustedProxy: cfg.TrustedProxies.Trusted, Commands: br, Rates: rates,
+		Live: liveHub, AllowedOrigins: cfg.AllowedOrigins, FromTrustedProxy: cfg.TrustedProxies.Trusted, Commands: br, Rates: rates,
 		OnAuthFailure: func() { m.authFailure("api") },
 	})
 	if err != nil {
@@ -221,7 +222,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 			return err
 		}
 	}
-	m.register(br, sp, writer, reg, live, cl)
+	m.register(br, sp, writer, reg, liveHub, cl)
 
 	mux := http.NewServeMux()
 	api.Register(mux)
@@ -275,6 +276,11 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	})
 	g.Go(func() error { return br.Run(gctx) })
 	g.Go(func() error { return rates.Run(gctx) })
+	// The live hub outlives the dashboards' sockets: it stops after
+	// api.Shutdown has closed them.
+	liveCtx, stopLiveHub := context.WithCancel(context.Background())
+	defer stopLiveHub()
+	g.Go(func() error { return liveHub.Run(liveCtx) })
 	mqttCtx, stopMQTT := context.WithCancel(context.Background())
 	defer stopMQTT()
 	if broker != nil {
@@ -316,6 +322,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		// unacknowledged at the broker, for this instance's next start.
 		stopCluster()
 		api.Shutdown()
+		stopLiveHub()
 		// 3. Drain what is spooled to InfluxDB while time remains; what is
 		// left is replayed at the next start.
 		drainSpool(shutdownCtx, sp)
@@ -517,14 +524,14 @@ func (rd *readiness) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // newCluster sets up external-broker mode: the instance id (generated
 // once into the data dir unless set), the broker's TLS roots, and the
 // cluster client.
-func newCluster(cfg config, reg *devices.Registry, live *dashboard.Live, log *slog.Logger) (*cluster.Cluster, error) {
+func newCluster(cfg config, reg *devices.Registry, liveHub *live.Hub, log *slog.Logger) (*cluster.Cluster, error) {
 	tlsCfg, err := brokerTLSConfig(cfg)
 	if err != nil {
 		return nil, err
 	}
 	return cluster.New(cluster.Options{
 		BrokerURL: cfg.MQTTBroker, Username: cfg.MQTTBrokerUsername, Password: cfg.MQTTBrokerPassword, TLS: tlsCfg,
-		ClientID: cfg.InstanceID, Registry: reg, Local: live, Dynsec: cfg.MQTTBrokerDynsec, BrokerIdle: cfg.MQTTBrokerIdle,
+		ClientID: cfg.InstanceID, Registry: reg, Local: liveHub, Dynsec: cfg.MQTTBrokerDynsec, BrokerIdle: cfg.MQTTBrokerIdle,
 		MaxMessageBytes: int(cfg.MaxMessageBytes), Logger: log,
 	})
 }
