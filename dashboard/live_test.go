@@ -56,7 +56,14 @@ func newLiveRig(t *testing.T, lo live.Options) *liveRig {
 	}
 	op, _ := reg.AuthenticateOperator(context.Background(), r.viewer)
 	r.session, _ = reg.CreateSession(context.Background(), op)
-	t.Cleanup(func() { r.api.Shutdown(); stopHub(); <-hubDone; r.srv.Close(); reg.Close(); st.Close() })
+	t.Cleanup(func() {
+		r.api.Shutdown()
+		stopHub()
+		<-hubDone
+		r.srv.Close()
+		reg.Close()
+		st.Close()
+	})
 	return r
 }
 

@@ -251,9 +251,6 @@ func unknownMessage(unknown []string) string {
 	return fmt.Sprintf("%d device ids are not in the registry and were ignored: %s%s", len(unknown), b, more)
 }
 
-
-
-
 func (c *liveConn) answer(code, msg string) {
 	b, _ := json.Marshal(map[string]string{"type": "error", "code": code, "message": msg})
 	select {
@@ -374,7 +371,6 @@ func isTimeout(err error) bool {
 func (s *Server) logSlow(sub *live.Subscriber, transport, remote, detail string) {
 	s.log.Warn("live client disconnected", "reason", "slow_consumer", "transport", transport, "token_id", sub.Owner().TokenID, "remote", remote, "detail", detail)
 }
-
 
 // errStreamCut is a write refused because the stream is ending.
 var errStreamCut = errors.New("live stream ending")

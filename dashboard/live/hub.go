@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -68,7 +69,10 @@ type Hub struct {
 	done    chan struct{}          // closed when Run returns
 	seq     uint64                 // hub goroutine only
 
-	// Owned by the hub goroutine: no lock.
+	// Owned by the hub goroutine: no lock. gathered and fanned are its
+	// scratch, reused per round (offer copies what it keeps).
+	gathered     []telemetry.Event
+	fanned       []*Event
 	subs         map[*Subscriber]struct{}
 	perPrincipal map[string]int
 
@@ -133,7 +137,7 @@ func (h *Hub) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case evs := <-h.in:
-			h.fanout(evs)
+			h.fanout(h.gather(evs))
 		case op := <-h.ops:
 			op()
 		}
@@ -179,11 +183,33 @@ func (h *Hub) PublishBatch(evs []telemetry.Event) {
 // dropLogEvery spaces the log lines of a full hub input.
 const dropLogEvery = 10 * time.Second
 
+// gatherMax bounds the events one fan-out round takes from the input.
+const gatherMax = 1024
+
+// gather appends to evs the batches already waiting in the input (up to
+// gatherMax events), without waiting: one fan-out round then costs each
+// subscriber one lock and its writer one wake-up, however many
+// publishers were busy meanwhile. evs is the hub's to extend.
+func (h *Hub) gather(first []telemetry.Event) []telemetry.Event {
+	evs := append(h.gathered[:0], first...)
+	defer func() { h.gathered = evs[:0] }()
+	for len(evs) < gatherMax {
+		select {
+		case more := <-h.in:
+			evs = append(evs, more...)
+		default:
+			return evs
+		}
+	}
+	return evs
+}
+
 // fanout runs on the hub goroutine: it records one batch (latest values,
 // presence, replay window) under one lock, then offers it to each
 // subscriber, one lock of that subscriber per batch.
 func (h *Hub) fanout(evs []telemetry.Event) {
-	les := make([]*Event, len(evs))
+	les := slices.Grow(h.fanned[:0], len(evs))[:len(evs)]
+	defer func() { clear(les); h.fanned = les[:0] }()
 	h.mu.Lock()
 	for i, ev := range evs {
 		h.seq++
