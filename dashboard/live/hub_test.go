@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -455,5 +457,116 @@ func TestGatherOneRound(t *testing.T) {
 	h.fanout(h.gather(<-h.in))
 	if got := s.Take(nil); len(got) != 3 || got[0].Seq != 1 || got[2].Seq != 3 {
 		t.Fatalf("one round took %d events", len(got))
+	}
+}
+
+// TestDefaults: zero or negative options take the documented defaults;
+// positive ones are kept.
+func TestDefaults(t *testing.T) {
+	want := Options{QueueLen: 1024, SlowAfter: 5 * time.Second, ReplayLen: 10000, MaxSubscribers: 1000, MaxFilterDevices: 10000, MaxPerCredential: 20, InputLen: 8192}
+	for _, in := range []Options{{}, {QueueLen: -1, SlowAfter: -1, ReplayLen: -1, MaxSubscribers: -1, MaxFilterDevices: -1, MaxPerCredential: -1, InputLen: -1}} {
+		got := New(in).Options()
+		got.Logger = nil
+		if got != want {
+			t.Errorf("New(%+v).Options() = %+v, want %+v", in, got, want)
+		}
+	}
+	kept := Options{QueueLen: 1, SlowAfter: time.Nanosecond, ReplayLen: 1, MaxSubscribers: 1, MaxFilterDevices: 1, MaxPerCredential: 1, InputLen: 1}
+	got := New(kept).Options()
+	got.Logger = nil
+	if got != kept {
+		t.Errorf("New(%+v).Options() = %+v", kept, got)
+	}
+	if cap(New(kept).in) != 1 {
+		t.Error("InputLen does not bound the input")
+	}
+}
+
+// lines counts the records a logger is handed.
+type lines struct {
+	slog.Handler
+	n *atomic.Int64
+}
+
+func (l lines) Handle(context.Context, slog.Record) error { l.n.Add(1); return nil }
+func (l lines) Enabled(context.Context, slog.Level) bool  { return true }
+
+// TestInputFullLogsOnce: drops are logged at most once per dropLogEvery.
+func TestInputFullLogsOnce(t *testing.T) {
+	var n atomic.Int64
+	h := New(Options{InputLen: 1, Logger: slog.New(lines{slog.DiscardHandler, &n})})
+	for range 4 {
+		h.Publish(reading("d1", 1, "a", 1.0))
+	}
+	if got := n.Load(); got != 1 {
+		t.Fatalf("%d log lines for 3 drops, want 1", got)
+	}
+}
+
+// TestGatherBounded: one round takes at most gatherMax events, the rest
+// wait for the next.
+func TestGatherBounded(t *testing.T) {
+	h := New(Options{InputLen: gatherMax + 10})
+	for i := range gatherMax + 5 {
+		h.Publish(reading("d1", int64(i), "a", 1.0))
+	}
+	if got := len(h.gather(<-h.in)); got != gatherMax {
+		t.Fatalf("one round gathered %d events, want %d", got, gatherMax)
+	}
+	if len(h.in) != 5 {
+		t.Fatalf("%d batches left, want 5", len(h.in))
+	}
+}
+
+// TestLatestSameTimestampMerges: a reading with the same timestamp as the
+// latest adds its metrics to it.
+func TestLatestSameTimestampMerges(t *testing.T) {
+	h := running(t, Options{})
+	h.Publish(reading("d1", 5, "a", 1.0))
+	h.Publish(reading("d1", 5, "b", 2.0))
+	settle(h)
+	if ev, _ := h.Latest("d1"); len(ev.Metrics) != 2 {
+		t.Fatalf("latest %+v, want a and b", ev)
+	}
+}
+
+// TestPerCredentialAfterRemove: removing one of a credential's
+// subscribers frees one place, not the credential's whole count.
+func TestPerCredentialAfterRemove(t *testing.T) {
+	h := running(t, Options{MaxPerCredential: 2})
+	a1 := added(t, h, "a", "")
+	added(t, h, "a", "")
+	h.Remove(a1)
+	added(t, h, "a", "")
+	if err := h.Add(h.NewSubscriber(devices.Operator{TokenID: "a"})); !errors.Is(err, ErrPerCredential) {
+		t.Fatalf("third live client of a: %v, want ErrPerCredential", err)
+	}
+}
+
+// TestFilterMetrics: a subscribe with metric names filters on them; one
+// without (nil or empty) keeps every metric.
+func TestFilterMetrics(t *testing.T) {
+	var f Filter
+	f.Subscribe([]string{"d1"}, []string{"a", "b"})
+	if len(f.Metrics) != 2 || !f.Metrics["a"] {
+		t.Errorf("metrics %v", f.Metrics)
+	}
+	f.Subscribe([]string{"d1"}, []string{})
+	if f.Metrics != nil {
+		t.Errorf("an empty metric list filters: %v", f.Metrics)
+	}
+}
+
+// TestEmptyTakeIsNotBusy: a writer whose take found nothing is not
+// behind, so it is not judged slow.
+func TestEmptyTakeIsNotBusy(t *testing.T) {
+	h := running(t, Options{SlowAfter: time.Nanosecond})
+	s := added(t, h, "tok", "", "*")
+	s.Take(nil)
+	time.Sleep(time.Millisecond) // let SlowAfter (1 ns) pass; not synchronisation
+	h.Publish(reading("d1", 1, "a", 1.0))
+	settle(h)
+	if s.IsKicked() {
+		t.Fatal("a writer that took nothing was judged slow")
 	}
 }
