@@ -328,27 +328,27 @@ func (c *liveConn) writeLoop() {
 			if c.sub.IsRevoked() {
 				continue // nothing more for a revoked credential; close next
 			}
-			buf = c.sub.Take(buf)
 			metrics := c.sub.Metrics()
-			for _, le := range buf {
-				if c.sub.IsKicked() {
-					kicked()
-					return
-				}
-				if c.sub.IsRevoked() {
-					break // per frame: nothing after a revocation; the close follows
-				}
-				b := live.Frame(le, metrics)
-				if b == nil {
-					continue
-				}
-				if err := write(b); err != nil {
-					failed(err)
-					return
-				}
-				c.s.opts.Live.CountSent(1)
+			var stopped bool
+			var err error
+			buf, stopped, err = drainLive(c.s.opts.Live, c.sub, buf,
+				// per frame: nothing after a revocation; the close follows
+				func() bool { return c.sub.IsKicked() || c.sub.IsRevoked() },
+				func(le *live.Event) (bool, error) {
+					b := live.Frame(le, metrics)
+					if b == nil {
+						return false, nil
+					}
+					return true, write(b)
+				})
+			if err != nil {
+				failed(err)
+				return
 			}
-			clear(buf)
+			if stopped && c.sub.IsKicked() {
+				kicked()
+				return
+			}
 			c.sub.CaughtUp()
 		case <-ping.C:
 			if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(liveWriteWait)); err != nil {
@@ -500,23 +500,23 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 			s.logSlow(sub, "sse", r.RemoteAddr, "write timed out")
 		}
 	}
-	write := func(le *live.Event) error {
+	write := func(le *live.Event) (bool, error) {
 		b := live.Frame(le, f.Metrics)
 		if b == nil {
-			return nil
+			return false, nil
 		}
 		if err := setDeadline(dataWait); err != nil {
-			return err
+			return false, err
 		}
 		stalled.Reset(s.opts.Live.Options().SlowAfter)
 		defer stalled.Stop()
 		if le.Seq > 0 {
 			if _, err := fmt.Fprintf(w, "id: %d\n", le.Seq); err != nil {
-				return err
+				return false, err
 			}
 		}
 		_, err := fmt.Fprintf(w, "event: %s\ndata: %s\n\n", le.Ev.Type, b)
-		return err
+		return true, err
 	}
 	flush := func() error {
 		stalled.Reset(s.opts.Live.Options().SlowAfter)
@@ -548,11 +548,14 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 		if over() {
 			return
 		}
-		if err := write(le); err != nil {
+		wrote, err := write(le)
+		if err != nil {
 			failed(err)
 			return
 		}
-		s.opts.Live.CountSent(1)
+		if wrote {
+			s.opts.Live.CountSent(1)
+		}
 	}
 	backlog = nil
 	if err := flush(); err != nil {
@@ -591,18 +594,16 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 			if sub.IsRevoked() {
 				continue // nothing more for a revoked credential; end next
 			}
-			buf = sub.Take(buf)
-			for _, le := range buf {
-				if over() { // per frame: nothing after a revocation
-					return
-				}
-				if err := write(le); err != nil {
-					failed(err)
-					return
-				}
-				s.opts.Live.CountSent(1)
+			var stopped bool
+			var err error
+			buf, stopped, err = drainLive(s.opts.Live, sub, buf, over, write) // over: per frame, nothing after a revocation
+			if stopped {
+				return
 			}
-			clear(buf)
+			if err != nil {
+				failed(err)
+				return
+			}
 			if err := flush(); err != nil {
 				failed(err)
 				return
@@ -610,4 +611,29 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 			sub.CaughtUp()
 		}
 	}
+}
+
+// drainLive is the one drain of /ws/live and SSE: it takes everything sub
+// holds (events in order, then the coalesced readings) and writes it, one
+// frame per event, asking stop before each frame whether the stream must
+// end (revoked, kicked, shutting down). It returns buf for reuse, whether
+// stop ended it early, and the first write error. write reports whether
+// it wrote a frame (a metric filter may leave nothing of a reading);
+// written frames are counted.
+func drainLive(h *live.Hub, sub *live.Subscriber, buf []*live.Event, stop func() bool, write func(le *live.Event) (bool, error)) ([]*live.Event, bool, error) {
+	buf = sub.Take(buf)
+	defer clear(buf)
+	for _, le := range buf {
+		if stop() {
+			return buf, true, nil
+		}
+		wrote, err := write(le)
+		if err != nil {
+			return buf, false, err
+		}
+		if wrote {
+			h.CountSent(1)
+		}
+	}
+	return buf, false, nil
 }
