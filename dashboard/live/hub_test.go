@@ -463,7 +463,7 @@ func TestGatherOneRound(t *testing.T) {
 // TestDefaults: zero or negative options take the documented defaults;
 // positive ones are kept.
 func TestDefaults(t *testing.T) {
-	want := Options{QueueLen: 1024, SlowAfter: 5 * time.Second, ReplayLen: 10000, MaxSubscribers: 1000, MaxFilterDevices: 10000, MaxPerCredential: 20, InputLen: 8192}
+	want := Options{QueueLen: 1024, SlowAfter: 5 * time.Second, ReplayLen: 10000, MaxSubscribers: 1000, MaxFilterDevices: 10000, MaxPerCredential: 20, InputLen: 65536}
 	for _, in := range []Options{{}, {QueueLen: -1, SlowAfter: -1, ReplayLen: -1, MaxSubscribers: -1, MaxFilterDevices: -1, MaxPerCredential: -1, InputLen: -1}} {
 		got := New(in).Options()
 		got.Logger = nil
