@@ -17,6 +17,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/fieldhub/fieldhub/dashboard/live"
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/telemetry/influx"
 )
@@ -42,7 +43,7 @@ type Options struct {
 	// MaxBodyBytes bounds request bodies; default 1 MiB (bulk import 16 MiB).
 	MaxBodyBytes int64
 	// Live is the fan-out behind /ws/live and /api/v1/live; nil disables them.
-	Live *Live
+	Live *live.Hub
 	// Commands is the command service; nil disables the command routes.
 	Commands Commander
 	// Rates feeds the overview's readings/s and rejected/s; the caller

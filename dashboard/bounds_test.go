@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fieldhub/fieldhub/dashboard/live"
 	"github.com/fieldhub/fieldhub/devices"
 )
 
@@ -76,7 +77,7 @@ func TestRateRing(t *testing.T) {
 // TestLiveFilterBounded: a socket follows only registered devices, at most
 // MaxFilterDevices of them, and is told about what it asked for in vain.
 func TestLiveFilterBounded(t *testing.T) {
-	r := newLiveRig(t, LiveOptions{MaxFilterDevices: 2})
+	r := newLiveRig(t, live.Options{MaxFilterDevices: 2})
 	for _, id := range []string{"d2", "d3"} {
 		if _, err := r.api.opts.Registry.Create(context.Background(), devices.Spec{ID: id}); err != nil {
 			t.Fatal(err)

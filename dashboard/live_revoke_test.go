@@ -14,6 +14,10 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/fieldhub/fieldhub/dashboard/live"
+	"github.com/fieldhub/fieldhub/devices"
+	"github.com/fieldhub/fieldhub/telemetry"
 )
 
 // TestLiveWSNothingAfterRevocation: a /ws/live client stops reading while
@@ -21,7 +25,7 @@ import (
 // writer may finish the frame in flight, then sends nothing more but the
 // close 4003 (it checks the revocation per frame, not per batch).
 func TestLiveWSNothingAfterRevocation(t *testing.T) {
-	r := newLiveRig(t, LiveOptions{QueueLen: 1024, SlowAfter: 10 * time.Minute})
+	r := newLiveRig(t, live.Options{QueueLen: 1024, SlowAfter: 10 * time.Minute})
 	// A fixed 64 KiB receive buffer: the hub's writer blocks mid-batch.
 	d := websocket.Dialer{NetDialContext: func(ctx context.Context, n, a string) (net.Conn, error) {
 		nd := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
@@ -45,28 +49,20 @@ func TestLiveWSNothingAfterRevocation(t *testing.T) {
 	}
 	const n = 1000
 	before := r.live.Stats().Sent
-	// Queue them as one batch, then let the writer take it.
-	var sub *subscriber
-	r.live.mu.RLock()
-	for s := range r.live.subs {
-		sub = s
-	}
-	r.live.mu.RUnlock()
-	sub.mu.Lock()
+	// Publish them as one batch: the hub queues it for the subscriber
+	// at once and the writer takes it whole, so its first frame out means
+	// the whole batch is in the writer's hands.
+	evs := make([]telemetry.Event, n)
 	for i := range n {
-		sub.queue = append(sub.queue, &liveEvent{seq: uint64(i + 1), ev: reading("d1", int64(i+10), kv...)})
+		evs[i] = reading("d1", int64(i+10), kv...)
 	}
-	sub.mu.Unlock()
-	select {
-	case sub.notify <- struct{}{}:
-	default: // already due to look
+	r.live.PublishBatch(evs)
+	waitFor(t, "the writer to start on the batch", func() bool { return r.live.Stats().Sent > before })
+	op, ok := r.api.opts.Registry.AuthenticateOperator(context.Background(), r.viewer)
+	if !ok {
+		t.Fatal("viewer token does not authenticate")
 	}
-	waitFor(t, "the writer to take the batch", func() bool {
-		sub.mu.Lock()
-		defer sub.mu.Unlock()
-		return !sub.busySince.IsZero() && len(sub.queue) == 0
-	})
-	sub.revoke()
+	r.live.CloseCredential(devices.OperatorEnded{TokenID: op.TokenID})
 	atRevoke := r.live.Stats().Sent
 	if atRevoke-before >= n {
 		t.Fatalf("the whole batch went out before the revocation (%d frames): the test did not stall the writer", atRevoke-before)
@@ -135,7 +131,7 @@ func TestBadMetricFilter(t *testing.T) {
 // with an invalid name, is refused on the socket and not applied; SSE
 // answers 400.
 func TestLiveMetricFilterBounded(t *testing.T) {
-	r := newLiveRig(t, LiveOptions{})
+	r := newLiveRig(t, live.Options{})
 	c := r.dial(t, nil)
 	var names []string
 	for i := range liveMaxMetrics + 1 {
@@ -150,16 +146,14 @@ func TestLiveMetricFilterBounded(t *testing.T) {
 			t.Fatalf("subscribe with %d metric names: %v %v, want error invalid_metrics", len(metrics), m, err)
 		}
 	}
-	sub := func() *subscriber {
-		r.live.mu.RLock()
-		defer r.live.mu.RUnlock()
-		for s := range r.live.subs {
-			return s
-		}
-		return nil
-	}()
-	if f := sub.update(func(*filter) {}); f.all || f.metrics != nil {
-		t.Errorf("a refused subscribe was applied: %+v", f)
+	// Neither refused subscribe was applied: after a valid one to d1
+	// alone, a reading of another device is not delivered before d1's.
+	subscribe(t, c, `{"type":"subscribe","devices":["d1"]}`)
+	waitSubscribed(t, r, c, "d1")
+	r.live.Publish(reading("dx", 5, "temp", 1.0))
+	r.live.Publish(reading("d1", 6, "temp", 2.0))
+	if e := next(t, c); e.Device != "d1" || e.TS != 6 {
+		t.Errorf("a refused subscribe was applied: got %+v first, want d1's reading", e)
 	}
 	for _, q := range []string{strings.Join(names, ","), "temp,bad name"} {
 		req, _ := http.NewRequest("GET", r.srv.URL+"/api/v1/live?devices=*&metrics="+url.QueryEscape(q), nil)
@@ -177,10 +171,10 @@ func TestLiveMetricFilterBounded(t *testing.T) {
 
 // TestAdmitLiveRechecksCredential: a credential revoked between
 // authentication and the live socket's registration (where
-// Live.CloseCredential could not see the socket yet) is refused 401 and
+// Hub.CloseCredential could not see the socket yet) is refused 401 and
 // leaves no live client behind.
 func TestAdmitLiveRechecksCredential(t *testing.T) {
-	r := newLiveRig(t, LiveOptions{})
+	r := newLiveRig(t, live.Options{})
 	reg := r.api.opts.Registry
 	op, ok := reg.AuthenticateOperator(context.Background(), r.viewer)
 	if !ok {
@@ -191,7 +185,8 @@ func TestAdmitLiveRechecksCredential(t *testing.T) {
 	}
 	w := httptest.NewRecorder()
 	req := httptest.NewRequest("GET", "/ws/live", nil)
-	if r.api.admitLive(w, req, newSubscriber(r.live), op) {
+	if end, ok := r.api.openLive(w, req, r.live.NewSubscriber(op)); ok {
+		end()
 		t.Fatal("a revoked credential was admitted as a live client")
 	}
 	if w.Code != http.StatusUnauthorized {

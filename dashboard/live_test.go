@@ -15,6 +15,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/fieldhub/fieldhub/dashboard/live"
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/telemetry"
 )
@@ -22,13 +23,13 @@ import (
 type liveRig struct {
 	markers int
 	srv     *httptest.Server
-	live    *Live
+	live    *live.Hub
 	api     *Server
 	viewer  string
 	session string // a dashboard session of viewer
 }
 
-func newLiveRig(t *testing.T, lo LiveOptions) *liveRig {
+func newLiveRig(t *testing.T, lo live.Options) *liveRig {
 	t.Helper()
 	st, err := devices.OpenBolt(filepath.Join(t.TempDir(), "registry.db"))
 	if err != nil {
@@ -38,7 +39,10 @@ func newLiveRig(t *testing.T, lo LiveOptions) *liveRig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &liveRig{live: NewLive(lo)}
+	r := &liveRig{live: live.New(lo)}
+	hubCtx, stopHub := context.WithCancel(context.Background())
+	hubDone := make(chan error, 1)
+	go func() { hubDone <- r.live.Run(hubCtx) }()
 	r.api, err = New(Options{Registry: reg, Live: r.live, AllowedOrigins: []string{"https://ops.example.com"}})
 	if err != nil {
 		t.Fatal(err)
@@ -52,7 +56,14 @@ func newLiveRig(t *testing.T, lo LiveOptions) *liveRig {
 	}
 	op, _ := reg.AuthenticateOperator(context.Background(), r.viewer)
 	r.session, _ = reg.CreateSession(context.Background(), op)
-	t.Cleanup(func() { r.api.Shutdown(); r.srv.Close(); reg.Close(); st.Close() })
+	t.Cleanup(func() {
+		r.api.Shutdown()
+		stopHub()
+		<-hubDone
+		r.srv.Close()
+		reg.Close()
+		st.Close()
+	})
 	return r
 }
 
@@ -129,7 +140,7 @@ func waitSubscribed(t *testing.T, r *liveRig, c *websocket.Conn, dev string) {
 }
 
 func TestLiveAuthAndOrigin(t *testing.T) {
-	r := newLiveRig(t, LiveOptions{})
+	r := newLiveRig(t, live.Options{})
 	tests := []struct {
 		name   string
 		url    string
@@ -160,7 +171,7 @@ func TestLiveAuthAndOrigin(t *testing.T) {
 }
 
 func TestLiveSubscribeFiltersSnapshotPresence(t *testing.T) {
-	r := newLiveRig(t, LiveOptions{})
+	r := newLiveRig(t, live.Options{})
 	r.live.Publish(reading("d1", 100, "temp", 20.5, "hum", 40.0))
 	r.live.Publish(reading("d1", 101, "temp", 21.0))
 
@@ -209,7 +220,7 @@ func TestLiveSubscribeFiltersSnapshotPresence(t *testing.T) {
 }
 
 func TestSSE(t *testing.T) {
-	r := newLiveRig(t, LiveOptions{})
+	r := newLiveRig(t, live.Options{})
 	r.live.Publish(reading("d1", 1, "temp", 1.0))
 	req, _ := http.NewRequest("GET", r.srv.URL+"/api/v1/live?devices=d1", nil)
 	req.Header.Set("Authorization", "Bearer "+r.viewer)
@@ -279,7 +290,7 @@ func TestSSE(t *testing.T) {
 // reads everything. The fast one receives every reading, in order, while
 // the stalled one is coalesced, then cut with 1013 and counted.
 func TestStalledSubscriberIsolated(t *testing.T) {
-	r := newLiveRig(t, LiveOptions{QueueLen: 16, SlowAfter: 200 * time.Millisecond})
+	r := newLiveRig(t, live.Options{QueueLen: 16, SlowAfter: 200 * time.Millisecond})
 	stalled := r.dial(t, nil)
 	subscribe(t, stalled, `{"type":"subscribe","devices":["*"]}`)
 	waitSubscribed(t, r, stalled, "dx")

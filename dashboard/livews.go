@@ -14,6 +14,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/fieldhub/fieldhub/dashboard/live"
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/telemetry"
 )
@@ -42,27 +43,39 @@ func (s *Server) originAllowed(r *http.Request) bool {
 	return devices.OriginAllowed(r, s.opts.AllowedOrigins)
 }
 
-// admitLive registers sub as a live client of op's credential (which then
-// owns it: ending the credential closes it), or answers before any
-// upgrade: 503 at the hub's cap, 429 at the credential's, 401 when the
-// credential ended meanwhile.
+// openLive is the one admission of a live stream, /ws/live and SSE
+// alike: it registers sub as a live client of its owner's credential
+// (which then owns it: ending the credential closes it) and with
+// Shutdown, or answers before any upgrade: 503 at the hub's cap or while
+// shutting down, 429 at the credential's, 401 when the credential ended
+// meanwhile. On true the caller must call the returned end when the
+// stream is over.
 // Refusals are logged at most once per liveRefusalLogEvery, with how many
-// were not logged, and counted (LiveStats).
-func (s *Server) admitLive(w http.ResponseWriter, r *http.Request, sub *subscriber, op devices.Operator) bool {
-	sub.owner = op
-	err := s.opts.Live.add(sub, op.TokenID)
+// were not logged, and counted (live.Stats).
+func (s *Server) openLive(w http.ResponseWriter, r *http.Request, sub *live.Subscriber) (end func(), ok bool) {
+	op := sub.Owner()
+	err := s.opts.Live.Add(sub)
 	if err == nil {
-		// The credential may have ended between authentication and add:
-		// Live.CloseCredential could not see this socket yet.
+		// The credential may have ended between authentication and Add:
+		// Hub.CloseCredential could not see this socket yet.
 		if !s.opts.Registry.OperatorActive(op) {
-			s.opts.Live.remove(sub)
+			s.opts.Live.Remove(sub)
 			writeErr(w, http.StatusUnauthorized, "unauthorized", "the credential was revoked")
-			return false
+			return nil, false
 		}
-		return true
+		if !s.trackLive() {
+			s.opts.Live.Remove(sub)
+			writeErr(w, http.StatusServiceUnavailable, "unavailable", "shutting down")
+			return nil, false
+		}
+		return func() { s.liveWG.Done(); s.opts.Live.Remove(sub) }, true
+	}
+	if errors.Is(err, live.ErrStopped) {
+		writeErr(w, http.StatusServiceUnavailable, "unavailable", "shutting down")
+		return nil, false
 	}
 	reason := "full"
-	if errors.Is(err, errLivePerCredential) {
+	if errors.Is(err, live.ErrPerCredential) {
 		reason = "per_token"
 	}
 	if n, ok := s.liveRefusals.allow(time.Now()); ok {
@@ -70,11 +83,11 @@ func (s *Server) admitLive(w http.ResponseWriter, r *http.Request, sub *subscrib
 	}
 	w.Header().Set("Retry-After", "5")
 	if reason == "full" {
-		writeErr(w, http.StatusServiceUnavailable, "unavailable", fmt.Sprintf("the hub serves at most %d live connections; retry later", s.opts.Live.opts.MaxSubscribers))
-		return false
+		writeErr(w, http.StatusServiceUnavailable, "unavailable", fmt.Sprintf("the hub serves at most %d live connections; retry later", s.opts.Live.Options().MaxSubscribers))
+		return nil, false
 	}
-	writeErr(w, http.StatusTooManyRequests, "too_many_connections", fmt.Sprintf("this credential already has %d live connections, the most allowed (FIELDHUB_LIVE_MAX_PER_TOKEN); close one first", s.opts.Live.opts.MaxPerCredential))
-	return false
+	writeErr(w, http.StatusTooManyRequests, "too_many_connections", fmt.Sprintf("this credential already has %d live connections, the most allowed (FIELDHUB_LIVE_MAX_PER_TOKEN); close one first", s.opts.Live.Options().MaxPerCredential))
+	return nil, false
 }
 
 // liveRefusalLogEvery spaces the refusal log lines, so a client hammering
@@ -116,16 +129,12 @@ func (s *Server) serveLiveWS(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	sub := newSubscriber(s.opts.Live)
-	if !s.admitLive(w, r, sub, op) {
+	sub := s.opts.Live.NewSubscriber(op)
+	end, ok := s.openLive(w, r, sub)
+	if !ok {
 		return
 	}
-	defer s.opts.Live.remove(sub)
-	if !s.trackLive() {
-		writeErr(w, http.StatusServiceUnavailable, "unavailable", "shutting down")
-		return
-	}
-	defer s.liveWG.Done()
+	defer end()
 	conn, err := s.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		return
@@ -145,7 +154,7 @@ func (s *Server) serveLiveWS(w http.ResponseWriter, r *http.Request) {
 type liveConn struct {
 	s    *Server
 	ws   *websocket.Conn
-	sub  *subscriber
+	sub  *live.Subscriber
 	done chan struct{}
 	ctl  chan []byte // error answers to client messages; bounded
 }
@@ -179,17 +188,17 @@ func (c *liveConn) readLoop() {
 			if len(unknown) > 0 {
 				c.answer("unknown_devices", unknownMessage(unknown))
 			}
-			max, over := c.s.opts.Live.opts.MaxFilterDevices, false
-			c.s.opts.Live.subscribe(c.sub, func(f *filter) {
-				if over = f.wouldHold(devs) > max; !over {
-					applySubscribe(f, devs, m.Metrics)
+			max, over := c.s.opts.Live.Options().MaxFilterDevices, false
+			c.s.opts.Live.Subscribe(c.sub, func(f *live.Filter) {
+				if over = f.WouldHold(devs) > max; !over {
+					f.Subscribe(devs, m.Metrics)
 				}
 			})
 			if over {
 				c.answer("too_many_devices", fmt.Sprintf("a live socket follows at most %d devices; subscribe to \"*\" or unsubscribe some first (this subscribe was not applied)", max))
 			}
 		case "unsubscribe":
-			c.sub.update(func(f *filter) { applyUnsubscribe(f, m.Devices) })
+			c.sub.Update(func(f *live.Filter) { f.Unsubscribe(m.Devices) })
 		default:
 			c.answer("unknown_type", `type must be "subscribe" or "unsubscribe"`)
 		}
@@ -242,56 +251,6 @@ func unknownMessage(unknown []string) string {
 	return fmt.Sprintf("%d device ids are not in the registry and were ignored: %s%s", len(unknown), b, more)
 }
 
-// wouldHold returns how many devices f would follow after subscribing
-// to devs.
-func (f *filter) wouldHold(devs []string) int {
-	n := len(f.devices)
-	var added map[string]bool
-	for _, d := range devs {
-		if d == "*" || f.devices[d] || added[d] {
-			continue
-		}
-		if added == nil {
-			added = map[string]bool{}
-		}
-		added[d] = true
-		n++
-	}
-	return n
-}
-
-func applySubscribe(f *filter, devs, metrics []string) {
-	for _, d := range devs {
-		if d == "*" {
-			f.all = true
-			continue
-		}
-		if f.devices == nil {
-			f.devices = map[string]bool{}
-		}
-		f.devices[d] = true
-	}
-	if len(metrics) > 0 {
-		f.metrics = map[string]bool{}
-		for _, m := range metrics {
-			f.metrics[m] = true
-		}
-	} else {
-		f.metrics = nil
-	}
-}
-
-func applyUnsubscribe(f *filter, devs []string) {
-	for _, d := range devs {
-		if d == "*" {
-			f.all = false
-			f.devices = nil
-			continue
-		}
-		delete(f.devices, d)
-	}
-}
-
 func (c *liveConn) answer(code, msg string) {
 	b, _ := json.Marshal(map[string]string{"type": "error", "code": code, "message": msg})
 	select {
@@ -303,23 +262,23 @@ func (c *liveConn) answer(code, msg string) {
 func (c *liveConn) writeLoop() {
 	ping := time.NewTicker(livePingPeriod)
 	defer ping.Stop()
-	var buf []*liveEvent
+	var buf []*live.Event
 	// A data write may take until the lag check has had its chance
 	// (SlowAfter) and then some: the lag check ends a stalled client
 	// cleanly with 1013 once its in-flight frame is through; the deadline
 	// is the backstop for a client that never reads again.
-	dataWait := c.s.opts.Live.opts.SlowAfter + 2*liveWriteWait
+	dataWait := c.s.opts.Live.Options().SlowAfter + 2*liveWriteWait
 	// A write still blocked after SlowAfter marks the client slow at once,
 	// whether or not events arrive meanwhile to be judged by the
 	// publisher's lag check: the close 1013 then follows the frame in
 	// flight as soon as the client reads again. One timer, re-armed per
 	// write (no allocation).
-	stalled := time.AfterFunc(time.Hour, c.sub.markSlow)
+	stalled := time.AfterFunc(time.Hour, c.sub.MarkSlow)
 	stalled.Stop()
 	defer stalled.Stop()
 	write := func(b []byte) error {
 		_ = c.ws.SetWriteDeadline(time.Now().Add(dataWait))
-		stalled.Reset(c.s.opts.Live.opts.SlowAfter)
+		stalled.Reset(c.s.opts.Live.Options().SlowAfter)
 		err := c.ws.WriteMessage(websocket.TextMessage, b)
 		stalled.Stop()
 		return err
@@ -329,7 +288,7 @@ func (c *liveConn) writeLoop() {
 	// a slow consumer like one the lag check found.
 	failed := func(err error) {
 		if isTimeout(err) {
-			c.sub.markSlow()
+			c.sub.MarkSlow()
 			c.s.logSlow(c.sub, "ws", c.ws.RemoteAddr().String(), "write timed out")
 		}
 		fail()
@@ -351,13 +310,13 @@ func (c *liveConn) writeLoop() {
 			fail()
 			<-c.done
 			return
-		case <-c.sub.revoked:
+		case <-c.sub.Revoked():
 			_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(CloseRevoked, "credentials revoked"), time.Now().Add(time.Second))
-			c.s.log.Info("dashboard disconnected", "reason", "revoked", "token_id", c.sub.owner.TokenID, "remote", c.ws.RemoteAddr().String())
+			c.s.log.Info("dashboard disconnected", "reason", "revoked", "token_id", c.sub.Owner().TokenID, "remote", c.ws.RemoteAddr().String())
 			fail()
 			<-c.done
 			return
-		case <-c.sub.kick:
+		case <-c.sub.Kicked():
 			kicked()
 			return
 		case b := <-c.ctl:
@@ -365,32 +324,32 @@ func (c *liveConn) writeLoop() {
 				failed(err)
 				return
 			}
-		case <-c.sub.notify:
-			if c.sub.isRevoked() {
+		case <-c.sub.Notify():
+			if c.sub.IsRevoked() {
 				continue // nothing more for a revoked credential; close next
 			}
-			buf = c.sub.take(buf)
-			metrics := c.sub.metrics()
-			for _, le := range buf {
-				if c.sub.isKicked() {
-					kicked()
-					return
-				}
-				if c.sub.isRevoked() {
-					break // per frame: nothing after a revocation; the close follows
-				}
-				b := c.sub.frame(le, metrics)
-				if b == nil {
-					continue
-				}
-				if err := write(b); err != nil {
-					failed(err)
-					return
-				}
-				c.s.opts.Live.sent.Add(1)
+			metrics := c.sub.Metrics()
+			var stopped bool
+			var err error
+			buf, stopped, err = drainLive(c.s.opts.Live, c.sub, buf,
+				// per frame: nothing after a revocation; the close follows
+				func() bool { return c.sub.IsKicked() || c.sub.IsRevoked() },
+				func(le *live.Event) (bool, error) {
+					b := live.Frame(le, metrics)
+					if b == nil {
+						return false, nil
+					}
+					return true, write(b)
+				})
+			if err != nil {
+				failed(err)
+				return
 			}
-			clear(buf)
-			c.sub.caughtUp()
+			if stopped && c.sub.IsKicked() {
+				kicked()
+				return
+			}
+			c.sub.CaughtUp()
 		case <-ping.C:
 			if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(liveWriteWait)); err != nil {
 				failed(err)
@@ -409,14 +368,8 @@ func isTimeout(err error) bool {
 
 // logSlow is the one log line of a slow consumer's disconnection, on
 // every path that finds one (the count is markSlow's).
-func (s *Server) logSlow(sub *subscriber, transport, remote, detail string) {
-	s.log.Warn("live client disconnected", "reason", "slow_consumer", "transport", transport, "token_id", sub.principal, "remote", remote, "detail", detail)
-}
-
-func (s *subscriber) metrics() map[string]bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.f.metrics
+func (s *Server) logSlow(sub *live.Subscriber, transport, remote, detail string) {
+	s.log.Warn("live client disconnected", "reason", "slow_consumer", "transport", transport, "token_id", sub.Owner().TokenID, "remote", remote, "detail", detail)
 }
 
 // errStreamCut is a write refused because the stream is ending.
@@ -431,7 +384,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	sub := newSubscriber(s.opts.Live)
+	sub := s.opts.Live.NewSubscriber(OperatorFrom(r.Context()))
 	var devs []string
 	if v := q.Get("devices"); v != "" && v != "*" {
 		devs = strings.Split(v, ",")
@@ -451,16 +404,12 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	f := sub.update(func(f *filter) { applySubscribe(f, devs, metrics) })
-	if !s.admitLive(w, r, sub, OperatorFrom(r.Context())) {
+	f := sub.Update(func(f *live.Filter) { f.Subscribe(devs, metrics) })
+	end, ok := s.openLive(w, r, sub)
+	if !ok {
 		return
 	}
-	defer s.opts.Live.remove(sub)
-	if !s.trackLive() {
-		writeErr(w, http.StatusServiceUnavailable, "unavailable", "shutting down")
-		return
-	}
-	defer s.liveWG.Done()
+	defer end()
 
 	rc := http.NewResponseController(w)
 	_ = rc.SetReadDeadline(time.Time{}) // a long-lived response; the server's ReadTimeout does not apply
@@ -470,9 +419,9 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 
-	dataWait := s.opts.Live.opts.SlowAfter + 2*liveWriteWait // as on /ws/live
+	dataWait := s.opts.Live.Options().SlowAfter + 2*liveWriteWait // as on /ws/live
 	revoked := func() {
-		s.log.Info("dashboard disconnected", "reason", "revoked", "token_id", sub.owner.TokenID, "transport", "sse", "remote", s.remoteIP(r))
+		s.log.Info("dashboard disconnected", "reason", "revoked", "token_id", sub.Owner().TokenID, "transport", "sse", "remote", s.remoteIP(r))
 	}
 	// over reports whether the stream must end before its next frame:
 	// the request ended, the hub is stopping, the credential ended or
@@ -483,9 +432,9 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-r.Context().Done():
 		case <-s.stopLive:
-		case <-sub.revoked:
+		case <-sub.Revoked():
 			revoked()
-		case <-sub.kick:
+		case <-sub.Kicked():
 			s.logSlow(sub, "sse", r.RemoteAddr, "behind")
 		default:
 			return false
@@ -517,7 +466,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 			return
 		case <-r.Context().Done():
 		case <-s.stopLive:
-		case <-sub.revoked:
+		case <-sub.Revoked():
 		}
 		cutMu.Lock()
 		cut = true
@@ -532,7 +481,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 	// /ws/live, whether or not events arrive to be judged by the
 	// publishers' lag check; the stream ends after the frame in flight
 	// (the client gets the time of one write to take it, dataWait).
-	stalled := time.AfterFunc(time.Hour, sub.markSlow)
+	stalled := time.AfterFunc(time.Hour, sub.MarkSlow)
 	stalled.Stop()
 	defer stalled.Stop()
 	// failed ends the stream after a write error: a cut write ends for
@@ -547,42 +496,42 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 		case wasCut || errors.Is(err, errStreamCut):
 			over()
 		case isTimeout(err):
-			sub.markSlow()
+			sub.MarkSlow()
 			s.logSlow(sub, "sse", r.RemoteAddr, "write timed out")
 		}
 	}
-	write := func(le *liveEvent) error {
-		b := sub.frame(le, f.metrics)
+	write := func(le *live.Event) (bool, error) {
+		b := live.Frame(le, f.Metrics)
 		if b == nil {
-			return nil
+			return false, nil
 		}
 		if err := setDeadline(dataWait); err != nil {
-			return err
+			return false, err
 		}
-		stalled.Reset(s.opts.Live.opts.SlowAfter)
+		stalled.Reset(s.opts.Live.Options().SlowAfter)
 		defer stalled.Stop()
-		if le.seq > 0 {
-			if _, err := fmt.Fprintf(w, "id: %d\n", le.seq); err != nil {
-				return err
+		if le.Seq > 0 {
+			if _, err := fmt.Fprintf(w, "id: %d\n", le.Seq); err != nil {
+				return false, err
 			}
 		}
-		_, err := fmt.Fprintf(w, "event: %s\ndata: %s\n\n", le.ev.Type, b)
-		return err
+		_, err := fmt.Fprintf(w, "event: %s\ndata: %s\n\n", le.Ev.Type, b)
+		return true, err
 	}
 	flush := func() error {
-		stalled.Reset(s.opts.Live.opts.SlowAfter)
+		stalled.Reset(s.opts.Live.Options().SlowAfter)
 		defer stalled.Stop()
 		return rc.Flush()
 	}
 	// Resume or snapshot, then live. The writer is busy meanwhile, so the
 	// publishers' lag check (SlowAfter) applies as in the live loop.
-	var backlog []*liveEvent
+	var backlog []*live.Event
 	resumed := false
 	if last := r.Header.Get("Last-Event-ID"); last != "" {
 		if seq, err := strconv.ParseUint(last, 10, 64); err == nil {
-			evs, complete := s.opts.Live.since(seq)
+			evs, complete := s.opts.Live.Since(seq)
 			for _, le := range evs {
-				if f.matches(&le.ev) {
+				if f.Matches(&le.Ev) {
 					backlog = append(backlog, le)
 				}
 			}
@@ -590,40 +539,43 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if !resumed {
-		for _, ev := range s.opts.Live.snapshot(&f) {
-			backlog = append(backlog, &liveEvent{ev: ev})
+		for _, ev := range s.opts.Live.Snapshot(&f) {
+			backlog = append(backlog, &live.Event{Ev: ev})
 		}
 	}
-	sub.busy()
+	sub.Busy()
 	for _, le := range backlog {
 		if over() {
 			return
 		}
-		if err := write(le); err != nil {
+		wrote, err := write(le)
+		if err != nil {
 			failed(err)
 			return
 		}
-		s.opts.Live.sent.Add(1)
+		if wrote {
+			s.opts.Live.CountSent(1)
+		}
 	}
 	backlog = nil
 	if err := flush(); err != nil {
 		failed(err)
 		return
 	}
-	sub.caughtUp()
+	sub.CaughtUp()
 	hb := time.NewTicker(sseHeartbeat)
 	defer hb.Stop()
-	var buf []*liveEvent
+	var buf []*live.Event
 	for {
 		select {
 		case <-r.Context().Done():
 			return
 		case <-s.stopLive:
 			return
-		case <-sub.kick:
+		case <-sub.Kicked():
 			s.logSlow(sub, "sse", r.RemoteAddr, "behind")
 			return
-		case <-sub.revoked:
+		case <-sub.Revoked():
 			revoked()
 			return
 		case <-hb.C:
@@ -638,27 +590,50 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 				failed(err)
 				return
 			}
-		case <-sub.notify:
-			if sub.isRevoked() {
+		case <-sub.Notify():
+			if sub.IsRevoked() {
 				continue // nothing more for a revoked credential; end next
 			}
-			buf = sub.take(buf)
-			for _, le := range buf {
-				if over() { // per frame: nothing after a revocation
-					return
-				}
-				if err := write(le); err != nil {
-					failed(err)
-					return
-				}
-				s.opts.Live.sent.Add(1)
+			var stopped bool
+			var err error
+			buf, stopped, err = drainLive(s.opts.Live, sub, buf, over, write) // over: per frame, nothing after a revocation
+			if stopped {
+				return
 			}
-			clear(buf)
+			if err != nil {
+				failed(err)
+				return
+			}
 			if err := flush(); err != nil {
 				failed(err)
 				return
 			}
-			sub.caughtUp()
+			sub.CaughtUp()
 		}
 	}
+}
+
+// drainLive is the one drain of /ws/live and SSE: it takes everything sub
+// holds (events in order, then the coalesced readings) and writes it, one
+// frame per event, asking stop before each frame whether the stream must
+// end (revoked, kicked, shutting down). It returns buf for reuse, whether
+// stop ended it early, and the first write error. write reports whether
+// it wrote a frame (a metric filter may leave nothing of a reading);
+// written frames are counted.
+func drainLive(h *live.Hub, sub *live.Subscriber, buf []*live.Event, stop func() bool, write func(le *live.Event) (bool, error)) ([]*live.Event, bool, error) {
+	buf = sub.Take(buf)
+	defer clear(buf)
+	for _, le := range buf {
+		if stop() {
+			return buf, true, nil
+		}
+		wrote, err := write(le)
+		if err != nil {
+			return buf, false, err
+		}
+		if wrote {
+			h.CountSent(1)
+		}
+	}
+	return buf, false, nil
 }

@@ -148,7 +148,7 @@ func (s *Server) presence(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, "not_found", "device not found")
 		return
 	}
-	evs := s.opts.Live.presenceLog(id)
+	evs := s.opts.Live.PresenceLog(id)
 	out := make([]json.RawMessage, 0, len(evs))
 	for _, ev := range evs {
 		out = append(out, telemetry.EncodeEvent(ev))
@@ -162,7 +162,7 @@ func (s *Server) latest(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, "not_found", "device not found")
 		return
 	}
-	ev, ok := s.opts.Live.latestOf(id)
+	ev, ok := s.opts.Live.Latest(id)
 	if !ok {
 		writeJSON(w, http.StatusOK, map[string]any{"device": id, "metrics": map[string]any{}})
 		return

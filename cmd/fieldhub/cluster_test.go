@@ -24,6 +24,7 @@ import (
 	"github.com/fieldhub/fieldhub/bridge/cluster"
 	"github.com/fieldhub/fieldhub/bridge/cluster/mosquittotest"
 	"github.com/fieldhub/fieldhub/dashboard"
+	"github.com/fieldhub/fieldhub/dashboard/live"
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/devices/pg/pgtest"
 	"github.com/fieldhub/fieldhub/telemetry"
@@ -558,7 +559,7 @@ func TestFleetTotals(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl, err := cluster.New(cluster.Options{BrokerURL: "tcp://127.0.0.1:1", ClientID: "t", Registry: clusterRegistryStub{}, Local: dashboard.NewLive(dashboard.LiveOptions{})})
+	cl, err := cluster.New(cluster.Options{BrokerURL: "tcp://127.0.0.1:1", ClientID: "t", Registry: clusterRegistryStub{}, Local: live.New(live.Options{})})
 	if err != nil {
 		t.Fatal(err)
 	}

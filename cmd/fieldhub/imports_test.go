@@ -27,6 +27,7 @@ func TestImportRules(t *testing.T) {
 		// pipeline or the transports.
 		"bridge/commands": {"bridge/commands", "devices", "telemetry"},
 		"dashboard":       {"dashboard", "bridge/commands", "bridge/hijack", "devices", "telemetry"},
+		"dashboard/live":  {"devices", "telemetry"}, // the hub without HTTP: never the handlers
 		"firmware-sim":    {"telemetry"},
 		// The load harness wraps a fleet; the fleet (a device) never
 		// imports the harness.

@@ -11,7 +11,7 @@ import (
 	"github.com/fieldhub/fieldhub/bridge"
 	"github.com/fieldhub/fieldhub/bridge/cluster"
 	"github.com/fieldhub/fieldhub/bridge/commands"
-	"github.com/fieldhub/fieldhub/dashboard"
+	"github.com/fieldhub/fieldhub/dashboard/live"
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/telemetry/influx"
 	"github.com/fieldhub/fieldhub/telemetry/spool"
@@ -69,7 +69,7 @@ func (m *metrics) writerObservers() influx.WriterObservers {
 	}
 }
 
-func (m *metrics) register(br *bridge.Bridge, cmds *commands.Service, sp *spool.Spool, w *influx.Writer, reg *devices.Registry, live *dashboard.Live, cl *cluster.Cluster) {
+func (m *metrics) register(br *bridge.Bridge, cmds *commands.Service, sp *spool.Spool, w *influx.Writer, reg *devices.Registry, live *live.Hub, cl *cluster.Cluster) {
 	m.reg.MustRegister(&hubCollector{br: br, cmds: cmds, sp: sp, w: w, reg: reg, live: live, cl: cl})
 }
 
@@ -103,6 +103,7 @@ var (
 	descLiveSent      = prometheus.NewDesc("fieldhub_live_events_sent_total", "Live events written to dashboards.", nil, nil)
 	descLiveCoalesced = prometheus.NewDesc("fieldhub_live_events_coalesced_total", "Readings merged into a newer value for a dashboard that fell behind.", nil, nil)
 	descLiveSlow      = prometheus.NewDesc("fieldhub_live_slow_consumer_disconnects_total", "Dashboards disconnected for staying behind.", nil, nil)
+	descLiveDropped   = prometheus.NewDesc("fieldhub_live_input_dropped_total", "Live events dropped because the live hub's input was full (its goroutine starved); ingest is never held up.", nil, nil)
 	descLiveFilter    = prometheus.NewDesc("fieldhub_live_filter_devices", "Devices followed by live connections, summed (each bounded by the registry and 10,000).", nil, nil)
 	descLiveRefused   = prometheus.NewDesc("fieldhub_live_refused_total", "Live connections refused, by cap (per_token: FIELDHUB_LIVE_MAX_PER_TOKEN; full: the hub's 1,000).", []string{"reason"}, nil)
 
@@ -124,14 +125,14 @@ type hubCollector struct {
 	sp   *spool.Spool
 	w    *influx.Writer
 	reg  *devices.Registry
-	live *dashboard.Live
+	live *live.Hub
 	cl   *cluster.Cluster // nil: embedded broker
 }
 
 func (c *hubCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConnected, descConnects, descDisconnects, descMessages, descReadings, descRejected, descSchema, descSchemaRelease,
 		descSpoolBytes, descSpoolMax, descSpoolPending, descSpoolAge, descSpoolTorn, descSpoolCorruptB, descSpoolCorruptR, descSpoolCorruptC, descWritten, descDeadLettered, descInfluxHealthy, descDevices,
-		descLiveSubs, descLiveSent, descLiveCoalesced, descLiveSlow, descLiveRefused, descLiveFilter, descCommands,
+		descLiveSubs, descLiveSent, descLiveCoalesced, descLiveSlow, descLiveDropped, descLiveRefused, descLiveFilter, descCommands,
 		descClusterUp, descClusterConnFail, descClusterIngested, descClusterRedeliv, descClusterLive, descClusterForwarded, descClusterRefreshes, descClusterDynsec} {
 		ch <- d
 	}
@@ -194,6 +195,7 @@ func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descLiveSent, prometheus.CounterValue, float64(ls.Sent))
 	ch <- prometheus.MustNewConstMetric(descLiveCoalesced, prometheus.CounterValue, float64(ls.Coalesced))
 	ch <- prometheus.MustNewConstMetric(descLiveSlow, prometheus.CounterValue, float64(ls.SlowDisconnects))
+	ch <- prometheus.MustNewConstMetric(descLiveDropped, prometheus.CounterValue, float64(ls.InputDropped))
 	ch <- prometheus.MustNewConstMetric(descLiveRefused, prometheus.CounterValue, float64(ls.RefusedPerCredential), "per_token")
 	ch <- prometheus.MustNewConstMetric(descLiveRefused, prometheus.CounterValue, float64(ls.RefusedFull), "full")
 	ch <- prometheus.MustNewConstMetric(descLiveFilter, prometheus.GaugeValue, float64(ls.FilterDevices))

@@ -28,6 +28,7 @@ import (
 	"github.com/fieldhub/fieldhub/bridge/mqtt"
 	"github.com/fieldhub/fieldhub/bridge/ws"
 	"github.com/fieldhub/fieldhub/dashboard"
+	"github.com/fieldhub/fieldhub/dashboard/live"
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/devices/pg"
 	"github.com/fieldhub/fieldhub/telemetry"
@@ -113,13 +114,13 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	var br *bridge.Bridge
 	var reg *devices.Registry
 	var cl *cluster.Cluster
-	live := dashboard.NewLive(dashboard.LiveOptions{Logger: log, MaxPerCredential: cfg.LiveMaxPerToken})
+	liveHub := live.New(live.Options{Logger: log, MaxPerCredential: cfg.LiveMaxPerToken})
 	reg, err = devices.Open(ctx, store, devices.Options{
 		Logger:    log,
 		TagLabels: cfg.TagLabels,
 		// An operator token revoked or a session ended closes the live
 		// connections it opened, at once.
-		OnOperatorEnded: live.CloseCredential,
+		OnOperatorEnded: liveHub.CloseCredential,
 		SessionIdle:     cfg.SessionIdle, SessionMax: cfg.SessionMax,
 		OnChange: func(c devices.Changed) {
 			if cl != nil {
@@ -131,7 +132,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 				br.CredentialsChanged(id)
 			}
 			if reg != nil && !reg.Exists(id) {
-				live.Forget(id)
+				liveHub.Forget(id)
 			}
 		},
 	})
@@ -170,10 +171,10 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return err
 	}
 
-	var fanout bridge.Fanout = live
+	var fanout bridge.Fanout = liveHub
 	router := commands.LocalRouter()
 	if cfg.MQTTBroker != "" {
-		if cl, err = newCluster(cfg, reg, live, log); err != nil {
+		if cl, err = newCluster(cfg, reg, liveHub, log); err != nil {
 			return err
 		}
 		fanout, router = cl, commands.ClusterRouter(cl)
@@ -211,7 +212,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	rates := dashboard.NewRates(totals)
 	api, err := dashboard.New(dashboard.Options{
 		Registry: reg, History: ic, Failures: failures, Proxies: cfg.TrustedProxies, Logger: log,
-		Live: live, AllowedOrigins: cfg.AllowedOrigins, FromTrustedProxy: cfg.TrustedProxies.Trusted, Commands: cmds, Rates: rates,
+		Live: liveHub, AllowedOrigins: cfg.AllowedOrigins, FromTrustedProxy: cfg.TrustedProxies.Trusted, Commands: cmds, Rates: rates,
 		OnAuthFailure: func() { m.authFailure("api") },
 	})
 	if err != nil {
@@ -230,7 +231,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 			return err
 		}
 	}
-	m.register(br, cmds, sp, writer, reg, live, cl)
+	m.register(br, cmds, sp, writer, reg, liveHub, cl)
 
 	// The route table: every endpoint of docs/protocol.md this process
 	// serves, in one place. The dashboard registers its own REST API and UI
@@ -306,6 +307,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		{Name: "registry", Run: reg.Run},
 		{Name: "commands", Run: cmds.Run},
 		{Name: "rates", Run: rates.Run},
+		// The live hub outlives the dashboards' sockets: it stops after
+		// api.Shutdown has closed them.
+		{Name: "live hub", Run: liveHub.Run},
 		{Name: "dashboard", Stop: func(context.Context) { api.Shutdown() }},
 	}
 	if cl != nil {
@@ -575,14 +579,14 @@ func clusterCheck(cl *cluster.Cluster) healthCheck {
 // newCluster sets up external-broker mode: the instance id (generated
 // once into the data dir unless set), the broker's TLS roots, and the
 // cluster client.
-func newCluster(cfg config, reg *devices.Registry, live *dashboard.Live, log *slog.Logger) (*cluster.Cluster, error) {
+func newCluster(cfg config, reg *devices.Registry, liveHub *live.Hub, log *slog.Logger) (*cluster.Cluster, error) {
 	tlsCfg, err := brokerTLSConfig(cfg)
 	if err != nil {
 		return nil, err
 	}
 	return cluster.New(cluster.Options{
 		BrokerURL: cfg.MQTTBroker, Username: cfg.MQTTBrokerUsername, Password: cfg.MQTTBrokerPassword, TLS: tlsCfg,
-		ClientID: cfg.InstanceID, Registry: reg, Local: live, Dynsec: cfg.MQTTBrokerDynsec, BrokerIdle: cfg.MQTTBrokerIdle,
+		ClientID: cfg.InstanceID, Registry: reg, Local: liveHub, Dynsec: cfg.MQTTBrokerDynsec, BrokerIdle: cfg.MQTTBrokerIdle,
 		MaxMessageBytes: int(cfg.MaxMessageBytes), Logger: log,
 	})
 }

@@ -90,6 +90,7 @@ $("signin-form").addEventListener("submit", async (ev) => {
 
 $("signout").addEventListener("click", async () => {
   abortRequests();
+  closeLive(); // before the session ends: no reconnect with an ended session
   try { await api("DELETE", "/api/v1/session"); } catch (e) { /* signed out anyway */ }
   location.hash = "#/";
   await boot();
@@ -111,9 +112,12 @@ function openLive() {
   state.live = ws;
   ws.onopen = () => { state.liveDelay = 500; $("banner").hidden = true; resubscribe(); };
   ws.onmessage = (m) => { try { onEvent(JSON.parse(m.data)); } catch (e) { /* ignore a malformed event */ } };
-  ws.onclose = () => {
+  ws.onclose = (ev) => {
     state.live = null;
     if (!state.me) return;
+    // 4003: the credential ended (signed out, expired, revoked); a new
+    // socket would be refused, so ask the hub whether we are signed in.
+    if (ev.code === 4003) { boot(); return; }
     // Exponential backoff with full jitter, capped at 30 s.
     const wait = Math.round(Math.random() * state.liveDelay);
     state.liveDelay = Math.min(30000, state.liveDelay * 2);
