@@ -12,20 +12,28 @@ import (
 // the next intact record of every legal shape: a reading record with one
 // payload byte per point (the most points a header may claim), a padding
 // record left by an earlier recovery, and the smallest record there is (an
-// empty padding record) ending the segment. Only the garbage is counted
-// as damage; every reading record is replayed.
+// empty padding record) ending the segment. It does not trust an intact
+// record whose header is implausible (a reading with an append time
+// outside 1970..3000 or more points than payload bytes, a padding record
+// with an append time). Only the garbage and the untrusted records are
+// counted as damage; every trusted reading record is replayed.
 func TestResyncTargets(t *testing.T) {
 	at := time.Now().UnixMilli()
 	reading := func(points uint32, payload string) []byte { return appendRecord(nil, points, at, []byte(payload)) }
 	garbage := bytes.Repeat([]byte{0xaa}, 30) // not a header: its length runs far past the segment
 	tests := []struct {
-		name   string
-		after  [][]byte // the records after the garbage
-		points int
+		name        string
+		implausible []byte   // an intact record resynchronisation must not trust, after the garbage
+		after       [][]byte // the records after that
+		points      int      // in segment 1, the record before the garbage included
 	}{
-		{"reading record, one byte per point", [][]byte{reading(3, "abc"), reading(1, "m v=1 1\n")}, 5},
-		{"padding from an earlier recovery", [][]byte{padding(100), reading(1, "m v=2 2\n")}, 2},
-		{"empty padding record ending the segment", [][]byte{padding(headerSize)}, 1},
+		{"reading record, one byte per point", nil, [][]byte{reading(3, "abc"), reading(1, "m v=1 1\n")}, 5},
+		{"padding from an earlier recovery", nil, [][]byte{padding(100), reading(1, "m v=2 2\n")}, 2},
+		{"empty padding record ending the segment", nil, [][]byte{padding(headerSize)}, 1},
+		{"not a reading with append time 0", appendRecord(nil, 1, 0, []byte("m v=3 3\n")), [][]byte{reading(1, "m v=4 4\n")}, 2},
+		{"not a reading from the year 3000", appendRecord(nil, 1, maxAppendTime, []byte("m v=3 3\n")), [][]byte{reading(1, "m v=4 4\n")}, 2},
+		{"not padding with an append time", appendRecord(nil, 0, at, make([]byte, 8)), [][]byte{reading(1, "m v=4 4\n")}, 2},
+		{"not more points than payload bytes", appendRecord(nil, 4, at, []byte("abc")), [][]byte{reading(1, "m v=4 4\n")}, 2},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -34,6 +42,7 @@ func TestResyncTargets(t *testing.T) {
 				t.Fatal(err)
 			}
 			seg := append(reading(1, "m v=0 0\n"), garbage...)
+			seg = append(seg, tt.implausible...)
 			for _, r := range tt.after {
 				seg = append(seg, r...)
 			}
@@ -50,9 +59,9 @@ func TestResyncTargets(t *testing.T) {
 				t.Errorf("replayed %d points, want %d", got.Points, tt.points+1)
 			}
 			st := s.Stats()
-			if st.CorruptBytes != int64(len(garbage)) || st.CorruptRecords != 1 || st.RecoveredTorn != 0 {
-				t.Errorf("CorruptBytes %d, CorruptRecords %d, RecoveredTorn %d; want %d, 1, 0",
-					st.CorruptBytes, st.CorruptRecords, st.RecoveredTorn, len(garbage))
+			damaged := int64(len(garbage) + len(tt.implausible))
+			if st.CorruptBytes != damaged || st.RecoveredTorn != 0 {
+				t.Errorf("CorruptBytes %d, RecoveredTorn %d; want %d, 0", st.CorruptBytes, st.RecoveredTorn, damaged)
 			}
 		})
 	}
