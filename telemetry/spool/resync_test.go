@@ -66,3 +66,55 @@ func TestResyncTargets(t *testing.T) {
 		})
 	}
 }
+
+// TestCorruptRecordEstimate: CorruptRecords counts the records a damaged
+// run held, following the length fields of the damaged records while they
+// land on plausible headers, down to a damaged record that is a bare
+// header (an empty padding record).
+func TestCorruptRecordEstimate(t *testing.T) {
+	at := time.Now().UnixMilli()
+	damagedReading := func(i int) []byte {
+		r := appendRecord(nil, 1, at, line(i))
+		r[headerSize+2] ^= 0x20 // the payload: the checksum fails, the header is intact
+		return r
+	}
+	damagedPadding := padding(headerSize)
+	damagedPadding[4] ^= 1 // its checksum
+	tests := []struct {
+		name    string
+		damaged [][]byte
+		want    int64
+	}{
+		{"one reading", [][]byte{damagedReading(1)}, 1},
+		{"three readings", [][]byte{damagedReading(1), damagedReading(2), damagedReading(3)}, 3},
+		{"a reading and an empty padding record", [][]byte{damagedReading(1), damagedPadding}, 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "spool")
+			if err := os.MkdirAll(dir, 0o750); err != nil {
+				t.Fatal(err)
+			}
+			seg := appendRecord(nil, 1, at, line(0))
+			var damaged int64
+			for _, r := range tt.damaged {
+				seg = append(seg, r...)
+				damaged += int64(len(r))
+			}
+			seg = appendRecord(seg, 1, at, line(9))
+			if err := os.WriteFile(filepath.Join(dir, segName(1)), seg, 0o640); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, segName(2)), appendRecord(nil, 1, at, line(10)), 0o640); err != nil {
+				t.Fatal(err)
+			}
+			s := open(t, dir, Options{})
+			if got := readAll(t, s, s.Confirmed()); got.Points != 3 {
+				t.Errorf("replayed %d points, want 3", got.Points)
+			}
+			if st := s.Stats(); st.CorruptRecords != tt.want || st.CorruptBytes != damaged {
+				t.Errorf("CorruptRecords %d, CorruptBytes %d; want %d, %d", st.CorruptRecords, st.CorruptBytes, tt.want, damaged)
+			}
+		})
+	}
+}
