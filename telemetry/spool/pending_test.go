@@ -13,7 +13,7 @@ import (
 // it. Padding records carry no time and do not count; a time that cannot
 // be true (0, or later than now: the clock was wrong when it was written)
 // is read as the time of Open, so the age of the backlog is never
-// reported as decades or as negative.
+// reported as decades or as negative. Confirming a reading drops its time.
 func TestOldestPendingAfterRecovery(t *testing.T) {
 	hourAgo := time.Now().Add(-time.Hour).UnixMilli()
 	future := time.Now().Add(time.Hour).UnixMilli()
@@ -23,7 +23,7 @@ func TestOldestPendingAfterRecovery(t *testing.T) {
 		records [][]byte
 		want    int64 // ms; 0: the time of Open
 	}{
-		{"an hour old", [][]byte{rec(hourAgo), rec(hourAgo + 1000)}, hourAgo},
+		{"an hour old", [][]byte{rec(hourAgo), rec(hourAgo + 1000), rec(hourAgo + 2000)}, hourAgo},
 		{"padding first", [][]byte{padding(64), rec(hourAgo), rec(hourAgo + 1000)}, hourAgo},
 		{"from the future", [][]byte{rec(future)}, 0},
 		{"append time 0", [][]byte{rec(0)}, 0},
@@ -48,6 +48,17 @@ func TestOldestPendingAfterRecovery(t *testing.T) {
 			if tt.want != 0 {
 				if !got.Equal(time.UnixMilli(tt.want)) {
 					t.Errorf("OldestPending %v, want %v", got, time.UnixMilli(tt.want))
+				}
+				// Confirming the oldest reading makes the next one the oldest.
+				b, err := s.Read(s.Confirmed(), 1, 1<<20, nil)
+				if err != nil || b.Points != 1 {
+					t.Fatalf("Read one: %d points, %v", b.Points, err)
+				}
+				if err := s.Confirm(b.Next, b.Points); err != nil {
+					t.Fatal(err)
+				}
+				if got := s.Stats().OldestPending; !got.Equal(time.UnixMilli(tt.want + 1000)) {
+					t.Errorf("after confirming one: OldestPending %v, want %v", got, time.UnixMilli(tt.want+1000))
 				}
 				return
 			}

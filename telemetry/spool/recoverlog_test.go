@@ -65,6 +65,36 @@ func TestRecoverLogs(t *testing.T) {
 			s.Close()
 		}, nil},
 		{"unconfirmed records", func(t *testing.T, dir string) { writeRecords(t, dir, opts, 5) }, []string{replay5}},
+		{"damage starting at the checkpoint", func(t *testing.T, dir string) {
+			s := open(t, dir, opts)
+			for i := range 20 {
+				if err := s.Append(context.Background(), 1, line(i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			b, err := s.Read(s.Confirmed(), 10, 1<<20, nil)
+			if err != nil || b.Points != 10 {
+				t.Fatalf("read 10: %d, %v", b.Points, err)
+			}
+			if err := s.Confirm(b.Next, b.Points); err != nil {
+				t.Fatal(err)
+			}
+			s.Close()
+			seg := filepath.Join(dir, segName(1))
+			data, err := os.ReadFile(seg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			data[b.Next.Offset+headerSize+2] ^= 4 // record 10, the first unconfirmed
+			if err := os.WriteFile(seg, data, 0o640); err != nil {
+				t.Fatal(err)
+			}
+		}, []string{
+			// The damage is padded where it lies: the checkpoint stays a
+			// record boundary and is not moved.
+			"ERROR spool: skipped corrupt records segments=1 records=1",
+			"INFO spool: replaying unconfirmed readings points=9",
+		}},
 		{"torn tail", func(t *testing.T, dir string) {
 			segs := writeRecords(t, dir, opts, 5)
 			if err := appendBytes(segs[len(segs)-1], appendRecord(nil, 1, 1, line(9))[:headerSize+5]); err != nil {
