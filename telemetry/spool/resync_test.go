@@ -118,3 +118,29 @@ func TestCorruptRecordEstimate(t *testing.T) {
 		})
 	}
 }
+
+// TestPaddingCoversAnyLength: damage of any length (at least a header) is
+// replaced by exactly as many bytes of intact padding records, none larger
+// than maxPadRecord (so Read, whose batches are bounded, always fits one),
+// and none holding data.
+func TestPaddingCoversAnyLength(t *testing.T) {
+	for _, n := range []int64{
+		headerSize, headerSize + 1, 100, maxPadRecord - 1, maxPadRecord, maxPadRecord + 1,
+		maxPadRecord + headerSize - 1, maxPadRecord + headerSize, maxPadRecord + headerSize + 1,
+		2*maxPadRecord + 5, 3 * maxPadRecord,
+	} {
+		b := padding(n)
+		if int64(len(b)) != n {
+			t.Errorf("padding(%d) is %d bytes", n, len(b))
+			continue
+		}
+		for off := int64(0); off < n; {
+			rn, pts, at, ok := parseRecord(b[off:])
+			if !ok || pts != 0 || at != 0 || rn > maxPadRecord {
+				t.Errorf("padding(%d) at %d: record of %d bytes, %d points, time %d, intact %v", n, off, rn, pts, at, ok)
+				break
+			}
+			off += rn
+		}
+	}
+}
