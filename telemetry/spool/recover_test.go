@@ -656,6 +656,8 @@ func TestAppendRefusesEmbeddedRecord(t *testing.T) {
 		{"line protocol", line(1), nil},
 		{"embedded record", append(append([]byte(`telemetry,device=a s="`), forged...), "\" 2\n"...), ErrInvalid},
 		{"one zero byte", []byte("telemetry,device=a v=1\x00 2\n"), ErrInvalid},
+		{"a zero byte first", []byte("\x00telemetry,device=a v=1 2\n"), ErrInvalid},
+		{"a zero byte last", []byte("telemetry,device=a v=1 2\n\x00"), ErrInvalid},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "spool")
