@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 )
 
@@ -72,5 +73,61 @@ func TestEmptySegmentAfterTornTail(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Clean(dir) + ".quarantine"); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("a torn tail was quarantined: %v", err)
+	}
+}
+
+// TestExactFit: records that exactly fill the room left (MaxBytes) are
+// accepted and the next one is refused with ErrFull; records that exactly
+// fill a segment stay in it and the next record starts a new segment.
+func TestExactFit(t *testing.T) {
+	rec := int64(headerSize + len(line(0)))
+	tests := []struct {
+		name     string
+		opts     Options
+		appends  int
+		accepted int
+		segments []int64 // sizes of the segment files, oldest first
+	}{
+		{"MaxBytes holds four records", Options{MaxBytes: 4 * rec, SegmentBytes: 4 * rec}, 5, 4, []int64{4 * rec}},
+		{"segments of four records", Options{MaxBytes: 1 << 20, SegmentBytes: 4 * rec}, 9, 9, []int64{4 * rec, 4 * rec, rec}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			s := open(t, dir, tt.opts)
+			accepted := 0
+			for i := range tt.appends {
+				err := s.Append(context.Background(), 1, line(i))
+				switch {
+				case err == nil:
+					accepted++
+				case errors.Is(err, ErrFull) && i >= tt.accepted:
+				default:
+					t.Fatalf("Append %d: %v", i, err)
+				}
+			}
+			if accepted != tt.accepted {
+				t.Errorf("accepted %d of %d, want %d", accepted, tt.appends, tt.accepted)
+			}
+			if full := !s.Stats().LastFull.IsZero(); full != (accepted < tt.appends) {
+				t.Errorf("LastFull set %v, want %v", full, accepted < tt.appends)
+			}
+			s.Close()
+			segs, err := filepath.Glob(filepath.Join(dir, "*.seg"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var sizes []int64
+			for _, seg := range segs {
+				fi, err := os.Stat(seg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				sizes = append(sizes, fi.Size())
+			}
+			if !slices.Equal(sizes, tt.segments) {
+				t.Errorf("segment sizes %v, want %v", sizes, tt.segments)
+			}
+		})
 	}
 }

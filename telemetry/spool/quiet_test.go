@@ -2,9 +2,11 @@ package spool
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"testing"
 )
@@ -70,5 +72,56 @@ func TestOpenClosesQuarantine(t *testing.T) {
 		if target, err := os.Readlink(filepath.Join("/proc/self/fd", fd.Name())); err == nil && target == q {
 			t.Fatalf("descriptor %s still refers to the quarantine file after Open", fd.Name())
 		}
+	}
+}
+
+// TestCloseCommitsQueued: appends already queued when Close is called are
+// committed, not refused: every one returns nil and is replayed; only an
+// append that was not queued yet may get ErrClosed. (The committer picks
+// between the queue and the stop signal at random, so the scenario runs
+// several rounds to take the stop path.)
+func TestCloseCommitsQueued(t *testing.T) {
+	for round := range 16 {
+		dir := t.TempDir()
+		s := open(t, dir, Options{})
+		s.mu.Lock() // holds the committer at its next commit
+		// Start appends until five wait in the queue behind the held
+		// committer (it takes at most one group before it blocks).
+		errs := make(chan error, 1000)
+		started := 0
+		for len(s.reqs) < 5 {
+			if started == cap(errs) {
+				t.Fatal("appends never queued")
+			}
+			go func(i int) { errs <- s.Append(context.Background(), 1, line(i)) }(started)
+			started++
+			runtime.Gosched()
+		}
+		closed := make(chan error, 1)
+		go func() { closed <- s.Close() }()
+		<-s.quit // Close has begun
+		queued := len(s.reqs)
+		s.mu.Unlock()
+		ok := 0
+		for range started {
+			switch err := <-errs; {
+			case err == nil:
+				ok++
+			case errors.Is(err, ErrClosed):
+			default:
+				t.Fatalf("round %d: Append: %v", round, err)
+			}
+		}
+		if err := <-closed; err != nil {
+			t.Fatal(err)
+		}
+		if ok < queued {
+			t.Fatalf("round %d: %d appends succeeded, but %d were queued when Close began", round, ok, queued)
+		}
+		s2 := open(t, dir, Options{})
+		if got := readAll(t, s2, s2.Confirmed()); got.Points != ok {
+			t.Fatalf("round %d: replayed %d, want the %d that succeeded", round, got.Points, ok)
+		}
+		s2.Close()
 	}
 }
