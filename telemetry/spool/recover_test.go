@@ -488,6 +488,10 @@ func TestReadResyncsInsideRecord(t *testing.T) {
 			if got, want := strings.Join(lines, ""), string(line(2))+string(line(3))+string(line(4)); got != want {
 				t.Fatalf("read %q, want %q", got, want)
 			}
+			// The skip is counted once, as the bytes up to the next record.
+			if st := s.Stats(); st.CorruptRecords != 1 || st.CorruptBytes != int64(offs[2]-offs[1]-3) {
+				t.Errorf("CorruptRecords %d, CorruptBytes %d; want 1, %d", st.CorruptRecords, st.CorruptBytes, offs[2]-offs[1]-3)
+			}
 		})
 	}
 }
