@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -64,14 +65,57 @@ func TestOpenClosesQuarantine(t *testing.T) {
 	if _, err := os.Stat(q); err != nil {
 		t.Fatalf("no quarantine file: %v", err)
 	}
+	if open := openFiles(t, filepath.Dir(q)); slices.Contains(open, q) {
+		t.Fatalf("the quarantine file is still open after Open: %q", open)
+	}
+}
+
+// openFiles returns the paths under dir that this process holds open.
+func openFiles(t *testing.T, dir string) []string {
+	t.Helper()
 	fds, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
 		t.Fatal(err)
 	}
+	var open []string
 	for _, fd := range fds {
-		if target, err := os.Readlink(filepath.Join("/proc/self/fd", fd.Name())); err == nil && target == q {
-			t.Fatalf("descriptor %s still refers to the quarantine file after Open", fd.Name())
+		target, err := os.Readlink(filepath.Join("/proc/self/fd", fd.Name()))
+		if err == nil && strings.HasPrefix(target, dir+string(filepath.Separator)) {
+			open = append(open, strings.TrimSuffix(target, " (deleted)"))
 		}
+	}
+	slices.Sort(open)
+	return open
+}
+
+// TestFilesReleased: confirming a segment away closes the spool's reader
+// of it, and Close releases every file the spool opened.
+func TestFilesReleased(t *testing.T) {
+	if _, err := os.Stat("/proc/self/fd"); err != nil {
+		t.Skip("needs /proc/self/fd")
+	}
+	dir := filepath.Join(t.TempDir(), "spool")
+	s := open(t, dir, Options{SegmentBytes: 4096})
+	for i := range 300 {
+		if err := s.Append(context.Background(), 1, line(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := readAll(t, s, s.Confirmed()) // opens a reader per segment
+	if err := s.Confirm(b.Next, b.Points); err != nil {
+		t.Fatal(err)
+	}
+	active := filepath.Join(dir, segName(b.Next.Segment))
+	for _, f := range openFiles(t, dir) {
+		if f != active {
+			t.Errorf("%s is still open after its records were confirmed", filepath.Base(f))
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if open := openFiles(t, dir); len(open) > 0 {
+		t.Errorf("open after Close: %q", open)
 	}
 }
 
