@@ -1,8 +1,11 @@
 package influx
 
 import (
+	"context"
 	"testing"
 	"time"
+
+	"github.com/fieldhub/fieldhub/telemetry/influxtest"
 )
 
 // TestOptionsDefaults: zero and negative settings take the documented
@@ -34,5 +37,20 @@ func TestOptionsDefaults(t *testing.T) {
 				t.Errorf("got %+v\nwant %+v", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestPing: Ping succeeds while InfluxDB answers and fails once it is gone
+// (readiness depends on it).
+func TestPing(t *testing.T) {
+	srv := influxtest.Start(t)
+	c := NewClient(Options{URL: srv.URL, Bucket: srv.Bucket, Timeout: 5 * time.Second})
+	defer c.Close()
+	if err := c.Ping(context.Background()); err != nil {
+		t.Fatalf("Ping a running influxd: %v", err)
+	}
+	srv.Stop()
+	if err := c.Ping(context.Background()); err == nil {
+		t.Fatal("Ping a stopped influxd: no error")
 	}
 }
