@@ -5,7 +5,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 GO          ?= go
 FUZZTIME    ?= 150000x
 
-.PHONY: all build influxd mosquitto run run-cluster test test-loaded lint unit fuzz bench-smoke bench clean
+.PHONY: all build influxd mosquitto run run-cluster test test-loaded lint unit fuzz bench-smoke bench mutation clean
 
 all: build
 
@@ -67,3 +67,11 @@ clean:
 # The standard load benchmarks (docs/benchmarks.md); about six minutes.
 bench: build influxd
 	scripts/bench
+
+# Mutation testing of the core packages with gremlins (pinned in the
+# script); one score per package, summary in var/mutation/summary.txt.
+# Fails if a package kills fewer than MUTATION_MIN percent (default 80) of
+# its mutants. Slow (docs/architecture.md, "Mutation testing"): not part of
+# `make test`. One package: scripts/mutation telemetry/spool
+mutation:
+	scripts/mutation

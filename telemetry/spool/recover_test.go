@@ -274,31 +274,54 @@ func TestRecoverKeepsCheckpoint(t *testing.T) {
 	}
 }
 
-// TestQuarantineBounded: the quarantine file stops growing at its bound.
+// TestQuarantineBounded: the quarantine file stops growing at its bound,
+// whether one damaged run fills the room left or many runs do (each
+// entry's size is counted exactly, so the bound holds after any number of
+// them); damage past the bound is still skipped and counted.
 func TestQuarantineBounded(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "spool")
-	q := dir + ".quarantine"
-	if err := os.MkdirAll(filepath.Dir(q), 0o750); err != nil {
-		t.Fatal(err)
+	tests := []struct {
+		name    string
+		room    int // bytes left below the bound before Open
+		records int
+		damaged func(i int) bool
+	}{
+		{"one run fills the room", 100, 20, func(i int) bool { return i == 2 || i == 5 || i == 9 }},
+		{"many runs fill the room", 10000, 400, func(i int) bool { return i%2 == 1 }},
 	}
-	if err := os.WriteFile(q, make([]byte, maxQuarantineBytes-100), 0o640); err != nil {
-		t.Fatal(err)
-	}
-	seg := writeRecords(t, dir, Options{}, 20)[0]
-	b, _ := os.ReadFile(seg)
-	offs := recordOffsets(t, b)
-	for _, i := range []int{2, 5, 9} {
-		b[offs[i]+headerSize] ^= 1
-	}
-	if err := os.WriteFile(seg, b, 0o640); err != nil {
-		t.Fatal(err)
-	}
-	s := open(t, dir, Options{})
-	if got := len(replayedLines(t, s)); got != 17 {
-		t.Errorf("replayed %d lines, want 17", got)
-	}
-	if fi, err := os.Stat(q); err != nil || fi.Size() > maxQuarantineBytes {
-		t.Errorf("quarantine file: %v, %d bytes, bound %d", err, fi.Size(), maxQuarantineBytes)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "spool")
+			q := dir + ".quarantine"
+			if err := os.MkdirAll(filepath.Dir(q), 0o750); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(q, make([]byte, maxQuarantineBytes-tt.room), 0o640); err != nil {
+				t.Fatal(err)
+			}
+			seg := writeRecords(t, dir, Options{}, tt.records)[0]
+			b, _ := os.ReadFile(seg)
+			offs := recordOffsets(t, b)
+			lost := 0
+			for i := range tt.records {
+				if tt.damaged(i) {
+					b[offs[i]+headerSize] ^= 1
+					lost++
+				}
+			}
+			if err := os.WriteFile(seg, b, 0o640); err != nil {
+				t.Fatal(err)
+			}
+			s := open(t, dir, Options{})
+			if got := len(replayedLines(t, s)); got != tt.records-lost {
+				t.Errorf("replayed %d lines, want %d", got, tt.records-lost)
+			}
+			if st := s.Stats(); st.CorruptRecords != int64(lost) {
+				t.Errorf("CorruptRecords %d, want %d", st.CorruptRecords, lost)
+			}
+			if fi, err := os.Stat(q); err != nil || fi.Size() > maxQuarantineBytes {
+				t.Errorf("quarantine file: %v, %d bytes, bound %d", err, fi.Size(), maxQuarantineBytes)
+			}
+		})
 	}
 }
 
@@ -464,6 +487,10 @@ func TestReadResyncsInsideRecord(t *testing.T) {
 			}
 			if got, want := strings.Join(lines, ""), string(line(2))+string(line(3))+string(line(4)); got != want {
 				t.Fatalf("read %q, want %q", got, want)
+			}
+			// The skip is counted once, as the bytes up to the next record.
+			if st := s.Stats(); st.CorruptRecords != 1 || st.CorruptBytes != int64(offs[2]-offs[1]-3) {
+				t.Errorf("CorruptRecords %d, CorruptBytes %d; want 1, %d", st.CorruptRecords, st.CorruptBytes, offs[2]-offs[1]-3)
 			}
 		})
 	}
@@ -633,6 +660,8 @@ func TestAppendRefusesEmbeddedRecord(t *testing.T) {
 		{"line protocol", line(1), nil},
 		{"embedded record", append(append([]byte(`telemetry,device=a s="`), forged...), "\" 2\n"...), ErrInvalid},
 		{"one zero byte", []byte("telemetry,device=a v=1\x00 2\n"), ErrInvalid},
+		{"a zero byte first", []byte("\x00telemetry,device=a v=1 2\n"), ErrInvalid},
+		{"a zero byte last", []byte("telemetry,device=a v=1 2\n\x00"), ErrInvalid},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "spool")
