@@ -111,30 +111,19 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return err
 	}
 	defer store.Close()
-	var br *bridge.Bridge
-	var reg *devices.Registry
-	var cl *cluster.Cluster
+	// Construction is in dependency order and nothing built here is
+	// nil-checked later: the live hub first (the registry tells it of ended
+	// operator credentials), then the registry; the bridge and the cluster
+	// need the registry to be built, so they subscribe to its changes once
+	// they exist (reg.Subscribe below), before anything runs.
 	liveHub := live.New(live.Options{Logger: log, MaxPerCredential: cfg.LiveMaxPerToken})
-	reg, err = devices.Open(ctx, store, devices.Options{
+	reg, err := devices.Open(ctx, store, devices.Options{
 		Logger:    log,
 		TagLabels: cfg.TagLabels,
 		// An operator token revoked or a session ended closes the live
 		// connections it opened, at once.
 		OnOperatorEnded: liveHub.CloseCredential,
 		SessionIdle:     cfg.SessionIdle, SessionMax: cfg.SessionMax,
-		OnChange: func(c devices.Changed) {
-			if cl != nil {
-				cl.RegistryChanged(c)
-			}
-		},
-		OnCredentialsChanged: func(id string) {
-			if br != nil {
-				br.CredentialsChanged(id)
-			}
-			if reg != nil && !reg.Exists(id) {
-				liveHub.Forget(id)
-			}
-		},
 	})
 	if err != nil {
 		return err
@@ -173,18 +162,23 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 
 	var fanout bridge.Fanout = liveHub
 	router := commands.LocalRouter()
+	var cl *cluster.Cluster // nil with one instance; only branched on here, at construction
 	if cfg.MQTTBroker != "" {
 		if cl, err = newCluster(cfg, reg, liveHub, log); err != nil {
 			return err
 		}
 		fanout, router = cl, commands.ClusterRouter(cl)
+		// Tell the other instances to refresh, and mirror device
+		// credentials into the broker.
+		reg.Subscribe(devices.Subscriber{OnChange: cl.RegistryChanged})
+		m.registerCluster(cl)
 	}
 	cmds, err := commands.New(ctx, commands.Options{Store: cmdStore, Devices: reg, Router: router, Fanout: fanout, Logger: log})
 	if err != nil {
 		return err
 	}
 	codec := telemetry.NewCodec(telemetry.Limits{MaxFuture: cfg.MaxFuture, MaxAge: cfg.MaxAge, TagKeys: cfg.TagLabels}, nil)
-	br, err = bridge.New(bridge.Options{
+	br, err := bridge.New(bridge.Options{
 		Codec: codec, Store: sp, Devices: reg, Fanout: fanout, Commands: cmds,
 		RatePerSec: cfg.RateLimit, Burst: cfg.RateBurst, Logger: log,
 		Schema: store, KnownFields: knownFields(ctx, ic, log),
@@ -193,6 +187,14 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err != nil {
 		return err
 	}
+	// A device's tokens changed or it is gone: its sessions re-check their
+	// credentials, and a deleted device's live state is dropped.
+	reg.Subscribe(devices.Subscriber{OnCredentialsChanged: func(id string) {
+		br.CredentialsChanged(id)
+		if !reg.Exists(id) {
+			liveHub.Forget(id)
+		}
+	}})
 	// One failure limiter and one connect limiter for every way in, so no
 	// door is unguarded and a client's budget is the same on all of them.
 	failures := devices.NewFailureLimiter(10, 20)
@@ -231,16 +233,20 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 			return err
 		}
 	}
-	m.register(br, cmds, sp, writer, reg, liveHub, cl)
+	m.register(br, cmds, sp, writer, reg, liveHub)
 
 	// The route table: every endpoint of docs/protocol.md this process
 	// serves, in one place. The dashboard registers its own REST API and UI
 	// first (api.Register); an entry with a nil handler is switched off by
 	// configuration.
-	ready := health{registryCheck(reg), spoolCheck(sp, cfg.MaxMessageBytes), influxCheck(ic, writer, sp), brokerCheck(broker)}
-	if cl != nil {
-		ready[len(ready)-1] = clusterCheck(cl)
+	mqttCheck := healthCheck{Key: "mqtt", Check: func(context.Context) (check, bool) { return check{Status: "disabled"}, true }}
+	switch {
+	case broker != nil:
+		mqttCheck = brokerCheck(broker)
+	case cl != nil:
+		mqttCheck = clusterCheck(cl)
 	}
+	ready := health{registryCheck(reg), spoolCheck(sp, cfg.MaxMessageBytes), influxCheck(writer, sp), mqttCheck}
 	var mqttAuth, mqttACL, mqttWS http.Handler
 	if cfg.MQTTAuthSecret != "" {
 		ah := &mqtt.AuthHook{Auth: reg, Exists: reg.Exists, Secret: cfg.MQTTAuthSecret, Failures: failures,
@@ -513,9 +519,9 @@ func registryCheck(reg *devices.Registry) healthCheck {
 	}}
 }
 
-// spoolCheck: full when a message of the maximum size may not fit, or an
-// append was refused for room in the last few seconds. Load balancers then
-// send devices elsewhere rather than to "overloaded" answers.
+// spoolCheck: unready while the spool is full (spool.Stats.Full, the
+// spool's own policy). Load balancers then send devices elsewhere rather
+// than to "overloaded" answers.
 func spoolCheck(sp *spool.Spool, maxMessage int64) healthCheck {
 	return healthCheck{Key: "spool", Check: func(context.Context) (check, bool) {
 		st := sp.Stats()
@@ -523,7 +529,7 @@ func spoolCheck(sp *spool.Spool, maxMessage int64) healthCheck {
 		if !st.OldestPending.IsZero() {
 			detail["oldest_pending_seconds"] = time.Since(st.OldestPending).Seconds()
 		}
-		if st.MaxBytes-st.Bytes < maxMessage || time.Since(st.LastFull) < 5*time.Second {
+		if st.Full(maxMessage, time.Now()) {
 			return check{Status: "full", Detail: detail}, false
 		}
 		return check{Status: "ok", Detail: detail}, true
@@ -531,34 +537,26 @@ func spoolCheck(sp *spool.Spool, maxMessage int64) healthCheck {
 }
 
 // influxCheck: InfluxDB down only degrades the hub (ingest goes on into
-// the spool): "spooling", never unready.
-func influxCheck(ic *influx.Client, writer *influx.Writer, sp *spool.Spool) healthCheck {
+// the spool): "spooling", never unready (the writer's Ready).
+func influxCheck(writer *influx.Writer, sp *spool.Spool) healthCheck {
 	return healthCheck{Key: "influxdb", Check: func(ctx context.Context) (check, bool) {
 		st := sp.Stats()
-		ws := writer.Stats()
 		detail := map[string]any{"backlog_points": st.PendingPoints}
 		if !st.OldestPending.IsZero() {
 			detail["backlog_age_seconds"] = time.Since(st.OldestPending).Seconds()
 		}
-		pingErr := ic.Ping(ctx)
-		if pingErr == nil && ws.Healthy {
-			return check{Status: "ok", Detail: detail}, true
+		if err := writer.Ready(ctx); err != nil {
+			detail["error"] = err.Error()
+			return check{Status: "spooling", Detail: detail}, true
 		}
-		if pingErr != nil {
-			detail["error"] = pingErr.Error()
-		} else {
-			detail["error"] = ws.LastError
-		}
-		return check{Status: "spooling", Detail: detail}, true
+		return check{Status: "ok", Detail: detail}, true
 	}}
 }
 
-// brokerCheck is the embedded broker's check: listening, or disabled.
+// brokerCheck is the embedded broker's check: listening. Without any
+// MQTT (no embedded broker, no external one) serve reports "disabled".
 func brokerCheck(broker *mqtt.Broker) healthCheck {
 	return healthCheck{Key: "mqtt", Check: func(context.Context) (check, bool) {
-		if broker == nil {
-			return check{Status: "disabled"}, true
-		}
 		return check{Status: "listening", Detail: map[string]string{"addr": broker.Addr().String()}}, true
 	}}
 }
