@@ -104,6 +104,7 @@ func (lc *lifecycle) stopAll(up []started) {
 		s.cancel()
 		select {
 		case <-s.done:
+			lc.log.Debug("component stopped", "component", s.c.Name)
 		case <-ctx.Done():
 			lc.log.Warn("component did not stop within the shutdown timeout", "component", s.c.Name)
 		}

@@ -300,23 +300,26 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 
 	// The hub's components in start order; shutdown runs the list
-	// backwards: stop accepting (HTTP) -> close device sockets -> stop the
-	// broker and the cluster -> close dashboard sockets -> stop the
-	// bridge -> drain the spool to InfluxDB -> stop the writer. Stores
-	// close after it (the defers above).
+	// backwards, one component at a time, which is the order of
+	// docs/architecture.md ("Lifecycle and shutdown"): stop accepting
+	// (HTTP) -> close device sockets -> stop the broker or the cluster ->
+	// close dashboard sockets -> live hub -> rates -> commands -> registry
+	// (flushes last_seen) -> drain the spool to InfluxDB -> stop the writer.
+	// Stores close after it (the defers above). TestShutdownOrder checks it.
 	comps := []component{
-		{Name: "influx writer", Run: writer.Run,
-			// Drain what is spooled while the shutdown deadline allows;
-			// what is left is replayed at the next start.
-			Stop: func(ctx context.Context) { drainSpool(ctx, sp) }},
-		// last_seen flushes on an interval; Close (deferred) writes the rest.
+		{Name: "influx writer", Run: writer.Run},
+		// Drain what is spooled while the shutdown deadline allows, with
+		// the writer still running; what is left is replayed at the next
+		// start.
+		{Name: "spool drain", Stop: func(ctx context.Context) { drainSpool(ctx, sp) }},
+		// last_seen flushes on an interval and once more when Run ends.
 		{Name: "registry", Run: reg.Run},
 		{Name: "commands", Run: cmds.Run},
 		{Name: "rates", Run: rates.Run},
 		// The live hub outlives the dashboards' sockets: it stops after
 		// api.Shutdown has closed them.
 		{Name: "live hub", Run: liveHub.Run},
-		{Name: "dashboard", Stop: func(context.Context) { api.Shutdown() }},
+		{Name: "dashboard sockets", Stop: func(context.Context) { api.Shutdown() }},
 	}
 	if cl != nil {
 		// Stopping takes no more broker messages; what is not durable yet
