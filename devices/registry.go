@@ -142,7 +142,8 @@ const (
 	DefaultFlushInterval = 30 * time.Second
 )
 
-// Options configures a Registry.
+// Options configures a Registry. Its three callbacks are the first
+// listener; listeners built after the registry are added with Subscribe.
 type Options struct {
 	Logger *slog.Logger
 	// OnCredentialsChanged is called (without locks held, possibly from a
