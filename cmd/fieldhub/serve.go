@@ -299,6 +299,11 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 
+	httpServe := srv.Serve // TLS or not is decided here, once
+	if tlsCfg != nil {
+		httpServe = func(ln net.Listener) error { return srv.ServeTLS(ln, "", "") }
+	}
+
 	// The hub's components in start order; shutdown runs the list
 	// backwards, one component at a time, which is the order of
 	// docs/architecture.md ("Lifecycle and shutdown"): stop accepting
@@ -341,16 +346,10 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		}},
 		component{Name: "http server",
 			Run: func(context.Context) error {
-				var err error
-				if tlsCfg != nil {
-					err = srv.ServeTLS(httpLn, "", "")
-				} else {
-					err = srv.Serve(httpLn)
+				if err := httpServe(httpLn); !errors.Is(err, http.ErrServerClosed) {
+					return err
 				}
-				if errors.Is(err, http.ErrServerClosed) {
-					return nil
-				}
-				return err
+				return nil
 			},
 			Stop: func(ctx context.Context) {
 				if err := srv.Shutdown(ctx); err != nil {
