@@ -142,7 +142,8 @@ const (
 	DefaultFlushInterval = 30 * time.Second
 )
 
-// Options configures a Registry.
+// Options configures a Registry. Its three callbacks are the first
+// listener; listeners built after the registry are added with Subscribe.
 type Options struct {
 	Logger *slog.Logger
 	// OnCredentialsChanged is called (without locks held, possibly from a
@@ -176,6 +177,19 @@ type Options struct {
 	// Close writes the rest.
 	FlushInterval time.Duration
 	Now           func() time.Time
+}
+
+// Subscriber is told what the registry changed, like the callbacks of
+// Options; each func may be nil. It is the seam for listeners built after
+// the registry (the bridge, the cluster), which the registry must exist to
+// construct: serve opens the registry, builds them, then subscribes them
+// once before anything runs, so no callback closes over a variable that is
+// still nil. A change made before a Subscribe reaches only the listeners
+// subscribed then (the Options callbacks always).
+type Subscriber struct {
+	OnChange             func(c Changed)
+	OnCredentialsChanged func(deviceID string)
+	OnOperatorEnded      func(e OperatorEnded)
 }
 
 // Changed says what one registry operation changed.
@@ -244,7 +258,30 @@ type Registry struct {
 	// the grace it was given.
 	timers       map[string]map[int64]*time.Timer
 	timersClosed bool
+
+	// subs are the listeners: the Options callbacks first, then each
+	// Subscribe in order. Copy-on-write: Subscribe swaps in a new slice,
+	// callers of the callbacks (possibly timer goroutines) load it and take
+	// no lock.
+	subs atomic.Pointer[[]Subscriber]
 }
+
+// Subscribe adds s to the registry's listeners. Call it during
+// construction, before Run and before serving; it is safe against
+// callbacks already firing (a grace-period timer), which then reach the
+// listeners subscribed so far.
+func (r *Registry) Subscribe(s Subscriber) {
+	for {
+		old := r.subs.Load()
+		next := append(append([]Subscriber(nil), *old...), s)
+		if r.subs.CompareAndSwap(old, &next) {
+			return
+		}
+	}
+}
+
+// listeners is the current list of subscribers; callers hold no lock.
+func (r *Registry) listeners() []Subscriber { return *r.subs.Load() }
 
 // applyLocked writes an operator or session change to the store, under
 // the store deadline. Callers hold mu.
@@ -311,6 +348,7 @@ func Open(ctx context.Context, store Store, opts Options) (*Registry, error) {
 		timers:   map[string]map[int64]*time.Timer{},
 		sessions: map[TokenHash]*session{},
 	}
+	r.subs.Store(&[]Subscriber{{OnChange: opts.OnChange, OnCredentialsChanged: opts.OnCredentialsChanged, OnOperatorEnded: opts.OnOperatorEnded}})
 	now := opts.Now()
 	snap := &snapshot{devices: make(map[string]*device, len(st.Devices)), byHash: make(map[TokenHash]string, len(st.Devices)), cursor: st.Cursor}
 	for _, rec := range st.Devices {
@@ -510,11 +548,19 @@ func (r *Registry) CreateBatch(ctx context.Context, specs []Spec) ([]Created, er
 	return out, nil
 }
 
-// notify calls OnChange, if set, with the change mk builds; mk runs only
-// when someone listens. Callers hold no lock and not the writer token.
+// notify calls every listener's OnChange with the change mk builds; mk
+// runs only when someone listens, and once. Callers hold no lock and not
+// the writer token.
 func (r *Registry) notify(mk func() Changed) {
-	if r.opts.OnChange != nil {
-		r.opts.OnChange(mk())
+	var c *Changed
+	for _, s := range r.listeners() {
+		if s.OnChange != nil {
+			if c == nil {
+				v := mk()
+				c = &v
+			}
+			s.OnChange(*c)
+		}
 	}
 }
 
@@ -719,9 +765,13 @@ func (r *Registry) stopTimers(id string) {
 	delete(r.timers, id)
 }
 
+// changed tells every listener that device id's credentials changed.
+// Callers hold no lock.
 func (r *Registry) changed(id string) {
-	if r.opts.OnCredentialsChanged != nil {
-		r.opts.OnCredentialsChanged(id)
+	for _, s := range r.listeners() {
+		if s.OnCredentialsChanged != nil {
+			s.OnCredentialsChanged(id)
+		}
 	}
 }
 

@@ -142,8 +142,10 @@ func (r *Registry) dropSessionsLocked(ctx context.Context, list []*session) {
 // ended announces a credential's end. Callers do not hold mu.
 func (r *Registry) ended(e OperatorEnded) {
 	r.log.Info("operator credential ended", "token_id", e.TokenID, "session", e.Session != "", "reason", e.Reason)
-	if r.opts.OnOperatorEnded != nil {
-		r.opts.OnOperatorEnded(e)
+	for _, s := range r.listeners() {
+		if s.OnOperatorEnded != nil {
+			s.OnOperatorEnded(e)
+		}
 	}
 }
 

@@ -42,18 +42,25 @@ type started struct {
 	done   chan struct{}
 }
 
-// run starts comps in order, calls ready once every one started, and
-// returns when ctx ended or a component failed and every started
-// component has been stopped in reverse order. The error is the first
-// Start or Run error; nil on a clean shutdown.
+// run starts comps in order, calls ready once every one started (never
+// when one failed first), and returns when ctx ended or a component
+// failed and every started component has been stopped in reverse order.
+// The error is the first Start or Run error (a Start that fails only
+// because a Run already failed reports that Run's error); nil on a clean
+// shutdown.
 func (lc *lifecycle) run(ctx context.Context, comps []component, ready func()) error {
 	g, gctx := errgroup.WithContext(ctx)
 	var up []started
 	var startErr error
 	for _, c := range comps {
+		if gctx.Err() != nil {
+			break // a Run failed or ctx ended while starting: start no more
+		}
 		if c.Start != nil {
 			if err := c.Start(gctx); err != nil {
-				startErr = fmt.Errorf("start %s: %w", c.Name, err)
+				if gctx.Err() == nil { // not merely given up because the hub is stopping
+					startErr = fmt.Errorf("start %s: %w", c.Name, err)
+				}
 				break
 			}
 		}
@@ -73,7 +80,7 @@ func (lc *lifecycle) run(ctx context.Context, comps []component, ready func()) e
 		}
 		up = append(up, s)
 	}
-	if startErr == nil && ready != nil {
+	if startErr == nil && gctx.Err() == nil && ready != nil {
 		ready()
 	}
 	if startErr == nil {
@@ -104,6 +111,7 @@ func (lc *lifecycle) stopAll(up []started) {
 		s.cancel()
 		select {
 		case <-s.done:
+			lc.log.Debug("component stopped", "component", s.c.Name)
 		case <-ctx.Done():
 			lc.log.Warn("component did not stop within the shutdown timeout", "component", s.c.Name)
 		}

@@ -99,3 +99,33 @@ func TestLifecycleRunErrorShutsDown(t *testing.T) {
 		t.Fatalf("events\n got %q\nwant %q", got, want)
 	}
 }
+
+// TestLifecycleRunFailureWhileStarting: a Run that fails while later
+// components are still starting stops the start (no later component
+// starts, ready is never called), stops what started in reverse, and its
+// error, not the cancelled Start's, is returned.
+func TestLifecycleRunFailureWhileStarting(t *testing.T) {
+	ev := &events{}
+	boom := errors.New("listener gone")
+	a := fake(ev, "a", nil, nil)
+	a.Run = func(context.Context) error { return boom }
+	b := fake(ev, "b", nil, nil)
+	b.Start = func(ctx context.Context) error {
+		ev.add("start b")
+		<-ctx.Done() // a slow start, given up when a's Run fails
+		return ctx.Err()
+	}
+	comps := []component{fake(ev, "first", nil, nil), a, b, fake(ev, "c", nil, nil)}
+	readyCalled := false
+	err := testLifecycle().run(context.Background(), comps, func() { readyCalled = true })
+	if !errors.Is(err, boom) {
+		t.Fatalf("run = %v, want the Run error", err)
+	}
+	if readyCalled {
+		t.Error("ready called although a component failed while starting")
+	}
+	want := []string{"start first", "start a", "start b", "stop a", "stop first", "run ended first"}
+	if got := ev.list(); !slices.Equal(got, want) {
+		t.Fatalf("events\n got %q\nwant %q", got, want)
+	}
+}

@@ -69,8 +69,15 @@ func (m *metrics) writerObservers() influx.WriterObservers {
 	}
 }
 
-func (m *metrics) register(br *bridge.Bridge, cmds *commands.Service, sp *spool.Spool, w *influx.Writer, reg *devices.Registry, live *live.Hub, cl *cluster.Cluster) {
-	m.reg.MustRegister(&hubCollector{br: br, cmds: cmds, sp: sp, w: w, reg: reg, live: live, cl: cl})
+// register adds the collector of the components every hub has.
+func (m *metrics) register(br *bridge.Bridge, cmds *commands.Service, sp *spool.Spool, w *influx.Writer, reg *devices.Registry, live *live.Hub) {
+	m.reg.MustRegister(&hubCollector{br: br, cmds: cmds, sp: sp, w: w, reg: reg, live: live})
+}
+
+// registerCluster adds external-broker mode's collector; serve calls it
+// only when it built a cluster, so no collector nil-checks one.
+func (m *metrics) registerCluster(cl *cluster.Cluster) {
+	m.reg.MustRegister(clusterCollector{cl: cl})
 }
 
 func (m *metrics) handler() http.Handler {
@@ -126,14 +133,21 @@ type hubCollector struct {
 	w    *influx.Writer
 	reg  *devices.Registry
 	live *live.Hub
-	cl   *cluster.Cluster // nil: embedded broker
 }
 
 func (c *hubCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConnected, descConnects, descDisconnects, descMessages, descReadings, descRejected, descSchema, descSchemaRelease,
 		descSpoolBytes, descSpoolMax, descSpoolPending, descSpoolAge, descSpoolTorn, descSpoolCorruptB, descSpoolCorruptR, descSpoolCorruptC, descWritten, descDeadLettered, descInfluxHealthy, descDevices,
-		descLiveSubs, descLiveSent, descLiveCoalesced, descLiveSlow, descLiveDropped, descLiveRefused, descLiveFilter, descCommands,
-		descClusterUp, descClusterConnFail, descClusterIngested, descClusterRedeliv, descClusterLive, descClusterForwarded, descClusterRefreshes, descClusterDynsec} {
+		descLiveSubs, descLiveSent, descLiveCoalesced, descLiveSlow, descLiveDropped, descLiveRefused, descLiveFilter, descCommands} {
+		ch <- d
+	}
+}
+
+// clusterCollector reads the cluster's counters at scrape time.
+type clusterCollector struct{ cl *cluster.Cluster }
+
+func (c clusterCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descClusterUp, descClusterConnFail, descClusterIngested, descClusterRedeliv, descClusterLive, descClusterForwarded, descClusterRefreshes, descClusterDynsec} {
 		ch <- d
 	}
 }
@@ -199,9 +213,9 @@ func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descLiveRefused, prometheus.CounterValue, float64(ls.RefusedPerCredential), "per_token")
 	ch <- prometheus.MustNewConstMetric(descLiveRefused, prometheus.CounterValue, float64(ls.RefusedFull), "full")
 	ch <- prometheus.MustNewConstMetric(descLiveFilter, prometheus.GaugeValue, float64(ls.FilterDevices))
-	if c.cl == nil {
-		return
-	}
+}
+
+func (c clusterCollector) Collect(ch chan<- prometheus.Metric) {
 	cs := c.cl.Stats()
 	brokerUp := 0.0
 	if c.cl.Connected() {

@@ -248,6 +248,7 @@ func TestGrafanaDashboardUsesRealMetrics(t *testing.T) {
 	}
 	ch := make(chan *prometheus.Desc, 64)
 	(&hubCollector{}).Describe(ch)
+	clusterCollector{}.Describe(ch) // external-broker mode's, registered only then
 	close(ch)
 	descName := regexp.MustCompile(`fqName: "([a-z_]+)"`)
 	for d := range ch {

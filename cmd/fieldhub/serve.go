@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -111,30 +110,19 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return err
 	}
 	defer store.Close()
-	var br *bridge.Bridge
-	var reg *devices.Registry
-	var cl *cluster.Cluster
+	// Construction is in dependency order and nothing built here is
+	// nil-checked later: the live hub first (the registry tells it of ended
+	// operator credentials), then the registry; the bridge and the cluster
+	// need the registry to be built, so they subscribe to its changes once
+	// they exist (reg.Subscribe below), before anything runs.
 	liveHub := live.New(live.Options{Logger: log, MaxPerCredential: cfg.LiveMaxPerToken})
-	reg, err = devices.Open(ctx, store, devices.Options{
+	reg, err := devices.Open(ctx, store, devices.Options{
 		Logger:    log,
 		TagLabels: cfg.TagLabels,
 		// An operator token revoked or a session ended closes the live
 		// connections it opened, at once.
 		OnOperatorEnded: liveHub.CloseCredential,
 		SessionIdle:     cfg.SessionIdle, SessionMax: cfg.SessionMax,
-		OnChange: func(c devices.Changed) {
-			if cl != nil {
-				cl.RegistryChanged(c)
-			}
-		},
-		OnCredentialsChanged: func(id string) {
-			if br != nil {
-				br.CredentialsChanged(id)
-			}
-			if reg != nil && !reg.Exists(id) {
-				liveHub.Forget(id)
-			}
-		},
 	})
 	if err != nil {
 		return err
@@ -173,18 +161,23 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 
 	var fanout bridge.Fanout = liveHub
 	router := commands.LocalRouter()
+	var cl *cluster.Cluster // nil with one instance; only branched on here, at construction
 	if cfg.MQTTBroker != "" {
 		if cl, err = newCluster(cfg, reg, liveHub, log); err != nil {
 			return err
 		}
 		fanout, router = cl, commands.ClusterRouter(cl)
+		// Tell the other instances to refresh, and mirror device
+		// credentials into the broker.
+		reg.Subscribe(devices.Subscriber{OnChange: cl.RegistryChanged})
+		m.registerCluster(cl)
 	}
 	cmds, err := commands.New(ctx, commands.Options{Store: cmdStore, Devices: reg, Router: router, Fanout: fanout, Logger: log})
 	if err != nil {
 		return err
 	}
 	codec := telemetry.NewCodec(telemetry.Limits{MaxFuture: cfg.MaxFuture, MaxAge: cfg.MaxAge, TagKeys: cfg.TagLabels}, nil)
-	br, err = bridge.New(bridge.Options{
+	br, err := bridge.New(bridge.Options{
 		Codec: codec, Store: sp, Devices: reg, Fanout: fanout, Commands: cmds,
 		RatePerSec: cfg.RateLimit, Burst: cfg.RateBurst, Logger: log,
 		Schema: store, KnownFields: knownFields(ctx, ic, log),
@@ -193,6 +186,14 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err != nil {
 		return err
 	}
+	// A device's tokens changed or it is gone: its sessions re-check their
+	// credentials, and a deleted device's live state is dropped.
+	reg.Subscribe(devices.Subscriber{OnCredentialsChanged: func(id string) {
+		br.CredentialsChanged(id)
+		if !reg.Exists(id) {
+			liveHub.Forget(id)
+		}
+	}})
 	// One failure limiter and one connect limiter for every way in, so no
 	// door is unguarded and a client's budget is the same on all of them.
 	failures := devices.NewFailureLimiter(10, 20)
@@ -231,16 +232,20 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 			return err
 		}
 	}
-	m.register(br, cmds, sp, writer, reg, liveHub, cl)
+	m.register(br, cmds, sp, writer, reg, liveHub)
 
 	// The route table: every endpoint of docs/protocol.md this process
 	// serves, in one place. The dashboard registers its own REST API and UI
 	// first (api.Register); an entry with a nil handler is switched off by
 	// configuration.
-	ready := health{registryCheck(reg), spoolCheck(sp, cfg.MaxMessageBytes), influxCheck(ic, writer, sp), brokerCheck(broker)}
-	if cl != nil {
-		ready[len(ready)-1] = clusterCheck(cl)
+	mqttCheck := disabledMQTTCheck()
+	switch {
+	case broker != nil:
+		mqttCheck = brokerCheck(broker)
+	case cl != nil:
+		mqttCheck = clusterCheck(cl)
 	}
+	ready := health{registryCheck(reg), spoolCheck(sp, cfg.MaxMessageBytes), influxCheck(writer, sp), mqttCheck}
 	var mqttAuth, mqttACL, mqttWS http.Handler
 	if cfg.MQTTAuthSecret != "" {
 		ah := &mqtt.AuthHook{Auth: reg, Exists: reg.Exists, Secret: cfg.MQTTAuthSecret, Failures: failures,
@@ -293,24 +298,32 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 
+	httpServe := srv.Serve // TLS or not is decided here, once
+	if tlsCfg != nil {
+		httpServe = func(ln net.Listener) error { return srv.ServeTLS(ln, "", "") }
+	}
+
 	// The hub's components in start order; shutdown runs the list
-	// backwards: stop accepting (HTTP) -> close device sockets -> stop the
-	// broker and the cluster -> close dashboard sockets -> stop the
-	// bridge -> drain the spool to InfluxDB -> stop the writer. Stores
-	// close after it (the defers above).
+	// backwards, one component at a time, which is the order of
+	// docs/architecture.md ("Lifecycle and shutdown"): stop accepting
+	// (HTTP) -> close device sockets -> stop the broker or the cluster ->
+	// close dashboard sockets -> live hub -> rates -> commands -> registry
+	// (flushes last_seen) -> drain the spool to InfluxDB -> stop the writer.
+	// Stores close after it (the defers above). TestShutdownOrder checks it.
 	comps := []component{
-		{Name: "influx writer", Run: writer.Run,
-			// Drain what is spooled while the shutdown deadline allows;
-			// what is left is replayed at the next start.
-			Stop: func(ctx context.Context) { drainSpool(ctx, sp) }},
-		// last_seen flushes on an interval; Close (deferred) writes the rest.
+		{Name: "influx writer", Run: writer.Run},
+		// Drain what is spooled while the shutdown deadline allows, with
+		// the writer still running; what is left is replayed at the next
+		// start.
+		{Name: "spool drain", Stop: func(ctx context.Context) { drainSpool(ctx, sp) }},
+		// last_seen flushes on an interval and once more when Run ends.
 		{Name: "registry", Run: reg.Run},
 		{Name: "commands", Run: cmds.Run},
 		{Name: "rates", Run: rates.Run},
 		// The live hub outlives the dashboards' sockets: it stops after
 		// api.Shutdown has closed them.
 		{Name: "live hub", Run: liveHub.Run},
-		{Name: "dashboard", Stop: func(context.Context) { api.Shutdown() }},
+		{Name: "dashboard sockets", Stop: func(context.Context) { api.Shutdown() }},
 	}
 	if cl != nil {
 		// Stopping takes no more broker messages; what is not durable yet
@@ -332,16 +345,10 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		}},
 		component{Name: "http server",
 			Run: func(context.Context) error {
-				var err error
-				if tlsCfg != nil {
-					err = srv.ServeTLS(httpLn, "", "")
-				} else {
-					err = srv.Serve(httpLn)
+				if err := httpServe(httpLn); !errors.Is(err, http.ErrServerClosed) {
+					return err
 				}
-				if errors.Is(err, http.ErrServerClosed) {
-					return nil
-				}
-				return err
+				return nil
 			},
 			Stop: func(ctx context.Context) {
 				if err := srv.Shutdown(ctx); err != nil {
@@ -461,119 +468,6 @@ func displayAddr(a net.Addr) string {
 		host = "127.0.0.1"
 	}
 	return net.JoinHostPort(host, port)
-}
-
-// healthCheck is one component's part of GET /readyz: the key it reports
-// under, its status and detail, and whether the hub can take readings as
-// far as it is concerned (a degraded dependency answers ok=true).
-type healthCheck struct {
-	Key   string
-	Check func(ctx context.Context) (c check, ok bool)
-}
-
-type check struct {
-	Status string `json:"status"`
-	Detail any    `json:"detail,omitempty"`
-}
-
-// health is GET /readyz: it aggregates the components' checks, 200 when
-// every one says the hub can accept readings and 503 when one says it
-// cannot. The policy of each check is the component's own (below); the
-// aggregator only combines them.
-type health []healthCheck
-
-func (h health) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-	defer cancel()
-	checks := make(map[string]check, len(h))
-	ready := true
-	for _, hc := range h {
-		c, ok := hc.Check(ctx)
-		checks[hc.Key] = c
-		ready = ready && ok
-	}
-	status, code := "ready", http.StatusOK
-	if !ready {
-		status, code = "not_ready", http.StatusServiceUnavailable
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(map[string]any{"status": status, "checks": checks})
-}
-
-// registryCheck: the registry store answers; detail is the device counts.
-func registryCheck(reg *devices.Registry) healthCheck {
-	return healthCheck{Key: "registry", Check: func(ctx context.Context) (check, bool) {
-		if err := reg.Ping(ctx); err != nil {
-			return check{Status: "unavailable", Detail: err.Error()}, false
-		}
-		total, online := reg.Counts()
-		return check{Status: "ok", Detail: map[string]int{"devices": total, "online": online}}, true
-	}}
-}
-
-// spoolCheck: full when a message of the maximum size may not fit, or an
-// append was refused for room in the last few seconds. Load balancers then
-// send devices elsewhere rather than to "overloaded" answers.
-func spoolCheck(sp *spool.Spool, maxMessage int64) healthCheck {
-	return healthCheck{Key: "spool", Check: func(context.Context) (check, bool) {
-		st := sp.Stats()
-		detail := map[string]any{"bytes": st.Bytes, "max_bytes": st.MaxBytes, "pending_points": st.PendingPoints}
-		if !st.OldestPending.IsZero() {
-			detail["oldest_pending_seconds"] = time.Since(st.OldestPending).Seconds()
-		}
-		if st.MaxBytes-st.Bytes < maxMessage || time.Since(st.LastFull) < 5*time.Second {
-			return check{Status: "full", Detail: detail}, false
-		}
-		return check{Status: "ok", Detail: detail}, true
-	}}
-}
-
-// influxCheck: InfluxDB down only degrades the hub (ingest goes on into
-// the spool): "spooling", never unready.
-func influxCheck(ic *influx.Client, writer *influx.Writer, sp *spool.Spool) healthCheck {
-	return healthCheck{Key: "influxdb", Check: func(ctx context.Context) (check, bool) {
-		st := sp.Stats()
-		ws := writer.Stats()
-		detail := map[string]any{"backlog_points": st.PendingPoints}
-		if !st.OldestPending.IsZero() {
-			detail["backlog_age_seconds"] = time.Since(st.OldestPending).Seconds()
-		}
-		pingErr := ic.Ping(ctx)
-		if pingErr == nil && ws.Healthy {
-			return check{Status: "ok", Detail: detail}, true
-		}
-		if pingErr != nil {
-			detail["error"] = pingErr.Error()
-		} else {
-			detail["error"] = ws.LastError
-		}
-		return check{Status: "spooling", Detail: detail}, true
-	}}
-}
-
-// brokerCheck is the embedded broker's check: listening, or disabled.
-func brokerCheck(broker *mqtt.Broker) healthCheck {
-	return healthCheck{Key: "mqtt", Check: func(context.Context) (check, bool) {
-		if broker == nil {
-			return check{Status: "disabled"}, true
-		}
-		return check{Status: "listening", Detail: map[string]string{"addr": broker.Addr().String()}}, true
-	}}
-}
-
-// clusterCheck is external-broker mode's check: without the broker this
-// instance still takes WebSocket and HTTP readings into its spool:
-// degraded, not unready (every instance would go unready at once).
-func clusterCheck(cl *cluster.Cluster) healthCheck {
-	return healthCheck{Key: "mqtt", Check: func(context.Context) (check, bool) {
-		status := "connected"
-		if !cl.Connected() {
-			status = "disconnected"
-		}
-		return check{Status: status, Detail: map[string]string{"mode": "external broker"}}, true
-	}}
 }
 
 // newCluster sets up external-broker mode: the instance id (generated

@@ -181,6 +181,20 @@ func NewWriter(c *Client, sp *spool.Spool, obs WriterObservers) (*Writer, error)
 }
 
 // Stats returns a snapshot of the writer's counters.
+// Ready is the writer's health: nil when InfluxDB answers a ping and the
+// last write succeeded; otherwise the ping's error or the last write's.
+// InfluxDB down only degrades the hub (readings wait in the spool), so
+// the hub never turns unready on it; /readyz reports "spooling".
+func (w *Writer) Ready(ctx context.Context) error {
+	if err := w.c.Ping(ctx); err != nil {
+		return err
+	}
+	if st := w.Stats(); !st.Healthy {
+		return errors.New(st.LastError) // the write error as the writer logged it
+	}
+	return nil
+}
+
 func (w *Writer) Stats() WriterStats {
 	w.stats.mu.Lock()
 	defer w.stats.mu.Unlock()

@@ -125,6 +125,19 @@ type Stats struct {
 	CorruptCheckpoints int64
 }
 
+// FullHold is how long after an append was refused for room the spool
+// still counts as full, so readiness does not flap while a backlog drains.
+const FullHold = 5 * time.Second
+
+// Full is the spool's readiness policy: full when a record of room bytes
+// (the largest message the hub accepts) may not fit, or when an append
+// was refused for room less than FullHold before now. A full spool answers
+// devices "overloaded"; the hub reports itself unready so that load
+// balancers send them elsewhere first.
+func (st Stats) Full(room int64, now time.Time) bool {
+	return st.MaxBytes-st.Bytes < room || (!st.LastFull.IsZero() && now.Sub(st.LastFull) < FullHold)
+}
+
 type appendReq struct {
 	data   []byte
 	points uint32
