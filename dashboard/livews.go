@@ -15,7 +15,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/fieldhub/fieldhub/dashboard/live"
-	"github.com/fieldhub/fieldhub/devices"
+	"github.com/fieldhub/fieldhub/dashboard/operator"
 	"github.com/fieldhub/fieldhub/telemetry"
 )
 
@@ -37,11 +37,9 @@ const (
 // token was deleted, its session signed out or expired.
 const CloseRevoked = 4003
 
-// originAllowed applies the hub's one Origin policy (devices.OriginAllowed)
-// to operator streams.
-func (s *Server) originAllowed(r *http.Request) bool {
-	return devices.OriginAllowed(r, s.opts.AllowedOrigins)
-}
+// originAllowed applies the hub's one Origin policy, with the extra
+// allowed origins, to operator streams (operator.Auth.StreamOriginAllowed).
+func (s *Server) originAllowed(r *http.Request) bool { return s.authn.StreamOriginAllowed(r) }
 
 // openLive is the one admission of a live stream, /ws/live and SSE
 // alike: it registers sub as a live client of its owner's credential
@@ -63,12 +61,12 @@ func (s *Server) openLive(w http.ResponseWriter, r *http.Request, sub *live.Subs
 			writeErr(w, http.StatusUnauthorized, "unauthorized", "the credential was revoked")
 			return nil, false
 		}
-		if !s.trackLive() {
+		if !s.conns.Add(sub) {
 			s.opts.Live.Remove(sub)
 			writeErr(w, http.StatusServiceUnavailable, "unavailable", "shutting down")
 			return nil, false
 		}
-		return func() { s.liveWG.Done(); s.opts.Live.Remove(sub) }, true
+		return func() { s.conns.Done(sub); s.opts.Live.Remove(sub) }, true
 	}
 	if errors.Is(err, live.ErrStopped) {
 		writeErr(w, http.StatusServiceUnavailable, "unavailable", "shutting down")
@@ -79,7 +77,7 @@ func (s *Server) openLive(w http.ResponseWriter, r *http.Request, sub *live.Subs
 		reason = "per_token"
 	}
 	if n, ok := s.liveRefusals.allow(time.Now()); ok {
-		s.log.Warn("live connection refused", "reason", reason, "token_id", op.TokenID, "remote", s.remoteIP(r), "path", r.URL.Path, "unlogged", n)
+		s.log.Warn("live connection refused", "reason", reason, "token_id", op.TokenID, "remote", s.authn.ClientAddr(r), "path", r.URL.Path, "unlogged", n)
 	}
 	w.Header().Set("Retry-After", "5")
 	if reason == "full" {
@@ -139,7 +137,7 @@ func (s *Server) serveLiveWS(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return
 	}
-	c := &liveConn{s: s, ws: conn, sub: sub, done: make(chan struct{}), ctl: make(chan []byte, 16)}
+	c := &liveConn{s: s, ws: conn, sub: sub, remote: s.authn.ClientAddr(r), done: make(chan struct{}), ctl: make(chan []byte, 16)}
 	writerDone := make(chan struct{})
 	go func() {
 		defer close(writerDone)
@@ -152,11 +150,13 @@ func (s *Server) serveLiveWS(w http.ResponseWriter, r *http.Request) {
 }
 
 type liveConn struct {
-	s    *Server
-	ws   *websocket.Conn
-	sub  *live.Subscriber
-	done chan struct{}
-	ctl  chan []byte // error answers to client messages; bounded
+	s   *Server
+	ws  *websocket.Conn
+	sub *live.Subscriber
+	// remote is the client address behind any trusted proxy, for the log.
+	remote string
+	done   chan struct{}
+	ctl    chan []byte // error answers to client messages; bounded
 }
 
 func (c *liveConn) readLoop() {
@@ -212,7 +212,7 @@ func badMetricFilter(names []string) string {
 	seen := make(map[string]bool, min(len(names), liveMaxMetrics+1))
 	for _, n := range names {
 		if !telemetry.ValidName(n) {
-			b, _ := json.Marshal(n[:min(len(n), 64)])
+			b, _ := json.Marshal(telemetry.Truncate(n, 64))
 			return fmt.Sprintf("metric name %s is not valid", b)
 		}
 		if seen[n] {
@@ -289,7 +289,7 @@ func (c *liveConn) writeLoop() {
 	failed := func(err error) {
 		if isTimeout(err) {
 			c.sub.MarkSlow()
-			c.s.logSlow(c.sub, "ws", c.ws.RemoteAddr().String(), "write timed out")
+			c.s.logSlow(c.sub, "ws", c.remote, "write timed out")
 		}
 		fail()
 	}
@@ -297,7 +297,7 @@ func (c *liveConn) writeLoop() {
 		// The client gets the time of one write to read what is in flight
 		// and the close.
 		_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(closeTryAgain, "slow consumer"), time.Now().Add(liveWriteWait))
-		c.s.logSlow(c.sub, "ws", c.ws.RemoteAddr().String(), "behind")
+		c.s.logSlow(c.sub, "ws", c.remote, "behind")
 		fail()
 		<-c.done
 	}
@@ -312,7 +312,7 @@ func (c *liveConn) writeLoop() {
 			return
 		case <-c.sub.Revoked():
 			_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(CloseRevoked, "credentials revoked"), time.Now().Add(time.Second))
-			c.s.log.Info("dashboard disconnected", "reason", "revoked", "token_id", c.sub.Owner().TokenID, "remote", c.ws.RemoteAddr().String())
+			c.s.log.Info("dashboard disconnected", "reason", "revoked", "token_id", c.sub.Owner().TokenID, "remote", c.remote)
 			fail()
 			<-c.done
 			return
@@ -384,7 +384,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	sub := s.opts.Live.NewSubscriber(OperatorFrom(r.Context()))
+	sub := s.opts.Live.NewSubscriber(operator.From(r.Context()))
 	var devs []string
 	if v := q.Get("devices"); v != "" && v != "*" {
 		devs = strings.Split(v, ",")
@@ -421,7 +421,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 
 	dataWait := s.opts.Live.Options().SlowAfter + 2*liveWriteWait // as on /ws/live
 	revoked := func() {
-		s.log.Info("dashboard disconnected", "reason", "revoked", "token_id", sub.Owner().TokenID, "transport", "sse", "remote", s.remoteIP(r))
+		s.log.Info("dashboard disconnected", "reason", "revoked", "token_id", sub.Owner().TokenID, "transport", "sse", "remote", s.authn.ClientAddr(r))
 	}
 	// over reports whether the stream must end before its next frame:
 	// the request ended, the hub is stopping, the credential ended or
@@ -435,7 +435,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 		case <-sub.Revoked():
 			revoked()
 		case <-sub.Kicked():
-			s.logSlow(sub, "sse", r.RemoteAddr, "behind")
+			s.logSlow(sub, "sse", s.authn.ClientAddr(r), "behind")
 		default:
 			return false
 		}
@@ -497,7 +497,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 			over()
 		case isTimeout(err):
 			sub.MarkSlow()
-			s.logSlow(sub, "sse", r.RemoteAddr, "write timed out")
+			s.logSlow(sub, "sse", s.authn.ClientAddr(r), "write timed out")
 		}
 	}
 	write := func(le *live.Event) (bool, error) {
@@ -573,7 +573,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 		case <-s.stopLive:
 			return
 		case <-sub.Kicked():
-			s.logSlow(sub, "sse", r.RemoteAddr, "behind")
+			s.logSlow(sub, "sse", s.authn.ClientAddr(r), "behind")
 			return
 		case <-sub.Revoked():
 			revoked()
