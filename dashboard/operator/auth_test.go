@@ -270,6 +270,9 @@ func TestRevokedSessionRefused(t *testing.T) {
 	if _, err := a.SignOut(withCookie(signedOut)); err != nil {
 		t.Fatal(err)
 	}
+	if _, ref := a.Authenticate(withCookie(signedOut), false); ref == nil || ref.Status != 401 {
+		t.Fatalf("signed-out session: %+v, want 401", ref)
+	}
 	revoked := r.signIn(t, a)
 	if err := r.reg.RevokeOperatorToken(context.Background(), r.admin.ID); err != nil {
 		t.Fatal(err)
