@@ -69,14 +69,23 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 	// the client fell behind (each logged once here). Each frame of the
 	// resume and the snapshot is checked, as in the live loop: a replay
 	// window is thousands of frames to a client that may read slowly.
+	// The credential's end and the client's lag are looked at first: a
+	// write cut for a revocation fails, net/http then cancels the
+	// request's context too, and the revocation's log line must not
+	// depend on which ready case select picks.
 	over := func() bool {
+		select {
+		case <-sub.Revoked():
+			revoked()
+			return true
+		case <-sub.Kicked():
+			s.logSlow(sub, "sse", s.authn.ClientAddr(r), "behind")
+			return true
+		default:
+		}
 		select {
 		case <-r.Context().Done():
 		case <-s.stopLive:
-		case <-sub.Revoked():
-			revoked()
-		case <-sub.Kicked():
-			s.logSlow(sub, "sse", s.authn.ClientAddr(r), "behind")
 		default:
 			return false
 		}
