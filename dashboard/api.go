@@ -17,7 +17,9 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/fieldhub/fieldhub/bridge/hijack"
 	"github.com/fieldhub/fieldhub/dashboard/live"
+	"github.com/fieldhub/fieldhub/dashboard/operator"
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/telemetry/influx"
 )
@@ -65,11 +67,11 @@ type Server struct {
 	opts         Options
 	log          *slog.Logger
 	upgrader     websocket.Upgrader
-	liveMu       sync.Mutex // guards stopped and liveWG.Add against Shutdown's Wait
-	stopped      bool
-	liveWG       sync.WaitGroup // live connections, for Shutdown
-	stopLive     chan struct{}  // closed by Shutdown
-	liveRefusals logLimiter     // refused live connections, for the log
+	authn        *operator.Auth
+	conns        hijack.Conns[*live.Subscriber] // live streams (/ws/live and SSE), for Shutdown
+	stopOnce     sync.Once
+	stopLive     chan struct{} // closed by Shutdown, after conns.Close: streams end on it
+	liveRefusals logLimiter    // refused live connections, for the log
 }
 
 // Bounds of the bulk import.
@@ -92,7 +94,12 @@ func New(opts Options) (*Server, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	s := &Server{opts: opts, log: opts.Logger, stopLive: make(chan struct{})}
+	authn, err := operator.New(operator.Options{Registry: opts.Registry, Failures: opts.Failures, Proxies: opts.Proxies,
+		FromTrustedProxy: opts.FromTrustedProxy, AllowedOrigins: opts.AllowedOrigins, OnAuthFailure: opts.OnAuthFailure, Logger: opts.Logger})
+	if err != nil {
+		return nil, fmt.Errorf("dashboard: %w", err)
+	}
+	s := &Server{opts: opts, log: opts.Logger, authn: authn, stopLive: make(chan struct{})}
 	s.upgrader = websocket.Upgrader{
 		HandshakeTimeout: 10 * time.Second,
 		ReadBufferSize:   1024,
@@ -104,27 +111,13 @@ func New(opts Options) (*Server, error) {
 	return s, nil
 }
 
-// Shutdown closes every live connection (WebSocket close 1001) and waits
-// for their handlers; net/http does not close hijacked connections.
+// Shutdown closes every live connection (WebSocket close 1001, SSE
+// stream end) and waits for their handlers; net/http does not close
+// hijacked connections. Streams admitted after it are refused 503.
 func (s *Server) Shutdown() {
-	s.liveMu.Lock()
-	if !s.stopped {
-		s.stopped = true
-		close(s.stopLive)
-	}
-	s.liveMu.Unlock()
-	s.liveWG.Wait()
-}
-
-// trackLive registers a live connection with Shutdown; false after it.
-func (s *Server) trackLive() bool {
-	s.liveMu.Lock()
-	defer s.liveMu.Unlock()
-	if s.stopped {
-		return false
-	}
-	s.liveWG.Add(1)
-	return true
+	s.conns.Close() // refuses new streams; the open ones end on stopLive
+	s.stopOnce.Do(func() { close(s.stopLive) })
+	s.conns.Wait()
 }
 
 // Register adds the API's routes to mux.
@@ -212,72 +205,23 @@ func (s *Server) decodeBody(w http.ResponseWriter, r *http.Request, v any, optio
 	return true
 }
 
-type ctxKey struct{}
-
-// OperatorFrom returns the operator authenticated for r.
-func OperatorFrom(ctx context.Context) devices.Operator {
-	op, _ := ctx.Value(ctxKey{}).(devices.Operator)
-	return op
-}
-
-// BearerToken returns the token of an Authorization: Bearer header.
-func BearerToken(r *http.Request) string {
-	t, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok {
-		return ""
+// writeRefusal answers a refusal of the operator policies.
+func writeRefusal(w http.ResponseWriter, ref *operator.Refusal) {
+	if ref.RetryAfter != "" {
+		w.Header().Set("Retry-After", ref.RetryAfter)
 	}
-	return strings.TrimSpace(t)
-}
-
-// remoteIP is the client address behind any trusted proxy.
-func (s *Server) remoteIP(r *http.Request) string { return s.opts.Proxies.ClientAddr(r) }
-
-// failed records a refused operator credential and answers 401, or 429
-// once this address has failed too often with this same token: others'
-// failures never change the answer to a valid or a different token.
-func (s *Server) failed(w http.ResponseWriter, r *http.Request, token string) {
-	ip := s.remoteIP(r)
-	if s.opts.OnAuthFailure != nil {
-		s.opts.OnAuthFailure()
+	if ref.Challenge != "" {
+		w.Header().Set("WWW-Authenticate", ref.Challenge)
 	}
-	if s.opts.Failures != nil && !s.opts.Failures.Fail(devices.FailureKey(ip, token)) {
-		s.log.Debug("operator authentication failed", "remote", ip, "path", r.URL.Path, "reason", "rate_limited")
-		w.Header().Set("Retry-After", "1")
-		writeErr(w, http.StatusTooManyRequests, "rate_limited", "too many failed authentications with this token; retry later")
-		return
-	}
-	if n, ok := s.opts.Failures.Log(); ok {
-		s.log.Info("operator authentication failed", "remote", ip, "path", r.URL.Path, "suppressed", n)
-	}
-	w.Header().Set("WWW-Authenticate", `Bearer realm="fieldhub"`)
-	writeErr(w, http.StatusUnauthorized, "unauthorized", "missing or invalid API token or session")
+	writeErr(w, ref.Status, ref.Code, ref.Message)
 }
 
 // authenticate returns the operator behind r's credential, answering
-// 401/429 itself when there is none. The credential is always checked,
-// and a valid one always passes.
+// 401/403/429 itself when there is none (operator.Auth.Authenticate).
 func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, allowQuery bool) (devices.Operator, bool) {
-	token := BearerToken(r)
-	if token == "" && allowQuery {
-		// Browsers' WebSocket and EventSource cannot set headers.
-		token = r.URL.Query().Get("token")
-	}
-	var op devices.Operator
-	var ok bool
-	if token == "" {
-		sid := sessionToken(r)
-		// A cookie rides along with any request the browser makes: state
-		// changes with it must come from the hub's own pages.
-		if sid != "" && r.Method != http.MethodGet && r.Method != http.MethodHead && !sameOrigin(r) {
-			writeErr(w, http.StatusForbidden, "forbidden", "cross-site request refused")
-			return devices.Operator{}, false
-		}
-		op, ok = s.opts.Registry.AuthenticateSession(r.Context(), sid)
-	} else {
-		op, ok = s.opts.Registry.AuthenticateOperator(r.Context(), token)
-	}
-	if !ok {
-		s.failed(w, r, token)
+	op, ref := s.authn.Authenticate(r, allowQuery)
+	if ref != nil {
+		writeRefusal(w, ref)
 		return devices.Operator{}, false
 	}
 	return op, true
@@ -309,12 +253,12 @@ func (s *Server) authWith(need devices.Role, h http.HandlerFunc, allowQuery bool
 			writeErr(w, http.StatusForbidden, "forbidden", fmt.Sprintf("this needs the %s role; the token has %s", need, op.Role))
 			return
 		}
-		h(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, op)))
+		h(w, r.WithContext(operator.WithOperator(r.Context(), op)))
 	})
 }
 
 func (s *Server) me(w http.ResponseWriter, r *http.Request) {
-	op := OperatorFrom(r.Context())
+	op := operator.From(r.Context())
 	writeJSON(w, http.StatusOK, map[string]any{"name": op.Name, "role": op.Role, "token_id": op.TokenID})
 }
 
@@ -328,7 +272,7 @@ func (s *Server) createDevice(w http.ResponseWriter, r *http.Request) {
 		s.writeStoreErr(w, err)
 		return
 	}
-	s.log.Info("device created", "device", c.Device.ID, "by", OperatorFrom(r.Context()).Name)
+	s.log.Info("device created", "device", c.Device.ID, "by", operator.From(r.Context()).Name)
 	writeJSON(w, http.StatusCreated, c)
 }
 
@@ -363,7 +307,7 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) {
 		s.writeStoreErr(w, err)
 		return
 	}
-	s.log.Info("devices created in bulk", "count", len(created), "by", OperatorFrom(r.Context()).Name)
+	s.log.Info("devices created in bulk", "count", len(created), "by", operator.From(r.Context()).Name)
 	if accepts(r, "text/csv") {
 		w.Header().Set("Content-Type", "text/csv")
 		w.WriteHeader(http.StatusCreated)
@@ -506,7 +450,7 @@ func (s *Server) deleteDevice(w http.ResponseWriter, r *http.Request) {
 		s.writeStoreErr(w, err)
 		return
 	}
-	s.log.Info("device deleted", "device", id, "by", OperatorFrom(r.Context()).Name)
+	s.log.Info("device deleted", "device", id, "by", operator.From(r.Context()).Name)
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -531,7 +475,7 @@ func (s *Server) rotateToken(w http.ResponseWriter, r *http.Request) {
 		s.writeStoreErr(w, err)
 		return
 	}
-	s.log.Info("device token rotated", "device", id, "grace", grace, "by", OperatorFrom(r.Context()).Name)
+	s.log.Info("device token rotated", "device", id, "grace", grace, "by", operator.From(r.Context()).Name)
 	writeJSON(w, http.StatusOK, map[string]any{"token": token})
 }
 
@@ -548,7 +492,7 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
 		s.writeStoreErr(w, err)
 		return
 	}
-	s.log.Info("operator token created", "token_id", tok.ID, "role", tok.Role, "by", OperatorFrom(r.Context()).Name)
+	s.log.Info("operator token created", "token_id", tok.ID, "role", tok.Role, "by", operator.From(r.Context()).Name)
 	writeJSON(w, http.StatusCreated, map[string]any{"token": tok, "secret": secret})
 }
 
@@ -562,7 +506,7 @@ func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) {
 		s.writeStoreErr(w, err)
 		return
 	}
-	s.log.Info("operator token revoked", "token_id", id, "by", OperatorFrom(r.Context()).Name)
+	s.log.Info("operator token revoked", "token_id", id, "by", operator.From(r.Context()).Name)
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -678,16 +622,3 @@ func parseTime(v string, now, def time.Time) (time.Time, error) {
 	}
 	return t, nil
 }
-
-// sessionToken returns the session id of the dashboard's session cookie;
-// the web UI (see ui.go) gets it at sign-in.
-func sessionToken(r *http.Request) string {
-	c, err := r.Cookie(SessionCookie)
-	if err != nil {
-		return ""
-	}
-	return c.Value
-}
-
-// SessionCookie is the name of the dashboard's HttpOnly session cookie.
-const SessionCookie = "fieldhub_session"

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/fieldhub/fieldhub/dashboard/operator"
 	"github.com/fieldhub/fieldhub/devices"
 )
 
@@ -263,14 +264,14 @@ func TestSessionCookieAndCSRF(t *testing.T) {
 	resp := post("/api/v1/session", `{"token":"`+r.admin+`"}`, nil)
 	var cookie *http.Cookie
 	for _, c := range resp.Cookies() {
-		if c.Name == SessionCookie {
+		if c.Name == operator.SessionCookie {
 			cookie = c
 		}
 	}
 	if resp.StatusCode != 204 || cookie == nil || !cookie.HttpOnly || cookie.SameSite != http.SameSiteStrictMode {
 		t.Fatalf("sign-in: %d cookie %+v", resp.StatusCode, cookie)
 	}
-	withCookie := SessionCookie + "=" + cookie.Value
+	withCookie := operator.SessionCookie + "=" + cookie.Value
 	// A cookie-authenticated change from another site is refused...
 	if resp := post("/api/v1/devices", `{"id":"x1"}`, map[string]string{"Cookie": withCookie, "Origin": "https://evil.example"}); resp.StatusCode != 403 {
 		t.Fatalf("cross-site POST with cookie: %d, want 403", resp.StatusCode)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/fieldhub/fieldhub/bridge/commands"
+	"github.com/fieldhub/fieldhub/dashboard/operator"
 	"github.com/fieldhub/fieldhub/devices"
 )
 
@@ -73,7 +74,7 @@ func (s *Server) sendCommand(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	spec := commands.Spec{Device: r.PathValue("id"), Name: body.Name, Params: body.Params,
-		CreatedBy: OperatorFrom(r.Context()).Name, IdempotencyKey: r.Header.Get("Idempotency-Key")}
+		CreatedBy: operator.From(r.Context()).Name, IdempotencyKey: r.Header.Get("Idempotency-Key")}
 	for _, d := range []struct {
 		name string
 		v    string
@@ -161,6 +162,6 @@ func (s *Server) cancelCommand(w http.ResponseWriter, r *http.Request) {
 		s.writeCommandErr(w, err)
 		return
 	}
-	s.log.Info("command cancelled", "device", rec.Device, "command", rec.ID, "by", OperatorFrom(r.Context()).Name)
+	s.log.Info("command cancelled", "device", rec.Device, "command", rec.ID, "by", operator.From(r.Context()).Name)
 	writeJSON(w, http.StatusOK, map[string]any{"command": rec})
 }

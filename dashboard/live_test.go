@@ -16,6 +16,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/fieldhub/fieldhub/dashboard/live"
+	"github.com/fieldhub/fieldhub/dashboard/operator"
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/telemetry"
 )
@@ -149,8 +150,8 @@ func TestLiveAuthAndOrigin(t *testing.T) {
 	}{
 		{"bearer", "", http.Header{"Authorization": {"Bearer " + r.viewer}}, 101},
 		{"query", "?token=" + r.viewer, nil, 101},
-		{"session cookie", "", http.Header{"Cookie": {SessionCookie + "=" + r.session}}, 101},
-		{"token as cookie", "", http.Header{"Cookie": {SessionCookie + "=" + r.viewer}}, 401},
+		{"session cookie", "", http.Header{"Cookie": {operator.SessionCookie + "=" + r.session}}, 101},
+		{"token as cookie", "", http.Header{"Cookie": {operator.SessionCookie + "=" + r.viewer}}, 401},
 		{"no token", "", nil, 401},
 		{"bad token", "?token=fho_x", nil, 401},
 		{"foreign origin", "", http.Header{"Authorization": {"Bearer " + r.viewer}, "Origin": {"https://evil.example"}}, 403},

@@ -3,10 +3,11 @@ package dashboard
 import (
 	"embed"
 	"encoding/json"
+	"errors"
 	"io/fs"
 	"net/http"
-	"strings"
 
+	"github.com/fieldhub/fieldhub/dashboard/operator"
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/telemetry"
 )
@@ -54,12 +55,10 @@ func (s *Server) uiHeaders(h http.Handler) http.Handler {
 	})
 }
 
-// signIn exchanges an operator token for a server-side session: the
-// cookie holds a random session id, never the token. HttpOnly (page
-// scripts cannot read it), SameSite=Strict (other sites cannot ride it),
-// Secure when the browser reached the hub over TLS.
+// signIn is POST /api/v1/session: it exchanges an operator token for a
+// session cookie (operator.Auth.SignIn owns the policy and the cookie).
 func (s *Server) signIn(w http.ResponseWriter, r *http.Request) {
-	if !sameOrigin(r) {
+	if !operator.SameOrigin(r) { // before the body is read
 		writeErr(w, http.StatusForbidden, "forbidden", "cross-site sign-in refused")
 		return
 	}
@@ -69,40 +68,30 @@ func (s *Server) signIn(w http.ResponseWriter, r *http.Request) {
 	if !s.decodeBody(w, r, &body, false) {
 		return
 	}
-	ip := s.remoteIP(r)
-	op, ok := s.opts.Registry.AuthenticateOperator(r.Context(), body.Token)
-	if !ok {
-		s.failed(w, r, body.Token)
-		return
-	}
-	sid, err := s.opts.Registry.CreateSession(r.Context(), op)
+	c, _, err := s.authn.SignIn(r, body.Token)
 	if err != nil {
-		s.writeStoreErr(w, err)
+		s.writeAuthErr(w, err)
 		return
 	}
-	trusted := s.opts.FromTrustedProxy != nil && s.opts.FromTrustedProxy(r)
-	// The browser drops the cookie at the session's absolute end; the hub
-	// ends it earlier when idle.
-	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: sid, Path: "/", HttpOnly: true,
-		Secure: requestIsTLS(r, trusted), SameSite: http.SameSiteStrictMode, MaxAge: int(s.opts.Registry.SessionMax().Seconds())})
-	s.log.Info("operator signed in", "name", op.Name, "role", op.Role, "token_id", op.TokenID, "remote", ip)
+	http.SetCookie(w, c)
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// requestIsTLS reports whether the browser reached the hub over TLS: the
-// hub terminated it, or a proxy did and says so in X-Forwarded-Proto, which
-// is believed only when fromTrustedProxy.
-func requestIsTLS(r *http.Request, fromTrustedProxy bool) bool {
-	if r.TLS != nil {
-		return true
+// writeAuthErr answers an error of sign-in or sign-out: a refusal of the
+// operator policies, else the registry's.
+func (s *Server) writeAuthErr(w http.ResponseWriter, err error) {
+	var ref *operator.Refusal
+	if errors.As(err, &ref) {
+		writeRefusal(w, ref)
+		return
 	}
-	return fromTrustedProxy && strings.EqualFold(strings.TrimSpace(r.Header.Get("X-Forwarded-Proto")), "https")
+	s.writeStoreErr(w, err)
 }
 
 // session tells the page whether it is signed in, always with 200 so a
 // signed-out page logs no failed request.
 func (s *Server) session(w http.ResponseWriter, r *http.Request) {
-	op, ok := s.opts.Registry.AuthenticateSession(r.Context(), sessionToken(r))
+	op, ok := s.authn.Session(r)
 	if !ok {
 		writeJSON(w, http.StatusOK, map[string]any{"signed_in": false})
 		return
@@ -110,27 +99,16 @@ func (s *Server) session(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"signed_in": true, "name": op.Name, "role": op.Role})
 }
 
-// signOut ends the session on the hub (its live sockets close) and clears
-// the cookie.
+// signOut is DELETE /api/v1/session: it ends the session on the hub (its
+// live sockets close) and clears the cookie.
 func (s *Server) signOut(w http.ResponseWriter, r *http.Request) {
-	if !sameOrigin(r) {
-		writeErr(w, http.StatusForbidden, "forbidden", "cross-site sign-out refused")
+	c, err := s.authn.SignOut(r)
+	if err != nil {
+		s.writeAuthErr(w, err)
 		return
 	}
-	if err := s.opts.Registry.DeleteSession(r.Context(), sessionToken(r)); err != nil {
-		s.writeStoreErr(w, err)
-		return
-	}
-	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: "", Path: "/", HttpOnly: true,
-		Secure: requestIsTLS(r, s.opts.FromTrustedProxy != nil && s.opts.FromTrustedProxy(r)), SameSite: http.SameSiteStrictMode, MaxAge: -1})
+	http.SetCookie(w, c)
 	w.WriteHeader(http.StatusNoContent)
-}
-
-// sameOrigin reports whether a browser request comes from the hub's own
-// pages (or from a non-browser client, which sends no Origin): the one
-// Origin policy, without the extra allowed origins.
-func sameOrigin(r *http.Request) bool {
-	return devices.OriginAllowed(r, nil)
 }
 
 func (s *Server) stats(w http.ResponseWriter, r *http.Request) {

@@ -28,7 +28,10 @@ func TestImportRules(t *testing.T) {
 		"bridge/commands": {"bridge/commands", "devices", "telemetry"},
 		"dashboard":       {"dashboard", "bridge/commands", "bridge/hijack", "devices", "telemetry"},
 		"dashboard/live":  {"devices", "telemetry"}, // the hub without HTTP: never the handlers
-		"firmware-sim":    {"telemetry"},
+		// Operator authentication decides and never answers: no handlers,
+		// no live hub, so its policies are tested without a server.
+		"dashboard/operator": {"devices", "telemetry"},
+		"firmware-sim":       {"telemetry"},
 		// The load harness wraps a fleet; the fleet (a device) never
 		// imports the harness.
 		"firmware-sim/load": {"firmware-sim", "telemetry"},
