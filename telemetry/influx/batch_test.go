@@ -27,7 +27,7 @@ func TestWriterFillsSmallBatches(t *testing.T) {
 	c := NewClient(Options{URL: srv.URL, Bucket: srv.Bucket, DeadLetterPath: filepath.Join(dir, "dead.lp"),
 		BatchPoints: 10, FlushInterval: time.Minute, Timeout: 5 * time.Second, MaxBackoff: 300 * time.Millisecond})
 	defer c.Close()
-	w, err := NewWriter(c, sp)
+	w, err := NewWriter(c, sp, WriterObservers{})
 	if err != nil {
 		t.Fatal(err)
 	}
