@@ -93,7 +93,11 @@ func ack(id string) Answer { return Answer{ID: id, Reply: ReplyAck} }
 // a telemetry Answer without Err means every reading is durable.
 func (b *Bridge) Accept(ctx context.Context, s *Session, m Message) Answer {
 	b.stats.messages(s.Transport).Add(1)
-	if !s.limiter.Allow() {
+	// The device's rate limit bounds what it sends unasked: frames on its
+	// socket and telemetry. A command result on its own topic or path
+	// answers the hub and is never refused for rate (docs/protocol.md: the
+	// result endpoint answers 204 or 404), or the command would time out.
+	if m.Kind != telemetry.KindCommandResult && !s.limiter.Allow() {
 		return Answer{Err: b.reject(s, telemetry.ErrRateLimited)}
 	}
 	if m.Binary {

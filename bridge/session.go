@@ -66,10 +66,14 @@ func (s *Session) logReject(log *slog.Logger, e *telemetry.Error) {
 func (b *Bridge) Connect(deviceID, transport, remote string, h devices.TokenHash, c Conn) *Session {
 	now := b.opts.Now()
 	s := &Session{
-		ID: b.nextID.Add(1), DeviceID: deviceID, Transport: transport, Remote: remote, ConnectedAt: now,
+		DeviceID: deviceID, Transport: transport, Remote: remote, ConnectedAt: now,
 		hash: h, conn: c, logLim: &b.logLim,
 	}
 	b.mu.Lock()
+	// The epoch is taken under mu, so epoch order is the order in which
+	// sessions become current: presence (presence.go) and the command
+	// service (SessionOpened) both rely on it.
+	s.ID = b.nextID.Add(1)
 	s.limiter = b.limiterLocked(deviceID)
 	s.dev = b.deviceLocked(deviceID)
 	old := b.sessions[deviceID]
