@@ -463,7 +463,7 @@ func (r *Registry) Ping(ctx context.Context) error {
 func validateSpec(s Spec) error {
 	switch {
 	case !ValidID(s.ID):
-		return fmt.Errorf("%w: id %q must match %s", ErrInvalid, truncate(s.ID, 80), IDPattern)
+		return fmt.Errorf("%w: id %q must match %s", ErrInvalid, telemetry.Truncate(s.ID, 80), IDPattern)
 	case len(s.Name) > MaxNameLen:
 		return fmt.Errorf("%w: name must be at most %d bytes", ErrInvalid, MaxNameLen)
 	case len(s.Labels) > MaxLabels:
@@ -471,7 +471,7 @@ func validateSpec(s Spec) error {
 	}
 	for k, v := range s.Labels {
 		if !telemetry.ValidName(k) {
-			return fmt.Errorf("%w: label key %q must match %s", ErrInvalid, truncate(k, 80), telemetry.NamePattern)
+			return fmt.Errorf("%w: label key %q must match %s", ErrInvalid, telemetry.Truncate(k, 80), telemetry.NamePattern)
 		}
 		if !telemetry.ValidTagValue(v) {
 			return fmt.Errorf("%w: label %q value must be 1 to %d bytes of UTF-8 without control characters or backslashes", ErrInvalid, k, MaxLabelValue)
@@ -909,9 +909,3 @@ func (r *Registry) Counts() (total, online int) {
 	return len(snap.devices), online
 }
 
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
-}

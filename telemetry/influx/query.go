@@ -133,7 +133,7 @@ func (c *Client) FieldTypes(ctx context.Context) (map[string]string, error) {
 		return nil, fmt.Errorf("show field keys: read answer: %w", err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("show field keys: status %d: %s", resp.StatusCode, truncate(string(body), 200))
+		return nil, fmt.Errorf("show field keys: status %d: %s", resp.StatusCode, telemetry.Truncate(string(body), 200))
 	}
 	var out struct {
 		Results []struct {
@@ -149,7 +149,7 @@ func (c *Client) FieldTypes(ctx context.Context) (map[string]string, error) {
 	types := map[string]string{}
 	for _, r := range out.Results {
 		if r.Error != "" {
-			return nil, fmt.Errorf("show field keys: %s", truncate(r.Error, 200))
+			return nil, fmt.Errorf("show field keys: %s", telemetry.Truncate(r.Error, 200))
 		}
 		for _, s := range r.Series {
 			for _, v := range s.Values {

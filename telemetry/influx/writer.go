@@ -28,6 +28,7 @@ import (
 	"github.com/influxdata/influxdb-client-go/v2/api"
 	http2 "github.com/influxdata/influxdb-client-go/v2/api/http"
 
+	"github.com/fieldhub/fieldhub/telemetry"
 	"github.com/fieldhub/fieldhub/telemetry/spool"
 )
 
@@ -337,7 +338,7 @@ func (w *Writer) failed(class string, err error) {
 	w.stats.byClass[class]++
 	if class != ClassRejected {
 		w.stats.healthy = false
-		w.stats.lastErr = class + ": " + truncate(withoutURL(err).Error(), 200)
+		w.stats.lastErr = class + ": " + telemetry.Truncate(withoutURL(err).Error(), 200)
 		w.stats.lastErrAt = time.Now()
 	}
 	w.stats.mu.Unlock()
@@ -416,7 +417,7 @@ func (w *Writer) deadLetter(data []byte, points int, status int, cause error) er
 	f, err := os.OpenFile(w.opts.DeadLetterPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
 	if err == nil {
 		bw := bufio.NewWriter(f)
-		fmt.Fprintf(bw, "# %s status=%d reason=%q\n", time.Now().UTC().Format(time.RFC3339), status, truncate(cause.Error(), 500))
+		fmt.Fprintf(bw, "# %s status=%d reason=%q\n", time.Now().UTC().Format(time.RFC3339), status, telemetry.Truncate(cause.Error(), 500))
 		bw.Write(data)
 		if err = bw.Flush(); err == nil {
 			err = f.Sync()
@@ -430,7 +431,7 @@ func (w *Writer) deadLetter(data []byte, points int, status int, cause error) er
 		// than blocking every good point behind it; say so loudly.
 		w.log.Error("dead-letter write failed; rejected points dropped", "points", points, "err", err)
 	} else {
-		w.log.Warn("influxdb rejected points; dead-lettered", "points", points, "status", status, "reason", truncate(cause.Error(), 200))
+		w.log.Warn("influxdb rejected points; dead-lettered", "points", points, "status", status, "reason", telemetry.Truncate(cause.Error(), 200))
 	}
 	w.stats.dead.Add(int64(points))
 	return nil
@@ -447,9 +448,3 @@ func withoutURL(err error) error {
 	return err
 }
 
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
-}
