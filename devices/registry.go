@@ -908,4 +908,3 @@ func (r *Registry) Counts() (total, online int) {
 	}
 	return len(snap.devices), online
 }
-

@@ -447,4 +447,3 @@ func withoutURL(err error) error {
 	}
 	return err
 }
-
