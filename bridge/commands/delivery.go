@@ -9,9 +9,17 @@ import (
 
 // SessionOpened tells the service that the device has a new session on
 // this instance, which takes commands through deliver (which must not
-// block); its pending commands follow. The bridge calls it.
+// block); its pending commands follow. The bridge calls it, after
+// releasing its own lock, so two connects of one device may reach it in
+// either order; the bridge numbers sessions in the order they become
+// current, so a sid lower than the session held already is a superseded
+// session arriving late, and is ignored.
 func (s *Service) SessionOpened(device string, sid uint64, deliver func(telemetry.Command) bool) {
 	s.smu.Lock()
+	if cur, ok := s.sessions[device]; ok && cur.id > sid {
+		s.smu.Unlock()
+		return
+	}
 	s.sessions[device] = session{id: sid, deliver: deliver}
 	s.smu.Unlock()
 	s.DeliverCommands(device)

@@ -6,7 +6,8 @@
 //
 // One goroutine (Service.Run) owns the active set, the waiters and the
 // pollers; every other goroutine reaches them through its bounded request
-// queue, so no lock is held across store I/O, fan-out or a delivery.
+// queue (news from other instances: through a bounded set it drains), so
+// no lock is held across store I/O, fan-out or a delivery.
 //
 // It may import devices (identity: does a device exist, is a token still
 // valid; the shared error values) and telemetry (the wire form of a

@@ -222,10 +222,11 @@ func newRig(t *testing.T, store *memStore, router Router) *rig {
 	return r
 }
 
-// sync waits until the owner goroutine has run everything queued before.
+// sync waits until the owner goroutine has run everything queued before,
+// and has acted on the news from other instances marked before.
 func (r *rig) sync(t *testing.T) {
 	t.Helper()
-	if err := r.s.do(context.Background(), func() {}); err != nil {
+	if err := r.s.do(context.Background(), r.s.drainNews); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -272,4 +273,83 @@ func eventually(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// parkOwner parks the owner goroutine in a request until the returned
+// func (also run at cleanup, before the rig stops) is called.
+func parkOwner(t *testing.T, s *Service) (release func()) {
+	t.Helper()
+	gate := make(chan struct{})
+	parked := make(chan struct{})
+	s.enqueue(func() { close(parked); <-gate })
+	<-parked
+	var once sync.Once
+	release = func() { once.Do(func() { close(gate) }) }
+	t.Cleanup(release)
+	return release
+}
+
+// fillQueue parks the owner goroutine and fills its request queue with
+// delivery nudges until one is dropped.
+func fillQueue(t *testing.T, s *Service) (release func()) {
+	t.Helper()
+	release = parkOwner(t, s)
+	for s.Stats().Dropped.Load() == 0 {
+		s.DeliverCommands("filler")
+	}
+	return release
+}
+
+// rotating is a Devices whose token is rotated (snapshot swapped, then
+// CredentialsChanged -> WakePollers) right after a poll's first check.
+type rotating struct {
+	s       *Service
+	calls   atomic.Int64
+	revoked atomic.Bool
+}
+
+func (d *rotating) Exists(string) bool { return true }
+func (d *rotating) StillValid(id string, _ devices.TokenHash) bool {
+	ok := !d.revoked.Load()
+	if d.calls.Add(1) == 1 {
+		d.revoked.Store(true)
+		d.s.WakePollers(id)
+	}
+	return ok
+}
+
+// hangStore is a memStore whose PutCommand and ListCommands hang until
+// their ctx ends while hang is set (a PostgreSQL that stopped answering);
+// entered gets a signal when a call starts hanging.
+type hangStore struct {
+	*memStore
+	hang    atomic.Bool
+	entered chan struct{} // capacity 1
+}
+
+func newHangStore() *hangStore {
+	return &hangStore{memStore: newMemStore(), entered: make(chan struct{}, 1)}
+}
+
+func (h *hangStore) hung(ctx context.Context) error {
+	select {
+	case h.entered <- struct{}{}:
+	default:
+	}
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+func (h *hangStore) PutCommand(ctx context.Context, c Record) error {
+	if h.hang.Load() {
+		return h.hung(ctx)
+	}
+	return h.memStore.PutCommand(ctx, c)
+}
+
+func (h *hangStore) ListCommands(ctx context.Context, device, before string, limit int) ([]Record, error) {
+	if h.hang.Load() {
+		return nil, h.hung(ctx)
+	}
+	return h.memStore.ListCommands(ctx, device, before, limit)
 }

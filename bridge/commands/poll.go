@@ -36,6 +36,13 @@ func (s *Service) NextCommand(ctx context.Context, device string, h devices.Toke
 			if ok || err != nil {
 				return
 			}
+			// Checked again right before the registration: a rotation
+			// since the check above woke the pollers registered then, not
+			// this one, which would stay open for its whole wait.
+			if !s.opts.Devices.StillValid(device, h) {
+				err = ErrRevoked
+				return
+			}
 			ch = make(chan struct{})
 			s.pollers[device] = append(s.pollers[device], ch)
 		}); derr != nil {
@@ -85,7 +92,9 @@ func (s *Service) takeLocal(device string, h devices.TokenHash) (telemetry.Comma
 // works right before the hand-out (ErrRevoked otherwise). Owner goroutine.
 func (s *Service) takeShared(ctx context.Context, device string, h devices.TokenHash) (telemetry.Command, bool, error) {
 	now := s.opts.Now().UTC()
-	recs, err := s.opts.Store.ListCommands(ctx, device, "", MaxQueued+Window)
+	lctx, cancel := callerStoreCtx(ctx)
+	recs, err := s.opts.Store.ListCommands(lctx, device, "", MaxQueued+Window)
+	cancel()
 	if err != nil {
 		s.log.Warn("list commands for a poll", "device", device, "err", err)
 		return telemetry.Command{}, false, nil

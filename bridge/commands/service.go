@@ -91,6 +91,10 @@ type Stats struct {
 	// Dropped counts delivery nudges not queued because the request queue
 	// was full (the clock delivers them on its next tick).
 	Dropped atomic.Int64
+	// NewsOverflows counts the times the set of news from other
+	// instances (RemoteConnected, CommandChanged) was full and became one
+	// "rescan everything" mark.
+	NewsOverflows atomic.Int64
 }
 
 // Service is the command service: the persistent per-device queue, the
@@ -112,6 +116,10 @@ type Service struct {
 
 	reqs chan func() // bounded by requestQueue; see do and nudge
 	done chan struct{}
+
+	newsMu sync.Mutex    // guards news only; held for map access, nothing else
+	news   news          // from other instances, for the owner (remote.go)
+	wake   chan struct{} // capacity 1: news is waiting
 
 	smu      sync.Mutex // guards sessions only; held for map access, nothing else
 	sessions map[string]session
@@ -155,7 +163,7 @@ func New(ctx context.Context, opts Options) (*Service, error) {
 	}
 	s := &Service{opts: opts, log: opts.Logger, reqs: make(chan func(), requestQueue), done: make(chan struct{}),
 		sessions: map[string]session{}, active: map[string][]*activeCmd{}, waiters: map[string][]chan struct{}{},
-		pollers: map[string][]chan struct{}{}, idem: map[string]string{}}
+		pollers: map[string][]chan struct{}{}, idem: map[string]string{}, news: emptyNews(), wake: make(chan struct{}, 1)}
 	s.stats.Finished = map[string]*atomic.Int64{}
 	for _, st := range FinalStatuses {
 		s.stats.Finished[st] = new(atomic.Int64)
@@ -206,18 +214,40 @@ func (s *Service) Run(ctx context.Context) error {
 			return nil
 		case f := <-s.reqs:
 			f()
+		case <-s.wake:
+			s.drainNews()
 		case <-t.C:
 			s.tick(s.opts.Now().UTC())
 		}
 	}
 }
 
+// States of a request sent by do.
+const (
+	reqQueued    int32 = iota // waiting for the owner goroutine
+	reqRunning                // the owner goroutine runs it
+	reqAbandoned              // the caller left first: it will not run
+)
+
 // do runs f on the owner goroutine and waits for it. While the request
-// queue is full the caller waits (back pressure), until ctx ends.
+// queue is full the caller waits (back pressure), until ctx ends. When
+// ctx ends while f is still queued, do returns ctx.Err() at once and f
+// never runs (the owner skips it), so f may write to the caller's
+// variables and register waiters without anything leaking. When f has
+// started already, do waits for it to finish and returns nil: f's store
+// calls are bounded by storeTimeout (and those made with ctx end with it).
 func (s *Service) do(ctx context.Context, f func()) error {
 	ran := make(chan struct{})
+	var state atomic.Int32 // reqQueued, reqRunning or reqAbandoned
+	req := func() {
+		if !state.CompareAndSwap(reqQueued, reqRunning) {
+			return // the caller has gone
+		}
+		f()
+		close(ran)
+	}
 	select {
-	case s.reqs <- func() { f(); close(ran) }:
+	case s.reqs <- req:
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-s.done:
@@ -226,6 +256,16 @@ func (s *Service) do(ctx context.Context, f func()) error {
 	select {
 	case <-ran:
 		return nil
+	case <-ctx.Done():
+		if state.CompareAndSwap(reqQueued, reqAbandoned) {
+			return ctx.Err()
+		}
+		select { // f is running
+		case <-ran:
+			return nil
+		case <-s.done:
+			return ErrStopped
+		}
 	case <-s.done:
 		return ErrStopped
 	}
@@ -252,8 +292,18 @@ func (s *Service) nudge(f func()) {
 	}
 }
 
+// storeCtx bounds a store call of the owner goroutine made on its own
+// behalf (a status change must be persisted whoever asked for it).
 func (s *Service) storeCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), storeTimeout)
+}
+
+// callerStoreCtx bounds a store call of the owner goroutine made for a
+// caller: it ends with the caller's ctx, and after storeTimeout at the
+// latest, so a hung store (or a caller without a deadline) cannot hold
+// the owner longer than that.
+func callerStoreCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, storeTimeout)
 }
 
 // newID returns an id that sorts in creation order: the millisecond, then
@@ -335,7 +385,10 @@ func (s *Service) SendCommand(ctx context.Context, spec Spec) (rec Record, repla
 			err = fmt.Errorf("device %q has %d queued commands: %w", spec.Device, queued, devices.ErrQueueFull)
 			return
 		}
-		if err = s.opts.Store.PutCommand(ctx, rec); err != nil {
+		pctx, cancel := callerStoreCtx(ctx)
+		err = s.opts.Store.PutCommand(pctx, rec)
+		cancel()
+		if err != nil {
 			return
 		}
 		s.active[spec.Device] = append(s.active[spec.Device], &activeCmd{rec: rec})
@@ -613,6 +666,9 @@ func (s *Service) tick(now time.Time) {
 			i--
 		}
 	}
+	// News from other instances the wake did not drain yet (there is
+	// none when it did).
+	s.drainNews()
 	// Sessions whose queue was full, or whose window was: try again.
 	for _, device := range s.pendingDelivery() {
 		s.deliver(device)

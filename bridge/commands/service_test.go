@@ -564,3 +564,115 @@ func TestStopped(t *testing.T) {
 		t.Fatal("New without a store")
 	}
 }
+
+// TestOwnerStoreCallsBounded: a store call the owner goroutine makes for
+// a caller (SendCommand's write, a cluster poll's read of the shared
+// store) is bounded by storeTimeout, not by the caller's ctx: with a hung
+// store and a caller without a deadline (context.Background, or an HTTP
+// request whose client waits) the owner, and with it every device's
+// CommandResult, would otherwise be stuck for good.
+func TestOwnerStoreCallsBounded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for storeTimeout")
+	}
+	for _, tc := range []struct {
+		name   string
+		router func() Router
+		call   func(ctx context.Context, s *Service)
+	}{
+		{"send", LocalRouter, func(ctx context.Context, s *Service) {
+			_, _, _ = s.SendCommand(ctx, Spec{Device: "d", Name: "x"})
+		}},
+		{"cluster poll", func() Router { return ClusterRouter(&publisher{}) }, func(ctx context.Context, s *Service) {
+			_, _, _ = s.NextCommand(ctx, "d", devices.TokenHash{}, time.Hour)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel() // each waits storeTimeout
+			st := newHangStore()
+			reg := &registry{}
+			reg.valid.Store(-1)
+			s, err := New(context.Background(), Options{Store: st, Devices: reg, Router: tc.router()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { _ = s.Run(ctx); close(done) }() // owner: this test; ends at the end
+			callCtx, stopCall := context.WithCancel(context.Background())
+			called := make(chan struct{})
+			defer func() { stopCall(); <-called; cancel(); <-done }()
+			st.hang.Store(true)
+			go func() { tc.call(callCtx, s); close(called) }() // a caller that keeps waiting
+			select {
+			case <-st.entered:
+			case <-time.After(waitLong):
+				t.Fatal("the call never reached the store")
+			}
+			ran := make(chan struct{})
+			s.enqueue(func() { close(ran) })
+			select {
+			case <-ran:
+			case <-time.After(storeTimeout + waitLong):
+				t.Errorf("owner goroutine still blocked in one store call after %s (storeTimeout %s)", storeTimeout+waitLong, storeTimeout)
+				stopCall() // let it go, so the owner can stop
+			}
+		})
+	}
+}
+
+// TestCallerGivesUpWhileQueued: a caller whose ctx ends while its request
+// still waits for the busy owner goroutine returns at once with the ctx's
+// error, and its request, when the owner comes to it, does nothing: no
+// command created, none handed out, no waiter or poller left behind.
+func TestCallerGivesUpWhileQueued(t *testing.T) {
+	r := newRig(t, nil, nil)
+	rec := r.send(t, "d", "x")
+	release := parkOwner(t, r.s)
+	ctx, cancel := context.WithCancel(context.Background())
+	type result struct {
+		name string
+		ok   bool
+		err  error
+	}
+	results := make(chan result, 3)
+	go func() { // owner: this test; ends when ctx does
+		_, _, err := r.s.SendCommand(ctx, Spec{Device: "d", Name: "y"})
+		results <- result{"send", false, err}
+	}()
+	go func() { // owner: this test; ends when ctx does
+		_, err := r.s.WaitCommand(ctx, "d", rec.ID, time.Hour)
+		results <- result{"wait", false, err}
+	}()
+	go func() { // owner: this test; ends when ctx does
+		_, ok, err := r.s.NextCommand(ctx, "d", devices.TokenHash{}, time.Hour)
+		results <- result{"poll", ok, err}
+	}()
+	eventually(t, "three requests queued", func() bool { return len(r.s.reqs) == 3 })
+	cancel()
+	for range 3 {
+		select {
+		case res := <-results:
+			if res.ok || res.name != "poll" && !errors.Is(res.err, context.Canceled) {
+				t.Errorf("%s: ok %v, err %v; want context.Canceled and nothing", res.name, res.ok, res.err)
+			}
+		case <-time.After(waitLong):
+			t.Fatal("a caller whose ctx ended still waits for the busy owner")
+		}
+	}
+	release()
+	r.sync(t)
+	var active, waiters, pollers int
+	_ = r.s.do(context.Background(), func() {
+		active, waiters, pollers = len(r.s.active["d"]), len(r.s.waiters), len(r.s.pollers)
+	})
+	if active != 1 || waiters != 0 || pollers != 0 {
+		t.Fatalf("after the callers left: %d active (want 1), %d waiters, %d pollers", active, waiters, pollers)
+	}
+	if recs, _ := r.store.ListCommands(context.Background(), "d", "", 10); len(recs) != 1 {
+		t.Fatalf("the abandoned send created a command: %d in the store", len(recs))
+	}
+	if s := r.status(t, "d", rec.ID); s != Queued {
+		t.Fatalf("the abandoned poll took the command: %s", s)
+	}
+}
