@@ -65,8 +65,8 @@ var (
 const presenceKept = 50
 
 // Hub is the live fan-out (see the package doc). Publish and
-// PublishBatch never block; the other methods that change subscribers
-// are run by the hub goroutine between batches, so a subscription's
+// PublishBatch never block; Forget and the methods that change
+// subscribers are run by the hub goroutine between rounds, so a subscription's
 // snapshot and the live events after it are in order.
 type Hub struct {
 	opts   Options

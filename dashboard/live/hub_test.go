@@ -290,6 +290,7 @@ func TestStopped(t *testing.T) {
 	h.Remove(s)
 	h.Subscribe(s, func(f *Filter) { f.All = true })
 	h.CloseCredential(devices.OperatorEnded{TokenID: "a"})
+	h.Forget("d1")
 	if st := h.Stats(); st.Subscribers != 0 || st.FilterDevices != 0 {
 		t.Errorf("stats %+v", st)
 	}
