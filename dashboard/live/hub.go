@@ -36,11 +36,19 @@ type Options struct {
 	// (token), below MaxSubscribers so no principal can starve another;
 	// default 20.
 	MaxPerCredential int
-	// InputLen bounds the batches waiting for the hub goroutine. Past it
-	// a batch is dropped and counted (Stats.InputDropped), never waited
-	// for: a publisher is a device's reader before its ack. Default 65,536 (about 13 s of a 5,000 messages/s fleet).
+	// InputLen bounds the batches of readings waiting for the hub
+	// goroutine. Past it a batch is dropped and counted
+	// (Stats.InputDropped), never waited for: a publisher is a device's
+	// reader before its ack. Default 65,536 (about 13 s of a 5,000
+	// messages/s fleet).
 	InputLen int
-	Logger   *slog.Logger
+	// InputEvents bounds the readings waiting in those batches (a batch
+	// is one message, up to 100 readings): a batch that would take the
+	// count past it is dropped and counted the same way. Default 262,144.
+	// Presence, command status and Forget never go through this input
+	// and are never dropped (see publishState).
+	InputEvents int
+	Logger      *slog.Logger
 }
 
 // Why Hub.Add refuses a live client.
@@ -57,21 +65,35 @@ var (
 const presenceKept = 50
 
 // Hub is the live fan-out (see the package doc). Publish and
-// PublishBatch never block; the other methods that change subscribers
-// are run by the hub goroutine between batches, so a subscription's
+// PublishBatch never block; Forget and the methods that change
+// subscribers are run by the hub goroutine between rounds, so a subscription's
 // snapshot and the live events after it are in order.
 type Hub struct {
-	opts    Options
-	log     *slog.Logger
-	in      chan []telemetry.Event // bounded by InputLen; full: drop and count
-	ops     chan func()            // run on the hub goroutine; callers wait for done
-	started chan struct{}          // closed when Run starts
-	done    chan struct{}          // closed when Run returns
-	seq     uint64                 // hub goroutine only
+	opts   Options
+	log    *slog.Logger
+	in     chan batch    // readings; bounded by InputLen batches and InputEvents events; full: drop and count
+	queued atomic.Int64  // readings in in: added by the publisher before its send, taken off by the hub
+	stamp  atomic.Uint64 // publish order across in and the state input (see round)
+	wake   chan struct{} // cap 1: full means the hub is already due to take the state input
 
-	// Owned by the hub goroutine: no lock. gathered and fanned are its
+	ops     chan func()   // run on the hub goroutine; callers wait for done
+	started chan struct{} // closed when Run starts
+	done    chan struct{} // closed when Run returns
+	seq     uint64        // hub goroutine only
+
+	// smu guards state, the presence, command status and Forget events
+	// waiting for the hub goroutine, in publish order (stamps ascending),
+	// and stateCoalesceAt. A leaf: nothing is taken while holding it, no
+	// I/O under it. Bounded: past stateCoalesceAt the list is coalesced
+	// to the latest event per key (see coalesceState).
+	smu             sync.Mutex
+	state           []stateEvent
+	stateCoalesceAt int
+
+	// Owned by the hub goroutine: no lock. gathered, batches and fanned are its
 	// scratch, reused per round (offer copies what it keeps).
 	gathered     []telemetry.Event
+	batches      []batch
 	fanned       []*Event
 	subs         map[*Subscriber]struct{}
 	perPrincipal map[string]int
@@ -115,10 +137,13 @@ func New(opts Options) *Hub {
 	if opts.InputLen <= 0 {
 		opts.InputLen = 65536
 	}
+	if opts.InputEvents <= 0 {
+		opts.InputEvents = 262144
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Hub{opts: opts, log: opts.Logger, in: make(chan []telemetry.Event, opts.InputLen), ops: make(chan func()), started: make(chan struct{}), done: make(chan struct{}),
+	return &Hub{opts: opts, log: opts.Logger, in: make(chan batch, opts.InputLen), wake: make(chan struct{}, 1), stateCoalesceAt: stateKept, ops: make(chan func()), started: make(chan struct{}), done: make(chan struct{}),
 		subs: map[*Subscriber]struct{}{}, perPrincipal: map[string]int{},
 		latest: map[string]telemetry.Event{}, presence: map[string][]telemetry.Event{}, replay: make([]*Event, 0, opts.ReplayLen)}
 }
@@ -136,8 +161,10 @@ func (h *Hub) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case evs := <-h.in:
-			h.fanout(h.gather(evs))
+		case b := <-h.in:
+			h.round(&b)
+		case <-h.wake:
+			h.round(nil)
 		case op := <-h.ops:
 			op()
 		}
@@ -155,53 +182,6 @@ func (h *Hub) do(op func()) bool {
 	}
 	<-fin
 	return true
-}
-
-// Publish implements bridge.Fanout: PublishBatch of one event.
-func (h *Hub) Publish(ev telemetry.Event) { h.PublishBatch([]telemetry.Event{ev}) }
-
-// PublishBatch hands the events of one message to the hub in one
-// non-blocking send. The hub owns evs afterwards. If the hub's input is
-// full the batch is dropped, counted (Stats.InputDropped) and logged at
-// most once per dropLogEvery: the publisher is a device's reader waiting
-// to ack, and is never held up by dashboards.
-func (h *Hub) PublishBatch(evs []telemetry.Event) {
-	if len(evs) == 0 {
-		return
-	}
-	select {
-	case h.in <- evs:
-	default:
-		h.inputDropped.Add(int64(len(evs)))
-		now := time.Now().UnixNano()
-		if next := h.dropLogNext.Load(); now >= next && h.dropLogNext.CompareAndSwap(next, now+int64(dropLogEvery)) {
-			h.log.Warn("live events dropped", "reason", "hub_input_full", "dropped_total", h.inputDropped.Load())
-		}
-	}
-}
-
-// dropLogEvery spaces the log lines of a full hub input.
-const dropLogEvery = 10 * time.Second
-
-// gatherMax bounds the events one fan-out round takes from the input.
-const gatherMax = 1024
-
-// gather appends to evs the batches already waiting in the input (up to
-// gatherMax events), without waiting: one fan-out round then costs each
-// subscriber one lock and its writer one wake-up, however many
-// publishers were busy meanwhile. evs is the hub's to extend.
-func (h *Hub) gather(first []telemetry.Event) []telemetry.Event {
-	evs := append(h.gathered[:0], first...)
-	defer func() { h.gathered = evs[:0] }()
-	for len(evs) < gatherMax {
-		select {
-		case more := <-h.in:
-			evs = append(evs, more...)
-		default:
-			return evs
-		}
-	}
-	return evs
 }
 
 // fanout runs on the hub goroutine: it records one batch (latest values,
@@ -257,8 +237,8 @@ type Stats struct {
 	// RefusedFull and RefusedPerCredential count live clients refused at
 	// the global cap and at the per-credential cap.
 	RefusedFull, RefusedPerCredential int64
-	// InputDropped counts events dropped because the hub's input was
-	// full (Options.InputLen).
+	// InputDropped counts readings dropped because the hub's input was
+	// full (Options.InputLen, Options.InputEvents).
 	InputDropped int64
 }
 
@@ -281,12 +261,36 @@ func (h *Hub) Stats() Stats {
 // CountSent counts n events a connection's writer wrote.
 func (h *Hub) CountSent(n int64) { h.sent.Add(n) }
 
-// Forget drops a deleted device's latest values and presence log.
+// Forget drops a deleted device's latest values and presence log. It is
+// queued in publish order with the events (publishState), so readings
+// and presence already published for the device are applied first and
+// do not bring it back; events published after it are applied after it.
+// Once Run has started it waits until the hub has applied it (or
+// stopped); before, it returns at once and Run applies it in order.
 func (h *Hub) Forget(device string) {
+	select {
+	case <-h.started:
+	default:
+		h.publishState(stateEvent{ev: telemetry.Event{Device: device}, forget: true})
+		return
+	}
+	applied := make(chan struct{})
+	h.publishState(stateEvent{ev: telemetry.Event{Device: device}, forget: true, applied: applied})
+	select {
+	case <-applied:
+	case <-h.done:
+	}
+}
+
+// forget applies a Forget on the hub goroutine.
+func (h *Hub) forget(se *stateEvent) {
 	h.mu.Lock()
-	delete(h.latest, device)
-	delete(h.presence, device)
+	delete(h.latest, se.ev.Device)
+	delete(h.presence, se.ev.Device)
 	h.mu.Unlock()
+	if se.applied != nil {
+		close(se.applied)
+	}
 }
 
 // PresenceLog returns a device's recent presence changes, oldest first.

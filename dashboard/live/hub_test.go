@@ -53,12 +53,21 @@ func added(t *testing.T, h *Hub, tok, session string, devs ...string) *Subscribe
 }
 
 // settle waits until the hub goroutine has handled everything published
-// before it: an op runs after the batches already taken, and Stats is one.
+// before it: an op runs after the round that took the inputs, and Stats
+// is one. (State events go back to the state input only while readings
+// still wait in the channel.)
 func settle(h *Hub) {
-	for len(h.in) > 0 {
+	for len(h.in) > 0 || h.stateWaiting() > 0 {
 		h.Stats()
 	}
 	h.Stats()
+}
+
+// stateWaiting is how many state events wait for the hub.
+func (h *Hub) stateWaiting() int {
+	h.smu.Lock()
+	defer h.smu.Unlock()
+	return len(h.state)
 }
 
 // drain takes what the subscriber holds once everything published is
@@ -281,6 +290,7 @@ func TestStopped(t *testing.T) {
 	h.Remove(s)
 	h.Subscribe(s, func(f *Filter) { f.All = true })
 	h.CloseCredential(devices.OperatorEnded{TokenID: "a"})
+	h.Forget("d1")
 	if st := h.Stats(); st.Subscribers != 0 || st.FilterDevices != 0 {
 		t.Errorf("stats %+v", st)
 	}
@@ -454,7 +464,7 @@ func TestGatherOneRound(t *testing.T) {
 	for i := range 3 {
 		h.Publish(reading("d1", int64(i), "a", 1.0))
 	}
-	h.fanout(h.gather(<-h.in))
+	h.round(nil)
 	if got := s.Take(nil); len(got) != 3 || got[0].Seq != 1 || got[2].Seq != 3 {
 		t.Fatalf("one round took %d events", len(got))
 	}
@@ -463,15 +473,15 @@ func TestGatherOneRound(t *testing.T) {
 // TestDefaults: zero or negative options take the documented defaults;
 // positive ones are kept.
 func TestDefaults(t *testing.T) {
-	want := Options{QueueLen: 1024, SlowAfter: 5 * time.Second, ReplayLen: 10000, MaxSubscribers: 1000, MaxFilterDevices: 10000, MaxPerCredential: 20, InputLen: 65536}
-	for _, in := range []Options{{}, {QueueLen: -1, SlowAfter: -1, ReplayLen: -1, MaxSubscribers: -1, MaxFilterDevices: -1, MaxPerCredential: -1, InputLen: -1}} {
+	want := Options{QueueLen: 1024, SlowAfter: 5 * time.Second, ReplayLen: 10000, MaxSubscribers: 1000, MaxFilterDevices: 10000, MaxPerCredential: 20, InputLen: 65536, InputEvents: 262144}
+	for _, in := range []Options{{}, {QueueLen: -1, SlowAfter: -1, ReplayLen: -1, MaxSubscribers: -1, MaxFilterDevices: -1, MaxPerCredential: -1, InputLen: -1, InputEvents: -1}} {
 		got := New(in).Options()
 		got.Logger = nil
 		if got != want {
 			t.Errorf("New(%+v).Options() = %+v, want %+v", in, got, want)
 		}
 	}
-	kept := Options{QueueLen: 1, SlowAfter: time.Nanosecond, ReplayLen: 1, MaxSubscribers: 1, MaxFilterDevices: 1, MaxPerCredential: 1, InputLen: 1}
+	kept := Options{QueueLen: 1, SlowAfter: time.Nanosecond, ReplayLen: 1, MaxSubscribers: 1, MaxFilterDevices: 1, MaxPerCredential: 1, InputLen: 1, InputEvents: 1}
 	got := New(kept).Options()
 	got.Logger = nil
 	if got != kept {
@@ -510,8 +520,16 @@ func TestGatherBounded(t *testing.T) {
 	for i := range gatherMax + 5 {
 		h.Publish(reading("d1", int64(i), "a", 1.0))
 	}
-	if got := len(h.gather(<-h.in)); got != gatherMax {
-		t.Fatalf("one round gathered %d events, want %d", got, gatherMax)
+	bs, cut := h.gather(nil)
+	got := 0
+	for _, b := range bs {
+		got += len(b.evs)
+	}
+	if got != gatherMax || !cut {
+		t.Fatalf("one round gathered %d events (cut %v), want %d", got, cut, gatherMax)
+	}
+	if q := h.queued.Load(); q != 5 {
+		t.Fatalf("%d readings counted as queued, want 5", q)
 	}
 	if len(h.in) != 5 {
 		t.Fatalf("%d batches left, want 5", len(h.in))
