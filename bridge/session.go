@@ -82,6 +82,13 @@ func (b *Bridge) Connect(deviceID, transport, remote string, h devices.TokenHash
 	if old != nil {
 		old.Kick(ReasonSuperseded)
 	}
+	// The transport checked the token before its handshake; a rotation or
+	// deletion in between found no session to kick. The registry swaps its
+	// snapshot before it calls CredentialsChanged, so either that call sees
+	// this session or this check sees the change.
+	if !b.opts.Devices.StillValid(deviceID, h) {
+		s.Kick(ReasonRevoked)
+	}
 	b.stats.connects(transport).Add(1)
 	b.stats.connected(transport).Add(1)
 	b.log.Info("device connected", "device", deviceID, "transport", transport, "remote", remote)
