@@ -409,7 +409,9 @@ func (r *Registry) Run(ctx context.Context) error {
 
 // Flush writes, in one store write, the last_seen of every device heard
 // from since it was last written. A device deleted meanwhile is not
-// recreated (Change.TouchDevices). On failure nothing is marked written,
+// recreated, and one deleted and created again is not touched (each touch
+// carries its record's CreatedAt; Change.TouchDevices). On failure
+// nothing is marked written,
 // so the next Flush tries again.
 func (r *Registry) Flush(ctx context.Context) error {
 	r.flushMu.Lock()
