@@ -411,8 +411,7 @@ func (r *Registry) Run(ctx context.Context) error {
 // from since it was last written. A device deleted meanwhile is not
 // recreated, and one deleted and created again is not touched (each touch
 // carries its record's CreatedAt; Change.TouchDevices). On failure
-// nothing is marked written,
-// so the next Flush tries again.
+// nothing is marked written, so the next Flush tries again.
 func (r *Registry) Flush(ctx context.Context) error {
 	r.flushMu.Lock()
 	defer r.flushMu.Unlock()
