@@ -67,7 +67,7 @@ func TestRefreshFromSharedStore(t *testing.T) {
 	}
 	// A label change arrives without touching credentials.
 	rec := keep.Device
-	if err := st.Apply(ctx, Change{PutDevices: []Record{{ID: "keep", Name: "renamed", Labels: map[string]string{"site": "s"}, CreatedAt: rec.CreatedAt,
+	if err := st.Apply(ctx, Change{UpdateDevices: []Record{{ID: "keep", Name: "renamed", Labels: map[string]string{"site": "s"}, CreatedAt: rec.CreatedAt,
 		Tokens: []StoredToken{{Hash: HashToken(keep.Token)}}}}}); err != nil {
 		t.Fatal(err)
 	}

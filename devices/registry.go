@@ -235,6 +235,11 @@ type Registry struct {
 	// the caller's ctx, so a writer queued behind a hung store gives up at
 	// its own deadline. Hot-path reads never take it.
 	wsem chan struct{}
+	// lastCreated is the newest CreatedAt this instance gave a device;
+	// guarded by the writer token. CreateBatch keeps CreatedAt strictly
+	// increasing, so a device deleted and created again with the same id
+	// differs in CreatedAt, which ties a last_seen touch to its record.
+	lastCreated time.Time
 	// flushMu makes Flushes one at a time; held across the store write of
 	// last_seen, which no reader waits for.
 	flushMu sync.Mutex
@@ -303,6 +308,17 @@ func (r *Registry) lockWriter(ctx context.Context) error {
 }
 
 func (r *Registry) unlockWriter() { <-r.wsem }
+
+// refreshAfterRefusal catches up with the store after it refused a
+// device write this instance's snapshot allowed (another instance created
+// or deleted the device meanwhile), so the next request sees the truth.
+// Best effort: the caller returns the refusal either way. Callers do not
+// hold the writer token.
+func (r *Registry) refreshAfterRefusal(ctx context.Context) {
+	if err := r.Refresh(ctx); err != nil {
+		r.log.Warn("refresh after a refused device write", "err", err)
+	}
+}
 
 // applyDevices writes a device change to the store under the store
 // deadline. Callers hold the writer token.
@@ -393,8 +409,9 @@ func (r *Registry) Run(ctx context.Context) error {
 
 // Flush writes, in one store write, the last_seen of every device heard
 // from since it was last written. A device deleted meanwhile is not
-// recreated (Change.TouchDevices). On failure nothing is marked written,
-// so the next Flush tries again.
+// recreated, and one deleted and created again is not touched (each touch
+// carries its record's CreatedAt; Change.TouchDevices). On failure
+// nothing is marked written, so the next Flush tries again.
 func (r *Registry) Flush(ctx context.Context) error {
 	r.flushMu.Lock()
 	defer r.flushMu.Unlock()
@@ -409,7 +426,7 @@ func (r *Registry) Flush(ctx context.Context) error {
 	for id, d := range r.snap.Load().devices {
 		at := d.live.lastSeen.Load()
 		if at != 0 && at != d.live.stored.Load() {
-			touches = append(touches, LastSeen{ID: id, At: time.Unix(0, at).UTC()})
+			touches = append(touches, LastSeen{ID: id, CreatedAt: d.rec.CreatedAt, At: time.Unix(0, at).UTC()})
 			marks = append(marks, pending{d.live, at})
 		}
 	}
@@ -517,6 +534,12 @@ func (r *Registry) CreateBatch(ctx context.Context, specs []Spec) ([]Created, er
 	if err := r.lockWriter(ctx); err != nil {
 		return nil, err
 	}
+	if !now.After(r.lastCreated) {
+		now = r.lastCreated.Add(time.Millisecond)
+	}
+	for i := range recs {
+		recs[i].CreatedAt = now
+	}
 	cur := r.snap.Load()
 	for _, rec := range recs {
 		if _, ok := cur.devices[rec.ID]; ok {
@@ -524,10 +547,14 @@ func (r *Registry) CreateBatch(ctx context.Context, specs []Spec) ([]Created, er
 			return nil, fmt.Errorf("device %q: %w", rec.ID, ErrExists)
 		}
 	}
-	if err := r.applyDevices(ctx, Change{PutDevices: recs}); err != nil {
+	if err := r.applyDevices(ctx, Change{CreateDevices: recs}); err != nil {
 		r.unlockWriter()
+		if errors.Is(err, ErrExists) {
+			r.refreshAfterRefusal(ctx)
+		}
 		return nil, err
 	}
+	r.lastCreated = now
 	next := cur.clone()
 	out := make([]Created, len(recs))
 	for i, rec := range recs {
@@ -695,8 +722,11 @@ func (r *Registry) Rotate(ctx context.Context, id string, grace time.Duration) (
 	if ls := d.lastSeen(); ls != nil && ls.After(rec.LastSeen) {
 		rec.LastSeen = *ls
 	}
-	if err := r.applyDevices(ctx, Change{PutDevices: []Record{rec}}); err != nil {
+	if err := r.applyDevices(ctx, Change{UpdateDevices: []Record{rec}}); err != nil {
 		r.unlockWriter()
+		if errors.Is(err, ErrNotFound) {
+			r.refreshAfterRefusal(ctx)
+		}
 		return "", err
 	}
 	d.live.stored.Store(nanos(rec.LastSeen))

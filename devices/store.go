@@ -69,9 +69,13 @@ type Snapshot struct {
 }
 
 // LastSeen is when a device was last heard from, for Change.TouchDevices.
+// CreatedAt names which device of that id was heard from: a touch applies
+// only to the record created then, never to one deleted and created
+// again with the same id since.
 type LastSeen struct {
-	ID string
-	At time.Time
+	ID        string
+	CreatedAt time.Time
+	At        time.Time
 }
 
 // ChangeFeed is a Store shared by several hub instances that can say what
@@ -101,7 +105,14 @@ type Changes struct {
 
 // Change is one atomic write to a Store.
 type Change struct {
-	PutDevices    []Record
+	// CreateDevices inserts new devices; the Change fails with ErrExists
+	// (and writes nothing) when any id is already in the store, whether
+	// or not this instance has seen it.
+	CreateDevices []Record
+	// UpdateDevices replaces devices that exist; the Change fails with
+	// ErrNotFound (and writes nothing) when any is no longer in the store,
+	// so a stale instance cannot bring back a device another deleted.
+	UpdateDevices []Record
 	DeleteDevices []string
 	// TouchDevices raises the last_seen of devices that still exist (never
 	// lowers it, never recreates a deleted device) without counting as a
@@ -207,7 +218,14 @@ func (s *BoltStore) Apply(ctx context.Context, c Change) error {
 	}
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		devs, ops := tx.Bucket(bucketDevices), tx.Bucket(bucketOperators)
-		for _, r := range c.PutDevices {
+		for i, r := range slices.Concat(c.CreateDevices, c.UpdateDevices) {
+			create := i < len(c.CreateDevices)
+			switch have := devs.Get([]byte(r.ID)) != nil; {
+			case create && have:
+				return fmt.Errorf("device %q: %w", r.ID, ErrExists)
+			case !create && !have:
+				return fmt.Errorf("device %q: %w", r.ID, ErrNotFound)
+			}
 			v, err := json.Marshal(r)
 			if err != nil {
 				return err
@@ -270,7 +288,8 @@ func (s *BoltStore) Apply(ctx context.Context, c Change) error {
 }
 
 // touchDevice raises one device's stored last_seen, inside Apply's
-// transaction.
+// transaction, if the stored device is the one the touch names (same
+// created_at).
 func touchDevice(devs *bolt.Bucket, ls LastSeen) error {
 	v := devs.Get([]byte(ls.ID))
 	if v == nil {
@@ -279,6 +298,9 @@ func touchDevice(devs *bolt.Bucket, ls LastSeen) error {
 	var r Record
 	if err := json.Unmarshal(v, &r); err != nil {
 		return fmt.Errorf("device %q: %w", ls.ID, err)
+	}
+	if !r.CreatedAt.Equal(ls.CreatedAt) {
+		return nil // deleted and created again since: not the device heard from
 	}
 	if !ls.At.After(r.LastSeen) {
 		return nil

@@ -37,7 +37,7 @@ func TestChangesSince(t *testing.T) {
 		for _, id := range ids {
 			recs = append(recs, devices.Record{ID: id, Tokens: []devices.StoredToken{{Hash: devices.HashToken("fhd_" + id)}}})
 		}
-		if err := st.Apply(ctx, devices.Change{PutDevices: recs}); err != nil {
+		if err := st.Apply(ctx, devices.Change{CreateDevices: recs}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -232,7 +232,7 @@ func TestMigrateExistingDatabase(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer other.Close()
-	if err := other.Apply(ctx, devices.Change{PutDevices: []devices.Record{{ID: "new", Tokens: []devices.StoredToken{{Hash: devices.HashToken("fhd_new")}}}}, DeleteDevices: []string{"old"}}); err != nil {
+	if err := other.Apply(ctx, devices.Change{CreateDevices: []devices.Record{{ID: "new", Tokens: []devices.StoredToken{{Hash: devices.HashToken("fhd_new")}}}}, DeleteDevices: []string{"old"}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := reg.Refresh(ctx); err != nil {

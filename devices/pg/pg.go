@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/fieldhub/fieldhub/devices"
@@ -264,28 +265,42 @@ func loadOperators(ctx context.Context, tx pgx.Tx) ([]devices.OperatorToken, []d
 
 // Apply writes a change in one transaction. A change to devices (not a
 // last_seen touch) takes the next registry version first, which also
-// orders it after every other instance's device write.
+// orders it after every other instance's device write. A create of an id
+// the table holds fails with devices.ErrExists, an update of an id it no
+// longer holds with devices.ErrNotFound; either rolls the whole change
+// back.
 func (s *Store) Apply(ctx context.Context, c devices.Change) error {
 	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		b := &pgx.Batch{}
-		if len(c.PutDevices)+len(c.DeleteDevices) > 0 {
+		// checks[i] judges the i-th queued statement's result; nil: none.
+		var checks []func(pgconn.CommandTag) error
+		queue := func(check func(pgconn.CommandTag) error, q string, args ...any) {
+			b.Queue(q, args...)
+			checks = append(checks, check)
+		}
+		if len(c.CreateDevices)+len(c.UpdateDevices)+len(c.DeleteDevices) > 0 {
 			var v int64
 			if err := tx.QueryRow(ctx, `UPDATE fieldhub_registry_version SET version = version + 1 RETURNING version`).Scan(&v); err != nil {
 				return fmt.Errorf("next registry version: %w", err)
 			}
-			for _, r := range c.PutDevices {
-				b.Queue(`INSERT INTO fieldhub_devices (id, record, version) VALUES ($1, $2, $3)
-					ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record, version = EXCLUDED.version`, r.ID, r, v)
-				b.Queue(`DELETE FROM fieldhub_device_tombstones WHERE id = $1`, r.ID)
+			for _, r := range c.CreateDevices {
+				queue(oneRow(r.ID, devices.ErrExists), `INSERT INTO fieldhub_devices (id, record, version) VALUES ($1, $2, $3)
+					ON CONFLICT (id) DO NOTHING`, r.ID, r, v)
+				queue(nil, `DELETE FROM fieldhub_device_tombstones WHERE id = $1`, r.ID)
+			}
+			for _, r := range c.UpdateDevices {
+				// Conditional: a device another instance deleted stays
+				// deleted (and keeps its tombstone).
+				queue(oneRow(r.ID, devices.ErrNotFound), `UPDATE fieldhub_devices SET record = $2, version = $3 WHERE id = $1`, r.ID, r, v)
 			}
 			for _, id := range c.DeleteDevices {
-				b.Queue(`DELETE FROM fieldhub_devices WHERE id = $1`, id)
-				b.Queue(`DELETE FROM fieldhub_device_metrics WHERE device = $1`, id)
-				b.Queue(`INSERT INTO fieldhub_device_tombstones (id, version) VALUES ($1, $2)
+				queue(nil, `DELETE FROM fieldhub_devices WHERE id = $1`, id)
+				queue(nil, `DELETE FROM fieldhub_device_metrics WHERE device = $1`, id)
+				queue(nil, `INSERT INTO fieldhub_device_tombstones (id, version) VALUES ($1, $2)
 					ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, deleted_at = now()`, id, v)
 			}
 			if len(c.DeleteDevices) > 0 {
-				b.Queue(`WITH gone AS (
+				queue(nil, `WITH gone AS (
 					DELETE FROM fieldhub_device_tombstones WHERE deleted_at < now() - $1::interval RETURNING version)
 					UPDATE fieldhub_registry_version SET pruned = GREATEST(pruned, COALESCE((SELECT max(version) FROM gone), 0))`,
 					fmt.Sprintf("%d seconds", int64(TombstoneKeep/time.Second)))
@@ -293,41 +308,68 @@ func (s *Store) Apply(ctx context.Context, c devices.Change) error {
 		}
 		if len(c.TouchDevices) > 0 {
 			ids := make([]string, len(c.TouchDevices))
+			created := make([]string, len(c.TouchDevices))
 			ats := make([]string, len(c.TouchDevices))
 			for i, ls := range c.TouchDevices {
 				ids[i], ats[i] = ls.ID, ls.At.UTC().Format(time.RFC3339Nano)
+				created[i] = ls.CreatedAt.UTC().Format(time.RFC3339Nano)
 			}
 			// Raises last_seen only, keeps the version: not news to peers;
-			// a device deleted meanwhile has no row to update.
-			b.Queue(`UPDATE fieldhub_devices d SET record = jsonb_set(d.record, '{last_seen}', to_jsonb(u.at))
-				FROM unnest($1::text[], $2::text[]) AS u(id, at)
-				WHERE d.id = u.id AND (d.record->>'last_seen' IS NULL OR (d.record->>'last_seen')::timestamptz < u.at::timestamptz)`, ids, ats)
+			// a device deleted meanwhile has no row to update, and one
+			// deleted and created again has another created_at (the
+			// record's JSON, compared as timestamps).
+			queue(nil, `UPDATE fieldhub_devices d SET record = jsonb_set(d.record, '{last_seen}', to_jsonb(u.at))
+				FROM unnest($1::text[], $2::text[], $3::text[]) AS u(id, created, at)
+				WHERE d.id = u.id AND (d.record->>'created_at')::timestamptz = u.created::timestamptz
+				AND (d.record->>'last_seen' IS NULL OR (d.record->>'last_seen')::timestamptz < u.at::timestamptz)`, ids, created, ats)
 		}
 		for _, o := range c.PutOperators {
-			b.Queue(`INSERT INTO fieldhub_operator_tokens (id, record) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record`, o.ID, storedOperator{OperatorToken: o, Hash: o.Hash})
+			queue(nil, `INSERT INTO fieldhub_operator_tokens (id, record) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record`, o.ID, storedOperator{OperatorToken: o, Hash: o.Hash})
 		}
 		for _, id := range c.DeleteOperators {
-			b.Queue(`DELETE FROM fieldhub_operator_tokens WHERE id = $1`, id)
+			queue(nil, `DELETE FROM fieldhub_operator_tokens WHERE id = $1`, id)
 		}
 		for _, o := range c.PutSessions {
-			b.Queue(`INSERT INTO fieldhub_operator_sessions (id, record) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record`, o.Key(), o)
+			queue(nil, `INSERT INTO fieldhub_operator_sessions (id, record) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record`, o.Key(), o)
 		}
 		for _, o := range c.TouchSessions {
 			// Never recreates a session another instance deleted.
-			b.Queue(`UPDATE fieldhub_operator_sessions SET record = $2 WHERE id = $1`, o.Key(), o)
+			queue(nil, `UPDATE fieldhub_operator_sessions SET record = $2 WHERE id = $1`, o.Key(), o)
 		}
 		for _, h := range c.DeleteSessions {
-			b.Queue(`DELETE FROM fieldhub_operator_sessions WHERE id = $1`, devices.OperatorSession{Hash: h}.Key())
+			queue(nil, `DELETE FROM fieldhub_operator_sessions WHERE id = $1`, devices.OperatorSession{Hash: h}.Key())
 		}
 		if b.Len() == 0 {
 			return tx.QueryRow(ctx, `SELECT 1`).Scan(new(int)) // a ping
 		}
-		return tx.SendBatch(ctx, b).Close()
+		br := tx.SendBatch(ctx, b)
+		for _, check := range checks {
+			tag, err := br.Exec()
+			if err == nil && check != nil {
+				err = check(tag)
+			}
+			if err != nil {
+				br.Close()
+				return err // BeginFunc rolls back
+			}
+		}
+		return br.Close()
 	})
 	if err != nil {
 		return fmt.Errorf("write registry: %w", err)
 	}
 	return nil
+}
+
+// oneRow is a check that the statement for device id wrote its row, and
+// otherwise fails with refusal (devices.ErrExists or devices.ErrNotFound).
+func oneRow(id string, refusal error) func(pgconn.CommandTag) error {
+	return func(tag pgconn.CommandTag) error {
+		if tag.RowsAffected() != 1 {
+			return fmt.Errorf("device %q: %w", id, refusal)
+		}
+		return nil
+	}
 }
 
 // LoadSchema reads every claimed metric type and each device's metric
