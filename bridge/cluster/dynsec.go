@@ -396,7 +396,7 @@ func (d *dynsec) send(ctx context.Context, cmds []map[string]any) ([]dynsecRespo
 	if err != nil {
 		return nil, fmt.Errorf("encode dynamic-security command: %w", err)
 	}
-	tok := d.c.client.Publish(dynsecTopic, 1, false, b)
+	tok := d.c.client.Publish(dynsecTopic, 1, b)
 	// Mosquitto's plugin rewrites its whole configuration file after each
 	// change, so a message of many commands takes a while on a large fleet.
 	deadline := time.NewTimer(dynsecTimeout + time.Duration(len(cmds))*50*time.Millisecond)
