@@ -20,13 +20,14 @@
 //     and every instance reloads from the shared store, so a revoke cuts
 //     sessions everywhere within a second.
 //   - Mosquitto's dynamic-security plugin, optionally, mirrors device
-//     credentials and per-device ACLs (dynsec.go).
+//     credentials and per-device ACLs (sub-package dynsec, which owns the
+//     plugin's control-topic protocol; this package carries its messages).
 //
 // The broker client is behind the Client interface (client.go), made by
 // Options.ClientFactory; the default, NewPahoClient, makes this the hub's
 // only importer of paho.
 //
-// It imports bridge, devices and telemetry.
+// It imports bridge, bridge/cluster/dynsec, devices and telemetry.
 package cluster
 
 import (
@@ -44,6 +45,7 @@ import (
 	"github.com/go-json-experiment/json"
 
 	"github.com/fieldhub/fieldhub/bridge"
+	"github.com/fieldhub/fieldhub/bridge/cluster/dynsec"
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/telemetry"
 )
@@ -159,7 +161,7 @@ type Cluster struct {
 	inbound   chan Message
 	live      chan telemetry.Event
 	refresh   chan struct{}
-	dynsec    *dynsec
+	dynsec    *dynsec.Sync // nil unless Options.Dynsec
 	connected atomic.Bool
 	ready     chan struct{} // closed after the first subscription succeeded
 	ownLive   []byte        // how our own live messages start
@@ -233,7 +235,12 @@ func New(opts Options) (*Cluster, error) {
 		}))
 	}
 	if opts.Dynsec {
-		c.dynsec = newDynsec(c)
+		var err error
+		c.dynsec, err = dynsec.New(dynsec.Options{ID: opts.ClientID, Publish: c.publishControl, Connected: c.connected.Load,
+			Exists: opts.Registry.Exists, Errors: &c.stats.DynsecErrors, Logger: c.log})
+		if err != nil {
+			return nil, fmt.Errorf("cluster: %w", err)
+		}
 	}
 	return c, nil
 }
@@ -335,6 +342,21 @@ func (c *Cluster) subscribed(cl Client, subs map[string]byte) (granted map[strin
 	}
 }
 
+// publishControl sends a dynamic-security control message at QoS 1 and
+// waits until the broker took it or ctx ended.
+func (c *Cluster) publishControl(ctx context.Context, payload []byte) error {
+	tok := c.client.Publish(dynsec.Topic, 1, payload)
+	select {
+	case <-tok.Done():
+		if err := tok.Error(); err != nil {
+			return fmt.Errorf("publish: %w", err)
+		}
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("publish: %w", ctx.Err())
+	}
+}
+
 // Stats returns the cluster's counters.
 func (c *Cluster) Stats() *Stats { return &c.stats }
 
@@ -354,7 +376,7 @@ func (c *Cluster) onConnect(cl Client) {
 		topicInstances:                            1,
 	}
 	if c.dynsec != nil {
-		subs[dynsecResponse] = 0
+		subs[dynsec.ResponseTopic] = 0
 	}
 	go func() { // owner: the client's connect callback; ends when subscribed or the connection is gone
 		granted, ok := c.subscribed(cl, subs) // messages go to dispatch
@@ -372,7 +394,7 @@ func (c *Cluster) onConnect(cl Client) {
 		c.requestRefresh() // catch up on changes made while we were away
 		c.announceSessions()
 		if c.dynsec != nil {
-			c.dynsec.reconcileSoon()
+			c.dynsec.ReconcileSoon()
 		}
 	}()
 }
@@ -390,9 +412,9 @@ func (c *Cluster) dispatch(m Message) {
 	case strings.HasPrefix(topic, instancesPrefix):
 		m.Ack()
 		c.onInstance(m.Payload())
-	case topic == dynsecResponse:
+	case topic == dynsec.ResponseTopic:
 		if c.dynsec != nil {
-			c.dynsec.onResponse(m.Payload())
+			c.dynsec.OnResponse(m.Payload())
 		}
 	default:
 		if _, kind, ok := telemetry.ParseTopic(topic); ok && kind == telemetry.KindCommands {
@@ -436,7 +458,7 @@ func (c *Cluster) Run(ctx context.Context, p Peers) error {
 	wg.Go(func() { c.refreshLoop(workCtx) })
 	wg.Go(func() { c.sweepPresence(workCtx) })
 	if c.dynsec != nil {
-		wg.Go(func() { c.dynsec.run(workCtx) })
+		wg.Go(func() { c.dynsec.Run(workCtx) })
 	}
 	c.client.Connect() // retries in the background until it connects
 	for _, cl := range c.ingest {

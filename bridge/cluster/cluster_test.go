@@ -15,6 +15,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/fieldhub/fieldhub/bridge"
+	"github.com/fieldhub/fieldhub/bridge/cluster/dynsec"
 	"github.com/fieldhub/fieldhub/bridge/cluster/mosquittotest"
 	"github.com/fieldhub/fieldhub/bridge/commands"
 	"github.com/fieldhub/fieldhub/bridge/commands/boltstore"
@@ -420,19 +421,19 @@ func TestBrokerCredentialSync(t *testing.T) {
 	waitFor(t, "the new token to work at the broker", eventWait, func() bool { return connect(newToken) == nil })
 
 	// Reconcile: the broker knows a fieldhub device the registry does not.
-	if _, err := r.cl.dynsec.send(ctx, []map[string]any{
-		{"command": "createRole", "rolename": DeviceRolePrefix + "ghost"},
-		{"command": "createClient", "username": "ghost", "password": "x", "roles": []map[string]any{{"rolename": DeviceRolePrefix + "ghost"}}},
+	if _, err := r.cl.dynsec.Send(ctx, []map[string]any{
+		{"command": "createRole", "rolename": dynsec.DeviceRolePrefix + "ghost"},
+		{"command": "createClient", "username": "ghost", "password": "x", "roles": []map[string]any{{"rolename": dynsec.DeviceRolePrefix + "ghost"}}},
 	}); err != nil {
 		t.Fatal(err)
 	}
 	t.Log("ghost created", time.Since(began))
-	r.cl.dynsec.reconcileSoon()
+	r.cl.dynsec.ReconcileSoon()
 	waitFor(t, "the ghost's broker client deleted", eventWait, func() bool {
-		res, err := r.cl.dynsec.send(ctx, []map[string]any{{"command": "getClient", "username": "ghost"}})
+		res, err := r.cl.dynsec.Send(ctx, []map[string]any{{"command": "getClient", "username": "ghost"}})
 		return err == nil && res[0].Error != ""
 	})
-	res, err := r.cl.dynsec.send(ctx, []map[string]any{{"command": "getClient", "username": "bulk-000"}})
+	res, err := r.cl.dynsec.Send(ctx, []map[string]any{{"command": "getClient", "username": "bulk-000"}})
 	if err != nil || res[0].Error != "" {
 		t.Fatalf("a registered device's client was touched by the reconcile: %v %v", res, err)
 	}

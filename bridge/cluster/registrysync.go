@@ -18,7 +18,7 @@ func (c *Cluster) RegistryChanged(ch devices.Changed) {
 		c.client.Publish(topicRegistry, 1, []byte(`{"o":"`+c.opts.ClientID+`"}`))
 	}
 	if c.dynsec != nil {
-		c.dynsec.changed(ch)
+		c.dynsec.Changed(ch)
 	}
 }
 
