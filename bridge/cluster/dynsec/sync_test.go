@@ -2,6 +2,7 @@ package dynsec
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -23,7 +24,10 @@ type plugin struct {
 	mu      sync.Mutex // guards the fields below
 	clients map[string]pluginClient
 	roles   map[string]bool
-	log     []string // "command username-or-role", in order
+	log     []string        // "command username-or-role", in order
+	sizes   []int           // commands per control message
+	drop    int             // control messages still to lose (the broker unreachable)
+	broken  map[string]bool // users whose createClient fails
 }
 
 type pluginClient struct {
@@ -34,7 +38,7 @@ type pluginClient struct {
 
 func newPlugin(t *testing.T, exists func(string) bool) *plugin {
 	t.Helper()
-	p := &plugin{clients: map[string]pluginClient{}, roles: map[string]bool{}}
+	p := &plugin{clients: map[string]pluginClient{}, roles: map[string]bool{}, broken: map[string]bool{}}
 	s, err := New(Options{ID: "hub-a", Publish: p.publish, Connected: func() bool { return true }, Exists: exists, Errors: new(atomic.Int64)})
 	if err != nil {
 		t.Fatal(err)
@@ -54,6 +58,12 @@ func (p *plugin) publish(_ context.Context, payload []byte) error {
 		Responses []Response `json:"responses"`
 	}
 	p.mu.Lock()
+	if p.drop > 0 {
+		p.drop--
+		p.mu.Unlock()
+		return errors.New("broker unreachable")
+	}
+	p.sizes = append(p.sizes, len(msg.Commands))
 	for _, c := range msg.Commands {
 		r := Response{Command: c["command"].(string), Correlation: c["correlationData"].(string)}
 		r.Error, r.Data = p.apply(c)
@@ -95,6 +105,9 @@ func (p *plugin) apply(c map[string]any) (errText string, data []byte) {
 		}
 		delete(p.roles, role)
 	case "createClient":
+		if p.broken[user] {
+			return "Internal error", nil
+		}
 		if _, ok := p.clients[user]; ok {
 			return "Client already exists", nil
 		}
@@ -263,5 +276,55 @@ func TestSendMatchesByCorrelation(t *testing.T) {
 	got := []string{res[0].Error, res[1].Error, res[2].Error}
 	if want := []string{"", "Role already exists", "Unknown command"}; !slices.Equal(got, want) {
 		t.Fatalf("answers %q, want %q", got, want)
+	}
+}
+
+// TestRunChunksAndRetries: a bulk change goes out dynsecChunk devices per
+// control message; a message lost with the broker is sent again; a device
+// the plugin keeps refusing is counted in Errors after dynsecAttempts
+// tries, and the others are in place.
+func TestRunChunksAndRetries(t *testing.T) {
+	p := newPlugin(t, func(string) bool { return true })
+	p.drop = 1
+	p.broken["dev-007"] = true
+	var ch devices.Changed
+	for i := range 2*dynsecChunk + 20 {
+		ch.Devices = append(ch.Devices, devices.DeviceChange{ID: fmt.Sprintf("dev-%03d", i), Token: "t"})
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { p.s.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	p.s.Changed(ch)
+	all := func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return len(p.clients) == 2*dynsecChunk+19
+	}
+	deadline := time.Now().Add(time.Minute)
+	for p.s.o.Errors.Load() == 0 || !all() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after a minute: Errors = %d, all other clients created %v", p.s.o.Errors.Load(), all())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := p.s.o.Errors.Load(); n != 1 {
+		t.Fatalf("Errors = %d, want 1", n)
+	}
+	p.mu.Lock()
+	sizes := slices.Clone(p.sizes)
+	p.mu.Unlock()
+	// The first chunk: attempt 1 lost, attempt 2 all 50 devices (two
+	// commands each), attempts 3..dynsecAttempts the refused device alone;
+	// then the other chunks, 50 and 20 devices.
+	want := append(append([]int{2 * dynsecChunk}, slices.Repeat([]int{2}, dynsecAttempts-2)...), 2*dynsecChunk, 40)
+	if !slices.Equal(sizes, want) {
+		t.Fatalf("commands per control message %v, want %v", sizes, want)
+	}
+	for i := range 2*dynsecChunk + 20 {
+		id := fmt.Sprintf("dev-%03d", i)
+		if _, ok := p.client(id); ok == (id == "dev-007") {
+			t.Fatalf("client %s present %v", id, ok)
+		}
 	}
 }
