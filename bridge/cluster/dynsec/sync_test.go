@@ -27,7 +27,7 @@ type plugin struct {
 	log     []string        // "command username-or-role", in order
 	sizes   []int           // commands per control message
 	drop    int             // control messages still to lose (the broker unreachable)
-	broken  map[string]bool // users whose createClient fails
+	broken  map[string]bool // users whose createClient and modifyClient fail
 }
 
 type pluginClient struct {
@@ -118,6 +118,9 @@ func (p *plugin) apply(c map[string]any) (errText string, data []byte) {
 		}
 		delete(p.clients, user)
 	case "modifyClient":
+		if p.broken[user] {
+			return "Internal error", nil
+		}
 		cl, ok := p.clients[user]
 		if !ok {
 			return "Client not found", nil
@@ -325,6 +328,38 @@ func TestRunChunksAndRetries(t *testing.T) {
 		id := fmt.Sprintf("dev-%03d", i)
 		if _, ok := p.client(id); ok == (id == "dev-007") {
 			t.Fatalf("client %s present %v", id, ok)
+		}
+	}
+}
+
+// TestBindRetriesThenCounts: a device client the plugin keeps refusing to
+// bind is counted in Errors after dynsecAttempts tries; the others in its
+// chunk are bound.
+func TestBindRetriesThenCounts(t *testing.T) {
+	p := newPlugin(t, func(string) bool { return true })
+	for _, user := range []string{"ok-1", "stuck", "ok-2"} {
+		role := DeviceRolePrefix + user
+		p.apply(map[string]any{"command": "createRole", "rolename": role})
+		p.apply(map[string]any{"command": "createClient", "username": user, "roles": []any{map[string]any{"rolename": role}}})
+	}
+	p.broken["stuck"] = true
+	p.commands()
+	p.s.bindClientIDs(context.Background())
+	if n := p.s.o.Errors.Load(); n != 1 {
+		t.Fatalf("Errors = %d, want 1", n)
+	}
+	binds := 0
+	for _, c := range p.commands() {
+		if c == "modifyClient stuck" {
+			binds++
+		}
+	}
+	if binds != dynsecAttempts {
+		t.Fatalf("%d tries to bind the refused client, want %d", binds, dynsecAttempts)
+	}
+	for _, user := range []string{"ok-1", "ok-2"} {
+		if cl, _ := p.client(user); cl.ClientID != user {
+			t.Fatalf("client %s: client id %q, want bound", user, cl.ClientID)
 		}
 	}
 }
