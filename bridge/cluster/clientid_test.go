@@ -10,6 +10,7 @@ import (
 	"github.com/go-json-experiment/json"
 
 	"github.com/fieldhub/fieldhub/bridge"
+	"github.com/fieldhub/fieldhub/bridge/cluster/dynsec"
 	"github.com/fieldhub/fieldhub/bridge/cluster/mosquittotest"
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/telemetry"
@@ -69,7 +70,7 @@ func TestBrokerClientIDBoundAtStart(t *testing.T) {
 	r.device(t, "old-1", old.Token, nil, nil) // its client exists
 	client := func(user string) (clientID string, found bool) {
 		t.Helper()
-		res, err := r.cl.dynsec.send(ctx, []map[string]any{{"command": "getClient", "username": user}})
+		res, err := r.cl.dynsec.Send(ctx, []map[string]any{{"command": "getClient", "username": user}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -84,8 +85,8 @@ func TestBrokerClientIDBoundAtStart(t *testing.T) {
 		return data.Client.ClientID, true
 	}
 	// Made as a hub before the binding made it: no clientid.
-	role := []map[string]any{{"rolename": DeviceRolePrefix + "old-1"}}
-	res, err := r.cl.dynsec.send(ctx, []map[string]any{
+	role := []map[string]any{{"rolename": dynsec.DeviceRolePrefix + "old-1"}}
+	res, err := r.cl.dynsec.Send(ctx, []map[string]any{
 		{"command": "deleteClient", "username": "old-1"},
 		{"command": "createClient", "username": "old-1", "password": old.Token, "roles": role},
 	})

@@ -20,10 +20,14 @@
 //     and every instance reloads from the shared store, so a revoke cuts
 //     sessions everywhere within a second.
 //   - Mosquitto's dynamic-security plugin, optionally, mirrors device
-//     credentials and per-device ACLs (dynsec.go).
+//     credentials and per-device ACLs (sub-package dynsec, which owns the
+//     plugin's control-topic protocol; this package carries its messages).
 //
-// It imports bridge, devices and telemetry, and is the hub's only importer
-// of paho.
+// The broker client is behind the Client interface (client.go), made by
+// Options.ClientFactory; the default, NewPahoClient, makes this the hub's
+// only importer of paho.
+//
+// It imports bridge, bridge/cluster/dynsec, devices and telemetry.
 package cluster
 
 import (
@@ -38,28 +42,31 @@ import (
 	"sync/atomic"
 	"time"
 
-	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/go-json-experiment/json"
 
 	"github.com/fieldhub/fieldhub/bridge"
+	"github.com/fieldhub/fieldhub/bridge/cluster/dynsec"
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/telemetry"
 )
 
 // Topics and the shared-subscription group every instance joins.
 const (
-	ShareGroup     = "fieldhub"
-	topicTelemetry = "devices/+/telemetry"
-	topicResults   = "devices/+/commands/result"
-	topicCommands  = "devices/+/commands"
-	topicLive      = "fieldhub/live/+"
-	livePrefix     = "fieldhub/live/"
-	topicRegistry  = "fieldhub/registry"
+	ShareGroup    = "fieldhub"
+	topicLive     = "fieldhub/live/+"
+	livePrefix    = "fieldhub/live/"
+	topicRegistry = "fieldhub/registry"
 	// An instance's broker will: when its connection breaks, the others
 	// mark the devices it held offline.
 	instancesPrefix = "fieldhub/instances/"
 	topicInstances  = instancesPrefix + "+"
 )
+
+// deviceFilter is the filter of every device's topic of kind k.
+func deviceFilter(k telemetry.Kind) string { return telemetry.Topic("+", k) }
+
+// sharedFilter is deviceFilter in the instances' shared subscription.
+func sharedFilter(k telemetry.Kind) string { return "$share/" + ShareGroup + "/" + deviceFilter(k) }
 
 // Registry is what the cluster needs of the device registry.
 type Registry interface {
@@ -113,7 +120,10 @@ type Options struct {
 	// RefreshEvery is the full registry reload that catches announcements
 	// missed while disconnected; default 30 s.
 	RefreshEvery time.Duration
-	Logger       *slog.Logger
+	// ClientFactory makes each broker connection; default NewPahoClient.
+	// Tests give an in-memory broker's.
+	ClientFactory func(ClientOptions) Client
+	Logger        *slog.Logger
 }
 
 // Stats counts what the cluster did, for metrics.
@@ -140,18 +150,18 @@ type Stats struct {
 type Cluster struct {
 	opts   Options
 	log    *slog.Logger
-	client paho.Client   // everything: ingest, live, commands, registry, dynsec
-	ingest []paho.Client // shared-subscription ingest only
+	client Client   // everything: ingest, live, commands, registry, dynsec
+	ingest []Client // shared-subscription ingest only
 	stats  Stats
 
 	delivered *delivered // recent durable messages, to recognise redeliveries
 	// peers are set by Run before any goroutine or broker callback that
 	// reads them starts, and never change after.
 	peers     Peers
-	inbound   chan paho.Message
+	inbound   chan Message
 	live      chan telemetry.Event
 	refresh   chan struct{}
-	dynsec    *dynsec
+	dynsec    *dynsec.Sync // nil unless Options.Dynsec
 	connected atomic.Bool
 	ready     chan struct{} // closed after the first subscription succeeded
 	ownLive   []byte        // how our own live messages start
@@ -198,9 +208,12 @@ func New(opts Options) (*Cluster, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	if opts.ClientFactory == nil {
+		opts.ClientFactory = NewPahoClient
+	}
 	c := &Cluster{
 		opts: opts, log: opts.Logger,
-		inbound: make(chan paho.Message, opts.Queue),
+		inbound: make(chan Message, opts.Queue),
 		live:    make(chan telemetry.Event, opts.LiveQueue),
 		refresh: make(chan struct{}, 1),
 		ready:   make(chan struct{}),
@@ -212,62 +225,45 @@ func New(opts Options) (*Cluster, error) {
 		owner:       map[string]string{},
 	}
 	c.ownLive = originPrefix(opts.ClientID)
-	c.client = c.newClient(opts.ClientID, true, c.onConnect, func(_ paho.Client, err error) {
+	c.client = c.newClient(opts.ClientID, true, c.onConnect, func(err error) {
 		c.connected.Store(false)
 		c.log.Warn("broker connection lost; reconnecting", "err", err)
 	})
 	for i := range opts.IngestConns {
-		c.ingest = append(c.ingest, c.newClient(fmt.Sprintf("%s-in%d", opts.ClientID, i+1), false, c.onIngestConnect, func(_ paho.Client, err error) {
+		c.ingest = append(c.ingest, c.newClient(fmt.Sprintf("%s-in%d", opts.ClientID, i+1), false, c.onIngestConnect, func(err error) {
 			c.log.Warn("broker ingest connection lost; reconnecting", "err", err)
 		}))
 	}
 	if opts.Dynsec {
-		c.dynsec = newDynsec(c)
+		var err error
+		c.dynsec, err = dynsec.New(dynsec.Options{ID: opts.ClientID, Publish: c.publishControl, Connected: c.connected.Load,
+			Exists: opts.Registry.Exists, Errors: &c.stats.DynsecErrors, Logger: c.log})
+		if err != nil {
+			return nil, fmt.Errorf("cluster: %w", err)
+		}
 	}
 	return c, nil
 }
 
 // newClient configures one broker connection with its own persistent
-// session.
-func (c *Cluster) newClient(id string, will bool, onConnect paho.OnConnectHandler, onLost paho.ConnectionLostHandler) paho.Client {
+// session, through Options.ClientFactory.
+func (c *Cluster) newClient(id string, will bool, onConnect func(Client), onLost func(error)) Client {
 	o := c.opts
-	po := paho.NewClientOptions().
-		AddBroker(o.BrokerURL).
-		SetClientID(id).
-		SetProtocolVersion(4). // MQTT 3.1.1; no silent fallback to 3.1, whose errors would mislead
-		SetUsername(o.Username).
-		SetPassword(o.Password).
-		SetCleanSession(false). // the broker keeps our shared subscriptions' messages while we are away
-		SetStore(newCopyingStore()).
-		SetAutoAckDisabled(true).
-		SetOrderMatters(true). // handlers only hand off; workers do the waiting
-		SetAutoReconnect(true).
-		SetConnectRetry(true).
-		SetConnectRetryInterval(time.Second).
-		SetMaxReconnectInterval(10 * time.Second).
-		SetKeepAlive(30 * time.Second).
-		SetPingTimeout(10 * time.Second).
-		SetWriteTimeout(10 * time.Second).
-		SetConnectTimeout(10 * time.Second).
-		SetDefaultPublishHandler(c.dispatch).
-		SetOnConnectHandler(onConnect).
-		SetConnectionLostHandler(onLost).
-		SetConnectionNotificationHandler(func(_ paho.Client, n paho.ConnectionNotification) {
-			switch n := n.(type) {
-			case paho.ConnectionNotificationFailed:
-				c.connectFailed(id, n.Reason)
-			case paho.ConnectionNotificationConnected:
-				c.connectSucceeded()
-			}
-		})
-	if o.TLS != nil {
-		po.SetTLSConfig(o.TLS)
+	co := ClientOptions{
+		BrokerURL: o.BrokerURL, ClientID: id, Username: o.Username, Password: o.Password, TLS: o.TLS,
+		OnMessage: c.dispatch,
+		OnConnect: func(cl Client) {
+			c.connectSucceeded()
+			onConnect(cl)
+		},
+		OnLost:          onLost,
+		OnConnectFailed: func(err error) { c.connectFailed(id, err) },
 	}
 	if will {
 		down, _ := json.Marshal(instanceNotice{Origin: id, Up: false})
-		po.SetBinaryWill(instancesPrefix+id, down, 1, false)
+		co.Will = &Will{Topic: instancesPrefix + id, Payload: down, QoS: 1}
 	}
-	return paho.NewClient(po)
+	return o.ClientFactory(co)
 }
 
 // connectFailed reports a failed connection attempt: why, once per
@@ -309,39 +305,55 @@ type failure struct {
 
 // onIngestConnect subscribes an extra ingest connection to the shared
 // subscriptions only.
-func (c *Cluster) onIngestConnect(cl paho.Client) {
+func (c *Cluster) onIngestConnect(cl Client) {
 	subs := map[string]byte{
-		"$share/" + ShareGroup + "/" + topicTelemetry: 1,
-		"$share/" + ShareGroup + "/" + topicResults:   1,
+		sharedFilter(telemetry.KindTelemetry):     1,
+		sharedFilter(telemetry.KindCommandResult): 1,
 	}
-	tok := cl.SubscribeMultiple(subs, nil)
-	go func() { // owner: paho's connect callback; ends when subscribed or the connection is gone
-		c.subscribed(cl, tok, subs)
+	go func() { // owner: the client's connect callback; ends when subscribed or the connection is gone
+		c.subscribed(cl, subs)
 	}()
 }
 
 // subscribeWait bounds the wait for a SUBACK.
 const subscribeWait = 10 * time.Second
 
-// subscribed waits for a subscription's SUBACK and repeats the
-// subscription while the broker does not answer and the connection stays
-// up; a lost connection subscribes again on reconnect. (Disconnecting
-// instead would stop paho's automatic reconnects for good.) It reports
-// whether the subscription is in place.
-func (c *Cluster) subscribed(cl paho.Client, tok paho.Token, subs map[string]byte) bool {
+// subscribed subscribes and repeats the subscription while the broker
+// does not answer and the connection stays up; a lost connection
+// subscribes again on reconnect. (Disconnecting instead would stop
+// automatic reconnects for good.) It returns the QoS granted per filter,
+// or ok false when the connection went away first.
+func (c *Cluster) subscribed(cl Client, subs map[string]byte) (granted map[string]byte, ok bool) {
 	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
-		if tok.WaitTimeout(subscribeWait) && tok.Error() == nil {
-			return true
+		ctx, cancel := context.WithTimeout(context.Background(), subscribeWait)
+		granted, err := cl.Subscribe(ctx, subs)
+		cancel()
+		if err == nil {
+			return granted, true
 		}
 		if !cl.IsConnectionOpen() {
-			return false
+			return nil, false
 		}
-		c.log.Error("subscribe at broker failed; retrying", "err", tok.Error())
-		time.Sleep(wait)
+		c.log.Error("subscribe at broker failed; retrying", "err", err)
+		time.Sleep(wait) // backoff, not synchronisation
 		if !cl.IsConnectionOpen() {
-			return false
+			return nil, false
 		}
-		tok = cl.SubscribeMultiple(subs, nil)
+	}
+}
+
+// publishControl sends a dynamic-security control message at QoS 1 and
+// waits until the broker took it or ctx ended.
+func (c *Cluster) publishControl(ctx context.Context, payload []byte) error {
+	tok := c.client.Publish(dynsec.Topic, 1, payload)
+	select {
+	case <-tok.Done():
+		if err := tok.Error(); err != nil {
+			return fmt.Errorf("publish: %w", err)
+		}
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("publish: %w", ctx.Err())
 	}
 }
 
@@ -354,24 +366,24 @@ func (c *Cluster) Connected() bool { return c.connected.Load() }
 // Ready is closed once the first connection subscribed to everything.
 func (c *Cluster) Ready() <-chan struct{} { return c.ready }
 
-func (c *Cluster) onConnect(cl paho.Client) {
+func (c *Cluster) onConnect(cl Client) {
 	subs := map[string]byte{
-		"$share/" + ShareGroup + "/" + topicTelemetry: 1,
-		"$share/" + ShareGroup + "/" + topicResults:   1,
-		topicCommands:  1,
-		topicLive:      0,
-		topicRegistry:  1,
-		topicInstances: 1,
+		sharedFilter(telemetry.KindTelemetry):     1,
+		sharedFilter(telemetry.KindCommandResult): 1,
+		deviceFilter(telemetry.KindCommands):      1,
+		topicLive:                                 0,
+		topicRegistry:                             1,
+		topicInstances:                            1,
 	}
 	if c.dynsec != nil {
-		subs[dynsecResponse] = 0
+		subs[dynsec.ResponseTopic] = 0
 	}
-	tok := cl.SubscribeMultiple(subs, nil) // messages go to dispatch
-	go func() {                            // owner: paho's connect callback; ends when subscribed or the connection is gone
-		if !c.subscribed(cl, tok, subs) {
+	go func() { // owner: the client's connect callback; ends when subscribed or the connection is gone
+		granted, ok := c.subscribed(cl, subs) // messages go to dispatch
+		if !ok {
 			return
 		}
-		for topic, code := range tok.(*paho.SubscribeToken).Result() {
+		for topic, code := range granted {
 			if code == 0x80 {
 				c.log.Error("broker refused a subscription; check the hub's broker ACL", "topic", topic)
 			}
@@ -382,14 +394,14 @@ func (c *Cluster) onConnect(cl paho.Client) {
 		c.requestRefresh() // catch up on changes made while we were away
 		c.announceSessions()
 		if c.dynsec != nil {
-			c.dynsec.reconcileSoon()
+			c.dynsec.ReconcileSoon()
 		}
 	}()
 }
 
 // dispatch is paho's handler for every message. It decodes nothing and
 // waits for nothing unbounded: durable work goes to the workers' queue.
-func (c *Cluster) dispatch(_ paho.Client, m paho.Message) {
+func (c *Cluster) dispatch(m Message) {
 	topic := m.Topic()
 	switch {
 	case strings.HasPrefix(topic, livePrefix):
@@ -400,14 +412,19 @@ func (c *Cluster) dispatch(_ paho.Client, m paho.Message) {
 	case strings.HasPrefix(topic, instancesPrefix):
 		m.Ack()
 		c.onInstance(m.Payload())
-	case topic == dynsecResponse:
+	case topic == dynsec.ResponseTopic:
 		if c.dynsec != nil {
-			c.dynsec.onResponse(m.Payload())
+			c.dynsec.OnResponse(m.Payload())
 		}
-	case strings.HasSuffix(topic, "/commands"):
-		c.onCommand(topic, m.Payload())
-		m.Ack()
-	default: // telemetry and command results: acknowledged when durable
+	default:
+		if _, kind, ok := telemetry.ParseTopic(topic); ok && kind == telemetry.KindCommands {
+			c.onCommand(topic, m.Payload())
+			m.Ack()
+			return
+		}
+		// Telemetry and command results: acknowledged when durable.
+		// Full queue: this waits, so the connection's in-flight window
+		// fills and the broker holds the rest.
 		c.inbound <- m
 	}
 }
@@ -441,7 +458,7 @@ func (c *Cluster) Run(ctx context.Context, p Peers) error {
 	wg.Go(func() { c.refreshLoop(workCtx) })
 	wg.Go(func() { c.sweepPresence(workCtx) })
 	if c.dynsec != nil {
-		wg.Go(func() { c.dynsec.run(workCtx) })
+		wg.Go(func() { c.dynsec.Run(workCtx) })
 	}
 	c.client.Connect() // retries in the background until it connects
 	for _, cl := range c.ingest {
@@ -455,18 +472,11 @@ func (c *Cluster) Run(ctx context.Context, p Peers) error {
 	// Stop taking messages first; what is queued and not yet durable is
 	// not acknowledged, and the broker gives it to us again on reconnect.
 	for _, cl := range c.ingest {
-		cl.Disconnect(250)
+		cl.Disconnect(250 * time.Millisecond)
 	}
-	c.client.Disconnect(250)
+	c.client.Disconnect(250 * time.Millisecond)
 	c.connected.Store(false)
 	stopWork()
 	wg.Wait()
 	return nil
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
 }

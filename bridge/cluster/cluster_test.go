@@ -15,6 +15,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/fieldhub/fieldhub/bridge"
+	"github.com/fieldhub/fieldhub/bridge/cluster/dynsec"
 	"github.com/fieldhub/fieldhub/bridge/cluster/mosquittotest"
 	"github.com/fieldhub/fieldhub/bridge/commands"
 	"github.com/fieldhub/fieldhub/bridge/commands/boltstore"
@@ -83,7 +84,8 @@ func (r *recorder) count(typ, device string) int {
 }
 
 type rig struct {
-	mq    *mosquittotest.Broker
+	mq    *mosquittotest.Broker // nil on a fakeBroker
+	st    *devices.BoltStore
 	reg   *devices.Registry
 	sp    *spool.Spool
 	store *flakyStore
@@ -95,13 +97,37 @@ type rig struct {
 
 func newRig(t *testing.T) *rig {
 	t.Helper()
-	dir := t.TempDir()
-	r := &rig{mq: mosquittotest.Start(t), live: &recorder{}}
-	st, err := devices.OpenBolt(filepath.Join(dir, "registry.db"))
-	if err != nil {
-		t.Fatal(err)
+	mq := mosquittotest.Start(t)
+	r := buildRig(t, nil, Options{
+		BrokerURL: mq.URL, Username: mosquittotest.HubUser, Password: mosquittotest.HubPass,
+		ClientID: "hub-test", Dynsec: true, BrokerIdle: time.Second,
+	})
+	r.mq = mq
+	select {
+	case <-r.cl.Ready():
+	case <-time.After(eventWait):
+		t.Fatalf("hub did not connect to mosquitto; log:\n%s", r.mq.Log())
 	}
-	t.Cleanup(func() { st.Close() })
+	return r
+}
+
+// buildRig builds one instance, its cluster configured by o, over the
+// registry store st (nil: a new one; instances of one fleet share one)
+// and runs it until the test ends.
+func buildRig(t *testing.T, st *devices.BoltStore, o Options) *rig {
+	t.Helper()
+	dir := t.TempDir()
+	r := &rig{live: &recorder{}}
+	if st == nil {
+		var err error
+		st, err = devices.OpenBolt(filepath.Join(dir, "registry.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+	}
+	r.st = st
+	var err error
 	r.reg, err = devices.Open(context.Background(), st, devices.Options{
 		OnCredentialsChanged: func(id string) {
 			if r.br != nil {
@@ -123,11 +149,9 @@ func newRig(t *testing.T) *rig {
 	}
 	t.Cleanup(func() { r.sp.Close() })
 	r.store = &flakyStore{sp: r.sp}
-	r.cl, err = New(Options{
-		BrokerURL: r.mq.URL, Username: mosquittotest.HubUser, Password: mosquittotest.HubPass,
-		ClientID: "hub-test", Registry: r.reg, Local: r.live, Dynsec: true, BrokerIdle: time.Second,
-		Logger: slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
-	})
+	o.Registry, o.Local = r.reg, r.live
+	o.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	r.cl, err = New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,11 +170,6 @@ func newRig(t *testing.T) *rig {
 	go func() { _ = r.cmds.Run(ctx); close(cmdsDone) }()
 	go func() { _ = r.cl.Run(ctx, Peers{Bridge: r.br, Commands: r.cmds}); close(done) }()
 	t.Cleanup(func() { cancel(); <-done; <-cmdsDone })
-	select {
-	case <-r.cl.Ready():
-	case <-time.After(eventWait):
-		t.Fatalf("hub did not connect to mosquitto; log:\n%s", r.mq.Log())
-	}
 	return r
 }
 
@@ -402,19 +421,19 @@ func TestBrokerCredentialSync(t *testing.T) {
 	waitFor(t, "the new token to work at the broker", eventWait, func() bool { return connect(newToken) == nil })
 
 	// Reconcile: the broker knows a fieldhub device the registry does not.
-	if _, err := r.cl.dynsec.send(ctx, []map[string]any{
-		{"command": "createRole", "rolename": DeviceRolePrefix + "ghost"},
-		{"command": "createClient", "username": "ghost", "password": "x", "roles": []map[string]any{{"rolename": DeviceRolePrefix + "ghost"}}},
+	if _, err := r.cl.dynsec.Send(ctx, []map[string]any{
+		{"command": "createRole", "rolename": dynsec.DeviceRolePrefix + "ghost"},
+		{"command": "createClient", "username": "ghost", "password": "x", "roles": []map[string]any{{"rolename": dynsec.DeviceRolePrefix + "ghost"}}},
 	}); err != nil {
 		t.Fatal(err)
 	}
 	t.Log("ghost created", time.Since(began))
-	r.cl.dynsec.reconcileSoon()
+	r.cl.dynsec.ReconcileSoon()
 	waitFor(t, "the ghost's broker client deleted", eventWait, func() bool {
-		res, err := r.cl.dynsec.send(ctx, []map[string]any{{"command": "getClient", "username": "ghost"}})
+		res, err := r.cl.dynsec.Send(ctx, []map[string]any{{"command": "getClient", "username": "ghost"}})
 		return err == nil && res[0].Error != ""
 	})
-	res, err := r.cl.dynsec.send(ctx, []map[string]any{{"command": "getClient", "username": "bulk-000"}})
+	res, err := r.cl.dynsec.Send(ctx, []map[string]any{{"command": "getClient", "username": "bulk-000"}})
 	if err != nil || res[0].Error != "" {
 		t.Fatalf("a registered device's client was touched by the reconcile: %v %v", res, err)
 	}

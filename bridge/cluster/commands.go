@@ -1,9 +1,8 @@
 package cluster
 
 import (
-	"errors"
+	"context"
 
-	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/go-json-experiment/json"
 
 	"github.com/fieldhub/fieldhub/bridge"
@@ -13,8 +12,6 @@ import (
 // Commands is the command service as the cluster uses it
 // (*commands.Service with commands.ClusterRouter over this Cluster).
 type Commands interface {
-	// CommandResult records a device's answer that came through the broker.
-	CommandResult(device string, r *telemetry.CommandResult) error
 	// ForwardCommand writes a command another instance published to the
 	// device's session here, or wakes its HTTP polls here.
 	ForwardCommand(device string, cmd telemetry.Command) bool
@@ -24,38 +21,24 @@ type Commands interface {
 	CommandChanged(device, id string)
 }
 
-func (c *Cluster) handleResult(br *bridge.Bridge, s *bridge.Session, m paho.Message) {
+// handleResult takes a command result through the bridge's one entry
+// point (which defaults the frame type for the topic's kind) and
+// acknowledges it: a refusal goes to the device's errors topic.
+func (c *Cluster) handleResult(ctx context.Context, br *bridge.Bridge, s *bridge.Session, m Message) {
 	defer m.Ack()
-	f, err := br.Codec().Decode(m.Payload())
-	if f != nil && f.Type == "" {
-		f.Type, err = telemetry.TypeCommandResult, nil
-	}
-	var res *telemetry.CommandResult
-	if err == nil {
-		res, err = br.Codec().CommandResult(f)
-	}
-	if err != nil {
-		var terr *telemetry.Error
-		if !errors.As(err, &terr) {
-			terr = &telemetry.Error{Code: telemetry.CodeBadJSON, Message: "malformed command result"}
-		}
-		br.Reject(s, terr)
-		id := ""
-		if f != nil {
-			id = f.ID
-		}
-		c.publishError(s.DeviceID, id, terr)
-		return
-	}
-	if err := c.peers.Commands.CommandResult(s.DeviceID, res); err != nil {
-		c.log.Debug("command result for an unknown command", "device", s.DeviceID, "command", truncate(res.ID, 64), "err", err)
+	a := br.Accept(ctx, s, bridge.Message{Kind: telemetry.KindCommandResult, Payload: m.Payload()})
+	switch {
+	case a.Err != nil:
+		c.publishError(s.DeviceID, a.ID, a.Err)
+	case a.Unknown:
+		c.log.Debug("command result for an unknown command", "device", s.DeviceID, "command", telemetry.Truncate(a.ID, 64))
 	}
 }
 
 // publishError tells an MQTT device why its message was refused, on the
 // same errors topic the embedded broker uses.
 func (c *Cluster) publishError(device, msgID string, terr *telemetry.Error) {
-	c.client.Publish("devices/"+device+"/errors", 0, false, telemetry.EncodeError(msgID, terr))
+	c.client.Publish(telemetry.Topic(device, telemetry.KindErrors), 0, telemetry.EncodeError(msgID, terr))
 }
 
 // PublishCommand implements commands.Publisher: QoS 1 on the device's
@@ -65,7 +48,7 @@ func (c *Cluster) PublishCommand(device string, cmd telemetry.Command) bool {
 	if !c.connected.Load() {
 		return false
 	}
-	c.client.Publish("devices/"+device+"/commands", 1, false, telemetry.EncodeCommand(cmd, false))
+	c.client.Publish(telemetry.Topic(device, telemetry.KindCommands), 1, telemetry.EncodeCommand(cmd, false))
 	return true
 }
 
@@ -74,7 +57,7 @@ func (c *Cluster) PublishCommand(device string, cmd telemetry.Command) bool {
 const maxCommandBytes = 64 << 10
 
 func (c *Cluster) onCommand(topic string, payload []byte) {
-	device := deviceOf(topic)
+	device, _, _ := telemetry.ParseTopic(topic)
 	if device == "" || len(payload) > maxCommandBytes {
 		return
 	}

@@ -3,10 +3,7 @@ package cluster
 import (
 	"context"
 	"fmt"
-	"strings"
 	"time"
-
-	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/telemetry"
@@ -26,26 +23,16 @@ func (c *Cluster) work(ctx context.Context) {
 	}
 }
 
-// deviceOf returns {id} of devices/{id}/...
-func deviceOf(topic string) string {
-	rest, ok := strings.CutPrefix(topic, "devices/")
-	if !ok {
-		return ""
-	}
-	id, _, _ := strings.Cut(rest, "/")
-	return id
-}
-
 // handle makes one telemetry message or command result durable and
 // acknowledges it to the broker. A message the spool cannot take now is
 // retried here, not acknowledged, until it fits or the hub stops.
-func (c *Cluster) handle(ctx context.Context, m paho.Message) {
+func (c *Cluster) handle(ctx context.Context, m Message) {
 	br := c.peers.Bridge
-	device := deviceOf(m.Topic())
+	device, kind, _ := telemetry.ParseTopic(m.Topic()) // only the shared subscriptions' topics come here
 	if !devices.ValidID(device) || !c.known(ctx, device) {
 		// The broker let it in, but the registry does not know the device
 		// (deleted while its broker credentials lingered): nothing to keep.
-		c.log.Warn("broker message from a device not in the registry dropped", "device", truncate(device, 64))
+		c.log.Warn("broker message from a device not in the registry dropped", "device", telemetry.Truncate(device, 64))
 		c.stats.Refused.Add(1)
 		m.Ack()
 		return
@@ -59,8 +46,8 @@ func (c *Cluster) handle(ctx context.Context, m paho.Message) {
 		m.Ack()
 		return
 	}
-	if strings.HasSuffix(m.Topic(), "/commands/result") {
-		c.handleResult(br, s, m)
+	if kind == telemetry.KindCommandResult {
+		c.handleResult(ctx, br, s, m)
 		c.heardFromBroker(device)
 		return
 	}

@@ -92,7 +92,7 @@ func (c *Cluster) sendLive(device string, evs []telemetry.Event) {
 		c.log.Error("encode live events", "err", err)
 		return
 	}
-	c.client.Publish(livePrefix+device, 0, false, b)
+	c.client.Publish(livePrefix+device, 0, b)
 	c.stats.LiveOut.Add(int64(len(evs)))
 }
 

@@ -15,10 +15,10 @@ import (
 // devices.Options.OnChange.
 func (c *Cluster) RegistryChanged(ch devices.Changed) {
 	if c.connected.Load() {
-		c.client.Publish(topicRegistry, 1, false, []byte(`{"o":"`+c.opts.ClientID+`"}`))
+		c.client.Publish(topicRegistry, 1, []byte(`{"o":"`+c.opts.ClientID+`"}`))
 	}
 	if c.dynsec != nil {
-		c.dynsec.changed(ch)
+		c.dynsec.Changed(ch)
 	}
 }
 

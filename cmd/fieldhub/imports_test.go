@@ -26,8 +26,12 @@ func TestImportRules(t *testing.T) {
 		// Commands own their records and stores; they know nothing of the
 		// pipeline or the transports.
 		"bridge/commands": {"bridge/commands", "devices", "telemetry"},
-		"dashboard":       {"dashboard", "bridge/commands", "bridge/hijack", "devices", "telemetry"},
-		"dashboard/live":  {"devices", "telemetry"}, // the hub without HTTP: never the handlers
+		// dynsec owns Mosquitto's dynamic-security control protocol: it
+		// knows the registry's change records and the one device ACL,
+		// never the pipeline or the cluster that carries its messages.
+		"bridge/cluster/dynsec": {"devices", "telemetry"},
+		"dashboard":             {"dashboard", "bridge/commands", "bridge/hijack", "devices", "telemetry"},
+		"dashboard/live":        {"devices", "telemetry"}, // the hub without HTTP: never the handlers
 		// Operator authentication decides and never answers: no handlers,
 		// no live hub, so its policies are tested without a server.
 		"dashboard/operator": {"devices", "telemetry"},

@@ -1,4 +1,4 @@
-package cluster
+package dynsec
 
 import (
 	"os"
@@ -30,7 +30,7 @@ func dynsecAllows(acls []map[string]any, topic string, publish bool) bool {
 // TestDeviceACLsACLTable checks the Mosquitto role generated for a device
 // against the one ACL table (telemetry/testdata/acl.json), row by row.
 func TestDeviceACLsACLTable(t *testing.T) {
-	b, err := os.ReadFile("../../telemetry/testdata/acl.json")
+	b, err := os.ReadFile("../../../telemetry/testdata/acl.json")
 	if err != nil {
 		t.Fatal(err)
 	}

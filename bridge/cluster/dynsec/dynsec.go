@@ -1,8 +1,21 @@
-package cluster
+// Package dynsec keeps Mosquitto's dynamic-security plugin in step with
+// the device registry, for cluster mode on Mosquitto. It owns the
+// plugin's control-topic protocol ($CONTROL/dynamic-security/v1: the
+// commands, their correlation and answers) and what the hub keeps there:
+// one client per device, with its token as password and client id = its
+// id, and one role per device generated from telemetry.DeviceACL.
+//
+// It does not hold a broker connection: the caller (bridge/cluster)
+// publishes its control messages (Options.Publish) and hands it the
+// answers from ResponseTopic (OnResponse). It imports devices and
+// telemetry.
+package dynsec
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,8 +34,11 @@ import (
 // response topic (to every admin subscribed, so other instances' answers
 // are ignored by correlation).
 const (
-	dynsecTopic    = "$CONTROL/dynamic-security/v1"
-	dynsecResponse = "$CONTROL/dynamic-security/v1/response"
+	// Topic is the plugin's control topic; Options.Publish sends there.
+	Topic = "$CONTROL/dynamic-security/v1"
+	// ResponseTopic carries the plugin's answers; subscribe to it and
+	// give each message to OnResponse.
+	ResponseTopic = Topic + "/response"
 	// DeviceRolePrefix names the role each device gets: its own topics,
 	// the same ACL as the embedded broker. Mosquitto 2.0's plugin has no
 	// %u substitution, so the role is per device. The hub only ever
@@ -35,6 +51,25 @@ const (
 	dynsecChunk    = 50  // devices per control message
 	reconcileEvery = 5 * time.Minute
 )
+
+// Options configures a Sync. All are required but Logger.
+type Options struct {
+	// ID prefixes the correlation data of this instance's commands; unique
+	// per instance (the cluster's client id).
+	ID string
+	// Publish sends one control message to Topic at QoS 1 and returns once
+	// the broker took it, or ctx ended.
+	Publish func(ctx context.Context, payload []byte) error
+	// Connected reports whether the broker connection is up; nothing is
+	// sent while it is not.
+	Connected func() bool
+	// Exists reports whether the registry has a device (reconcile deletes
+	// the plugin's clients of devices it lacks).
+	Exists func(id string) bool
+	// Errors counts devices whose sync failed for good.
+	Errors *atomic.Int64
+	Logger *slog.Logger
+}
 
 // deviceACLs is a device's role, generated from telemetry.DeviceACL (the
 // one definition of what a device may do; the plugin's defaults deny the
@@ -56,58 +91,72 @@ func deviceACLs(id string) []map[string]any {
 	return out
 }
 
-// dynsec keeps the plugin's clients in step with the registry: a device
+// Sync keeps the plugin's clients in step with the registry: a device
 // created or rotated here gets a broker client with its token as password
 // (plaintext tokens exist only at that moment, so only the instance that
 // made the change can do it); a deleted device's client is deleted, which
 // disconnects it. A reconcile deletes leftovers of devices deleted while
 // the broker was unreachable.
-type dynsec struct {
-	c         *Cluster
+type Sync struct {
+	o         Options
+	log       *slog.Logger
 	ops       chan []devices.DeviceChange
 	reconcile chan struct{}
 	seq       atomic.Uint64
 
 	mu      sync.Mutex // guards waiting
-	waiting map[string]chan dynsecResponseItem
+	waiting map[string]chan Response
 }
 
-type dynsecResponseItem struct {
+// Response is the plugin's answer to one command.
+type Response struct {
 	Command     string         `json:"command"`
 	Error       string         `json:"error,omitzero"`
 	Correlation string         `json:"correlationData,omitzero"`
 	Data        jsontext.Value `json:"data,omitzero"`
 }
 
-func newDynsec(c *Cluster) *dynsec {
-	return &dynsec{c: c, ops: make(chan []devices.DeviceChange, dynsecQueue), reconcile: make(chan struct{}, 1),
-		waiting: map[string]chan dynsecResponseItem{}}
+// New returns a Sync; Run serves it.
+func New(o Options) (*Sync, error) {
+	if o.ID == "" || o.Publish == nil || o.Connected == nil || o.Exists == nil || o.Errors == nil {
+		return nil, errors.New("dynsec: ID, Publish, Connected, Exists and Errors are required")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Sync{o: o, log: o.Logger, ops: make(chan []devices.DeviceChange, dynsecQueue), reconcile: make(chan struct{}, 1),
+		waiting: map[string]chan Response{}}, nil
 }
 
-// changed queues one registry change (a bulk import is one change of up
+// Changed queues one registry change (a bulk import is one change of up
 // to 10,000 devices). Full queue: the change is dropped and logged; a
 // deletion is caught by the next reconcile, a creation or rotation needs
 // the operator to rotate the token again.
-func (d *dynsec) changed(ch devices.Changed) {
+func (d *Sync) Changed(ch devices.Changed) {
 	if len(ch.Devices) == 0 {
 		return
 	}
 	select {
 	case d.ops <- ch.Devices:
 	default:
-		d.c.stats.DynsecErrors.Add(int64(len(ch.Devices)))
-		d.c.log.Error("broker credential sync queue full; rotate these devices' tokens to retry", "devices", len(ch.Devices), "first", ch.Devices[0].ID)
+		d.o.Errors.Add(int64(len(ch.Devices)))
+		d.log.Error("broker credential sync queue full; rotate these devices' tokens to retry", "devices", len(ch.Devices), "first", ch.Devices[0].ID)
 	}
 }
 
-func (d *dynsec) reconcileSoon() {
+// ReconcileSoon asks for a reconcile (after a connect): leftovers of
+// devices deleted while the broker was unreachable are deleted, unbound
+// clients bound.
+func (d *Sync) ReconcileSoon() {
 	select {
 	case d.reconcile <- struct{}{}:
 	default:
 	}
 }
 
-func (d *dynsec) run(ctx context.Context) {
+// Run applies queued changes and reconciles (on request and every five
+// minutes) until ctx ends.
+func (d *Sync) Run(ctx context.Context) {
 	t := time.NewTicker(reconcileEvery)
 	defer t.Stop()
 	for {
@@ -126,7 +175,7 @@ func (d *dynsec) run(ctx context.Context) {
 
 // apply mirrors device changes, dynsecChunk devices per control message,
 // retrying what failed with backoff while the broker is unreachable.
-func (d *dynsec) apply(ctx context.Context, changes []devices.DeviceChange) {
+func (d *Sync) apply(ctx context.Context, changes []devices.DeviceChange) {
 	for len(changes) > 0 {
 		chunk := changes[:min(len(changes), dynsecChunk)]
 		changes = changes[len(chunk):]
@@ -140,10 +189,10 @@ func (d *dynsec) apply(ctx context.Context, changes []devices.DeviceChange) {
 			if ctx.Err() != nil {
 				return // stopping; a deletion is caught by the next start's reconcile
 			}
-			d.c.log.Debug("broker credential sync failed; retrying", "devices", len(chunk), "attempt", attempt, "err", err)
+			d.log.Debug("broker credential sync failed; retrying", "devices", len(chunk), "attempt", attempt, "err", err)
 			if attempt == dynsecAttempts {
-				d.c.stats.DynsecErrors.Add(int64(len(chunk)))
-				d.c.log.Error("broker credential sync failed", "devices", len(chunk), "first", chunk[0].ID, "err", err)
+				d.o.Errors.Add(int64(len(chunk)))
+				d.log.Error("broker credential sync failed", "devices", len(chunk), "first", chunk[0].ID, "err", err)
 				break
 			}
 			select {
@@ -157,7 +206,7 @@ func (d *dynsec) apply(ctx context.Context, changes []devices.DeviceChange) {
 
 // applyChunk sends one chunk's commands and returns the changes that
 // failed, with the first error.
-func (d *dynsec) applyChunk(ctx context.Context, chunk []devices.DeviceChange) ([]devices.DeviceChange, error) {
+func (d *Sync) applyChunk(ctx context.Context, chunk []devices.DeviceChange) ([]devices.DeviceChange, error) {
 	var cmds []map[string]any
 	for _, dc := range chunk {
 		role := DeviceRolePrefix + dc.ID
@@ -174,13 +223,13 @@ func (d *dynsec) applyChunk(ctx context.Context, chunk []devices.DeviceChange) (
 			map[string]any{"command": "createClient", "username": dc.ID, "clientid": dc.ID, "password": dc.Token, "textname": "Fieldhub device",
 				"roles": []map[string]any{{"rolename": role}}})
 	}
-	res, err := d.send(ctx, cmds)
+	res, err := d.Send(ctx, cmds)
 	if err != nil {
 		return chunk, err
 	}
 	var failed, rotated []devices.DeviceChange
 	var firstErr error
-	fail := func(dc devices.DeviceChange, r dynsecResponseItem) {
+	fail := func(dc devices.DeviceChange, r Response) {
 		failed = append(failed, dc)
 		if firstErr == nil {
 			firstErr = fmt.Errorf("%s: %s", r.Command, r.Error)
@@ -225,7 +274,7 @@ func (d *dynsec) applyChunk(ctx context.Context, chunk []devices.DeviceChange) (
 			owner = append(owner, i, i)
 		}
 	}
-	res, err = d.send(ctx, cmds)
+	res, err = d.Send(ctx, cmds)
 	if err != nil {
 		return append(failed, rotated...), err
 	}
@@ -241,28 +290,28 @@ func (d *dynsec) applyChunk(ctx context.Context, chunk []devices.DeviceChange) (
 
 // reconcileNow deletes broker clients of devices the registry no longer
 // has.
-func (d *dynsec) reconcileNow(ctx context.Context) {
-	res, err := d.send(ctx, []map[string]any{{"command": "listRoles", "verbose": false, "count": -1, "offset": 0}})
+func (d *Sync) reconcileNow(ctx context.Context) {
+	res, err := d.Send(ctx, []map[string]any{{"command": "listRoles", "verbose": false, "count": -1, "offset": 0}})
 	if err != nil || res[0].Error != "" {
-		d.c.log.Warn("list broker roles failed", "err", err, "error", res0Error(res))
+		d.log.Warn("list broker roles failed", "err", err, "error", res0Error(res))
 		return
 	}
 	var data struct {
 		Roles []string `json:"roles"`
 	}
 	if err := json.Unmarshal(res[0].Data, &data); err != nil {
-		d.c.log.Warn("list broker roles: unexpected answer", "err", err)
+		d.log.Warn("list broker roles: unexpected answer", "err", err)
 		return
 	}
 	var gone []devices.DeviceChange
 	for _, role := range data.Roles {
 		id, ok := strings.CutPrefix(role, DeviceRolePrefix)
-		if ok && devices.ValidID(id) && !d.c.opts.Registry.Exists(id) {
+		if ok && devices.ValidID(id) && !d.o.Exists(id) {
 			gone = append(gone, devices.DeviceChange{ID: id, Deleted: true})
 		}
 	}
 	if len(gone) > 0 {
-		d.c.log.Info("deleting broker clients of devices no longer registered", "devices", len(gone))
+		d.log.Info("deleting broker clients of devices no longer registered", "devices", len(gone))
 		d.apply(ctx, gone)
 	}
 	d.bindClientIDs(ctx)
@@ -278,10 +327,10 @@ func (d *dynsec) reconcileNow(ctx context.Context) {
 // are touched, never the hub's or an operator's; dynsecChunk clients per
 // control message, dynsecAttempts tries with backoff, then counted in
 // DynsecErrors and logged.
-func (d *dynsec) bindClientIDs(ctx context.Context) {
-	res, err := d.send(ctx, []map[string]any{{"command": "listClients", "verbose": true, "count": -1, "offset": 0}})
+func (d *Sync) bindClientIDs(ctx context.Context) {
+	res, err := d.Send(ctx, []map[string]any{{"command": "listClients", "verbose": true, "count": -1, "offset": 0}})
 	if err != nil || res[0].Error != "" {
-		d.c.log.Warn("list broker clients failed", "err", err, "error", res0Error(res))
+		d.log.Warn("list broker clients failed", "err", err, "error", res0Error(res))
 		return
 	}
 	var data struct {
@@ -294,7 +343,7 @@ func (d *dynsec) bindClientIDs(ctx context.Context) {
 		} `json:"clients"`
 	}
 	if err := json.Unmarshal(res[0].Data, &data, json.RejectUnknownMembers(false)); err != nil {
-		d.c.log.Warn("list broker clients: unexpected answer", "err", err)
+		d.log.Warn("list broker clients: unexpected answer", "err", err)
 		return
 	}
 	var unbound []string
@@ -312,7 +361,7 @@ func (d *dynsec) bindClientIDs(ctx context.Context) {
 	if len(unbound) == 0 {
 		return
 	}
-	d.c.log.Info("binding broker clients to their device id as client id", "devices", len(unbound))
+	d.log.Info("binding broker clients to their device id as client id", "devices", len(unbound))
 	for len(unbound) > 0 {
 		chunk := unbound[:min(len(unbound), dynsecChunk)]
 		unbound = unbound[len(chunk):]
@@ -324,11 +373,11 @@ func (d *dynsec) bindClientIDs(ctx context.Context) {
 				break
 			}
 			if attempt == dynsecAttempts {
-				d.c.stats.DynsecErrors.Add(int64(len(chunk)))
-				d.c.log.Error("binding broker client ids failed", "devices", len(chunk), "first", chunk[0], "err", err)
+				d.o.Errors.Add(int64(len(chunk)))
+				d.log.Error("binding broker client ids failed", "devices", len(chunk), "first", chunk[0], "err", err)
 				break
 			}
-			d.c.log.Debug("binding broker client ids failed; retrying", "devices", len(chunk), "attempt", attempt, "err", err)
+			d.log.Debug("binding broker client ids failed; retrying", "devices", len(chunk), "attempt", attempt, "err", err)
 			select {
 			case <-ctx.Done():
 			case <-time.After(backoff):
@@ -341,12 +390,12 @@ func (d *dynsec) bindClientIDs(ctx context.Context) {
 // bindChunk sends modifyClient with clientid = username for ids and
 // returns those that failed, with the first error. A client deleted
 // meanwhile needs nothing.
-func (d *dynsec) bindChunk(ctx context.Context, ids []string) ([]string, error) {
+func (d *Sync) bindChunk(ctx context.Context, ids []string) ([]string, error) {
 	cmds := make([]map[string]any, len(ids))
 	for i, id := range ids {
 		cmds[i] = map[string]any{"command": "modifyClient", "username": id, "clientid": id}
 	}
-	res, err := d.send(ctx, cmds)
+	res, err := d.Send(ctx, cmds)
 	if err != nil {
 		return ids, err
 	}
@@ -363,25 +412,26 @@ func (d *dynsec) bindChunk(ctx context.Context, ids []string) ([]string, error) 
 	return failed, firstErr
 }
 
-func res0Error(res []dynsecResponseItem) string {
+func res0Error(res []Response) string {
 	if len(res) > 0 {
 		return res[0].Error
 	}
 	return ""
 }
 
-// send publishes commands in one message and waits for their answers.
-func (d *dynsec) send(ctx context.Context, cmds []map[string]any) ([]dynsecResponseItem, error) {
-	if !d.c.connected.Load() {
-		return nil, fmt.Errorf("not connected to the broker")
+// Send publishes commands in one message and waits for their answers,
+// one per command in order.
+func (d *Sync) Send(ctx context.Context, cmds []map[string]any) ([]Response, error) {
+	if !d.o.Connected() {
+		return nil, errors.New("not connected to the broker")
 	}
-	chans := make([]chan dynsecResponseItem, len(cmds))
+	chans := make([]chan Response, len(cmds))
 	keys := make([]string, len(cmds))
 	d.mu.Lock()
 	for i, cmd := range cmds {
-		keys[i] = d.c.opts.ClientID + "-" + strconv.FormatUint(d.seq.Add(1), 10)
+		keys[i] = d.o.ID + "-" + strconv.FormatUint(d.seq.Add(1), 10)
 		cmd["correlationData"] = keys[i]
-		chans[i] = make(chan dynsecResponseItem, 1)
+		chans[i] = make(chan Response, 1)
 		d.waiting[keys[i]] = chans[i]
 	}
 	d.mu.Unlock()
@@ -396,29 +446,25 @@ func (d *dynsec) send(ctx context.Context, cmds []map[string]any) ([]dynsecRespo
 	if err != nil {
 		return nil, fmt.Errorf("encode dynamic-security command: %w", err)
 	}
-	tok := d.c.client.Publish(dynsecTopic, 1, false, b)
 	// Mosquitto's plugin rewrites its whole configuration file after each
 	// change, so a message of many commands takes a while on a large fleet.
-	deadline := time.NewTimer(dynsecTimeout + time.Duration(len(cmds))*50*time.Millisecond)
-	defer deadline.Stop()
-	select {
-	case <-tok.Done():
-		if tok.Error() != nil {
-			return nil, fmt.Errorf("publish dynamic-security command: %w", tok.Error())
+	wctx, cancel := context.WithTimeout(ctx, dynsecTimeout+time.Duration(len(cmds))*50*time.Millisecond)
+	defer cancel()
+	if err := d.o.Publish(wctx, b); err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
 		}
-	case <-deadline.C:
-		return nil, fmt.Errorf("publish dynamic-security command: timed out")
-	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, fmt.Errorf("publish dynamic-security command: %w", err)
 	}
-	out := make([]dynsecResponseItem, len(cmds))
+	out := make([]Response, len(cmds))
 	for i, ch := range chans {
 		select {
 		case out[i] = <-ch:
-		case <-deadline.C:
+		case <-wctx.Done():
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
 			return nil, fmt.Errorf("dynamic-security %s: no answer in time (is the plugin loaded and the hub's client allowed $CONTROL/dynamic-security/#?)", cmds[i]["command"])
-		case <-ctx.Done():
-			return nil, ctx.Err()
 		}
 	}
 	return out, nil
@@ -428,12 +474,14 @@ func (d *dynsec) send(ctx context.Context, cmds []map[string]any) ([]dynsecRespo
 // fleet is the biggest).
 const maxDynsecResponse = 16 << 20
 
-func (d *dynsec) onResponse(payload []byte) {
+// OnResponse takes a message from ResponseTopic: the answers to this
+// instance's commands are handed to their waiting Send.
+func (d *Sync) OnResponse(payload []byte) {
 	if len(payload) > maxDynsecResponse {
 		return
 	}
 	var resp struct {
-		Responses []dynsecResponseItem `json:"responses"`
+		Responses []Response `json:"responses"`
 	}
 	if err := json.Unmarshal(payload, &resp, json.RejectUnknownMembers(false)); err != nil {
 		return
