@@ -70,7 +70,9 @@ type Server struct {
 	authn        *operator.Auth
 	conns        hijack.Conns[*live.Subscriber] // live streams (/ws/live and SSE), for Shutdown
 	stopOnce     sync.Once
-	stopLive     chan struct{} // closed by Shutdown, after conns.Close: streams end on it
+	stopLive     chan struct{} // closed by Shutdown, after conns.Close: /ws/live sockets end on it
+	sseOnce      sync.Once
+	stopSSE      chan struct{} // closed by EndSSE (and so by Shutdown): SSE streams end on it, new ones are refused
 	liveRefusals logLimiter    // refused live connections, for the log
 }
 
@@ -99,7 +101,7 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dashboard: %w", err)
 	}
-	s := &Server{opts: opts, log: opts.Logger, authn: authn, stopLive: make(chan struct{})}
+	s := &Server{opts: opts, log: opts.Logger, authn: authn, stopLive: make(chan struct{}), stopSSE: make(chan struct{})}
 	s.upgrader = websocket.Upgrader{
 		HandshakeTimeout: 10 * time.Second,
 		ReadBufferSize:   1024,
@@ -112,13 +114,25 @@ func New(opts Options) (*Server, error) {
 }
 
 // Shutdown closes every live connection (WebSocket close 1001, SSE
-// stream end) and waits for their handlers; net/http does not close
-// hijacked connections. Streams admitted after it are refused 503.
+// stream end: EndSSE) and waits for their handlers; net/http does not
+// close hijacked connections. Streams admitted after it are refused 503.
+// It may be called more than once, and after EndSSE.
 func (s *Server) Shutdown() {
-	s.conns.Close() // refuses new streams; the open ones end on stopLive
+	s.EndSSE()
+	s.conns.Close() // refuses new streams; the open sockets end on stopLive, the SSE streams on stopSSE
 	s.stopOnce.Do(func() { close(s.stopLive) })
 	s.conns.Wait()
 }
+
+// EndSSE ends every SSE stream (GET /api/v1/live) at once and refuses new
+// ones with 503; it does not wait for their handlers (Shutdown does). An
+// SSE stream is a plain HTTP response that never ends by itself, and
+// http.Server.Shutdown waits for every running response: the hub calls
+// EndSSE as its HTTP server's Shutdown begins (RegisterOnShutdown), so an
+// open dashboard cannot hold the shutdown. The /ws/live sockets, hijacked
+// and so not waited for by net/http, stay open until Shutdown. Safe to
+// call more than once and from any goroutine.
+func (s *Server) EndSSE() { s.sseOnce.Do(func() { close(s.stopSSE) }) }
 
 // Register adds the API's routes to mux.
 func (s *Server) Register(mux *http.ServeMux) {

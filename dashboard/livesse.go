@@ -24,6 +24,12 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusForbidden, "forbidden", "Origin not allowed")
 		return
 	}
+	select {
+	case <-s.stopSSE: // the hub is stopping (EndSSE): as openLive answers once Shutdown ran
+		writeErr(w, http.StatusServiceUnavailable, "unavailable", "shutting down")
+		return
+	default:
+	}
 	q := r.URL.Query()
 	sub := s.opts.Live.NewSubscriber(operator.From(r.Context()))
 	var devs []string
@@ -85,7 +91,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 		}
 		select {
 		case <-r.Context().Done():
-		case <-s.stopLive:
+		case <-s.stopSSE:
 		default:
 			return false
 		}
@@ -115,7 +121,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 		case <-watchStop:
 			return
 		case <-r.Context().Done():
-		case <-s.stopLive:
+		case <-s.stopSSE:
 		case <-sub.Revoked():
 		}
 		cutMu.Lock()
@@ -220,7 +226,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-r.Context().Done():
 			return
-		case <-s.stopLive:
+		case <-s.stopSSE:
 			return
 		case <-sub.Kicked():
 			s.logSlow(sub, "sse", s.authn.ClientAddr(r), "behind")

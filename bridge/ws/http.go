@@ -3,6 +3,7 @@ package ws
 import (
 	"compress/flate"
 	"compress/gzip"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -123,9 +124,27 @@ const maxPollWait = 60 * time.Second
 
 // ServeNextCommand is GET /api/v1/commands/next?wait=30s: a device without
 // a socket long-polls for its next command. 200 with the command frame
-// (the command is then "sent"), 204 when none came within the wait, 401
-// when the token stopped working meanwhile (nothing is handed out then).
+// (the command is then "sent"), 204 when none came within the wait (or
+// the poll was ended early, NextCommandUntil), 401 when the token stopped
+// working meanwhile (nothing is handed out then).
 func (h *Handler) ServeNextCommand(w http.ResponseWriter, r *http.Request) {
+	h.serveNextCommand(w, r, nil)
+}
+
+// NextCommandUntil is ServeNextCommand whose waiting polls end when stop
+// is closed: each answers 204 at once ("no command", as when its wait
+// ran out; the device polls again, elsewhere or after the restart).
+// http.Server.Shutdown waits for every running request, and a poll may
+// wait 60 s: the hub closes stop as its HTTP server's Shutdown begins, so
+// polls cannot hold the shutdown. Only the poll's wait ends; the request's
+// own context is left alone.
+func (h *Handler) NextCommandUntil(stop <-chan struct{}) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.serveNextCommand(w, r, stop) })
+}
+
+// serveNextCommand is ServeNextCommand; a nil stop never ends the wait
+// early.
+func (h *Handler) serveNextCommand(w http.ResponseWriter, r *http.Request, stop <-chan struct{}) {
 	id, hash, ok := h.authenticate(w, r)
 	if !ok {
 		return
@@ -139,8 +158,22 @@ func (h *Handler) ServeNextCommand(w http.ResponseWriter, r *http.Request) {
 		}
 		wait = d
 	}
+	ctx, cancel := context.WithCancel(r.Context())
+	if stop != nil {
+		watched := make(chan struct{})
+		go func() { // owner: this request; ends when stop closes or the poll is over (cancel below); waited below
+			defer close(watched)
+			select {
+			case <-stop:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		defer func() { <-watched }()
+	}
+	defer cancel() // runs before the wait above: it ends the watcher
 	h.opts.Bridge.Touch(id)
-	cmd, ok, err := h.opts.Commands.NextCommand(r.Context(), id, hash, wait)
+	cmd, ok, err := h.opts.Commands.NextCommand(ctx, id, hash, wait)
 	if errors.Is(err, commands.ErrRevoked) {
 		// The token changed during the poll: the poll ends like a request
 		// made with it now would.
@@ -149,6 +182,9 @@ func (h *Handler) ServeNextCommand(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !ok {
+		if ctx.Err() != nil && r.Context().Err() == nil {
+			h.log.Debug("device long poll ended", "device", id, "reason", "server_shutdown")
+		}
 		w.WriteHeader(http.StatusNoContent)
 		return
 	}

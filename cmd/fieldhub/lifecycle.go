@@ -17,12 +17,20 @@ import (
 //     cancelled at its turn in the shutdown (not before: a later component
 //     may still need it while stopping). An error from Run shuts the hub down.
 //   - Stop runs at the component's turn in the shutdown, before its Run
-//     context is cancelled, with the shutdown deadline.
+//     context is cancelled, with the component's deadline (stopAll).
+//
+// Reserve is the part of the shutdown timeout held back for this
+// component: every component stopped before it must be done that long
+// before the overall deadline, so a component that overruns (a Stop that
+// waits out its context) cannot use up the time of a later one. Its own
+// deadline is the overall one less what the components stopped after it
+// reserve. Zero reserves nothing.
 type component struct {
-	Name  string
-	Start func(ctx context.Context) error
-	Run   func(ctx context.Context) error
-	Stop  func(ctx context.Context)
+	Name    string
+	Start   func(ctx context.Context) error
+	Run     func(ctx context.Context) error
+	Stop    func(ctx context.Context)
+	Reserve time.Duration
 }
 
 // lifecycle starts components in order and stops them in reverse, by one
@@ -95,25 +103,44 @@ func (lc *lifecycle) run(ctx context.Context, comps []component, ready func()) e
 }
 
 // stopAll stops the started components in reverse order: Stop, then
-// cancel Run and wait for it, one at a time, within the shutdown deadline
-// (a component that overruns it is logged and no longer waited for).
+// cancel Run and wait for it, one at a time. The whole shutdown ends by
+// one deadline, shutdownTimeout from now; each component's own deadline is
+// that one less the Reserve of every component stopped after it, so what
+// a later component reserved is never spent before its turn. A component
+// that overruns its deadline is logged and no longer waited for here; a
+// component whose turn comes after its deadline (the sum of reserves
+// exceeds the timeout) is logged, and still stopped.
 func (lc *lifecycle) stopAll(up []started) {
 	if lc.onShutdown != nil {
 		lc.onShutdown()
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), lc.shutdownTimeout)
-	defer cancel()
+	end := time.Now().Add(lc.shutdownTimeout)
+	// later[i] is what the components stopped after up[i] (up[:i]) hold back.
+	later := make([]time.Duration, len(up))
+	for i := 1; i < len(up); i++ {
+		later[i] = later[i-1] + up[i-1].c.Reserve
+	}
 	for i := len(up) - 1; i >= 0; i-- {
 		s := up[i]
+		ctx, cancel := context.WithDeadline(context.Background(), end.Add(-later[i]))
+		if ctx.Err() != nil {
+			lc.log.Warn("component stopping after its shutdown deadline", "component", s.c.Name)
+		}
 		if s.c.Stop != nil {
 			s.c.Stop(ctx)
 		}
 		s.cancel()
 		select {
-		case <-s.done:
+		case <-s.done: // looked at first: a component that stopped at its deadline still stopped
 			lc.log.Debug("component stopped", "component", s.c.Name)
-		case <-ctx.Done():
-			lc.log.Warn("component did not stop within the shutdown timeout", "component", s.c.Name)
+		default:
+			select {
+			case <-s.done:
+				lc.log.Debug("component stopped", "component", s.c.Name)
+			case <-ctx.Done():
+				lc.log.Warn("component did not stop within the shutdown timeout", "component", s.c.Name)
+			}
 		}
+		cancel()
 	}
 }

@@ -255,10 +255,14 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if broker != nil && cfg.MQTTWSPath != "" {
 		mqttWS = http.HandlerFunc(broker.ServeWebSocket)
 	}
+	// Closed as the HTTP server's Shutdown begins (RegisterOnShutdown
+	// below): the long polls waiting then answer 204 at once.
+	pollsEnd, endPolls := context.WithCancel(context.Background())
+	defer endPolls()
 	routes := []route{
 		{"GET /ws/device", deviceWS},
 		{"POST /api/v1/telemetry", http.HandlerFunc(deviceWS.ServeTelemetry)},
-		{"GET /api/v1/commands/next", http.HandlerFunc(deviceWS.ServeNextCommand)},
+		{"GET /api/v1/commands/next", deviceWS.NextCommandUntil(pollsEnd.Done())},
 		{"POST /api/v1/commands/{id}/result", http.HandlerFunc(deviceWS.ServeCommandResult)},
 		{"POST /api/v1/mqtt/auth", mqttAuth},
 		{"POST /api/v1/mqtt/acl", mqttACL},
@@ -298,6 +302,18 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 
+	// srv.Shutdown waits for every running request, and two kinds never
+	// end by themselves: a device's command long poll (up to 60 s) and an
+	// operator's SSE stream. As Shutdown begins (after it closed the
+	// listeners), both are ended, so they cannot hold the "http server"
+	// stop, and with it the shutdown deadline, from the components after
+	// it: the polls answer 204 ("no command"), the SSE streams end
+	// (EventSource reconnects). In-flight telemetry and other requests
+	// are not cut: they finish within the deadline as before. The
+	// /ws/live and device sockets, hijacked, close at their own turn.
+	srv.RegisterOnShutdown(endPolls)
+	srv.RegisterOnShutdown(api.EndSSE)
+
 	httpServe := srv.Serve // TLS or not is decided here, once
 	if tlsCfg != nil {
 		httpServe = func(ln net.Listener) error { return srv.ServeTLS(ln, "", "") }
@@ -315,7 +331,10 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		// Drain what is spooled while the shutdown deadline allows, with
 		// the writer still running; what is left is replayed at the next
 		// start.
-		{Name: "spool drain", Stop: func(ctx context.Context) { drainSpool(ctx, sp) }},
+		// It reserves half the shutdown timeout: the components stopped
+		// before it must be done by then, so one that overruns cannot
+		// leave the drain an expired deadline.
+		{Name: "spool drain", Stop: func(ctx context.Context) { drainSpool(ctx, sp) }, Reserve: cfg.ShutdownTimeout / 2},
 		// last_seen flushes on an interval and once more when Run ends.
 		{Name: "registry", Run: reg.Run},
 		{Name: "commands", Run: cmds.Run},
