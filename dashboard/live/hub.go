@@ -107,7 +107,7 @@ type Hub struct {
 	replay   []*Event                     // ring
 	replayAt int
 
-	subscribers, filterDevices                     atomic.Int64 // published by the hub goroutine
+	subscribers                                    atomic.Int64 // published by the hub goroutine
 	sent, coalesced, slowDisconnects, inputDropped atomic.Int64
 	refusedFull, refusedPerCredential              atomic.Int64
 	dropLogNext                                    atomic.Int64
