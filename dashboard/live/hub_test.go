@@ -588,3 +588,23 @@ func TestEmptyTakeIsNotBusy(t *testing.T) {
 		t.Fatal("a writer that took nothing was judged slow")
 	}
 }
+
+// TestRemoveForgetsEmptyCredential: a credential whose last client left
+// holds no entry in the per-credential count (tokens come and go; the
+// map does not grow with every token ever seen).
+func TestRemoveForgetsEmptyCredential(t *testing.T) {
+	h := running(t, Options{})
+	a1, a2 := added(t, h, "a", "s1"), added(t, h, "a", "s2")
+	entries := func() (n int) {
+		h.do(func() { n = len(h.perPrincipal) })
+		return n
+	}
+	h.Remove(a1)
+	if n := entries(); n != 1 {
+		t.Fatalf("%d credentials counted with one client left, want 1", n)
+	}
+	h.Remove(a2)
+	if n := entries(); n != 0 {
+		t.Errorf("%d credentials counted after the last client left, want 0", n)
+	}
+}

@@ -241,3 +241,176 @@ func TestForgetInOrderWithInput(t *testing.T) {
 		t.Error("Forget returned before it was applied")
 	}
 }
+
+// TestPublishBatchSplitsOnlyAroundReadings: a message's state events
+// split its readings into batches, and only non-empty runs of readings
+// take a slot of the readings' input (InputLen counts batches).
+func TestPublishBatchSplitsOnlyAroundReadings(t *testing.T) {
+	r := func(ts int64) telemetry.Event { return reading("d1", ts, "a", 1.0) }
+	for _, tc := range []struct {
+		name    string
+		evs     []telemetry.Event
+		batches int
+		state   int
+	}{
+		{"state only", []telemetry.Event{presence("d1", 1)}, 0, 1},
+		{"state first", []telemetry.Event{presence("d1", 1), r(2)}, 1, 1},
+		{"state last", []telemetry.Event{r(1), presence("d1", 2)}, 1, 1},
+		{"state in the middle", []telemetry.Event{r(1), offline("d1", 2), r(3)}, 2, 1},
+		{"two states together", []telemetry.Event{r(1), offline("d1", 2), presence("d1", 3), r(4)}, 2, 2},
+		{"readings only", []telemetry.Event{r(1), r(2)}, 1, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := New(Options{}) // not running
+			h.PublishBatch(tc.evs)
+			if len(h.in) != tc.batches || h.stateWaiting() != tc.state {
+				t.Errorf("%d batches, %d state events queued; want %d, %d", len(h.in), h.stateWaiting(), tc.batches, tc.state)
+			}
+		})
+	}
+}
+
+// TestInputEventBudgetTable: InputEvents is the most readings that may
+// wait: a batch that reaches it exactly is taken, one past it dropped;
+// a batch dropped because the channel is full (InputLen) gives its
+// budget back.
+func TestInputEventBudgetTable(t *testing.T) {
+	msg := func(n int) []telemetry.Event {
+		evs := make([]telemetry.Event, n)
+		for i := range evs {
+			evs[i] = reading("d1", int64(i), "a", 1.0)
+		}
+		return evs
+	}
+	for _, tc := range []struct {
+		name            string
+		opts            Options
+		sizes           []int
+		dropped, queued int64
+		batches         int
+	}{
+		{"exactly the budget", Options{InputEvents: 10}, []int{10}, 0, 10, 1},
+		{"one past the budget", Options{InputEvents: 10}, []int{11}, 11, 0, 0},
+		{"fills the budget in two", Options{InputEvents: 10}, []int{4, 6, 1}, 1, 10, 2},
+		{"channel full gives the budget back", Options{InputLen: 1, InputEvents: 100}, []int{3, 5}, 5, 3, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := New(tc.opts) // not running
+			for _, n := range tc.sizes {
+				h.PublishBatch(msg(n))
+			}
+			if d, q := h.inputDropped.Load(), h.queued.Load(); d != tc.dropped || q != tc.queued || len(h.in) != tc.batches {
+				t.Errorf("dropped %d, queued %d readings in %d batches; want %d, %d in %d", d, q, len(h.in), tc.dropped, tc.queued, tc.batches)
+			}
+		})
+	}
+}
+
+// TestRoundGivesBackFirstBatchBudget: the batch the hub goroutine
+// received before its round (round's first) leaves the event budget too.
+func TestRoundGivesBackFirstBatchBudget(t *testing.T) {
+	h := New(Options{})
+	s := following(h)
+	h.PublishBatch([]telemetry.Event{reading("d1", 1, "a", 1.0), reading("d1", 2, "a", 1.0)})
+	h.PublishBatch([]telemetry.Event{reading("d1", 3, "a", 1.0)})
+	b := <-h.in
+	h.round(&b)
+	if q := h.queued.Load(); q != 0 {
+		t.Errorf("%d readings counted as queued after the round took them all", q)
+	}
+	if got := fmt.Sprint(describe(s.Take(nil))); got != "[reading:d1:1 reading:d1:2 reading:d1:3]" {
+		t.Errorf("delivered %s", got)
+	}
+}
+
+// TestStateCoalesceThreshold: the state input is coalesced only once it
+// holds more than stateKept events, and after that only once it doubles
+// what coalescing left (a flood over many keys does not coalesce on
+// every event).
+func TestStateCoalesceThreshold(t *testing.T) {
+	t.Run("not at the bound", func(t *testing.T) {
+		h := New(Options{})
+		for i := range stateKept {
+			h.Publish(presence("d1", int64(i)))
+		}
+		if n := h.stateWaiting(); n != stateKept {
+			t.Errorf("%d state events wait, want all %d (not past the bound)", n, stateKept)
+		}
+		h.Publish(presence("d1", stateKept))
+		if n := h.stateWaiting(); n != 1 {
+			t.Errorf("%d state events wait past the bound, want the one latest", n)
+		}
+	})
+	t.Run("threshold doubles from what is left", func(t *testing.T) {
+		h := New(Options{})
+		const keys = 3000 // coalescing leaves these, 2*keys > stateKept
+		for i := range stateKept + 1 {
+			h.Publish(presence(fmt.Sprintf("d%d", i%keys), int64(i)))
+		}
+		if n := h.stateWaiting(); n != keys {
+			t.Fatalf("%d state events wait after coalescing, want %d", n, keys)
+		}
+		for i := range 2*keys - keys { // up to the doubled threshold, not past it
+			h.Publish(presence("d0", int64(stateKept+1+i)))
+		}
+		if n := h.stateWaiting(); n != 2*keys {
+			t.Errorf("%d state events wait, want %d: coalesced before the doubled threshold", n, 2*keys)
+		}
+	})
+}
+
+// TestCutRoundWithEmptyInputAppliesState: a round that stopped at
+// exactly gatherMax readings with nothing left waiting applies the state
+// events after them at once (nothing is left for them to overtake).
+func TestCutRoundWithEmptyInputAppliesState(t *testing.T) {
+	h := New(Options{})
+	s := following(h)
+	for i := range gatherMax {
+		h.Publish(reading("d1", int64(i), "a", 1.0))
+	}
+	h.Publish(offline("d1", 99999))
+	h.round(nil)
+	got := describe(s.Take(nil))
+	if n := h.stateWaiting(); n != 0 || len(got) != gatherMax+1 || got[gatherMax] != "presence:d1:false:99999" {
+		t.Fatalf("%d state events wait, delivered %d ending %v; want all %d readings then the offline", n, len(got), got[len(got)-1:], gatherMax)
+	}
+}
+
+// TestCutRoundKeepsStateUncoalescedWithinBound: state events a cut round
+// puts back are coalesced only past stateKept, like the input itself: a
+// device's online then offline both reach the dashboards.
+func TestCutRoundKeepsStateUncoalescedWithinBound(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		state int // state events for d1 published after the readings
+	}{
+		{"two", 2},
+		{"exactly the bound", stateKept},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := New(Options{})
+			s := following(h)
+			for i := range gatherMax + 10 {
+				h.Publish(reading("d1", int64(i), "a", 1.0))
+			}
+			for i := range tc.state {
+				ev := presence("d1", int64(100000+i))
+				on := i%2 == 0
+				ev.Online = &on
+				h.Publish(ev)
+			}
+			h.round(nil)
+			s.Take(nil)
+			if n := h.stateWaiting(); n != tc.state {
+				t.Fatalf("%d state events wait after the cut round, want all %d", n, tc.state)
+			}
+			if tc.state > 2*h.opts.QueueLen {
+				return // more than one subscriber's queue holds
+			}
+			h.round(nil)
+			if got := s.Take(nil); len(got) != 10+tc.state {
+				t.Errorf("second round delivered %d events, want 10 readings and %d state events", len(got), tc.state)
+			}
+		})
+	}
+}
