@@ -292,6 +292,9 @@ func TestSchemaRefusedMessageClaimsNothing(t *testing.T) {
 				if n != 2 {
 					t.Errorf("d1 has %d names in memory, want 2 (keep, a)", n)
 				}
+				if got := br.Stats().SchemaReleaseFailed.Load(); got != 0 {
+					t.Errorf("a release that succeeded counted %d release failures", got)
+				}
 				if typ, _ := br.FieldType("keep"); typ != FieldNumber {
 					t.Errorf("keep, claimed before the refused message, is %q", typ)
 				}
@@ -330,5 +333,125 @@ func TestSchemaMaybeStoredMessageKeepsClaims(t *testing.T) {
 	rs.set(nil)
 	if _, e := br.Ingest(ctx, br.Ephemeral("d2", devices.TransportHTTP, "test"), []byte(`{"metrics":{"temp":21}}`)); e == nil {
 		t.Error("temp:21 acknowledged although temp:\"hot\" may be stored")
+	}
+}
+
+// TestSchemaErrorMessage: a refusal's message names the first field in
+// path order and says how many more there are, only when there are more.
+func TestSchemaErrorMessage(t *testing.T) {
+	br := newSchemaBridge(t, nil, map[string]string{"temp": FieldNumber, "on": FieldBool, "state": FieldString})
+	for _, tc := range []struct{ name, msg, want string }{
+		{"one conflict", `{"metrics":{"temp":"hot"}}`, "metrics.temp: is a number on this hub, got a string"},
+		{"two conflicts", `{"metrics":{"temp":"hot","on":1}}`, "metrics.on: is a boolean on this hub, got a number (and 1 more)"},
+		{"three conflicts", `{"metrics":{"temp":"hot","on":1,"state":true}}`, "metrics.on: is a boolean on this hub, got a number (and 2 more)"},
+	} {
+		_, e := br.Ingest(context.Background(), br.Ephemeral("d1", devices.TransportHTTP, "test"), []byte(tc.msg))
+		if e == nil || e.Message != tc.want {
+			t.Errorf("%s: got %v, want %q", tc.name, e, tc.want)
+		}
+	}
+}
+
+// TestSchemaKnownFieldsClaimedInStore: the types InfluxDB already holds
+// are known in memory from the start and claimed in the store, so that
+// another instance on the same store knows them without being told.
+func TestSchemaKnownFieldsClaimedInStore(t *testing.T) {
+	store, err := devices.OpenBolt(filepath.Join(t.TempDir(), "registry.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	br := newSchemaBridge(t, store, map[string]string{"legacy": FieldInteger})
+	if typ, ok := br.FieldType("legacy"); !ok || typ != FieldInteger {
+		t.Errorf("known field legacy in memory: %q %v, want integer", typ, ok)
+	}
+	sc, err := store.LoadSchema(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sc.Fields["legacy"] != FieldInteger {
+		t.Errorf("stored fields %v, want legacy integer", sc.Fields)
+	}
+	if typ, ok := newSchemaBridge(t, store, nil).FieldType("legacy"); !ok || typ != FieldInteger {
+		t.Errorf("another instance sees legacy as %q %v, want integer", typ, ok)
+	}
+}
+
+// TestSchemaDeviceBoundCountsFleetNames: names the fleet already sends
+// still count towards each device's bound when a device first uses them.
+func TestSchemaDeviceBoundCountsFleetNames(t *testing.T) {
+	for _, persisted := range []bool{false, true} {
+		t.Run(fmt.Sprintf("store=%v", persisted), func(t *testing.T) {
+			var store SchemaStore
+			if persisted {
+				bolt, err := devices.OpenBolt(filepath.Join(t.TempDir(), "registry.db"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer bolt.Close()
+				store = bolt
+			}
+			br := newSchemaBridge(t, store, nil) // 4 per device, 6 in all
+			for _, st := range []struct{ device, msg, want string }{
+				{"d1", `{"metrics":{"a":1,"b":2,"c":3,"d":4}}`, ""},
+				{"d2", `{"metrics":{"a":1,"b":2,"c":3,"d":4}}`, ""},
+				{"d2", `{"metrics":{"e":5}}`, "metrics.e: a device may send at most 4 distinct metric names"},
+			} {
+				_, e := br.Ingest(context.Background(), br.Ephemeral(st.device, devices.TransportHTTP, "test"), []byte(st.msg))
+				if (st.want == "") != (e == nil) || (e != nil && !strings.HasPrefix(e.Message, st.want)) {
+					t.Errorf("%s %s: %v, want %q", st.device, st.msg, e, st.want)
+				}
+			}
+		})
+	}
+}
+
+// TestSchemaRefusedMessageReleasesDeviceNames: a refused message that
+// claimed no type (its names are known to the fleet) still gives back the
+// names it added to its device.
+func TestSchemaRefusedMessageReleasesDeviceNames(t *testing.T) {
+	for _, persisted := range []bool{false, true} {
+		t.Run(fmt.Sprintf("store=%v", persisted), func(t *testing.T) {
+			ctx := context.Background()
+			var store SchemaStore
+			var bolt *devices.BoltStore
+			if persisted {
+				var err error
+				bolt, err = devices.OpenBolt(filepath.Join(t.TempDir(), "registry.db"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer bolt.Close()
+				store = bolt
+			}
+			rs := &refusingStore{}
+			br, err := New(Options{Codec: telemetry.NewCodec(telemetry.Limits{}, nil), Store: rs, Devices: registryStub{},
+				RatePerSec: 1e9, Burst: 1e9, Schema: store, MaxMetricsPerDevice: 3, MaxMetricNames: 3})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, e := br.Ingest(ctx, br.Ephemeral("d1", devices.TransportHTTP, "test"), []byte(`{"metrics":{"a":1,"b":2}}`)); e != nil {
+				t.Fatal(e)
+			}
+			rs.set(spool.ErrFull)
+			if _, e := br.Ingest(ctx, br.Ephemeral("d2", devices.TransportHTTP, "test"), []byte(`{"metrics":{"a":1,"b":2}}`)); e == nil {
+				t.Fatal("refused append acked")
+			}
+			br.mu.Lock()
+			n := len(*br.deviceLocked("d2").names.Load())
+			br.mu.Unlock()
+			if n != 0 {
+				t.Errorf("d2 kept %d names of a refused message in memory, want 0", n)
+			}
+			if bolt != nil {
+				sc, err := bolt.LoadSchema(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := sc.DeviceMetrics["d2"]; len(got) != 0 {
+					t.Errorf("stored names of d2 %v, want none", got)
+				}
+			}
+		})
 	}
 }
