@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -322,5 +323,54 @@ func TestReadingsFanOutAsOneBatch(t *testing.T) {
 	}
 	if len(live.evs) != 1 || live.evs[0].Type != telemetry.EventPresence {
 		t.Fatalf("Publish got %+v, want only the presence event", live.evs)
+	}
+}
+
+// TestConnectedGauge: the connected gauge of a transport counts the open
+// sessions: up on connect, back down on disconnect.
+func TestConnectedGauge(t *testing.T) {
+	b := newTestBridge(t, Options{})
+	gauge := func() int64 { return b.Stats().Connected[devices.TransportWS].Load() }
+	s1 := b.Connect("d1", devices.TransportWS, "test", devices.TokenHash{}, &nopConn{})
+	s2 := b.Connect("d2", devices.TransportWS, "test", devices.TokenHash{}, &nopConn{})
+	for _, st := range []struct {
+		name string
+		step func()
+		want int64
+	}{
+		{"two connected", func() {}, 2},
+		{"one disconnected", func() { b.Disconnect(s1, ReasonClientClosed) }, 1},
+		{"both disconnected", func() { b.Disconnect(s2, ReasonNetworkError) }, 0},
+	} {
+		st.step()
+		if got := gauge(); got != st.want {
+			t.Errorf("%s: connected gauge %d, want %d", st.name, got, st.want)
+		}
+	}
+}
+
+// TestDefaultRate: a RatePerSec of zero means the default rate (50/s), not
+// a bucket that never refills: once the burst is spent, a message is
+// accepted again within a second.
+func TestDefaultRate(t *testing.T) {
+	b := newTestBridge(t, Options{RatePerSec: 0, Burst: 1})
+	ctx := context.Background()
+	s := b.Ephemeral("d1", devices.TransportHTTP, "test")
+	if _, e := b.Ingest(ctx, s, []byte(okMsg)); e != nil {
+		t.Fatalf("first message refused: %v", e)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		_, e := b.Ingest(ctx, s, []byte(okMsg))
+		if e == nil {
+			return
+		}
+		if e.Code != telemetry.CodeRateLimited {
+			t.Fatalf("refused with %v, want rate_limited while waiting", e)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no message accepted within 2s after the burst: the bucket does not refill")
+		}
+		runtime.Gosched()
 	}
 }
