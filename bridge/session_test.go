@@ -374,3 +374,41 @@ func TestDefaultRate(t *testing.T) {
 		runtime.Gosched()
 	}
 }
+
+// TestReadingTimestamps: a reading sent with ts keeps it; one sent
+// without gets the hub's receive time, in milliseconds, in what fans out.
+func TestReadingTimestamps(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		fixed int64 // the ts sent, 0: none
+	}{
+		{"no ts: hub time", 0},
+		{"ts sent: kept", time.Now().Add(-time.Hour).UnixMilli()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			live := &liveLog{}
+			b := newTestBridge(t, Options{Fanout: live})
+			msg := []byte(`{"metrics":{"a":1}}`)
+			if tc.fixed != 0 {
+				msg = fmt.Appendf(nil, `{"ts":%d,"metrics":{"a":1}}`, tc.fixed)
+			}
+			before := time.Now().UnixMilli()
+			if _, e := b.Ingest(context.Background(), b.Ephemeral("d1", devices.TransportHTTP, "t"), msg); e != nil {
+				t.Fatal(e)
+			}
+			after := time.Now().UnixMilli()
+			live.mu.Lock()
+			defer live.mu.Unlock()
+			if len(live.evs) != 1 {
+				t.Fatalf("%d events, want 1", len(live.evs))
+			}
+			ts := live.evs[0].TS
+			switch {
+			case tc.fixed != 0 && ts != tc.fixed:
+				t.Errorf("ts %d, want the sent %d", ts, tc.fixed)
+			case tc.fixed == 0 && (ts < before || ts > after):
+				t.Errorf("ts %d, want the hub's time in ms, in [%d, %d]", ts, before, after)
+			}
+		})
+	}
+}
