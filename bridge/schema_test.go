@@ -455,3 +455,41 @@ func TestSchemaRefusedMessageReleasesDeviceNames(t *testing.T) {
 		})
 	}
 }
+
+// TestSchemaLoweredBoundsKeepKnownNames: bounds lowered at a restart
+// refuse new names only: a device already past the per-device bound may
+// still send the names it has, and another device may take up names the
+// fleet already stores although the fleet is past its bound.
+func TestSchemaLoweredBoundsKeepKnownNames(t *testing.T) {
+	store, err := devices.OpenBolt(filepath.Join(t.TempDir(), "registry.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	ctx := context.Background()
+	br := newSchemaBridge(t, store, nil) // 4 per device, 6 in all
+	if _, e := br.Ingest(ctx, br.Ephemeral("d1", devices.TransportHTTP, "test"), []byte(`{"metrics":{"a":1,"b":2,"c":3,"d":4}}`)); e != nil {
+		t.Fatal(e)
+	}
+	sp, err := spool.Open(spool.Options{Dir: filepath.Join(t.TempDir(), "spool"), MaxBytes: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	br2, err := New(Options{Codec: telemetry.NewCodec(telemetry.Limits{}, nil), Store: sp, Devices: registryStub{},
+		RatePerSec: 1e9, Burst: 1e9, Schema: store, MaxMetricsPerDevice: 2, MaxMetricNames: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range []struct{ name, device, msg, want string }{
+		{"device past its bound, known names", "d1", `{"metrics":{"a":5,"d":6}}`, ""},
+		{"device past its bound, a new name", "d1", `{"metrics":{"e":1}}`, "metrics.e: a device may send at most 2"},
+		{"fleet past its bound, names it has", "d2", `{"metrics":{"a":1,"b":2}}`, ""},
+		{"fleet past its bound, a new name", "d3", `{"metrics":{"e":1}}`, "metrics.e: the hub already stores 4 distinct metric names, at most 2"},
+	} {
+		_, e := br2.Ingest(ctx, br2.Ephemeral(st.device, devices.TransportHTTP, "test"), []byte(st.msg))
+		if (st.want == "") != (e == nil) || (e != nil && !strings.HasPrefix(e.Message, st.want)) {
+			t.Errorf("%s: %v, want %q", st.name, e, st.want)
+		}
+	}
+}
