@@ -493,3 +493,73 @@ func TestSchemaLoweredBoundsKeepKnownNames(t *testing.T) {
 		}
 	}
 }
+
+// removeFailingStore is the bolt schema store whose RemoveDeviceMetrics
+// fails while fail is set.
+type removeFailingStore struct {
+	*devices.BoltStore
+	mu   sync.Mutex
+	fail bool
+}
+
+func (r *removeFailingStore) RemoveDeviceMetrics(ctx context.Context, device string, names []string) error {
+	r.mu.Lock()
+	fail := r.fail
+	r.mu.Unlock()
+	if fail {
+		return fmt.Errorf("store down")
+	}
+	return r.BoltStore.RemoveDeviceMetrics(ctx, device, names)
+}
+
+// TestSchemaFailedNameReleaseThenTypeOnlyRelease: a failed release of a
+// device's names is counted and leaves the names with the device; a later
+// refused message that claimed only a type (the name is the device's
+// already) still gives the type back.
+func TestSchemaFailedNameReleaseThenTypeOnlyRelease(t *testing.T) {
+	ctx := context.Background()
+	bolt, err := devices.OpenBolt(filepath.Join(t.TempDir(), "registry.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bolt.Close()
+	store := &removeFailingStore{BoltStore: bolt, fail: true}
+	rs := &refusingStore{err: spool.ErrFull}
+	br, err := New(Options{Codec: telemetry.NewCodec(telemetry.Limits{}, nil), Store: rs, Devices: registryStub{},
+		RatePerSec: 1e9, Burst: 1e9, Schema: store, MaxMetricsPerDevice: 3, MaxMetricNames: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d1 := func() *Session { return br.Ephemeral("d1", devices.TransportHTTP, "test") }
+	for _, st := range []struct {
+		name       string
+		step       func() *telemetry.Error
+		wantFailed int64
+	}{
+		{"refused, names release fails", func() *telemetry.Error {
+			_, e := br.Ingest(ctx, d1(), []byte(`{"metrics":{"temp":"hot"}}`))
+			return e
+		}, 1},
+		{"refused again, only the type claimed", func() *telemetry.Error {
+			store.mu.Lock()
+			store.fail = false
+			store.mu.Unlock()
+			_, e := br.Ingest(ctx, d1(), []byte(`{"metrics":{"temp":"hot"}}`))
+			return e
+		}, 1},
+	} {
+		if e := st.step(); e == nil {
+			t.Fatalf("%s: refused append acked", st.name)
+		}
+		if got := br.Stats().SchemaReleaseFailed.Load(); got != st.wantFailed {
+			t.Errorf("%s: %d release failures counted, want %d", st.name, got, st.wantFailed)
+		}
+		if typ, ok := br.FieldType("temp"); ok {
+			t.Errorf("%s: temp kept type %q from a refused message", st.name, typ)
+		}
+	}
+	rs.set(nil)
+	if _, e := br.Ingest(ctx, br.Ephemeral("d2", devices.TransportHTTP, "test"), []byte(`{"metrics":{"temp":21}}`)); e != nil {
+		t.Errorf("temp:21 after two refused temp:\"hot\": %v", e)
+	}
+}
