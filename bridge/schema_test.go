@@ -292,6 +292,9 @@ func TestSchemaRefusedMessageClaimsNothing(t *testing.T) {
 				if n != 2 {
 					t.Errorf("d1 has %d names in memory, want 2 (keep, a)", n)
 				}
+				if got := br.Stats().SchemaReleaseFailed.Load(); got != 0 {
+					t.Errorf("a release that succeeded counted %d release failures", got)
+				}
 				if typ, _ := br.FieldType("keep"); typ != FieldNumber {
 					t.Errorf("keep, claimed before the refused message, is %q", typ)
 				}
@@ -330,5 +333,233 @@ func TestSchemaMaybeStoredMessageKeepsClaims(t *testing.T) {
 	rs.set(nil)
 	if _, e := br.Ingest(ctx, br.Ephemeral("d2", devices.TransportHTTP, "test"), []byte(`{"metrics":{"temp":21}}`)); e == nil {
 		t.Error("temp:21 acknowledged although temp:\"hot\" may be stored")
+	}
+}
+
+// TestSchemaErrorMessage: a refusal's message names the first field in
+// path order and says how many more there are, only when there are more.
+func TestSchemaErrorMessage(t *testing.T) {
+	br := newSchemaBridge(t, nil, map[string]string{"temp": FieldNumber, "on": FieldBool, "state": FieldString})
+	for _, tc := range []struct{ name, msg, want string }{
+		{"one conflict", `{"metrics":{"temp":"hot"}}`, "metrics.temp: is a number on this hub, got a string"},
+		{"two conflicts", `{"metrics":{"temp":"hot","on":1}}`, "metrics.on: is a boolean on this hub, got a number (and 1 more)"},
+		{"three conflicts", `{"metrics":{"temp":"hot","on":1,"state":true}}`, "metrics.on: is a boolean on this hub, got a number (and 2 more)"},
+	} {
+		_, e := br.Ingest(context.Background(), br.Ephemeral("d1", devices.TransportHTTP, "test"), []byte(tc.msg))
+		if e == nil || e.Message != tc.want {
+			t.Errorf("%s: got %v, want %q", tc.name, e, tc.want)
+		}
+	}
+}
+
+// TestSchemaKnownFieldsClaimedInStore: the types InfluxDB already holds
+// are known in memory from the start and claimed in the store, so that
+// another instance on the same store knows them without being told.
+func TestSchemaKnownFieldsClaimedInStore(t *testing.T) {
+	store, err := devices.OpenBolt(filepath.Join(t.TempDir(), "registry.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	br := newSchemaBridge(t, store, map[string]string{"legacy": FieldInteger})
+	if typ, ok := br.FieldType("legacy"); !ok || typ != FieldInteger {
+		t.Errorf("known field legacy in memory: %q %v, want integer", typ, ok)
+	}
+	sc, err := store.LoadSchema(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sc.Fields["legacy"] != FieldInteger {
+		t.Errorf("stored fields %v, want legacy integer", sc.Fields)
+	}
+	if typ, ok := newSchemaBridge(t, store, nil).FieldType("legacy"); !ok || typ != FieldInteger {
+		t.Errorf("another instance sees legacy as %q %v, want integer", typ, ok)
+	}
+}
+
+// TestSchemaDeviceBoundCountsFleetNames: names the fleet already sends
+// still count towards each device's bound when a device first uses them.
+func TestSchemaDeviceBoundCountsFleetNames(t *testing.T) {
+	for _, persisted := range []bool{false, true} {
+		t.Run(fmt.Sprintf("store=%v", persisted), func(t *testing.T) {
+			var store SchemaStore
+			if persisted {
+				bolt, err := devices.OpenBolt(filepath.Join(t.TempDir(), "registry.db"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer bolt.Close()
+				store = bolt
+			}
+			br := newSchemaBridge(t, store, nil) // 4 per device, 6 in all
+			for _, st := range []struct{ device, msg, want string }{
+				{"d1", `{"metrics":{"a":1,"b":2,"c":3,"d":4}}`, ""},
+				{"d2", `{"metrics":{"a":1,"b":2,"c":3,"d":4}}`, ""},
+				{"d2", `{"metrics":{"e":5}}`, "metrics.e: a device may send at most 4 distinct metric names"},
+			} {
+				_, e := br.Ingest(context.Background(), br.Ephemeral(st.device, devices.TransportHTTP, "test"), []byte(st.msg))
+				if (st.want == "") != (e == nil) || (e != nil && !strings.HasPrefix(e.Message, st.want)) {
+					t.Errorf("%s %s: %v, want %q", st.device, st.msg, e, st.want)
+				}
+			}
+		})
+	}
+}
+
+// TestSchemaRefusedMessageReleasesDeviceNames: a refused message that
+// claimed no type (its names are known to the fleet) still gives back the
+// names it added to its device.
+func TestSchemaRefusedMessageReleasesDeviceNames(t *testing.T) {
+	for _, persisted := range []bool{false, true} {
+		t.Run(fmt.Sprintf("store=%v", persisted), func(t *testing.T) {
+			ctx := context.Background()
+			var store SchemaStore
+			var bolt *devices.BoltStore
+			if persisted {
+				var err error
+				bolt, err = devices.OpenBolt(filepath.Join(t.TempDir(), "registry.db"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer bolt.Close()
+				store = bolt
+			}
+			rs := &refusingStore{}
+			br, err := New(Options{Codec: telemetry.NewCodec(telemetry.Limits{}, nil), Store: rs, Devices: registryStub{},
+				RatePerSec: 1e9, Burst: 1e9, Schema: store, MaxMetricsPerDevice: 3, MaxMetricNames: 3})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, e := br.Ingest(ctx, br.Ephemeral("d1", devices.TransportHTTP, "test"), []byte(`{"metrics":{"a":1,"b":2}}`)); e != nil {
+				t.Fatal(e)
+			}
+			rs.set(spool.ErrFull)
+			if _, e := br.Ingest(ctx, br.Ephemeral("d2", devices.TransportHTTP, "test"), []byte(`{"metrics":{"a":1,"b":2}}`)); e == nil {
+				t.Fatal("refused append acked")
+			}
+			br.mu.Lock()
+			n := len(*br.deviceLocked("d2").names.Load())
+			br.mu.Unlock()
+			if n != 0 {
+				t.Errorf("d2 kept %d names of a refused message in memory, want 0", n)
+			}
+			if bolt != nil {
+				sc, err := bolt.LoadSchema(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := sc.DeviceMetrics["d2"]; len(got) != 0 {
+					t.Errorf("stored names of d2 %v, want none", got)
+				}
+			}
+		})
+	}
+}
+
+// TestSchemaLoweredBoundsKeepKnownNames: bounds lowered at a restart
+// refuse new names only: a device already past the per-device bound may
+// still send the names it has, and another device may take up names the
+// fleet already stores although the fleet is past its bound.
+func TestSchemaLoweredBoundsKeepKnownNames(t *testing.T) {
+	store, err := devices.OpenBolt(filepath.Join(t.TempDir(), "registry.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	ctx := context.Background()
+	br := newSchemaBridge(t, store, nil) // 4 per device, 6 in all
+	if _, e := br.Ingest(ctx, br.Ephemeral("d1", devices.TransportHTTP, "test"), []byte(`{"metrics":{"a":1,"b":2,"c":3,"d":4}}`)); e != nil {
+		t.Fatal(e)
+	}
+	sp, err := spool.Open(spool.Options{Dir: filepath.Join(t.TempDir(), "spool"), MaxBytes: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	br2, err := New(Options{Codec: telemetry.NewCodec(telemetry.Limits{}, nil), Store: sp, Devices: registryStub{},
+		RatePerSec: 1e9, Burst: 1e9, Schema: store, MaxMetricsPerDevice: 2, MaxMetricNames: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range []struct{ name, device, msg, want string }{
+		{"device past its bound, known names", "d1", `{"metrics":{"a":5,"d":6}}`, ""},
+		{"device past its bound, a new name", "d1", `{"metrics":{"e":1}}`, "metrics.e: a device may send at most 2"},
+		{"fleet past its bound, names it has", "d2", `{"metrics":{"a":1,"b":2}}`, ""},
+		{"fleet past its bound, a new name", "d3", `{"metrics":{"e":1}}`, "metrics.e: the hub already stores 4 distinct metric names, at most 2"},
+	} {
+		_, e := br2.Ingest(ctx, br2.Ephemeral(st.device, devices.TransportHTTP, "test"), []byte(st.msg))
+		if (st.want == "") != (e == nil) || (e != nil && !strings.HasPrefix(e.Message, st.want)) {
+			t.Errorf("%s: %v, want %q", st.name, e, st.want)
+		}
+	}
+}
+
+// removeFailingStore is the bolt schema store whose RemoveDeviceMetrics
+// fails while fail is set.
+type removeFailingStore struct {
+	*devices.BoltStore
+	mu   sync.Mutex
+	fail bool
+}
+
+func (r *removeFailingStore) RemoveDeviceMetrics(ctx context.Context, device string, names []string) error {
+	r.mu.Lock()
+	fail := r.fail
+	r.mu.Unlock()
+	if fail {
+		return fmt.Errorf("store down")
+	}
+	return r.BoltStore.RemoveDeviceMetrics(ctx, device, names)
+}
+
+// TestSchemaFailedNameReleaseThenTypeOnlyRelease: a failed release of a
+// device's names is counted and leaves the names with the device; a later
+// refused message that claimed only a type (the name is the device's
+// already) still gives the type back.
+func TestSchemaFailedNameReleaseThenTypeOnlyRelease(t *testing.T) {
+	ctx := context.Background()
+	bolt, err := devices.OpenBolt(filepath.Join(t.TempDir(), "registry.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bolt.Close()
+	store := &removeFailingStore{BoltStore: bolt, fail: true}
+	rs := &refusingStore{err: spool.ErrFull}
+	br, err := New(Options{Codec: telemetry.NewCodec(telemetry.Limits{}, nil), Store: rs, Devices: registryStub{},
+		RatePerSec: 1e9, Burst: 1e9, Schema: store, MaxMetricsPerDevice: 3, MaxMetricNames: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d1 := func() *Session { return br.Ephemeral("d1", devices.TransportHTTP, "test") }
+	for _, st := range []struct {
+		name       string
+		step       func() *telemetry.Error
+		wantFailed int64
+	}{
+		{"refused, names release fails", func() *telemetry.Error {
+			_, e := br.Ingest(ctx, d1(), []byte(`{"metrics":{"temp":"hot"}}`))
+			return e
+		}, 1},
+		{"refused again, only the type claimed", func() *telemetry.Error {
+			store.mu.Lock()
+			store.fail = false
+			store.mu.Unlock()
+			_, e := br.Ingest(ctx, d1(), []byte(`{"metrics":{"temp":"hot"}}`))
+			return e
+		}, 1},
+	} {
+		if e := st.step(); e == nil {
+			t.Fatalf("%s: refused append acked", st.name)
+		}
+		if got := br.Stats().SchemaReleaseFailed.Load(); got != st.wantFailed {
+			t.Errorf("%s: %d release failures counted, want %d", st.name, got, st.wantFailed)
+		}
+		if typ, ok := br.FieldType("temp"); ok {
+			t.Errorf("%s: temp kept type %q from a refused message", st.name, typ)
+		}
+	}
+	rs.set(nil)
+	if _, e := br.Ingest(ctx, br.Ephemeral("d2", devices.TransportHTTP, "test"), []byte(`{"metrics":{"temp":21}}`)); e != nil {
+		t.Errorf("temp:21 after two refused temp:\"hot\": %v", e)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -322,5 +323,92 @@ func TestReadingsFanOutAsOneBatch(t *testing.T) {
 	}
 	if len(live.evs) != 1 || live.evs[0].Type != telemetry.EventPresence {
 		t.Fatalf("Publish got %+v, want only the presence event", live.evs)
+	}
+}
+
+// TestConnectedGauge: the connected gauge of a transport counts the open
+// sessions: up on connect, back down on disconnect.
+func TestConnectedGauge(t *testing.T) {
+	b := newTestBridge(t, Options{})
+	gauge := func() int64 { return b.Stats().Connected[devices.TransportWS].Load() }
+	s1 := b.Connect("d1", devices.TransportWS, "test", devices.TokenHash{}, &nopConn{})
+	s2 := b.Connect("d2", devices.TransportWS, "test", devices.TokenHash{}, &nopConn{})
+	for _, st := range []struct {
+		name string
+		step func()
+		want int64
+	}{
+		{"two connected", func() {}, 2},
+		{"one disconnected", func() { b.Disconnect(s1, ReasonClientClosed) }, 1},
+		{"both disconnected", func() { b.Disconnect(s2, ReasonNetworkError) }, 0},
+	} {
+		st.step()
+		if got := gauge(); got != st.want {
+			t.Errorf("%s: connected gauge %d, want %d", st.name, got, st.want)
+		}
+	}
+}
+
+// TestDefaultRate: a RatePerSec of zero means the default rate (50/s), not
+// a bucket that never refills: once the burst is spent, a message is
+// accepted again within a second.
+func TestDefaultRate(t *testing.T) {
+	b := newTestBridge(t, Options{RatePerSec: 0, Burst: 1})
+	ctx := context.Background()
+	s := b.Ephemeral("d1", devices.TransportHTTP, "test")
+	if _, e := b.Ingest(ctx, s, []byte(okMsg)); e != nil {
+		t.Fatalf("first message refused: %v", e)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		_, e := b.Ingest(ctx, s, []byte(okMsg))
+		if e == nil {
+			return
+		}
+		if e.Code != telemetry.CodeRateLimited {
+			t.Fatalf("refused with %v, want rate_limited while waiting", e)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no message accepted within 2s after the burst: the bucket does not refill")
+		}
+		runtime.Gosched()
+	}
+}
+
+// TestReadingTimestamps: a reading sent with ts keeps it; one sent
+// without gets the hub's receive time, in milliseconds, in what fans out.
+func TestReadingTimestamps(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		fixed int64 // the ts sent, 0: none
+	}{
+		{"no ts: hub time", 0},
+		{"ts sent: kept", time.Now().Add(-time.Hour).UnixMilli()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			live := &liveLog{}
+			b := newTestBridge(t, Options{Fanout: live})
+			msg := []byte(`{"metrics":{"a":1}}`)
+			if tc.fixed != 0 {
+				msg = fmt.Appendf(nil, `{"ts":%d,"metrics":{"a":1}}`, tc.fixed)
+			}
+			before := time.Now().UnixMilli()
+			if _, e := b.Ingest(context.Background(), b.Ephemeral("d1", devices.TransportHTTP, "t"), msg); e != nil {
+				t.Fatal(e)
+			}
+			after := time.Now().UnixMilli()
+			live.mu.Lock()
+			defer live.mu.Unlock()
+			if len(live.evs) != 1 {
+				t.Fatalf("%d events, want 1", len(live.evs))
+			}
+			ts := live.evs[0].TS
+			switch {
+			case tc.fixed != 0 && ts != tc.fixed:
+				t.Errorf("ts %d, want the sent %d", ts, tc.fixed)
+			case tc.fixed == 0 && (ts < before || ts > after):
+				t.Errorf("ts %d, want the hub's time in ms, in [%d, %d]", ts, before, after)
+			}
+		})
 	}
 }
