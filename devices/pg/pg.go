@@ -420,22 +420,12 @@ func (s *Store) ClaimFields(ctx context.Context, fields map[string]string) (map[
 	got := make(map[string]string, len(fields))
 	var claimed []string
 	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
-		claimed = claimed[:0]
 		rows, err := tx.Query(ctx, `INSERT INTO fieldhub_metric_fields (name, type)
 			SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (name) DO NOTHING RETURNING name`, names, types)
 		if err != nil {
 			return err
 		}
-		for rows.Next() {
-			var n string
-			if err := rows.Scan(&n); err != nil {
-				rows.Close()
-				return err
-			}
-			claimed = append(claimed, n)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
+		if claimed, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
 			return err
 		}
 		rows, err = tx.Query(ctx, `SELECT name, type FROM fieldhub_metric_fields WHERE name = ANY($1)`, names)
@@ -492,7 +482,7 @@ func (s *Store) AddDeviceMetrics(ctx context.Context, device string, names []str
 	var have []string
 	tooMany := false
 	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
-		have, tooMany = have[:0], false
+		tooMany = false
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('fieldhub_device_metrics:' || $1))`, device); err != nil {
 			return err
 		}
@@ -500,16 +490,7 @@ func (s *Store) AddDeviceMetrics(ctx context.Context, device string, names []str
 		if err != nil {
 			return err
 		}
-		for rows.Next() {
-			var n string
-			if err := rows.Scan(&n); err != nil {
-				rows.Close()
-				return err
-			}
-			have = append(have, n)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
+		if have, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
 			return err
 		}
 		var add []string
