@@ -17,19 +17,7 @@ import (
 // turn. It may be called again, and before Shutdown.
 func TestEndSSEEndsStreamsOnly(t *testing.T) {
 	r := newLiveRig(t, live.Options{})
-	ws := r.dial(t, nil)
-	subscribe(t, ws, `{"type":"subscribe","devices":["*"]}`)
-	waitSubscribed(t, r, ws, "d1")
-	req, _ := http.NewRequest("GET", r.srv.URL+"/api/v1/live", nil)
-	req.Header.Set("Authorization", "Bearer "+r.viewer)
-	sse, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sse.Body.Close()
-	if sse.StatusCode != 200 {
-		t.Fatalf("SSE: %d", sse.StatusCode)
-	}
+	ws, sse, req := r.openStreams(t)
 
 	r.api.EndSSE()
 	ended := make(chan error, 1)

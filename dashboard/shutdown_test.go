@@ -18,19 +18,7 @@ import (
 // for hijacked or long-lived responses).
 func TestShutdownClosesLiveStreams(t *testing.T) {
 	r := newLiveRig(t, live.Options{})
-	ws := r.dial(t, nil)
-	subscribe(t, ws, `{"type":"subscribe","devices":["*"]}`)
-	waitSubscribed(t, r, ws, "d1")
-	req, _ := http.NewRequest("GET", r.srv.URL+"/api/v1/live", nil)
-	req.Header.Set("Authorization", "Bearer "+r.viewer)
-	sse, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sse.Body.Close()
-	if sse.StatusCode != 200 {
-		t.Fatalf("SSE: %d", sse.StatusCode)
-	}
+	ws, sse, req := r.openStreams(t)
 
 	done := make(chan struct{})
 	go func() { // owner: this test; it waits on done below
@@ -68,4 +56,25 @@ func TestShutdownClosesLiveStreams(t *testing.T) {
 	if again.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("SSE after Shutdown: %d, want 503", again.StatusCode)
 	}
+}
+
+// openStreams opens one /ws/live socket subscribed to every device and
+// one SSE stream, both live before it returns, and the SSE request (to
+// try again); the SSE body is closed when the test ends.
+func (r *liveRig) openStreams(t *testing.T) (*websocket.Conn, *http.Response, *http.Request) {
+	t.Helper()
+	ws := r.dial(t, nil)
+	subscribe(t, ws, `{"type":"subscribe","devices":["*"]}`)
+	waitSubscribed(t, r, ws, "d1")
+	req, _ := http.NewRequest("GET", r.srv.URL+"/api/v1/live", nil)
+	req.Header.Set("Authorization", "Bearer "+r.viewer)
+	sse, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sse.Body.Close() })
+	if sse.StatusCode != 200 {
+		t.Fatalf("SSE: %d", sse.StatusCode)
+	}
+	return ws, sse, req
 }
