@@ -25,14 +25,19 @@ import (
 )
 
 // flakyStore refuses the first n appends, then hands them to the spool,
-// standing in for a spool that is full for a moment.
+// standing in for a spool that is full for a moment. A refusal is
+// spool.ErrFull, or refuseWith's error when set.
 type flakyStore struct {
-	sp     *spool.Spool
-	refuse atomic.Int64
+	sp         *spool.Spool
+	refuse     atomic.Int64
+	refuseWith atomic.Pointer[error]
 }
 
 func (f *flakyStore) Append(ctx context.Context, points int, payload []byte) error {
 	if f.refuse.Add(-1) >= 0 {
+		if err := f.refuseWith.Load(); err != nil {
+			return *err
+		}
 		return spool.ErrFull
 	}
 	return f.sp.Append(ctx, points, payload)
@@ -69,11 +74,7 @@ func newRigTB(t testing.TB, o Options, bridgeOpts ...func(*bridge.Options)) *rig
 	r := &rig{tokens: map[string]string{}}
 	r.reg, err = devices.Open(context.Background(), st, devices.Options{OnCredentialsChanged: func(id string) {
 		r.br.CredentialsChanged(id)
-		// The gateway's watchers (contract: the registry calls it beside
-		// the bridge's); asserted so that the rig builds on either broker.
-		if cc, ok := any(r.broker).(interface{ CredentialsChanged(string) }); ok {
-			cc.CredentialsChanged(id)
-		}
+		r.broker.CredentialsChanged(id) // its debug watchers
 	}})
 	if err != nil {
 		t.Fatal(err)

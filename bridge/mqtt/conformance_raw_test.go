@@ -176,7 +176,7 @@ func (c *rawClient) expect(typ byte) packets.Packet {
 		c.t.Fatalf("waiting for packet type %d: %v", typ, err)
 	}
 	if pk.FixedHeader.Type != typ {
-		c.t.Fatalf("got packet type %d (reason %#02x, %+v), want type %d", pk.FixedHeader.Type, pk.ReasonCode, pk.Properties, typ)
+		c.t.Fatalf("got packet type %d (reason %#02x %q), want type %d", pk.FixedHeader.Type, pk.ReasonCode, pk.Properties.ReasonString, typ)
 	}
 	return pk
 }
@@ -476,6 +476,35 @@ func TestV5ProtocolDisconnects(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestV5PublishWildcardTopic: a PUBLISH to a topic with wildcards is
+// refused like any topic the device may not publish to: PUBACK / PUBREC
+// 0x87, and the connection stays (contract "Topics the device may
+// publish ... Anything else (another device, $SYS/x, wildcards)"). paho
+// cannot show this: it would wait for an answer that never comes if the
+// server closed.
+func TestV5PublishWildcardTopic(t *testing.T) {
+	r := newRig(t, Options{})
+	c := r.raw5OK(t, "d1", nil)
+	for i, tt := range []struct {
+		topic string
+		qos   byte
+	}{{"devices/+/telemetry", 1}, {"devices/d1/#", 1}, {"devices/+/telemetry", 2}} {
+		id := uint16(i + 1)
+		c.send(publishPacket(tt.topic, tt.qos, id, `{"metrics":{"a":1}}`))
+		want := byte(packets.Puback)
+		if tt.qos == 2 {
+			want = packets.Pubrec
+		}
+		if ack := c.expect(want); ack.PacketID != id || ack.ReasonCode != packets.ErrNotAuthorized.Code {
+			t.Fatalf("publish to %s QoS %d: id %d reason %#02x, want 0x87", tt.topic, tt.qos, ack.PacketID, ack.ReasonCode)
+		}
+	}
+	c.send(publishPacket("devices/d1/telemetry", 1, 9, `{"metrics":{"a":1}}`))
+	if ack := c.expect(packets.Puback); ack.ReasonCode != 0 {
+		t.Fatalf("own publish after the refusals: %#02x", ack.ReasonCode)
+	}
+}
 
 // TestV5TopicAlias: an alias set with a topic, then used with an empty
 // topic, publishes to that topic (contract "v5 topic alias"; MQTT 5.0

@@ -1,7 +1,9 @@
 package mqtt
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -9,8 +11,10 @@ import (
 	"time"
 
 	pahov5 "github.com/eclipse/paho.golang/paho"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/fieldhub/fieldhub/bridge"
+	"github.com/fieldhub/fieldhub/telemetry/spool"
 )
 
 // MQTT 5 conformance of the device gateway with a third-party client,
@@ -224,30 +228,40 @@ func TestV5PubackReasonCodes(t *testing.T) {
 	tests := []struct {
 		name, topic, payload string
 		qos                  byte
-		spoolFull            bool
+		spoolErr             error // the store refuses with it
 		code                 byte
 		reason               string // in the reason string
 	}{
-		{"bad JSON", own, `{"metrics":{"temp":`, 1, false, 0x99, "bad_json"},
-		{"invalid field", own, `{"metrics":{"temp":null}}`, 1, false, 0x99, "metrics.temp"},
-		{"invalid field, QoS 2", own, `{"metrics":{"temp":null}}`, 2, false, 0x99, "metrics.temp"},
-		{"unknown type", own, `{"type":"bogus","metrics":{"temp":1}}`, 1, false, 0x99, "unknown_type"},
-		{"spool full", own, `{"metrics":{"temp":1}}`, 1, true, 0x97, "overloaded"},
-		{"spool full, QoS 2", own, `{"metrics":{"temp":1}}`, 2, true, 0x97, "overloaded"},
-		{"$SYS", "$SYS/x", `{"metrics":{"temp":1}}`, 1, false, 0x87, ""},
-		{"another device's telemetry", "devices/d2/telemetry", `{"metrics":{"temp":1}}`, 1, false, 0x87, ""},
-		{"another device's telemetry, QoS 2", "devices/d2/telemetry", `{"metrics":{"temp":1}}`, 2, false, 0x87, ""},
-		{"own commands", "devices/d1/commands", `{"metrics":{"temp":1}}`, 1, false, 0x87, ""},
-		{"a wildcard", "devices/+/telemetry", `{"metrics":{"temp":1}}`, 1, false, 0x87, ""},
+		{"bad JSON", own, `{"metrics":{"temp":`, 1, nil, 0x99, "bad_json"},
+		{"invalid field", own, `{"metrics":{"temp":null}}`, 1, nil, 0x99, "metrics.temp"},
+		{"invalid field, QoS 2", own, `{"metrics":{"temp":null}}`, 2, nil, 0x99, "metrics.temp"},
+		{"unknown type", own, `{"type":"bogus","metrics":{"temp":1}}`, 1, nil, 0x99, "unknown_type"},
+		{"spool full", own, `{"metrics":{"temp":1}}`, 1, spool.ErrFull, 0x97, "overloaded"},
+		{"spool full, QoS 2", own, `{"metrics":{"temp":1}}`, 2, spool.ErrFull, 0x97, "overloaded"},
+		{"store too slow", own, `{"metrics":{"temp":1}}`, 1, fmt.Errorf("%w: %w", spool.ErrMaybeStored, context.DeadlineExceeded), 0x97, "overloaded"},
+		{"store failed", own, `{"metrics":{"temp":1}}`, 1, errors.New("disk on fire"), 0x97, "internal"},
+		// Not in the contract's table: whatever the code, it must be one
+		// a PUBACK may carry (§3.4.2.1); 0x95 is not.
+		{"store says too large", own, `{"metrics":{"temp":1}}`, 1, spool.ErrTooLarge, anyRefusal, "too_large"},
+		{"$SYS", "$SYS/x", `{"metrics":{"temp":1}}`, 1, nil, 0x87, ""},
+		{"another device's telemetry", "devices/d2/telemetry", `{"metrics":{"temp":1}}`, 1, nil, 0x87, ""},
+		{"another device's telemetry, QoS 2", "devices/d2/telemetry", `{"metrics":{"temp":1}}`, 2, nil, 0x87, ""},
+		{"another device's command results", "devices/d2/commands/result", `{"id":"x","status":"ok"}`, 1, nil, 0x87, ""},
+		{"own commands", "devices/d1/commands", `{"metrics":{"temp":1}}`, 1, nil, 0x87, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if tt.spoolFull {
+			if tt.spoolErr != nil {
+				r.store.refuseWith.Store(&tt.spoolErr)
 				r.store.refuse.Store(1)
 				defer r.store.refuse.Store(0)
 			}
 			pr := p.publish(t, tt.topic, tt.qos, tt.payload)
-			if pr.ReasonCode != tt.code {
+			if tt.code == anyRefusal {
+				if pr.ReasonCode < 0x80 || !bytes.Contains(legalReasons[packets.Puback], []byte{pr.ReasonCode}) {
+					t.Fatalf("reason %#02x (%+v), want a refusal a PUBACK may carry", pr.ReasonCode, pr.Properties)
+				}
+			} else if pr.ReasonCode != tt.code {
 				t.Fatalf("reason %#02x (%+v), want %#02x", pr.ReasonCode, pr.Properties, tt.code)
 			}
 			if tt.reason != "" && (pr.Properties == nil || !strings.Contains(pr.Properties.ReasonString, tt.reason) || len(pr.Properties.ReasonString) > 256) {
@@ -259,6 +273,9 @@ func TestV5PubackReasonCodes(t *testing.T) {
 		})
 	}
 }
+
+// anyRefusal in a test table: any refusal code the packet may carry.
+const anyRefusal = 0xff
 
 // TestV5RateLimitQuotaExceeded: a rate-limited publish is PUBACK 0x97
 // Quota exceeded, never 0x96 (which is no PUBACK code: §3.4.2.1), and the
