@@ -25,14 +25,19 @@ import (
 )
 
 // flakyStore refuses the first n appends, then hands them to the spool,
-// standing in for a spool that is full for a moment.
+// standing in for a spool that is full for a moment. A refusal is
+// spool.ErrFull, or refuseWith's error when set.
 type flakyStore struct {
-	sp     *spool.Spool
-	refuse atomic.Int64
+	sp         *spool.Spool
+	refuse     atomic.Int64
+	refuseWith atomic.Pointer[error]
 }
 
 func (f *flakyStore) Append(ctx context.Context, points int, payload []byte) error {
 	if f.refuse.Add(-1) >= 0 {
+		if err := f.refuseWith.Load(); err != nil {
+			return *err
+		}
 		return spool.ErrFull
 	}
 	return f.sp.Append(ctx, points, payload)
@@ -46,11 +51,20 @@ type rig struct {
 	broker *Broker
 	addr   string
 	tokens map[string]string
+	cmds   *commands.Service
+	// shutdown ends the broker's Run (its context is cancelled) and waits
+	// for it; the cleanup calls it too.
+	shutdown func()
 }
 
-func newRig(t *testing.T, o Options) *rig { return newRigTB(t, o) }
+func newRig(t *testing.T, o Options, bridgeOpts ...func(*bridge.Options)) *rig {
+	return newRigTB(t, o, bridgeOpts...)
+}
 
-func newRigTB(t testing.TB, o Options) *rig {
+// newRigTB starts a registry with devices d1 and d2, a spool, the command
+// service, a bridge (bridgeOpts adjust its options) and the broker on
+// 127.0.0.1:0.
+func newRigTB(t testing.TB, o Options, bridgeOpts ...func(*bridge.Options)) *rig {
 	t.Helper()
 	dir := t.TempDir()
 	st, err := devices.OpenBolt(filepath.Join(dir, "registry.db"))
@@ -58,7 +72,10 @@ func newRigTB(t testing.TB, o Options) *rig {
 		t.Fatal(err)
 	}
 	r := &rig{tokens: map[string]string{}}
-	r.reg, err = devices.Open(context.Background(), st, devices.Options{OnCredentialsChanged: func(id string) { r.br.CredentialsChanged(id) }})
+	r.reg, err = devices.Open(context.Background(), st, devices.Options{OnCredentialsChanged: func(id string) {
+		r.br.CredentialsChanged(id)
+		r.broker.CredentialsChanged(id) // its debug watchers
+	}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +92,12 @@ func newRigTB(t testing.TB, o Options) *rig {
 	cmdsDone := make(chan struct{})
 	go func() { _ = cmds.Run(cmdsCtx); close(cmdsDone) }() // owner: this rig; ends at cleanup
 	t.Cleanup(func() { stopCmds(); <-cmdsDone })
-	r.br, err = bridge.New(bridge.Options{Codec: telemetry.NewCodec(telemetry.Limits{}, nil), Store: r.store, Devices: r.reg, Commands: cmds})
+	r.cmds = cmds
+	bo := bridge.Options{Codec: telemetry.NewCodec(telemetry.Limits{}, nil), Store: r.store, Devices: r.reg, Commands: cmds}
+	for _, f := range bridgeOpts {
+		f(&bo)
+	}
+	r.br, err = bridge.New(bo)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,13 +117,19 @@ func newRigTB(t testing.TB, o Options) *rig {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- r.broker.Run(ctx) }()
+	go func() { done <- r.broker.Run(ctx) }() // owner: this rig; ends at shutdown
+	var once sync.Once
+	r.shutdown = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("broker Run: %v", err)
+			}
+		})
+	}
 	t.Cleanup(func() {
 		r.br.CloseAll(bridge.ReasonServerShutdown)
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("broker Run: %v", err)
-		}
+		r.shutdown()
 		r.sp.Close()
 		r.reg.Close()
 		st.Close()
@@ -156,7 +184,7 @@ func (r *rig) stored(t testing.TB) int {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
