@@ -303,8 +303,7 @@ func (c *conn) kickCode(reason string, code byte) {
 		return
 	}
 	c.closing, c.reason = true, reason
-	tell := c.version == 5 && code != 0
-	if tell {
+	if c.version == 5 && code != 0 {
 		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}, ProtocolVersion: 5, ReasonCode: code}
 		_ = pk.DisconnectEncode(c.out)
 	}
@@ -313,9 +312,9 @@ func (c *conn) kickCode(reason string, code byte) {
 	c.mu.Unlock()
 	go func() { // owner: the connection; serveConn's end waits for it
 		defer close(done)
-		if tell {
-			c.flushWithin(2 * time.Second)
-		}
+		// Answers already queued (acks of stored readings) and the
+		// DISCONNECT go out first, briefly.
+		c.flushWithin(2 * time.Second)
 		_ = c.nc.Close()
 	}()
 }
@@ -859,7 +858,7 @@ func (c *conn) refuse(pk *packets.Packet, msgID string, terr *telemetry.Error) b
 		// No PUBACK, and the connection closed: a 3.1.1 client resends an
 		// unacknowledged publish only after reconnecting ([MQTT-4.4.0-1]).
 		if n, ok := c.b.publishLog.Allow(); ok {
-			c.b.log.Info("mqtt publish not stored in time; disconnecting the device so it resends", "device", c.device,
+			c.b.log.Info("mqtt publish refused; disconnecting the device so it resends", "device", c.device,
 				"code", terr.Code, "suppressed", n)
 		}
 		c.flush() // the error frame first
