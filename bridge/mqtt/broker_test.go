@@ -43,14 +43,20 @@ type rig struct {
 	sp     *spool.Spool
 	store  *flakyStore
 	br     *bridge.Bridge
+	cmds   *commands.Service
 	broker *Broker
 	addr   string
 	tokens map[string]string
 }
 
-func newRig(t *testing.T, o Options) *rig { return newRigTB(t, o) }
+// newRig starts a broker with its bridge, registry, spool and command
+// service, and devices d1 and d2; bridgeOpts adjust the bridge's options
+// (e.g. its rate limit).
+func newRig(t *testing.T, o Options, bridgeOpts ...func(*bridge.Options)) *rig {
+	return newRigTB(t, o, bridgeOpts...)
+}
 
-func newRigTB(t testing.TB, o Options) *rig {
+func newRigTB(t testing.TB, o Options, bridgeOpts ...func(*bridge.Options)) *rig {
 	t.Helper()
 	dir := t.TempDir()
 	st, err := devices.OpenBolt(filepath.Join(dir, "registry.db"))
@@ -75,7 +81,12 @@ func newRigTB(t testing.TB, o Options) *rig {
 	cmdsDone := make(chan struct{})
 	go func() { _ = cmds.Run(cmdsCtx); close(cmdsDone) }() // owner: this rig; ends at cleanup
 	t.Cleanup(func() { stopCmds(); <-cmdsDone })
-	r.br, err = bridge.New(bridge.Options{Codec: telemetry.NewCodec(telemetry.Limits{}, nil), Store: r.store, Devices: r.reg, Commands: cmds})
+	r.cmds = cmds
+	bo := bridge.Options{Codec: telemetry.NewCodec(telemetry.Limits{}, nil), Store: r.store, Devices: r.reg, Commands: cmds}
+	for _, f := range bridgeOpts {
+		f(&bo)
+	}
+	r.br, err = bridge.New(bo)
 	if err != nil {
 		t.Fatal(err)
 	}
