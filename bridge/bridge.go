@@ -86,6 +86,10 @@ const (
 	ReasonServerShutdown   = "server_shutdown"
 	ReasonSlowConsumer     = "slow_consumer"
 	ReasonNetworkError     = "network_error"
+	// ReasonBackpressure: an MQTT 3.1.1 publish could not be stored in
+	// time; its PUBACK was withheld and the connection closed so the
+	// device resends it after reconnecting.
+	ReasonBackpressure = "store_backpressure"
 )
 
 // Options configures a Bridge. Zero values take the documented defaults.

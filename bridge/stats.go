@@ -14,7 +14,7 @@ var (
 	statTransports = []string{devices.TransportWS, devices.TransportMQTT, devices.TransportHTTP}
 	statCodes      = []string{telemetry.CodeBadJSON, telemetry.CodeInvalid, telemetry.CodeUnknownType, telemetry.CodeRateLimited, telemetry.CodeOverloaded, telemetry.CodeTooLarge, telemetry.CodeInternal}
 	statSchema     = []string{SchemaTypeConflict, SchemaDeviceMetrics, SchemaMetricNames}
-	statReasons    = []string{ReasonClientClosed, ReasonHeartbeatTimeout, ReasonSuperseded, ReasonRevoked, ReasonReadLimit, ReasonProtocolError, ReasonServerShutdown, ReasonSlowConsumer, ReasonNetworkError}
+	statReasons    = []string{ReasonClientClosed, ReasonHeartbeatTimeout, ReasonSuperseded, ReasonRevoked, ReasonReadLimit, ReasonProtocolError, ReasonServerShutdown, ReasonSlowConsumer, ReasonNetworkError, ReasonBackpressure}
 )
 
 const other = "other"

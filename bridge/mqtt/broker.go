@@ -1,34 +1,41 @@
-// Package mqtt is the device MQTT transport: an embedded broker (mochi-mqtt
-// v2) with per-device authentication, a strict per-device ACL and
-// ack-after-durable ingest through the bridge. It is the only package that
-// imports mochi-mqtt.
+// Package mqtt is the device MQTT endpoint: the hub's own device gateway
+// (MQTT 3.1.1 and 5.0, over TCP, TLS and WebSocket) with per-device
+// authentication, a fixed per-device topic model and ack-after-durable
+// ingest through the bridge. Devices talk to the hub, never to each other,
+// so this is a gateway and not a general broker: there is no routing
+// between clients, no retained store, no wildcard subscriptions.
+//
+// Packets are encoded and decoded by mochi-mqtt's packets package (the
+// codec only; no broker); every rule it does not enforce by itself, and
+// every answer, is decided here, as docs/protocol.md states with the
+// specification section for each.
 //
 // Topics (device {id}):
 //
 //	devices/{id}/telemetry        device -> hub, telemetry JSON ("type" optional)
 //	devices/{id}/commands         hub -> device, QoS 1
 //	devices/{id}/commands/result  device -> hub
-//	devices/{id}/errors           hub -> device, error frames (for MQTT 3.1.1)
+//	devices/{id}/errors           hub -> device, error frames, QoS 0
 //
-// The broker's stock defaults are unsafe on an open network, so New sets a
-// maximum packet size, a CONNECT deadline, a connection cap, a per-address
-// connect rate and keep-alive enforcement.
+// Concurrency: one goroutine per connection reads and processes its
+// packets in order, inline (a publish is acknowledged only once durable, so
+// a device's next packet waits for its previous one); its answers are
+// appended to the connection's output buffer and written together once no
+// more input is buffered. Commands and error frames, which come from other
+// goroutines, are appended to the same bounded buffer and written by a
+// short-lived flusher goroutine. Lock order (docs/locks.md): conn.wmu
+// before conn.mu; Broker.mu is never held while writing to a socket, and
+// never taken under conn.mu.
 package mqtt
 
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
-	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/listeners"
-	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/fieldhub/fieldhub/bridge"
 	"github.com/fieldhub/fieldhub/bridge/hijack"
@@ -40,16 +47,18 @@ import (
 // implements it.
 type Authenticator interface {
 	AuthenticateDevice(id, token string) (devices.TokenHash, bool)
+	StillValid(id string, h devices.TokenHash) bool
 }
 
-// Commands is the command service as the broker uses it
-// (*commands.Service): delivery once a device subscribed, and results.
+// Commands is the command service as the gateway uses it
+// (*commands.Service): delivery once a device subscribed or has room in
+// its window again, and results.
 type Commands interface {
 	DeliverCommands(device string)
 	CommandResult(device string, r *telemetry.CommandResult) error
 }
 
-// Options configures the broker. Zero values take the documented defaults.
+// Options configures the gateway. Zero values take the documented defaults.
 type Options struct {
 	Bridge   *bridge.Bridge
 	Commands Commands
@@ -59,7 +68,7 @@ type Options struct {
 	Failures *devices.FailureLimiter
 	// Connects bounds new connections per client address on every
 	// listener and on MQTT over WebSocket; the hub shares one with its
-	// other ways in. Nil: the broker makes its own from ConnectRate and
+	// other ways in. Nil: the gateway makes its own from ConnectRate and
 	// ConnectBurst.
 	Connects *devices.ConnectLimiter
 	// Proxies are the trusted reverse proxies in front of MQTT over
@@ -71,9 +80,10 @@ type Options struct {
 	TLSListener net.Listener
 	// MaxPacketBytes bounds every packet, CONNECT included; default 256 KiB.
 	MaxPacketBytes int
-	// ConnectTimeout bounds the wait for CONNECT after TCP accept; default 10 s.
+	// ConnectTimeout bounds the wait for CONNECT after TCP accept (and the
+	// TLS handshake); default 10 s.
 	ConnectTimeout time.Duration
-	// MaxConns caps connected clients; default 60,000.
+	// MaxConns caps open connections; default 60,000.
 	MaxConns int
 	// ConnectRate and ConnectBurst bound new connections per client
 	// address when Connects is nil; defaults 20/s and 50.
@@ -82,6 +92,12 @@ type Options struct {
 	// MaxKeepalive is the longest keep-alive a client may have; a client
 	// asking for none or more gets this (v5 clients are told). Default 300 s.
 	MaxKeepalive time.Duration
+	// MaxSessionExpiry bounds how long a persistent session outlives its
+	// connection; default 1 h.
+	MaxSessionExpiry time.Duration
+	// WriteTimeout bounds one write to a client; a client that does not
+	// read for this long is cut as a slow consumer. Default 10 s.
+	WriteTimeout time.Duration
 	// AllowedOrigins are browser origins besides the hub's own allowed on
 	// MQTT over WebSocket.
 	AllowedOrigins []string
@@ -90,6 +106,20 @@ type Options struct {
 	OnACLDenied   func()
 	Logger        *slog.Logger
 }
+
+// The gateway's fixed limits, stated in every MQTT 5 CONNACK.
+const (
+	// receiveMaximum is how many QoS 2 publishes a client may have
+	// awaiting PUBREL (QoS 1 is answered inline, so it never queues).
+	receiveMaximum = 32
+	// topicAliasMaximum is how many inbound topic aliases a v5 client
+	// may set.
+	topicAliasMaximum = 16
+	// maxWatchers bounds the debug watch sessions per device.
+	maxWatchers = 4
+	// outBufferBytes bounds what waits to be written to one client.
+	outBufferBytes = 256 << 10
+)
 
 func (o *Options) ensureDefaults() {
 	if o.MaxPacketBytes <= 0 {
@@ -110,6 +140,15 @@ func (o *Options) ensureDefaults() {
 	if o.MaxKeepalive <= 0 {
 		o.MaxKeepalive = 300 * time.Second
 	}
+	if o.MaxKeepalive > 65535*time.Second {
+		o.MaxKeepalive = 65535 * time.Second
+	}
+	if o.MaxSessionExpiry <= 0 {
+		o.MaxSessionExpiry = time.Hour
+	}
+	if o.WriteTimeout <= 0 {
+		o.WriteTimeout = 10 * time.Second
+	}
 	if o.Connects == nil {
 		o.Connects = devices.NewConnectLimiter(o.ConnectRate, o.ConnectBurst)
 	}
@@ -118,215 +157,291 @@ func (o *Options) ensureDefaults() {
 	}
 }
 
-// Broker is the embedded MQTT broker.
+// Broker is the device MQTT gateway.
 type Broker struct {
 	opts   Options
 	log    *slog.Logger
-	srv    *mqtt.Server
-	hook   *hook
-	kicks  hijack.Conns[*conn] // in-flight disconnects started by Kick; closed by Run
 	denied atomic.Int64
+	open   atomic.Int64 // connections past accept, for MaxConns
 
-	wsConns hijack.Conns[*wsConn] // MQTT-over-WebSocket handlers, for closeWS
-	wsBufs  sync.Pool             // write buffers shared by idle WebSocket clients
+	// mu guards sessions and watchers. It is never held while writing to
+	// a socket or calling the bridge, and never taken under a conn's mu.
+	mu       sync.Mutex
+	sessions map[string]*session       // device id -> MQTT session state
+	watchers map[string]map[*conn]bool // device id -> its debug watchers
+	expiry   map[string]*time.Timer    // device id -> end of a detached persistent session
+	wills    map[string]*time.Timer    // device id -> a delayed will waiting to be published
+	conns    hijack.Conns[*conn]       // every connection past CONNECT, for shutdown
+	serving  sync.WaitGroup            // accept loops and connection goroutines
+	wsConns  hijack.Conns[*wsConn]     // MQTT-over-WebSocket handlers, for closeWS
+	wsBufs   sync.Pool                 // write buffers shared by idle WebSocket clients
+	stopping atomic.Bool
+
+	// connectLog and publishLog rate-limit the refusal log lines.
+	connectLog, publishLog bridge.LogLimiter
 }
 
-// New returns a broker serving on opts' listeners once Run is called.
+// New returns a gateway serving on opts' listeners once Run is called.
 func New(opts Options) (*Broker, error) {
 	if opts.Bridge == nil || opts.Commands == nil || opts.Auth == nil || opts.Listener == nil {
 		return nil, errors.New("mqtt: Bridge, Commands, Auth and Listener are required")
 	}
 	opts.ensureDefaults()
-	caps := mqtt.NewDefaultServerCapabilities()
-	caps.MaximumPacketSize = uint32(opts.MaxPacketBytes)
-	caps.MaximumClients = int64(opts.MaxConns)
-	caps.RetainAvailable = 0 // devices' messages are never kept
-	caps.MaximumQos = 1
-	caps.MaximumSessionExpiryInterval = 3600
-	caps.MaximumMessageExpiryInterval = 3600
-	caps.MaximumClientWritesPending = 256
-	b := &Broker{opts: opts, log: opts.Logger}
-	b.srv = mqtt.New(&mqtt.Options{
-		Capabilities:             caps,
-		InlineClient:             true, // the hub publishes commands and errors
-		ClientNetWriteBufferSize: 1024,
-		ClientNetReadBufferSize:  1024,
-		SysTopicResendInterval:   60,
-		// mochi logs every connection at info and every broken pipe at
-		// warn; the bridge logs connections with their reasons.
-		// It also logs whole packets and clients; mochiLogHandler keeps
-		// its lines short.
-		Logger: slog.New(levelFloor{mochiLogHandler{opts.Logger.Handler()}, slog.LevelError}),
-	})
-	b.hook = &hook{b: b, pending: map[*mqtt.Client]devices.TokenHash{}, sessions: map[*mqtt.Client]*bridge.Session{}, conns: map[*mqtt.Client]*conn{}}
-	if err := b.srv.AddHook(b.hook, nil); err != nil {
-		return nil, fmt.Errorf("mqtt: add hook: %w", err)
-	}
-	limit := opts.Connects
-	if err := b.srv.AddListener(listeners.NewNet("tcp", guard(opts.Listener, opts.ConnectTimeout, limit))); err != nil {
-		return nil, fmt.Errorf("mqtt: add listener: %w", err)
-	}
-	if opts.TLSListener != nil {
-		if err := b.srv.AddListener(listeners.NewNet("tls", guard(opts.TLSListener, opts.ConnectTimeout, limit))); err != nil {
-			return nil, fmt.Errorf("mqtt: add TLS listener: %w", err)
-		}
-	}
-	return b, nil
+	return &Broker{
+		opts: opts, log: opts.Logger,
+		sessions: map[string]*session{},
+		watchers: map[string]map[*conn]bool{},
+		expiry:   map[string]*time.Timer{},
+		wills:    map[string]*time.Timer{},
+	}, nil
 }
 
-// Run serves until ctx ends, then closes the broker and every client.
+// Run serves until ctx ends, then closes every connection (MQTT 5 clients
+// are told 0x8B Server shutting down) and waits for their goroutines.
 func (b *Broker) Run(ctx context.Context) error {
-	if err := b.srv.Serve(); err != nil {
-		return fmt.Errorf("mqtt: serve: %w", err)
+	lns := []net.Listener{b.opts.Listener}
+	if b.opts.TLSListener != nil {
+		lns = append(lns, b.opts.TLSListener)
+	}
+	for _, ln := range lns {
+		b.serving.Add(1)
+		go b.accept(ln) // owner: Run; ends when the listener is closed below
 	}
 	<-ctx.Done()
+	b.stopping.Store(true)
+	for _, ln := range lns {
+		_ = ln.Close()
+	}
 	b.closeWS()
-	b.kicks.Close() // a kick from now on is left to srv.Close below
-	b.kicks.Wait()
-	// Let kicked clients finish leaving before mochi's Close walks its
-	// client table: v2.7.9 takes that table's read lock twice there, which
-	// deadlocks if a leaving client is waiting for the write lock.
-	for deadline := time.Now().Add(3 * time.Second); atomic.LoadInt64(&b.srv.Info.ClientsConnected) > 0 && time.Now().Before(deadline); {
-		time.Sleep(10 * time.Millisecond)
+	for _, c := range b.conns.Close() {
+		c.kick(bridge.ReasonServerShutdown)
 	}
-	if err := b.srv.Close(); err != nil {
-		return fmt.Errorf("mqtt: close: %w", err)
+	b.serving.Wait()
+	b.conns.Wait()
+	b.mu.Lock()
+	for _, t := range b.expiry {
+		t.Stop()
 	}
+	for _, t := range b.wills {
+		t.Stop()
+	}
+	b.mu.Unlock()
 	return nil
+}
+
+// accept serves one listener until it is closed.
+func (b *Broker) accept(ln net.Listener) {
+	defer b.serving.Done()
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(5 * time.Millisecond)
+				continue
+			}
+			return
+		}
+		if !b.opts.Connects.Allow(remoteIP(nc.RemoteAddr().String())) || b.stopping.Load() {
+			_ = nc.Close()
+			continue
+		}
+		b.serving.Add(1)
+		go func() { // owner: Run, through serving
+			defer b.serving.Done()
+			b.serveConn(nc, remoteIP(nc.RemoteAddr().String()), devices.TransportMQTT)
+		}()
+	}
 }
 
 // Addr returns the plain listener's address.
 func (b *Broker) Addr() net.Addr { return b.opts.Listener.Addr() }
 
-// Publish sends a message from the hub to topic (commands, errors). The
-// inline client bypasses the ACL.
-func (b *Broker) Publish(topic string, payload []byte, qos byte) error {
-	return b.srv.Publish(topic, payload, false, qos)
-}
-
 // ACLDenials returns how many publishes and subscriptions the ACL refused.
 func (b *Broker) ACLDenials() int64 { return b.denied.Load() }
 
-// levelFloor drops records below a minimum level.
-type levelFloor struct {
-	slog.Handler
-	min slog.Level
-}
-
-func (h levelFloor) Enabled(ctx context.Context, l slog.Level) bool {
-	return l >= h.min && h.Handler.Enabled(ctx, l)
-}
-
-func (h levelFloor) WithAttrs(as []slog.Attr) slog.Handler {
-	return levelFloor{h.Handler.WithAttrs(as), h.min}
-}
-
-func (h levelFloor) WithGroup(name string) slog.Handler {
-	return levelFloor{h.Handler.WithGroup(name), h.min}
-}
-
-// mochiLogHandler keeps mochi's log lines to one short line each. mochi
-// v2.7.9 logs whole structs (its packets, wills, clients: several KiB each,
-// payload and internal state included) with some errors; every such value
-// is replaced by a short summary. It drops "publish packet error" for our
-// own hook's refusals, which hook.refuse logs itself with device, topic and
-// code, rate-limited.
-type mochiLogHandler struct{ slog.Handler }
-
-func (h mochiLogHandler) Handle(ctx context.Context, r slog.Record) error {
-	var attrs []slog.Attr
-	ours := false
-	r.Attrs(func(a slog.Attr) bool {
-		if a.Key == "hook" && a.Value.Kind() == slog.KindString && a.Value.String() == hookID {
-			ours = true
+// CredentialsChanged closes the device's debug watchers whose token no
+// longer works (its own session is the bridge's to kick). The registry
+// calls it beside Bridge.CredentialsChanged.
+func (b *Broker) CredentialsChanged(id string) {
+	b.mu.Lock()
+	var stale []*conn
+	for c := range b.watchers[id] {
+		if !b.opts.Auth.StillValid(id, c.hash) {
+			stale = append(stale, c)
 		}
-		attrs = append(attrs, shortAttr(a))
-		return true
-	})
-	if ours && r.Message == "publish packet error" {
+	}
+	b.mu.Unlock()
+	for _, c := range stale {
+		c.kick(bridge.ReasonRevoked)
+	}
+}
+
+func remoteIP(addr string) string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	return host
+}
+
+// topicAllowed is the gateway's form of the device ACL
+// (telemetry.DeviceACL): write is a publish, otherwise a subscribe.
+func topicAllowed(id, topic string, write bool) bool {
+	a := telemetry.Subscribe
+	if write {
+		a = telemetry.Publish
+	}
+	return telemetry.Allowed(id, topic, a)
+}
+
+// aclDenied counts and logs one refused publish or subscription.
+func (b *Broker) aclDenied(id, topic string, write bool) {
+	b.denied.Add(1)
+	if b.opts.OnACLDenied != nil {
+		b.opts.OnACLDenied()
+	}
+	b.log.Debug("mqtt acl denied", "device", id, "topic", telemetry.Truncate(topic, 128), "write", write)
+}
+
+// attach makes c the connection of its device's session, resuming the
+// stored one unless clean, and reports whether it did (CONNACK session
+// present). A resumed session's delayed will is cancelled (5.0 §3.1.3.2.2).
+func (b *Broker) attach(c *conn, clean bool, expiry time.Duration) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	id := c.device
+	if t := b.expiry[id]; t != nil {
+		t.Stop()
+		delete(b.expiry, id)
+	}
+	s := b.sessions[id]
+	present := s != nil && !clean
+	if t := b.wills[id]; t != nil && present {
+		t.Stop()
+		delete(b.wills, id)
+	}
+	if !present {
+		s = newSession(id)
+		b.sessions[id] = s
+	}
+	s.expiry = expiry
+	s.mu.Lock()
+	s.conn = c
+	s.mu.Unlock()
+	c.sess = s
+	return present
+}
+
+// detach ends c's hold on its session: a session that is not persistent
+// ends with it, a persistent one waits, detached, for its expiry.
+func (b *Broker) detach(c *conn) {
+	s := c.sess
+	if s == nil {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s.mu.Lock()
+	mine := s.conn == c
+	if mine {
+		s.conn = nil
+	}
+	s.mu.Unlock()
+	id := c.device
+	if !mine || b.sessions[id] != s {
+		return // superseded: the session is another connection's now
+	}
+	if s.expiry <= 0 || b.stopping.Load() {
+		delete(b.sessions, id)
+		return
+	}
+	b.expiry[id] = time.AfterFunc(s.expiry, func() { b.expire(id, s) })
+}
+
+// expire ends a detached persistent session whose expiry passed.
+func (b *Broker) expire(id string, s *session) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.sessions[id] != s {
+		return
+	}
+	s.mu.Lock()
+	attached := s.conn != nil
+	s.mu.Unlock()
+	if !attached {
+		delete(b.sessions, id)
+		delete(b.expiry, id)
+	}
+}
+
+// setExpiry applies the Session Expiry Interval of an MQTT 5 DISCONNECT;
+// a session that had none cannot be given one then (5.0 §3.14.2.2.2).
+func (b *Broker) setExpiry(s *session, seconds uint32) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if s.expiry == 0 {
+		return
+	}
+	s.expiry = min(time.Duration(seconds)*time.Second, b.opts.MaxSessionExpiry)
+}
+
+// watchersOf returns the device's debug watchers.
+func (b *Broker) watchersOf(id string) []*conn {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.watchers[id]) == 0 {
 		return nil
 	}
-	nr := slog.NewRecord(r.Time, r.Level, r.Message, r.PC)
-	nr.AddAttrs(attrs...)
-	return h.Handler.Handle(ctx, nr)
-}
-
-func (h mochiLogHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	short := make([]slog.Attr, len(as))
-	for i, a := range as {
-		short[i] = shortAttr(a)
+	out := make([]*conn, 0, len(b.watchers[id]))
+	for c := range b.watchers[id] {
+		out = append(out, c)
 	}
-	return mochiLogHandler{h.Handler.WithAttrs(short)}
+	return out
 }
 
-func (h mochiLogHandler) WithGroup(name string) slog.Handler {
-	return mochiLogHandler{h.Handler.WithGroup(name)}
-}
-
-// shortAttr replaces a struct value (mochi's packets, wills, clients) with
-// a summary of a few fields; errors, strings and numbers stay as they are.
-func shortAttr(a slog.Attr) slog.Attr {
-	switch a.Value.Kind() {
-	case slog.KindGroup:
-		g := a.Value.Group()
-		short := make([]any, len(g))
-		for i, ga := range g {
-			short[i] = shortAttr(ga)
-		}
-		return slog.Group(a.Key, short...)
-	case slog.KindAny:
-	default:
-		return a
+// scheduleWill publishes a will now, or after its delay unless the session
+// is resumed first (5.0 §3.1.2.11.2: the will goes out when the delay or
+// the session ends, whichever is first).
+func (b *Broker) scheduleWill(device, remote, transport string, w *will, s *session) {
+	delay := w.delay
+	if s != nil {
+		b.mu.Lock()
+		delay = min(delay, s.expiry)
+		b.mu.Unlock()
 	}
-	switch v := a.Value.Any().(type) {
-	case error, fmt.Stringer:
-		return a
-	case packets.Packet:
-		return slog.Group(a.Key, "type", v.FixedHeader.Type, "topic", telemetry.Truncate(v.TopicName, 128), "qos", v.FixedHeader.Qos, "bytes", len(v.Payload))
-	case *packets.Packet:
-		if v != nil {
-			return shortAttr(slog.Any(a.Key, *v))
-		}
-	case mqtt.Will:
-		return slog.Group(a.Key, "topic", telemetry.Truncate(v.TopicName, 128), "bytes", len(v.Payload))
-	case *mqtt.Client:
-		if v != nil {
-			return slog.String(a.Key, telemetry.Truncate(v.ID, 64))
-		}
+	if delay <= 0 || b.stopping.Load() {
+		b.publishWill(device, remote, transport, w)
+		return
 	}
-	if k := reflect.Indirect(reflect.ValueOf(a.Value.Any())).Kind(); k == reflect.Struct || k == reflect.Map || k == reflect.Slice {
-		return slog.String(a.Key, fmt.Sprintf("%T", a.Value.Any()))
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if old := b.wills[device]; old != nil {
+		old.Stop()
 	}
-	return a
+	var t *time.Timer
+	t = time.AfterFunc(delay, func() {
+		b.mu.Lock()
+		mine := b.wills[device] == t
+		if mine {
+			delete(b.wills, device)
+		}
+		b.mu.Unlock()
+		if mine {
+			b.publishWill(device, remote, transport, w)
+		}
+	})
+	b.wills[device] = t
 }
 
-// guardedListener puts a deadline on the CONNECT of every accepted
-// connection (mochi replaces it with the keep-alive deadline once the
-// client is connected) and sheds addresses that connect too fast.
-type guardedListener struct {
-	net.Listener
-	timeout time.Duration
-	limit   *devices.ConnectLimiter
-}
-
-func guard(ln net.Listener, timeout time.Duration, limit *devices.ConnectLimiter) net.Listener {
-	return &guardedListener{Listener: ln, timeout: timeout, limit: limit}
-}
-
-func (g *guardedListener) Accept() (net.Conn, error) {
-	for {
-		c, err := g.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		if !g.limit.Allow(remoteIP(c.RemoteAddr().String())) {
-			c.Close()
-			continue
-		}
-		if err := c.SetDeadline(time.Now().Add(g.timeout)); err != nil {
-			c.Close()
-			continue
-		}
-		return c, nil
+// publishWill runs a will through the pipeline like any publish of the
+// device (docs/protocol.md, "MQTT: wills").
+func (b *Broker) publishWill(device, remote, transport string, w *will) {
+	s := b.opts.Bridge.Ephemeral(device, transport, remote)
+	a := b.opts.Bridge.Accept(context.Background(), s, bridge.Message{Kind: w.kind, Payload: w.payload})
+	if a.Err != nil {
+		b.log.Info("mqtt will refused", "device", device, "code", a.Err.Code, "reason", telemetry.Truncate(a.Err.Message, 200))
+		return
 	}
+	b.log.Debug("mqtt will stored", "device", device)
 }

@@ -270,6 +270,10 @@ func TestQoS1AckAfterDurable(t *testing.T) {
 	}
 }
 
+// TestSpoolRefusalWithholdsPubackOnV3: a 3.1.1 publish the spool cannot
+// take gets no PUBACK, and the connection is closed so the device resends
+// it after reconnecting (3.1.1 clients resend only then, [MQTT-4.4.0-1]);
+// acknowledged means stored.
 func TestSpoolRefusalWithholdsPubackOnV3(t *testing.T) {
 	r := newRig(t, Options{})
 	r.store.refuse.Store(1)
@@ -279,18 +283,15 @@ func TestSpoolRefusalWithholdsPubackOnV3(t *testing.T) {
 	if tok.Error() != nil {
 		t.Fatal(tok.Error())
 	}
-	pt := c.Publish("devices/d1/telemetry", 1, false, `{"id":"7","metrics":{"temp":7}}`)
-	if pt.WaitTimeout(500 * time.Millisecond) {
-		t.Fatalf("PUBACK although the spool refused (err %v)", pt.Error())
-	}
-	if r.stored(t) != 0 {
-		t.Fatal("refused reading stored")
-	}
-	// The device reconnects (here: the hub drops it) and resends.
-	r.br.Current("d1").Kick(bridge.ReasonProtocolError)
+	// paho completes the token when the connection drops (the message
+	// stays in its store and is resent), so the test watches the hub.
+	c.Publish("devices/d1/telemetry", 1, false, `{"id":"7","metrics":{"temp":7}}`)
 	waitFor(t, "the resent reading to be stored", func() bool { return r.stored(t) == 1 })
 	if n := r.br.Stats().Messages["mqtt"].Load(); n != 2 {
-		t.Fatalf("hub saw %d publishes, want the original and the resend", n)
+		t.Fatalf("hub saw %d publishes, want the refused one and the resend", n)
+	}
+	if n := r.br.Stats().Disconnects[devices.TransportMQTT][bridge.ReasonBackpressure].Load(); n != 1 {
+		t.Fatalf("%d disconnects for store backpressure, want 1", n)
 	}
 }
 
@@ -424,4 +425,18 @@ func TestKeepaliveEnforced(t *testing.T) {
 		t.Fatal("silent client not cut by keep-alive enforcement")
 	}
 	waitFor(t, "heartbeat_timeout presence", func() bool { d, _ := r.reg.Get("d1"); return !d.Online && d.Reason == bridge.ReasonHeartbeatTimeout })
+}
+
+// hasSession reports whether a connection of device id is attached to
+// its session.
+func (b *Broker) hasSession(id string) bool {
+	b.mu.Lock()
+	s := b.sessions[id]
+	b.mu.Unlock()
+	if s == nil {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.conn != nil
 }

@@ -13,9 +13,6 @@ import (
 	"github.com/fieldhub/fieldhub/devices"
 )
 
-// wsListener names MQTT-over-WebSocket clients in the broker.
-const wsListener = "ws"
-
 // ServeWebSocket is MQTT over WebSocket (subprotocol "mqtt") for
 // browser-based devices, mounted on the hub's HTTP server. Unlike the
 // broker's stock WebSocket listener it checks Origin: a browser page may
@@ -59,9 +56,7 @@ func (b *Broker) ServeWebSocket(w http.ResponseWriter, r *http.Request) {
 		_ = ws.Close()
 		return
 	}
-	_ = conn.SetDeadline(time.Now().Add(b.opts.ConnectTimeout)) // CONNECT deadline, as on TCP
-	_ = b.srv.EstablishConnection(wsListener, conn)             // returns when the client is gone
-	conn.Close()
+	b.serveConn(conn, string(conn.remote.(wsAddr)), devices.TransportMQTT) // returns when the client is gone
 }
 
 // closeWS closes MQTT-over-WebSocket connections (the broker closes only
@@ -82,8 +77,8 @@ func (b *Broker) originAllowed(r *http.Request) bool {
 }
 
 // wsConn presents a WebSocket as the byte stream MQTT expects: binary
-// messages in, one binary message per write out. The broker reads from one
-// goroutine and serialises its writes.
+// messages in, one binary message per write out. The gateway reads from one
+// goroutine and serialises its writes (conn.wmu).
 type wsConn struct {
 	ws     *websocket.Conn // set once, by setWS, before the broker sees the conn
 	remote net.Addr        // the client behind any trusted proxy
@@ -108,7 +103,7 @@ func (c *wsConn) shut() {
 }
 
 // wsAddr is a client address computed by devices.Proxies.ClientAddr (no
-// port), as the broker sees it in Client.Net.Remote.
+// port), as the gateway logs it.
 type wsAddr string
 
 func (a wsAddr) Network() string { return "tcp" }
@@ -153,8 +148,7 @@ func (c *wsConn) RemoteAddr() net.Addr              { return c.remote }
 func (c *wsConn) SetReadDeadline(t time.Time) error { return c.ws.SetReadDeadline(t) }
 
 // SetWriteDeadline takes the write lock: gorilla keeps the write deadline
-// in a field its writers read, and the broker sets deadlines from its
-// reader goroutine.
+// in a field its writers read.
 func (c *wsConn) SetWriteDeadline(t time.Time) error {
 	c.wm.Lock()
 	defer c.wm.Unlock()

@@ -44,7 +44,10 @@ func TestImportRules(t *testing.T) {
 	}
 	// Third-party libraries and the one package allowed to import each.
 	owners := map[string][]string{
-		"github.com/mochi-mqtt/server/v2":             {"bridge/mqtt"},
+		// The device gateway's codec (mochi's packets only: its broker is
+		// forbidden below), and paho.golang's for one property check.
+		"github.com/mochi-mqtt/server/v2/packets":     {"bridge/mqtt"},
+		"github.com/eclipse/paho.golang":              {"bridge/mqtt"},
 		"github.com/influxdata/influxdb-client-go/v2": {"telemetry/influx"},
 		// The command stores share the registry's open database.
 		"go.etcd.io/bbolt":                       {"devices", "bridge/commands/boltstore"},
@@ -54,8 +57,18 @@ func TestImportRules(t *testing.T) {
 		// The hub's broker client, and the simulator's MQTT devices.
 		"github.com/eclipse/paho.mqtt.golang": {"bridge/cluster", "firmware-sim"},
 	}
+	// mochi's broker was replaced by the hub's own gateway (issue #20):
+	// nothing imports it, or its hooks and listeners, again.
+	forbidden := func(imp string) bool {
+		return strings.HasPrefix(imp, "github.com/mochi-mqtt/server/v2") && imp != "github.com/mochi-mqtt/server/v2/packets"
+	}
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 		fields := strings.Fields(line)
+		for _, imp := range fields[1:] {
+			if forbidden(imp) {
+				t.Errorf("%s imports %s: mochi's broker is not used (only its packets codec)", fields[0], imp)
+			}
+		}
 		pkg := strings.TrimPrefix(fields[0], mod)
 		// The most specific rule wins.
 		var rule []string

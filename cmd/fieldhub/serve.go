@@ -231,6 +231,8 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		if err != nil {
 			return err
 		}
+		// Its debug watchers are not bridge sessions: they re-check too.
+		reg.Subscribe(devices.Subscriber{OnCredentialsChanged: broker.CredentialsChanged})
 	}
 	m.register(br, cmds, sp, writer, reg, liveHub)
 
