@@ -104,6 +104,7 @@ func newRigTB(t testing.TB, o Options, bridgeOpts ...func(*bridge.Options)) *rig
 	if err != nil {
 		t.Fatal(err)
 	}
+	r.reg.Subscribe(devices.Subscriber{OnCredentialsChanged: r.broker.CredentialsChanged}) // as cmd/fieldhub wires it
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.broker.Run(ctx) }()

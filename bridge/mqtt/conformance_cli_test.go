@@ -12,11 +12,14 @@ import (
 	"net"
 	"os/exec"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/fieldhub/fieldhub/bridge"
 )
 
 // mosquitto's -V values for the two protocols.
@@ -130,6 +133,7 @@ func (p *cliProc) wait() error {
 var (
 	reConnack  = regexp.MustCompile(`received CONNACK \((\d+)\)`)
 	rePuback   = regexp.MustCompile(`received PUBACK \(Mid: \d+, RC:0\)`)
+	rePubackRC = regexp.MustCompile(`received PUBACK \(Mid: (\d+), RC:(\d+)\)`)
 	rePubrec   = regexp.MustCompile(`received PUBREC \(Mid: \d+[,)]`)
 	rePubrel   = regexp.MustCompile(`sending PUBREL \(m\d+`)
 	rePubcomp  = regexp.MustCompile(`received PUBCOMP \(Mid: \d+, RC:0\)`)
@@ -279,5 +283,56 @@ func TestCLIWatcher(t *testing.T) {
 			default:
 			}
 		})
+	}
+}
+
+// TestCLIRefusals: a QoS 1 reading refused for now (rate limited, spool
+// full): mosquitto_pub over 5 gets PUBACK 0x97 Quota exceeded (never 0x96);
+// over 3.1.1 no PUBACK at all, and the connection is closed.
+func TestCLIRefusals(t *testing.T) {
+	tests := []struct {
+		name   string
+		bridge func(*bridge.Options)
+		setup  func(*rig)
+		repeat string // publishes; the last one is refused
+	}{
+		{name: "rate limited", bridge: func(o *bridge.Options) { o.RatePerSec, o.Burst = 0.5, 1 }, repeat: "2"},
+		{name: "spool full", setup: func(r *rig) { r.store.refuse.Store(1) }, repeat: "1"},
+	}
+	for _, tt := range tests {
+		for _, v := range []string{cliV311, cliV5} {
+			t.Run(tt.name+"/"+v, func(t *testing.T) {
+				var bo []func(*bridge.Options)
+				if tt.bridge != nil {
+					bo = append(bo, tt.bridge)
+				}
+				r := newRig(t, Options{}, bo...)
+				if tt.setup != nil {
+					tt.setup(r)
+				}
+				out, err := r.mosquitto(t, "mosquitto_pub", "-V", v, "-i", "d1", "-u", "d1", "-P", r.tokens["d1"],
+					"-t", "devices/d1/telemetry", "-q", "1", "-m", reading, "--repeat", tt.repeat)
+				acks := rePubackRC.FindAllStringSubmatch(out, -1)
+				n := len(acks)
+				if v == cliV5 {
+					if n == 0 || acks[n-1][1] != tt.repeat || acks[n-1][2] != "151" {
+						t.Fatalf("PUBACKs %v, want the last (%s) with RC 151 (0x97):\n%s", acks, tt.repeat, out)
+					}
+				} else {
+					for _, a := range acks {
+						if a[1] == tt.repeat {
+							t.Fatalf("PUBACK for the refused publish:\n%s", out)
+						}
+					}
+					if err == nil || !strings.Contains(out, "The connection was lost") {
+						t.Fatalf("exit %v, want the connection closed:\n%s", err, out)
+					}
+				}
+				want, _ := strconv.Atoi(tt.repeat)
+				if got := r.stored(t); got != want-1 {
+					t.Fatalf("%d readings stored, want %d", got, want-1)
+				}
+			})
+		}
 	}
 }

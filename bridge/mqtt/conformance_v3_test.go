@@ -501,22 +501,26 @@ func TestV3QoS2Exchange(t *testing.T) {
 
 	t.Run("more than 32 awaiting PUBREL", func(t *testing.T) {
 		c, _ := r.raw3(t, connectPk("d2", "d2", r.tokens["d2"], true))
+		pub := func(id uint16) []byte {
+			return encode(t, publishPk("devices/d2/telemetry", 2, id, fmt.Sprintf(`{"id":"r%d","metrics":{"n":%d}}`, id, id)))
+		}
 		var all []byte
-		for id := uint16(1); id <= 33; id++ {
-			all = append(all, encode(t, publishPk("devices/d2/telemetry", 2, id, fmt.Sprintf(`{"id":"r%d","metrics":{"n":%d}}`, id, id)))...)
+		for id := uint16(1); id <= 32; id++ {
+			all = append(all, pub(id)...)
 		}
 		if err := c.write(all); err != nil {
 			t.Fatal(err)
 		}
-		seen, err := c.untilClosed()
-		recs := 0
-		for _, p := range seen {
-			if p.FixedHeader.Type == packets.Pubrec {
-				recs++
+		for id := uint16(1); id <= 32; id++ {
+			if p := c.expect(packets.Pubrec); p.PacketID != id {
+				t.Fatalf("PUBREC %d, want %d", p.PacketID, id)
 			}
 		}
-		if recs != 32 || !closedByServer(err) {
-			t.Fatalf("%d PUBRECs then %v, want 32 and the connection closed", recs, err)
+		if err := c.write(pub(33)); err != nil {
+			t.Fatal(err)
+		}
+		if seen, err := c.untilClosed(); len(seen) > 0 || !closedByServer(err) {
+			t.Fatalf("33rd awaiting PUBREL: received %v then %v, want the connection closed", seen, err)
 		}
 	})
 }
@@ -990,6 +994,18 @@ func TestV3Watcher(t *testing.T) {
 	}
 	if n := r.stored(t); n != 1 {
 		t.Fatalf("%d readings stored, want the device's one", n)
+	}
+
+	// The token rotated without grace: the watchers are closed.
+	w, ack := r.raw3(t, connectPk("d1:errors", "d1", tok, true))
+	if !bytes.Equal(ack, connack(0, 0)) {
+		t.Fatalf("watcher after one left: CONNACK % x", ack)
+	}
+	if _, err := r.reg.Rotate(context.Background(), "d1", 0); err != nil {
+		t.Fatal(err)
+	}
+	if seen, err := w.untilClosed(); len(seen) > 0 || !closedByServer(err) {
+		t.Fatalf("watcher after the rotation: received %v then %v, want the connection closed", seen, err)
 	}
 }
 
