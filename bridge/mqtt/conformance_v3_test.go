@@ -894,7 +894,7 @@ func TestV3Keepalive(t *testing.T) {
 				t.Fatalf("CONNACK % x", ack)
 			}
 			if tt.ping {
-				tick := time.NewTicker(600 * time.Millisecond) // pacing the client, well inside 1.5 s
+				tick := time.NewTicker(500 * time.Millisecond) // pacing the client, well inside 1.5 s
 				defer tick.Stop()
 				for range 4 {
 					<-tick.C
