@@ -16,8 +16,9 @@ type MQTT311 uint8
 const (
 	// MQTTAck acks the refused publish: the device must not resend it.
 	MQTTAck MQTT311 = iota
-	// MQTTWithhold withholds the PUBACK of a QoS 1 publish, so the device
-	// keeps the message and sends it again.
+	// MQTTWithhold withholds the PUBACK of a QoS 1 publish and closes
+	// the connection, so the device keeps the message and sends it again
+	// once reconnected (3.1.1 clients resend only then, [MQTT-4.4.0-1]).
 	MQTTWithhold
 )
 
@@ -36,11 +37,12 @@ const (
 // MQTT 5 reason codes the hub sends (MQTT 5.0 §2.4). Zero: the packet is
 // not sent for that code.
 const (
+	ReasonImplementationError  byte = 0x83 // PUBACK, PUBREC: valid, but not taken
 	ReasonBadUserOrPassword    byte = 0x86 // CONNACK
-	ReasonPacketTooLarge       byte = 0x95 // PUBACK, DISCONNECT
-	ReasonMessageRateTooHigh   byte = 0x96 // PUBACK
-	ReasonQuotaExceeded        byte = 0x97 // PUBACK
-	ReasonPayloadFormatInvalid byte = 0x99 // PUBACK
+	ReasonPacketTooLarge       byte = 0x95 // DISCONNECT only (5.0 §3.14.2.1)
+	ReasonMessageRateTooHigh   byte = 0x96 // DISCONNECT only: never on a PUBACK (§3.4.2.1)
+	ReasonQuotaExceeded        byte = 0x97 // PUBACK, PUBREC, DISCONNECT
+	ReasonPayloadFormatInvalid byte = 0x99 // PUBACK, PUBREC
 )
 
 // Answer is what every transport answers for one error code: the table
@@ -68,10 +70,10 @@ var answers = map[string]Answer{
 	CodeBadJSON:             {HTTPStatus: 400, PubAck: ReasonPayloadFormatInvalid},
 	CodeInvalid:             {HTTPStatus: 400, PubAck: ReasonPayloadFormatInvalid},
 	CodeUnknownType:         {HTTPStatus: 400, PubAck: ReasonPayloadFormatInvalid},
-	CodeRateLimited:         {HTTPStatus: 429, RetryAfter: "1", PubAck: ReasonMessageRateTooHigh, Retry: true},
+	CodeRateLimited:         {HTTPStatus: 429, RetryAfter: "1", MQTT311: MQTTWithhold, PubAck: ReasonQuotaExceeded, Disconnect: ReasonMessageRateTooHigh, Retry: true},
 	CodeOverloaded:          {HTTPStatus: 503, RetryAfter: "5", MQTT311: MQTTWithhold, PubAck: ReasonQuotaExceeded, Retry: true},
 	CodeInternal:            {HTTPStatus: 503, RetryAfter: "5", MQTT311: MQTTWithhold, PubAck: ReasonQuotaExceeded, Retry: true},
-	CodeTooLarge:            {HTTPStatus: 413, PubAck: ReasonPacketTooLarge, Disconnect: ReasonPacketTooLarge},
+	CodeTooLarge:            {HTTPStatus: 413, PubAck: ReasonImplementationError, Disconnect: ReasonPacketTooLarge},
 	CodeUnsupportedEncoding: {HTTPStatus: 415},
 	CodeUnauthorized:        {HTTPStatus: 401, WS: WSRefuseUpgrade, ConnAck: ReasonBadUserOrPassword},
 	CodeNotFound:            {HTTPStatus: 404},

@@ -22,10 +22,10 @@ func TestErrorTable(t *testing.T) {
 		{telemetry.CodeBadJSON, 400, "", telemetry.WSErrorFrame, telemetry.MQTTAck, 0x99, 0, 0, false},
 		{telemetry.CodeInvalid, 400, "", telemetry.WSErrorFrame, telemetry.MQTTAck, 0x99, 0, 0, false},
 		{telemetry.CodeUnknownType, 400, "", telemetry.WSErrorFrame, telemetry.MQTTAck, 0x99, 0, 0, false},
-		{telemetry.CodeRateLimited, 429, "1", telemetry.WSErrorFrame, telemetry.MQTTAck, 0x96, 0, 0, true},
+		{telemetry.CodeRateLimited, 429, "1", telemetry.WSErrorFrame, telemetry.MQTTWithhold, 0x97, 0, 0x96, true},
 		{telemetry.CodeOverloaded, 503, "5", telemetry.WSErrorFrame, telemetry.MQTTWithhold, 0x97, 0, 0, true},
 		{telemetry.CodeInternal, 503, "5", telemetry.WSErrorFrame, telemetry.MQTTWithhold, 0x97, 0, 0, true},
-		{telemetry.CodeTooLarge, 413, "", telemetry.WSErrorFrame, telemetry.MQTTAck, 0x95, 0, 0x95, false},
+		{telemetry.CodeTooLarge, 413, "", telemetry.WSErrorFrame, telemetry.MQTTAck, 0x83, 0, 0x95, false},
 		{telemetry.CodeUnsupportedEncoding, 415, "", telemetry.WSErrorFrame, telemetry.MQTTAck, 0, 0, 0, false},
 		{telemetry.CodeUnauthorized, 401, "", telemetry.WSRefuseUpgrade, telemetry.MQTTAck, 0, 0x86, 0, false},
 		{telemetry.CodeNotFound, 404, "", telemetry.WSErrorFrame, telemetry.MQTTAck, 0, 0, 0, false},
@@ -48,6 +48,26 @@ func TestErrorTable(t *testing.T) {
 	}
 	if a, want := telemetry.AnswerFor("no_such_code"), telemetry.AnswerFor(telemetry.CodeInvalid); a != want {
 		t.Errorf("AnswerFor(unknown) = %+v, want the invalid answer %+v", a, want)
+	}
+}
+
+// TestErrorTableReasonCodesLegal: every MQTT 5 reason code in the table is
+// one the specification allows on its packet type (5.0 §3.4.2.1 PUBACK,
+// §3.2.2.2 CONNACK, §3.14.2.1 DISCONNECT); a standard client must never
+// see another (paho-mqtt's network thread died on PUBACK 0x96).
+func TestErrorTableReasonCodesLegal(t *testing.T) {
+	legal := map[string][]byte{
+		"PUBACK":     {0x00, 0x10, 0x80, 0x83, 0x87, 0x90, 0x91, 0x97, 0x99},
+		"CONNACK":    {0x00, 0x80, 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A, 0x8C, 0x90, 0x95, 0x97, 0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9F},
+		"DISCONNECT": {0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x87, 0x89, 0x8B, 0x8D, 0x8E, 0x8F, 0x90, 0x93, 0x94, 0x95, 0x96, 0x97, 0x98, 0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9E, 0x9F, 0xA0, 0xA1, 0xA2},
+	}
+	for _, code := range telemetry.Codes() {
+		a := telemetry.AnswerFor(code)
+		for packet, c := range map[string]byte{"PUBACK": a.PubAck, "CONNACK": a.ConnAck, "DISCONNECT": a.Disconnect} {
+			if c != 0 && !slices.Contains(legal[packet], c) {
+				t.Errorf("%s: %s reason %#02x is not a %s reason code", code, packet, c, packet)
+			}
+		}
 	}
 }
 

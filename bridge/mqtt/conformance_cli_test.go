@@ -42,7 +42,7 @@ func (r *rig) mosquittoArgs(t *testing.T, args []string) []string {
 // (stdout and stderr) and exit error.
 func (r *rig) mosquitto(t *testing.T, bin string, args ...string) (string, error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), confWait)
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, r.mosquittoArgs(t, args)...)
 	cmd.WaitDelay = time.Second
@@ -98,10 +98,10 @@ func (r *rig) startMosquitto(t *testing.T, bin string, args ...string) *cliProc 
 }
 
 // waitLine returns the first line (from now) matching re, failing the test
-// if the output ends or confWait passes first.
+// if the output ends or patience passes first.
 func (p *cliProc) waitLine(re *regexp.Regexp) []string {
 	p.t.Helper()
-	timeout := time.After(confWait)
+	timeout := time.After(patience)
 	for {
 		select {
 		case l, ok := <-p.lines:
@@ -113,7 +113,7 @@ func (p *cliProc) waitLine(re *regexp.Regexp) []string {
 				return m
 			}
 		case <-timeout:
-			p.t.Fatalf("no line matching %s within %s:\n%s", re, confWait, strings.Join(p.seen, "\n"))
+			p.t.Fatalf("no line matching %s within %s:\n%s", re, patience, strings.Join(p.seen, "\n"))
 		}
 	}
 }
@@ -124,8 +124,8 @@ func (p *cliProc) wait() error {
 	select {
 	case err := <-p.done:
 		return err
-	case <-time.After(confWait):
-		p.t.Fatalf("still running after %s:\n%s", confWait, strings.Join(p.seen, "\n"))
+	case <-time.After(patience):
+		p.t.Fatalf("still running after %s:\n%s", patience, strings.Join(p.seen, "\n"))
 		return nil
 	}
 }
@@ -230,7 +230,7 @@ func TestCLICommands(t *testing.T) {
 			if m := p.waitLine(reSubacked); m[1] != "1" {
 				t.Fatalf("granted QoS %s, want 1", m[1])
 			}
-			id := r.command(t, dev)
+			id := r.sendCommand(t, dev, "reboot")
 			p.waitLine(regexp.MustCompile(`received PUBLISH \(d0, q1, r0, m\d+, 'devices/` + dev + `/commands'`))
 			p.waitLine(regexp.MustCompile(`sending PUBACK`))
 			p.waitLine(regexp.MustCompile(regexp.QuoteMeta(id)))
@@ -264,7 +264,7 @@ func TestCLIWatcher(t *testing.T) {
 			if m := p.waitLine(reSubacked); m[1] != "0" {
 				t.Fatalf("watcher granted %s, want QoS 0", m[1])
 			}
-			if pt := dev.Publish("devices/d1/telemetry", 1, false, `{"metrics":{"temp":null}}`); !pt.WaitTimeout(confWait) || pt.Error() != nil {
+			if pt := dev.Publish("devices/d1/telemetry", 1, false, `{"metrics":{"temp":null}}`); !pt.WaitTimeout(patience) || pt.Error() != nil {
 				t.Fatalf("device publish: %v", pt.Error())
 			}
 			p.waitLine(regexp.MustCompile(`received PUBLISH \(d0, q0, r0, m\d+, 'devices/d1/errors'`))
@@ -274,7 +274,7 @@ func TestCLIWatcher(t *testing.T) {
 			if err := p.wait(); err != nil {
 				t.Fatalf("mosquitto_sub: %v\n%s", err, strings.Join(p.seen, "\n"))
 			}
-			if pt := dev.Publish("devices/d1/telemetry", 1, false, reading); !pt.WaitTimeout(confWait) || pt.Error() != nil {
+			if pt := dev.Publish("devices/d1/telemetry", 1, false, reading); !pt.WaitTimeout(patience) || pt.Error() != nil {
 				t.Fatalf("device publish after the watcher: %v", pt.Error())
 			}
 			select {

@@ -8,7 +8,6 @@ package mqtt
 // command-line clients are in conformance_cli_test.go.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -27,165 +26,37 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/fieldhub/fieldhub/bridge"
-	"github.com/fieldhub/fieldhub/bridge/commands"
 	"github.com/fieldhub/fieldhub/devices"
 )
 
-// confWait bounds every wait for something that should happen: generous,
-// for a loaded machine; things that work take milliseconds.
-const confWait = 20 * time.Second
-
-// eventually polls cond until it holds, failing the test after confWait.
+// eventually polls cond until it holds, failing the test after patience.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(confWait)
+	deadline := time.Now().Add(patience)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", confWait, what)
+			t.Fatalf("timed out after %s waiting for %s", patience, what)
 		}
 		time.Sleep(10 * time.Millisecond) // polling, not synchronisation
 	}
 }
 
-// rawClient drives one MQTT connection by hand.
-type rawClient struct {
-	t    *testing.T
-	conn net.Conn
-	rd   *bufio.Reader
-	ver  byte // the protocol version answers are decoded with
-}
-
-// rawPacket is a packet the server sent, decoded, with its bytes.
-type rawPacket struct {
-	packets.Packet
-	raw []byte
-}
-
-func (p rawPacket) String() string {
-	if p.FixedHeader.Type == packets.Publish {
-		return fmt.Sprintf("PUBLISH(q%d dup=%v id=%d %s %q)", p.FixedHeader.Qos, p.FixedHeader.Dup, p.PacketID, p.TopicName, p.Payload)
-	}
-	return fmt.Sprintf("%s(% x)", packets.PacketNames[p.FixedHeader.Type], p.raw)
-}
-
-func dialRaw(t *testing.T, addr string) *rawClient {
-	t.Helper()
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return &rawClient{t: t, conn: conn, rd: bufio.NewReader(conn), ver: 4}
-}
-
-// write sends bytes as they are; the error is the caller's to judge.
-func (c *rawClient) write(b []byte) error {
-	_ = c.conn.SetWriteDeadline(time.Now().Add(confWait))
-	_, err := c.conn.Write(b)
-	return err
-}
-
-// encode returns pk's bytes; PUBREL, SUBSCRIBE and UNSUBSCRIBE get their
-// fixed header flags (0b0010).
+// encode returns pk's bytes (3.1.1 unless it says otherwise), with the
+// fixed header flags 0b0010 PUBREL, SUBSCRIBE and UNSUBSCRIBE must have.
 func encode(t *testing.T, pk packets.Packet) []byte {
 	t.Helper()
-	var buf bytes.Buffer
-	var err error
-	switch pk.FixedHeader.Type {
-	case packets.Connect:
-		err = pk.ConnectEncode(&buf)
-	case packets.Publish:
-		err = pk.PublishEncode(&buf)
-	case packets.Puback:
-		err = pk.PubackEncode(&buf)
-	case packets.Pubrec:
-		err = pk.PubrecEncode(&buf)
-	case packets.Pubrel:
-		pk.FixedHeader.Qos = 1
-		err = pk.PubrelEncode(&buf)
-	case packets.Pubcomp:
-		err = pk.PubcompEncode(&buf)
-	case packets.Subscribe:
-		pk.FixedHeader.Qos = 1
-		err = pk.SubscribeEncode(&buf)
-	case packets.Unsubscribe:
-		pk.FixedHeader.Qos = 1
-		err = pk.UnsubscribeEncode(&buf)
-	case packets.Pingreq:
-		err = pk.PingreqEncode(&buf)
-	case packets.Disconnect:
-		err = pk.DisconnectEncode(&buf)
-	default:
-		t.Fatalf("encode: packet type %d", pk.FixedHeader.Type)
+	if pk.ProtocolVersion == 0 {
+		pk.ProtocolVersion = 4
 	}
+	switch pk.FixedHeader.Type {
+	case packets.Pubrel, packets.Subscribe, packets.Unsubscribe:
+		pk.FixedHeader.Qos = 1
+	}
+	b, err := encodePacket(pk)
 	if err != nil {
 		t.Fatalf("encode %s: %v", packets.PacketNames[pk.FixedHeader.Type], err)
 	}
-	return buf.Bytes()
-}
-
-// send writes pk (3.1.1 unless it says otherwise) and fails the test if
-// the write fails.
-func (c *rawClient) send(pk packets.Packet) {
-	c.t.Helper()
-	if pk.ProtocolVersion == 0 {
-		pk.ProtocolVersion = c.ver
-	}
-	if err := c.write(encode(c.t, pk)); err != nil {
-		c.t.Fatalf("send %s: %v", packets.PacketNames[pk.FixedHeader.Type], err)
-	}
-}
-
-// next reads one packet within d. The error is the read's: io.EOF when the
-// server closed the connection, a timeout when nothing came.
-func (c *rawClient) next(d time.Duration) (rawPacket, error) {
-	var p rawPacket
-	_ = c.conn.SetReadDeadline(time.Now().Add(d))
-	hb, err := c.rd.ReadByte()
-	if err != nil {
-		return p, err
-	}
-	n, _, err := packets.DecodeLength(c.rd)
-	if err != nil {
-		return p, fmt.Errorf("remaining length after %#x: %w", hb, err)
-	}
-	if n > 1<<20 {
-		return p, fmt.Errorf("server packet %#x of %d bytes", hb, n)
-	}
-	body := make([]byte, n)
-	if _, err := io.ReadFull(c.rd, body); err != nil {
-		return p, fmt.Errorf("body of %d bytes after %#x: %w", n, hb, err)
-	}
-	p.raw = append(varint([]byte{hb}, n), body...)
-	p.ProtocolVersion = c.ver
-	if err := p.FixedHeader.Decode(hb); err != nil {
-		return p, fmt.Errorf("fixed header % x: %w", p.raw, err)
-	}
-	p.FixedHeader.Remaining = n
-	switch p.FixedHeader.Type {
-	case packets.Connack:
-		err = p.ConnackDecode(body)
-	case packets.Publish:
-		err = p.PublishDecode(body)
-	case packets.Puback:
-		err = p.PubackDecode(body)
-	case packets.Pubrec:
-		err = p.PubrecDecode(body)
-	case packets.Pubrel:
-		err = p.PubrelDecode(body)
-	case packets.Pubcomp:
-		err = p.PubcompDecode(body)
-	case packets.Suback:
-		err = p.SubackDecode(body)
-	case packets.Unsuback:
-		err = p.UnsubackDecode(body)
-	case packets.Disconnect:
-		err = p.DisconnectDecode(body)
-	}
-	if err != nil {
-		return p, fmt.Errorf("decode % x: %w", p.raw, err)
-	}
-	return p, nil
+	return b
 }
 
 func varint(b []byte, n int) []byte {
@@ -198,32 +69,56 @@ func varint(b []byte, n int) []byte {
 	}
 }
 
-// expect reads the next packet and fails the test unless it is of type typ.
-func (c *rawClient) expect(typ byte) rawPacket {
-	c.t.Helper()
-	p, err := c.next(confWait)
-	if err != nil {
-		c.t.Fatalf("waiting for %s: %v", packets.PacketNames[typ], err)
+// wire re-encodes a decoded 3.1.1 acknowledgement from the server, to
+// compare it whole with the bytes the contract names; the remaining length
+// is the one that came.
+func wire(p packets.Packet) []byte {
+	h := []byte{p.FixedHeader.Type << 4, byte(p.FixedHeader.Remaining)}
+	id := []byte{byte(p.PacketID >> 8), byte(p.PacketID)}
+	switch p.FixedHeader.Type {
+	case packets.Connack:
+		var sp byte
+		if p.SessionPresent {
+			sp = 1
+		}
+		return append(h, sp, p.ReasonCode)
+	case packets.Puback, packets.Pubrec, packets.Pubcomp, packets.Unsuback:
+		return append(h, id...)
+	case packets.Suback:
+		return append(append(h, id...), p.ReasonCodes...)
 	}
-	if p.FixedHeader.Type != typ {
-		c.t.Fatalf("got %s, want %s", p, packets.PacketNames[typ])
+	return h
+}
+
+// describe is a short form of a server packet for failure messages.
+func describe(p packets.Packet) string {
+	if p.FixedHeader.Type == packets.Publish {
+		return fmt.Sprintf("PUBLISH(q%d dup=%v id=%d %s %q)", p.FixedHeader.Qos, p.FixedHeader.Dup, p.PacketID, p.TopicName, p.Payload)
 	}
-	return p
+	return fmt.Sprintf("%s(% x)", packets.PacketNames[p.FixedHeader.Type], wire(p))
+}
+
+func describeAll(ps []packets.Packet) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = describe(p)
+	}
+	return "[" + strings.Join(s, " ") + "]"
 }
 
 // untilClosed reads until the server ends the connection and returns what
-// came before and the read error; a connection still open after confWait
+// came before and the read error; a connection still open after patience
 // fails the test.
-func (c *rawClient) untilClosed() ([]rawPacket, error) {
+func (c *rawClient) untilClosed() ([]packets.Packet, error) {
 	c.t.Helper()
-	deadline := time.Now().Add(confWait)
-	var seen []rawPacket
+	deadline := time.Now().Add(patience)
+	var seen []packets.Packet
 	for {
 		p, err := c.next(time.Until(deadline))
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
-				c.t.Fatalf("connection still open after %s (received %v)", confWait, seen)
+				c.t.Fatalf("connection still open after %s (received %s)", patience, describeAll(seen))
 			}
 			return seen, err
 		}
@@ -251,26 +146,22 @@ func withWill(pk packets.Packet, topic, payload string, qos byte, retain bool) p
 	return pk
 }
 
-func publishPk(topic string, qos byte, id uint16, payload string) packets.Packet {
-	return packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos}, TopicName: topic, PacketID: id, Payload: []byte(payload)}
-}
-
-func ackPk(typ byte, id uint16) packets.Packet {
-	return packets.Packet{FixedHeader: packets.FixedHeader{Type: typ}, PacketID: id}
-}
-
 func subscribePk(id uint16, filters ...packets.Subscription) packets.Packet {
-	return packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe}, PacketID: id, Filters: filters}
+	return packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: id, Filters: filters}
+}
+
+func disconnectPk() packets.Packet {
+	return packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}}
 }
 
 // raw3 connects a raw 3.1.1 client with pk and returns it with the
 // CONNACK's bytes; it fails the test if no CONNACK comes.
 func (r *rig) raw3(t *testing.T, pk packets.Packet) (*rawClient, []byte) {
 	t.Helper()
-	c := dialRaw(t, r.addr)
+	c := dialRaw(t, r.addr, 4)
 	c.send(pk)
 	ack := c.expect(packets.Connack)
-	return c, ack.raw
+	return c, wire(ack)
 }
 
 // device registers another device and returns its token.
@@ -284,20 +175,10 @@ func (r *rig) device(t *testing.T, id string) string {
 	return c.Token
 }
 
-// command queues a command for device and returns its id.
-func (r *rig) command(t *testing.T, device string) string {
-	t.Helper()
-	rec, _, err := r.cmds.SendCommand(context.Background(), commands.Spec{Device: device, Name: "reboot", Timeout: time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return rec.ID
-}
-
 // expectCommand reads until the PUBLISH of command id on device's commands
 // topic and returns it; PUBLISHes of the commands in skip (redeliveries the
 // command service may add: at least once) are acknowledged and passed over.
-func (c *rawClient) expectCommand(device, id string, skip ...string) rawPacket {
+func (c *rawClient) expectCommand(device, id string, skip ...string) packets.Packet {
 	c.t.Helper()
 	for {
 		p := c.expect(packets.Publish)
@@ -312,10 +193,10 @@ func (c *rawClient) expectCommand(device, id string, skip ...string) rawPacket {
 			known = known || bytes.Contains(p.Payload, []byte(s))
 		}
 		if !known {
-			c.t.Fatalf("got %s, want command %s", p, id)
+			c.t.Fatalf("got %s, want command %s", describe(p), id)
 		}
 		if p.FixedHeader.Qos > 0 {
-			c.send(ackPk(packets.Puback, p.PacketID))
+			c.send(ackPacket(packets.Puback, p.PacketID))
 		}
 	}
 }
@@ -372,31 +253,29 @@ func TestV3ConnackReturnCodes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := dialRaw(t, r.addr)
+			c := dialRaw(t, r.addr, 4)
 			b := encode(t, tt.pk)
 			if tt.mangle != nil {
 				tt.mangle(b)
 			}
-			if err := c.write(b); err != nil {
-				t.Fatal(err)
-			}
+			c.write(b)
 			if tt.want == nil {
 				seen, err := c.untilClosed()
 				if len(seen) > 0 || !closedByServer(err) {
-					t.Fatalf("received %v then %v, want the connection closed without an answer", seen, err)
+					t.Fatalf("received %s then %v, want the connection closed without an answer", describeAll(seen), err)
 				}
 				return
 			}
 			ack := c.expect(packets.Connack)
-			if !bytes.Equal(ack.raw, tt.want) {
-				t.Fatalf("CONNACK % x, want % x", ack.raw, tt.want)
+			if !bytes.Equal(wire(ack), tt.want) {
+				t.Fatalf("CONNACK % x, want % x", wire(ack), tt.want)
 			}
 			if tt.want[3] == 0 {
-				c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
+				c.send(disconnectPk())
 				return
 			}
 			if seen, err := c.untilClosed(); len(seen) > 0 || !closedByServer(err) {
-				t.Fatalf("after a refusal: received %v then %v, want the connection closed", seen, err)
+				t.Fatalf("after a refusal: received %s then %v, want the connection closed", describeAll(seen), err)
 			}
 		})
 	}
@@ -408,14 +287,14 @@ func TestV3ConnackReturnCodes(t *testing.T) {
 		}
 		c.send(connectPk("d1", "d1", tok, true))
 		if seen, err := c.untilClosed(); len(seen) > 0 || !closedByServer(err) {
-			t.Fatalf("received %v then %v, want the connection closed [MQTT-3.1.0-2]", seen, err)
+			t.Fatalf("received %s then %v, want the connection closed [MQTT-3.1.0-2]", describeAll(seen), err)
 		}
 	})
 	t.Run("first packet not CONNECT", func(t *testing.T) {
-		c := dialRaw(t, r.addr)
+		c := dialRaw(t, r.addr, 4)
 		c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
 		if seen, err := c.untilClosed(); len(seen) > 0 || !closedByServer(err) {
-			t.Fatalf("received %v then %v, want the connection closed [MQTT-3.1.0-1]", seen, err)
+			t.Fatalf("received %s then %v, want the connection closed [MQTT-3.1.0-1]", describeAll(seen), err)
 		}
 	})
 }
@@ -456,7 +335,7 @@ func TestV3PublishQoS(t *testing.T) {
 	}
 	for i, qos := range []byte{0, 1, 2, 1, 2} {
 		pt := c.Publish("devices/d1/telemetry", qos, false, fmt.Sprintf(`{"id":"q%d-%d","metrics":{"temp":%d}}`, qos, i, i))
-		if !pt.WaitTimeout(confWait) || pt.Error() != nil {
+		if !pt.WaitTimeout(patience) || pt.Error() != nil {
 			t.Fatalf("publish %d at QoS %d: %v", i, qos, pt.Error())
 		}
 		if qos == 0 {
@@ -481,46 +360,42 @@ func TestV3QoS2Exchange(t *testing.T) {
 	step := func(what string, send packets.Packet, want []byte, stored int) {
 		t.Helper()
 		c.send(send)
-		p, err := c.next(confWait)
-		if err != nil || !bytes.Equal(p.raw, want) {
-			t.Fatalf("%s: got %v (%v), want % x", what, p, err, want)
+		p, err := c.next(patience)
+		if err != nil || !bytes.Equal(wire(p), want) {
+			t.Fatalf("%s: got %s (%v), want % x", what, describe(p), err, want)
 		}
 		if n := r.stored(t); n != stored {
 			t.Fatalf("%s: %d readings stored, want %d", what, n, stored)
 		}
 	}
-	pub := publishPk("devices/d1/telemetry", 2, 7, `{"id":"a","metrics":{"temp":1}}`)
+	pub := publishPacket("devices/d1/telemetry", 2, 7, `{"id":"a","metrics":{"temp":1}}`)
 	step("PUBLISH id 7", pub, []byte{0x50, 0x02, 0x00, 0x07}, 1)
 	pub.FixedHeader.Dup = true
 	step("PUBLISH id 7 again, DUP", pub, []byte{0x50, 0x02, 0x00, 0x07}, 1)
-	step("PUBREL 7", ackPk(packets.Pubrel, 7), []byte{0x70, 0x02, 0x00, 0x07}, 1)
-	step("PUBREL of an unknown id", ackPk(packets.Pubrel, 9), []byte{0x70, 0x02, 0x00, 0x09}, 1)
-	step("QoS 1 marker", publishPk("devices/d1/telemetry", 1, 8, `{"id":"m","metrics":{"temp":2}}`), []byte{0x40, 0x02, 0x00, 0x08}, 2)
-	step("a new message with id 7", publishPk("devices/d1/telemetry", 2, 7, `{"id":"b","metrics":{"temp":3}}`), []byte{0x50, 0x02, 0x00, 0x07}, 3)
-	step("PUBREL 7", ackPk(packets.Pubrel, 7), []byte{0x70, 0x02, 0x00, 0x07}, 3)
+	step("PUBREL 7", ackPacket(packets.Pubrel, 7), []byte{0x70, 0x02, 0x00, 0x07}, 1)
+	step("PUBREL of an unknown id", ackPacket(packets.Pubrel, 9), []byte{0x70, 0x02, 0x00, 0x09}, 1)
+	step("QoS 1 marker", publishPacket("devices/d1/telemetry", 1, 8, `{"id":"m","metrics":{"temp":2}}`), []byte{0x40, 0x02, 0x00, 0x08}, 2)
+	step("a new message with id 7", publishPacket("devices/d1/telemetry", 2, 7, `{"id":"b","metrics":{"temp":3}}`), []byte{0x50, 0x02, 0x00, 0x07}, 3)
+	step("PUBREL 7", ackPacket(packets.Pubrel, 7), []byte{0x70, 0x02, 0x00, 0x07}, 3)
 
 	t.Run("more than 32 awaiting PUBREL", func(t *testing.T) {
 		c, _ := r.raw3(t, connectPk("d2", "d2", r.tokens["d2"], true))
 		pub := func(id uint16) []byte {
-			return encode(t, publishPk("devices/d2/telemetry", 2, id, fmt.Sprintf(`{"id":"r%d","metrics":{"n":%d}}`, id, id)))
+			return encode(t, publishPacket("devices/d2/telemetry", 2, id, fmt.Sprintf(`{"id":"r%d","metrics":{"n":%d}}`, id, id)))
 		}
 		var all []byte
 		for id := uint16(1); id <= 32; id++ {
 			all = append(all, pub(id)...)
 		}
-		if err := c.write(all); err != nil {
-			t.Fatal(err)
-		}
+		c.write(all)
 		for id := uint16(1); id <= 32; id++ {
 			if p := c.expect(packets.Pubrec); p.PacketID != id {
 				t.Fatalf("PUBREC %d, want %d", p.PacketID, id)
 			}
 		}
-		if err := c.write(pub(33)); err != nil {
-			t.Fatal(err)
-		}
+		c.write(pub(33))
 		if seen, err := c.untilClosed(); len(seen) > 0 || !closedByServer(err) {
-			t.Fatalf("33rd awaiting PUBREL: received %v then %v, want the connection closed", seen, err)
+			t.Fatalf("33rd awaiting PUBREL: received %s then %v, want the connection closed", describeAll(seen), err)
 		}
 	})
 }
@@ -544,7 +419,7 @@ func TestV3Supersede(t *testing.T) {
 	}
 	select {
 	case <-lost:
-	case <-time.After(confWait):
+	case <-time.After(patience):
 		t.Fatal("paho's connection not closed when superseded")
 	}
 	c, tok := r.v3(t, "d1", r.tokens["d1"], nil)
@@ -553,9 +428,9 @@ func TestV3Supersede(t *testing.T) {
 	}
 	seen, err := old.untilClosed()
 	if len(seen) > 0 || !errors.Is(err, io.EOF) {
-		t.Fatalf("superseded raw client received %v then %v, want EOF and nothing else (no DISCONNECT 0xE0)", seen, err)
+		t.Fatalf("superseded raw client received %s then %v, want EOF and nothing else (no DISCONNECT 0xE0)", describeAll(seen), err)
 	}
-	if pt := c.Publish("devices/d1/telemetry", 1, false, reading); !pt.WaitTimeout(confWait) || pt.Error() != nil {
+	if pt := c.Publish("devices/d1/telemetry", 1, false, reading); !pt.WaitTimeout(patience) || pt.Error() != nil {
 		t.Fatalf("publish on the new connection: %v", pt.Error())
 	}
 }
@@ -575,17 +450,17 @@ func TestV3SessionResume(t *testing.T) {
 				t.Fatalf("first CONNACK % x", ack)
 			}
 			c.send(subscribePk(1, packets.Subscription{Filter: "devices/d1/commands", Qos: 1}))
-			if sa := c.expect(packets.Suback); !bytes.Equal(sa.raw, []byte{0x90, 0x03, 0x00, 0x01, 0x01}) {
-				t.Fatalf("SUBACK % x", sa.raw)
+			if sa := c.expect(packets.Suback); !bytes.Equal(wire(sa), []byte{0x90, 0x03, 0x00, 0x01, 0x01}) {
+				t.Fatalf("SUBACK % x", wire(sa))
 			}
-			id1 := r.command(t, "d1")
+			id1 := r.sendCommand(t, "d1", "reboot")
 			first := c.expectCommand("d1", id1)
 			if first.FixedHeader.Qos != 1 || first.FixedHeader.Dup {
-				t.Fatalf("command delivered as %s, want QoS 1 without DUP", first)
+				t.Fatalf("command delivered as %s, want QoS 1 without DUP", describe(first))
 			}
 			// Not acknowledged: the command is in flight when the device leaves.
 			if leave == "DISCONNECT" {
-				c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
+				c.send(disconnectPk())
 			} else {
 				_ = c.conn.(*net.TCPConn).SetLinger(0)
 			}
@@ -597,13 +472,13 @@ func TestV3SessionResume(t *testing.T) {
 			}
 			again := c2.expect(packets.Publish)
 			if !again.FixedHeader.Dup || again.PacketID != first.PacketID || !bytes.Equal(again.Payload, first.Payload) || again.TopicName != first.TopicName {
-				t.Fatalf("first packet on resume %s, want %s again with DUP", again, first)
+				t.Fatalf("first packet on resume %s, want %s again with DUP", describe(again), describe(first))
 			}
-			c2.send(ackPk(packets.Puback, again.PacketID))
-			id2 := r.command(t, "d1")
+			c2.send(ackPacket(packets.Puback, again.PacketID))
+			id2 := r.sendCommand(t, "d1", "reboot")
 			next := c2.expectCommand("d1", id2, id1)
-			c2.send(ackPk(packets.Puback, next.PacketID))
-			c2.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
+			c2.send(ackPacket(packets.Puback, next.PacketID))
+			c2.send(disconnectPk())
 			c2.conn.Close()
 
 			_, ack = r.raw3(t, connectPk("d1", "d1", tok, true))
@@ -626,7 +501,7 @@ func TestV3PacketIDsIndependent(t *testing.T) {
 	}
 	c.send(subscribePk(1, packets.Subscription{Filter: "devices/d1/commands", Qos: 1}))
 	c.expect(packets.Suback)
-	id1 := r.command(t, "d1")
+	id1 := r.sendCommand(t, "d1", "reboot")
 	p := c.expectCommand("d1", id1)
 	pid := p.PacketID
 
@@ -635,17 +510,17 @@ func TestV3PacketIDsIndependent(t *testing.T) {
 		packets.Subscription{Filter: "devices/d1/commands", Qos: 2},
 		packets.Subscription{Filter: "devices/d2/commands", Qos: 1}))
 	sa := c.expect(packets.Suback)
-	if want := []byte{0x90, 0x05, byte(pid >> 8), byte(pid), 0x00, 0x01, 0x80}; !bytes.Equal(sa.raw, want) {
-		t.Fatalf("SUBACK % x, want % x", sa.raw, want)
+	if want := []byte{0x90, 0x05, byte(pid >> 8), byte(pid), 0x00, 0x01, 0x80}; !bytes.Equal(wire(sa), want) {
+		t.Fatalf("SUBACK % x, want % x", wire(sa), want)
 	}
-	c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Unsubscribe}, PacketID: pid, Filters: packets.Subscriptions{{Filter: "devices/d1/errors"}}})
+	c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Unsubscribe, Qos: 1}, PacketID: pid, Filters: packets.Subscriptions{{Filter: "devices/d1/errors"}}})
 	// A resubscription may bring the unacknowledged command again.
 	ua := c.expect(packets.Unsuback)
-	if want := []byte{0xB0, 0x02, byte(pid >> 8), byte(pid)}; !bytes.Equal(ua.raw, want) {
-		t.Fatalf("UNSUBACK % x, want % x", ua.raw, want)
+	if want := []byte{0xB0, 0x02, byte(pid >> 8), byte(pid)}; !bytes.Equal(wire(ua), want) {
+		t.Fatalf("UNSUBACK % x, want % x", wire(ua), want)
 	}
-	c.send(ackPk(packets.Puback, pid))
-	id2 := r.command(t, "d1")
+	c.send(ackPacket(packets.Puback, pid))
+	id2 := r.sendCommand(t, "d1", "reboot")
 	c.expectCommand("d1", id2, id1)
 }
 
@@ -656,12 +531,10 @@ func TestV3OversizePublish(t *testing.T) {
 	t.Run("raw: announced 1 MiB, 100 bytes sent", func(t *testing.T) {
 		c, _ := r.raw3(t, connectPk("d1", "d1", r.tokens["d1"], true))
 		b := varint([]byte{0x32}, 1<<20)
-		b = append(b, encode(t, publishPk("devices/d1/telemetry", 1, 3, strings.Repeat("x", 80)))[2:]...)
-		if err := c.write(b); err != nil {
-			t.Fatal(err)
-		}
+		b = append(b, encode(t, publishPacket("devices/d1/telemetry", 1, 3, strings.Repeat("x", 80)))[2:]...)
+		c.write(b)
 		if seen, err := c.untilClosed(); len(seen) > 0 || !closedByServer(err) {
-			t.Fatalf("received %v then %v, want the connection closed", seen, err)
+			t.Fatalf("received %s then %v, want the connection closed", describeAll(seen), err)
 		}
 	})
 	t.Run("paho: 8 KiB", func(t *testing.T) {
@@ -675,7 +548,7 @@ func TestV3OversizePublish(t *testing.T) {
 		c.Publish("devices/d2/telemetry", 1, false, `{"metrics":{"s":"`+strings.Repeat("x", 8<<10)+`"}}`)
 		select {
 		case <-lost:
-		case <-time.After(confWait):
+		case <-time.After(patience):
 			t.Fatal("connection not closed after an oversize PUBLISH")
 		}
 		if n := r.stored(t); n != 0 {
@@ -716,41 +589,44 @@ func TestV3RefusalClosesConnection(t *testing.T) {
 			want := 1
 			var out []byte
 			if tt.warmup {
-				out = encode(t, publishPk("devices/d1/telemetry", 1, 4, `{"id":"w","metrics":{"temp":1}}`))
+				out = encode(t, publishPacket("devices/d1/telemetry", 1, 4, `{"id":"w","metrics":{"temp":1}}`))
 				want = 2
 			}
-			pub := publishPk("devices/d1/telemetry", 1, 5, `{"id":"x","metrics":{"temp":2}}`)
-			if err := c.write(append(out, encode(t, pub)...)); err != nil {
-				t.Fatal(err)
-			}
+			pub := publishPacket("devices/d1/telemetry", 1, 5, `{"id":"x","metrics":{"temp":2}}`)
+			c.write(append(out, encode(t, pub)...))
 			seen, err := c.untilClosed()
 			frame := false
 			for _, p := range seen {
 				if p.FixedHeader.Type == packets.Puback && p.PacketID == 5 {
-					t.Fatalf("PUBACK for the refused reading (received %v)", seen)
+					t.Fatalf("PUBACK for the refused reading (received %s)", describeAll(seen))
 				}
 				frame = frame || p.FixedHeader.Type == packets.Publish && p.TopicName == "devices/d1/errors" && bytes.Contains(p.Payload, []byte(`"code":"`+tt.code+`"`))
 			}
 			if !closedByServer(err) || !frame {
-				t.Fatalf("received %v then %v, want an error frame %q and the connection closed", seen, err, tt.code)
+				t.Fatalf("received %s then %v, want an error frame %q and the connection closed", describeAll(seen), err, tt.code)
 			}
 			if n := r.stored(t); n != want-1 {
 				t.Fatalf("%d readings stored before the resend, want %d", n, want-1)
 			}
-			// The device reconnects and resends, as often as it takes.
+			// The device reconnects and resends, as often as it takes, with
+			// a device's back-off between attempts (the rate limit refills
+			// a token every 500 ms; hammering would meet the connect limit).
 			pub.FixedHeader.Dup = true
-			deadline := time.Now().Add(confWait)
+			deadline := time.Now().Add(patience)
+			backoff := time.NewTicker(200 * time.Millisecond)
+			defer backoff.Stop()
 			for r.stored(t) < want {
 				if time.Now().After(deadline) {
 					t.Fatal("the resent reading was never stored")
 				}
+				<-backoff.C
 				c, ack := r.raw3(t, connectPk("d1", "d1", tok, false))
 				if !bytes.Equal(ack, connack(1, 0)) {
 					t.Fatalf("reconnect CONNACK % x, want session present", ack)
 				}
 				c.send(pub)
 				for {
-					p, err := c.next(confWait)
+					p, err := c.next(patience)
 					if err != nil {
 						break // refused again (rate): reconnect
 					}
@@ -784,7 +660,7 @@ func TestV3RefusalClosesConnection(t *testing.T) {
 		c.Publish("devices/d1/telemetry", 1, false, reading)
 		select {
 		case <-lost:
-		case <-time.After(confWait):
+		case <-time.After(patience):
 			t.Fatal("connection not closed after a refused reading")
 		}
 		eventually(t, "paho's resend to be stored", func() bool { return r.stored(t) == 1 })
@@ -810,13 +686,13 @@ func TestV3Will(t *testing.T) {
 		{"dropped, QoS 2", 2, false, drop, true},
 		{"dropped, retain", 1, true, drop, true},
 		{"protocol error", 1, false, func(t *testing.T, c *rawClient) {
-			_ = c.write([]byte{0x36, 0x00}) // PUBLISH at QoS 3 [MQTT-3.3.1-4]
+			c.write([]byte{0x36, 0x00}) // PUBLISH at QoS 3 [MQTT-3.3.1-4]
 			if _, err := c.untilClosed(); !closedByServer(err) {
 				t.Fatalf("malformed PUBLISH: %v, want the connection closed", err)
 			}
 		}, true},
 		{"DISCONNECT", 1, false, func(t *testing.T, c *rawClient) {
-			c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
+			c.send(disconnectPk())
 			if _, err := c.untilClosed(); !closedByServer(err) {
 				t.Fatal(err)
 			}
@@ -843,12 +719,12 @@ func TestV3Will(t *testing.T) {
 			// A marker through a new connection: acknowledged once stored,
 			// after the old connection's end was handled.
 			m, _ := r.raw3(t, connectPk("d1", "d1", tok, true))
-			m.send(publishPk("devices/d1/telemetry", 1, 1, fmt.Sprintf(`{"id":"marker-%d","metrics":{"m":1}}`, i)))
+			m.send(publishPacket("devices/d1/telemetry", 1, 1, fmt.Sprintf(`{"id":"marker-%d","metrics":{"m":1}}`, i)))
 			m.expect(packets.Puback)
 			if n := r.stored(t); n != before+1 {
 				t.Fatalf("%d readings stored, want only the marker (%d): the will was published", n, before+1)
 			}
-			m.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
+			m.send(disconnectPk())
 		})
 	}
 }
@@ -899,15 +775,15 @@ func TestV3Keepalive(t *testing.T) {
 				for range 4 {
 					<-tick.C
 					c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
-					if p := c.expect(packets.Pingresp); !bytes.Equal(p.raw, []byte{0xD0, 0x00}) {
-						t.Fatalf("PINGRESP % x", p.raw)
+					if p := c.expect(packets.Pingresp); !bytes.Equal(wire(p), []byte{0xD0, 0x00}) {
+						t.Fatalf("PINGRESP % x", wire(p))
 					}
 				}
 				return
 			}
 			seen, err := c.untilClosed()
 			if len(seen) > 0 || !closedByServer(err) {
-				t.Fatalf("received %v then %v, want the connection closed", seen, err)
+				t.Fatalf("received %s then %v, want the connection closed", describeAll(seen), err)
 			}
 			if d := time.Since(start); d < 1400*time.Millisecond {
 				t.Fatalf("closed after %s, before 1.5x the keep-alive", d)
@@ -940,7 +816,7 @@ func TestV3Watcher(t *testing.T) {
 			t.Fatalf("watcher %d: %v", i, wt.Error())
 		}
 		st := w.Subscribe("devices/d1/errors", 1, func(_ paho.Client, m paho.Message) { frames <- string(m.Payload()) })
-		if !st.WaitTimeout(confWait) || st.(*paho.SubscribeToken).Result()["devices/d1/errors"] != 1 {
+		if !st.WaitTimeout(patience) || st.(*paho.SubscribeToken).Result()["devices/d1/errors"] != 1 {
 			t.Fatalf("watcher %d subscribe: %v %v", i, st.Error(), st.(*paho.SubscribeToken).Result())
 		}
 	}
@@ -952,8 +828,8 @@ func TestV3Watcher(t *testing.T) {
 		packets.Subscription{Filter: "devices/d1/errors", Qos: 0},
 		packets.Subscription{Filter: "devices/d1/commands", Qos: 1},
 		packets.Subscription{Filter: "devices/d1/telemetry", Qos: 1}))
-	if sa := raw.expect(packets.Suback); !bytes.Equal(sa.raw, []byte{0x90, 0x05, 0x00, 0x01, 0x00, 0x80, 0x80}) {
-		t.Fatalf("watcher SUBACK % x, want errors granted, the rest 0x80", sa.raw)
+	if sa := raw.expect(packets.Suback); !bytes.Equal(wire(sa), []byte{0x90, 0x05, 0x00, 0x01, 0x00, 0x80, 0x80}) {
+		t.Fatalf("watcher SUBACK % x, want errors granted, the rest 0x80", wire(sa))
 	}
 	_, ack = r.raw3(t, connectPk("d1:errors", "d1", tok, true))
 	if !bytes.Equal(ack, connack(0, 3)) {
@@ -964,7 +840,7 @@ func TestV3Watcher(t *testing.T) {
 		t.Fatalf("watcher of another device CONNACK % x, want 0x02", ack)
 	}
 
-	if pt := dev.Publish("devices/d1/telemetry", 1, false, `{"metrics":{"temp":null}}`); !pt.WaitTimeout(confWait) || pt.Error() != nil {
+	if pt := dev.Publish("devices/d1/telemetry", 1, false, `{"metrics":{"temp":null}}`); !pt.WaitTimeout(patience) || pt.Error() != nil {
 		t.Fatalf("invalid reading not acknowledged: %v", pt.Error())
 	}
 	for i := range 3 {
@@ -973,18 +849,18 @@ func TestV3Watcher(t *testing.T) {
 			if !strings.Contains(f, `"type":"error"`) || !strings.Contains(f, `"code":"invalid"`) {
 				t.Fatalf("error frame %s", f)
 			}
-		case <-time.After(confWait):
+		case <-time.After(patience):
 			t.Fatalf("paho watcher %d: no error frame", i)
 		}
 	}
 	if p := raw.expect(packets.Publish); p.TopicName != "devices/d1/errors" || !bytes.Contains(p.Payload, []byte(`"code":"invalid"`)) {
-		t.Fatalf("raw watcher got %s", p)
+		t.Fatalf("raw watcher got %s", describe(p))
 	}
-	raw.send(publishPk("devices/d1/telemetry", 1, 2, reading))
+	raw.send(publishPacket("devices/d1/telemetry", 1, 2, reading))
 	if seen, err := raw.untilClosed(); len(seen) > 0 || !closedByServer(err) {
-		t.Fatalf("watcher publishing: received %v then %v, want the connection closed", seen, err)
+		t.Fatalf("watcher publishing: received %s then %v, want the connection closed", describeAll(seen), err)
 	}
-	if pt := dev.Publish("devices/d1/telemetry", 1, false, reading); !pt.WaitTimeout(confWait) || pt.Error() != nil {
+	if pt := dev.Publish("devices/d1/telemetry", 1, false, reading); !pt.WaitTimeout(patience) || pt.Error() != nil {
 		t.Fatalf("device publish beside its watchers: %v", pt.Error())
 	}
 	select {
@@ -1005,7 +881,7 @@ func TestV3Watcher(t *testing.T) {
 		t.Fatal(err)
 	}
 	if seen, err := w.untilClosed(); len(seen) > 0 || !closedByServer(err) {
-		t.Fatalf("watcher after the rotation: received %v then %v, want the connection closed", seen, err)
+		t.Fatalf("watcher after the rotation: received %s then %v, want the connection closed", describeAll(seen), err)
 	}
 }
 
@@ -1037,32 +913,32 @@ func TestV3Transports(t *testing.T) {
 			r, url, tc := tt.setup(t)
 			got := make(chan string, 4)
 			o := paho.NewClientOptions().AddBroker(url).SetClientID("d1").SetUsername("d1").SetPassword(r.tokens["d1"]).
-				SetProtocolVersion(4).SetAutoReconnect(false).SetConnectTimeout(confWait)
+				SetProtocolVersion(4).SetAutoReconnect(false).SetConnectTimeout(patience)
 			if tc != nil {
 				o.SetTLSConfig(tc)
 			}
 			c := paho.NewClient(o)
-			if tok := c.Connect(); !tok.WaitTimeout(confWait) || tok.Error() != nil {
+			if tok := c.Connect(); !tok.WaitTimeout(patience) || tok.Error() != nil {
 				t.Fatalf("connect: %v", tok.Error())
 			}
 			defer c.Disconnect(50)
 			st := c.Subscribe("devices/d1/commands", 1, func(_ paho.Client, m paho.Message) { got <- string(m.Payload()) })
-			if !st.WaitTimeout(confWait) || st.Error() != nil {
+			if !st.WaitTimeout(patience) || st.Error() != nil {
 				t.Fatalf("subscribe: %v", st.Error())
 			}
-			if pt := c.Publish("devices/d1/telemetry", 2, false, reading); !pt.WaitTimeout(confWait) || pt.Error() != nil {
+			if pt := c.Publish("devices/d1/telemetry", 2, false, reading); !pt.WaitTimeout(patience) || pt.Error() != nil {
 				t.Fatalf("QoS 2 publish: %v", pt.Error())
 			}
 			if n := r.stored(t); n != 1 {
 				t.Fatalf("%d readings stored", n)
 			}
-			id := r.command(t, "d1")
+			id := r.sendCommand(t, "d1", "reboot")
 			select {
 			case m := <-got:
 				if !strings.Contains(m, id) {
 					t.Fatalf("command %s, want %s", m, id)
 				}
-			case <-time.After(confWait):
+			case <-time.After(patience):
 				t.Fatal("no command")
 			}
 		})

@@ -120,24 +120,27 @@ func (b *Broker) serveConn(nc net.Conn, remote, transport string) {
 		r:   reader{br: bufio.NewReaderSize(nc, 1024), max: b.opts.MaxPacketBytes},
 		out: new(bytes.Buffer), spare: new(bytes.Buffer),
 	}
+	if !b.conns.Add(c) { // shutting down
+		return
+	}
+	defer b.conns.Done(c)
 	_ = nc.SetDeadline(time.Now().Add(b.opts.ConnectTimeout))
 	pk, err := c.r.read()
 	if err != nil || pk.FixedHeader.Type != packets.Connect {
 		// Not MQTT, or not a CONNECT first (§3.1, [MQTT-3.1.0-1]); a
 		// CONNECT that does not decode is answered in connect.
 		if err == nil || !errors.Is(err, errMalformed) || !c.connectMalformed(&pk) {
+			c.end(bridge.ReasonProtocolError)
 			return
 		}
 		c.flush()
+		c.end(bridge.ReasonProtocolError)
 		return
 	}
-	if !b.conns.Add(c) {
-		return
-	}
-	defer b.conns.Done(c)
 	ok := c.connect(&pk)
 	c.flush()
 	if !ok {
+		c.end(bridge.ReasonProtocolError)
 		return
 	}
 	_ = nc.SetWriteDeadline(time.Time{})
@@ -161,12 +164,18 @@ func (c *conn) connectMalformed(pk *packets.Packet) bool {
 // the bridge's reason for the end.
 func (c *conn) serve() string {
 	idle := c.keepalive + c.keepalive/2 // [MQTT-3.1.2-24]
+	var armed time.Time                 // when the read deadline was last set
 	for {
 		if c.r.br.Buffered() == 0 {
 			if !c.flush() {
 				return c.kickReason(bridge.ReasonSlowConsumer)
 			}
-			_ = c.nc.SetReadDeadline(time.Now().Add(idle))
+		}
+		// Re-armed before every wait for input, and now and then while a
+		// busy client keeps the buffer full.
+		if now := time.Now(); c.r.br.Buffered() == 0 || now.Sub(armed) > idle/4 {
+			_ = c.nc.SetReadDeadline(now.Add(idle))
+			armed = now
 		}
 		pk, err := c.r.read()
 		if err != nil {
@@ -313,6 +322,9 @@ func (c *conn) end(reason string) {
 	c.mu.Unlock()
 	<-done
 	b := c.b
+	if c.device == "" {
+		return // never connected
+	}
 	if c.watcher {
 		b.mu.Lock()
 		delete(b.watchers[c.device], c)
@@ -535,8 +547,12 @@ func (c *conn) refuseConnect(v3, v5 byte, why string, user, clientID string) boo
 		code = v5
 	}
 	c.connack(code, false, nil)
+	msg := "mqtt connect refused"
+	if code == v3IdentifierRejected || code == rcClientIDNotValid {
+		msg = "mqtt client id refused"
+	}
 	if n, ok := c.b.connectLog.Allow(); ok {
-		c.b.log.Info("mqtt connect refused", "device", telemetry.Truncate(user, 64), "client_id", telemetry.Truncate(clientID, 64),
+		c.b.log.Info(msg, "device", telemetry.Truncate(user, 64), "client_id", telemetry.Truncate(clientID, 64),
 			"remote", c.remote, "reason", why, "code", fmt.Sprintf("%#02x", code), "suppressed", n)
 	}
 	return false
@@ -736,7 +752,7 @@ func (c *conn) publish(pk *packets.Packet) bool {
 				if c.aliases == nil {
 					c.aliases = map[uint16]string{}
 				}
-				c.aliases[a] = topic
+				c.aliases[a] = strings.Clone(topic) // topic aliases the read buffer
 			} else if topic = c.aliases[a]; topic == "" {
 				c.fail(rcProtocolError, bridge.ReasonProtocolError) // §3.3.2.3.4: an alias never set
 				return false
@@ -826,7 +842,7 @@ func (c *conn) refuse(pk *packets.Packet, msgID string, terr *telemetry.Error) b
 		}
 		c.sendError(msgID, terr, false)
 		if n, ok := c.b.publishLog.Allow(); ok {
-			c.b.log.Debug("mqtt publish refused", "device", c.device, "code", terr.Code, "reason_code", fmt.Sprintf("%#02x", code), "suppressed", n)
+			c.b.log.Debug("mqtt publish refused", "device", c.device, "topic", telemetry.Truncate(pk.TopicName, 128), "code", terr.Code, "reason_code", fmt.Sprintf("%#02x", code), "suppressed", n)
 		}
 		c.ackPublish(pk, code, terr.Code+": "+terr.Message)
 		return true

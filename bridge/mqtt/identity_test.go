@@ -96,7 +96,7 @@ func TestClientIDIsDeviceID(t *testing.T) {
 			}
 		})
 	}
-	if !strings.Contains(logs.String(), `msg="mqtt connect refused" device=d1 client_id=d2`) {
+	if !strings.Contains(logs.String(), `msg="mqtt client id refused" device=d1 client_id=d2`) {
 		t.Fatalf("no log line for a refused client id:\n%s", logs.String())
 	}
 }

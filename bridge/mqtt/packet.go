@@ -28,7 +28,7 @@ var (
 const smallBody = 4 << 10
 
 // reader reads MQTT packets off one connection, reusing one body buffer:
-// a decoded packet's Payload (and other byte fields) alias it and are
+// a decoded packet's Payload and strings (topic, filters) alias it and are
 // valid only until the next read.
 type reader struct {
 	br      *bufio.Reader
@@ -60,9 +60,12 @@ func (r *reader) read() (pk packets.Packet, err error) {
 	}
 	pk.FixedHeader.Remaining = n
 	buf := r.body
-	if n > cap(buf) {
+	// mochi's decoders return strings that alias the body: a CONNECT's
+	// (device id, client id) are kept for the whole connection, so it gets
+	// a buffer of its own; later packets' strings must be cloned if kept.
+	if n > cap(buf) || pk.FixedHeader.Type == packets.Connect {
 		buf = make([]byte, n)
-		if n <= smallBody {
+		if n <= smallBody && pk.FixedHeader.Type != packets.Connect {
 			r.body = buf
 		}
 	}
