@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"path/filepath"
 	"runtime"
@@ -84,7 +85,7 @@ func newRigTB(t testing.TB, o Options, bridgeOpts ...func(*bridge.Options)) *rig
 		t.Fatal(err)
 	}
 	r.store = &flakyStore{sp: r.sp}
-	cmds, err := commands.New(context.Background(), commands.Options{Store: boltstore.New(st.DB()), Devices: r.reg})
+	cmds, err := commands.New(context.Background(), commands.Options{Store: boltstore.New(st.DB()), Devices: r.reg, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -308,9 +309,20 @@ func TestSpoolRefusalWithholdsPubackOnV3(t *testing.T) {
 		t.Fatalf("hub saw %d publishes, want the refused one and the resend", n)
 	}
 	// The old connection's end may be counted after the resend is stored.
-	waitFor(t, "the disconnect for store backpressure", func() bool {
-		return r.br.Stats().Disconnects[devices.TransportMQTT][bridge.ReasonBackpressure].Load() == 1
-	})
+	backpressure := r.br.Stats().Disconnects[devices.TransportMQTT][bridge.ReasonBackpressure]
+	deadline := time.Now().Add(20 * time.Second)
+	for backpressure.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := backpressure.Load(); n != 1 {
+		reasons := map[string]int64{}
+		for k, v := range r.br.Stats().Disconnects[devices.TransportMQTT] {
+			if v.Load() > 0 {
+				reasons[k] = v.Load()
+			}
+		}
+		t.Fatalf("%d disconnects for store backpressure, want 1 (disconnects: %v)", n, reasons)
+	}
 }
 
 func TestInvalidPayload(t *testing.T) {

@@ -477,32 +477,21 @@ func TestV5ProtocolDisconnects(t *testing.T) {
 
 func ptr[T any](v T) *T { return &v }
 
-// TestV5PublishWildcardTopic: a PUBLISH to a topic with wildcards is
-// refused like any topic the device may not publish to: PUBACK / PUBREC
-// 0x87, and the connection stays (contract "Topics the device may
-// publish ... Anything else (another device, $SYS/x, wildcards)"). paho
-// cannot show this: it would wait for an answer that never comes if the
-// server closed.
+// TestV5PublishWildcardTopic: a PUBLISH topic with a wildcard is not a
+// topic at all ([MQTT-3.3.2-2]): a protocol error, DISCONNECT 0x90 Topic
+// Name invalid (5.0 §4.13), nothing stored.
 func TestV5PublishWildcardTopic(t *testing.T) {
 	r := newRig(t, Options{})
-	c := r.raw5OK(t, "d1", nil)
-	for i, tt := range []struct {
+	for _, tt := range []struct {
 		topic string
 		qos   byte
-	}{{"devices/+/telemetry", 1}, {"devices/d1/#", 1}, {"devices/+/telemetry", 2}} {
-		id := uint16(i + 1)
-		c.send(publishPacket(tt.topic, tt.qos, id, `{"metrics":{"a":1}}`))
-		want := byte(packets.Puback)
-		if tt.qos == 2 {
-			want = packets.Pubrec
-		}
-		if ack := c.expect(want); ack.PacketID != id || ack.ReasonCode != packets.ErrNotAuthorized.Code {
-			t.Fatalf("publish to %s QoS %d: id %d reason %#02x, want 0x87", tt.topic, tt.qos, ack.PacketID, ack.ReasonCode)
-		}
+	}{{"devices/+/telemetry", 1}, {"devices/d1/#", 1}, {"devices/+/telemetry", 2}, {"devices/d1/#", 0}} {
+		c := r.raw5OK(t, "d1", nil)
+		c.send(publishPacket(tt.topic, tt.qos, uint16(min(tt.qos, 1)), `{"metrics":{"a":1}}`))
+		c.expectDisconnect(rcTopicNameInvalid)
 	}
-	c.send(publishPacket("devices/d1/telemetry", 1, 9, `{"metrics":{"a":1}}`))
-	if ack := c.expect(packets.Puback); ack.ReasonCode != 0 {
-		t.Fatalf("own publish after the refusals: %#02x", ack.ReasonCode)
+	if n := r.stored(t); n != 0 {
+		t.Fatalf("stored %d readings", n)
 	}
 }
 
@@ -666,8 +655,10 @@ func TestV5PacketIDsIndependent(t *testing.T) {
 	}
 }
 
-// TestV5SubscribeRefusals: SUBACK reason codes per filter (contract
-// "Subscribe"; MQTT 5.0 §3.9.3).
+// TestV5SubscribeRefusals: SUBACK reason codes per filter (MQTT 5.0
+// §3.9.3); a wildcard or shared filter, which CONNACK said are not
+// available, is a protocol error: DISCONNECT 0xA2 / 0x9E (§3.2.2.3.11,
+// §3.2.2.3.13).
 func TestV5SubscribeRefusals(t *testing.T) {
 	r := newRig(t, Options{})
 	c := r.raw5OK(t, "d1", nil)
@@ -683,10 +674,6 @@ func TestV5SubscribeRefusals(t *testing.T) {
 		{"devices/d2/errors", 1, 0x87},
 		{"devices/d1/telemetry", 1, 0x87},
 		{"$SYS/broker/uptime", 0, 0x87},
-		{"devices/+/commands", 1, 0xA2},
-		{"devices/d1/#", 1, 0xA2},
-		{"#", 0, 0xA2},
-		{"$share/g/devices/d1/commands", 1, 0x9E},
 	}
 	for i, tt := range tests {
 		pk := subscribePacket(uint16(i+1), tt.filter)
@@ -707,6 +694,14 @@ func TestV5SubscribeRefusals(t *testing.T) {
 	c.send(pk)
 	if sa := c.expect(packets.Suback); sa.PacketID != 99 || !bytes.Equal(sa.ReasonCodes, want) {
 		t.Errorf("one SUBSCRIBE: SUBACK id %d codes % x, want % x", sa.PacketID, sa.ReasonCodes, want)
+	}
+	for _, tt := range []struct {
+		filter string
+		code   byte
+	}{{"devices/+/commands", 0xA2}, {"devices/d1/#", 0xA2}, {"#", 0xA2}, {"$share/g/devices/d1/commands", 0x9E}} {
+		c := r.raw5OK(t, "d1", nil)
+		c.send(subscribePacket(1, "devices/d1/commands", tt.filter))
+		c.expectDisconnect(tt.code)
 	}
 }
 

@@ -250,8 +250,15 @@ func (c *conn) kickReason(def string) string {
 // fail ends the connection for a protocol reason: MQTT 5 clients get a
 // DISCONNECT with code, 3.1.1 clients a closed connection (3.1.1 has no
 // server DISCONNECT).
+//
+// Reader goroutine only: the bridge session records the reason too, so a
+// supersede by the device's reconnect, arriving while this connection is
+// still closing, does not replace it.
 func (c *conn) fail(code byte, reason string) {
 	c.kickCode(reason, code)
+	if c.bs != nil {
+		c.bs.Kick(reason) // c.Close from it finds the connection closing already
+	}
 }
 
 // Close is bridge.Conn's: the session was superseded, revoked, or the hub
@@ -856,7 +863,7 @@ func (c *conn) refuse(pk *packets.Packet, msgID string, terr *telemetry.Error) b
 				"code", terr.Code, "suppressed", n)
 		}
 		c.flush() // the error frame first
-		c.kick(bridge.ReasonBackpressure)
+		c.fail(disconnectCode(bridge.ReasonBackpressure), bridge.ReasonBackpressure)
 		return false
 	}
 	c.ackPublish(pk, rcSuccess, "")
