@@ -188,8 +188,8 @@ func TestCLIConnack(t *testing.T) {
 		v311, v5 string
 	}{
 		{"accepted", []string{"-i", "d1", "-u", "d1", "-P", tok}, "0", "0"},
-		{"wrong token", []string{"-i", "d1", "-u", "d1", "-P", "fhd_wrong"}, "4", "134"},
-		{"no credentials", []string{"-i", "d1"}, "4", "134"},
+		{"wrong token", []string{"-i", "d1", "-u", "d1", "-P", "fhd_wrong"}, "5", "134"},
+		{"no credentials", []string{"-i", "d1"}, "5", "134"},
 		{"client id of another device", []string{"-i", "d2", "-u", "d1", "-P", tok}, "2", "133"},
 		{"will on another device's telemetry", []string{"-i", "d1", "-u", "d1", "-P", tok, "--will-topic", "devices/d2/telemetry", "--will-payload", reading}, "5", "135"},
 		{"will on own telemetry", []string{"-i", "d1", "-u", "d1", "-P", tok, "--will-topic", "devices/d1/telemetry", "--will-payload", reading, "--will-qos", "1"}, "0", "0"},

@@ -217,15 +217,15 @@ func TestV3ConnackReturnCodes(t *testing.T) {
 		want   []byte       // the CONNACK; nil: none, the connection is closed
 	}{
 		{name: "own id", pk: connectPk("d1", "d1", tok, true), want: connack(0, 0)},
-		{name: "wrong token", pk: connectPk("d1", "d1", "fhd_wrong", true), want: connack(0, 4)},
-		{name: "another device's token", pk: connectPk("d1", "d1", r.tokens["d2"], true), want: connack(0, 4)},
+		{name: "wrong token", pk: connectPk("d1", "d1", "fhd_wrong", true), want: connack(0, v3NotAuthorized)},
+		{name: "another device's token", pk: connectPk("d1", "d1", r.tokens["d2"], true), want: connack(0, v3NotAuthorized)},
 		{name: "empty password, password flag set", pk: func() packets.Packet {
 			pk := connectPk("d1", "d1", "", true)
 			pk.Connect.PasswordFlag = true
 			return pk
-		}(), want: connack(0, 4)},
-		{name: "username without password", pk: connectPk("d1", "d1", "", true), want: connack(0, 4)},
-		{name: "no username, no password", pk: connectPk("d1", "", "", true), want: connack(0, 4)},
+		}(), want: connack(0, v3NotAuthorized)},
+		{name: "username without password", pk: connectPk("d1", "d1", "", true), want: connack(0, v3NotAuthorized)},
+		{name: "no username, no password", pk: connectPk("d1", "", "", true), want: connack(0, v3NotAuthorized)},
 		{name: "client id of another device", pk: connectPk("d2", "d1", tok, true), want: connack(0, 2)},
 		{name: "made-up client id", pk: connectPk("d1-client", "d1", tok, true), want: connack(0, 2)},
 		{name: "empty client id, clean session 0", pk: connectPk("", "d1", tok, false), want: connack(0, 2)},
@@ -307,7 +307,7 @@ func TestV3ConnackPaho(t *testing.T) {
 		want                  byte
 	}{
 		{"own id", "d1", r.tokens["d1"], true, 0},
-		{"wrong token", "d1", "fhd_wrong", true, 4},
+		{"wrong token", "d1", "fhd_wrong", true, 5},
 		{"client id of another device", "d2", r.tokens["d1"], true, 2},
 		{"empty client id, clean session 0", "", r.tokens["d1"], false, 2},
 		{"empty client id, clean session 1", "", r.tokens["d1"], true, 0},
@@ -667,9 +667,9 @@ func TestV3RefusalClosesConnection(t *testing.T) {
 }
 
 // TestV3Will: a will on the device's own telemetry is stored as a reading
-// when the connection ends without DISCONNECT (dropped, protocol error),
-// at any QoS and with retain (ignored); not after DISCONNECT or when the
-// connection is superseded.
+// when the connection ends without DISCONNECT (dropped, protocol error,
+// superseded: [MQTT-3.1.2-8]), at any QoS and with retain (ignored); not
+// after DISCONNECT.
 func TestV3Will(t *testing.T) {
 	r := newRig(t, Options{})
 	tok := r.tokens["d1"]
@@ -701,7 +701,7 @@ func TestV3Will(t *testing.T) {
 			if _, err := c.untilClosed(); !closedByServer(err) {
 				t.Fatal(err)
 			}
-		}, false},
+		}, true},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
