@@ -45,6 +45,12 @@ func (s *Session) Kick(reason string) {
 	s.conn.Close(reason)
 }
 
+// Ending records why the transport itself is ending the session, before
+// it closes the connection, so that a kick arriving meanwhile (the
+// device's reconnect superseding it) does not replace the reason; the
+// first reason recorded wins, as with Kick.
+func (s *Session) Ending(reason string) { s.reason.CompareAndSwap(nil, &reason) }
+
 // Reason returns why the session was kicked, or def if it was not.
 func (s *Session) Reason(def string) string {
 	if r := s.reason.Load(); r != nil {

@@ -255,10 +255,10 @@ func (c *conn) kickReason(def string) string {
 // supersede by the device's reconnect, arriving while this connection is
 // still closing, does not replace it.
 func (c *conn) fail(code byte, reason string) {
-	c.kickCode(reason, code)
 	if c.bs != nil {
-		c.bs.Kick(reason) // c.Close from it finds the connection closing already
+		c.bs.Ending(reason)
 	}
+	c.kickCode(reason, code)
 }
 
 // Close is bridge.Conn's: the session was superseded, revoked, or the hub

@@ -92,7 +92,7 @@ type setting struct {
 
 var settings = []setting{
 	{"http-addr", "FIELDHUB_HTTP_ADDR", ":8080", "address for the REST API, dashboard and WebSockets", false},
-	{"mqtt-addr", "FIELDHUB_MQTT_ADDR", ":1883", "address of the embedded MQTT broker (off disables it)", false},
+	{"mqtt-addr", "FIELDHUB_MQTT_ADDR", ":1883", "address of the device MQTT gateway (off disables it)", false},
 	{"mqtt-tls-addr", "FIELDHUB_MQTT_TLS_ADDR", "", "address of the MQTT TLS listener (default :8883 when a TLS cert is set)", false},
 	{"mqtt-ws-path", "FIELDHUB_MQTT_WS_PATH", "/mqtt", "HTTP path of MQTT over WebSocket for browser-based devices (empty disables it)", false},
 	{"data-dir", "FIELDHUB_DATA_DIR", "./data", "directory for the registry, spool, command queue and dead letters", false},
@@ -131,7 +131,7 @@ var settings = []setting{
 	{"trusted-proxies", "FIELDHUB_TRUSTED_PROXIES", "", "comma-separated CIDRs of reverse proxies whose X-Forwarded-For / X-Real-IP give the client address (default none: the socket peer is the client)", false},
 	{"mqtt-auth-secret", "FIELDHUB_MQTT_AUTH_SECRET", "", "shared secret of an external broker's HTTP auth hook; enables POST /api/v1/mqtt/auth and /acl", true},
 	{"pprof", "FIELDHUB_PPROF", "false", "serve /debug/pprof (admin token required)", false},
-	{"mqtt-broker", "FIELDHUB_MQTT_BROKER", "", "external MQTT broker URL (tcp://host:1883, ssl://host:8883, ws://, wss://): switches the embedded broker off and runs this hub as one of several instances on that broker", true},
+	{"mqtt-broker", "FIELDHUB_MQTT_BROKER", "", "external MQTT broker URL (tcp://host:1883, ssl://host:8883, ws://, wss://): switches the device MQTT gateway off and runs this hub as one of several instances on that broker", true},
 	{"mqtt-broker-username", "FIELDHUB_MQTT_BROKER_USERNAME", "", "the hub's username at the external broker", false},
 	{"mqtt-broker-password", "FIELDHUB_MQTT_BROKER_PASSWORD", "", "the hub's password at the external broker", true},
 	{"mqtt-broker-ca", "FIELDHUB_MQTT_BROKER_CA", "", "CA certificate file (PEM) for the external broker's TLS certificate (default: system roots)", false},
@@ -327,7 +327,7 @@ func (p *parser) url(name string) string {
 	return v
 }
 
-// brokerURL accepts the schemes paho dials; empty is the embedded broker.
+// brokerURL accepts the schemes paho dials; empty is the device gateway.
 func (p *parser) brokerURL(name string) string {
 	v := p.str(name)
 	if v == "" {

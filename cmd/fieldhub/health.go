@@ -103,7 +103,7 @@ func disabledMQTTCheck() healthCheck {
 	return healthCheck{Key: "mqtt", Check: func(context.Context) (check, bool) { return check{Status: "disabled"}, true }}
 }
 
-// brokerCheck is the embedded broker's check: listening.
+// brokerCheck is the device gateway's check: listening.
 func brokerCheck(broker *mqtt.Broker) healthCheck {
 	return healthCheck{Key: "mqtt", Check: func(context.Context) (check, bool) {
 		return check{Status: "listening", Detail: map[string]string{"addr": broker.Addr().String()}}, true
