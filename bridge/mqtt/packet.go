@@ -38,25 +38,25 @@ type reader struct {
 	version byte   // 0 until CONNECT is read; then 4 (3.1 and 3.1.1) or 5
 }
 
-// read returns the next packet. Decoding is mochi's; a decoder that panics
+// read reads the next packet into pk, which must be zero. Decoding is mochi's; a decoder that panics
 // on hostile input (some index past the end) is a malformed packet.
-func (r *reader) read() (pk packets.Packet, err error) {
+func (r *reader) read(pk *packets.Packet) error {
 	hb, err := r.br.ReadByte()
 	if err != nil {
-		return pk, err
+		return err
 	}
 	if err := pk.FixedHeader.Decode(hb); err != nil {
-		return pk, fmt.Errorf("%w: %w", errMalformed, err)
+		return fmt.Errorf("%w: %w", errMalformed, err)
 	}
 	n, lenBytes, err := packets.DecodeLength(r.br)
 	if err != nil {
 		if errors.Is(err, io.EOF) {
-			return pk, io.ErrUnexpectedEOF
+			return io.ErrUnexpectedEOF
 		}
-		return pk, fmt.Errorf("%w: %w", errMalformed, err)
+		return fmt.Errorf("%w: %w", errMalformed, err)
 	}
 	if 1+lenBytes+n > r.max { // Maximum Packet Size counts the whole packet (5.0 §3.1.2.11.4)
-		return pk, errTooLarge
+		return errTooLarge
 	}
 	pk.FixedHeader.Remaining = n
 	buf := r.body
@@ -72,16 +72,16 @@ func (r *reader) read() (pk packets.Packet, err error) {
 	buf = buf[:n]
 	if _, err := io.ReadFull(r.br, buf); err != nil {
 		if errors.Is(err, io.EOF) {
-			return pk, io.ErrUnexpectedEOF
+			return io.ErrUnexpectedEOF
 		}
-		return pk, err
+		return err
 	}
 	r.last = buf
 	pk.ProtocolVersion = r.version
-	if err := decode(&pk, buf); err != nil {
-		return pk, fmt.Errorf("%w: %s: %w", errMalformed, packets.PacketNames[pk.FixedHeader.Type], err)
+	if err := decode(pk, buf); err != nil {
+		return fmt.Errorf("%w: %s: %w", errMalformed, packets.PacketNames[pk.FixedHeader.Type], err)
 	}
-	return pk, nil
+	return nil
 }
 
 // decode decodes the body of pk by its type with mochi's decoders.
