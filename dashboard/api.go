@@ -158,6 +158,7 @@ func (s *Server) Register(mux *http.ServeMux) {
 	mux.Handle("DELETE /api/v1/devices/{id}", s.auth(devices.RoleAdmin, s.deleteDevice))
 	mux.Handle("POST /api/v1/devices/{id}/token", s.auth(devices.RoleAdmin, s.rotateToken))
 	mux.Handle("GET /api/v1/devices/{id}/readings", s.auth(devices.RoleViewer, s.readings))
+	mux.Handle("GET /api/v1/devices/{id}/rejections", s.auth(devices.RoleViewer, s.rejections))
 	mux.Handle("POST /api/v1/tokens", s.auth(devices.RoleAdmin, s.createToken))
 	mux.Handle("GET /api/v1/tokens", s.auth(devices.RoleAdmin, s.listTokens))
 	mux.Handle("DELETE /api/v1/tokens/{id}", s.auth(devices.RoleAdmin, s.revokeToken))
@@ -470,6 +471,19 @@ func (s *Server) getDevice(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"device": d})
+}
+
+// rejections is GET /api/v1/devices/{id}/rejections: why the device's
+// last messages were refused, newest first, and how many were since the
+// hub started.
+func (s *Server) rejections(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	total, recent, err := s.opts.Registry.Rejections(id)
+	if err != nil {
+		s.writeStoreErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"device": id, "total": total, "rejections": recent})
 }
 
 func (s *Server) deleteDevice(w http.ResponseWriter, r *http.Request) {

@@ -72,6 +72,9 @@ type Device struct {
 	Labels    map[string]string `json:"labels"`
 	CreatedAt time.Time         `json:"created_at"`
 	Presence
+	// Rejected counts the device's messages this hub instance refused
+	// since it started (Registry.Rejections lists the last ones).
+	Rejected int64 `json:"rejected"`
 }
 
 // Spec is what an operator gives to create a device.
@@ -103,6 +106,9 @@ type liveState struct {
 	// under flushMu) and the single writer change it.
 	stored   atomic.Int64
 	presence atomic.Pointer[Presence] // LastSeen left nil; nil: never connected here
+	// rejections are the device's recent refused messages (rejections.go),
+	// kept per instance like presence.
+	rejections rejections
 }
 
 func nanos(t time.Time) int64 {
@@ -607,7 +613,8 @@ func (d *device) view() Device {
 		p = *cur
 	}
 	p.LastSeen = d.lastSeen()
-	return Device{ID: d.rec.ID, Name: d.rec.Name, Labels: maps.Clone(d.rec.Labels), CreatedAt: d.rec.CreatedAt, Presence: p}
+	return Device{ID: d.rec.ID, Name: d.rec.Name, Labels: maps.Clone(d.rec.Labels), CreatedAt: d.rec.CreatedAt, Presence: p,
+		Rejected: d.live.rejections.count()}
 }
 
 func (d *device) online() bool {

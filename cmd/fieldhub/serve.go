@@ -178,7 +178,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	codec := telemetry.NewCodec(telemetry.Limits{MaxFuture: cfg.MaxFuture, MaxAge: cfg.MaxAge, TagKeys: cfg.TagLabels}, nil)
 	br, err := bridge.New(bridge.Options{
-		Codec: codec, Store: sp, Devices: reg, Fanout: fanout, Commands: cmds,
+		Codec: codec, Store: sp, Devices: reg, Fanout: fanout, Commands: cmds, Rejections: reg,
 		RatePerSec: cfg.RateLimit, Burst: cfg.RateBurst, Logger: log,
 		Schema: store, KnownFields: knownFields(ctx, ic, log),
 		MaxMetricsPerDevice: cfg.MaxMetricsPerDevice, MaxMetricNames: cfg.MaxMetricNames,

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
 )
 
 // uxSendHour makes device send one reading a minute for the hour from
@@ -92,5 +94,95 @@ func TestReadingsDownsampled(t *testing.T) {
 	}
 	if st, m := h.api(t, "GET", "/api/v1/devices/chart-1/readings?metric=nope&points=10", viewer, nil); st != 200 || m["type"] != "" {
 		t.Fatalf("unknown metric: %d %v", st, m)
+	}
+}
+
+// TestRejectionsPerDevice: the hub keeps why each registered device's
+// messages were refused, over every transport, newest first, readable by
+// viewers, counted in the device's JSON, and forgotten with the device.
+func TestRejectionsPerDevice(t *testing.T) {
+	influx := startInflux(t)
+	h := startHub(t, influx, nil)
+	viewer := h.token(t, "viewer")
+	tok := h.createDevice(t, "rej-1")
+	other := h.createDevice(t, "rej-2")
+	ws := integrityDial(t, h, tok)
+	// What the device sends and the rejection it leaves, oldest first.
+	want := []struct {
+		transport, code, field, msgHas, id string
+	}{
+		{"ws", "bad_json", "", "", ""},
+		{"ws", "invalid", "metrics.mode", "is a string on this hub, got a number", "w2"},
+		{"http", "invalid", "ts", "ts", "h1"},
+		{"mqtt", "invalid", "metrics.mode", "is a string on this hub", "m1"},
+	}
+	if f := integritySend(t, ws, `{"type":"telemetry","id":"w1","metrics":{"mode":"auto"}}`); f["type"] != "ack" {
+		t.Fatalf("first reading: %v", f)
+	}
+	if f := integritySend(t, ws, `{"type":"telemetry",`); f["code"] != "bad_json" {
+		t.Fatalf("bad json: %v", f)
+	}
+	if f := integritySend(t, ws, `{"type":"telemetry","id":"w2","metrics":{"mode":3}}`); f["code"] != "invalid" {
+		t.Fatalf("type conflict: %v", f)
+	}
+	if st, m := integrityPost(t, h, tok, `{"id":"h1","ts":1,"metrics":{"t":1}}`); st != 400 {
+		t.Fatalf("http: %d %v", st, m)
+	}
+	ws.Close()
+	mq := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + h.env["FIELDHUB_MQTT_ADDR"]).
+		SetClientID("rej-1").SetUsername("rej-1").SetPassword(tok).SetAutoReconnect(false))
+	if ct := mq.Connect(); !ct.WaitTimeout(loadWait) || ct.Error() != nil {
+		t.Fatalf("mqtt connect: %v", ct.Error())
+	}
+	defer mq.Disconnect(50)
+	if pt := mq.Publish("devices/rej-1/telemetry", 1, false, `{"id":"m1","metrics":{"mode":true}}`); !pt.WaitTimeout(loadWait) || pt.Error() != nil {
+		t.Fatalf("mqtt publish: %v", pt.Error())
+	}
+	var got map[string]any
+	waitUntil(t, "four rejections", loadWait, func() bool {
+		_, got = h.api(t, "GET", "/api/v1/devices/rej-1/rejections", viewer, nil)
+		return got["total"] == float64(len(want))
+	})
+	rs := got["rejections"].([]any)
+	if got["device"] != "rej-1" || len(rs) != len(want) {
+		t.Fatalf("rejections %v", got)
+	}
+	var prevAt float64 = 1e18
+	for i, w := range want {
+		r := rs[len(want)-1-i].(map[string]any) // newest first
+		if r["transport"] != w.transport || r["code"] != w.code || r["field"] != w.field || r["id"] != w.id || !strings.Contains(r["message"].(string), w.msgHas) {
+			t.Errorf("rejection %d = %v, want %+v", i, r, w)
+		}
+	}
+	for _, r := range rs {
+		at := r.(map[string]any)["at"].(float64)
+		if at > prevAt || at < float64(time.Now().Add(-time.Hour).UnixMilli()) {
+			t.Errorf("at %v out of order or not unix ms", at)
+		}
+		prevAt = at
+	}
+	for _, path := range []string{"/api/v1/devices/rej-1", "/api/v1/devices?q=rej-"} {
+		_, m := h.api(t, "GET", path, viewer, nil)
+		d, _ := m["device"].(map[string]any)
+		if d == nil {
+			d = m["devices"].([]any)[0].(map[string]any)
+		}
+		if d["rejected"] != float64(len(want)) {
+			t.Errorf("%s: rejected = %v, want %d", path, d["rejected"], len(want))
+		}
+	}
+	if _, m := h.api(t, "GET", "/api/v1/devices/rej-2/rejections", viewer, nil); m["total"] != 0.0 || len(m["rejections"].([]any)) != 0 {
+		t.Errorf("another device's rejections: %v", m)
+	}
+	_ = other
+	if st, _ := h.api(t, "GET", "/api/v1/devices/nope/rejections", viewer, nil); st != 404 {
+		t.Errorf("unknown device: %d", st)
+	}
+	if st, _ := h.api(t, "DELETE", "/api/v1/devices/rej-1", h.adminToken, nil); st != 204 {
+		t.Fatal("delete")
+	}
+	h.createDevice(t, "rej-1")
+	if _, m := h.api(t, "GET", "/api/v1/devices/rej-1/rejections", viewer, nil); m["total"] != 0.0 {
+		t.Errorf("a deleted device's rejections came back: %v", m)
 	}
 }
