@@ -156,6 +156,7 @@ func (s *Server) Register(mux *http.ServeMux) {
 	mux.Handle("GET /api/v1/devices", s.auth(devices.RoleViewer, s.listDevices))
 	mux.Handle("GET /api/v1/devices/{id}", s.auth(devices.RoleViewer, s.getDevice))
 	mux.Handle("DELETE /api/v1/devices/{id}", s.auth(devices.RoleAdmin, s.deleteDevice))
+	mux.Handle("PATCH /api/v1/devices/{id}", s.auth(devices.RoleAdmin, s.updateDevice))
 	mux.Handle("POST /api/v1/devices/{id}/token", s.auth(devices.RoleAdmin, s.rotateToken))
 	mux.Handle("GET /api/v1/devices/{id}/readings", s.auth(devices.RoleViewer, s.readings))
 	mux.Handle("GET /api/v1/devices/{id}/rejections", s.auth(devices.RoleViewer, s.rejections))
@@ -470,6 +471,27 @@ func (s *Server) getDevice(w http.ResponseWriter, r *http.Request) {
 		s.writeStoreErr(w, err)
 		return
 	}
+	writeJSON(w, http.StatusOK, map[string]any{"device": d})
+}
+
+// updateDevice is PATCH /api/v1/devices/{id} {"name","labels"}: either
+// may be left out; labels replaces the whole set.
+func (s *Server) updateDevice(w http.ResponseWriter, r *http.Request) {
+	var u devices.Update
+	if !s.decodeBody(w, r, &u, false) {
+		return
+	}
+	if u.Name == nil && u.Labels == nil {
+		writeErr(w, http.StatusBadRequest, "bad_request", "nothing to change: give name, labels or both")
+		return
+	}
+	id := r.PathValue("id")
+	d, err := s.opts.Registry.Update(r.Context(), id, u)
+	if err != nil {
+		s.writeStoreErr(w, err)
+		return
+	}
+	s.log.Info("device updated", "device", id, "name", u.Name != nil, "labels", u.Labels != nil, "by", operator.From(r.Context()).Name)
 	writeJSON(w, http.StatusOK, map[string]any{"device": d})
 }
 

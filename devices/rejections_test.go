@@ -2,6 +2,7 @@ package devices
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -86,5 +87,53 @@ func TestRejections(t *testing.T) {
 	}
 	if total, _, _ := r.Rejections("d1"); total != 3 {
 		t.Fatalf("after rotation: %d", total)
+	}
+}
+
+// TestUpdatePersists: Update writes through to the store: a registry
+// opened on it afterwards has the new name and labels, the same token and
+// last_seen.
+func TestUpdatePersists(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "r.db")
+	st, err := OpenBolt(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Open(ctx, st, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := r.Create(ctx, Spec{ID: "p1", Name: "old", Labels: map[string]string{"a": "1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := time.Now().Truncate(time.Millisecond)
+	r.Touch("p1", seen)
+	name, labels := "new", map[string]string{"b": "2"}
+	if _, err := r.Update(ctx, "p1", Update{Name: &name, Labels: &labels}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Update(ctx, "p1", Update{Labels: &map[string]string{"bad key": "x"}}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("invalid update: %v", err)
+	}
+	r.Close()
+	st.Close()
+	st, err = OpenBolt(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	r, err = Open(ctx, st, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	d, err := r.Get("p1")
+	if err != nil || d.Name != "new" || len(d.Labels) != 1 || d.Labels["b"] != "2" || d.LastSeen == nil || !d.LastSeen.Equal(seen) {
+		t.Fatalf("after reopen: %+v %v", d, err)
+	}
+	if id, _, ok := r.Authenticate(c.Token); !ok || id != "p1" {
+		t.Fatal("the token changed with an update")
 	}
 }
