@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"net/http"
 	"net/url"
 	"strings"
 	"testing"
@@ -185,4 +187,49 @@ func TestRejectionsPerDevice(t *testing.T) {
 	if _, m := h.api(t, "GET", "/api/v1/devices/rej-1/rejections", viewer, nil); m["total"] != 0.0 {
 		t.Errorf("a deleted device's rejections came back: %v", m)
 	}
+}
+
+// TestExportThroughHub: what a device sent comes back from the export
+// endpoint of the running hub, as CSV and JSON lines, for a viewer.
+func TestExportThroughHub(t *testing.T) {
+	influx := startInflux(t)
+	h := startHub(t, influx, nil)
+	viewer := h.token(t, "viewer")
+	base := time.Now().Add(-3 * time.Hour).Truncate(time.Hour)
+	uxSendHour(t, h, "exp-1", base)
+	waitUntil(t, "40 points in InfluxDB", loadWait, func() bool { n, _ := influx.Count("exp-1", "on"); return n == 40 })
+	rng := fmt.Sprintf("&start=%d&stop=%d", base.UnixMilli(), base.Add(time.Hour).UnixMilli())
+	for _, tc := range []struct {
+		format, first, last string
+	}{
+		{"csv", "time,device,metric,value", base.Add(59*time.Minute).UTC().Format("2006-01-02T15:04:05.000Z") + ",exp-1,on,false"},
+		{"jsonl", fmt.Sprintf(`{"ts":%d,"device":"exp-1","metric":"temp","value":0}`, base.UnixMilli()),
+			fmt.Sprintf(`{"ts":%d,"device":"exp-1","metric":"on","value":false}`, base.Add(59*time.Minute).UnixMilli())},
+	} {
+		st, body := uxGet(t, h.url+"/api/v1/devices/exp-1/export?metric=temp&metric=on&format="+tc.format+rng, viewer)
+		lines := strings.Split(strings.TrimSuffix(body, "\n"), "\n")
+		if st != 200 || lines[0] != tc.first || lines[len(lines)-1] != tc.last {
+			t.Fatalf("%s: %d, first %q last %q", tc.format, st, lines[0], lines[len(lines)-1])
+		}
+		if n := len(lines); (tc.format == "csv" && n != 81) || (tc.format == "jsonl" && n != 80) {
+			t.Errorf("%s: %d lines", tc.format, n)
+		}
+	}
+}
+
+// uxGet is a GET with a bearer token; it returns the status and the body.
+func uxGet(t *testing.T, url, token string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", url, nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(b)
 }
