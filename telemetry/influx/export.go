@@ -199,4 +199,3 @@ func streamingHTTPClient(timeout time.Duration) *http.Client {
 		IdleConnTimeout:       90 * time.Second,
 	}}
 }
-
