@@ -10,6 +10,8 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/fieldhub/fieldhub/telemetry/influxtest"
 )
 
 // uxSendHour makes device send one reading a minute for the hour from
@@ -232,4 +234,52 @@ func uxGet(t *testing.T, url, token string) (int, string) {
 		t.Fatal(err)
 	}
 	return resp.StatusCode, string(b)
+}
+
+// TestMetricCatalogue: a device's metrics with their types and first and
+// last points come from the schema store and InfluxDB, so they are the
+// same after a restart; a metric InfluxDB has from before the schema is
+// listed too; with InfluxDB unreachable the schema's names still are.
+func TestMetricCatalogue(t *testing.T) {
+	influx := startInflux(t)
+	h := startHub(t, influx, nil)
+	viewer := h.token(t, "viewer")
+	base := time.Now().Add(-3 * time.Hour).Truncate(time.Hour)
+	uxSendHour(t, h, "cat-1", base)
+	waitUntil(t, "40 points in InfluxDB", loadWait, func() bool { n, _ := influx.Count("cat-1", "mode"); return n == 40 })
+	integrityInfluxWrite(t, influx, fmt.Sprintf("telemetry,device=cat-1 legacy=7i %d\n", base.Add(-time.Hour).UnixNano()))
+	first, last := float64(base.UnixMilli()), float64(base.Add(59*time.Minute).UnixMilli())
+	want := fmt.Sprint([]map[string]any{
+		{"name": "legacy", "type": "number", "first_seen": float64(base.Add(-time.Hour).UnixMilli()), "last_seen": float64(base.Add(-time.Hour).UnixMilli())},
+		{"name": "mode", "type": "string", "first_seen": first, "last_seen": last},
+		{"name": "on", "type": "bool", "first_seen": first, "last_seen": last},
+		{"name": "temp", "type": "number", "first_seen": first, "last_seen": last},
+	})
+	check := func(h *hub, when string) {
+		t.Helper()
+		st, m := h.api(t, "GET", "/api/v1/devices/cat-1/metrics", viewer, nil)
+		if st != 200 || m["device"] != "cat-1" || m["source"] != "influxdb" || fmt.Sprint(m["metrics"]) != want {
+			t.Fatalf("%s: %d %v\nwant metrics %s", when, st, m, want)
+		}
+	}
+	check(h, "first start")
+	if st, _ := h.api(t, "GET", "/api/v1/devices/nope/metrics", viewer, nil); st != 404 {
+		t.Fatalf("unknown device: %d", st)
+	}
+	h.stop(t)
+	h2 := startHub(t, influx, map[string]string{"FIELDHUB_DATA_DIR": h.env["FIELDHUB_DATA_DIR"], "FIELDHUB_ADMIN_TOKEN": h.adminToken})
+	check(h2, "after a restart")
+
+	// InfluxDB unreachable: the names and types the schema store has, no
+	// first or last point, and the answer says where it came from.
+	down := startHub(t, &influxtest.Server{URL: "http://" + freePort(t), Bucket: "telemetry/autogen"}, nil)
+	c := integrityDial(t, down, down.createDevice(t, "cat-2"))
+	if f := integritySend(t, c, `{"type":"telemetry","id":"1","metrics":{"temp":1,"ok":true}}`); f["type"] != "ack" {
+		t.Fatalf("telemetry: %v", f)
+	}
+	st, m := down.api(t, "GET", "/api/v1/devices/cat-2/metrics", down.adminToken, nil)
+	wantDown := fmt.Sprint([]map[string]any{{"name": "ok", "type": "bool", "first_seen": nil, "last_seen": nil}, {"name": "temp", "type": "number", "first_seen": nil, "last_seen": nil}})
+	if st != 200 || m["source"] != "schema" || fmt.Sprint(m["metrics"]) != wantDown {
+		t.Fatalf("influxdb down: %d %v", st, m)
+	}
 }
