@@ -371,3 +371,57 @@ func TestPresenceHistorySurvivesRestart(t *testing.T) {
 		t.Fatalf("influxdb down: %s %v", src, got)
 	}
 }
+
+// TestCommandHistoryForViewers: a viewer reads a device's command
+// history, with each command's params, its result, and why it failed:
+// the device's error for failed, the status itself for timed_out,
+// expired and cancelled.
+func TestCommandHistoryForViewers(t *testing.T) {
+	influx := startInflux(t)
+	h := startHub(t, influx, nil)
+	viewer := h.token(t, "viewer")
+	tok := h.createDevice(t, "cmd-v")
+	params := map[string]any{"seconds": 5.0}
+	_, queued := h.send(t, h.adminToken, "cmd-v", "", map[string]any{"name": "later", "params": params}, nil)
+	if st, c := h.api(t, "DELETE", "/api/v1/devices/cmd-v/commands/"+queued["id"].(string), h.adminToken, nil); st != 200 {
+		t.Fatalf("cancel: %d %v", st, c)
+	}
+	wsDevice(t, h, tok)
+	waitUntil(t, "the device online", loadWait, func() bool {
+		_, d := h.api(t, "GET", "/api/v1/devices/cmd-v", h.adminToken, nil)
+		return d["device"].(map[string]any)["online"] == true
+	})
+	if st, c := h.send(t, h.adminToken, "cmd-v", "?wait=30s", map[string]any{"name": "open", "params": params}, nil); st != 200 || c["status"] != "succeeded" {
+		t.Fatalf("open: %d %v", st, c)
+	}
+	if st, c := h.send(t, h.adminToken, "cmd-v", "?wait=30s", map[string]any{"name": "fail", "params": params}, nil); st != 200 || c["status"] != "failed" {
+		t.Fatalf("fail: %d %v", st, c)
+	}
+	if st, c := h.send(t, h.adminToken, "cmd-v", "?wait=30s", map[string]any{"name": "ignore", "timeout": "1s"}, nil); st != 200 || c["status"] != "timed_out" {
+		t.Fatalf("ignore: %d %v", st, c)
+	}
+	st, m := h.api(t, "GET", "/api/v1/devices/cmd-v/commands", viewer, nil)
+	if st != 200 {
+		t.Fatalf("viewer list: %d %v", st, m)
+	}
+	var got []string
+	for _, c := range m["commands"].([]any) { // newest first
+		c := c.(map[string]any)
+		got = append(got, fmt.Sprintf("%v %v params=%v result=%v error=%v", c["name"], c["status"], c["params"], c["result"], c["error"]))
+	}
+	want := []string{
+		"ignore timed_out params=map[] result=<nil> error=<nil>",
+		"fail failed params=map[seconds:5] result=<nil> error=valve stuck",
+		"open succeeded params=map[seconds:5] result=map[echo:map[seconds:5]] error=<nil>",
+		"later cancelled params=map[seconds:5] result=<nil> error=<nil>",
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("history\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if st, c := h.api(t, "GET", "/api/v1/devices/cmd-v/commands/"+queued["id"].(string), viewer, nil); st != 200 || c["command"].(map[string]any)["status"] != "cancelled" {
+		t.Fatalf("viewer get: %d %v", st, c)
+	}
+	if st, _ := h.send(t, viewer, "cmd-v", "", map[string]any{"name": "open"}, nil); st != 403 {
+		t.Fatalf("a viewer sent a command: %d", st)
+	}
+}
