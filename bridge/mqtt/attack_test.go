@@ -347,3 +347,64 @@ func TestAttackGatewayDisconnectBeforeConnack(t *testing.T) {
 		t.Fatalf("DISCONNECT %#02x sent before any CONNACK [MQTT-3.14.0-1]", pk.ReasonCode)
 	}
 }
+
+// TestAttackGatewaySupersededReaderChangesNewSession: the reader of a
+// superseded connection goes on handling the packets it already read, on
+// the session the new connection resumed: here an UNSUBSCRIBE that came
+// right behind a PUBLISH removes the commands subscription the resuming
+// connection relies on (contract: on resume "the subscriptions still
+// hold"), so commands stop. The old reader is held in its PUBLISH (the
+// bridge's clock read after the store) while the device reconnects. A
+// DISCONNECT with a Session Expiry Interval, a PUBACK or a PUBREL do the
+// same to the new connection's expiry, window and QoS 2 state.
+func TestAttackGatewaySupersededReaderChangesNewSession(t *testing.T) {
+	var armed atomic.Bool
+	entered, release := make(chan struct{}), make(chan struct{})
+	r := newRig(t, Options{}, func(o *bridge.Options) {
+		o.Now = func() time.Time {
+			if armed.CompareAndSwap(true, false) {
+				close(entered)
+				<-release
+			}
+			return time.Now()
+		}
+	})
+	tok := r.tokens["d1"]
+	old, ack := r.raw3(t, connectPk("d1", "d1", tok, false))
+	if !bytes.Equal(ack, connack(0, 0)) {
+		t.Fatalf("CONNACK % x", ack)
+	}
+	old.send(subscribePk(1, packets.Subscription{Filter: "devices/d1/commands", Qos: 1}))
+	old.expect(packets.Suback)
+	armed.Store(true)
+	pub := publishPacket("devices/d1/telemetry", 1, 7, reading)
+	pub.ProtocolVersion = 4
+	unsub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Unsubscribe, Qos: 1}, PacketID: 8, ProtocolVersion: 4,
+		Filters: packets.Subscriptions{{Filter: "devices/d1/commands"}}}
+	old.write(append(encode(t, pub), encode(t, unsub)...)) // one write: read together
+	select {
+	case <-entered: // the old reader is inside its PUBLISH, the UNSUBSCRIBE buffered
+	case <-time.After(patience):
+		close(release)
+		t.Fatal("the old connection's PUBLISH never reached the bridge")
+	}
+	c2, ack := r.raw3(t, connectPk("d1", "d1", tok, false))
+	if !bytes.Equal(ack, connack(1, 0)) {
+		close(release)
+		t.Fatalf("resuming CONNACK % x, want session present", ack)
+	}
+	if _, err := old.untilClosed(); !closedByServer(err) {
+		close(release)
+		t.Fatalf("old connection: %v, want closed (superseded)", err)
+	}
+	close(release)
+	waitFor(t, "the old connection's end", func() bool { return r.broker.open.Load() == 1 })
+	id := r.sendCommand(t, "d1", "reboot")
+	pk, err := c2.next(patience)
+	if err != nil {
+		t.Fatalf("the resumed session lost its commands subscription to the superseded connection's UNSUBSCRIBE: command %s not delivered: %v", id, err)
+	}
+	if pk.FixedHeader.Type != packets.Publish || !bytes.Contains(pk.Payload, []byte(id)) {
+		t.Fatalf("got %s, want command %s", describe(pk), id)
+	}
+}
