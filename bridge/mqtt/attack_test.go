@@ -1,16 +1,21 @@
 package mqtt
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/fieldhub/fieldhub/bridge"
@@ -406,5 +411,58 @@ func TestAttackGatewaySupersededReaderChangesNewSession(t *testing.T) {
 	}
 	if pk.FixedHeader.Type != packets.Publish || !bytes.Contains(pk.Payload, []byte(id)) {
 		t.Fatalf("got %s, want command %s", describe(pk), id)
+	}
+}
+
+// TestAttackGatewayShutdownWebSocket: Run's shutdown closes MQTT-over-
+// WebSocket sockets (closeWS) before it kicks the connections, so a v5
+// client over WebSocket is not told 0x8B Server shutting down (Run's doc
+// and the contract), and the reader ends with a network error instead of
+// the shutdown reason: the device's will is stored at every restart
+// (contract: no will on shutdown).
+func TestAttackGatewayShutdownWebSocket(t *testing.T) {
+	r := newRig(t, Options{})
+	srv := httptest.NewServer(http.HandlerFunc(r.broker.ServeWebSocket))
+	defer srv.Close()
+	d := websocket.Dialer{Subprotocols: []string{"mqtt"}}
+	ws, _, err := d.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/mqtt", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	before := r.stored(t)
+	pk := connectPacket(5, "d1", r.tokens["d1"])
+	pk.Connect.WillFlag, pk.Connect.WillTopic, pk.Connect.WillPayload = true, "devices/d1/telemetry", []byte(reading)
+	b, err := encodePacket(pk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ws.WriteMessage(websocket.BinaryMessage, b); err != nil {
+		t.Fatal(err)
+	}
+	pr, pw := io.Pipe()
+	go func() { // owner: this test; ends when the socket does
+		for {
+			_, m, err := ws.ReadMessage()
+			if err != nil {
+				pw.CloseWithError(err)
+				return
+			}
+			_, _ = pw.Write(m)
+		}
+	}()
+	br := bufio.NewReader(pr)
+	if ack, err := readPacket(br, 5, 1<<20); err != nil || ack.FixedHeader.Type != packets.Connack || ack.ReasonCode != 0 {
+		t.Fatalf("CONNACK: %v %s", err, describe(ack))
+	}
+	waitFor(t, "d1 online", func() bool { d, _ := r.reg.Get("d1"); return d.Online })
+	_ = ws.SetReadDeadline(time.Now().Add(patience))
+	r.shutdown()
+	got, err := readPacket(br, 5, 1<<20)
+	if err != nil || got.FixedHeader.Type != packets.Disconnect || got.ReasonCode != rcServerShuttingDown {
+		t.Errorf("at shutdown the v5 WebSocket client got %s (%v), want DISCONNECT 0x8B", describe(got), err)
+	}
+	if n := r.stored(t); n != before {
+		t.Errorf("the will was stored at shutdown: %d -> %d points", before, n)
 	}
 }
