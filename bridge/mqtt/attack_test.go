@@ -466,3 +466,40 @@ func TestAttackGatewayShutdownWebSocket(t *testing.T) {
 		t.Errorf("the will was stored at shutdown: %d -> %d points", before, n)
 	}
 }
+
+// TestAttackGatewayResumeIgnoresReceiveMaximum: on resume every command in
+// flight is resent at once (session.resend), whatever the Receive Maximum
+// of the new connection: a device that had 3 commands in flight and
+// reconnects with Receive Maximum 1 gets 3 unacknowledged QoS 1 PUBLISHes
+// (5.0 §3.3.4, [MQTT-3.3.4-7]: the server must not send more than Receive
+// Maximum of them; the rest wait for a PUBACK).
+func TestAttackGatewayResumeIgnoresReceiveMaximum(t *testing.T) {
+	r := newRig(t, Options{})
+	persistent := func(recvMax uint16) func(*packets.Packet) {
+		return func(pk *packets.Packet) {
+			pk.Connect.Clean = false
+			pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 600, true
+			pk.Properties.ReceiveMaximum = recvMax
+		}
+	}
+	c := r.raw5OK(t, "d1", persistent(16))
+	c.subscribeCommands("d1", 1)
+	var ids []string
+	for i := 0; i < 3; i++ {
+		ids = append(ids, r.sendCommand(t, "d1", "reboot"))
+	}
+	for range ids {
+		c.expect(packets.Publish) // not acknowledged
+	}
+	_ = c.conn.(*net.TCPConn).SetLinger(0)
+	c.conn.Close()
+	waitFor(t, "the first connection's end", func() bool { return r.broker.open.Load() == 0 })
+	c2, ack := r.raw5(t, "d1", persistent(1))
+	if ack.ReasonCode != 0 || !ack.SessionPresent {
+		t.Fatalf("resuming CONNACK %#02x present %v", ack.ReasonCode, ack.SessionPresent)
+	}
+	c2.expect(packets.Publish) // the one the window allows
+	if pk, err := c2.next(2 * time.Second); err == nil && pk.FixedHeader.Type == packets.Publish {
+		t.Fatalf("a second unacknowledged PUBLISH (%s) to a client with Receive Maximum 1", describe(pk))
+	}
+}
