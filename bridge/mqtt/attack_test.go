@@ -9,9 +9,11 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"runtime"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -496,5 +498,45 @@ func TestAttackGatewayResumeIgnoresReceiveMaximum(t *testing.T) {
 	c2.expect(packets.Publish) // the one the window allows
 	if pk, err := c2.next(2 * time.Second); err == nil && pk.FixedHeader.Type == packets.Publish {
 		t.Fatalf("a second unacknowledged PUBLISH (%s) to a client with Receive Maximum 1", describe(pk))
+	}
+}
+
+// emfileListener fails its first Accept the way accept(2) does when the
+// process is out of file descriptors, then accepts normally.
+type emfileListener struct {
+	net.Listener
+	failed atomic.Bool
+}
+
+func (l *emfileListener) Accept() (net.Conn, error) {
+	if l.failed.CompareAndSwap(false, true) {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	}
+	return l.Listener.Accept()
+}
+
+// TestAttackGatewayAcceptStopsOnEMFILE: accept retries only errors whose
+// Timeout() is true; any other, such as EMFILE when a flood of connections
+// exhausts the descriptor limit, ends the accept loop for good, and the
+// gateway takes no MQTT connection until it restarts (net/http's Serve
+// backs off and retries such errors).
+func TestAttackGatewayAcceptStopsOnEMFILE(t *testing.T) {
+	r := newRig(t, Options{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(Options{Bridge: r.br, Commands: r.cmds, Auth: r.reg, Listener: &emfileListener{Listener: ln}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }() // owner: this test; ends at cleanup
+	t.Cleanup(func() { cancel(); <-done })
+	c := dialRaw(t, ln.Addr().String(), 5)
+	c.send(connectPacket(5, "d1", r.tokens["d1"]))
+	if pk, err := c.next(patience); err != nil || pk.FixedHeader.Type != packets.Connack {
+		t.Fatalf("no CONNACK after one EMFILE from accept: %v %s", err, describe(pk))
 	}
 }
