@@ -52,17 +52,19 @@ func heapNow() uint64 {
 func (b *Broker) hasWill(id string) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.wills[id] != nil
+	_, ok := b.wills[id]
+	return ok
 }
 
 // TestAttackGatewayConcurrentConnectSplitsSession: two connections of one
 // device whose CONNECTs interleave (attach of A, attach of B, bridge
-// Connect of B, bridge Connect of A) leave A as the bridge's current
-// session while the MQTT session table points at B, which A's bridge
-// Connect then kicks; B's end detaches the session A uses. A is online and
-// subscribed, but session.deliver refuses every command (s.conn != A):
-// commands stall until the device reconnects. The interleaving is forced
-// by holding A's bridge Connect at its first clock read.
+// Connect of B, bridge Connect of A) left A as the bridge's current
+// session while the MQTT session table pointed at B, which A's bridge
+// Connect then kicked; B's end detached the session A used, and commands
+// stalled until the device reconnected. Now a device's CONNECTs are one
+// step each (attach and bridge Connect under the device's stripe): while
+// A's bridge Connect is held at its first clock read, B waits; once A is
+// through, B takes over, and the survivor gets commands.
 func TestAttackGatewayConcurrentConnectSplitsSession(t *testing.T) {
 	var armed atomic.Bool
 	entered, release := make(chan struct{}), make(chan struct{})
@@ -84,26 +86,27 @@ func TestAttackGatewayConcurrentConnectSplitsSession(t *testing.T) {
 	case <-time.After(patience):
 		t.Fatal("A's bridge Connect never ran")
 	}
-	b, ack := r.raw3(t, connectPk("d1", "d1", tok, false))
-	if !bytes.Equal(ack, connack(1, 0)) {
-		t.Fatalf("B's CONNACK % x, want session present (A's session)", ack)
-	}
+	b := dialRaw(t, r.addr, 4)
+	b.send(connectPk("d1", "d1", tok, false)) // waits for A's CONNECT to finish
 	close(release)
 	if ack := wire(a.expect(packets.Connack)); !bytes.Equal(ack, connack(0, 0)) {
 		t.Fatalf("A's CONNACK % x", ack)
 	}
-	// A's bridge Connect came last: it supersedes B.
-	if _, err := b.untilClosed(); !closedByServer(err) {
-		t.Fatalf("B: %v, want closed by the server (superseded)", err)
+	if ack := wire(b.expect(packets.Connack)); !bytes.Equal(ack, connack(1, 0)) {
+		t.Fatalf("B's CONNACK % x, want session present (A's session)", ack)
 	}
-	waitFor(t, "B's end", func() bool { return r.broker.open.Load() == 1 })
+	// B's CONNECT came last: it supersedes A.
+	if _, err := a.untilClosed(); !closedByServer(err) {
+		t.Fatalf("A: %v, want closed by the server (superseded)", err)
+	}
+	waitFor(t, "A's end", func() bool { return r.broker.open.Load() == 1 })
 	if cur := r.br.Current("d1"); cur == nil {
 		t.Fatal("no current bridge session for d1")
 	}
-	a.send(subscribePk(1, packets.Subscription{Filter: "devices/d1/commands", Qos: 1}))
-	a.expect(packets.Suback)
+	b.send(subscribePk(1, packets.Subscription{Filter: "devices/d1/commands", Qos: 1}))
+	b.expect(packets.Suback)
 	id := r.sendCommand(t, "d1", "reboot")
-	pk, err := a.next(patience)
+	pk, err := b.next(patience)
 	if err != nil {
 		t.Fatalf("the surviving connection (the bridge's current session, subscribed) got no command %s: %v", id, err)
 	}
