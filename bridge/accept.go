@@ -165,9 +165,7 @@ func (b *Bridge) ingest(ctx context.Context, s *Session, f *telemetry.Frame) (st
 	}
 	bufp := b.bufs.Get().(*[]byte)
 	buf := telemetry.AppendLines((*bufp)[:0], s.DeviceID, b.opts.Devices.Tags(s.DeviceID), t.Readings)
-	sctx, cancel := context.WithTimeout(ctx, b.opts.StoreTimeout)
-	serr := storeError(b.opts.Store.Append(sctx, len(t.Readings), buf))
-	cancel()
+	serr := storeError(b.appendStore(ctx, s, len(t.Readings), buf))
 	*bufp = buf
 	if cap(buf) <= 64<<10 {
 		b.bufs.Put(bufp)
@@ -202,6 +200,20 @@ func (b *Bridge) ingest(ctx context.Context, s *Session, f *telemetry.Frame) (st
 		}
 	}
 	return t.ID, nil
+}
+
+// appendStore appends one message of s to the store under ctx bounded
+// by StoreTimeout. A connected session reuses its own bound
+// (storeDeadline); an ephemeral one, or a second append of a session
+// already in one, gets context.WithTimeout.
+func (b *Bridge) appendStore(ctx context.Context, s *Session, points int, payload []byte) error {
+	if d := s.deadline; d != nil && d.arm(ctx, b.opts.StoreTimeout) {
+		defer d.disarm()
+		return b.opts.Store.Append(d, points, payload)
+	}
+	sctx, cancel := context.WithTimeout(ctx, b.opts.StoreTimeout)
+	defer cancel()
+	return b.opts.Store.Append(sctx, points, payload)
 }
 
 func idOf(f *telemetry.Frame) string {

@@ -37,6 +37,9 @@ type Session struct {
 	reason  atomic.Pointer[string]
 	ended   atomic.Bool
 	logLim  *LogLimiter
+	// deadline bounds the store appends of a connected session (nil for
+	// an ephemeral one, which lives for one message: storeContext).
+	deadline *storeDeadline
 }
 
 // Kick closes the session for reason; the first reason given wins.
@@ -73,7 +76,7 @@ func (b *Bridge) Connect(deviceID, transport, remote string, h devices.TokenHash
 	now := b.opts.Now()
 	s := &Session{
 		DeviceID: deviceID, Transport: transport, Remote: remote, ConnectedAt: now,
-		hash: h, conn: c, logLim: &b.logLim,
+		hash: h, conn: c, logLim: &b.logLim, deadline: new(storeDeadline),
 	}
 	b.mu.Lock()
 	// The epoch is taken under mu, so epoch order is the order in which
@@ -135,6 +138,9 @@ func (b *Bridge) Disconnect(s *Session, reason string) {
 		return
 	}
 	reason = s.Reason(reason)
+	if s.deadline != nil {
+		s.deadline.release()
+	}
 	now := b.opts.Now()
 	b.mu.Lock()
 	current := b.sessions[s.DeviceID] == s
