@@ -92,7 +92,7 @@ func ack(id string) Answer { return Answer{ID: id, Reply: ReplyAck} }
 // a ping is answered. Nothing is stored unless the Answer has no Err, and
 // a telemetry Answer without Err means every reading is durable.
 func (b *Bridge) Accept(ctx context.Context, s *Session, m Message) Answer {
-	b.stats.messages(s.Transport).Add(1)
+	s.messages.Add(1)
 	// The device's rate limit bounds what it sends unasked: frames on its
 	// socket and telemetry. A command result on its own topic or path
 	// answers the hub and is never refused for rate (docs/protocol.md: the
@@ -186,7 +186,7 @@ func (b *Bridge) ingest(ctx context.Context, s *Session, f *telemetry.Frame) (st
 	}
 	now := b.opts.Now()
 	b.opts.Devices.Touch(s.DeviceID, now)
-	b.stats.readings(s.Transport).Add(int64(len(t.Readings)))
+	s.readings.Add(int64(len(t.Readings)))
 	switch {
 	case b.batch != nil:
 		evs := make([]telemetry.Event, len(t.Readings))

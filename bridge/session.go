@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"context"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -38,8 +39,11 @@ type Session struct {
 	ended   atomic.Bool
 	logLim  *LogLimiter
 	// deadline bounds the store appends of a connected session (nil for
-	// an ephemeral one, which lives for one message: storeContext).
+	// an ephemeral one, which lives for one message: appendStore).
 	deadline *storeDeadline
+	// messages and readings are the Stats counters of the session's
+	// transport, looked up once.
+	messages, readings *atomic.Int64
 }
 
 // Kick closes the session for reason; the first reason given wins.
@@ -63,7 +67,10 @@ func (s *Session) Reason(def string) string {
 }
 
 func (s *Session) logReject(log *slog.Logger, e *telemetry.Error) {
-	if n, ok := s.logLim.Allow(); ok {
+	// The budget is spent whether or not debug is on (it is shared with
+	// the transports' refusal lines); the arguments are built only when
+	// the line is written.
+	if n, ok := s.logLim.Allow(); ok && log.Enabled(context.Background(), slog.LevelDebug) {
 		log.Debug("message rejected", "device", s.DeviceID, "transport", s.Transport, "code", e.Code, "reason", e.Message, "suppressed", n)
 	}
 }
@@ -77,6 +84,7 @@ func (b *Bridge) Connect(deviceID, transport, remote string, h devices.TokenHash
 	s := &Session{
 		DeviceID: deviceID, Transport: transport, Remote: remote, ConnectedAt: now,
 		hash: h, conn: c, logLim: &b.logLim, deadline: new(storeDeadline),
+		messages: b.stats.messages(transport), readings: b.stats.readings(transport),
 	}
 	b.mu.Lock()
 	// The epoch is taken under mu, so epoch order is the order in which
@@ -125,7 +133,8 @@ func (b *Bridge) Ephemeral(deviceID, transport, remote string) *Session {
 	lim := b.limiterLocked(deviceID)
 	dev := b.deviceLocked(deviceID)
 	b.mu.Unlock()
-	return &Session{DeviceID: deviceID, Transport: transport, Remote: remote, ConnectedAt: b.opts.Now(), limiter: lim, dev: dev, logLim: &b.logLim}
+	return &Session{DeviceID: deviceID, Transport: transport, Remote: remote, ConnectedAt: b.opts.Now(), limiter: lim, dev: dev, logLim: &b.logLim,
+		messages: b.stats.messages(transport), readings: b.stats.readings(transport)}
 }
 
 // Touch records that a device without a session was heard from.
