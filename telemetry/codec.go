@@ -117,6 +117,12 @@ type Frame struct {
 	Status   string         `json:"status"`
 	Result   jsontext.Value `json:"result"`
 	Error    *string        `json:"error"`
+
+	// tel is the first Telemetry made of this frame, in the frame's
+	// allocation (one allocation less per message); telUsed marks it
+	// taken, so a second call gets its own.
+	tel     Telemetry
+	telUsed bool
 }
 
 type wireReading struct {
@@ -316,7 +322,13 @@ func (c *Codec) readings(f *Frame) (*Telemetry, time.Time, error) {
 	}
 	recv := c.now()
 	now, nowNanos := recv.UnixMilli(), recv.UnixNano()
-	t := &Telemetry{ID: f.ID, Single: f.Readings == nil}
+	var t *Telemetry
+	if f.telUsed {
+		t = new(Telemetry)
+	} else {
+		t, f.telUsed = &f.tel, true
+	}
+	*t = Telemetry{ID: f.ID, Single: f.Readings == nil}
 	switch {
 	case f.Metrics != nil && f.Readings != nil:
 		return nil, recv, fieldErr("readings", `send either "metrics" or "readings", not both`)

@@ -119,3 +119,32 @@ func TestValidMatchesValidator(t *testing.T) {
 		}
 	}
 }
+
+// TestTelemetryTwiceOnOneFrame: the Telemetry kept in a frame's own
+// allocation goes to the first call only; a second call on the same frame
+// gets a Telemetry of its own, so neither sees the other's changes (the
+// bridge rewrites Nanos in place).
+func TestTelemetryTwiceOnOneFrame(t *testing.T) {
+	c := testCodec()
+	for _, in := range []string{`{"metrics":{"a":1}}`, `{"readings":[{"metrics":{"a":1}},{"metrics":{"b":2}}]}`} {
+		fr, err := c.DecodeKind([]byte(in), KindTelemetry)
+		if err != nil {
+			t.Fatal(err)
+		}
+		first, err := c.Telemetry(fr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		second, err := c.Telemetry(fr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if first == second || &first.Readings[0] == &second.Readings[0] {
+			t.Fatalf("%s: two calls share their Telemetry or readings", in)
+		}
+		first.Readings[0].Nanos = 1
+		if second.Readings[0].Nanos == 1 {
+			t.Fatalf("%s: a change to the first call's readings shows in the second's", in)
+		}
+	}
+}
