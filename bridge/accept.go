@@ -207,7 +207,7 @@ func (b *Bridge) ingest(ctx context.Context, s *Session, f *telemetry.Frame) (st
 // (storeDeadline); an ephemeral one, or a second append of a session
 // already in one, gets context.WithTimeout.
 func (b *Bridge) appendStore(ctx context.Context, s *Session, points int, payload []byte) error {
-	if d := s.deadline; d != nil && d.arm(ctx, b.opts.StoreTimeout) {
+	if d := s.storeDeadline(); d != nil && d.arm(ctx, b.opts.StoreTimeout) {
 		defer d.disarm()
 		return b.opts.Store.Append(d, points, payload)
 	}

@@ -38,12 +38,34 @@ type Session struct {
 	reason  atomic.Pointer[string]
 	ended   atomic.Bool
 	logLim  *LogLimiter
-	// deadline bounds the store appends of a connected session (nil for
-	// an ephemeral one, which lives for one message: appendStore).
-	deadline *storeDeadline
+	// deadline bounds the store appends of a connected session, made at
+	// its first append (an idle connection does not pay for it); an
+	// ephemeral session, which lives for one message, has none
+	// (appendStore).
+	connected bool
+	deadline  atomic.Pointer[storeDeadline]
 	// messages and readings are the Stats counters of the session's
 	// transport, looked up once.
 	messages, readings *atomic.Int64
+}
+
+// storeDeadline returns the session's reusable store deadline, made on
+// first use; nil for an ephemeral session.
+func (s *Session) storeDeadline() *storeDeadline {
+	if !s.connected {
+		return nil
+	}
+	if d := s.deadline.Load(); d != nil {
+		return d
+	}
+	s.deadline.CompareAndSwap(nil, new(storeDeadline))
+	d := s.deadline.Load()
+	if s.ended.Load() {
+		// Disconnect may have looked before d existed: release it here
+		// (Disconnect sets ended before it looks, so one of the two does).
+		d.release()
+	}
+	return d
 }
 
 // Kick closes the session for reason; the first reason given wins.
@@ -83,7 +105,7 @@ func (b *Bridge) Connect(deviceID, transport, remote string, h devices.TokenHash
 	now := b.opts.Now()
 	s := &Session{
 		DeviceID: deviceID, Transport: transport, Remote: remote, ConnectedAt: now,
-		hash: h, conn: c, logLim: &b.logLim, deadline: new(storeDeadline),
+		hash: h, conn: c, logLim: &b.logLim, connected: true,
 		messages: b.stats.messages(transport), readings: b.stats.readings(transport),
 	}
 	b.mu.Lock()
@@ -147,8 +169,8 @@ func (b *Bridge) Disconnect(s *Session, reason string) {
 		return
 	}
 	reason = s.Reason(reason)
-	if s.deadline != nil {
-		s.deadline.release()
+	if d := s.deadline.Load(); d != nil {
+		d.release()
 	}
 	now := b.opts.Now()
 	b.mu.Lock()
