@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -128,4 +129,146 @@ func TestCLIVersionJSON(t *testing.T) {
 	if v["version"] != "(devel)" && v["version"] != readBuildVersion().Version {
 		t.Errorf("version %v", v["version"])
 	}
+}
+
+// TestCLIAgainstHub drives the admin commands against a running hub as a
+// script would: consistent JSON, the exit code of each kind of refusal,
+// nothing on stdout when a command fails, and commands with their outcome.
+func TestCLIAgainstHub(t *testing.T) {
+	influx := startInflux(t)
+	h := startHub(t, influx, nil)
+	admin := map[string]string{"FIELDHUB_URL": h.url, "FIELDHUB_TOKEN": h.adminToken}
+	viewer := map[string]string{"FIELDHUB_URL": h.url, "FIELDHUB_TOKEN": h.token(t, "viewer")}
+	wrong := map[string]string{"FIELDHUB_URL": h.url, "FIELDHUB_TOKEN": "fho_wrong"}
+	jsonOf := func(t *testing.T, stdout string) map[string]any {
+		t.Helper()
+		var m map[string]any
+		if err := json.Unmarshal([]byte(stdout), &m); err != nil {
+			t.Fatalf("not JSON: %v\n%s", err, stdout)
+		}
+		return m
+	}
+	ok := func(t *testing.T, env map[string]string, args ...string) string {
+		t.Helper()
+		code, stdout, stderr := cliRun(t, env, args...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d\n%s%s", args, code, stdout, stderr)
+		}
+		return stdout
+	}
+
+	// JSON keys are the API's, lowercase, whatever the command.
+	created := jsonOf(t, ok(t, admin, "device", "create", "tank-1", "--name", "Tank", "--label", "site=north", "--json"))
+	if created["device"].(map[string]any)["id"] != "tank-1" || !strings.HasPrefix(created["token"].(string), "fhd_") {
+		t.Fatalf("create --json: %v", created)
+	}
+	rotated := jsonOf(t, ok(t, admin, "device", "rotate", "tank-1", "--json"))
+	if rotated["id"] != "tank-1" || !strings.HasPrefix(rotated["token"].(string), "fhd_") {
+		t.Fatalf("rotate --json: %v", rotated)
+	}
+	csv := filepath.Join(t.TempDir(), "fleet.csv")
+	if err := os.WriteFile(csv, []byte("id,name\nimp-1,One\nimp-2,Two\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	imported := jsonOf(t, ok(t, admin, "device", "import", csv, "--json"))
+	devs := imported["devices"].([]any)
+	if len(devs) != 2 || devs[0].(map[string]any)["id"] != "imp-1" || !strings.HasPrefix(devs[0].(map[string]any)["token"].(string), "fhd_") {
+		t.Fatalf("import --json: %v", imported)
+	}
+	if out := ok(t, admin, "device", "import", writeFile(t, "more.csv", "id\nimp-3\n")); !strings.HasPrefix(out, "id,token\nimp-3,fhd_") {
+		t.Fatalf("import: %q", out)
+	}
+	listed := jsonOf(t, ok(t, viewer, "device", "list", "--json"))
+	if n := len(listed["devices"].([]any)); n != 4 {
+		t.Fatalf("list --json: %d devices: %v", n, listed)
+	}
+	table := ok(t, viewer, "device", "list", "--label", "site=north")
+	if !strings.HasPrefix(table, "ID ") || !strings.Contains(table, "tank-1") || !strings.Contains(table, "offline") || strings.Contains(table, "imp-1") {
+		t.Fatalf("list table:\n%s", table)
+	}
+	if got := jsonOf(t, ok(t, viewer, "device", "get", "tank-1")); got["device"].(map[string]any)["name"] != "Tank" {
+		t.Fatalf("get: %v", got)
+	}
+	if got := jsonOf(t, ok(t, admin, "device", "delete", "imp-3", "--json")); got["id"] != "imp-3" || got["deleted"] != true {
+		t.Fatalf("delete --json: %v", got)
+	}
+
+	// Each refusal has its exit code, and stdout stays empty: no table
+	// header before an error.
+	refusals := []struct {
+		env  map[string]string
+		args []string
+		code int
+		want string
+	}{
+		{admin, []string{"device", "get", "ghost"}, exitNotFound, "not_found"},
+		{admin, []string{"device", "delete", "ghost"}, exitNotFound, "not_found"},
+		{admin, []string{"device", "create", "tank-1"}, exitConflict, "409"},
+		{admin, []string{"device", "create", "bad id!"}, exitUsage, "400"},
+		{viewer, []string{"device", "create", "tank-2"}, exitAuth, "403"},
+		{wrong, []string{"device", "list"}, exitAuth, "401"},
+		{wrong, []string{"token", "list"}, exitAuth, "401"},
+		{wrong, []string{"command", "list", "tank-1"}, exitAuth, "401"},
+		{admin, []string{"command", "list", "ghost"}, exitNotFound, "404"},
+		{admin, []string{"command", "cancel", "tank-1", "cmd-none"}, exitNotFound, "404"},
+		{admin, []string{"token", "revoke", "tok-none"}, exitNotFound, "404"},
+	}
+	for _, r := range refusals {
+		code, stdout, stderr := cliRun(t, r.env, r.args...)
+		if code != r.code || stdout != "" || !strings.Contains(stderr, r.want) {
+			t.Errorf("%v: exit %d (want %d), stdout %q, stderr %q (want %q)", r.args, code, r.code, stdout, stderr, r.want)
+		}
+	}
+
+	// Commands: cancel while queued, then refused once cancelled.
+	sent := jsonOf(t, ok(t, admin, "command", "send", "tank-1", "open", "--json"))
+	cid := sent["command"].(map[string]any)["id"].(string)
+	if out := ok(t, admin, "command", "cancel", "tank-1", cid); !strings.Contains(out, "cancelled") || !strings.Contains(out, cid) {
+		t.Fatalf("cancel: %s", out)
+	}
+	if code, stdout, stderr := cliRun(t, admin, "command", "cancel", "tank-1", cid); code != exitConflict || stdout != "" || !strings.Contains(stderr, "cannot be cancelled") {
+		t.Fatalf("second cancel: exit %d %q %q", code, stdout, stderr)
+	}
+	// An offline device: --wait ends with the command still queued.
+	if code, _, stderr := cliRun(t, admin, "command", "send", "tank-1", "open", "--wait", "1s"); code != exitPending || !strings.Contains(stderr, "still queued") {
+		t.Fatalf("send --wait offline: exit %d %s", code, stderr)
+	}
+
+	// A device that answers: succeeded is 0, failed and timed out are 7,
+	// and the list says why.
+	_, _ = wsDevice(t, h, h.createDevice(t, "valve-1"))
+	if out := ok(t, admin, "command", "send", "valve-1", "set_interval", "--params", `{"seconds":9}`, "--wait", "60s"); !strings.Contains(out, "succeeded") || !strings.Contains(out, `"seconds":9`) {
+		t.Fatalf("send ok: %s", out)
+	}
+	code, stdout, stderr := cliRun(t, admin, "command", "send", "valve-1", "fail", "--wait", "60s")
+	if code != exitCommandFailed || !strings.Contains(stdout, "failed") || !strings.Contains(stdout, "valve stuck") || !strings.Contains(stderr, "valve stuck") {
+		t.Fatalf("send fail: exit %d\n%s%s", code, stdout, stderr)
+	}
+	code, _, stderr = cliRun(t, admin, "command", "send", "valve-1", "ignore", "--timeout", "1s", "--wait", "60s")
+	if code != exitCommandFailed || !strings.Contains(stderr, "timed_out") || !strings.Contains(stderr, "no result within 1s") {
+		t.Fatalf("send ignore: exit %d %s", code, stderr)
+	}
+	list := ok(t, viewer, "command", "list", "valve-1")
+	for _, want := range []string{"RESULT / REASON", "valve stuck", "no result within 1s", `{"echo":{"seconds":9}}`, `{"seconds":9}`} {
+		if !strings.Contains(list, want) {
+			t.Errorf("command list lacks %q:\n%s", want, list)
+		}
+	}
+	got := jsonOf(t, ok(t, viewer, "command", "get", "tank-1", cid))["command"].(map[string]any)
+	if got["status"] != "cancelled" || len(got["history"].([]any)) != 2 {
+		t.Fatalf("command get: %v", got)
+	}
+	if code, stdout, _ := cliRun(t, viewer, "command", "get", "valve-1", cid); code != exitNotFound || stdout != "" {
+		t.Fatalf("command get of another device's command: exit %d %q", code, stdout)
+	}
+}
+
+// writeFile writes a temporary file and returns its path.
+func writeFile(t *testing.T, name, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
