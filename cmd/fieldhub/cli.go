@@ -160,19 +160,19 @@ func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
 // cliFlags holds every flag any admin command has; each command registers
 // only those it uses (cliCommand.flags), so its --help lists only them.
 type cliFlags struct {
-	url, token    string
-	json          bool
-	name, role    string
-	grace         time.Duration
-	online        string
-	params        string
-	wait          time.Duration
-	ttl, timeout  time.Duration
-	labels        labelsFlag
-	removeLabels  listFlag
-	clearLabels   bool
-	set           map[string]bool // the flags given on the command line
-	limit         int
+	url, token   string
+	json         bool
+	name, role   string
+	grace        time.Duration
+	online       string
+	params       string
+	wait         time.Duration
+	ttl, timeout time.Duration
+	labels       labelsFlag
+	removeLabels listFlag
+	clearLabels  bool
+	set          map[string]bool // the flags given on the command line
+	limit        int
 }
 
 // cliEnv is what a command's run function works with.
