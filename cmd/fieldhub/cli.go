@@ -241,7 +241,7 @@ type cliGroup struct{ name, summary string }
 
 func cliGroups() []cliGroup {
 	return []cliGroup{
-		{"device", "manage devices: create, list, get, update, rotate, delete, import"},
+		{"device", "manage devices: create, list, get, rejections, update, rotate, delete, import"},
 		{"token", "manage operator API tokens: create, list, revoke"},
 		{"command", "send commands to devices and follow them: send, list, get, cancel"},
 	}
@@ -450,6 +450,12 @@ func cliCommands() []cliCommand {
 			run:     deviceGet,
 		},
 		{
+			group: "device", name: "rejections", args: "ID", min: 1, max: 1,
+			summary: "why the hub refused the device's last messages",
+			help:    "Lists the last 50 messages of device ID the hub refused, newest first: when, over which transport,\nthe error code, the first field path and the message.",
+			run:     deviceRejections,
+		},
+		{
 			group: "device", name: "update", args: "ID", min: 1, max: 1,
 			summary: "change a device's name or labels",
 			help: "Changes device ID's name and labels (PATCH /api/v1/devices/{id}). --label sets one label and keeps\n" +
@@ -635,6 +641,36 @@ func deviceGet(ctx context.Context, e *cliEnv, pos []string) error {
 		return err
 	}
 	return e.printJSON(raw)
+}
+
+func deviceRejections(ctx context.Context, e *cliEnv, pos []string) error {
+	var raw json.RawMessage
+	if err := e.c.do(ctx, "GET", devPath(pos[0], "rejections"), nil, "", &raw); err != nil {
+		return err
+	}
+	if e.f.json {
+		return e.printJSON(raw)
+	}
+	var out struct {
+		Total      int64 `json:"total"`
+		Rejections []struct {
+			At        int64  `json:"at"`
+			Transport string `json:"transport"`
+			Code      string `json:"code"`
+			Field     string `json:"field"`
+			Message   string `json:"message"`
+			ID        string `json:"id"`
+		} `json:"rejections"`
+	}
+	if err := json.Unmarshal(raw, &out); err != nil {
+		return fmt.Errorf("decode answer: %w", err)
+	}
+	rows := [][]string{{"AT", "TRANSPORT", "CODE", "FIELD", "MESSAGE ID", "MESSAGE"}}
+	for _, r := range out.Rejections {
+		rows = append(rows, []string{time.UnixMilli(r.At).UTC().Format("2006-01-02T15:04:05.000Z"), orDash(r.Transport), r.Code, orDash(r.Field), orDash(r.ID), clip(r.Message, 100)})
+	}
+	rows = append(rows, []string{fmt.Sprintf("(%d refused since the hub started)", out.Total)})
+	return e.table(rows)
 }
 
 func deviceUpdate(ctx context.Context, e *cliEnv, pos []string) error {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -271,4 +272,86 @@ func writeFile(t *testing.T, name, content string) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// TestCLIDeviceUpdate changes a device's name and labels through PATCH
+// the way each flag promises, and reads its rejections.
+func TestCLIDeviceUpdate(t *testing.T) {
+	influx := startInflux(t)
+	h := startHub(t, influx, nil)
+	admin := map[string]string{"FIELDHUB_URL": h.url, "FIELDHUB_TOKEN": h.adminToken}
+	viewer := map[string]string{"FIELDHUB_URL": h.url, "FIELDHUB_TOKEN": h.token(t, "viewer")}
+	if code, _, stderr := cliRun(t, admin, "device", "create", "pump-1", "--name", "Pump", "--label", "site=north", "--label", "rack=1"); code != 0 {
+		t.Fatalf("create: %s", stderr)
+	}
+	type want struct {
+		name   string
+		labels map[string]string
+	}
+	steps := []struct {
+		args []string
+		want want
+	}{
+		{[]string{"--name", "Pump 1"}, want{"Pump 1", map[string]string{"site": "north", "rack": "1"}}},
+		{[]string{"--label", "rack=2"}, want{"Pump 1", map[string]string{"site": "north", "rack": "2"}}},
+		{[]string{"--remove-label", "site", "--label", "zone=b"}, want{"Pump 1", map[string]string{"rack": "2", "zone": "b"}}},
+		{[]string{"--clear-labels", "--label", "a=b"}, want{"Pump 1", map[string]string{"a": "b"}}},
+		{[]string{"--clear-labels", "--name", ""}, want{"", map[string]string{}}},
+	}
+	for _, s := range steps {
+		code, stdout, stderr := cliRun(t, admin, append([]string{"device", "update", "pump-1", "--json"}, s.args...)...)
+		var got struct {
+			Device struct {
+				Name   string            `json:"name"`
+				Labels map[string]string `json:"labels"`
+			} `json:"device"`
+		}
+		if code != 0 || json.Unmarshal([]byte(stdout), &got) != nil {
+			t.Fatalf("update %v: exit %d\n%s%s", s.args, code, stdout, stderr)
+		}
+		// What the hub now holds, not only what it answered.
+		_, m := h.api(t, "GET", "/api/v1/devices/pump-1", h.adminToken, nil)
+		held, _ := json.Marshal(m["device"].(map[string]any)["labels"])
+		wantLabels, _ := json.Marshal(s.want.labels)
+		if got.Device.Name != s.want.name || string(held) != string(wantLabels) || m["device"].(map[string]any)["name"] != s.want.name {
+			t.Errorf("update %v: answered %+v, hub holds %v, want %+v", s.args, got.Device, m["device"], s.want)
+		}
+	}
+	if _, stdout, _ := cliRun(t, admin, "device", "update", "pump-1", "--label", "site=south"); !strings.Contains(stdout, "site=south") {
+		t.Errorf("update table: %s", stdout)
+	}
+	for _, r := range []struct {
+		env  map[string]string
+		args []string
+		code int
+	}{
+		{admin, []string{"device", "update", "ghost", "--name", "x"}, exitNotFound},
+		{admin, []string{"device", "update", "ghost", "--label", "a=b"}, exitNotFound},
+		{viewer, []string{"device", "update", "pump-1", "--clear-labels"}, exitAuth},
+		{admin, []string{"device", "update", "pump-1", "--label", "bad key!=x"}, exitUsage},
+	} {
+		if code, stdout, stderr := cliRun(t, r.env, r.args...); code != r.code || stdout != "" {
+			t.Errorf("%v: exit %d (want %d) %q %q", r.args, code, r.code, stdout, stderr)
+		}
+	}
+
+	// A refused reading shows in device rejections, with its field path.
+	token := h.createDevice(t, "pump-2")
+	req, _ := http.NewRequest("POST", h.url+"/api/v1/telemetry", strings.NewReader(`{"id":"m-7","metrics":{"temp":"hot","bad name":1}}`))
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 400 {
+		t.Fatalf("bad reading: %d", resp.StatusCode)
+	}
+	code, stdout, stderr := cliRun(t, viewer, "device", "rejections", "pump-2")
+	if code != 0 || !strings.Contains(stdout, "http") || !strings.Contains(stdout, "m-7") || !strings.Contains(stdout, "metrics.") || !strings.Contains(stdout, "(1 refused since the hub started)") {
+		t.Fatalf("rejections: exit %d\n%s%s", code, stdout, stderr)
+	}
+	if code, stdout, _ := cliRun(t, viewer, "device", "rejections", "ghost"); code != exitNotFound || stdout != "" {
+		t.Fatalf("rejections of an unknown device: %d %q", code, stdout)
+	}
 }
