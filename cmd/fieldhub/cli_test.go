@@ -69,7 +69,7 @@ func TestCLIUsage(t *testing.T) {
 		// No token, and a hub that is not there.
 		{args: []string{"device", "list"}, env: map[string]string{}, code: exitAuth, stderr: []string{"no API token: set FIELDHUB_TOKEN"}, emptyStdout: true},
 		{args: []string{"device", "list"}, code: exitUnreachable, stderr: []string{"cannot reach the hub"}, emptyStdout: true},
-		{args: []string{"version"}, stdout: []string{"fieldhub ", "revision", "go1."}},
+		{args: []string{"version"}, stdout: []string{"fieldhub (devel), revision unknown", "make build sets the version", "go1."}},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {

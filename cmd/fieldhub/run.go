@@ -98,13 +98,18 @@ func printVersion(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "%s\n", b)
 		return nil
 	}
-	rev := "revision unknown (built without VCS stamping: -buildvcs=false, or outside a git checkout)"
-	if v.Revision != "" {
-		rev = "revision " + v.Revision
+	rev := ""
+	switch {
+	case v.Revision != "":
+		rev = ", revision " + v.Revision
 		if v.Modified {
 			rev += " (modified)"
 		}
+	case version == "":
+		// Neither -ldflags nor VCS stamping named the source: say so
+		// rather than print a version that looks meaningful.
+		rev = ", revision unknown (built without -ldflags -X main.version and without VCS stamping: -buildvcs=false or outside a git checkout; make build sets the version)"
 	}
-	fmt.Fprintf(stdout, "fieldhub %s, %s, %s %s\n", v.Version, rev, v.Go, v.Platform)
+	fmt.Fprintf(stdout, "fieldhub %s%s, %s %s\n", v.Version, rev, v.Go, v.Platform)
 	return nil
 }
