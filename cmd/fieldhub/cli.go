@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -133,6 +134,64 @@ func (c *client) do(ctx context.Context, method, path string, body io.Reader, co
 	return nil
 }
 
+// stream GETs path and copies a successful answer's body into w as it
+// comes; an error answer is returned as for do, with nothing written.
+func (c *client) stream(ctx context.Context, path string, w io.Writer) error {
+	req, err := http.NewRequestWithContext(ctx, "GET", c.base+path, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the hub at %s (FIELDHUB_URL or --url): GET %s: %w", c.base, path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		var e struct {
+			Error struct{ Code, Message string } `json:"error"`
+		}
+		if json.Unmarshal(data, &e) == nil && e.Error.Code != "" {
+			return &apiErr{resp.StatusCode, e.Error.Code, e.Error.Message}
+		}
+		return &apiErr{resp.StatusCode, "http_error", strings.TrimSpace(string(data))}
+	}
+	if _, err := io.Copy(w, resp.Body); err != nil {
+		return fmt.Errorf("GET %s: the answer broke off: %w", path, err)
+	}
+	return nil
+}
+
+// lastLine keeps the last line written through it (at most 4 KiB of it),
+// for the trailer an export ends with when it was cut short.
+type lastLine struct {
+	w    io.Writer
+	line []byte // the current line, up to 4 KiB
+	last []byte // the last complete line
+}
+
+func (l *lastLine) Write(p []byte) (int, error) {
+	for rest := p; len(rest) > 0; {
+		i := bytes.IndexByte(rest, '\n')
+		if i < 0 {
+			l.line = appendMax(l.line, rest, 4096)
+			break
+		}
+		l.line = appendMax(l.line, rest[:i], 4096)
+		l.last, l.line = append(l.last[:0], l.line...), l.line[:0]
+		rest = rest[i+1:]
+	}
+	return l.w.Write(p)
+}
+
+func appendMax(dst, src []byte, n int) []byte {
+	if room := n - len(dst); len(src) > room {
+		src = src[:max(room, 0)]
+	}
+	return append(dst, src...)
+}
+
 func jsonBody(v any) io.Reader {
 	b, _ := json.Marshal(v) // maps, strings and raw JSON: cannot fail
 	return bytes.NewReader(b)
@@ -173,6 +232,10 @@ type cliFlags struct {
 	clearLabels  bool
 	set          map[string]bool // the flags given on the command line
 	limit        int
+	metrics      listFlag
+	start, stop  string
+	format       string
+	output       string
 }
 
 // cliEnv is what a command's run function works with.
@@ -241,7 +304,7 @@ type cliGroup struct{ name, summary string }
 
 func cliGroups() []cliGroup {
 	return []cliGroup{
-		{"device", "manage devices: create, list, get, rejections, update, rotate, delete, import"},
+		{"device", "manage devices: create, list, get, metrics, export, rejections, update, rotate, delete, import"},
 		{"token", "manage operator API tokens: create, list, revoke"},
 		{"command", "send commands to devices and follow them: send, list, get, cancel"},
 	}
@@ -456,6 +519,27 @@ func cliCommands() []cliCommand {
 			run:     deviceRejections,
 		},
 		{
+			group: "device", name: "metrics", args: "ID", min: 1, max: 1,
+			summary: "the device's metrics: name, type, first and last point",
+			help:    "Lists device ID's metrics from the hub's schema and InfluxDB: name, type, first and last point.",
+			run:     deviceMetrics,
+		},
+		{
+			group: "device", name: "export", args: "ID", min: 1, max: 1,
+			summary: "raw points of one or several metrics as CSV or JSON lines",
+			help: "Writes the raw points of device ID's metrics in time order, as CSV (time,device,metric,value) or\n" +
+				"JSON lines, streamed from the hub. At most 1,000,000 rows: a cut-short export (too many rows, or\n" +
+				"InfluxDB failing midway) exits 1 and says so; with --output the file is written only when complete.",
+			flags: func(fs *flag.FlagSet, f *cliFlags) {
+				fs.Var(&f.metrics, "metric", "the metric `NAME` (repeatable, at most 16; required)")
+				fs.StringVar(&f.start, "start", "-1h", "from `TIME`: -15m, RFC 3339, a date (2026-12-01) or unix ms")
+				fs.StringVar(&f.stop, "stop", "now", "until `TIME`, as --start")
+				fs.StringVar(&f.format, "format", "csv", "`FORMAT`: csv or jsonl")
+				fs.StringVar(&f.output, "output", "", "write to `FILE` (only once complete) instead of stdout")
+			},
+			run: deviceExport,
+		},
+		{
 			group: "device", name: "update", args: "ID", min: 1, max: 1,
 			summary: "change a device's name or labels",
 			help: "Changes device ID's name and labels (PATCH /api/v1/devices/{id}). --label sets one label and keeps\n" +
@@ -641,6 +725,95 @@ func deviceGet(ctx context.Context, e *cliEnv, pos []string) error {
 		return err
 	}
 	return e.printJSON(raw)
+}
+
+func deviceMetrics(ctx context.Context, e *cliEnv, pos []string) error {
+	var raw json.RawMessage
+	if err := e.c.do(ctx, "GET", devPath(pos[0], "metrics"), nil, "", &raw); err != nil {
+		return err
+	}
+	if e.f.json {
+		return e.printJSON(raw)
+	}
+	var out struct {
+		Source  string `json:"source"`
+		Metrics []struct {
+			Name      string `json:"name"`
+			Type      string `json:"type"`
+			FirstSeen *int64 `json:"first_seen"`
+			LastSeen  *int64 `json:"last_seen"`
+		} `json:"metrics"`
+	}
+	if err := json.Unmarshal(raw, &out); err != nil {
+		return fmt.Errorf("decode answer: %w", err)
+	}
+	at := func(ms *int64) string {
+		if ms == nil {
+			return "-"
+		}
+		return time.UnixMilli(*ms).UTC().Format(time.RFC3339)
+	}
+	rows := [][]string{{"NAME", "TYPE", "FIRST POINT", "LAST POINT"}}
+	for _, m := range out.Metrics {
+		rows = append(rows, []string{m.Name, m.Type, at(m.FirstSeen), at(m.LastSeen)})
+	}
+	if out.Source == "schema" {
+		rows = append(rows, []string{"(InfluxDB did not answer: names and types from the hub's schema, times unknown)"})
+	}
+	return e.table(rows)
+}
+
+func deviceExport(ctx context.Context, e *cliEnv, pos []string) error {
+	f := e.f
+	if len(f.metrics) == 0 {
+		return usageErr("device export: give at least one --metric")
+	}
+	if f.format != "csv" && f.format != "jsonl" {
+		return usageErr("device export: --format must be csv or jsonl")
+	}
+	q := url.Values{"start": {f.start}, "stop": {f.stop}, "format": {f.format}}
+	for _, m := range f.metrics {
+		q.Add("metric", m)
+	}
+	path := devPath(pos[0], "export") + "?" + q.Encode()
+	if f.output == "" {
+		ll := &lastLine{w: e.stdout}
+		if err := e.c.stream(ctx, path, ll); err != nil {
+			return err
+		}
+		return exportTrailer(ll.last)
+	}
+	// Into a temporary file beside FILE, renamed once complete.
+	tmp, err := os.CreateTemp(filepath.Dir(f.output), "."+filepath.Base(f.output)+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name()) // after the rename, a no-op
+	ll := &lastLine{w: tmp}
+	err = e.c.stream(ctx, path, ll)
+	if err == nil {
+		err = exportTrailer(ll.last)
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), f.output)
+}
+
+// exportTrailer turns the line an export ends with when cut short into an
+// error: too many rows, or InfluxDB failing midway.
+func exportTrailer(last []byte) error {
+	s := string(last)
+	switch {
+	case strings.HasPrefix(s, "# truncated") || s == `{"truncated":true}`:
+		return fmt.Errorf("export cut short: %s (the hub's limit is 1,000,000 rows: narrow --start and --stop)", strings.TrimPrefix(s, "# "))
+	case strings.HasPrefix(s, "# error:") || strings.HasPrefix(s, `{"error":`):
+		return fmt.Errorf("export broke off: %s", strings.TrimPrefix(s, "# "))
+	}
+	return nil
 }
 
 func deviceRejections(ctx context.Context, e *cliEnv, pos []string) error {

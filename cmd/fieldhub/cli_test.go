@@ -3,11 +3,14 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 // cliRun runs the fieldhub command in-process as a script would: its
@@ -353,5 +356,117 @@ func TestCLIDeviceUpdate(t *testing.T) {
 	}
 	if code, stdout, _ := cliRun(t, viewer, "device", "rejections", "ghost"); code != exitNotFound || stdout != "" {
 		t.Fatalf("rejections of an unknown device: %d %q", code, stdout)
+	}
+}
+
+// TestCLIExportAndMetrics exports a device's points through the CLI, to
+// stdout and to a file, and lists its metric catalogue.
+func TestCLIExportAndMetrics(t *testing.T) {
+	influx := startInflux(t)
+	h := startHub(t, influx, nil)
+	viewer := map[string]string{"FIELDHUB_URL": h.url, "FIELDHUB_TOKEN": h.token(t, "viewer")}
+	token := h.createDevice(t, "boiler-1")
+	base := time.Now().Add(-5 * time.Minute).Truncate(time.Second)
+	var readings []string
+	for i := range 5 {
+		m := fmt.Sprintf(`"temp":%d`, 20+i)
+		if i%2 == 0 {
+			m += fmt.Sprintf(`,"state":"s%d"`, i)
+		}
+		readings = append(readings, fmt.Sprintf(`{"ts":%d,"metrics":{%s}}`, base.Add(time.Duration(i)*time.Second).UnixMilli(), m))
+	}
+	req, _ := http.NewRequest("POST", h.url+"/api/v1/telemetry", strings.NewReader(`{"readings":[`+strings.Join(readings, ",")+`]}`))
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("telemetry: %d", resp.StatusCode)
+	}
+	waitUntil(t, "8 points in InfluxDB", loadWait, func() bool {
+		a, _ := influx.Count("boiler-1", "temp")
+		b, _ := influx.Count("boiler-1", "state")
+		return a == 5 && b == 3
+	})
+
+	code, stdout, stderr := cliRun(t, viewer, "device", "export", "boiler-1", "--metric", "temp", "--metric", "state", "--start", "-10m")
+	lines := strings.Split(strings.TrimSpace(stdout), "\n")
+	if code != 0 || len(lines) != 9 || lines[0] != "time,device,metric,value" {
+		t.Fatalf("export csv: exit %d\n%s%s", code, stdout, stderr)
+	}
+	first := base.UTC().Format("2006-01-02T15:04:05.000Z07:00")
+	if lines[1] != first+",boiler-1,temp,20" || lines[2] != first+",boiler-1,state,s0" {
+		t.Errorf("export rows:\n%s", stdout)
+	}
+
+	out := filepath.Join(t.TempDir(), "boiler.jsonl")
+	if code, stdout, stderr := cliRun(t, viewer, "device", "export", "boiler-1", "--metric", "temp", "--start", "-10m", "--format", "jsonl", "--output", out); code != 0 || stdout != "" {
+		t.Fatalf("export jsonl: exit %d %q %s", code, stdout, stderr)
+	}
+	data, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := strings.Split(strings.TrimSpace(string(data)), "\n")
+	var row map[string]any
+	if len(rows) != 5 || json.Unmarshal([]byte(rows[4]), &row) != nil || row["value"] != 24.0 || row["metric"] != "temp" || row["ts"] != float64(base.Add(4*time.Second).UnixMilli()) {
+		t.Fatalf("export file:\n%s", data)
+	}
+	if entries, _ := os.ReadDir(filepath.Dir(out)); len(entries) != 1 {
+		t.Errorf("temporary files left: %v", entries)
+	}
+
+	// Refusals: nothing on stdout, no file.
+	failed := filepath.Join(t.TempDir(), "never.csv")
+	for _, r := range []struct {
+		args []string
+		code int
+	}{
+		{[]string{"device", "export", "ghost", "--metric", "temp", "--output", failed}, exitNotFound},
+		{[]string{"device", "export", "boiler-1", "--metric", "temp", "--start", "--15m", "--output", failed}, exitUsage},
+		{[]string{"device", "export", "boiler-1", "--metric", "temp", "--format", "xml"}, exitUsage},
+		{[]string{"device", "export", "boiler-1"}, exitUsage},
+		{[]string{"device", "metrics", "ghost"}, exitNotFound},
+	} {
+		if code, stdout, stderr := cliRun(t, viewer, r.args...); code != r.code || stdout != "" {
+			t.Errorf("%v: exit %d (want %d) %q %s", r.args, code, r.code, stdout, stderr)
+		}
+	}
+	if _, err := os.Stat(failed); !os.IsNotExist(err) {
+		t.Errorf("a failed export left %s: %v", failed, err)
+	}
+
+	code, stdout, stderr = cliRun(t, viewer, "device", "metrics", "boiler-1")
+	if code != 0 || !regexp.MustCompile(`(?m)^state +string +\S+Z +\S+Z$`).MatchString(stdout) || !regexp.MustCompile(`(?m)^temp +number +`).MatchString(stdout) {
+		t.Fatalf("metrics: exit %d\n%s%s", code, stdout, stderr)
+	}
+}
+
+// TestExportTrailer: the lines an export ends with when the hub cut it
+// short make the command fail; ordinary last rows do not.
+func TestExportTrailer(t *testing.T) {
+	for _, tt := range []struct {
+		body string
+		want string // "" for no error
+	}{
+		{"time,device,metric,value\n2026-12-01T00:00:00.000Z,d,m,1\n", ""},
+		{"time,device,metric,value\n2026-12-01T00:00:00.000Z,d,m,1\n# truncated at 1000000 rows\n", "cut short: truncated at 1000000 rows"},
+		{"time,device,metric,value\n# error: influxdb: timeout\n", "broke off: error: influxdb: timeout"},
+		{`{"ts":1,"device":"d","metric":"m","value":1}` + "\n" + `{"truncated":true}` + "\n", "cut short"},
+		{`{"ts":1,"device":"d","metric":"m","value":1}` + "\n" + `{"error":"influxdb: timeout"}` + "\n", "broke off"},
+		{`{"ts":1,"device":"d","metric":"m","value":"# error: a string value"}` + "\n", ""},
+		{"", ""},
+	} {
+		var sink strings.Builder
+		ll := &lastLine{w: &sink}
+		for _, chunk := range strings.SplitAfter(tt.body, "0") { // lines split across writes
+			_, _ = ll.Write([]byte(chunk))
+		}
+		err := exportTrailer(ll.last)
+		if sink.String() != tt.body || (tt.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tt.want)) {
+			t.Errorf("%q: err %v, want %q", tt.body, err, tt.want)
+		}
 	}
 }
