@@ -702,6 +702,7 @@ func deviceList(ctx context.Context, e *cliEnv, _ []string) error {
 		return e.printValue(map[string]any{"devices": all})
 	}
 	rows := [][]string{{"ID", "NAME", "STATUS", "TRANSPORT", "LAST SEEN", "REJECTED"}}
+	var body [][]string
 	for _, raw := range all {
 		var d deviceRow
 		if err := json.Unmarshal(raw, &d); err != nil {
@@ -714,9 +715,43 @@ func deviceList(ctx context.Context, e *cliEnv, _ []string) error {
 		if d.Rejected != nil {
 			rejected = fmt.Sprint(*d.Rejected)
 		}
-		rows = append(rows, []string{d.ID, orDash(d.Name), status, orDash(d.Transport), since(d.LastSeen), rejected})
+		body = append(body, []string{d.ID, orDash(d.Name), status, orDash(d.Transport), since(d.LastSeen), rejected})
 	}
-	return e.table(rows)
+	// People read sim-2 before sim-10; --json keeps the API's id order.
+	sort.SliceStable(body, func(i, j int) bool { return naturalLess(body[i][0], body[j][0]) })
+	return e.table(append(rows, body...))
+}
+
+// naturalLess orders strings with their runs of digits compared as
+// numbers: "sim-2" < "sim-10".
+func naturalLess(a, b string) bool {
+	for a != "" && b != "" {
+		da, db := digitRun(a), digitRun(b)
+		if da > 0 && db > 0 {
+			na, nb := strings.TrimLeft(a[:da], "0"), strings.TrimLeft(b[:db], "0")
+			if len(na) != len(nb) {
+				return len(na) < len(nb)
+			}
+			if na != nb {
+				return na < nb
+			}
+			a, b = a[da:], b[db:]
+			continue
+		}
+		if a[0] != b[0] {
+			return a[0] < b[0]
+		}
+		a, b = a[1:], b[1:]
+	}
+	return len(a) < len(b)
+}
+
+func digitRun(s string) int {
+	n := 0
+	for n < len(s) && s[n] >= '0' && s[n] <= '9' {
+		n++
+	}
+	return n
 }
 
 func deviceGet(ctx context.Context, e *cliEnv, pos []string) error {

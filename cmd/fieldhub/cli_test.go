@@ -171,24 +171,27 @@ func TestCLIAgainstHub(t *testing.T) {
 		t.Fatalf("rotate --json: %v", rotated)
 	}
 	csv := filepath.Join(t.TempDir(), "fleet.csv")
-	if err := os.WriteFile(csv, []byte("id,name\nimp-1,One\nimp-2,Two\n"), 0o600); err != nil {
+	if err := os.WriteFile(csv, []byte("id,name\nimp-10,Ten\nimp-1,One\nimp-2,Two\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	imported := jsonOf(t, ok(t, admin, "device", "import", csv, "--json"))
 	devs := imported["devices"].([]any)
-	if len(devs) != 2 || devs[0].(map[string]any)["id"] != "imp-1" || !strings.HasPrefix(devs[0].(map[string]any)["token"].(string), "fhd_") {
+	if len(devs) != 3 || devs[0].(map[string]any)["id"] != "imp-10" || !strings.HasPrefix(devs[0].(map[string]any)["token"].(string), "fhd_") {
 		t.Fatalf("import --json: %v", imported)
 	}
 	if out := ok(t, admin, "device", "import", writeFile(t, "more.csv", "id\nimp-3\n")); !strings.HasPrefix(out, "id,token\nimp-3,fhd_") {
 		t.Fatalf("import: %q", out)
 	}
 	listed := jsonOf(t, ok(t, viewer, "device", "list", "--json"))
-	if n := len(listed["devices"].([]any)); n != 4 {
+	if n := len(listed["devices"].([]any)); n != 5 {
 		t.Fatalf("list --json: %d devices: %v", n, listed)
 	}
 	table := ok(t, viewer, "device", "list", "--label", "site=north")
 	if !strings.HasPrefix(table, "ID ") || !strings.Contains(table, "tank-1") || !strings.Contains(table, "offline") || strings.Contains(table, "imp-1") {
 		t.Fatalf("list table:\n%s", table)
+	}
+	if table := ok(t, viewer, "device", "list"); !regexp.MustCompile(`(?s)imp-1 .*imp-2 .*imp-10 .*tank-1 `).MatchString(table) {
+		t.Fatalf("list table not in natural order:\n%s", table)
 	}
 	if got := jsonOf(t, ok(t, viewer, "device", "get", "tank-1")); got["device"].(map[string]any)["name"] != "Tank" {
 		t.Fatalf("get: %v", got)
@@ -467,6 +470,27 @@ func TestExportTrailer(t *testing.T) {
 		err := exportTrailer(ll.last)
 		if sink.String() != tt.body || (tt.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tt.want)) {
 			t.Errorf("%q: err %v, want %q", tt.body, err, tt.want)
+		}
+	}
+}
+
+func TestNaturalLess(t *testing.T) {
+	for _, tt := range []struct {
+		a, b string
+		less bool
+	}{
+		{"sim-2", "sim-10", true},
+		{"sim-10", "sim-2", false},
+		{"sim-2", "sim-2", false},
+		{"sim-02", "sim-3", true},
+		{"sim-2a", "sim-2b", true},
+		{"pump", "pump-1", true},
+		{"a10b2", "a10b10", true},
+		{"b", "a100", false},
+		{"99999999999999999999", "100000000000000000000", true},
+	} {
+		if got := naturalLess(tt.a, tt.b); got != tt.less {
+			t.Errorf("naturalLess(%q, %q) = %v", tt.a, tt.b, got)
 		}
 	}
 }
