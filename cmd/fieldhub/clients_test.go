@@ -189,7 +189,7 @@ func nodeMajor(t *testing.T) int {
 	t.Helper()
 	out, err := exec.Command("node", "--version").Output()
 	if err != nil {
-		t.Fatalf("node: %v", err)
+		t.Fatalf("node (Node.js, the machine's; Debian's nodejs package) runs the WebSocket client example: %v", err)
 	}
 	major, _ := strconv.Atoi(strings.SplitN(strings.TrimPrefix(strings.TrimSpace(string(out)), "v"), ".", 2)[0])
 	return major
