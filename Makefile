@@ -9,8 +9,11 @@ FUZZTIME    ?= 150000x
 
 all: build
 
+# The version `fieldhub version` prints (GOFLAGS may turn VCS stamping off).
+VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null)
+
 build:
-	$(GO) build -o bin/fieldhub ./cmd/fieldhub
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/fieldhub ./cmd/fieldhub
 	$(GO) build -o bin/firmware-sim ./cmd/firmware-sim
 
 # The pinned InfluxDB for development and tests (version pinned in the script).

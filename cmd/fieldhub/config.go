@@ -173,10 +173,10 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 		if errors.Is(err, flag.ErrHelp) {
 			return config{}, errHelp
 		}
-		return config{}, err
+		return config{}, &exitError{exitUsage, fmt.Errorf("serve: %w", err)}
 	}
 	if fs.NArg() > 0 {
-		return config{}, fmt.Errorf("serve: unexpected argument %q", fs.Arg(0))
+		return config{}, usageErr("serve: unexpected argument %q", fs.Arg(0))
 	}
 	p := &parser{vals: vals}
 	c := config{
