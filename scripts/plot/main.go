@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -73,7 +74,11 @@ func run(_ context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	if *mdFile != "" {
-		section := renderSection(table, *pngFile, *mdFile)
+		measured := time.Now()
+		if fi, err := os.Stat(*hubFile); err == nil {
+			measured = fi.ModTime() // the end of the run, for a report drawn again later
+		}
+		section := renderSection(table, *pngFile, *mdFile, measured)
 		if err := replaceSection(*mdFile, section); err != nil {
 			return err
 		}
@@ -249,10 +254,10 @@ func thousands(n float64) string {
 	return b.String()
 }
 
-func renderSection(table, png, md string) string {
+func renderSection(table, png, md string, measured time.Time) string {
 	var b strings.Builder
 	b.WriteString(beginMarker + "\n")
-	fmt.Fprintf(&b, "Generated %s by `make bench` (`scripts/bench-peer --sweep`): 1,000 MQTT devices, QoS 1, single readings, one firmware-sim in load mode stepping through the rates, first through the peer, then through the hub, each on fresh processes.\n\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"))
+	fmt.Fprintf(&b, "Measured %s by `make bench` (`scripts/bench-peer --sweep`): 1,000 MQTT devices, QoS 1, single readings, one firmware-sim in load mode stepping through the rates, first through the peer, then through the hub, each on fresh processes.\n\n", measured.UTC().Format("2006-01-02 15:04 UTC"))
 	b.WriteString(table)
 	if png != "" {
 		rel := png
@@ -293,8 +298,13 @@ func writePlot(path string, rows []row) error {
 	p.X.Label.Text = "offered msgs/s"
 	p.Y.Label.Text = "µs of CPU per reading (CPU-s per million)"
 	p.X.Scale, p.Y.Scale = plot.LogScale{}, plot.LogScale{}
-	p.X.Tick.Marker, p.Y.Tick.Marker = plot.LogTicks{Prec: -1}, plot.LogTicks{Prec: -1}
-	p.Legend.Top = true
+	var rates []float64
+	for _, r := range rows {
+		rates = append(rates, r.rate)
+	}
+	p.X.Tick.Marker = rateTicks(rates)
+	p.Y.Tick.Marker = plot.TickerFunc(oneTwoFiveTicks)
+	p.Legend.Left = true // the bottom left is empty: costs fall with rate
 	series := []struct {
 		name string
 		pick func(row) (figures, float64)
@@ -327,4 +337,32 @@ func writePlot(path string, rows []row) error {
 		return fmt.Errorf("save %s: %w", path, err)
 	}
 	return nil
+}
+
+// rateTicks labels the x axis with the rates the sweep ran.
+func rateTicks(rates []float64) plot.ConstantTicks {
+	ticks := make(plot.ConstantTicks, len(rates))
+	for i, r := range rates {
+		label := thousands(r)
+		if r >= 1000 {
+			label = strconv.FormatFloat(r/1000, 'f', -1, 64) + "k"
+		}
+		ticks[i] = plot.Tick{Value: r, Label: label}
+	}
+	return ticks
+}
+
+// oneTwoFiveTicks labels a log axis at 1, 2 and 5 of every power of ten
+// in range (plot.LogTicks labels the powers of ten only, which leaves one
+// label on a range like 40 to 700).
+func oneTwoFiveTicks(lo, hi float64) []plot.Tick {
+	var ticks []plot.Tick
+	for p := math.Pow(10, math.Floor(math.Log10(lo))); p <= hi; p *= 10 {
+		for _, m := range []float64{1, 2, 5} {
+			if v := m * p; v >= lo && v <= hi {
+				ticks = append(ticks, plot.Tick{Value: v, Label: strconv.FormatFloat(v, 'f', -1, 64)})
+			}
+		}
+	}
+	return ticks
 }
