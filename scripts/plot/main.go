@@ -209,7 +209,7 @@ func renderTable(rows []row, note string) string {
 	}
 	b.WriteString("\n")
 	b.WriteString("Rates are targets; a system that fell behind (acked under 97 % of what was offered, a p99 ack over 2 s, or the load generator offering under 90 % of the target) is marked and stepped no further. ")
-	b.WriteString("Landed: points in InfluxDB timestamped in the step. Lost: readings sent in the step and acked (whenever the ack came) that never landed (the peer's acks are Mosquitto's PUBACKs, sent from memory before anything is stored; the hub acks after its spool's fsync). ")
+	b.WriteString("Landed: points in InfluxDB timestamped in the step. Lost: readings sent in the step and acked (whenever the ack came) that never landed (the peer's acks are Mosquitto's PUBACKs, sent from memory before anything is stored; the hub acks after its spool's fsync). Lost is a difference of counts: readings in flight when the fleet stopped may land without an ack, so in the last step it is a lower bound. ")
 	b.WriteString("CPU: all processes of the system under test from /proc/<pid>/stat (peer: mosquitto + telegraf + influxd; hub: fieldhub + influxd), the load generator excluded; CPU-s per M = CPU-seconds per million readings landed = µs of CPU per reading.\n")
 	if note != "" {
 		fmt.Fprintf(&b, "\nMachine: %s.\n", note)
@@ -257,7 +257,7 @@ func thousands(n float64) string {
 func renderSection(table, png, md string, measured time.Time) string {
 	var b strings.Builder
 	b.WriteString(beginMarker + "\n")
-	fmt.Fprintf(&b, "Measured %s by `make bench` (`scripts/bench-peer --sweep`): 1,000 MQTT devices, QoS 1, single readings, one firmware-sim in load mode stepping through the rates, first through the peer, then through the hub, each on fresh processes.\n\n", measured.UTC().Format("2006-01-02 15:04 UTC"))
+	fmt.Fprintf(&b, "Measured %s by `scripts/bench-peer --sweep` (part of `make bench`): 1,000 MQTT devices, QoS 1, single readings, one firmware-sim in load mode stepping through the rates, first through the peer, then through the hub, each on fresh processes.\n\n", measured.UTC().Format("2006-01-02 15:04 UTC"))
 	b.WriteString(table)
 	if png != "" {
 		rel := png
