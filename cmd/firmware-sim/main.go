@@ -70,6 +70,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	fs.IntVar(&cfg.RecordAcked, "record-acked", 100000, "with --influx-url, remember up to this many acked readings (about 300 bytes each) and check each one in InfluxDB by device, ts and value; 0 only counts")
 	steps := fs.String("steps", "", "comma-separated total readings/s to step through, stopping when acks fall behind")
 	fs.DurationVar(&lo.StepDuration, "step-duration", 20*time.Second, "how long each --steps rate runs")
+	fs.BoolVar(&lo.AllSteps, "all-steps", false, "run every --steps rate, also after one fell behind")
 	report := fs.String("report", "", "also print a one-line markdown table row of the key figures, named this")
 	credsFile := fs.String("creds", "", "CSV id,token file: read it if it exists, otherwise provision and write it")
 	asJSON := fs.Bool("json", false, "print the final summary as JSON")

@@ -208,7 +208,7 @@ func renderTable(rows []row, note string) string {
 		fmt.Fprintf(&b, "| %s | %s | %s |\n", thousands(r.rate), cells(r.peer, false), cells(r.hub, true)+" | "+ratio)
 	}
 	b.WriteString("\n")
-	b.WriteString("Rates are targets; a system that fell behind (acked under 97 % of what was offered, a p99 ack over 2 s, or the load generator offering under 90 % of the target) is marked and stepped no further. ")
+	b.WriteString("Rates are targets; a system that fell behind (acked under 97 % of what was offered, a p99 ack over 2 s, or the load generator offering under 90 % of the target) is marked; every rate runs on both. ")
 	b.WriteString("Landed: points in InfluxDB timestamped in the step. Lost: readings sent in the step and acked (whenever the ack came) that never landed (the peer's acks are Mosquitto's PUBACKs, sent from memory before anything is stored; the hub acks after its spool's fsync). Lost is a difference of counts: readings in flight when the fleet stopped may land without an ack, so in the last step it is a lower bound. ")
 	b.WriteString("CPU: all processes of the system under test from /proc/<pid>/stat (peer: mosquitto + telegraf + influxd; hub: fieldhub + influxd), the load generator excluded; CPU-s per M = CPU-seconds per million readings landed = µs of CPU per reading.\n")
 	if note != "" {
