@@ -5,7 +5,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 GO          ?= go
 FUZZTIME    ?= 150000x
 
-.PHONY: all build influxd mosquitto run run-cluster test test-loaded lint unit fuzz bench-smoke bench mutation clean
+.PHONY: all build influxd mosquitto telegraf run run-cluster test test-loaded lint unit fuzz bench-smoke bench bench-peer mutation clean
 
 all: build
 
@@ -24,6 +24,12 @@ influxd:
 # multi-instance tests (they start their own brokers).
 mosquitto:
 	scripts/install-mosquitto
+
+# The pinned Telegraf with only the plugins make bench-peer uses (version
+# pinned in the script), built from the Go module proxy; about two
+# minutes, first run only.
+telegraf:
+	scripts/install-telegraf
 
 # Runs influxd, the hub and a simulated fleet; Ctrl-C stops everything.
 run: build influxd
@@ -68,9 +74,21 @@ bench-smoke: influxd mosquitto
 clean:
 	rm -rf bin/fieldhub bin/firmware-sim
 
-# The standard load benchmarks (docs/benchmarks.md); about six minutes.
-bench: build influxd
+# The standard load benchmarks (docs/benchmarks.md), then the cost-vs-rate
+# sweep of the hub and the peer pipeline (100 to 40,000 msgs/s, 12 s a
+# step), which rewrites the generated section of docs/benchmarks.md and
+# docs/benchmarks-cpu.png. Bounded: about twelve minutes (fixed-length
+# steps; each run waits at most two minutes for stragglers), plus
+# Telegraf's first build. Not part of `make test`.
+bench: build influxd mosquitto telegraf
 	scripts/bench
+
+# The hub side by side with Mosquitto -> Telegraf -> InfluxDB, the same
+# load in one run, at 10,000 and 20,000 msgs/s (BENCH_RATES, BENCH_STEP
+# change them); prints landed, lost and CPU per million for each and the
+# ratio. About two minutes. Not part of `make test`.
+bench-peer: build influxd mosquitto telegraf
+	scripts/bench-peer
 
 # Mutation testing of the core packages with gremlins (pinned in the
 # script); one score per package, summary in var/mutation/summary.txt.

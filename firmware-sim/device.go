@@ -61,6 +61,12 @@ type device struct {
 	ackedMsgs int   // good messages acknowledged
 	lastTS    int64 // readings get strictly increasing timestamps (unique points)
 	target    int   // which hub (of Hub and MoreHubs) this device connects to now
+
+	// rateChanged wakes the device's stream when setRate changed its
+	// interval, so a new rate applies at once, not after the wait of the
+	// old one. Capacity 1: a second change before the stream woke is the
+	// same wake-up (setRate never blocks).
+	rateChanged chan struct{}
 }
 
 // endpoint returns the device's current hub URL and broker address.
@@ -83,12 +89,14 @@ func newDevice(f *Fleet, idx int, c Cred, transport string) *device {
 	seed := f.cfg.Seed*1_000_003 + uint64(idx)
 	return &device{
 		f: f, idx: idx, cred: c, transport: transport,
-		rng:       rand.New(rand.NewPCG(seed, 99)),
-		sensor:    newSensor(seed),
-		ledger:    map[string]*pending{},
-		interval:  time.Duration(float64(time.Second) * float64(f.cfg.Batch) / f.cfg.Rate),
-		faultRate: f.cfg.FaultRate,
-		target:    idx, // spread the fleet over the hubs
+		rng:      rand.New(rand.NewPCG(seed, 99)),
+		sensor:   newSensor(seed),
+		ledger:   map[string]*pending{},
+		interval: time.Duration(float64(time.Second) * float64(f.cfg.Batch) / f.cfg.Rate),
+
+		rateChanged: make(chan struct{}, 1),
+		faultRate:   f.cfg.FaultRate,
+		target:      idx, // spread the fleet over the hubs
 	}
 }
 
@@ -335,7 +343,7 @@ func (d *device) answered(id, code string, now time.Time) {
 		d.f.rec.add(true, p.recorded)
 		c.acked.Add(1)
 		c.readingsAcked.Add(int64(p.readings))
-		c.latency(now.Sub(p.at))
+		c.ack(p.at, p.readings, now.Sub(p.at))
 	case code == telemetry.CodeRateLimited || code == telemetry.CodeOverloaded || code == telemetry.CodeInternal:
 		// Not stored: firmware keeps the readings and sends them again.
 		d.mu.Lock()
@@ -471,12 +479,28 @@ func (d *device) setRate(perDevice float64) {
 	d.mu.Lock()
 	d.interval = time.Duration(float64(time.Second) * float64(d.f.cfg.Batch) / perDevice)
 	d.mu.Unlock()
+	select {
+	case d.rateChanged <- struct{}{}:
+	default: // a wake-up is already pending
+	}
 }
 
 func (d *device) currentInterval() time.Duration {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.interval
+}
+
+// phase returns the wait before a stream's first message, or its first at
+// a new rate: a uniformly random part of the interval, as a fleet's
+// devices keep unrelated clocks. A fleet then offers its rate from the
+// start (the devices do not all wait a whole interval first, which at a
+// slow rate would mean sending nothing for many seconds).
+func (d *device) phase() time.Duration {
+	iv := d.currentInterval()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return time.Duration(float64(iv) * d.rng.Float64())
 }
 
 // jittered returns the wait before the next message: the interval ±10%.

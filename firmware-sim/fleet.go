@@ -42,6 +42,13 @@ type Config struct {
 	// Creds are the fleet's device ids and tokens when not provisioning
 	// (e.g. read from a bulk-provisioning file with ReadCreds).
 	Creds []Cred
+	// Anonymous devices <Prefix>-1..N connect with no username, password
+	// or provisioning to a plain MQTT broker that allows anonymous
+	// clients, and publish exactly what they would publish to the hub: the
+	// same load through another pipeline (Mosquitto -> Telegraf ->
+	// InfluxDB in scripts/bench-peer). MQTT fleets only; excludes
+	// Provision and Creds.
+	Anonymous bool
 	// Prefix names provisioned devices <prefix>-<n>; default "sim".
 	Prefix string
 	// Devices is the fleet size; default 10.
@@ -133,10 +140,29 @@ func (c *Config) ensureDefaults() error {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.Anonymous {
+		if c.Provision || len(c.Creds) > 0 {
+			return errors.New("firmwaresim: an anonymous fleet has no credentials to provision or read")
+		}
+		if c.Transport != TransportMQTT {
+			return errors.New("firmwaresim: an anonymous fleet must be an mqtt fleet")
+		}
+		return nil
+	}
 	if !c.Provision && len(c.Creds) == 0 {
 		return errors.New("firmwaresim: give device credentials or set Provision")
 	}
 	return nil
+}
+
+// anonymousCreds names an anonymous fleet's devices <prefix>-1..n, with
+// no tokens.
+func anonymousCreds(prefix string, n int) []Cred {
+	creds := make([]Cred, n)
+	for i := range creds {
+		creds[i] = Cred{ID: fmt.Sprintf("%s-%d", prefix, i+1)}
+	}
+	return creds
 }
 
 // Cred is one device's id and token.
@@ -173,6 +199,11 @@ type counters struct {
 	latSeen    int64
 	latencyMax time.Duration
 	rng        *rand.Rand
+	// marks start the windows of send time Mark opened; ackedByMark[i]
+	// counts the acknowledged readings sent in window i (window 0: before
+	// the first mark). One window per load step: a handful.
+	marks       []time.Time
+	ackedByMark []int64
 }
 
 const reservoirSize = 100000
@@ -192,8 +223,17 @@ func (c *counters) violation(format string, args ...any) {
 	c.mu.Unlock()
 }
 
-func (c *counters) latency(d time.Duration) {
+// ack counts an acknowledged message of n readings sent at sentAt, with
+// its ack latency d.
+func (c *counters) ack(sentAt time.Time, n int, d time.Duration) {
 	c.mu.Lock()
+	w := len(c.marks)
+	for w > 0 && sentAt.Before(c.marks[w-1]) {
+		w-- // a message sent before the latest mark, acked after it
+	}
+	if w < len(c.ackedByMark) {
+		c.ackedByMark[w] += int64(n)
+	}
 	c.latSeen++
 	if len(c.latencies) < reservoirSize {
 		c.latencies = append(c.latencies, d)
@@ -247,6 +287,13 @@ func New(cfg Config) (*Fleet, error) {
 // provisioning), so a harness can steer a running fleet.
 func (f *Fleet) Started() <-chan struct{} { return f.started }
 
+// Size is how many devices the fleet runs (known once Started is closed).
+func (f *Fleet) Size() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.creds)
+}
+
 // Connected is how many devices are connected now (cheaper than Stats).
 func (f *Fleet) Connected() int64 { return f.c.connected.Load() }
 
@@ -263,6 +310,35 @@ func (f *Fleet) SetRate(total float64) {
 	f.c.mu.Lock()
 	f.c.latencies, f.c.latSeen = f.c.latencies[:0], 0
 	f.c.mu.Unlock()
+}
+
+// Mark opens a new window of send time and returns its start: the next
+// whole millisecond, so a reading's millisecond timestamp tells its window
+// exactly. AckedByMark counts acknowledged readings by the window they
+// were sent in, so a load step can compare what was acked with what
+// landed in the same span of reading timestamps (a message acked after
+// its step ended still counts in its step). Exact for single readings; a
+// batch's earlier readings are timestamped before the message was sent.
+func (f *Fleet) Mark() time.Time {
+	now := time.Now()
+	start := now.Truncate(time.Millisecond).Add(time.Millisecond)
+	f.c.mu.Lock()
+	if len(f.c.ackedByMark) == 0 {
+		f.c.ackedByMark = append(f.c.ackedByMark, 0) // window 0, before any mark
+	}
+	f.c.marks = append(f.c.marks, start)
+	f.c.ackedByMark = append(f.c.ackedByMark, 0)
+	f.c.mu.Unlock()
+	return start
+}
+
+// AckedByMark returns the readings acknowledged so far by the window of
+// send time they were sent in: index 0 before the first Mark, i after the
+// i-th. Empty before the first Mark.
+func (f *Fleet) AckedByMark() []int64 {
+	f.c.mu.Lock()
+	defer f.c.mu.Unlock()
+	return slices.Clone(f.c.ackedByMark)
 }
 
 // Violation records a contract violation found outside the fleet (a load
@@ -326,6 +402,9 @@ func (f *Fleet) Creds() []Cred {
 // are in Stats.
 func (f *Fleet) Run(ctx context.Context) error {
 	creds := f.cfg.Creds
+	if f.cfg.Anonymous {
+		creds = anonymousCreds(f.cfg.Prefix, f.cfg.Devices)
+	}
 	if f.cfg.Provision {
 		var err error
 		if creds, err = provision(ctx, f.cfg); err != nil {

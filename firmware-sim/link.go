@@ -47,12 +47,14 @@ func (d *device) stream(ctx context.Context, l link) error {
 			return err
 		}
 	}
-	timer := time.NewTimer(d.jittered())
+	timer := time.NewTimer(d.phase())
 	defer timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-d.rateChanged:
+			timer.Reset(d.phase())
 		case <-l.ended():
 			return l.endErr()
 		case c := <-l.commands():

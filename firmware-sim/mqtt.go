@@ -21,12 +21,15 @@ type inflightMsg struct {
 
 // mqttOptions connects as the device: username and client id are both the
 // device id, the hub's contract (any other client id is refused with
-// return code 0x02, so no device can take over another's session).
+// return code 0x02, so no device can take over another's session). An
+// anonymous device (Config.Anonymous) sends no username or password.
 func (d *device) mqttOptions(password string, lost func(error)) *paho.ClientOptions {
 	_, broker := d.endpoint()
-	return paho.NewClientOptions().AddBroker("tcp://" + broker).
-		SetClientID(d.cred.ID).SetUsername(d.cred.ID).SetPassword(password).
-		SetProtocolVersion(4).SetCleanSession(true).SetOrderMatters(false).
+	o := paho.NewClientOptions().AddBroker("tcp://" + broker).SetClientID(d.cred.ID)
+	if !d.f.cfg.Anonymous {
+		o.SetUsername(d.cred.ID).SetPassword(password)
+	}
+	return o.SetProtocolVersion(4).SetCleanSession(true).SetOrderMatters(false).
 		SetAutoReconnect(false).SetConnectRetry(false).
 		SetKeepAlive(60 * time.Second).SetConnectTimeout(10 * time.Second).SetWriteTimeout(10 * time.Second).
 		SetConnectionLostHandler(func(_ paho.Client, err error) { lost(err) })

@@ -11,6 +11,8 @@ import (
 	"sort"
 	"strings"
 	"sync"
+
+	"github.com/fieldhub/fieldhub/telemetry"
 )
 
 // Reading is one reading the fleet sent, as the hub must store it: the
@@ -125,6 +127,12 @@ func (v *Verification) sample(format string, args ...any) {
 // device cannot know; such readings would have to be checked by count and
 // set of values per device instead. The fleet sends none.)
 func (f *Fleet) Verify(ctx context.Context, influxURL, db string) (Verification, error) {
+	return f.VerifyIn(ctx, influxURL, db, telemetry.Measurement)
+}
+
+// VerifyIn is Verify against another measurement than the hub's (another
+// pipeline writing the same shape).
+func (f *Fleet) VerifyIn(ctx context.Context, influxURL, db, measurement string) (Verification, error) {
 	rec := f.Recorded()
 	v := Verification{Acked: len(rec.Acked), Refused: len(rec.Refused), Incomplete: rec.AckedOver > 0}
 	type key struct {
@@ -162,7 +170,7 @@ func (f *Fleet) Verify(ctx context.Context, influxURL, db string) (Verification,
 	for _, dev := range devices {
 		names := byDevice[dev]
 		sort.Strings(names)
-		points, err := queryPoints(ctx, influxURL, db, dev, names, span[dev])
+		points, err := queryPoints(ctx, influxURL, db, measurement, dev, names, span[dev])
 		if err != nil {
 			return v, fmt.Errorf("verify %s: %w", dev, err)
 		}
@@ -237,13 +245,13 @@ func sameValues(want, got map[string]float64) bool {
 // queryPoints returns the device's points by timestamp (ms) with the named
 // numeric fields, between the first and last timestamp recorded for it
 // (which include refused readings' future ones).
-func queryPoints(ctx context.Context, influxURL, db, device string, fields []string, span [2]int64) (map[int64]map[string]float64, error) {
+func queryPoints(ctx context.Context, influxURL, db, measurement, device string, fields []string, span [2]int64) (map[int64]map[string]float64, error) {
 	quoted := make([]string, len(fields))
 	for i, f := range fields {
 		quoted[i] = `"` + strings.ReplaceAll(f, `"`, `\"`) + `"`
 	}
-	q := fmt.Sprintf(`SELECT %s FROM "telemetry" WHERE "device" = '%s' AND time >= %dms AND time <= %dms`,
-		strings.Join(quoted, ","), strings.ReplaceAll(device, `'`, `\'`), span[0], span[1])
+	q := fmt.Sprintf(`SELECT %s FROM "%s" WHERE "device" = '%s' AND time >= %dms AND time <= %dms`,
+		strings.Join(quoted, ","), strings.ReplaceAll(measurement, `"`, `\"`), strings.ReplaceAll(device, `'`, `\'`), span[0], span[1])
 	form := url.Values{"q": {q}, "db": {db}, "epoch": {"ms"}}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(influxURL, "/")+"/query", strings.NewReader(form.Encode()))
 	if err != nil {

@@ -41,6 +41,8 @@ func TestImportRules(t *testing.T) {
 		"firmware-sim/load": {"firmware-sim", "telemetry"},
 		"cmd/firmware-sim":  {"firmware-sim", "telemetry"},
 		"cmd/fieldhub":      {""},
+		// The benchmark report (make bench) reads only JSON files.
+		"scripts/plot": {},
 	}
 	// Third-party libraries and the one package allowed to import each.
 	owners := map[string][]string{
@@ -56,6 +58,8 @@ func TestImportRules(t *testing.T) {
 		"github.com/go-playground/validator/v10": {"telemetry"},
 		// The hub's broker client, and the simulator's MQTT devices.
 		"github.com/eclipse/paho.mqtt.golang": {"bridge/cluster", "firmware-sim"},
+		// The plot of docs/benchmarks-cpu.png.
+		"gonum.org/v1/plot": {"scripts/plot"},
 	}
 	// mochi's broker was replaced by the hub's own gateway (issue #20):
 	// nothing imports it, or its hooks and listeners, again.

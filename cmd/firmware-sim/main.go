@@ -43,7 +43,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	brokers := fs.String("mqtt", "127.0.0.1:1883", "hub MQTT address host:port; several, comma-separated")
 	fs.StringVar(&cfg.AdminToken, "admin-token", getenv("FIELDHUB_ADMIN_TOKEN"), "admin API token for --provision (env FIELDHUB_ADMIN_TOKEN)")
 	fs.BoolVar(&cfg.Provision, "provision", false, "create (or re-key) the devices <prefix>-1..N through the REST API")
-	fs.StringVar(&cfg.Prefix, "prefix", "sim", "device id prefix for --provision")
+	fs.StringVar(&cfg.Prefix, "prefix", "sim", "device id prefix for --provision and --no-provision")
+	fs.BoolVar(&cfg.Anonymous, "no-provision", false, "devices <prefix>-1..N connect with no credentials to a plain MQTT broker that allows anonymous clients (another pipeline under the same load); --transport mqtt only")
 	fs.IntVar(&cfg.Devices, "devices", 10, "number of devices (1 to 50,000)")
 	fs.StringVar(&cfg.Transport, "transport", "ws", "ws, mqtt or mix")
 	fs.Float64Var(&cfg.Rate, "rate", 1, "readings per second per device")
@@ -59,9 +60,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	fs.IntVar(&lo.HubPID, "hub-pid", 0, "the hub's process id, to measure its CPU and RSS from /proc")
 	fs.StringVar(&lo.InfluxURL, "influx-url", "", "InfluxDB URL, to count the readings that landed after the run")
 	fs.StringVar(&lo.InfluxDB, "influx-db", "telemetry", "InfluxDB database for --influx-url")
+	fs.StringVar(&lo.InfluxMeasurement, "influx-measurement", "telemetry", "InfluxDB measurement for --influx-url")
+	fs.DurationVar(&lo.LandedStall, "landed-stall", 0, "with --influx-url, stop waiting for acked readings to land once the count has not grown for this long (0: wait up to two minutes)")
+	fs.Func("pid", "name=pid of another process of the system under test whose CPU to measure (e.g. influxd=1234); repeatable", func(v string) error {
+		p, err := parseProc(v)
+		lo.Procs = append(lo.Procs, p)
+		return err
+	})
 	fs.IntVar(&cfg.RecordAcked, "record-acked", 100000, "with --influx-url, remember up to this many acked readings (about 300 bytes each) and check each one in InfluxDB by device, ts and value; 0 only counts")
 	steps := fs.String("steps", "", "comma-separated total readings/s to step through, stopping when acks fall behind")
 	fs.DurationVar(&lo.StepDuration, "step-duration", 20*time.Second, "how long each --steps rate runs")
+	fs.BoolVar(&lo.AllSteps, "all-steps", false, "run every --steps rate, also after one fell behind")
 	report := fs.String("report", "", "also print a one-line markdown table row of the key figures, named this")
 	credsFile := fs.String("creds", "", "CSV id,token file: read it if it exists, otherwise provision and write it")
 	asJSON := fs.Bool("json", false, "print the final summary as JSON")
@@ -90,6 +99,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	if cfg.Devices < 1 || cfg.Devices > 50000 {
 		return errors.New("--devices must be 1 to 50,000")
+	}
+	if len(lo.Steps) > 0 {
+		cfg.Rate = lo.Steps[0] / float64(cfg.Devices) // while the fleet connects, before the first step
 	}
 	if *credsFile != "" {
 		if f, err := os.Open(*credsFile); err == nil {
@@ -186,6 +198,16 @@ func reportRow(name string, st firmwaresim.Stats, b load.Bench) string {
 	return fmt.Sprintf("| %s | %d | %.0f | %.0f | %d | %d | %.1f / %.1f | %s | %.1f | %.0f | %s | %d |",
 		name, b.ConnectionsHeld, offered, acked, b.Landed, b.Lost, p50, p99,
 		dash, b.HubCPUPerMillion, b.HubPeakRSSMiB, perConn, errs)
+}
+
+// parseProc parses a --pid value, name=pid.
+func parseProc(v string) (load.Proc, error) {
+	name, num, ok := strings.Cut(v, "=")
+	pid, err := strconv.Atoi(num)
+	if !ok || name == "" || err != nil || pid <= 0 {
+		return load.Proc{}, fmt.Errorf("%q is not name=pid", v)
+	}
+	return load.Proc{Name: name, PID: pid}, nil
 }
 
 // splitFirst splits a comma-separated list into its first item and the rest.

@@ -17,10 +17,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"os"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -31,6 +33,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	firmwaresim "github.com/fieldhub/fieldhub/firmware-sim"
+	"github.com/fieldhub/fieldhub/telemetry"
 )
 
 // Options say which measurements a Harness makes; zero values turn each
@@ -44,19 +47,45 @@ type Options struct {
 	Dashboards int
 	// HubPID samples the hub's CPU and RSS from /proc.
 	HubPID int
+	// Procs are the other processes of the system under test (its
+	// InfluxDB; for another pipeline, its broker and bridge), whose CPU
+	// counts with the hub's in Bench.CPU and each Step's CPU, read from
+	// /proc/<pid>/stat. The load generator is never one of them.
+	Procs []Proc
 	// InfluxURL and InfluxDB count what landed after the run; with
 	// RecordAcked set on the fleet, every acked reading is checked.
 	InfluxURL, InfluxDB string
+	// InfluxMeasurement is the measurement the landed count and the check
+	// read; default telemetry.Measurement, what the hub writes.
+	InfluxMeasurement string
+	// LandedStall ends the wait for acked readings to land once the count
+	// has not grown for this long; zero waits up to two minutes. A
+	// pipeline that lost readings would otherwise hold the run for all of
+	// it.
+	LandedStall time.Duration
 	// Prefix is the fleet's device id prefix (for the landed count).
 	Prefix string
 	// Steps runs the fleet at each total readings/s in turn for
-	// StepDuration (default 20 s), stopping when acks fall behind.
+	// StepDuration (default 20 s), stopping when acks fall behind unless
+	// AllSteps is set: a comparison of two systems runs every rate on
+	// both, since one that falls behind by losing data instead of
+	// slowing its acks never stops stepping.
 	Steps        []float64
 	StepDuration time.Duration
+	AllSteps     bool
 	// Progress, if set, receives a line per step.
 	Progress io.Writer
 	Logger   *slog.Logger
 }
+
+// Proc names a process whose CPU a Harness measures.
+type Proc struct {
+	Name string
+	PID  int
+}
+
+// hubProc is the name of Options.HubPID in Bench.CPU and Step.CPU.
+const hubProc = "hub"
 
 // Bench are the load-mode figures.
 type Bench struct {
@@ -74,7 +103,12 @@ type Bench struct {
 	LandedPerSec     float64 `json:"readings_per_second_landed,omitempty"`
 	Lost             int64   `json:"acked_readings_missing_from_influxdb,omitempty"`
 	Verified         bool    `json:"acked_readings_checked_one_by_one,omitempty"`
-	Steps            []Step  `json:"steps,omitempty"`
+	// CPU is each measured process's CPU seconds over the run (the hub as
+	// "hub", then Options.Procs by name); CPUPerMillion is their sum per
+	// million readings landed (sent, without a landed count).
+	CPU           map[string]float64 `json:"cpu_seconds_by_process,omitempty"`
+	CPUPerMillion float64            `json:"cpu_seconds_per_million_readings,omitempty"`
+	Steps         []Step             `json:"steps,omitempty"`
 }
 
 // Step is one rate step of a stepped run.
@@ -86,6 +120,26 @@ type Step struct {
 	AckP99     float64 `json:"ack_latency_p99_ms"`
 	Errors     int64   `json:"errors"`
 	FellBehind bool    `json:"fell_behind"`
+	// Start and End bound the step (Unix milliseconds). The readings
+	// sent from Start until the next step's Start (or, for the last, until
+	// the fleet stopped) are the step's: their timestamps say so.
+	Start int64 `json:"start_unix_ms"`
+	End   int64 `json:"end_unix_ms"`
+	// Sent and AckedN count the readings sent and acknowledged during the
+	// step. With Options.InfluxURL, AckedSent counts the step's readings
+	// (by send time) that were acknowledged, whenever their ack came;
+	// Landed the points in InfluxDB timestamped in the step; Lost those
+	// acknowledged but not landed.
+	Sent      int64 `json:"readings_sent"`
+	AckedN    int64 `json:"readings_acked"`
+	AckedSent int64 `json:"readings_sent_in_step_and_acked,omitempty"`
+	Landed    int64 `json:"readings_landed,omitempty"`
+	Lost      int64 `json:"acked_readings_missing,omitempty"`
+	// CPU is each measured process's CPU seconds during the step;
+	// CPUPerMillion is their sum per million readings landed (acked,
+	// without a landed count).
+	CPU           map[string]float64 `json:"cpu_seconds_by_process,omitempty"`
+	CPUPerMillion float64            `json:"cpu_seconds_per_million_readings,omitempty"`
 }
 
 // Harness runs one fleet under measurement. Make it with New, pass its
@@ -97,6 +151,7 @@ type Harness struct {
 	mu       sync.Mutex // guards the fields below; no I/O under it
 	b        Bench
 	cpu0     float64
+	procCPU0 map[string]float64
 	rssStart float64
 	peakRSS  float64
 	held     int64
@@ -114,6 +169,9 @@ func New(opts Options) *Harness {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	if opts.InfluxMeasurement == "" {
+		opts.InfluxMeasurement = telemetry.Measurement
+	}
 	return &Harness{opts: opts, lat: newLatencyRing(), dash: reservoir{rng: rand.New(rand.NewPCG(1, 8))}}
 }
 
@@ -129,7 +187,7 @@ func (h *Harness) Stamp() int64 { return h.lat.stamp() }
 func (h *Harness) Run(ctx context.Context, fleet *firmwaresim.Fleet) error {
 	if n := len(h.opts.Steps); n > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, time.Duration(n)*h.opts.StepDuration+10*time.Second)
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(n)*h.opts.StepDuration+connectWait+10*time.Second)
 		defer cancel()
 	}
 	stop, err := h.startSampling(ctx, fleet)
@@ -147,6 +205,7 @@ func (h *Harness) Run(ctx context.Context, fleet *firmwaresim.Fleet) error {
 	if len(h.opts.Steps) > 0 {
 		select {
 		case <-fleet.Started():
+			h.awaitConnected(ctx, fleet)
 			h.runSteps(ctx, fleet)
 			stopFleet() // the steps are the run
 		case err := <-runErr:
@@ -260,6 +319,12 @@ func (h *Harness) startSampling(ctx context.Context, fleet *firmwaresim.Fleet) (
 		}
 		h.cpu0, h.rssStart, h.peakRSS = cpu, rss, rss
 	}
+	cpu0, err := h.procsCPU()
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	h.procCPU0 = cpu0
 	wg.Go(func() { // samples RSS and connections held until stopped
 		t := time.NewTicker(250 * time.Millisecond)
 		defer t.Stop()
@@ -303,6 +368,54 @@ func (h *Harness) startSampling(ctx context.Context, fleet *firmwaresim.Fleet) (
 	return func() { once.Do(func() { cancel(); wg.Wait() }) }, nil
 }
 
+// procsCPU reads the CPU seconds of every measured process: the hub (as
+// "hub") and Options.Procs.
+func (h *Harness) procsCPU() (map[string]float64, error) {
+	procs := h.opts.Procs
+	if h.opts.HubPID > 0 {
+		procs = append([]Proc{{hubProc, h.opts.HubPID}}, procs...)
+	}
+	if len(procs) == 0 {
+		return nil, nil
+	}
+	cpu := make(map[string]float64, len(procs))
+	for _, p := range procs {
+		c, _, err := procStats(p.PID)
+		if err != nil {
+			return nil, fmt.Errorf("%s pid %d: %w", p.Name, p.PID, err)
+		}
+		cpu[p.Name] += c
+	}
+	return cpu, nil
+}
+
+// cpuSince returns each process's CPU seconds since cpu0 (nil when a
+// process can no longer be read) and their sum.
+func (h *Harness) cpuSince(cpu0 map[string]float64) (map[string]float64, float64) {
+	if len(cpu0) == 0 {
+		return nil, 0
+	}
+	now, err := h.procsCPU()
+	if err != nil {
+		h.opts.Logger.Warn("read process CPU", "err", err)
+		return nil, 0
+	}
+	var sum float64
+	for k, v := range now {
+		now[k] = v - cpu0[k]
+		sum += now[k]
+	}
+	return now, sum
+}
+
+// perMillion is cpu seconds per million of n readings (0 for none).
+func perMillion(cpu float64, n int64) float64 {
+	if n <= 0 {
+		return 0
+	}
+	return cpu * 1e6 / float64(n)
+}
+
 // readDashboard matches the readings a dashboard receives to their send
 // time by sequence number.
 func (h *Harness) readDashboard(c *websocket.Conn) {
@@ -332,23 +445,54 @@ func (h *Harness) readDashboard(c *websocket.Conn) {
 	}
 }
 
+// connectWait bounds how long a stepped run waits for the whole fleet to
+// connect before its first step; a fleet that is not connected by then
+// steps anyway (and the first step may fall behind).
+const connectWait = 60 * time.Second
+
+// awaitConnected waits until every device of the fleet is connected, at
+// most connectWait, so the first step neither loses the time the fleet
+// takes to come up nor counts the connects' CPU as the step's.
+func (h *Harness) awaitConnected(ctx context.Context, fleet *firmwaresim.Fleet) {
+	deadline := time.NewTimer(connectWait)
+	defer deadline.Stop()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for fleet.Connected() < int64(fleet.Size()) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-deadline.C:
+			h.opts.Logger.Warn("fleet not connected before the first step", "connected", fleet.Connected(), "devices", fleet.Size())
+			return
+		case <-tick.C:
+		}
+	}
+}
+
 // runSteps sets the fleet to each target rate in turn, recording what was
-// offered and acknowledged, until acks fall behind (under 97 % of what was
-// offered, or a p99 ack latency over 2 s).
+// offered and acknowledged, until acks fall behind (fellBehind), or
+// through every rate with Options.AllSteps.
 func (h *Harness) runSteps(ctx context.Context, fleet *firmwaresim.Fleet) {
 	for _, target := range h.opts.Steps {
+		start := fleet.Mark()
 		fleet.SetRate(target)
 		s0 := fleet.Stats()
-		start := time.Now()
+		cpu0, _ := h.procsCPU() // an unreadable process leaves the step's CPU out (cpuSince)
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(h.opts.StepDuration):
 		}
-		el := time.Since(start).Seconds()
+		end := time.Now()
+		el := end.Sub(start).Seconds()
 		s := fleet.Stats()
 		st := Step{Target: target, Offered: float64(s.ReadingsSent-s0.ReadingsSent) / el, Acked: float64(s.ReadingsAcked-s0.ReadingsAcked) / el,
-			Errors: errorTotal(s) - errorTotal(s0)}
+			Errors: errorTotal(s) - errorTotal(s0), Start: start.UnixMilli(), End: end.UnixMilli(),
+			Sent: s.ReadingsSent - s0.ReadingsSent, AckedN: s.ReadingsAcked - s0.ReadingsAcked}
+		var cpu float64
+		st.CPU, cpu = h.cpuSince(cpu0)
+		st.CPUPerMillion = perMillion(cpu, st.AckedN) // per landed once finish counted them
 		st.AckP50, st.AckP99 = s.AckP50, s.AckP99
 		st.FellBehind = fellBehind(st)
 		h.mu.Lock()
@@ -357,7 +501,7 @@ func (h *Harness) runSteps(ctx context.Context, fleet *firmwaresim.Fleet) {
 		if h.opts.Progress != nil {
 			fmt.Fprintf(h.opts.Progress, "step %.0f/s: offered %.0f/s, acked %.0f/s, ack p99 %.1f ms, errors %d\n", target, st.Offered, st.Acked, st.AckP99, st.Errors)
 		}
-		if st.FellBehind {
+		if st.FellBehind && !h.opts.AllSteps {
 			return
 		}
 	}
@@ -389,6 +533,13 @@ func (h *Harness) finish(ctx context.Context, fleet *firmwaresim.Fleet) {
 			h.mu.Unlock()
 		}
 	}
+	// CPU is read before the wait for the landed count: what the pipeline
+	// still spends draining its backlog is left out (it shows as points
+	// landing late, or not at all).
+	cpu, _ := h.cpuSince(h.procCPU0)
+	h.mu.Lock()
+	h.b.CPU = cpu
+	h.mu.Unlock()
 	if h.opts.InfluxURL == "" {
 		return
 	}
@@ -396,9 +547,13 @@ func (h *Harness) finish(ctx context.Context, fleet *firmwaresim.Fleet) {
 	// spool): as many points as acks, or, with nothing acked (QoS 0), a
 	// count that stopped growing; at most two minutes.
 	acked := fleet.Stats().ReadingsAcked
+	h.mu.Lock()
+	from := h.start.Add(-time.Minute)
+	h.mu.Unlock()
 	var last int64 = -1
+	grew := time.Now()
 	for range 120 {
-		n, err := h.countLanded(ctx)
+		n, err := h.countLanded(ctx, from, time.Time{})
 		if err != nil {
 			h.opts.Logger.Warn("count readings in InfluxDB", "err", err)
 			return
@@ -406,6 +561,11 @@ func (h *Harness) finish(ctx context.Context, fleet *firmwaresim.Fleet) {
 		if acked > 0 && n >= acked || acked == 0 && n == last && n > 0 {
 			last = n
 			break
+		}
+		if n != last {
+			grew = time.Now()
+		} else if h.opts.LandedStall > 0 && time.Since(grew) >= h.opts.LandedStall {
+			break // nothing more is landing: the rest is lost
 		}
 		last = n
 		select {
@@ -418,13 +578,38 @@ func (h *Harness) finish(ctx context.Context, fleet *firmwaresim.Fleet) {
 	}
 	h.mu.Lock()
 	h.b.Landed = max(last, 0)
+	steps := slices.Clone(h.b.Steps)
 	h.mu.Unlock()
+	ackedByMark := fleet.AckedByMark() // [0] before the first step
+	for i, st := range steps {
+		var to time.Time // the last step's readings run until the fleet stopped
+		if i+1 < len(steps) {
+			to = time.UnixMilli(steps[i+1].Start)
+		}
+		n, err := h.countLanded(ctx, time.UnixMilli(st.Start), to)
+		if err != nil {
+			h.opts.Logger.Warn("count a step's readings in InfluxDB", "err", err)
+			break
+		}
+		var cpu float64
+		for _, c := range st.CPU {
+			cpu += c
+		}
+		var acked int64
+		if i+1 < len(ackedByMark) {
+			acked = ackedByMark[i+1]
+		}
+		h.mu.Lock()
+		h.b.Steps[i].Landed, h.b.Steps[i].CPUPerMillion = n, perMillion(cpu, n)
+		h.b.Steps[i].AckedSent, h.b.Steps[i].Lost = acked, max(0, acked-n)
+		h.mu.Unlock()
+	}
 	if !fleet.Recording() {
 		return
 	}
 	// Reading by reading: every acked reading at its timestamp with its
 	// values, no refused one stored. Problems are contract violations.
-	v, err := fleet.Verify(ctx, h.opts.InfluxURL, h.opts.InfluxDB)
+	v, err := fleet.VerifyIn(ctx, h.opts.InfluxURL, h.opts.InfluxDB, h.opts.InfluxMeasurement)
 	if err != nil {
 		h.opts.Logger.Warn("verify readings in InfluxDB", "err", err)
 		return
@@ -441,15 +626,10 @@ func (h *Harness) finish(ctx context.Context, fleet *firmwaresim.Fleet) {
 	}
 }
 
-func (h *Harness) countLanded(ctx context.Context) (int64, error) {
-	h.mu.Lock()
-	start := h.start
-	h.mu.Unlock()
-	prefix := h.opts.Prefix
-	if prefix == "" {
-		prefix = "sim"
-	}
-	q := fmt.Sprintf(`SELECT count("battery") FROM "telemetry" WHERE "device" =~ /^%s-/ AND time >= %dms`, prefix, start.Add(-time.Minute).UnixMilli())
+// countLanded counts the fleet's points in InfluxDB with timestamps from
+// from on, and before to unless it is zero.
+func (h *Harness) countLanded(ctx context.Context, from, to time.Time) (int64, error) {
+	q := landedQuery(h.opts.InfluxMeasurement, h.opts.Prefix, from, to)
 	form := url.Values{"q": {q}, "db": {h.opts.InfluxDB}}
 	req, err := http.NewRequestWithContext(ctx, "POST", strings.TrimRight(h.opts.InfluxURL, "/")+"/query", strings.NewReader(form.Encode()))
 	if err != nil {
@@ -482,6 +662,21 @@ func (h *Harness) countLanded(ctx context.Context) (int64, error) {
 	return int64(n), nil
 }
 
+// landedQuery is the InfluxQL count of a fleet's points: measurement,
+// devices <prefix>-*, timestamps from from on and before to unless it is
+// zero. Every reading the simulator sends has the metric battery.
+func landedQuery(measurement, prefix string, from, to time.Time) string {
+	if prefix == "" {
+		prefix = "sim"
+	}
+	q := fmt.Sprintf(`SELECT count("battery") FROM "%s" WHERE "device" =~ /^%s-/ AND time >= %dms`,
+		strings.ReplaceAll(measurement, `"`, `\"`), regexp.QuoteMeta(prefix), from.UnixMilli())
+	if !to.IsZero() {
+		q += fmt.Sprintf(" AND time < %dms", to.UnixMilli())
+	}
+	return q
+}
+
 // Bench returns the load-mode figures for the fleet's final stats st.
 func (h *Harness) Bench(st firmwaresim.Stats) Bench {
 	h.mu.Lock()
@@ -504,6 +699,18 @@ func (h *Harness) Bench(st firmwaresim.Stats) Bench {
 	}
 	if st.ReadingsSent > 0 && b.HubCPUSeconds > 0 {
 		b.HubCPUPerMillion = b.HubCPUSeconds * 1e6 / float64(st.ReadingsSent)
+	}
+	if len(b.CPU) > 0 {
+		b.CPU = maps.Clone(b.CPU)
+		var cpu float64
+		for _, c := range b.CPU {
+			cpu += c
+		}
+		n := b.Landed
+		if h.opts.InfluxURL == "" {
+			n = st.ReadingsSent
+		}
+		b.CPUPerMillion = perMillion(cpu, n)
 	}
 	if st.Elapsed > 0 && b.Landed > 0 {
 		b.LandedPerSec = float64(b.Landed) / st.Elapsed

@@ -53,6 +53,10 @@ type Options struct {
 	// certificate, as a broker reachable beyond one network would. Its
 	// files are in Broker.TLS.
 	TLS bool
+	// Anonymous is a plain broker instead: no dynamic-security plugin and
+	// no clients, anyone may connect without credentials, as the peer
+	// pipeline of scripts/bench-peer runs it. Excludes TLS.
+	Anonymous bool
 }
 
 // TLSFiles are the PEM files of a test broker's TLS listener: the CA
@@ -80,6 +84,7 @@ type Broker struct {
 	cmd       *exec.Cmd
 	exited    chan struct{}
 	tls       bool
+	anonymous bool
 }
 
 // Start starts a fresh broker and stops it when the test ends.
@@ -95,7 +100,10 @@ func StartWith(t testing.TB, o Options) *Broker {
 	if len(plugins) == 0 {
 		t.Fatalf("mosquitto's dynamic-security plugin (%s) is missing: run scripts/install-mosquitto", pluginGlob)
 	}
-	b := &Broker{t: t, dir: t.TempDir(), tls: o.TLS}
+	if o.Anonymous && o.TLS {
+		t.Fatal("mosquittotest: an anonymous broker has no TLS listener")
+	}
+	b := &Broker{t: t, dir: t.TempDir(), tls: o.TLS, anonymous: o.Anonymous}
 	if o.TLS {
 		var err error
 		if b.TLS, err = writeCerts(b.dir); err != nil {
@@ -110,8 +118,10 @@ func StartWith(t testing.TB, o Options) *Broker {
 		t.Fatal("mosquitto_ctrl is missing: run scripts/install-mosquitto")
 	}
 	dynsec := filepath.Join(b.dir, "dynamic-security.json")
-	if out, err := exec.Command(b.ctrlBin, "dynsec", "init", dynsec, AdminUser, AdminPass).CombinedOutput(); err != nil {
-		t.Fatalf("mosquitto_ctrl dynsec init: %v\n%s", err, out)
+	if !b.anonymous {
+		if out, err := exec.Command(b.ctrlBin, "dynsec", "init", dynsec, AdminUser, AdminPass).CombinedOutput(); err != nil {
+			t.Fatalf("mosquitto_ctrl dynsec init: %v\n%s", err, out)
+		}
 	}
 	for range 3 { // a free port can be taken between probe and bind
 		if err = b.launch(plugins[0], dynsec); err == nil {
@@ -122,6 +132,9 @@ func StartWith(t testing.TB, o Options) *Broker {
 		t.Fatalf("start mosquitto: %v", err)
 	}
 	t.Cleanup(b.Stop)
+	if b.anonymous {
+		return b
+	}
 	b.ctrl("createRole", hubRole)
 	for _, acl := range HubACLs {
 		b.ctrl("addRoleACL", hubRole, acl[0], acl[1], "allow")
@@ -148,12 +161,14 @@ func (b *Broker) launch(plugin, dynsec string) error {
 	if err != nil {
 		return err
 	}
+	security := fmt.Sprintf("allow_anonymous false\nplugin %s\nplugin_opt_config_file %s", plugin, dynsec)
+	if b.anonymous {
+		security = "allow_anonymous true"
+	}
 	conf := fmt.Sprintf(`per_listener_settings false
 user %s
 listener %s 127.0.0.1
-allow_anonymous false
-plugin %s
-plugin_opt_config_file %s
+%s
 persistence true
 persistence_location %s/
 autosave_interval 1
@@ -166,7 +181,7 @@ log_type error
 log_type warning
 log_type notice
 log_type information
-`, me.Username, port, plugin, dynsec, b.dir, filepath.Join(b.dir, "mosquitto.log"))
+`, me.Username, port, security, b.dir, filepath.Join(b.dir, "mosquitto.log"))
 	if b.tls {
 		tlsAddr, err := freeAddr()
 		if err != nil {
@@ -284,3 +299,6 @@ func freeAddr() (string, error) {
 	defer ln.Close()
 	return ln.Addr().String(), nil
 }
+
+// PID is the broker process's id, for tests that measure its CPU.
+func (b *Broker) PID() int { return b.cmd.Process.Pid }
