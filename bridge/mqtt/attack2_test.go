@@ -1,0 +1,110 @@
+package mqtt
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// Second review of branch gw: attacks on the fixes of the first review and
+// on what it did not try. Each test fails while the attack works.
+
+// outLen is the size of what waits to be written to device id's attached
+// connection (its answers, commands and error frames), or -1.
+func (b *Broker) outLen(id string) int {
+	b.mu.Lock()
+	s := b.sessions[id]
+	b.mu.Unlock()
+	if s == nil {
+		return -1
+	}
+	s.mu.Lock()
+	c := s.conn
+	s.mu.Unlock()
+	if c == nil {
+		return -1
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.out.Len()
+}
+
+// TestAttackGateway2PingFloodUnboundedOutput: the reader's own answers
+// (PINGRESP, PUBACK, PUBCOMP, SUBACK...) go through conn.answer, which
+// appends to c.out with no bound, and serve flushes only when the read
+// buffer is empty at a packet boundary (c.r.br.Buffered() == 0). A client
+// that keeps every chunk it writes ending in the middle of a packet (one
+// 5-byte v5 PUBACK, then PINGREQs written in even-sized chunks: every
+// packet boundary is at an odd offset, every read ends at an even one)
+// never lets that happen, and never reads: the hub holds 2 bytes of
+// PINGRESP per 2 bytes received, without limit (outBufferBytes bounds
+// only publishOut), and is never cut as a slow consumer.
+func TestAttackGateway2PingFloodUnboundedOutput(t *testing.T) {
+	r := newRig(t, Options{})
+	c := r.raw5OK(t, "d1", nil)
+	c.write([]byte{0x40, 0x03, 0x7f, 0x7f, 0x00, 0xc0}) // PUBACK of an id never sent, then the first byte of a PINGREQ
+	chunk := make([]byte, 1000)
+	for i := 0; i < len(chunk); i += 2 {
+		chunk[i], chunk[i+1] = 0x00, 0xc0 // the end of one PINGREQ, the start of the next
+	}
+	const total = 4 << 20
+	done := make(chan struct{})
+	go func() { // owner: this test; ends when the flood is written or the hub cuts it
+		defer close(done)
+		for sent := 0; sent < total; sent += len(chunk) {
+			_ = c.conn.SetWriteDeadline(time.Now().Add(patience))
+			if _, err := c.conn.Write(chunk); err != nil {
+				return
+			}
+		}
+	}()
+	peak := 0
+	limit := 2 * outBufferBytes // generous: a fixed hub flushes (and cuts the non-reader) long before
+	for finished := false; !finished; {
+		select {
+		case <-done:
+			finished = true
+		case <-time.After(5 * time.Millisecond):
+		}
+		peak = max(peak, r.broker.outLen("d1"))
+	}
+	if peak > limit {
+		t.Fatalf("a client that never reads made the hub hold %d KiB of unsent PINGRESPs (outBufferBytes is %d KiB)", peak>>10, outBufferBytes>>10)
+	}
+}
+
+// TestAttackGateway2IdleConnectionKeepsLastPacket: reader.read keeps the
+// body of the last packet in r.last (for the CONNECT checks) for the
+// whole connection; a body over smallBody gets its own buffer, which was
+// meant to be "dropped once it is handled" (packet.go), but r.last still
+// points at it. A device that sends one 250 KiB PUBLISH and then idles
+// makes its connection hold 250 KiB until its next packet: 40 devices
+// hold 10 MiB, a fleet of 60,000 up to 15 GiB.
+func TestAttackGateway2IdleConnectionKeepsLastPacket(t *testing.T) {
+	r := newRig(t, Options{})
+	const n = 40
+	payload := make([]byte, 250<<10)
+	for i := range payload {
+		payload[i] = 'x'
+	}
+	base := heapNow()
+	for i := 0; i < n; i++ {
+		id := fmt.Sprintf("idle%d", i)
+		tok := r.device(t, id)
+		c, _ := r.raw3(t, connectPk(id, id, tok, true))
+		c.send(subscribePk(1, packets.Subscription{Filter: "devices/" + id + "/errors"}))
+		c.expect(packets.Suback)
+		// A topic the device may not publish to: refused with an error
+		// frame, which tells the test the PUBLISH was handled; then the
+		// device sends nothing more.
+		c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "devices/" + id + "/nope", Payload: payload})
+		if p := c.expect(packets.Publish); p.TopicName != "devices/"+id+"/errors" {
+			t.Fatalf("got %s, want an error frame", describe(p))
+		}
+	}
+	if held := int64(heapNow()) - int64(base); held > n*64<<10 {
+		t.Fatalf("%d idle connections, each after one 250 KiB PUBLISH, hold %d KiB of heap (%d KiB each)", n, held>>10, held/n>>10)
+	}
+}
