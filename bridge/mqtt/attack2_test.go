@@ -108,3 +108,38 @@ func TestAttackGateway2IdleConnectionKeepsLastPacket(t *testing.T) {
 		t.Fatalf("%d idle connections, each after one 250 KiB PUBLISH, hold %d KiB of heap (%d KiB each)", n, held>>10, held/n>>10)
 	}
 }
+
+// TestAttackGateway2DelayedWillSurvivesCleanStart: a v5 device with a
+// session (expiry 600 s) and a will delayed 600 s drops; it reconnects with
+// Clean Start 1, which ends the old session (5.0 §3.1.2.4), so the will is
+// due now (§3.1.2.5: "until the Will Delay Interval has passed or the
+// Session ends, whichever happens first"). attach cancels a pending will
+// only when the session is resumed and otherwise leaves it scheduled: it
+// is stored ten minutes later, while the device is online; and if the new
+// connection leaves a delayed will of its own, scheduleWill stops the
+// first one's timer and it is never stored at all.
+func TestAttackGateway2DelayedWillSurvivesCleanStart(t *testing.T) {
+	r := newRig(t, Options{})
+	before := r.stored(t)
+	withWill := func(clean bool) func(*packets.Packet) {
+		return func(pk *packets.Packet) {
+			pk.Connect.Clean = clean
+			pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 600, true
+			pk.Connect.WillFlag, pk.Connect.WillTopic, pk.Connect.WillPayload = true, "devices/d1/telemetry", []byte(reading)
+			pk.Connect.WillProperties.WillDelayInterval = 600
+		}
+	}
+	first := r.raw5OK(t, "d1", withWill(false))
+	first.conn.Close() // network error: its will is due in 600 s, or when its session ends
+	waitFor(t, "the first will scheduled", func() bool { return r.broker.hasWill("d1") })
+	second := r.raw5OK(t, "d1", withWill(true)) // clean start: the first session ends here
+	deadline := time.Now().Add(10 * time.Second)
+	for r.stored(t) == before && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if r.stored(t) == before {
+		second.conn.Close()
+		waitFor(t, "the second will scheduled", func() bool { return r.broker.open.Load() == 0 && r.broker.hasWill("d1") })
+		t.Fatalf("a clean start ended the session of a connection whose delayed will was pending; the will was not stored (and the second connection's will has now replaced it: it is never stored)")
+	}
+}
