@@ -1,10 +1,16 @@
 package mqtt
 
 import (
+	"bufio"
+	"bytes"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
@@ -141,5 +147,62 @@ func TestAttackGateway2DelayedWillSurvivesCleanStart(t *testing.T) {
 		second.conn.Close()
 		waitFor(t, "the second will scheduled", func() bool { return r.broker.open.Load() == 0 && r.broker.hasWill("d1") })
 		t.Fatalf("a clean start ended the session of a connection whose delayed will was pending; the will was not stored (and the second connection's will has now replaced it: it is never stored)")
+	}
+}
+
+// TestAttackGateway2WebSocketMessageOfManyPackets: MQTT over WebSocket
+// lets one binary message carry several MQTT packets (5.0 §6.0,
+// [MQTT-6.0.0-2]: the receiver must not assume packets are aligned on
+// frame boundaries), but ServeWebSocket sets gorilla's read limit, which
+// is per message, to MaxPacketBytes+8: a client that batches two 150 KiB
+// PUBLISHes (each within the 256 KiB limit) in one message is cut with a
+// WebSocket close 1009 and neither is handled.
+func TestAttackGateway2WebSocketMessageOfManyPackets(t *testing.T) {
+	r := newRig(t, Options{})
+	srv := httptest.NewServer(http.HandlerFunc(r.broker.ServeWebSocket))
+	defer srv.Close()
+	d := websocket.Dialer{Subprotocols: []string{"mqtt"}}
+	ws, _, err := d.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/mqtt", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	b, err := encodePacket(connectPacket(5, "d1", r.tokens["d1"]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ws.WriteMessage(websocket.BinaryMessage, b); err != nil {
+		t.Fatal(err)
+	}
+	_ = ws.SetReadDeadline(time.Now().Add(patience))
+	read := func() (packets.Packet, error) {
+		_, m, err := ws.ReadMessage()
+		if err != nil {
+			return packets.Packet{}, err
+		}
+		return readPacket(bufio.NewReader(bytes.NewReader(m)), 5, 1<<20)
+	}
+	if ack, err := read(); err != nil || ack.FixedHeader.Type != packets.Connack || ack.ReasonCode != 0 {
+		t.Fatalf("CONNACK: %v %s", err, describe(ack))
+	}
+	var batch []byte
+	for id := uint16(1); id <= 2; id++ {
+		// Refused for its topic (0x87): handled without the store.
+		pk := publishPacket("devices/d1/other", 1, id, strings.Repeat("x", 150<<10))
+		pk.ProtocolVersion = 5
+		p, err := encodePacket(pk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		batch = append(batch, p...)
+	}
+	if err := ws.WriteMessage(websocket.BinaryMessage, batch); err != nil {
+		t.Fatal(err)
+	}
+	for want := uint16(1); want <= 2; want++ {
+		got, err := read()
+		if err != nil || got.FixedHeader.Type != packets.Puback || got.PacketID != want {
+			t.Fatalf("after one WebSocket message of two 150 KiB PUBLISHes: %s (%v), want the PUBACK of packet %d", describe(got), err, want)
+		}
 	}
 }
