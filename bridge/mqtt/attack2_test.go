@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -203,6 +204,55 @@ func TestAttackGateway2WebSocketMessageOfManyPackets(t *testing.T) {
 		got, err := read()
 		if err != nil || got.FixedHeader.Type != packets.Puback || got.PacketID != want {
 			t.Fatalf("after one WebSocket message of two 150 KiB PUBLISHes: %s (%v), want the PUBACK of packet %d", describe(got), err, want)
+		}
+	}
+}
+
+// TestAttackGateway2FilterListAmplification: a device has two topics to
+// subscribe to, but SUBSCRIBE and UNSUBSCRIBE take any number of filters
+// up to MaxPacketBytes, are never rate-limited (only Bridge.Accept is),
+// and are decoded whole by mochi before conn.subscribe looks at them. One
+// 256 KiB UNSUBSCRIBE of 131,000 empty filters (an empty filter is itself
+// malformed, [MQTT-4.7.3-1], yet answered with an UNSUBACK) allocates
+// about 40 MiB and costs about 50 ms of CPU; a SUBSCRIBE of 65,000
+// one-character filters about 24 MiB and 30 ms, and adds 65,000 to
+// ACLDenials (and as many OnACLDenied calls and debug log calls) - against
+// 0.5 MiB and 0.13 ms for a 256 KiB PUBLISH. One device keeps a core busy
+// with 8 MB/s of such packets.
+func TestAttackGateway2FilterListAmplification(t *testing.T) {
+	r := newRig(t, Options{})
+	c, _ := r.raw3(t, connectPk("d1", "d1", r.tokens["d1"], true))
+	tests := []struct {
+		name string
+		typ  byte
+		size int // bytes per filter on the wire
+		f    string
+	}{
+		{"unsubscribe empty filters", packets.Unsubscribe, 2, ""},
+		{"subscribe one-char filters", packets.Subscribe, 4, "a"},
+	}
+	for _, tt := range tests {
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: tt.typ, Qos: 1}, PacketID: 1, ProtocolVersion: 4}
+		for i := 0; i < (256<<10-16)/tt.size; i++ {
+			pk.Filters = append(pk.Filters, packets.Subscription{Filter: tt.f})
+		}
+		b, err := encodePacket(pk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		denied := r.broker.ACLDenials()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		c.write(b)
+		// The answer (or the connection closed: a fixed hub may refuse it).
+		p, err := c.next(patience)
+		runtime.ReadMemStats(&after)
+		if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 16*uint64(len(b)) {
+			t.Errorf("%s: one %d KiB packet made the hub allocate %d MiB (%d ACL denials counted); answered with %s (%v)",
+				tt.name, len(b)>>10, alloc>>20, r.broker.ACLDenials()-denied, packets.PacketNames[p.FixedHeader.Type], err)
+		}
+		if err != nil {
+			return
 		}
 	}
 }
