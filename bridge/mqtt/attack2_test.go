@@ -3,6 +3,8 @@ package mqtt
 import (
 	"bufio"
 	"bytes"
+	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -13,6 +15,8 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/fieldhub/fieldhub/bridge/commands"
 )
 
 // Second review of branch gw: attacks on the fixes of the first review and
@@ -252,6 +256,52 @@ func TestAttackGateway2FilterListAmplification(t *testing.T) {
 				tt.name, len(b)>>10, alloc>>20, r.broker.ACLDenials()-denied, packets.PacketNames[p.FixedHeader.Type], err)
 		}
 		if err != nil {
+			return
+		}
+	}
+}
+
+// TestAttackGateway2ResumedOversizeCommandHoldsWindow: the first review's
+// oversize-command fix covers session.deliver only. A command in flight on
+// a persistent session is resent on resume by writeHeld through
+// resendPublish, which ignores publishOut's outcome: when the resuming
+// connection states a Maximum Packet Size the command no longer fits, the
+// PUBLISH is dropped, but the command is marked written and stays in
+// s.out, never to be acknowledged. With Receive Maximum 1 no other command
+// is ever delivered on that session (deliver: len(s.out) >= window), and
+// the command gets no result (commandTooLarge is not called): the session
+// is stuck until the device connects with a clean start.
+func TestAttackGateway2ResumedOversizeCommandHoldsWindow(t *testing.T) {
+	r := newRig(t, Options{})
+	persistent := func(maxSize uint32) func(*packets.Packet) {
+		return func(pk *packets.Packet) {
+			pk.Connect.Clean = false
+			pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 600, true
+			pk.Properties.MaximumPacketSize = maxSize
+			pk.Properties.ReceiveMaximum = 1
+		}
+	}
+	c := r.raw5OK(t, "d1", persistent(0))
+	c.subscribeCommands("d1", 1)
+	big, _, err := r.cmds.SendCommand(context.Background(), commands.Spec{Device: "d1", Name: "flash",
+		Params: json.RawMessage(`{"blob":"` + strings.Repeat("x", 2000) + `"}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.expectCommand("d1", big.ID) // not acknowledged: in flight on the session
+	c.conn.Close()
+	waitFor(t, "the first connection's end", func() bool { return r.broker.open.Load() == 0 })
+	c2, ack := r.raw5(t, "d1", persistent(512))
+	if ack.ReasonCode != 0 || !ack.SessionPresent {
+		t.Fatalf("resuming CONNACK %#02x present %v", ack.ReasonCode, ack.SessionPresent)
+	}
+	small := r.sendCommand(t, "d1", "reboot")
+	for {
+		pk, err := c2.next(patience)
+		if err != nil {
+			t.Fatalf("command %s (fits the client's maximum packet size) never delivered: the oversize %s, dropped on resume, still holds the window: %v", small, big.ID, err)
+		}
+		if pk.FixedHeader.Type == packets.Publish && bytes.Contains(pk.Payload, []byte(small)) {
 			return
 		}
 	}
