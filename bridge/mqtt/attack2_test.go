@@ -306,3 +306,31 @@ func TestAttackGateway2ResumedOversizeCommandHoldsWindow(t *testing.T) {
 		}
 	}
 }
+
+// TestAttackGateway2ClientErrorDisconnectDiscardsWill: only a DISCONNECT
+// with Reason Code 0x00 deletes the will (5.0 §3.1.2.5, [MQTT-3.1.2-8];
+// §3.14.4: "the Server MUST discard any Will Message ... on receipt of a
+// DISCONNECT with a Reason Code of 0x00"); a client that leaves with an
+// error code (0x80 Unspecified error, 0x81 Malformed Packet, 0x82 Protocol
+// Error, 0x93 Receive Maximum exceeded ...: the client found something
+// wrong) still has its will published. conn.disconnected maps every code
+// but 0x04 to reasonNormalDisconnect, so those wills are discarded.
+func TestAttackGateway2ClientErrorDisconnectDiscardsWill(t *testing.T) {
+	r := newRig(t, Options{})
+	for _, code := range []byte{0x80, 0x81, 0x82, 0x93} {
+		before := r.stored(t)
+		c := r.raw5OK(t, "d1", func(pk *packets.Packet) {
+			pk.Connect.WillFlag, pk.Connect.WillTopic, pk.Connect.WillPayload = true, "devices/d1/telemetry", []byte(reading)
+		})
+		c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}, ReasonCode: code})
+		c.expectClosed()
+		waitFor(t, "the connection's end", func() bool { return r.broker.open.Load() == 0 })
+		deadline := time.Now().Add(5 * time.Second)
+		for r.stored(t) == before && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if r.stored(t) == before {
+			t.Errorf("DISCONNECT %#02x from the client: the will was discarded (only 0x00 discards it)", code)
+		}
+	}
+}
