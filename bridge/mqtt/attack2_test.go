@@ -10,12 +10,14 @@ import (
 	"net/http/httptest"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/fieldhub/fieldhub/bridge"
 	"github.com/fieldhub/fieldhub/bridge/commands"
 )
 
@@ -332,5 +334,82 @@ func TestAttackGateway2ClientErrorDisconnectDiscardsWill(t *testing.T) {
 		if r.stored(t) == before {
 			t.Errorf("DISCONNECT %#02x from the client: the will was discarded (only 0x00 discards it)", code)
 		}
+	}
+}
+
+// gatedStore holds the first Append until release is closed (a spool that
+// is slow for a moment), and reports it on entered.
+type gatedStore struct {
+	next     bridge.Store
+	first    atomic.Bool
+	entered  chan struct{}
+	released chan struct{}
+}
+
+func (g *gatedStore) Append(ctx context.Context, points int, payload []byte) error {
+	if g.first.CompareAndSwap(false, true) {
+		close(g.entered)
+		select {
+		case <-g.released:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return g.next.Append(ctx, points, payload)
+}
+
+// TestAttackGateway2QoS2StoredTwiceAcrossTakeover: a QoS 2 PUBLISH is
+// recorded as awaiting PUBREL (session.received) only after
+// Bridge.Accept returns. While the spool is slow, the device's connection
+// drops and it resumes its session on a new one, resending the PUBLISH
+// with DUP and the same packet id ([MQTT-4.4.0-1]), as it must: the new
+// connection finds the id not awaiting release (awaitingRelease) and
+// stores the reading again, and the old reader's Accept then stores it
+// too. One QoS 2 message ("exactly once", 5.0 §4.3.3), two readings (no
+// "ts": the hub stamps each copy differently, so InfluxDB keeps both).
+func TestAttackGateway2QoS2StoredTwiceAcrossTakeover(t *testing.T) {
+	gate := &gatedStore{entered: make(chan struct{}), released: make(chan struct{})}
+	r := newRig(t, Options{}, func(o *bridge.Options) {
+		gate.next, o.Store = o.Store, gate
+		o.StoreTimeout = time.Minute
+	})
+	persistent := func(pk *packets.Packet) {
+		pk.Connect.Clean = false
+		pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 600, true
+	}
+	before := r.stored(t)
+	old := r.raw5OK(t, "d1", persistent)
+	old.send(publishPacket("devices/d1/telemetry", 2, 7, reading))
+	<-gate.entered // the old reader is in Bridge.Accept, waiting for the spool
+	old.conn.Close()
+	c, ack := r.raw5(t, "d1", persistent)
+	if ack.ReasonCode != 0 || !ack.SessionPresent {
+		t.Fatalf("resuming CONNACK %#02x present %v", ack.ReasonCode, ack.SessionPresent)
+	}
+	dup := publishPacket("devices/d1/telemetry", 2, 7, reading)
+	dup.FixedHeader.Dup = true
+	c.send(dup)
+	recs := make(chan packets.Packet, 1)
+	go func() { // owner: this test; ends with the PUBREC or the connection
+		pk, _ := c.next(patience)
+		recs <- pk
+	}()
+	var rec packets.Packet
+	select {
+	case rec = <-recs: // answered while the old reader still waits for the spool
+	case <-time.After(5 * time.Second): // a hub that makes the resend wait for the first copy
+	}
+	close(gate.released) // the spool catches up: the old reader's Accept returns
+	if rec.FixedHeader.Type == 0 {
+		rec = <-recs
+	}
+	if rec.FixedHeader.Type != packets.Pubrec || rec.PacketID != 7 || rec.ReasonCode != 0 {
+		t.Fatalf("got %s, want PUBREC 7 0x00", describe(rec))
+	}
+	c.send(ackPacket(packets.Pubrel, 7))
+	c.expect(packets.Pubcomp)
+	waitFor(t, "the old connection's end", func() bool { return r.broker.open.Load() == 1 })
+	if n := r.stored(t) - before; n != 1 {
+		t.Fatalf("one QoS 2 PUBLISH (resent with DUP on the resumed session) stored %d readings", n)
 	}
 }
