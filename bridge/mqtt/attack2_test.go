@@ -423,3 +423,33 @@ func TestAttackGateway2QoS2StoredTwiceAcrossTakeover(t *testing.T) {
 		t.Fatalf("one QoS 2 PUBLISH (resent with DUP on the resumed session) stored %d readings", n)
 	}
 }
+
+// TestAttackGateway2InvalidDisconnectSessionExpiry: a client whose CONNECT
+// had Session Expiry Interval 0 may not set one in its DISCONNECT (5.0
+// §3.14.2.2.2): "the Server ... does not treat it as a valid DISCONNECT
+// packet" and answers DISCONNECT 0x82 (§4.13), so the connection ends on a
+// protocol error and its will is published. conn.disconnected hands the
+// value to setExpiry, which ignores it (s.expiry == 0), and treats the
+// packet as a normal DISCONNECT: no 0x82, and the will is discarded.
+func TestAttackGateway2InvalidDisconnectSessionExpiry(t *testing.T) {
+	r := newRig(t, Options{})
+	before := r.stored(t)
+	c := r.raw5OK(t, "d1", func(pk *packets.Packet) {
+		pk.Connect.WillFlag, pk.Connect.WillTopic, pk.Connect.WillPayload = true, "devices/d1/telemetry", []byte(reading)
+	})
+	d := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}}
+	d.Properties.SessionExpiryInterval, d.Properties.SessionExpiryIntervalFlag = 600, true
+	c.send(d)
+	pk, err := c.next(patience)
+	if err != nil || pk.FixedHeader.Type != packets.Disconnect || pk.ReasonCode != rcProtocolError {
+		t.Errorf("DISCONNECT setting a Session Expiry Interval the CONNECT did not have: got %s (%v), want DISCONNECT 0x82", describe(pk), err)
+	}
+	waitFor(t, "the connection's end", func() bool { return r.broker.open.Load() == 0 })
+	deadline := time.Now().Add(5 * time.Second)
+	for r.stored(t) == before && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if r.stored(t) == before {
+		t.Error("the will was discarded although the DISCONNECT was not a valid one")
+	}
+}
