@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	pahov5 "github.com/eclipse/paho.golang/paho"
 	"github.com/gorilla/websocket"
 	"github.com/mochi-mqtt/server/v2/packets"
 
@@ -451,5 +452,27 @@ func TestAttackGateway2InvalidDisconnectSessionExpiry(t *testing.T) {
 	}
 	if r.stored(t) == before {
 		t.Error("the will was discarded although the DISCONNECT was not a valid one")
+	}
+}
+
+// TestAttackGateway2ZeroMaximumPacketSize: a CONNECT with Maximum Packet
+// Size 0 is a protocol error (5.0 §3.1.2.11.4: "It is a Protocol Error
+// ... for the value to be set to zero"), to be answered CONNACK 0x82 like
+// Receive Maximum 0. mochi's decoder keeps the value, not its presence, so
+// 0 reads as "absent": the hub accepts the client, with no limit on what
+// it sends it. hasZeroReceiveMaximum re-decodes the properties with paho
+// for exactly this; Maximum Packet Size is not checked there.
+func TestAttackGateway2ZeroMaximumPacketSize(t *testing.T) {
+	r := newRig(t, Options{})
+	zero := uint32(0)
+	cp := connect5("d1", r.tokens["d1"])
+	cp.Properties = &pahov5.ConnectProperties{MaximumPacketSize: &zero, RequestProblemInfo: true}
+	p, err := r.dial5(t, cp)
+	if err == nil || p.ack == nil || p.ack.ReasonCode != rcProtocolError {
+		code := -1
+		if p.ack != nil {
+			code = int(p.ack.ReasonCode)
+		}
+		t.Fatalf("CONNECT with Maximum Packet Size 0: CONNACK %#02x (%v), want 0x82", code, err)
 	}
 }
