@@ -368,9 +368,15 @@ func (b *Broker) attach(c *conn, clean bool, expiry time.Duration) bool {
 	// Only the token that opened a session resumes it: after a rotation
 	// or a delete and re-create the old one's commands are not handed on.
 	present := s != nil && !clean && s.hash == c.hash
-	if w, ok := b.wills[id]; ok && present {
+	if w, ok := b.wills[id]; ok {
 		w.t.Stop()
 		delete(b.wills, id)
+		if !present {
+			// A clean start ends the old session: its delayed will goes
+			// now (5.0 §3.1.2.5: at the delay or the session's end,
+			// whichever is first); a resume cancels it.
+			b.publishWillLater(id, w)
+		}
 	}
 	if !present {
 		s = newSession(id, c.hash)
@@ -474,7 +480,9 @@ func (b *Broker) scheduleWill(device, remote, transport string, h devices.TokenH
 	defer b.mu.Unlock()
 	if old, ok := b.wills[device]; ok {
 		old.t.Stop()
+		b.publishWillLater(device, old) // its session ended before this one
 	}
+	pw := pendingWill{hash: h, device: device, remote: remote, transport: transport, will: w}
 	var t *time.Timer
 	t = time.AfterFunc(delay, func() {
 		b.mu.Lock()
@@ -487,14 +495,35 @@ func (b *Broker) scheduleWill(device, remote, transport string, h devices.TokenH
 			b.publishWill(device, remote, transport, w)
 		}
 	})
-	b.wills[device] = pendingWill{t: t, hash: h}
+	pw.t = t
+	b.wills[device] = pw
+}
+
+// publishWillLater publishes a pending will from a goroutine of its own
+// (the caller holds mu; the pipeline may take a while).
+func (b *Broker) publishWillLater(device string, w pendingWill) {
+	b.background.Add(1)
+	go func() { // owner: the Broker; Run waits for background
+		defer b.background.Done()
+		b.publishWill(device, w.remote, w.transport, w.will)
+	}()
+}
+
+// hasExpiry reports whether c's session outlives its connection.
+func (b *Broker) hasExpiry(c *conn) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return c.sess.expiry > 0
 }
 
 // pendingWill is a delayed will and the token whose connection left it:
 // a revocation of that token cancels it.
 type pendingWill struct {
-	t    *time.Timer
-	hash devices.TokenHash
+	t                 *time.Timer
+	hash              devices.TokenHash
+	device            string
+	remote, transport string
+	will              *will
 }
 
 // publishWill runs a will through the pipeline like any publish of the

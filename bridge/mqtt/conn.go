@@ -49,6 +49,7 @@ const (
 	rcServerShuttingDown   byte = 0x8B
 	rcKeepAliveTimeout     byte = 0x8D
 	rcSessionTakenOver     byte = 0x8E
+	rcTopicFilterInvalid   byte = 0x8F
 	rcTopicNameInvalid     byte = 0x90
 	rcPacketIDNotFound     byte = 0x92
 	rcReceiveMaxExceeded   byte = 0x93
@@ -61,6 +62,26 @@ const (
 	rcSubIDNotSupported    byte = 0xA1
 	rcWildcardNotSupported byte = 0xA2
 )
+
+// qos2Wait bounds how long a QoS 2 resend waits for its first copy,
+// still being stored by an older connection, before it is refused.
+const qos2Wait = 30 * time.Second
+
+// kickFor ends the connection from the reader for reason and reports
+// false, for handle's callers.
+func (c *conn) kickFor(reason string) bool {
+	c.fail(disconnectCode(reason), reason)
+	return false
+}
+
+// answerFlushBytes is how much of the reader's own answers may wait for
+// the input to run dry before they are written anyway.
+const answerFlushBytes = 64 << 10
+
+// maxFilterPacket bounds a SUBSCRIBE or UNSUBSCRIBE body: a device has two
+// topics to subscribe to, and decoding a packet full of tiny filters
+// costs far more than its bytes (docs/protocol.md, "Limits").
+const maxFilterPacket = 16 << 10
 
 // refusedAlias stands in for the topic of an MQTT 5 topic alias set on a
 // topic the device may not publish to: its uses are refused like the topic
@@ -91,6 +112,7 @@ type conn struct {
 	will        *will
 
 	// Reader-goroutine state.
+	answered  int // bytes of answers queued since the last flush (reader's own)
 	sess      *session
 	bs        *bridge.Session
 	aliases   map[uint16]string
@@ -187,6 +209,7 @@ func (c *conn) serve() string {
 			if !c.flush() {
 				return c.kickReason(bridge.ReasonSlowConsumer)
 			}
+			c.answered = 0
 		}
 		// Re-armed before every wait for input, and now and then while a
 		// busy client keeps the buffer full.
@@ -194,7 +217,6 @@ func (c *conn) serve() string {
 			_ = c.nc.SetReadDeadline(now.Add(idle))
 			armed = now
 		}
-		*pk = packets.Packet{}
 		if err := c.r.read(pk); err != nil {
 			return c.readFailed(err)
 		}
@@ -203,8 +225,19 @@ func (c *conn) serve() string {
 			// touch the session its successor may have resumed.
 			return c.kickReason(bridge.ReasonNetworkError)
 		}
-		if !c.handle(pk) {
+		ok := c.handle(pk)
+		*pk = packets.Packet{} // an idle reader keeps no packet (nor its body)
+		if !ok {
 			return c.kickReason(bridge.ReasonProtocolError)
+		}
+		// A client that keeps sending without reading what it is answered
+		// (PINGREQ floods, a stream that never leaves the input buffer
+		// empty) is written to now, and cut if it does not read.
+		if c.answered > answerFlushBytes {
+			if !c.flush() {
+				return c.kickReason(bridge.ReasonSlowConsumer)
+			}
+			c.answered = 0
 		}
 	}
 }
@@ -249,6 +282,8 @@ func (c *conn) readFailed(err error) string {
 		c.fail(rcPacketTooLarge, bridge.ReasonReadLimit)
 	case errors.Is(err, errMalformed):
 		c.fail(rcMalformed, bridge.ReasonProtocolError)
+	case errors.Is(err, errTooManyFilters):
+		c.fail(rcQuotaExceeded, bridge.ReasonProtocolError)
 	case errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
 		c.fail(rcKeepAliveTimeout, bridge.ReasonHeartbeatTimeout)
 	case errors.Is(err, io.EOF):
@@ -419,10 +454,19 @@ const reasonNormalDisconnect = "client_closed_normally"
 func (c *conn) disconnected(pk *packets.Packet) {
 	reason := reasonNormalDisconnect
 	if c.version == 5 {
-		if pk.ReasonCode == rcDisconnectWithWill {
+		if pk.ReasonCode != rcSuccess {
+			// Only 0x00 Normal disconnection discards the will
+			// ([MQTT-3.1.2-10]); 0x04 asks for it, and an error code is
+			// an abnormal end ([MQTT-3.1.2-8]).
 			reason = bridge.ReasonClientClosed
 		}
 		if pk.Properties.SessionExpiryIntervalFlag && c.sess != nil {
+			if pk.Properties.SessionExpiryInterval > 0 && !c.b.hasExpiry(c) {
+				// A session that had none may not be given one now
+				// (5.0 §3.14.2.2.2): a protocol error, and the will goes.
+				c.fail(rcProtocolError, bridge.ReasonProtocolError)
+				return
+			}
 			c.b.setExpiry(c, pk.Properties.SessionExpiryInterval)
 		}
 	}
@@ -443,7 +487,8 @@ func (c *conn) disconnected(pk *packets.Packet) {
 // --- writing ---
 
 // answer appends the reader's own answer (an ack) to the output; it goes
-// out with the others once no more input is buffered.
+// out with the others once no more input is buffered. Reader goroutine
+// only (c.answered is its own).
 func (c *conn) answer(pk *packets.Packet) {
 	pk.ProtocolVersion = c.version
 	pk.Mods = packets.Mods{MaxSize: c.maxOut, DisallowProblemInfo: !c.problemInfo}
@@ -452,7 +497,9 @@ func (c *conn) answer(pk *packets.Packet) {
 	if c.closing {
 		return
 	}
+	n := c.out.Len()
 	encodeInto(pk, c.out)
+	c.answered += c.out.Len() - n // reader goroutine only, like answer
 }
 
 // encodeInto encodes an answer with mochi's encoders.
@@ -681,8 +728,11 @@ func (c *conn) connect(pk *packets.Packet) bool {
 		return false
 	case c.version == 4 && cf.PasswordFlag && !cf.UsernameFlag:
 		return false // [MQTT-3.1.2-22]
-	case c.version == 5 && hasZeroReceiveMaximum(c.r.last):
-		return c.refuseConnect(0, rcProtocolError, "receive maximum 0", user, id)
+	}
+	if c.version == 5 {
+		if why := connectPropertyError(c.r.last); why != "" {
+			return c.refuseConnect(0, rcProtocolError, why, user, id)
+		}
 	}
 
 	if !cf.UsernameFlag || user == "" {
@@ -875,10 +925,22 @@ func (c *conn) publish(pk *packets.Packet) bool {
 		return true
 	}
 	if qos == 2 {
-		dup, n := c.sess.awaitingRelease(pk.PacketID)
-		if dup {
-			c.ackPublish(pk, rcSuccess, "") // stored already: PUBREC again ([MQTT-4.3.3-2])
-			return true
+		q, n := c.sess.awaitingRelease(pk.PacketID)
+		if q != nil {
+			// Being stored by an older connection of the session (a
+			// takeover while the store was slow): its outcome decides.
+			select {
+			case <-q.done:
+			case <-time.After(qos2Wait):
+			}
+			if isDone(q.done) && q.stored {
+				c.ackPublish(pk, rcSuccess, "") // stored already: PUBREC again ([MQTT-4.3.3-2])
+				return true
+			}
+			if !isDone(q.done) { // still not stored: ask the device to resend later
+				c.ackPublish(pk, c.v5Code(rcQuotaExceeded), "overloaded: the first copy of this publish is still being stored")
+				return c.version == 5 || c.kickFor(bridge.ReasonBackpressure)
+			}
 		}
 		if n >= receiveMaximum {
 			c.fail(rcReceiveMaxExceeded, bridge.ReasonProtocolError) // [MQTT-3.3.4-9]
@@ -899,11 +961,15 @@ func (c *conn) publish(pk *packets.Packet) bool {
 		c.ackPublish(pk, c.v5Code(rcNotAuthorized), "not_authorized: "+terr.Message)
 		return true
 	}
+	var q *qos2
+	if qos == 2 {
+		q = c.sess.receiving(pk.PacketID)
+	}
 	a := c.b.opts.Bridge.Accept(context.Background(), c.bs, bridge.Message{Kind: kind, Payload: pk.Payload})
+	if q != nil {
+		c.sess.received(pk.PacketID, q, a.Err == nil)
+	}
 	if a.Err == nil {
-		if qos == 2 {
-			c.sess.received(pk.PacketID)
-		}
 		c.ackPublish(pk, rcSuccess, "")
 		return true
 	}
@@ -1020,11 +1086,20 @@ func (c *conn) subscribe(pk *packets.Packet) bool {
 	commands := telemetry.Topic(c.device, telemetry.KindCommands)
 	errs := telemetry.Topic(c.device, telemetry.KindErrors)
 	newCommands := false
+	denied := ""
+	defer func() {
+		if denied != "" { // one denial per packet, however many filters
+			c.b.aclDenied(c.device, denied, false)
+		}
+	}()
 	for i, f := range pk.Filters {
 		granted := min(f.Qos, 1)
 		switch {
+		case f.Filter == "":
+			// [MQTT-4.7.3-1]: a filter is at least one character.
+			codes[i] = c.v3Failure(rcTopicFilterInvalid)
 		case strings.HasPrefix(f.Filter, "$share/"), strings.ContainsAny(f.Filter, "+#"):
-			c.b.aclDenied(c.device, f.Filter, false)
+			denied = f.Filter
 			if c.version == 5 {
 				// CONNACK said Shared / Wildcard Subscription Available 0:
 				// such a filter is a protocol error (§3.2.2.3.13, §3.2.2.3.11).
@@ -1057,7 +1132,7 @@ func (c *conn) subscribe(pk *packets.Packet) bool {
 			c.sess.mu.Unlock()
 			codes[i] = granted
 		default:
-			c.b.aclDenied(c.device, f.Filter, false)
+			denied = f.Filter
 			codes[i] = c.v3Failure(rcNotAuthorized)
 		}
 	}
@@ -1107,7 +1182,10 @@ func (c *conn) unsubscribe(pk *packets.Packet) bool {
 			c.sess.mu.Unlock()
 		}
 		codes[i] = rcSuccess
-		if !had {
+		switch {
+		case f.Filter == "":
+			codes[i] = rcTopicFilterInvalid // [MQTT-4.7.3-1]
+		case !had:
 			codes[i] = rcNoSubscription
 		}
 	}

@@ -20,6 +20,9 @@ var (
 	errTooLarge = errors.New("packet larger than the maximum packet size")
 	// errMalformed: the packet does not decode (MQTT 5 DISCONNECT 0x81).
 	errMalformed = errors.New("malformed packet")
+	// errTooManyFilters: a SUBSCRIBE or UNSUBSCRIBE longer than
+	// maxFilterPacket (MQTT 5 DISCONNECT 0x97 Quota exceeded, 3.1.1 close).
+	errTooManyFilters = errors.New("subscribe or unsubscribe packet too long")
 )
 
 // smallBody is the read buffer a connection keeps between packets; a
@@ -58,6 +61,9 @@ func (r *reader) read(pk *packets.Packet) error {
 	if 1+lenBytes+n > r.max { // Maximum Packet Size counts the whole packet (5.0 §3.1.2.11.4)
 		return errTooLarge
 	}
+	if (pk.FixedHeader.Type == packets.Subscribe || pk.FixedHeader.Type == packets.Unsubscribe) && n > maxFilterPacket {
+		return errTooManyFilters
+	}
 	pk.FixedHeader.Remaining = n
 	buf := r.body
 	// mochi's decoders return strings that alias the body: a CONNECT's
@@ -78,7 +84,10 @@ func (r *reader) read(pk *packets.Packet) error {
 		}
 		return err
 	}
-	r.last = buf
+	r.last = nil
+	if pk.FixedHeader.Type == packets.Connect {
+		r.last = buf // for connect's property checks; a CONNECT is read once
+	}
 	pk.ProtocolVersion = r.version
 	if err := decode(pk, buf); err != nil {
 		return fmt.Errorf("%w: %s: %w", errMalformed, packets.PacketNames[pk.FixedHeader.Type], err)
@@ -139,24 +148,30 @@ func decode(pk *packets.Packet, buf []byte) (err error) {
 	return fmt.Errorf("packet type %d is not sent by clients", pk.FixedHeader.Type)
 }
 
-// hasZeroReceiveMaximum reports whether an MQTT 5 CONNECT body carries the
-// Receive Maximum property with the value 0, a protocol error (5.0
-// §3.1.2.11.3) that mochi's decoder cannot tell from an absent property
-// (it keeps the value, not its presence). The property section is decoded
-// again by paho.golang's codec, which keeps presence; only the fixed part
-// of the variable header before it (protocol name, level, flags,
-// keepalive) is skipped here.
-func hasZeroReceiveMaximum(body []byte) bool {
+// connectPropertyError names a protocol error in an MQTT 5 CONNECT's
+// properties that mochi's decoder cannot see, since it keeps a value and
+// not its presence: Receive Maximum 0 (5.0 §3.1.2.11.3) or Maximum Packet
+// Size 0 (§3.1.2.11.4); "" if there is none. The property section is
+// decoded again by paho.golang's codec, which keeps presence; only the
+// fixed part of the variable header before it (protocol name, level,
+// flags, keepalive) is skipped here.
+func connectPropertyError(body []byte) string {
 	if len(body) < 2 {
-		return false
+		return ""
 	}
 	off := 2 + (int(body[0])<<8 | int(body[1])) + 1 + 1 + 2
 	if off >= len(body) {
-		return false
+		return ""
 	}
 	var p pahopackets.Properties
 	if err := p.Unpack(bytes.NewBuffer(body[off:]), pahopackets.CONNECT); err != nil {
-		return false // mochi's decoder already accepted it; not this check's concern
+		return "" // mochi's decoder already accepted it; not this check's concern
 	}
-	return p.ReceiveMaximum != nil && *p.ReceiveMaximum == 0
+	switch {
+	case p.ReceiveMaximum != nil && *p.ReceiveMaximum == 0:
+		return "receive maximum 0"
+	case p.MaximumPacketSize != nil && *p.MaximumPacketSize == 0:
+		return "maximum packet size 0"
+	}
+	return ""
 }

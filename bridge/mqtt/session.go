@@ -41,7 +41,10 @@ type session struct {
 	nextID uint16
 	// in is the client's QoS 2 packet ids awaiting PUBREL: the readings
 	// are stored, a repeated PUBLISH with one of these ids is a duplicate.
-	in map[uint16]struct{}
+	// An id is entered before its reading is stored, so a resend through a
+	// newer connection (a takeover while the store is slow) waits for the
+	// first copy's outcome instead of storing it twice.
+	in map[uint16]*qos2
 }
 
 // inflight is one command PUBLISH awaiting its PUBACK.
@@ -56,7 +59,7 @@ type inflight struct {
 }
 
 func newSession(device string, h devices.TokenHash) *session {
-	return &session{device: device, hash: h, in: map[uint16]struct{}{}}
+	return &session{device: device, hash: h, in: map[uint16]*qos2{}}
 }
 
 // nextPacketID returns a packet id no command in flight has. Caller holds
@@ -109,15 +112,23 @@ func (s *session) writeHeld(c *conn) {
 			written++
 		}
 	}
-	for i := range s.out {
+	for i := 0; i < len(s.out); i++ {
 		if written >= c.window() {
 			return
 		}
-		if !s.out[i].written {
-			c.resendPublish(topic, s.out[i].payload, s.out[i].id)
-			s.out[i].written = true
-			written++
+		if s.out[i].written {
+			continue
 		}
+		if c.publishOut(topic, s.out[i].payload, 1, s.out[i].id, true, 1<<30) == dropped {
+			// Too large for the client resuming the session (a smaller
+			// Maximum Packet Size than before): it fails, and frees its slot.
+			c.commandTooLarge(s.out[i].command)
+			s.out = append(s.out[:i], s.out[i+1:]...)
+			i--
+			continue
+		}
+		s.out[i].written = true
+		written++
 	}
 }
 
@@ -176,31 +187,63 @@ func (s *session) resend(c *conn) {
 	s.writeHeld(c)
 }
 
-// awaitingRelease reports whether the client's QoS 2 packet id is stored
-// and awaiting PUBREL, and how many are.
-func (s *session) awaitingRelease(id uint16) (bool, int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	_, ok := s.in[id]
-	return ok, len(s.in)
+// qos2 is one QoS 2 publish of the client: being stored until done is
+// closed, then stored (awaiting PUBREL) or forgotten.
+type qos2 struct {
+	done   chan struct{}
+	stored bool // set before done is closed
 }
 
-// received records a stored QoS 2 publish awaiting PUBREL.
-func (s *session) received(id uint16) {
+// awaitingRelease reports the client's QoS 2 publish with packet id, if
+// one is being stored or awaits PUBREL, and how many there are.
+func (s *session) awaitingRelease(id uint16) (*qos2, int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.in[id] = struct{}{}
+	return s.in[id], len(s.in)
 }
 
-// released forgets a QoS 2 packet id at PUBREL; false if it was unknown
-// (or c no longer holds the session).
+// receiving enters a QoS 2 publish being stored.
+func (s *session) receiving(id uint16) *qos2 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	q := &qos2{done: make(chan struct{})}
+	s.in[id] = q
+	return q
+}
+
+// received ends q's storing: stored, it awaits PUBREL; otherwise its id is
+// free again.
+func (s *session) received(id uint16, q *qos2, stored bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	q.stored = stored
+	close(q.done)
+	if !stored && s.in[id] == q {
+		delete(s.in, id)
+	}
+}
+
+// released forgets a stored QoS 2 packet id at PUBREL; false if it was
+// unknown or not stored yet (or c no longer holds the session).
 func (s *session) released(c *conn, id uint16) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.conn != c {
 		return false
 	}
-	_, ok := s.in[id]
+	q, ok := s.in[id]
+	if !ok || !isDone(q.done) || !q.stored {
+		return false
+	}
 	delete(s.in, id)
-	return ok
+	return true
+}
+
+func isDone(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }

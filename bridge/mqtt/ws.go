@@ -42,15 +42,17 @@ func (b *Broker) ServeWebSocket(w http.ResponseWriter, r *http.Request) {
 		WriteBufferPool:  &b.wsBufs,
 		Subprotocols:     []string{"mqtt"},
 		CheckOrigin:      func(*http.Request) bool { return true }, // checked above
-		// EnableCompression stays off: the read limit below (and the
-		// broker's packet limit) then counts the bytes the hub holds. With
-		// permessage-deflate it would count compressed bytes.
+		// EnableCompression stays off: the gateway's packet limit then
+		// counts the bytes the hub holds; with permessage-deflate a small
+		// message could inflate to far more.
 	}
 	ws, err := up.Upgrade(w, r, nil)
 	if err != nil {
 		return
 	}
-	ws.SetReadLimit(int64(b.opts.MaxPacketBytes) + 8)
+	// No read limit on a WebSocket message: one message may carry many
+	// MQTT packets ([MQTT-6.0.0-2]) and is streamed, never held whole;
+	// the gateway's reader bounds each packet (MaxPacketBytes).
 	conn.setWS(ws)
 	if b.wsConns.Closing() { // closeWS ran during the upgrade
 		_ = ws.Close()
