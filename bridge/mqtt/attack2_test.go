@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -56,14 +57,18 @@ func (b *Broker) outLen(id string) int {
 // PINGRESP per 2 bytes received, without limit (outBufferBytes bounds
 // only publishOut), and is never cut as a slow consumer.
 func TestAttackGateway2PingFloodUnboundedOutput(t *testing.T) {
-	r := newRig(t, Options{})
+	r := newRig(t, Options{WriteTimeout: time.Second}) // a non-reader is cut after this
 	c := r.raw5OK(t, "d1", nil)
 	c.write([]byte{0x40, 0x03, 0x7f, 0x7f, 0x00, 0xc0}) // PUBACK of an id never sent, then the first byte of a PINGREQ
 	chunk := make([]byte, 1000)
 	for i := 0; i < len(chunk); i += 2 {
 		chunk[i], chunk[i+1] = 0x00, 0xc0 // the end of one PINGREQ, the start of the next
 	}
-	const total = 4 << 20
+	// A small receive buffer on the client, and more than the hub's send
+	// buffer can take (tcp_wmem's maximum is 4 MiB here): the hub's
+	// writes must block, so a non-reader is seen as one.
+	_ = c.conn.(*net.TCPConn).SetReadBuffer(4096)
+	const total = 16 << 20
 	done := make(chan struct{})
 	go func() { // owner: this test; ends when the flood is written or the hub cuts it
 		defer close(done)
@@ -85,12 +90,12 @@ func TestAttackGateway2PingFloodUnboundedOutput(t *testing.T) {
 		case <-done:
 			done, deadline = nil, time.After(patience)
 		case <-deadline:
-			return
+			t.Fatalf("a client that never reads its PINGRESPs was not cut (peak %d KiB held)", peak>>10)
 		case <-time.After(5 * time.Millisecond):
 		}
 		n := r.broker.outLen("d1")
 		if n < 0 {
-			return
+			return // cut as a slow consumer
 		}
 		peak = max(peak, n)
 	}
