@@ -541,13 +541,6 @@ const (
 	dropped                // larger than the client takes: never sendable
 )
 
-// resendPublish is sendPublish for a command resent on resume: it is
-// already counted in the session's window, so the output bound does not
-// refuse it.
-func (c *conn) resendPublish(topic string, payload []byte, id uint16) {
-	c.publishOut(topic, payload, 1, id, true, 1<<30)
-}
-
 // commandTooLarge fails a command no PUBLISH to this client can carry
 // (larger than its Maximum Packet Size): the operator sees why, and it
 // holds no slot of the window. Deliver runs on the command service's own
