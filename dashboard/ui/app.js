@@ -262,7 +262,7 @@ async function loadStats() {
 }
 
 function latestSummary(m) {
-  return Object.keys(m).sort(natural.compare).slice(0, 3).map((k) => k + " " + fmtValue(m[k])).join(" · ");
+  return Object.keys(m).sort(natural.compare).slice(0, 4).map((k) => k + " " + fmtValue(m[k])).join(" · ");
 }
 
 async function loadDevices() {
@@ -773,10 +773,12 @@ function addTimeline(ev, append) {
 // ---- rejections -------------------------------------------------------
 async function loadRejections() {
   const dev = state.device;
-  if (!dev) return;
+  if (!dev || dev.noRejections) return;
   let r;
   try { r = await api("GET", devPath(dev.id, "/rejections")); } catch (e) {
-    if (dev === state.device) $("rej-total").textContent = e.status === 404 ? "This hub does not keep rejections." : "Rejections unavailable: " + e.message;
+    if (dev !== state.device) return;
+    $("rej-total").textContent = e.status === 404 ? "This hub does not keep rejections." : "Rejections unavailable: " + e.message;
+    dev.noRejections = e.status === 404; // an older hub: stop asking
     return;
   }
   if (dev !== state.device) return;
@@ -822,6 +824,7 @@ function fillCommand(c) {
   const seen = cmdSeen.get(c.id);
   const st = seen && rank(seen) > rank(c.status) ? seen : c.status;
   setCommandStatus(cells, st);
+  if (rank(st) === 2 && rank(c.status) < 2) fetchCommand(c.id); // the live event came first
   cells.outcome.textContent = outcome(c);
   cells.outcome.className = c.error ? "outcome error" : "outcome";
   cells.action.replaceChildren();
@@ -842,16 +845,18 @@ function setCommandStatus(cells, status) {
   cells.status.className = "status-" + status;
 }
 
-async function updateCommand(id, status) {
+function updateCommand(id, status) {
   if (!cmdSeen.has(id) || rank(status) >= rank(cmdSeen.get(id))) cmdSeen.set(id, status);
   const cells = cmdRows.get(id);
   // Never step back: the POST answer and the live events can arrive in either order.
   if (!cells || rank(status) < rank(cells.status.textContent)) return;
   setCommandStatus(cells, status);
-  if (rank(status) === 2) { // final: fetch the result or the reason
-    const dev = state.device;
-    try { const r = await api("GET", devPath(dev.id, "/commands/" + encodeURIComponent(id))); if (dev === state.device) fillCommand(r.command); } catch (e) { /* the status stays */ }
-  }
+  if (rank(status) === 2) fetchCommand(id); // final: fetch the result or the reason
+}
+
+async function fetchCommand(id) {
+  const dev = state.device;
+  try { const r = await api("GET", devPath(dev.id, "/commands/" + encodeURIComponent(id))); if (dev === state.device) fillCommand(r.command); } catch (e) { /* the status stays */ }
 }
 
 $("cmd-form").addEventListener("submit", async (ev) => {
