@@ -86,12 +86,22 @@ type Answer struct {
 func ack(id string) Answer { return Answer{ID: id, Reply: ReplyAck} }
 
 // Accept is the pipeline's one entry point, used by every transport for
-// every device message: rate limit, decode for the message's kind,
+// every device message (accept); a refusal is also told to
+// Options.Rejections with the message's id.
+func (b *Bridge) Accept(ctx context.Context, s *Session, m Message) Answer {
+	a := b.accept(ctx, s, m)
+	if a.Err != nil && b.opts.Rejections != nil {
+		b.opts.Rejections.Rejected(s.DeviceID, s.Transport, a.ID, a.Err)
+	}
+	return a
+}
+
+// accept is the pipeline: rate limit, decode for the message's kind,
 // validate, then by type: telemetry goes to the store (and only then to
 // presence/last-seen and live fan-out), a command result to the commands,
 // a ping is answered. Nothing is stored unless the Answer has no Err, and
 // a telemetry Answer without Err means every reading is durable.
-func (b *Bridge) Accept(ctx context.Context, s *Session, m Message) Answer {
+func (b *Bridge) accept(ctx context.Context, s *Session, m Message) Answer {
 	b.stats.messages(s.Transport).Add(1)
 	// The device's rate limit bounds what it sends unasked: frames on its
 	// socket and telemetry. A command result on its own topic or path

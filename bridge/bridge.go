@@ -53,6 +53,13 @@ type Commands interface {
 	WakePollers(device string)
 }
 
+// Rejections keeps what the pipeline refused, per device, for operators
+// (*devices.Registry implements it). Rejected is called inline on the
+// refusal path and must not block.
+type Rejections interface {
+	Rejected(device, transport, id string, e *telemetry.Error)
+}
+
 // BatchFanout is a Fanout that takes every reading of one message in one
 // call: the device's reader then makes one non-blocking send per message
 // (the live hub's shape). When Options.Fanout has PublishBatch, the
@@ -100,6 +107,9 @@ type Options struct {
 	Fanout  Fanout // optional
 	// Commands is told of sessions that can take commands; default none.
 	Commands Commands
+	// Rejections is told of every refused message (Accept, Reject); nil:
+	// nobody is.
+	Rejections Rejections
 	// RatePerSec and Burst bound each device's messages; defaults 50 and 100.
 	RatePerSec float64
 	Burst      int
@@ -189,7 +199,12 @@ func (b *Bridge) Stats() *Stats { return &b.stats }
 
 // Reject counts and (rate-limited) logs a refusal a transport decided on
 // its own, so every refusal shows up in the same metrics.
-func (b *Bridge) Reject(s *Session, e *telemetry.Error) { b.reject(s, e) }
+func (b *Bridge) Reject(s *Session, e *telemetry.Error) {
+	b.reject(s, e)
+	if b.opts.Rejections != nil {
+		b.opts.Rejections.Rejected(s.DeviceID, s.Transport, "", e)
+	}
+}
 
 func (b *Bridge) reject(s *Session, e *telemetry.Error) *telemetry.Error {
 	b.stats.rejected(e.Code).Add(1)

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +22,7 @@ import (
 	"github.com/fieldhub/fieldhub/dashboard/live"
 	"github.com/fieldhub/fieldhub/dashboard/operator"
 	"github.com/fieldhub/fieldhub/devices"
+	"github.com/fieldhub/fieldhub/telemetry"
 	"github.com/fieldhub/fieldhub/telemetry/influx"
 )
 
@@ -29,11 +31,23 @@ type Historian interface {
 	History(ctx context.Context, q influx.HistoryQuery) ([]influx.Point, error)
 }
 
+// MetricSchema is the hub's stored metric schema: the metric names a
+// device has sent and their types ("number", "integer", "bool",
+// "string"; "" when unknown). devices.BoltStore and pg.Store implement it;
+// it survives restarts, unlike anything the hub keeps in memory.
+type MetricSchema interface {
+	DeviceMetricTypes(ctx context.Context, device string) (map[string]string, error)
+}
+
 // Options configures the operator API. Zero values take the documented
 // defaults.
 type Options struct {
 	Registry *devices.Registry
 	History  Historian
+	// Schema gives the readings API a metric's type (which picks the
+	// aggregate function) and the metric catalogue its names; nil: types
+	// are unknown and numbers are assumed.
+	Schema MetricSchema
 	// Failures rate-limits failed authentications per (client address,
 	// presented token); nil disables it.
 	Failures *devices.FailureLimiter
@@ -142,8 +156,10 @@ func (s *Server) Register(mux *http.ServeMux) {
 	mux.Handle("GET /api/v1/devices", s.auth(devices.RoleViewer, s.listDevices))
 	mux.Handle("GET /api/v1/devices/{id}", s.auth(devices.RoleViewer, s.getDevice))
 	mux.Handle("DELETE /api/v1/devices/{id}", s.auth(devices.RoleAdmin, s.deleteDevice))
+	mux.Handle("PATCH /api/v1/devices/{id}", s.auth(devices.RoleAdmin, s.updateDevice))
 	mux.Handle("POST /api/v1/devices/{id}/token", s.auth(devices.RoleAdmin, s.rotateToken))
 	mux.Handle("GET /api/v1/devices/{id}/readings", s.auth(devices.RoleViewer, s.readings))
+	mux.Handle("GET /api/v1/devices/{id}/rejections", s.auth(devices.RoleViewer, s.rejections))
 	mux.Handle("POST /api/v1/tokens", s.auth(devices.RoleAdmin, s.createToken))
 	mux.Handle("GET /api/v1/tokens", s.auth(devices.RoleAdmin, s.listTokens))
 	mux.Handle("DELETE /api/v1/tokens/{id}", s.auth(devices.RoleAdmin, s.revokeToken))
@@ -458,6 +474,40 @@ func (s *Server) getDevice(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"device": d})
 }
 
+// updateDevice is PATCH /api/v1/devices/{id} {"name","labels"}: either
+// may be left out; labels replaces the whole set.
+func (s *Server) updateDevice(w http.ResponseWriter, r *http.Request) {
+	var u devices.Update
+	if !s.decodeBody(w, r, &u, false) {
+		return
+	}
+	if u.Name == nil && u.Labels == nil {
+		writeErr(w, http.StatusBadRequest, "bad_request", "nothing to change: give name, labels or both")
+		return
+	}
+	id := r.PathValue("id")
+	d, err := s.opts.Registry.Update(r.Context(), id, u)
+	if err != nil {
+		s.writeStoreErr(w, err)
+		return
+	}
+	s.log.Info("device updated", "device", id, "name", u.Name != nil, "labels", u.Labels != nil, "by", operator.From(r.Context()).Name)
+	writeJSON(w, http.StatusOK, map[string]any{"device": d})
+}
+
+// rejections is GET /api/v1/devices/{id}/rejections: why the device's
+// last messages were refused, newest first, and how many were since the
+// hub started.
+func (s *Server) rejections(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	total, recent, err := s.opts.Registry.Rejections(id)
+	if err != nil {
+		s.writeStoreErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"device": id, "total": total, "rejections": recent})
+}
+
 func (s *Server) deleteDevice(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	if err := s.opts.Registry.Delete(r.Context(), id); err != nil {
@@ -525,7 +575,8 @@ func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) {
 }
 
 // readings is the history API: GET /api/v1/devices/{id}/readings?metric=
-// &start=-1h&stop=now&every=1m&fn=mean&limit=.
+// &start=-1h&stop=now&every=1m&fn=mean&limit=, or points=N instead of
+// every for a chart N pixels wide.
 func (s *Server) readings(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	if !s.opts.Registry.Exists(id) {
@@ -540,15 +591,7 @@ func (s *Server) readings(w http.ResponseWriter, r *http.Request) {
 	now := s.opts.Now()
 	hq := influx.HistoryQuery{Device: id, Metric: q.Get("metric"), Fn: q.Get("fn")}
 	var err error
-	if hq.Start, err = parseTime(q.Get("start"), now, now.Add(-time.Hour)); err != nil {
-		writeErr(w, http.StatusBadRequest, "bad_request", "start: "+err.Error())
-		return
-	}
-	if hq.Stop, err = parseTime(q.Get("stop"), now, now); err != nil {
-		writeErr(w, http.StatusBadRequest, "bad_request", "stop: "+err.Error())
-		return
-	}
-	if err := checkRange(hq.Start, hq.Stop, now); err != nil {
+	if hq.Start, hq.Stop, err = parseRange(q, now); err != nil {
 		writeErr(w, http.StatusBadRequest, "bad_request", err.Error())
 		return
 	}
@@ -564,19 +607,105 @@ func (s *Server) readings(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if v := q.Get("points"); v != "" {
+		if hq.Points, err = strconv.Atoi(v); err != nil || hq.Points < 1 || hq.Points > influx.MaxDownsamplePoints {
+			writeErr(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("points must be 1 to %d", influx.MaxDownsamplePoints))
+			return
+		}
+		if hq.Limit != 0 {
+			writeErr(w, http.StatusBadRequest, "bad_request", "limit is for raw points; give points or limit, not both")
+			return
+		}
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+	defer cancel()
+	typ := ""
+	if telemetry.ValidName(hq.Metric) {
+		typ = s.metricType(ctx, id, hq.Metric)
+	}
+	if hq.Points > 0 || hq.Every > 0 {
+		if msg := pickFn(&hq, typ); msg != "" {
+			writeErr(w, http.StatusBadRequest, "bad_request", msg)
+			return
+		}
+	}
 	if _, err := hq.Flux("x"); err != nil {
 		writeErr(w, http.StatusBadRequest, "bad_request", strings.TrimPrefix(err.Error(), influx.ErrBadQuery.Error()+": "))
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
-	defer cancel()
 	points, err := s.opts.History.History(ctx, hq)
 	if err != nil {
 		s.log.Warn("history query failed", "device", id, "err", err)
 		writeErr(w, http.StatusBadGateway, "unavailable", "InfluxDB did not answer the history query; retry later")
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"device": id, "metric": hq.Metric, "points": points})
+	writeJSON(w, http.StatusOK, map[string]any{"device": id, "metric": hq.Metric, "type": typ, "points": points})
+}
+
+// API metric types: what a chart needs to know of a series.
+const (
+	typeNumber = "number"
+	typeBool   = "bool"
+	typeString = "string"
+)
+
+// apiType maps a schema type onto the API's: integers (a field another
+// writer made) are numbers.
+func apiType(stored string) string {
+	switch stored {
+	case "number", "integer":
+		return typeNumber
+	case "bool":
+		return typeBool
+	case "string":
+		return typeString
+	}
+	return ""
+}
+
+// metricType is the API type of one metric of device, "" when the schema
+// does not know it (or cannot be read: the query then assumes a number,
+// as before the schema existed).
+func (s *Server) metricType(ctx context.Context, device, metric string) string {
+	if s.opts.Schema == nil {
+		return ""
+	}
+	types, err := s.opts.Schema.DeviceMetricTypes(ctx, device)
+	if err != nil {
+		s.log.Warn("read metric schema", "device", device, "err", err)
+		return ""
+	}
+	return apiType(types[metric])
+}
+
+// pickFn sets the aggregate function of a downsampled or windowed query
+// from the metric's type: mean for numbers (fn overrides), last for
+// booleans and strings, which only selectors and count can aggregate. It
+// returns the rule broken, or "".
+func pickFn(hq *influx.HistoryQuery, typ string) string {
+	if typ != typeBool && typ != typeString {
+		return ""
+	}
+	switch hq.Fn {
+	case "":
+		hq.Fn = "last"
+	case "last", "first", "count":
+	default:
+		return fmt.Sprintf("fn: %s is a %s metric; %s aggregates numbers only (use last, first or count)", hq.Metric, typ, hq.Fn)
+	}
+	return ""
+}
+
+// parseRange reads start (default -1h) and stop (default now) of a
+// history request and checks the range (checkRange).
+func parseRange(q url.Values, now time.Time) (start, stop time.Time, err error) {
+	if start, err = parseTime(q.Get("start"), now, now.Add(-time.Hour)); err != nil {
+		return start, stop, errors.New("start: " + err.Error())
+	}
+	if stop, err = parseTime(q.Get("stop"), now, now); err != nil {
+		return start, stop, errors.New("stop: " + err.Error())
+	}
+	return start, stop, checkRange(start, stop, now)
 }
 
 // Bounds of a history range: InfluxDB cannot answer instants outside its

@@ -72,6 +72,9 @@ type Device struct {
 	Labels    map[string]string `json:"labels"`
 	CreatedAt time.Time         `json:"created_at"`
 	Presence
+	// Rejected counts the device's messages this hub instance refused
+	// since it started (Registry.Rejections lists the last ones).
+	Rejected int64 `json:"rejected"`
 }
 
 // Spec is what an operator gives to create a device.
@@ -103,6 +106,9 @@ type liveState struct {
 	// under flushMu) and the single writer change it.
 	stored   atomic.Int64
 	presence atomic.Pointer[Presence] // LastSeen left nil; nil: never connected here
+	// rejections are the device's recent refused messages (rejections.go),
+	// kept per instance like presence.
+	rejections rejections
 }
 
 func nanos(t time.Time) int64 {
@@ -196,6 +202,9 @@ type Subscriber struct {
 type Changed struct {
 	Devices   []DeviceChange
 	Operators bool // operator tokens were created or revoked
+	// Updated are devices whose name or labels changed (Update): news
+	// for the other instances, not a credential change.
+	Updated []string
 }
 
 // DeviceChange is one device's credential change. Token is the new token
@@ -607,7 +616,8 @@ func (d *device) view() Device {
 		p = *cur
 	}
 	p.LastSeen = d.lastSeen()
-	return Device{ID: d.rec.ID, Name: d.rec.Name, Labels: maps.Clone(d.rec.Labels), CreatedAt: d.rec.CreatedAt, Presence: p}
+	return Device{ID: d.rec.ID, Name: d.rec.Name, Labels: maps.Clone(d.rec.Labels), CreatedAt: d.rec.CreatedAt, Presence: p,
+		Rejected: d.live.rejections.count()}
 }
 
 func (d *device) online() bool {
@@ -748,6 +758,60 @@ func (r *Registry) Rotate(ctx context.Context, id string, grace time.Duration) (
 	}
 	r.notify(func() Changed { return Changed{Devices: []DeviceChange{{ID: id, Token: token, Grace: grace}}} })
 	return token, nil
+}
+
+// Update is a change of a device's metadata: a nil field stays as it
+// is; Labels, when set, replaces the whole set (an empty map clears it).
+type Update struct {
+	Name   *string            `json:"name"`
+	Labels *map[string]string `json:"labels"`
+}
+
+// Update changes device id's name and labels, with the rules of Create,
+// and returns the device as it is now. Other instances sharing the store
+// see it at their next Refresh, like any other device write.
+func (r *Registry) Update(ctx context.Context, id string, u Update) (Device, error) {
+	if err := r.lockWriter(ctx); err != nil {
+		return Device{}, err
+	}
+	cur := r.snap.Load()
+	d, ok := cur.devices[id]
+	if !ok {
+		r.unlockWriter()
+		return Device{}, fmt.Errorf("device %q: %w", id, ErrNotFound)
+	}
+	rec := d.rec
+	if u.Name != nil {
+		rec.Name = *u.Name
+	}
+	if u.Labels != nil {
+		rec.Labels = maps.Clone(*u.Labels)
+		if rec.Labels == nil {
+			rec.Labels = map[string]string{}
+		}
+	}
+	if err := validateSpec(Spec{ID: rec.ID, Name: rec.Name, Labels: rec.Labels}); err != nil {
+		r.unlockWriter()
+		return Device{}, err
+	}
+	if ls := d.lastSeen(); ls != nil && ls.After(rec.LastSeen) {
+		rec.LastSeen = *ls
+	}
+	if err := r.applyDevices(ctx, Change{UpdateDevices: []Record{rec}}); err != nil {
+		r.unlockWriter()
+		if errors.Is(err, ErrNotFound) {
+			r.refreshAfterRefusal(ctx)
+		}
+		return Device{}, err
+	}
+	d.live.stored.Store(nanos(rec.LastSeen))
+	next := cur.clone()
+	nd := &device{rec: rec, live: d.live}
+	next.devices[id] = nd
+	r.snap.Store(next)
+	r.unlockWriter()
+	r.notify(func() Changed { return Changed{Updated: []string{id}} })
+	return nd.view(), nil
 }
 
 // scheduleExpiry re-checks a device's sessions when a token expiring at

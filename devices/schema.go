@@ -62,6 +62,38 @@ func (s *BoltStore) LoadSchema(ctx context.Context) (Schema, error) {
 	return sc, nil
 }
 
+// DeviceMetricTypes returns the metric names device has sent, each with
+// its stored type ("" when none is stored), for the history API and the
+// device's metric catalogue. It reads the store, so it survives restarts
+// and sees what other instances sharing the store recorded.
+func (s *BoltStore) DeviceMetricTypes(ctx context.Context, device string) (map[string]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		dm := tx.Bucket(bucketDeviceMetrics)
+		if dm == nil {
+			return nil
+		}
+		fields := tx.Bucket(bucketFields)
+		prefix := deviceMetricKey(device, "")
+		cur := dm.Cursor()
+		for k, _ := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = cur.Next() {
+			name := string(k[len(prefix):])
+			out[name] = ""
+			if fields != nil {
+				out[name] = string(fields.Get([]byte(name)))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read metric names of %s: %w", device, err)
+	}
+	return out, nil
+}
+
 // ClaimFields records the type of each name in fields that has none yet
 // and returns the stored type of every name in fields and the names this
 // call was first to claim: the first claim of a name wins (bbolt runs one

@@ -3,6 +3,7 @@ package devices
 import (
 	"context"
 	"errors"
+	"maps"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -101,5 +102,26 @@ func TestBoltSchema(t *testing.T) {
 	slices.Sort(sc.DeviceMetrics["d1"])
 	if !slices.Equal(sc.DeviceMetrics["d1"], []string{"a", "b", "c"}) || sc.DeviceMetrics["d2"] != nil {
 		t.Errorf("device metrics after reopen: %v", sc.DeviceMetrics)
+	}
+	// One device's names with their types; a name without a type says "".
+	if _, _, err := st.ClaimFields(ctx, map[string]string{"a": "number", "b": "bool"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.AddDeviceMetrics(ctx, "d3", []string{"temp", "state"}, 3); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		device string
+		want   map[string]string
+	}{
+		{"d1", map[string]string{"a": "number", "b": "bool", "c": ""}},
+		{"d3", map[string]string{"temp": "number", "state": "string"}},
+		{"d2", map[string]string{}},
+		{"d", map[string]string{}}, // a prefix of other ids is not their device
+	} {
+		got, err := st.DeviceMetricTypes(ctx, tt.device)
+		if err != nil || !maps.Equal(got, tt.want) {
+			t.Errorf("DeviceMetricTypes(%s) = %v, %v; want %v", tt.device, got, err, tt.want)
+		}
 	}
 }

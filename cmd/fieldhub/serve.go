@@ -178,7 +178,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	codec := telemetry.NewCodec(telemetry.Limits{MaxFuture: cfg.MaxFuture, MaxAge: cfg.MaxAge, TagKeys: cfg.TagLabels}, nil)
 	br, err := bridge.New(bridge.Options{
-		Codec: codec, Store: sp, Devices: reg, Fanout: fanout, Commands: cmds,
+		Codec: codec, Store: sp, Devices: reg, Fanout: fanout, Commands: cmds, Rejections: reg,
 		RatePerSec: cfg.RateLimit, Burst: cfg.RateBurst, Logger: log,
 		Schema: store, KnownFields: knownFields(ctx, ic, log),
 		MaxMetricsPerDevice: cfg.MaxMetricsPerDevice, MaxMetricNames: cfg.MaxMetricNames,
@@ -212,7 +212,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	rates := dashboard.NewRates(totals)
 	api, err := dashboard.New(dashboard.Options{
-		Registry: reg, History: ic, Failures: failures, Proxies: cfg.TrustedProxies, Logger: log,
+		Registry: reg, History: ic, Schema: store, Failures: failures, Proxies: cfg.TrustedProxies, Logger: log,
 		Live: liveHub, AllowedOrigins: cfg.AllowedOrigins, FromTrustedProxy: cfg.TrustedProxies.Trusted, Commands: cmds, Rates: rates,
 		OnAuthFailure: func() { m.authFailure("api") },
 	})
@@ -417,6 +417,7 @@ type route struct {
 type registryStore interface {
 	devices.Store
 	bridge.SchemaStore
+	dashboard.MetricSchema
 }
 
 // knownFields asks InfluxDB which type each metric already has, so the

@@ -407,6 +407,30 @@ func (s *Store) LoadSchema(ctx context.Context) (devices.Schema, error) {
 	return sc, rows.Err()
 }
 
+// DeviceMetricTypes returns the metric names device has sent, each with
+// its stored type ("" when none is stored); see
+// devices.BoltStore.DeviceMetricTypes.
+func (s *Store) DeviceMetricTypes(ctx context.Context, device string) (map[string]string, error) {
+	rows, err := s.db.Query(ctx, `SELECT m.name, COALESCE(f.type, '') FROM fieldhub_device_metrics m
+		LEFT JOIN fieldhub_metric_fields f ON f.name = m.name WHERE m.device = $1`, device)
+	if err != nil {
+		return nil, fmt.Errorf("read metric names of %s: %w", device, err)
+	}
+	defer rows.Close()
+	out := map[string]string{}
+	for rows.Next() {
+		var name, typ string
+		if err := rows.Scan(&name, &typ); err != nil {
+			return nil, fmt.Errorf("read metric names of %s: %w", device, err)
+		}
+		out[name] = typ
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read metric names of %s: %w", device, err)
+	}
+	return out, nil
+}
+
 // ClaimFields records the type of each name that has none yet and returns
 // the stored type of every name given and the names this call was first
 // to claim: the first claim wins across every instance sharing the

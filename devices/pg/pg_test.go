@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"testing"
@@ -289,5 +290,21 @@ func TestSchemaOnPostgreSQL(t *testing.T) {
 	_, okKept := sc.Fields["ok"] // claimed and released twice above
 	if sc.Fields["temp"] != "number" || okKept || !slices.Equal(sc.DeviceMetrics["d1"], []string{"x", "y"}) || sc.DeviceMetrics["d2"] != nil {
 		t.Errorf("schema: %+v", sc)
+	}
+	if _, err := a.AddDeviceMetrics(ctx, "d3", []string{"temp"}, 3); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		device string
+		want   map[string]string
+	}{
+		{"d1", map[string]string{"x": "", "y": ""}},
+		{"d3", map[string]string{"temp": "number"}},
+		{"d2", map[string]string{}},
+	} {
+		got, err := b.DeviceMetricTypes(ctx, tt.device)
+		if err != nil || !maps.Equal(got, tt.want) {
+			t.Errorf("DeviceMetricTypes(%s) = %v, %v; want %v", tt.device, got, err, tt.want)
+		}
 	}
 }

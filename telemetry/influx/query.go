@@ -27,6 +27,59 @@ type HistoryQuery struct {
 	Every time.Duration
 	Fn    string // mean, min, max, sum, count, last, first; default mean
 	Limit int    // raw points only; default and maximum 10,000
+	// Points, when set (1 to MaxDownsamplePoints), downsamples for a
+	// chart: Every becomes the span divided by Points, rounded up to a
+	// whole second, windows without a point come back with a nil Value
+	// (a gap, not a line across it), and at most Points points are
+	// returned (the newest, when the windows, aligned to the epoch, are
+	// one more). Every must then be zero.
+	Points int
+}
+
+// MaxDownsamplePoints bounds HistoryQuery.Points: no chart is wider.
+const MaxDownsamplePoints = 2000
+
+// window is the aggregation window of q and whether empty windows are
+// kept: Every, or the one Points implies.
+func (q HistoryQuery) window() (every time.Duration, createEmpty bool) {
+	if q.Points <= 0 {
+		return q.Every, false
+	}
+	span := q.Stop.Sub(q.Start)
+	n := time.Duration(q.Points)
+	secs := (span + n*time.Second - 1) / (n * time.Second) // ceil(span / Points) in whole seconds
+	return max(secs, 1) * time.Second, true
+}
+
+// withGaps returns the downsampled points with a nil-valued point for
+// every window that has none, newest Points of them. Windows are Flux's:
+// aligned to the epoch, cut at Start and Stop, each stamped with its end.
+func (q HistoryQuery) withGaps(points []Point) []Point {
+	every, _ := q.window()
+	w := every.Milliseconds()
+	start, stop := q.Start.UnixMilli(), q.Stop.UnixMilli()
+	var ends []int64
+	for e := (start/w + 1) * w; e < stop; e += w {
+		ends = append(ends, e)
+	}
+	ends = append(ends, stop)
+	if len(ends) > q.Points {
+		ends = ends[len(ends)-q.Points:]
+	}
+	out := make([]Point, 0, len(ends))
+	i := 0
+	for _, e := range ends {
+		for i < len(points) && points[i].TS < e {
+			i++ // before the first window kept
+		}
+		if i < len(points) && points[i].TS == e {
+			out = append(out, points[i])
+			i++
+			continue
+		}
+		out = append(out, Point{TS: e})
+	}
+	return out
 }
 
 // Point is one value of a history series.
@@ -55,6 +108,10 @@ func (q HistoryQuery) Flux(bucket string) (string, error) {
 		return "", fmt.Errorf("%w: start must be before stop", ErrBadQuery)
 	case q.Every < 0 || (q.Every > 0 && q.Every < time.Second):
 		return "", fmt.Errorf("%w: every must be at least 1s", ErrBadQuery)
+	case q.Points < 0 || q.Points > MaxDownsamplePoints:
+		return "", fmt.Errorf("%w: points must be 1 to %d", ErrBadQuery, MaxDownsamplePoints)
+	case q.Points > 0 && q.Every > 0:
+		return "", fmt.Errorf("%w: give points or every, not both", ErrBadQuery)
 	}
 	fn := q.Fn
 	if fn == "" {
@@ -67,14 +124,17 @@ func (q HistoryQuery) Flux(bucket string) (string, error) {
 	if limit <= 0 || limit > MaxHistoryPoints {
 		limit = MaxHistoryPoints
 	}
+	every, _ := q.window()
 	var b strings.Builder
 	fmt.Fprintf(&b, "from(bucket: %s)\n", strconv.Quote(bucket))
 	fmt.Fprintf(&b, "  |> range(start: %s, stop: %s)\n", q.Start.UTC().Format(time.RFC3339Nano), q.Stop.UTC().Format(time.RFC3339Nano))
 	fmt.Fprintf(&b, "  |> filter(fn: (r) => r._measurement == %s and r.%s == %s and r._field == %s)\n",
 		strconv.Quote(telemetry.Measurement), telemetry.DeviceTag, strconv.Quote(q.Device), strconv.Quote(q.Metric))
 	b.WriteString("  |> keep(columns: [\"_time\", \"_value\"])\n")
-	if q.Every > 0 {
-		fmt.Fprintf(&b, "  |> aggregateWindow(every: %ds, fn: %s, createEmpty: false)\n", int64(q.Every/time.Second), fn)
+	if every > 0 {
+		// Empty windows are filled in by History (withGaps): Flux's
+		// createEmpty makes none for selectors such as last.
+		fmt.Fprintf(&b, "  |> aggregateWindow(every: %ds, fn: %s, createEmpty: false)\n", int64(every/time.Second), fn)
 	}
 	b.WriteString("  |> sort(columns: [\"_time\"])\n")
 	fmt.Fprintf(&b, "  |> limit(n: %d)\n", limit)
@@ -99,6 +159,9 @@ func (c *Client) History(ctx context.Context, q HistoryQuery) ([]Point, error) {
 	}
 	if err := res.Err(); err != nil {
 		return nil, fmt.Errorf("read influxdb answer: %w", withoutURL(err))
+	}
+	if q.Points > 0 {
+		points = q.withGaps(points)
 	}
 	return points, nil
 }

@@ -1,0 +1,188 @@
+package main
+
+import (
+	"fmt"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+)
+
+// uxSendHour makes device send one reading a minute for the hour from
+// base, with nothing in minutes 20-39 (a hub restart, say): temp a
+// number, on a boolean, mode a string. It waits until InfluxDB has them.
+func uxSendHour(t *testing.T, h *hub, device string, base time.Time) {
+	t.Helper()
+	c := integrityDial(t, h, h.createDevice(t, device))
+	var rs []string
+	for i := range 60 {
+		if i >= 20 && i < 40 {
+			continue
+		}
+		rs = append(rs, fmt.Sprintf(`{"ts":%d,"metrics":{"temp":%d,"on":%t,"mode":"m%d"}}`, base.Add(time.Duration(i)*time.Minute).UnixMilli(), i, i%2 == 0, i%3))
+	}
+	if f := integritySend(t, c, `{"type":"telemetry","id":"h","readings":[`+strings.Join(rs, ",")+`]}`); f["type"] != "ack" {
+		t.Fatalf("telemetry refused: %v", f)
+	}
+	c.Close()
+}
+
+// TestReadingsDownsampled: GET readings with points=N downsamples on the
+// server for a chart N pixels wide: at most N points, empty windows as
+// null (a gap), mean for numbers and last for booleans and strings, and
+// the metric's type from the schema store.
+func TestReadingsDownsampled(t *testing.T) {
+	influx := startInflux(t)
+	h := startHub(t, influx, nil)
+	viewer := h.token(t, "viewer")
+	base := time.Now().Add(-3 * time.Hour).Truncate(time.Hour)
+	uxSendHour(t, h, "chart-1", base)
+	waitUntil(t, "40 points in InfluxDB", loadWait, func() bool { n, _ := influx.Count("chart-1", "mode"); return n == 40 })
+	rng := fmt.Sprintf("&start=%d&stop=%d", base.UnixMilli(), base.Add(time.Hour).UnixMilli())
+	tests := []struct {
+		name   string
+		query  string
+		status int
+		typ    string
+		values []any // the points' values, when status is 200
+		errHas string
+	}{
+		{"numbers: mean per 10 min, the gap as nulls", "metric=temp&points=6", 200, "number", []any{4.5, 14.5, nil, nil, 44.5, 54.5}, ""},
+		{"booleans: last", "metric=on&points=6", 200, "bool", []any{false, false, nil, nil, false, false}, ""},
+		{"strings: last", "metric=mode&points=6", 200, "string", []any{"m0", "m1", nil, nil, "m1", "m2"}, ""},
+		{"fn overrides for numbers", "metric=temp&points=2&fn=max", 200, "number", []any{19.0, 59.0}, ""},
+		{"count works for any type", "metric=mode&points=2&fn=count", 200, "string", []any{20.0, 20.0}, ""},
+		{"one point", "metric=temp&points=1&fn=min", 200, "number", []any{0.0}, ""},
+		{"mean of a boolean is refused", "metric=on&points=6&fn=mean", 400, "", nil, "fn: on is a bool metric"},
+		{"every of a string takes last too", "metric=mode&every=30m", 200, "string", []any{"m1", "m2"}, ""},
+		{"points 0", "metric=temp&points=0", 400, "", nil, "points must be 1 to 2000"},
+		{"points 2001", "metric=temp&points=2001", 400, "", nil, "points must be 1 to 2000"},
+		{"points and every", "metric=temp&points=6&every=1m", 400, "", nil, "points or every"},
+		{"points and limit", "metric=temp&points=6&limit=5", 400, "", nil, "points or limit"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			st, m := h.api(t, "GET", "/api/v1/devices/chart-1/readings?"+tc.query+rng, viewer, nil)
+			if st != tc.status {
+				t.Fatalf("status %d, want %d: %v", st, tc.status, m)
+			}
+			if st != 200 {
+				if msg := fmt.Sprint(m["error"]); !strings.Contains(msg, tc.errHas) {
+					t.Fatalf("error %s does not say %q", msg, tc.errHas)
+				}
+				return
+			}
+			if m["type"] != tc.typ || m["device"] != "chart-1" {
+				t.Errorf("type %v device %v, want %s", m["type"], m["device"], tc.typ)
+			}
+			ps := m["points"].([]any)
+			var got []any
+			for _, p := range ps {
+				got = append(got, p.(map[string]any)["value"])
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tc.values) {
+				t.Fatalf("values %v, want %v", got, tc.values)
+			}
+		})
+	}
+	// Raw points say their type too; a metric the device never sent has none.
+	q := url.Values{"metric": {"temp"}, "limit": {"3"}, "start": {fmt.Sprint(base.UnixMilli())}}
+	if st, m := h.api(t, "GET", "/api/v1/devices/chart-1/readings?"+q.Encode(), viewer, nil); st != 200 || m["type"] != "number" || len(m["points"].([]any)) != 3 {
+		t.Fatalf("raw: %d %v", st, m)
+	}
+	if st, m := h.api(t, "GET", "/api/v1/devices/chart-1/readings?metric=nope&points=10", viewer, nil); st != 200 || m["type"] != "" {
+		t.Fatalf("unknown metric: %d %v", st, m)
+	}
+}
+
+// TestRejectionsPerDevice: the hub keeps why each registered device's
+// messages were refused, over every transport, newest first, readable by
+// viewers, counted in the device's JSON, and forgotten with the device.
+func TestRejectionsPerDevice(t *testing.T) {
+	influx := startInflux(t)
+	h := startHub(t, influx, nil)
+	viewer := h.token(t, "viewer")
+	tok := h.createDevice(t, "rej-1")
+	other := h.createDevice(t, "rej-2")
+	ws := integrityDial(t, h, tok)
+	// What the device sends and the rejection it leaves, oldest first.
+	want := []struct {
+		transport, code, field, msgHas, id string
+	}{
+		{"ws", "bad_json", "", "", ""},
+		{"ws", "invalid", "metrics.mode", "is a string on this hub, got a number", "w2"},
+		{"http", "invalid", "ts", "ts", "h1"},
+		{"mqtt", "invalid", "metrics.mode", "is a string on this hub", "m1"},
+	}
+	if f := integritySend(t, ws, `{"type":"telemetry","id":"w1","metrics":{"mode":"auto"}}`); f["type"] != "ack" {
+		t.Fatalf("first reading: %v", f)
+	}
+	if f := integritySend(t, ws, `{"type":"telemetry",`); f["code"] != "bad_json" {
+		t.Fatalf("bad json: %v", f)
+	}
+	if f := integritySend(t, ws, `{"type":"telemetry","id":"w2","metrics":{"mode":3}}`); f["code"] != "invalid" {
+		t.Fatalf("type conflict: %v", f)
+	}
+	if st, m := integrityPost(t, h, tok, `{"id":"h1","ts":1,"metrics":{"t":1}}`); st != 400 {
+		t.Fatalf("http: %d %v", st, m)
+	}
+	ws.Close()
+	mq := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + h.env["FIELDHUB_MQTT_ADDR"]).
+		SetClientID("rej-1").SetUsername("rej-1").SetPassword(tok).SetAutoReconnect(false))
+	if ct := mq.Connect(); !ct.WaitTimeout(loadWait) || ct.Error() != nil {
+		t.Fatalf("mqtt connect: %v", ct.Error())
+	}
+	defer mq.Disconnect(50)
+	if pt := mq.Publish("devices/rej-1/telemetry", 1, false, `{"id":"m1","metrics":{"mode":true}}`); !pt.WaitTimeout(loadWait) || pt.Error() != nil {
+		t.Fatalf("mqtt publish: %v", pt.Error())
+	}
+	var got map[string]any
+	waitUntil(t, "four rejections", loadWait, func() bool {
+		_, got = h.api(t, "GET", "/api/v1/devices/rej-1/rejections", viewer, nil)
+		return got["total"] == float64(len(want))
+	})
+	rs := got["rejections"].([]any)
+	if got["device"] != "rej-1" || len(rs) != len(want) {
+		t.Fatalf("rejections %v", got)
+	}
+	var prevAt float64 = 1e18
+	for i, w := range want {
+		r := rs[len(want)-1-i].(map[string]any) // newest first
+		if r["transport"] != w.transport || r["code"] != w.code || r["field"] != w.field || r["id"] != w.id || !strings.Contains(r["message"].(string), w.msgHas) {
+			t.Errorf("rejection %d = %v, want %+v", i, r, w)
+		}
+	}
+	for _, r := range rs {
+		at := r.(map[string]any)["at"].(float64)
+		if at > prevAt || at < float64(time.Now().Add(-time.Hour).UnixMilli()) {
+			t.Errorf("at %v out of order or not unix ms", at)
+		}
+		prevAt = at
+	}
+	for _, path := range []string{"/api/v1/devices/rej-1", "/api/v1/devices?q=rej-"} {
+		_, m := h.api(t, "GET", path, viewer, nil)
+		d, _ := m["device"].(map[string]any)
+		if d == nil {
+			d = m["devices"].([]any)[0].(map[string]any)
+		}
+		if d["rejected"] != float64(len(want)) {
+			t.Errorf("%s: rejected = %v, want %d", path, d["rejected"], len(want))
+		}
+	}
+	if _, m := h.api(t, "GET", "/api/v1/devices/rej-2/rejections", viewer, nil); m["total"] != 0.0 || len(m["rejections"].([]any)) != 0 {
+		t.Errorf("another device's rejections: %v", m)
+	}
+	_ = other
+	if st, _ := h.api(t, "GET", "/api/v1/devices/nope/rejections", viewer, nil); st != 404 {
+		t.Errorf("unknown device: %d", st)
+	}
+	if st, _ := h.api(t, "DELETE", "/api/v1/devices/rej-1", h.adminToken, nil); st != 204 {
+		t.Fatal("delete")
+	}
+	h.createDevice(t, "rej-1")
+	if _, m := h.api(t, "GET", "/api/v1/devices/rej-1/rejections", viewer, nil); m["total"] != 0.0 {
+		t.Errorf("a deleted device's rejections came back: %v", m)
+	}
+}
