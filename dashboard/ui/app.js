@@ -623,12 +623,12 @@ function newChart(spec, v) {
     c.draw();
   };
   c.summary = () => {
-    const n = c.data ? c.data[0].length : 0;
     const ys = c.data ? c.data.slice(1).flat().filter((y) => y !== null && y !== undefined) : [];
     if (!ys.length) return "no data in this window";
-    if (spec.kind === "number") return ys.length + " points · min " + fmtValue(Math.min(...ys)) + " · max " + fmtValue(Math.max(...ys)) + (unit ? " " + unit : "");
-    if (spec.kind === "bool") return n + " points · last " + (ys[ys.length - 1] ? "true" : "false");
-    return n + " points · " + c.cats.length + " values";
+    const n = ys.length + (ys.length === 1 ? " point" : " points");
+    if (spec.kind === "number") return n + " · min " + fmtValue(ys.reduce((a, b) => Math.min(a, b))) + " · max " + fmtValue(ys.reduce((a, b) => Math.max(a, b))) + (unit ? " " + unit : "");
+    if (spec.kind === "bool") return n + " · last " + (ys[ys.length - 1] ? "true" : "false");
+    return n + " · " + c.cats.length + (c.cats.length === 1 ? " value" : " values");
   };
   c.draw = () => {
     if (c.u) c.u.destroy();
