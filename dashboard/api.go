@@ -44,6 +44,14 @@ type MetricSchema interface {
 type Options struct {
 	Registry *devices.Registry
 	History  Historian
+	// Export streams raw points for GET .../export; nil disables it (503).
+	Export Exporter
+	// Catalogue gives the metric catalogue InfluxDB's side (first and last
+	// point of each metric); nil: the schema store's names only.
+	Catalogue Catalogue
+	// MaxExportRows bounds one export; default and maximum 1,000,000
+	// (influx.MaxExportRows).
+	MaxExportRows int
 	// Schema gives the readings API a metric's type (which picks the
 	// aggregate function) and the metric catalogue its names; nil: types
 	// are unknown and numbers are assumed.
@@ -160,6 +168,8 @@ func (s *Server) Register(mux *http.ServeMux) {
 	mux.Handle("POST /api/v1/devices/{id}/token", s.auth(devices.RoleAdmin, s.rotateToken))
 	mux.Handle("GET /api/v1/devices/{id}/readings", s.auth(devices.RoleViewer, s.readings))
 	mux.Handle("GET /api/v1/devices/{id}/rejections", s.auth(devices.RoleViewer, s.rejections))
+	mux.Handle("GET /api/v1/devices/{id}/export", s.auth(devices.RoleViewer, s.export))
+	mux.Handle("GET /api/v1/devices/{id}/metrics", s.auth(devices.RoleViewer, s.metrics))
 	mux.Handle("POST /api/v1/tokens", s.auth(devices.RoleAdmin, s.createToken))
 	mux.Handle("GET /api/v1/tokens", s.auth(devices.RoleAdmin, s.listTokens))
 	mux.Handle("DELETE /api/v1/tokens/{id}", s.auth(devices.RoleAdmin, s.revokeToken))

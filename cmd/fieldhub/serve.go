@@ -212,7 +212,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	rates := dashboard.NewRates(totals)
 	api, err := dashboard.New(dashboard.Options{
-		Registry: reg, History: ic, Schema: store, Failures: failures, Proxies: cfg.TrustedProxies, Logger: log,
+		Registry: reg, History: ic, Export: ic, Catalogue: ic, Schema: store, Failures: failures, Proxies: cfg.TrustedProxies, Logger: log,
 		Live: liveHub, AllowedOrigins: cfg.AllowedOrigins, FromTrustedProxy: cfg.TrustedProxies.Trusted, Commands: cmds, Rates: rates,
 		OnAuthFailure: func() { m.authFailure("api") },
 	})

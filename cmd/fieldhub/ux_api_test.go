@@ -2,12 +2,16 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"net/http"
 	"net/url"
 	"strings"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/fieldhub/fieldhub/telemetry/influxtest"
 )
 
 // uxSendHour makes device send one reading a minute for the hour from
@@ -184,5 +188,98 @@ func TestRejectionsPerDevice(t *testing.T) {
 	h.createDevice(t, "rej-1")
 	if _, m := h.api(t, "GET", "/api/v1/devices/rej-1/rejections", viewer, nil); m["total"] != 0.0 {
 		t.Errorf("a deleted device's rejections came back: %v", m)
+	}
+}
+
+// TestExportThroughHub: what a device sent comes back from the export
+// endpoint of the running hub, as CSV and JSON lines, for a viewer.
+func TestExportThroughHub(t *testing.T) {
+	influx := startInflux(t)
+	h := startHub(t, influx, nil)
+	viewer := h.token(t, "viewer")
+	base := time.Now().Add(-3 * time.Hour).Truncate(time.Hour)
+	uxSendHour(t, h, "exp-1", base)
+	waitUntil(t, "40 points in InfluxDB", loadWait, func() bool { n, _ := influx.Count("exp-1", "on"); return n == 40 })
+	rng := fmt.Sprintf("&start=%d&stop=%d", base.UnixMilli(), base.Add(time.Hour).UnixMilli())
+	for _, tc := range []struct {
+		format, first, last string
+	}{
+		{"csv", "time,device,metric,value", base.Add(59*time.Minute).UTC().Format("2006-01-02T15:04:05.000Z") + ",exp-1,on,false"},
+		{"jsonl", fmt.Sprintf(`{"ts":%d,"device":"exp-1","metric":"temp","value":0}`, base.UnixMilli()),
+			fmt.Sprintf(`{"ts":%d,"device":"exp-1","metric":"on","value":false}`, base.Add(59*time.Minute).UnixMilli())},
+	} {
+		st, body := uxGet(t, h.url+"/api/v1/devices/exp-1/export?metric=temp&metric=on&format="+tc.format+rng, viewer)
+		lines := strings.Split(strings.TrimSuffix(body, "\n"), "\n")
+		if st != 200 || lines[0] != tc.first || lines[len(lines)-1] != tc.last {
+			t.Fatalf("%s: %d, first %q last %q", tc.format, st, lines[0], lines[len(lines)-1])
+		}
+		if n := len(lines); (tc.format == "csv" && n != 81) || (tc.format == "jsonl" && n != 80) {
+			t.Errorf("%s: %d lines", tc.format, n)
+		}
+	}
+}
+
+// uxGet is a GET with a bearer token; it returns the status and the body.
+func uxGet(t *testing.T, url, token string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", url, nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+// TestMetricCatalogue: a device's metrics with their types and first and
+// last points come from the schema store and InfluxDB, so they are the
+// same after a restart; a metric InfluxDB has from before the schema is
+// listed too; with InfluxDB unreachable the schema's names still are.
+func TestMetricCatalogue(t *testing.T) {
+	influx := startInflux(t)
+	h := startHub(t, influx, nil)
+	viewer := h.token(t, "viewer")
+	base := time.Now().Add(-3 * time.Hour).Truncate(time.Hour)
+	uxSendHour(t, h, "cat-1", base)
+	waitUntil(t, "40 points in InfluxDB", loadWait, func() bool { n, _ := influx.Count("cat-1", "mode"); return n == 40 })
+	integrityInfluxWrite(t, influx, fmt.Sprintf("telemetry,device=cat-1 legacy=7i %d\n", base.Add(-time.Hour).UnixNano()))
+	first, last := float64(base.UnixMilli()), float64(base.Add(59*time.Minute).UnixMilli())
+	want := fmt.Sprint([]map[string]any{
+		{"name": "legacy", "type": "number", "first_seen": float64(base.Add(-time.Hour).UnixMilli()), "last_seen": float64(base.Add(-time.Hour).UnixMilli())},
+		{"name": "mode", "type": "string", "first_seen": first, "last_seen": last},
+		{"name": "on", "type": "bool", "first_seen": first, "last_seen": last},
+		{"name": "temp", "type": "number", "first_seen": first, "last_seen": last},
+	})
+	check := func(h *hub, when string) {
+		t.Helper()
+		st, m := h.api(t, "GET", "/api/v1/devices/cat-1/metrics", viewer, nil)
+		if st != 200 || m["device"] != "cat-1" || m["source"] != "influxdb" || fmt.Sprint(m["metrics"]) != want {
+			t.Fatalf("%s: %d %v\nwant metrics %s", when, st, m, want)
+		}
+	}
+	check(h, "first start")
+	if st, _ := h.api(t, "GET", "/api/v1/devices/nope/metrics", viewer, nil); st != 404 {
+		t.Fatalf("unknown device: %d", st)
+	}
+	h.stop(t)
+	h2 := startHub(t, influx, map[string]string{"FIELDHUB_DATA_DIR": h.env["FIELDHUB_DATA_DIR"], "FIELDHUB_ADMIN_TOKEN": h.adminToken})
+	check(h2, "after a restart")
+
+	// InfluxDB unreachable: the names and types the schema store has, no
+	// first or last point, and the answer says where it came from.
+	down := startHub(t, &influxtest.Server{URL: "http://" + freePort(t), Bucket: "telemetry/autogen"}, nil)
+	c := integrityDial(t, down, down.createDevice(t, "cat-2"))
+	if f := integritySend(t, c, `{"type":"telemetry","id":"1","metrics":{"temp":1,"ok":true}}`); f["type"] != "ack" {
+		t.Fatalf("telemetry: %v", f)
+	}
+	st, m := down.api(t, "GET", "/api/v1/devices/cat-2/metrics", down.adminToken, nil)
+	wantDown := fmt.Sprint([]map[string]any{{"name": "ok", "type": "bool", "first_seen": nil, "last_seen": nil}, {"name": "temp", "type": "number", "first_seen": nil, "last_seen": nil}})
+	if st != 200 || m["source"] != "schema" || fmt.Sprint(m["metrics"]) != wantDown {
+		t.Fatalf("influxdb down: %d %v", st, m)
 	}
 }

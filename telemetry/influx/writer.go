@@ -86,6 +86,10 @@ type Client struct {
 	c     influxdb2.Client
 	write api.WriteAPIBlocking
 	query api.QueryAPI
+	// streamC and stream answer exports (export.go): the same server
+	// without the per-request timeout, which would cut a long download.
+	streamC influxdb2.Client
+	stream  api.QueryAPI
 }
 
 // NewClient returns a Client for opts. It does not connect.
@@ -97,11 +101,17 @@ func NewClient(opts Options) *Client {
 		SetUseGZip(opts.Gzip).
 		SetHTTPClient(&http.Client{Timeout: opts.Timeout})
 	c := influxdb2.NewClientWithOptions(opts.URL, opts.Token, o)
-	return &Client{opts: opts, c: c, write: c.WriteAPIBlocking(opts.Org, opts.Bucket), query: c.QueryAPI(opts.Org)}
+	so := influxdb2.DefaultOptions().SetUseGZip(opts.Gzip).SetHTTPClient(streamingHTTPClient(opts.Timeout))
+	sc := influxdb2.NewClientWithOptions(opts.URL, opts.Token, so)
+	return &Client{opts: opts, c: c, write: c.WriteAPIBlocking(opts.Org, opts.Bucket), query: c.QueryAPI(opts.Org),
+		streamC: sc, stream: sc.QueryAPI(opts.Org)}
 }
 
 // Close releases idle connections.
-func (c *Client) Close() { c.c.Close() }
+func (c *Client) Close() {
+	c.c.Close()
+	c.streamC.Close()
+}
 
 // Ping reports whether InfluxDB answers.
 func (c *Client) Ping(ctx context.Context) error {
