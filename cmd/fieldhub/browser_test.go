@@ -491,7 +491,9 @@ func TestDashboardInBrowser(t *testing.T) {
 	p.run(chromedp.Navigate(h.url+"/#/devices/sim-1"), chromedp.WaitVisible(`.chart[data-metric="temp"] canvas`, chromedp.ByQuery),
 		chromedp.Evaluate(`document.documentElement.scrollWidth > window.innerWidth`, &overflow))
 	if overflow {
-		t.Error("the device page is wider than a 390-pixel phone screen")
+		var wide []string
+		p.eval(`[...document.querySelectorAll("#device *")].filter(e => e.getBoundingClientRect().right > window.innerWidth + 1).slice(0, 8).map(e => e.tagName + "." + e.className + "#" + e.id + " " + Math.round(e.getBoundingClientRect().right))`, &wide)
+		t.Errorf("the device page is wider than a 390-pixel phone screen: %v", wide)
 	}
 	p.run(chromedp.EmulateViewport(1280, 800))
 
