@@ -46,6 +46,9 @@ type Options struct {
 	History  Historian
 	// Export streams raw points for GET .../export; nil disables it (503).
 	Export Exporter
+	// Presence reads the presence history back from InfluxDB; nil: the
+	// live hub's memory only.
+	Presence PresenceHistory
 	// Catalogue gives the metric catalogue InfluxDB's side (first and last
 	// point of each metric); nil: the schema store's names only.
 	Catalogue Catalogue

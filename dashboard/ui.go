@@ -1,11 +1,14 @@
 package dashboard
 
 import (
+	"context"
 	"embed"
 	"encoding/json"
 	"errors"
 	"io/fs"
 	"net/http"
+	"slices"
+	"time"
 
 	"github.com/fieldhub/fieldhub/dashboard/operator"
 	"github.com/fieldhub/fieldhub/devices"
@@ -120,18 +123,71 @@ func (s *Server) stats(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
+// PresenceHistory reads devices' presence changes back from where the
+// hub made them durable. *influx.Client implements it.
+type PresenceHistory interface {
+	PresenceLog(ctx context.Context, device string, n int, now time.Time) ([]telemetry.Event, error)
+}
+
+// presenceKept is how many presence changes GET .../presence answers.
+const presenceKept = 50
+
+// presence is GET /api/v1/devices/{id}/presence: the device's last 50
+// presence changes, oldest first, from InfluxDB, so they survive a hub
+// restart; changes this hub made that InfluxDB does not have yet (still
+// spooled) are added from memory. With InfluxDB unreachable the answer
+// is the memory's alone, and says so ("source":"memory").
 func (s *Server) presence(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	if !s.opts.Registry.Exists(id) {
 		writeErr(w, http.StatusNotFound, "not_found", "device not found")
 		return
 	}
-	evs := s.opts.Live.PresenceLog(id)
+	mem := s.opts.Live.PresenceLog(id)
+	evs, source := mem, "memory"
+	if s.opts.Presence != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+		stored, err := s.opts.Presence.PresenceLog(ctx, id, presenceKept, s.opts.Now())
+		cancel()
+		if err != nil {
+			s.log.Warn("presence history query failed; answering from memory", "device", id, "err", err)
+		} else {
+			evs, source = mergePresence(stored, mem), "influxdb"
+		}
+	}
+	if len(evs) > presenceKept {
+		evs = evs[len(evs)-presenceKept:]
+	}
 	out := make([]json.RawMessage, 0, len(evs))
 	for _, ev := range evs {
 		out = append(out, telemetry.EncodeEvent(ev))
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"device": id, "events": out})
+	writeJSON(w, http.StatusOK, map[string]any{"device": id, "events": out, "source": source})
+}
+
+// mergePresence is stored (from InfluxDB, oldest first) followed by the
+// changes of mem (this hub's memory, oldest first) that are newer than
+// the newest stored one or at the same millisecond and not among those
+// stored: the ones still on their way to InfluxDB.
+func mergePresence(stored, mem []telemetry.Event) []telemetry.Event {
+	if len(stored) == 0 {
+		return mem
+	}
+	last := stored[len(stored)-1].At
+	same := func(a, b telemetry.Event) bool {
+		return a.At == b.At && *a.Online == *b.Online && a.Transport == b.Transport && a.Reason == b.Reason
+	}
+	out := stored
+	for _, ev := range mem {
+		if ev.Online == nil || ev.At < last {
+			continue
+		}
+		if ev.At == last && slices.ContainsFunc(stored, func(s telemetry.Event) bool { return same(s, ev) }) {
+			continue
+		}
+		out = append(out, ev)
+	}
+	return out
 }
 
 func (s *Server) latest(w http.ResponseWriter, r *http.Request) {

@@ -74,6 +74,14 @@ func (m *metrics) register(br *bridge.Bridge, cmds *commands.Service, sp *spool.
 	m.reg.MustRegister(&hubCollector{br: br, cmds: cmds, sp: sp, w: w, reg: reg, live: live})
 }
 
+// registerPresence adds the presence recorder's drop counter.
+func (m *metrics) registerPresence(p *presenceRecorder) {
+	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "fieldhub_presence_dropped_total",
+		Help: "Presence changes not recorded in InfluxDB: the recorder's queue was full or the presence spool refused them.",
+	}, func() float64 { return float64(p.dropped.Load()) }))
+}
+
 // registerCluster adds external-broker mode's collector; serve calls it
 // only when it built a cluster, so no collector nil-checks one.
 func (m *metrics) registerCluster(cl *cluster.Cluster) {

@@ -158,6 +158,26 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err != nil {
 		return err
 	}
+	// Presence changes go to InfluxDB through a spool and a writer of
+	// their own, so the readings' spool, its bound and its metrics stay
+	// the readings' (presence.go).
+	presSpool, err := spool.Open(spool.Options{Dir: filepath.Join(cfg.DataDir, "presence-spool"), MaxBytes: presenceSpoolBytes, Logger: log})
+	if err != nil {
+		return fmt.Errorf("FIELDHUB_DATA_DIR: open presence spool: %w", err)
+	}
+	defer presSpool.Close()
+	presClient := influx.NewClient(influx.Options{
+		URL: cfg.InfluxURL, Org: cfg.InfluxOrg, Bucket: cfg.InfluxBucket, Token: cfg.InfluxToken,
+		Gzip: cfg.InfluxGzip, FlushInterval: cfg.InfluxFlush, MaxBackoff: cfg.InfluxBackoff,
+		DeadLetterPath: filepath.Join(cfg.DataDir, "deadletter-presence.lp"), Logger: log,
+	})
+	defer presClient.Close()
+	presWriter, err := influx.NewWriter(presClient, presSpool, influx.WriterObservers{})
+	if err != nil {
+		return err
+	}
+	presRec := newPresenceRecorder(presSpool, log)
+	m.registerPresence(presRec)
 
 	var fanout bridge.Fanout = liveHub
 	router := commands.LocalRouter()
@@ -178,7 +198,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	codec := telemetry.NewCodec(telemetry.Limits{MaxFuture: cfg.MaxFuture, MaxAge: cfg.MaxAge, TagKeys: cfg.TagLabels}, nil)
 	br, err := bridge.New(bridge.Options{
-		Codec: codec, Store: sp, Devices: reg, Fanout: fanout, Commands: cmds, Rejections: reg,
+		Codec: codec, Store: sp, Devices: reg, Fanout: newPresenceTee(fanout, presRec), Commands: cmds, Rejections: reg,
 		RatePerSec: cfg.RateLimit, Burst: cfg.RateBurst, Logger: log,
 		Schema: store, KnownFields: knownFields(ctx, ic, log),
 		MaxMetricsPerDevice: cfg.MaxMetricsPerDevice, MaxMetricNames: cfg.MaxMetricNames,
@@ -212,7 +232,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	rates := dashboard.NewRates(totals)
 	api, err := dashboard.New(dashboard.Options{
-		Registry: reg, History: ic, Export: ic, Catalogue: ic, Schema: store, Failures: failures, Proxies: cfg.TrustedProxies, Logger: log,
+		Registry: reg, History: ic, Export: ic, Catalogue: ic, Presence: ic, Schema: store, Failures: failures, Proxies: cfg.TrustedProxies, Logger: log,
 		Live: liveHub, AllowedOrigins: cfg.AllowedOrigins, FromTrustedProxy: cfg.TrustedProxies.Trusted, Commands: cmds, Rates: rates,
 		OnAuthFailure: func() { m.authFailure("api") },
 	})
@@ -337,6 +357,12 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		// before it must be done by then, so one that overruns cannot
 		// leave the drain an expired deadline.
 		{Name: "spool drain", Stop: func(ctx context.Context) { drainSpool(ctx, sp) }, Reserve: cfg.ShutdownTimeout / 2},
+		// Presence changes: the recorder stops after everything that
+		// publishes them (the shutdown's own offline changes are appended),
+		// then its writer; what it did not write is replayed at the next
+		// start.
+		{Name: "presence writer", Run: presWriter.Run},
+		{Name: "presence recorder", Run: presRec.Run},
 		// last_seen flushes on an interval and once more when Run ends.
 		{Name: "registry", Run: reg.Run},
 		{Name: "commands", Run: cmds.Run},
@@ -403,6 +429,10 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	log.Info("fieldhub stopped")
 	return nil
 }
+
+// presenceSpoolBytes bounds the presence spool: about a million changes
+// waiting for InfluxDB.
+const presenceSpoolBytes = 128 << 20
 
 // route is one entry of serve's route table; a nil handler is an
 // endpoint switched off by configuration.

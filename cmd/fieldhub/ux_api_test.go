@@ -10,6 +10,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/gorilla/websocket"
 
 	"github.com/fieldhub/fieldhub/telemetry/influxtest"
 )
@@ -281,5 +282,146 @@ func TestMetricCatalogue(t *testing.T) {
 	wantDown := fmt.Sprint([]map[string]any{{"name": "ok", "type": "bool", "first_seen": nil, "last_seen": nil}, {"name": "temp", "type": "number", "first_seen": nil, "last_seen": nil}})
 	if st != 200 || m["source"] != "schema" || fmt.Sprint(m["metrics"]) != wantDown {
 		t.Fatalf("influxdb down: %d %v", st, m)
+	}
+}
+
+// uxPresence is the device's presence history as the API answers it:
+// the source and each change as "online/transport/reason".
+func uxPresence(t *testing.T, h *hub, device string) (source string, changes []string) {
+	t.Helper()
+	st, m := h.api(t, "GET", "/api/v1/devices/"+device+"/presence", h.adminToken, nil)
+	if st != 200 || m["device"] != device {
+		t.Fatalf("presence: %d %v", st, m)
+	}
+	var prev float64
+	for _, e := range m["events"].([]any) {
+		ev := e.(map[string]any)
+		if ev["type"] != "presence" || ev["at"].(float64) < prev {
+			t.Fatalf("presence events out of order or not presence: %v", m["events"])
+		}
+		prev = ev["at"].(float64)
+		changes = append(changes, fmt.Sprintf("%v/%v/%v", ev["online"], ev["transport"], ev["reason"]))
+	}
+	source, _ = m["source"].(string)
+	return source, changes
+}
+
+// TestPresenceHistorySurvivesRestart: presence changes are written to
+// InfluxDB and read back from there, so the timeline is whole after a
+// restart, including the offline change of the shutdown itself; with
+// InfluxDB unreachable the hub answers from memory and says so.
+func TestPresenceHistorySurvivesRestart(t *testing.T) {
+	influx := startInflux(t)
+	h := startHub(t, influx, nil)
+	tok := h.createDevice(t, "pres-1")
+	for range 2 {
+		c := integrityDial(t, h, tok)
+		if f := integritySend(t, c, `{"type":"telemetry","id":"p","metrics":{"x":1}}`); f == nil {
+			t.Fatal("no answer")
+		}
+		_ = c.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""))
+		waitUntil(t, "offline", loadWait, func() bool {
+			_, d := h.api(t, "GET", "/api/v1/devices/pres-1", h.adminToken, nil)
+			return d["device"].(map[string]any)["online"] == false
+		})
+		c.Close()
+	}
+	want := []string{"true/ws/<nil>", "false/ws/client_closed", "true/ws/<nil>", "false/ws/client_closed"}
+	// Memory fills in what is still on its way to InfluxDB.
+	var src string
+	var got []string
+	waitUntil(t, "four presence changes", loadWait, func() bool {
+		src, got = uxPresence(t, h, "pres-1")
+		return fmt.Sprint(got) == fmt.Sprint(want)
+	})
+	if src != "influxdb" {
+		t.Fatalf("presence source %q", src)
+	}
+	presenceStored := func() int {
+		rows, _ := influx.Query(`SELECT count("online") FROM "fieldhub_presence" WHERE "device" = 'pres-1'`)
+		if len(rows) == 0 {
+			return 0
+		}
+		n, _ := rows[0][1].(float64)
+		return int(n)
+	}
+	waitUntil(t, "4 presence points in InfluxDB", loadWait, func() bool { return presenceStored() == 4 })
+	// Connected when the hub stops: the shutdown's offline change is kept too.
+	c := integrityDial(t, h, tok)
+	integritySend(t, c, `{"type":"telemetry","id":"p","metrics":{"x":1}}`)
+	h.stop(t)
+	h2 := startHub(t, influx, map[string]string{"FIELDHUB_DATA_DIR": h.env["FIELDHUB_DATA_DIR"], "FIELDHUB_ADMIN_TOKEN": h.adminToken})
+	want = append(want, "true/ws/<nil>", "false/ws/server_shutdown")
+	waitUntil(t, "6 presence points in InfluxDB", loadWait, func() bool { return presenceStored() == 6 })
+	if src, got = uxPresence(t, h2, "pres-1"); src != "influxdb" || fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("after a restart: %s %v, want influxdb %v", src, got, want)
+	}
+	if st, _ := h2.api(t, "GET", "/api/v1/devices/nope/presence", h2.adminToken, nil); st != 404 {
+		t.Fatalf("unknown device: %d", st)
+	}
+
+	down := startHub(t, &influxtest.Server{URL: "http://" + freePort(t), Bucket: "telemetry/autogen"}, nil)
+	c = integrityDial(t, down, down.createDevice(t, "pres-2"))
+	integritySend(t, c, `{"type":"telemetry","id":"p","metrics":{"x":1}}`)
+	waitUntil(t, "the online change in memory", loadWait, func() bool {
+		src, got = uxPresence(t, down, "pres-2")
+		return len(got) == 1
+	})
+	if src != "memory" || fmt.Sprint(got) != "[true/ws/<nil>]" {
+		t.Fatalf("influxdb down: %s %v", src, got)
+	}
+}
+
+// TestCommandHistoryForViewers: a viewer reads a device's command
+// history, with each command's params, its result, and why it failed:
+// the device's error for failed, the status itself for timed_out,
+// expired and cancelled.
+func TestCommandHistoryForViewers(t *testing.T) {
+	influx := startInflux(t)
+	h := startHub(t, influx, nil)
+	viewer := h.token(t, "viewer")
+	tok := h.createDevice(t, "cmd-v")
+	params := map[string]any{"seconds": 5.0}
+	_, queued := h.send(t, h.adminToken, "cmd-v", "", map[string]any{"name": "later", "params": params}, nil)
+	if st, c := h.api(t, "DELETE", "/api/v1/devices/cmd-v/commands/"+queued["id"].(string), h.adminToken, nil); st != 200 {
+		t.Fatalf("cancel: %d %v", st, c)
+	}
+	wsDevice(t, h, tok)
+	waitUntil(t, "the device online", loadWait, func() bool {
+		_, d := h.api(t, "GET", "/api/v1/devices/cmd-v", h.adminToken, nil)
+		return d["device"].(map[string]any)["online"] == true
+	})
+	if st, c := h.send(t, h.adminToken, "cmd-v", "?wait=30s", map[string]any{"name": "open", "params": params}, nil); st != 200 || c["status"] != "succeeded" {
+		t.Fatalf("open: %d %v", st, c)
+	}
+	if st, c := h.send(t, h.adminToken, "cmd-v", "?wait=30s", map[string]any{"name": "fail", "params": params}, nil); st != 200 || c["status"] != "failed" {
+		t.Fatalf("fail: %d %v", st, c)
+	}
+	if st, c := h.send(t, h.adminToken, "cmd-v", "?wait=30s", map[string]any{"name": "ignore", "timeout": "1s"}, nil); st != 200 || c["status"] != "timed_out" {
+		t.Fatalf("ignore: %d %v", st, c)
+	}
+	st, m := h.api(t, "GET", "/api/v1/devices/cmd-v/commands", viewer, nil)
+	if st != 200 {
+		t.Fatalf("viewer list: %d %v", st, m)
+	}
+	var got []string
+	for _, c := range m["commands"].([]any) { // newest first
+		c := c.(map[string]any)
+		got = append(got, fmt.Sprintf("%v %v params=%v result=%v error=%v", c["name"], c["status"], c["params"], c["result"], c["error"]))
+	}
+	want := []string{
+		"ignore timed_out params=map[] result=<nil> error=<nil>",
+		"fail failed params=map[seconds:5] result=<nil> error=valve stuck",
+		"open succeeded params=map[seconds:5] result=map[echo:map[seconds:5]] error=<nil>",
+		"later cancelled params=map[seconds:5] result=<nil> error=<nil>",
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("history\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if st, c := h.api(t, "GET", "/api/v1/devices/cmd-v/commands/"+queued["id"].(string), viewer, nil); st != 200 || c["command"].(map[string]any)["status"] != "cancelled" {
+		t.Fatalf("viewer get: %d %v", st, c)
+	}
+	if st, _ := h.send(t, viewer, "cmd-v", "", map[string]any{"name": "open"}, nil); st != 403 {
+		t.Fatalf("a viewer sent a command: %d", st)
 	}
 }
