@@ -388,15 +388,16 @@ func TestDashboardInBrowser(t *testing.T) {
 	p.run(chromedp.Navigate(h.url + "/#/devices/no-such-device"))
 	p.text("#d-error", func(s string) bool { return strings.Contains(s, "no-such-device") })
 	var leak struct {
-		ID, Latest, Name, Presence string
-		Charts, Timeline, Cmds     int
-		BodyHidden                 bool
+		ID, Latest, Name, Presence, Export string
+		Charts, Timeline, Cmds             int
+		BodyHidden                         bool
 	}
 	p.eval(`({id: document.getElementById("d-id").textContent, latest: document.getElementById("d-latest").textContent,
 		name: document.getElementById("d-name").textContent, presence: document.getElementById("d-presence").textContent,
 		charts: document.querySelectorAll("#charts .chart").length, timeline: document.querySelectorAll("#timeline li").length,
-		cmds: document.querySelectorAll("#cmd-rows tr").length, bodyHidden: document.getElementById("device-body").hidden})`, &leak)
-	if leak.ID != "no-such-device" || leak.Latest != "" || leak.Name != "" || leak.Presence != "" || leak.Charts != 0 || leak.Timeline != 0 || leak.Cmds != 0 || !leak.BodyHidden {
+		cmds: document.querySelectorAll("#cmd-rows tr").length, bodyHidden: document.getElementById("device-body").hidden,
+		export: document.getElementById("export-csv").getAttribute("href") || ""})`, &leak)
+	if leak.ID != "no-such-device" || leak.Latest != "" || leak.Name != "" || leak.Presence != "" || leak.Export != "" || leak.Charts != 0 || leak.Timeline != 0 || leak.Cmds != 0 || !leak.BodyHidden {
 		t.Errorf("the unknown device's page shows another device's data: %+v", leak)
 	}
 	p.axe("an unknown device's page")
@@ -451,17 +452,18 @@ func TestDashboardInBrowser(t *testing.T) {
 		for (let i = before; i < after; i++) if (y[i] === null) gap = true;
 		return gap; })()`)
 	screenshot(t, ctx, "device-restart.png")
+	// CSV export of the range on screen, from the page's own link.
+	var csv struct{ Disposition, Body string }
+	p.eval(`fetch(document.getElementById("export-csv").href).then(async r => ({disposition: r.headers.get("Content-Disposition") || "", body: r.ok ? await r.text() : "HTTP " + r.status}))`, &csv)
+	if !strings.HasPrefix(csv.Body, "time,device,metric,value\n") || !strings.Contains(csv.Body, ",hist-1,temp,") || !strings.Contains(csv.Body, ",hist-1,mode,heating") ||
+		strings.Contains(csv.Body, "sim-") || !strings.HasPrefix(csv.Disposition, `attachment; filename="hist-1-`) {
+		t.Errorf("CSV export (%s):\n%.500s", csv.Disposition, csv.Body)
+	}
+
 	// sim-1's presence timeline still holds its changes from before the
 	// restart (InfluxDB), beside the reconnection after it.
-	p.run(chromedp.Navigate(h.url+"/#/devices/sim-1"))
+	p.run(chromedp.Navigate(h.url + "/#/devices/sim-1"))
 	p.waitJS("sim-1's presence history from before the restart", `document.querySelectorAll("#timeline li").length >= 2 && document.getElementById("timeline-note").textContent === ""`)
-
-	// CSV export of the range on screen, from the page's own link.
-	var csv string
-	p.eval(`fetch(document.getElementById("export-csv").href).then(r => r.ok ? r.text() : "HTTP " + r.status)`, &csv)
-	if !strings.HasPrefix(csv, "time,device,metric,value\n") || !strings.Contains(csv, ",hist-1,temp,") || !strings.Contains(csv, ",hist-1,mode,heating") {
-		t.Errorf("CSV export:\n%.500s", csv)
-	}
 
 	// The token admin page: create (the secret shown once), list, revoke
 	// behind a confirmation naming the token.

@@ -381,6 +381,7 @@ function resetDevicePage() {
   $("new-token").hidden = true;
   $("reset-zoom").hidden = true;
   $("device-body").hidden = true;
+  for (const id of ["export-csv", "export-jsonl"]) $(id).removeAttribute("href"); // set again once the catalogue is known
   cmdRows.clear();
   cmdSeen.clear();
 }
@@ -735,7 +736,6 @@ function tooltipPlugin() {
 // ---- export -----------------------------------------------------------
 function exportURL(format) {
   const dev = state.device;
-  if (!dev) return "#";
   const v = view();
   const q = new URLSearchParams({ start: String(Math.floor(v.min)), stop: String(Math.ceil(v.max)), format });
   for (const m of dev.catalogue.slice(0, 16)) q.append("metric", m.name);
@@ -743,6 +743,7 @@ function exportURL(format) {
 }
 
 function updateExportLinks() {
+  if (!state.device || !state.device.catalogueReady) return;
   $("export-csv").href = exportURL("csv");
   $("export-jsonl").href = exportURL("jsonl");
 }
