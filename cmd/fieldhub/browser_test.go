@@ -358,6 +358,15 @@ func TestDashboardInBrowser(t *testing.T) {
 	p.waitJS("the zoomed charts", `state.zoom && !document.getElementById('reset-zoom').hidden && state.charts.length && state.charts.every(c => c.u && c.view.min === state.zoom.min) && state.zoom.max - state.zoom.min < 0.5 * 3600e3`)
 	p.run(chromedp.Click("#reset-zoom", chromedp.ByQuery))
 	p.waitJS("the zoom reset", `!state.zoom && document.getElementById('reset-zoom').hidden`)
+	// Several metrics on one chart, and the same metrics of another device beside them.
+	p.run(chromedp.Click("#combine", chromedp.ByQuery), chromedp.SendKeys("#compare", "sim-2\n", chromedp.ByQuery))
+	p.waitJS("numbers of sim-1 and sim-2 on one chart", `(() => { const c = state.charts.find(c => c.spec.key === "numbers");
+		return state.charts.length === 1 && c && c.u && c.spec.series.length === 8 && c.spec.series.some(s => s.device === "sim-2" && s.metric === "temp")
+			&& c.data && c.data.slice(1).every(ys => ys.some(y => y != null)); })()`)
+	screenshot(t, ctx, "device-compare.png")
+	p.run(chromedp.Click("#combine", chromedp.ByQuery))
+	p.eval(`(() => { const c = document.getElementById("compare"); c.value = ""; c.dispatchEvent(new Event("change")); return true; })()`, nil)
+	p.waitJS("a chart per metric again", `state.charts.length === 4 && state.charts.every(c => c.spec.series.length === 1)`)
 
 	// A command, answered by the simulated firmware: params and result shown.
 	p.run(chromedp.SendKeys("#cmd-name", "set_interval", chromedp.ByQuery),

@@ -595,7 +595,7 @@ function newChart(spec, v) {
   const info = el("span", { class: "info" }, "loading…");
   const plot = el("div", { class: "plot" });
   const unit = spec.series.length && spec.series.every((s) => unitOf(dev.d, s.metric) === unitOf(dev.d, spec.series[0].metric)) ? unitOf(dev.d, spec.series[0].metric) : "";
-  const box = el("figure", { class: "chart", "data-metric": spec.key, "aria-label": spec.title + " over " + (state.zoom ? "the zoomed window" : rangeNames[state.range]) },
+  const box = el("figure", { class: spec.series.length > 2 ? "chart wide" : "chart", "data-metric": spec.key, "aria-label": spec.title + " over " + (state.zoom ? "the zoomed window" : rangeNames[state.range]) },
     el("figcaption", { class: "title" }, title, info), plot);
   $("charts").append(box);
   const c = { spec, box, plot, info, u: null, data: null, cats: [], view: v, unit, pending: false };
