@@ -347,15 +347,18 @@ func TestDashboardInBrowser(t *testing.T) {
 	if !widthAsked {
 		t.Error("the temp chart did not ask for as many points as it is wide")
 	}
+	// Drag-zoom: every chart shows the dragged window (the last minutes
+	// of the hour), fetched again.
+	p.drag(`.chart[data-metric="temp"] .u-over`, 0.96, 0.999)
+	p.waitJS("the zoomed charts", `state.zoom && !document.getElementById('reset-zoom').hidden && state.charts.length && state.charts.every(c => c.u && c.view.min === state.zoom.min) && state.zoom.max - state.zoom.min < 0.1 * 3600e3`)
 	// The tooltip follows the cursor.
+	p.waitJS("zoomed data", `state.charts.every(c => c.data && c.data[1].some(y => y != null))`)
 	over := p.rect(`.chart[data-metric="temp"] .u-over`)
 	p.run(chromedp.MouseEvent(input.MouseMoved, over.X+over.W*0.95, over.Y+over.H/2))
 	p.waitJS("the tooltip", `(() => { const t = document.querySelector('.chart[data-metric="temp"] .u-tooltip'); return t && !t.hidden && /temp: /.test(t.textContent); })()`)
+	p.run(chromedp.ScrollIntoView("body", chromedp.ByQuery))
 	screenshot(t, ctx, "device.png")
 	p.axe("the device page")
-	// Drag-zoom: every chart shows the dragged window, fetched again.
-	p.drag(`.chart[data-metric="temp"] .u-over`, 0.5, 0.9)
-	p.waitJS("the zoomed charts", `state.zoom && !document.getElementById('reset-zoom').hidden && state.charts.length && state.charts.every(c => c.u && c.view.min === state.zoom.min) && state.zoom.max - state.zoom.min < 0.5 * 3600e3`)
 	p.run(chromedp.Click("#reset-zoom", chromedp.ByQuery))
 	p.waitJS("the zoom reset", `!state.zoom && document.getElementById('reset-zoom').hidden`)
 	// Several metrics on one chart, and the same metrics of another device beside them.
