@@ -102,7 +102,7 @@ func (b *Bridge) Accept(ctx context.Context, s *Session, m Message) Answer {
 // a ping is answered. Nothing is stored unless the Answer has no Err, and
 // a telemetry Answer without Err means every reading is durable.
 func (b *Bridge) accept(ctx context.Context, s *Session, m Message) Answer {
-	b.stats.messages(s.Transport).Add(1)
+	s.messages.Add(1)
 	// The device's rate limit bounds what it sends unasked: frames on its
 	// socket and telemetry. A command result on its own topic or path
 	// answers the hub and is never refused for rate (docs/protocol.md: the
@@ -175,9 +175,7 @@ func (b *Bridge) ingest(ctx context.Context, s *Session, f *telemetry.Frame) (st
 	}
 	bufp := b.bufs.Get().(*[]byte)
 	buf := telemetry.AppendLines((*bufp)[:0], s.DeviceID, b.opts.Devices.Tags(s.DeviceID), t.Readings)
-	sctx, cancel := context.WithTimeout(ctx, b.opts.StoreTimeout)
-	serr := storeError(b.opts.Store.Append(sctx, len(t.Readings), buf))
-	cancel()
+	serr := storeError(b.appendStore(ctx, s, len(t.Readings), buf))
 	*bufp = buf
 	if cap(buf) <= 64<<10 {
 		b.bufs.Put(bufp)
@@ -198,7 +196,7 @@ func (b *Bridge) ingest(ctx context.Context, s *Session, f *telemetry.Frame) (st
 	}
 	now := b.opts.Now()
 	b.opts.Devices.Touch(s.DeviceID, now)
-	b.stats.readings(s.Transport).Add(int64(len(t.Readings)))
+	s.readings.Add(int64(len(t.Readings)))
 	switch {
 	case b.batch != nil:
 		evs := make([]telemetry.Event, len(t.Readings))
@@ -212,6 +210,20 @@ func (b *Bridge) ingest(ctx context.Context, s *Session, f *telemetry.Frame) (st
 		}
 	}
 	return t.ID, nil
+}
+
+// appendStore appends one message of s to the store under ctx bounded
+// by StoreTimeout. A connected session reuses its own bound
+// (storeDeadline); an ephemeral one, or a second append of a session
+// already in one, gets context.WithTimeout.
+func (b *Bridge) appendStore(ctx context.Context, s *Session, points int, payload []byte) error {
+	if d := s.storeDeadline(); d != nil && d.arm(ctx, b.opts.StoreTimeout) {
+		defer d.disarm()
+		return b.opts.Store.Append(d, points, payload)
+	}
+	sctx, cancel := context.WithTimeout(ctx, b.opts.StoreTimeout)
+	defer cancel()
+	return b.opts.Store.Append(sctx, points, payload)
 }
 
 func idOf(f *telemetry.Frame) string {

@@ -25,7 +25,8 @@ type Store interface {
 	Append(ctx context.Context, points int, payload []byte) error
 }
 
-// Devices is what the bridge needs of the registry.
+// Devices is what the bridge needs of the registry. The bridge only
+// reads the slice Tags returns.
 type Devices interface {
 	Tags(id string) []telemetry.Tag
 	Touch(id string, at time.Time)

@@ -72,6 +72,62 @@ func BenchmarkIngest(b *testing.B) {
 	}
 }
 
+// discardStore is a Store that takes every payload at once (the bridge's
+// own interface): BenchmarkIngestPipeline measures the pipeline, not the
+// disk.
+type discardStore struct{}
+
+func (discardStore) Append(ctx context.Context, points int, payload []byte) error { return ctx.Err() }
+
+// discardFanout is a BatchFanout that drops every event, as a live hub
+// with no dashboards does after its one non-blocking send.
+type discardFanout struct{}
+
+func (discardFanout) Publish(telemetry.Event)        {}
+func (discardFanout) PublishBatch([]telemetry.Event) {}
+
+// BenchmarkIngestPipeline is the CPU and allocations of the accept path a
+// connected device's messages take, without the disk: rate limit, decode,
+// validation, schema check, encoding, the store's deadline, last-seen and
+// fan-out, from one connected session per goroutine.
+func BenchmarkIngestPipeline(b *testing.B) {
+	for _, n := range []int{1, 100} {
+		b.Run(fmt.Sprintf("readings=%d", n), func(b *testing.B) {
+			br, err := New(Options{Codec: telemetry.NewCodec(telemetry.Limits{}, nil), Store: discardStore{}, Devices: registryStub{}, Fanout: discardFanout{}, RatePerSec: 1e9, Burst: 1e9})
+			if err != nil {
+				b.Fatal(err)
+			}
+			var sb strings.Builder
+			sb.WriteString(`{"type":"telemetry","id":"1","readings":[`)
+			for i := range n {
+				if i > 0 {
+					sb.WriteString(",")
+				}
+				sb.WriteString(`{"metrics":{"temp":21.5,"humidity":40.25,"battery":3.71}}`)
+			}
+			sb.WriteString("]}")
+			payload := []byte(sb.String())
+			if n == 1 {
+				payload = []byte(`{"metrics":{"temp":21.5,"humidity":40.25,"battery":3.71}}`)
+			}
+			var dev atomic.Int64
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				s := br.Connect(fmt.Sprintf("sim-%d", dev.Add(1)), devices.TransportMQTT, "bench", devices.TokenHash{}, &nopConn{})
+				defer br.Disconnect(s, ReasonClientClosed)
+				for pb.Next() {
+					if a := br.Accept(context.Background(), s, Message{Kind: telemetry.KindTelemetry, Payload: payload}); a.Err != nil {
+						b.Error(a.Err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "readings/s")
+		})
+	}
+}
+
 // recordingStore is a spool stand-in (the bridge's own Store interface)
 // that keeps a copy of every payload it accepts.
 type recordingStore struct {

@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"context"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -37,6 +38,34 @@ type Session struct {
 	reason  atomic.Pointer[string]
 	ended   atomic.Bool
 	logLim  *LogLimiter
+	// deadline bounds the store appends of a connected session, made at
+	// its first append (an idle connection does not pay for it); an
+	// ephemeral session, which lives for one message, has none
+	// (appendStore).
+	connected bool
+	deadline  atomic.Pointer[storeDeadline]
+	// messages and readings are the Stats counters of the session's
+	// transport, looked up once.
+	messages, readings *atomic.Int64
+}
+
+// storeDeadline returns the session's reusable store deadline, made on
+// first use; nil for an ephemeral session.
+func (s *Session) storeDeadline() *storeDeadline {
+	if !s.connected {
+		return nil
+	}
+	if d := s.deadline.Load(); d != nil {
+		return d
+	}
+	s.deadline.CompareAndSwap(nil, new(storeDeadline))
+	d := s.deadline.Load()
+	if s.ended.Load() {
+		// Disconnect may have looked before d existed: release it here
+		// (Disconnect sets ended before it looks, so one of the two does).
+		d.release()
+	}
+	return d
 }
 
 // Kick closes the session for reason; the first reason given wins.
@@ -60,7 +89,10 @@ func (s *Session) Reason(def string) string {
 }
 
 func (s *Session) logReject(log *slog.Logger, e *telemetry.Error) {
-	if n, ok := s.logLim.Allow(); ok {
+	// The budget is spent whether or not debug is on (it is shared with
+	// the transports' refusal lines); the arguments are built only when
+	// the line is written.
+	if n, ok := s.logLim.Allow(); ok && log.Enabled(context.Background(), slog.LevelDebug) {
 		log.Debug("message rejected", "device", s.DeviceID, "transport", s.Transport, "code", e.Code, "reason", e.Message, "suppressed", n)
 	}
 }
@@ -73,7 +105,8 @@ func (b *Bridge) Connect(deviceID, transport, remote string, h devices.TokenHash
 	now := b.opts.Now()
 	s := &Session{
 		DeviceID: deviceID, Transport: transport, Remote: remote, ConnectedAt: now,
-		hash: h, conn: c, logLim: &b.logLim,
+		hash: h, conn: c, logLim: &b.logLim, connected: true,
+		messages: b.stats.messages(transport), readings: b.stats.readings(transport),
 	}
 	b.mu.Lock()
 	// The epoch is taken under mu, so epoch order is the order in which
@@ -122,7 +155,8 @@ func (b *Bridge) Ephemeral(deviceID, transport, remote string) *Session {
 	lim := b.limiterLocked(deviceID)
 	dev := b.deviceLocked(deviceID)
 	b.mu.Unlock()
-	return &Session{DeviceID: deviceID, Transport: transport, Remote: remote, ConnectedAt: b.opts.Now(), limiter: lim, dev: dev, logLim: &b.logLim}
+	return &Session{DeviceID: deviceID, Transport: transport, Remote: remote, ConnectedAt: b.opts.Now(), limiter: lim, dev: dev, logLim: &b.logLim,
+		messages: b.stats.messages(transport), readings: b.stats.readings(transport)}
 }
 
 // Touch records that a device without a session was heard from.
@@ -135,6 +169,9 @@ func (b *Bridge) Disconnect(s *Session, reason string) {
 		return
 	}
 	reason = s.Reason(reason)
+	if d := s.deadline.Load(); d != nil {
+		d.release()
+	}
 	now := b.opts.Now()
 	b.mu.Lock()
 	current := b.sessions[s.DeviceID] == s

@@ -1,5 +1,6 @@
 // Package dashboard serves operators: the REST API under /api/v1 (devices,
-// tokens, readings history, commands), roles, the sign-in and sign-out
+// tokens, readings history downsampled for charts, exports, the metric
+// catalogue, presence history, rejections, commands), roles, the sign-in and sign-out
 // endpoints, the /ws/live and SSE endpoints (one admission, one drain;
 // they differ only in framing), the embedded web UI and the rate sampler.
 // The live hub itself, without HTTP, is package dashboard/live; how an

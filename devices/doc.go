@@ -8,6 +8,8 @@
 // default, PostgreSQL for several instances) under a deadline, then
 // publishes the next snapshot. Presence and last_seen are per-device
 // atomics, flushed to the store in batches (registry.go, refresh.go).
+// Each registered device's last refused messages are kept beside its
+// presence, in memory and bounded, for operators (rejections.go).
 //
 // Secrets are never stored or logged: tokens are shown once, kept only as
 // SHA-256 hashes and compared in constant time.

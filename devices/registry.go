@@ -96,6 +96,9 @@ type Created struct {
 type device struct {
 	rec  Record
 	live *liveState
+	// tags caches the InfluxDB tags of rec's labels (Registry.Tags),
+	// built on first use: rec never changes once published.
+	tags atomic.Pointer[[]telemetry.Tag]
 }
 
 // liveState is what the transports change per message or per connection,
@@ -974,7 +977,9 @@ func (r *Registry) Touch(id string, at time.Time) {
 	}
 }
 
-// Tags returns the InfluxDB tags for device id from its allow-listed labels.
+// Tags returns the InfluxDB tags for device id from its allow-listed
+// labels, in TagLabels order. The slice is shared by every caller (built
+// once per published record): callers must not modify it.
 func (r *Registry) Tags(id string) []telemetry.Tag {
 	if len(r.opts.TagLabels) == 0 {
 		return nil
@@ -983,12 +988,16 @@ func (r *Registry) Tags(id string) []telemetry.Tag {
 	if !ok {
 		return nil
 	}
+	if t := d.tags.Load(); t != nil {
+		return *t
+	}
 	var tags []telemetry.Tag
 	for _, k := range r.opts.TagLabels {
 		if v, ok := d.rec.Labels[k]; ok {
 			tags = append(tags, telemetry.Tag{Key: k, Value: v})
 		}
 	}
+	d.tags.Store(&tags) // a racing caller builds the same slice
 	return tags
 }
 

@@ -117,6 +117,12 @@ type Frame struct {
 	Status   string         `json:"status"`
 	Result   jsontext.Value `json:"result"`
 	Error    *string        `json:"error"`
+
+	// tel is the first Telemetry made of this frame, in the frame's
+	// allocation (one allocation less per message); telUsed marks it
+	// taken, so a second call gets its own.
+	tel     Telemetry
+	telUsed bool
 }
 
 type wireReading struct {
@@ -288,41 +294,92 @@ type telemetryMsg struct {
 // Telemetry validates a decoded telemetry frame and returns its readings,
 // with missing timestamps set to the receive time (TS in milliseconds and
 // Nanos in nanoseconds; the bridge then makes Nanos unique per device).
+//
+// The rules are the validator's (telemetryMsg's tags and the custom
+// validations NewCodec registers). A message that passes the hand-written
+// check (valid) is accepted without the validator's reflective walk; any
+// other goes through the validator, which decides and words the errors.
+// TestValidMatchesValidator and FuzzDecode hold the two to the same
+// verdict.
 func (c *Codec) Telemetry(f *Frame) (*Telemetry, error) {
+	t, recv, err := c.readings(f)
+	if err != nil {
+		return nil, err
+	}
+	if !c.valid(t.ID, t.Readings, recv) {
+		if err := c.validate(t.ID, t.Readings); err != nil {
+			return nil, c.validationError(err, t.Single)
+		}
+	}
+	return t, nil
+}
+
+// readings checks the shape of a telemetry frame (one form or the other)
+// and returns its readings, not yet validated, and the receive time.
+func (c *Codec) readings(f *Frame) (*Telemetry, time.Time, error) {
 	if f.Status != "" || f.Result != nil || f.Error != nil {
-		return nil, fieldErr("status", "not allowed in a telemetry message")
+		return nil, time.Time{}, fieldErr("status", "not allowed in a telemetry message")
 	}
 	recv := c.now()
 	now, nowNanos := recv.UnixMilli(), recv.UnixNano()
-	msg := telemetryMsg{ID: f.ID}
-	single := f.Readings == nil
+	var t *Telemetry
+	if f.telUsed {
+		t = new(Telemetry)
+	} else {
+		t, f.telUsed = &f.tel, true
+	}
+	*t = Telemetry{ID: f.ID, Single: f.Readings == nil}
 	switch {
 	case f.Metrics != nil && f.Readings != nil:
-		return nil, fieldErr("readings", `send either "metrics" or "readings", not both`)
+		return nil, recv, fieldErr("readings", `send either "metrics" or "readings", not both`)
 	case f.Readings != nil && f.TS != nil:
-		return nil, fieldErr("ts", `not allowed beside "readings"; give each reading its own ts`)
-	case single:
+		return nil, recv, fieldErr("ts", `not allowed beside "readings"; give each reading its own ts`)
+	case t.Single:
 		if f.Metrics == nil {
-			return nil, fieldErr("metrics", `required (or "readings" for a batch)`)
+			return nil, recv, fieldErr("metrics", `required (or "readings" for a batch)`)
 		}
 		r := Reading{TS: now, Nanos: nowNanos, Metrics: f.Metrics}
 		if f.TS != nil {
 			r.TS, r.Nanos = *f.TS, 0
 		}
-		msg.Readings = []Reading{r}
+		t.one[0] = r
+		t.Readings = t.one[:]
 	default:
-		msg.Readings = make([]Reading, len(f.Readings))
+		t.Readings = make([]Reading, len(f.Readings))
 		for i, r := range f.Readings {
-			msg.Readings[i] = Reading{TS: now, Nanos: nowNanos, Metrics: r.Metrics}
+			t.Readings[i] = Reading{TS: now, Nanos: nowNanos, Metrics: r.Metrics}
 			if r.TS != nil {
-				msg.Readings[i].TS, msg.Readings[i].Nanos = *r.TS, 0
+				t.Readings[i].TS, t.Readings[i].Nanos = *r.TS, 0
 			}
 		}
 	}
-	if err := c.v.Struct(&msg); err != nil {
-		return nil, c.validationError(err, single)
+	return t, recv, nil
+}
+
+// validate runs the validator over a message: the rules, and the errors
+// a refusal reports.
+func (c *Codec) validate(id string, readings []Reading) error {
+	return c.v.Struct(&telemetryMsg{ID: id, Readings: readings})
+}
+
+// valid is the validator's verdict on a message, checked by hand: the
+// same rules as telemetryMsg's tags, with the clock read once (at now)
+// instead of per reading. It decides only "valid"; a message it refuses
+// goes to the validator.
+func (c *Codec) valid(id string, readings []Reading, now time.Time) bool {
+	// "max=64" on a string counts runes.
+	if len(id) > MaxIDLen && utf8.RuneCountInString(id) > MaxIDLen {
+		return false
 	}
-	return &Telemetry{ID: msg.ID, Readings: msg.Readings, Single: single}, nil
+	if len(readings) < 1 || len(readings) > c.limits.MaxReadings {
+		return false
+	}
+	for i := range readings {
+		if !c.tsOKAt(readings[i].TS, now) || !c.metricsOK(readings[i].Metrics) {
+			return false
+		}
+	}
+	return true
 }
 
 // CommandResult validates a decoded command_result frame.
@@ -386,8 +443,11 @@ func (c *Codec) metricErrors(path string, m Metrics) []FieldError {
 	return out
 }
 
-func (c *Codec) tsOK(ts int64) bool {
-	now := c.now()
+func (c *Codec) tsOK(ts int64) bool { return c.tsOKAt(ts, c.now()) }
+
+// tsOKAt reports whether ts (unix ms) is within the limits of the hub's
+// clock reading now.
+func (c *Codec) tsOKAt(ts int64, now time.Time) bool {
 	return ts <= now.Add(c.limits.MaxFuture).UnixMilli() && ts >= now.Add(-c.limits.MaxAge).UnixMilli()
 }
 

@@ -197,7 +197,8 @@ func TestErrorFrameShape(t *testing.T) {
 }
 
 // FuzzDecode feeds arbitrary bytes through the whole device-frame path: it
-// must never panic, and whatever it accepts must encode to line protocol
+// must never panic, the hand-written validity check must agree with the
+// validator, and whatever it accepts must encode to line protocol
 // InfluxDB parses back to the same values.
 func FuzzDecode(f *testing.F) {
 	seeds, _ := filepath.Glob("testdata/frames/*.json")
@@ -221,6 +222,7 @@ func FuzzDecode(f *testing.F) {
 		}
 		switch fr.Type {
 		case TypeTelemetry:
+			checkValidMatches(t, c, fr)
 			tel, err := c.Telemetry(fr)
 			if err != nil {
 				var e *Error

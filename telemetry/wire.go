@@ -163,6 +163,7 @@ type Telemetry struct {
 	// Single records that the device sent the one-reading form, so error
 	// paths read "metrics.temp" rather than "readings[0].metrics.temp".
 	Single bool
+	one    [1]Reading // Readings of a single reading, kept in the same allocation
 }
 
 // Points returns the number of readings in t.

@@ -170,12 +170,17 @@ type Broker struct {
 	sessions map[string]*session       // device id -> MQTT session state
 	watchers map[string]map[*conn]bool // device id -> its debug watchers
 	expiry   map[string]*time.Timer    // device id -> end of a detached persistent session
-	wills    map[string]*time.Timer    // device id -> a delayed will waiting to be published
+	wills    map[string]pendingWill    // device id -> a delayed will waiting to be published
 	conns    hijack.Conns[*conn]       // every connection past CONNECT, for shutdown
 	serving  sync.WaitGroup            // accept loops and connection goroutines
 	wsConns  hijack.Conns[*wsConn]     // MQTT-over-WebSocket handlers, for closeWS
 	wsBufs   sync.Pool                 // write buffers shared by idle WebSocket clients
 	stopping atomic.Bool
+	// connecting serialises the CONNECTs of one device (striped by id):
+	// taking the session and becoming the bridge's current session are
+	// one step. Taken before mu.
+	connecting [64]sync.Mutex
+	background sync.WaitGroup // results handed to the command service
 
 	// connectLog and publishLog rate-limit the refusal log lines.
 	connectLog, publishLog bridge.LogLimiter
@@ -192,7 +197,7 @@ func New(opts Options) (*Broker, error) {
 		sessions: map[string]*session{},
 		watchers: map[string]map[*conn]bool{},
 		expiry:   map[string]*time.Timer{},
-		wills:    map[string]*time.Timer{},
+		wills:    map[string]pendingWill{},
 	}, nil
 }
 
@@ -212,36 +217,62 @@ func (b *Broker) Run(ctx context.Context) error {
 	for _, ln := range lns {
 		_ = ln.Close()
 	}
-	b.closeWS()
-	for _, c := range b.conns.Close() {
+	// Every connection, over WebSocket too, is told first (MQTT 5:
+	// DISCONNECT 0x8B) and ends as a shutdown, not as a network error
+	// (which would fire its will); then the WebSocket handlers go.
+	open := b.conns.Close()
+	for _, c := range open {
 		c.kick(bridge.ReasonServerShutdown)
 	}
+	for _, c := range open {
+		c.waitKicked()
+	}
+	b.closeWS()
 	b.serving.Wait()
 	b.conns.Wait()
+	b.background.Wait()
 	b.mu.Lock()
 	for _, t := range b.expiry {
 		t.Stop()
 	}
-	for _, t := range b.wills {
-		t.Stop()
+	for _, w := range b.wills {
+		w.t.Stop()
 	}
 	b.mu.Unlock()
 	return nil
 }
 
+// lockDevice takes the device's connect stripe and returns its unlock.
+func (b *Broker) lockDevice(id string) func() {
+	h := uint32(2166136261) // FNV-1a
+	for i := 0; i < len(id); i++ {
+		h = (h ^ uint32(id[i])) * 16777619
+	}
+	m := &b.connecting[h%uint32(len(b.connecting))]
+	m.Lock()
+	return m.Unlock
+}
+
 // accept serves one listener until it is closed.
 func (b *Broker) accept(ln net.Listener) {
 	defer b.serving.Done()
+	var backoff time.Duration
 	for {
 		nc, err := ln.Accept()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(5 * time.Millisecond)
-				continue
+			if errors.Is(err, net.ErrClosed) || b.stopping.Load() {
+				return
 			}
-			return
+			// Out of file descriptors (EMFILE) and the like pass: back
+			// off and go on, as net/http does, never stop taking devices.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			if n, ok := b.connectLog.Allow(); ok {
+				b.log.Warn("mqtt accept failed; retrying", "err", err, "retry_in", backoff, "suppressed", n)
+			}
+			time.Sleep(backoff)
+			continue
 		}
+		backoff = 0
 		if !b.opts.Connects.Allow(remoteIP(nc.RemoteAddr().String())) || b.stopping.Load() {
 			_ = nc.Close()
 			continue
@@ -261,7 +292,9 @@ func (b *Broker) Addr() net.Addr { return b.opts.Listener.Addr() }
 func (b *Broker) ACLDenials() int64 { return b.denied.Load() }
 
 // CredentialsChanged closes the device's debug watchers whose token no
-// longer works (its own session is the bridge's to kick). The registry
+// longer works (its own connection is the bridge's to kick), and forgets
+// what that token left behind: a detached persistent session (its
+// commands in flight, its subscriptions) and a delayed will. The registry
 // calls it beside Bridge.CredentialsChanged.
 func (b *Broker) CredentialsChanged(id string) {
 	b.mu.Lock()
@@ -269,6 +302,22 @@ func (b *Broker) CredentialsChanged(id string) {
 	for c := range b.watchers[id] {
 		if !b.opts.Auth.StillValid(id, c.hash) {
 			stale = append(stale, c)
+		}
+	}
+	if w, ok := b.wills[id]; ok && !b.opts.Auth.StillValid(id, w.hash) {
+		w.t.Stop()
+		delete(b.wills, id)
+	}
+	if s := b.sessions[id]; s != nil && !b.opts.Auth.StillValid(id, s.hash) {
+		s.mu.Lock()
+		detached := s.conn == nil
+		s.mu.Unlock()
+		if detached { // an attached one ends with its connection, kicked by the bridge
+			delete(b.sessions, id)
+			if t := b.expiry[id]; t != nil {
+				t.Stop()
+				delete(b.expiry, id)
+			}
 		}
 	}
 	b.mu.Unlock()
@@ -316,13 +365,15 @@ func (b *Broker) attach(c *conn, clean bool, expiry time.Duration) bool {
 		delete(b.expiry, id)
 	}
 	s := b.sessions[id]
-	present := s != nil && !clean
-	if t := b.wills[id]; t != nil && present {
-		t.Stop()
+	// Only the token that opened a session resumes it: after a rotation
+	// or a delete and re-create the old one's commands are not handed on.
+	present := s != nil && !clean && s.hash == c.hash
+	if w, ok := b.wills[id]; ok && present {
+		w.t.Stop()
 		delete(b.wills, id)
 	}
 	if !present {
-		s = newSession(id)
+		s = newSession(id, c.hash)
 		b.sessions[id] = s
 	}
 	s.expiry = expiry
@@ -375,12 +426,17 @@ func (b *Broker) expire(id string, s *session) {
 	}
 }
 
-// setExpiry applies the Session Expiry Interval of an MQTT 5 DISCONNECT;
-// a session that had none cannot be given one then (5.0 §3.14.2.2.2).
-func (b *Broker) setExpiry(s *session, seconds uint32) {
+// setExpiry applies the Session Expiry Interval of c's MQTT 5 DISCONNECT
+// to its session, if c still holds it; a session that had none cannot be
+// given one then (5.0 §3.14.2.2.2).
+func (b *Broker) setExpiry(c *conn, seconds uint32) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if s.expiry == 0 {
+	s := c.sess
+	s.mu.Lock()
+	mine := s.conn == c
+	s.mu.Unlock()
+	if !mine || s.expiry == 0 {
 		return
 	}
 	s.expiry = min(time.Duration(seconds)*time.Second, b.opts.MaxSessionExpiry)
@@ -403,7 +459,7 @@ func (b *Broker) watchersOf(id string) []*conn {
 // scheduleWill publishes a will now, or after its delay unless the session
 // is resumed first (5.0 §3.1.2.11.2: the will goes out when the delay or
 // the session ends, whichever is first).
-func (b *Broker) scheduleWill(device, remote, transport string, w *will, s *session) {
+func (b *Broker) scheduleWill(device, remote, transport string, h devices.TokenHash, w *will, s *session) {
 	delay := w.delay
 	if s != nil {
 		b.mu.Lock()
@@ -416,13 +472,13 @@ func (b *Broker) scheduleWill(device, remote, transport string, w *will, s *sess
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if old := b.wills[device]; old != nil {
-		old.Stop()
+	if old, ok := b.wills[device]; ok {
+		old.t.Stop()
 	}
 	var t *time.Timer
 	t = time.AfterFunc(delay, func() {
 		b.mu.Lock()
-		mine := b.wills[device] == t
+		mine := b.wills[device].t == t
 		if mine {
 			delete(b.wills, device)
 		}
@@ -431,7 +487,14 @@ func (b *Broker) scheduleWill(device, remote, transport string, w *will, s *sess
 			b.publishWill(device, remote, transport, w)
 		}
 	})
-	b.wills[device] = t
+	b.wills[device] = pendingWill{t: t, hash: h}
+}
+
+// pendingWill is a delayed will and the token whose connection left it:
+// a revocation of that token cancels it.
+type pendingWill struct {
+	t    *time.Timer
+	hash devices.TokenHash
 }
 
 // publishWill runs a will through the pipeline like any publish of the

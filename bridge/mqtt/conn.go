@@ -11,6 +11,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -61,6 +62,11 @@ const (
 	rcWildcardNotSupported byte = 0xA2
 )
 
+// refusedAlias stands in for the topic of an MQTT 5 topic alias set on a
+// topic the device may not publish to: its uses are refused like the topic
+// (0x87), without keeping it. It is no valid topic name.
+const refusedAlias = "\x00refused"
+
 // watchSuffix turns a device id into the client id of a debug watcher.
 const watchSuffix = ":errors"
 
@@ -95,6 +101,8 @@ type conn struct {
 	out, spare *bytes.Buffer
 	flushing   bool
 	closing    bool
+	accepted   bool        // a successful CONNACK is queued: DISCONNECTs may follow
+	closed     atomic.Bool // closing, for the reader's check between packets
 	reason     string
 	kickDone   chan struct{} // closed once a kick closed the socket
 }
@@ -163,7 +171,7 @@ func (c *conn) connectMalformed(pk *packets.Packet) bool {
 	if pk.FixedHeader.Type != packets.Connect || pk.ProtocolVersion != 5 || !bytes.Equal(pk.Connect.ProtocolName, []byte("MQTT")) {
 		return false
 	}
-	c.version = 5
+	c.setVersion(5)
 	c.connack(rcMalformed, false, nil)
 	return true
 }
@@ -190,6 +198,11 @@ func (c *conn) serve() string {
 		if err := c.r.read(pk); err != nil {
 			return c.readFailed(err)
 		}
+		if c.closed.Load() {
+			// Kicked (superseded, revoked): what it read meanwhile must not
+			// touch the session its successor may have resumed.
+			return c.kickReason(bridge.ReasonNetworkError)
+		}
 		if !c.handle(pk) {
 			return c.kickReason(bridge.ReasonProtocolError)
 		}
@@ -203,7 +216,7 @@ func (c *conn) handle(pk *packets.Packet) bool {
 	case packets.Publish:
 		return c.publish(pk)
 	case packets.Puback:
-		if c.sess != nil && c.sess.acked(pk.PacketID) {
+		if c.sess != nil && c.sess.acked(c, pk.PacketID) {
 			c.b.opts.Commands.DeliverCommands(c.device)
 		}
 		return true
@@ -312,7 +325,8 @@ func (c *conn) kickCode(reason string, code byte) {
 		return
 	}
 	c.closing, c.reason = true, reason
-	if c.version == 5 && code != 0 {
+	c.closed.Store(true)
+	if c.version == 5 && code != 0 && c.accepted {
 		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}, ProtocolVersion: 5, ReasonCode: code}
 		_ = pk.DisconnectEncode(c.out)
 	}
@@ -326,6 +340,17 @@ func (c *conn) kickCode(reason string, code byte) {
 		c.flushWithin(2 * time.Second)
 		_ = c.nc.Close()
 	}()
+}
+
+// waitKicked waits until a kick's final flush and close are done, if one
+// was started.
+func (c *conn) waitKicked() {
+	c.mu.Lock()
+	done := c.kickDone
+	c.mu.Unlock()
+	if done != nil {
+		<-done
+	}
 }
 
 // end tidies up after the reader stopped: the will, the session table, the
@@ -349,8 +374,8 @@ func (c *conn) end(reason string) {
 		b.mu.Unlock()
 		return
 	}
-	if c.will != nil && willFires(reason) {
-		b.scheduleWill(c.device, c.remote, c.transport, c.will, c.sess)
+	if c.will != nil && willFires(reason) && !(c.will.delay > 0 && c.resumedElsewhere()) {
+		b.scheduleWill(c.device, c.remote, c.transport, c.hash, c.will, c.sess)
 	}
 	b.detach(c)
 	if c.bs != nil {
@@ -359,6 +384,17 @@ func (c *conn) end(reason string) {
 		}
 		b.opts.Bridge.Disconnect(c.bs, reason)
 	}
+}
+
+// resumedElsewhere reports whether another connection resumed c's
+// session: a delayed will is then never sent ([MQTT-3.1.3-9]).
+func (c *conn) resumedElsewhere() bool {
+	if c.sess == nil {
+		return false
+	}
+	c.sess.mu.Lock()
+	defer c.sess.mu.Unlock()
+	return c.sess.conn != nil && c.sess.conn != c
 }
 
 // willFires says whether a connection that ended for reason publishes its
@@ -387,7 +423,7 @@ func (c *conn) disconnected(pk *packets.Packet) {
 			reason = bridge.ReasonClientClosed
 		}
 		if pk.Properties.SessionExpiryIntervalFlag && c.sess != nil {
-			c.b.setExpiry(c.sess, pk.Properties.SessionExpiryInterval)
+			c.b.setExpiry(c, pk.Properties.SessionExpiryInterval)
 		}
 	}
 	c.mu.Lock()
@@ -396,6 +432,7 @@ func (c *conn) disconnected(pk *packets.Packet) {
 		return
 	}
 	c.closing, c.reason = true, reason
+	c.closed.Store(true)
 	c.kickDone = make(chan struct{})
 	done := c.kickDone
 	c.mu.Unlock()
@@ -445,8 +482,17 @@ func encodeInto(pk *packets.Packet, buf *bytes.Buffer) {
 // output is full, or the packet is larger than the client takes (which
 // the specification says to drop: 5.0 §3.1.2.11.4, [MQTT-3.1.2-25]).
 func (c *conn) sendPublish(topic string, payload []byte, qos byte, id uint16, dup bool) bool {
-	return c.publishOut(topic, payload, qos, id, dup, outBufferBytes)
+	return c.publishOut(topic, payload, qos, id, dup, outBufferBytes) == sent
 }
+
+// outcome is what became of a PUBLISH from the hub.
+type outcome uint8
+
+const (
+	sent    outcome = iota // queued for the client
+	refused                // closing or output full: try again later
+	dropped                // larger than the client takes: never sendable
+)
 
 // resendPublish is sendPublish for a command resent on resume: it is
 // already counted in the session's window, so the output bound does not
@@ -455,7 +501,22 @@ func (c *conn) resendPublish(topic string, payload []byte, id uint16) {
 	c.publishOut(topic, payload, 1, id, true, 1<<30)
 }
 
-func (c *conn) publishOut(topic string, payload []byte, qos byte, id uint16, dup bool, limit int) bool {
+// commandTooLarge fails a command no PUBLISH to this client can carry
+// (larger than its Maximum Packet Size): the operator sees why, and it
+// holds no slot of the window. Deliver runs on the command service's own
+// goroutine, so the result is handed over from another one.
+func (c *conn) commandTooLarge(id string) {
+	b := c.b
+	b.background.Add(1)
+	go func() { // owner: the Broker; Run waits for background
+		defer b.background.Done()
+		r := &telemetry.CommandResult{ID: id, Status: telemetry.ResultError,
+			Error: fmt.Sprintf("command larger than the device's MQTT Maximum Packet Size (%d bytes)", c.maxOut)}
+		_ = b.opts.Commands.CommandResult(c.device, r)
+	}()
+}
+
+func (c *conn) publishOut(topic string, payload []byte, qos byte, id uint16, dup bool, limit int) outcome {
 	pk := packets.Packet{
 		FixedHeader:     packets.FixedHeader{Type: packets.Publish, Qos: qos, Dup: dup},
 		TopicName:       topic,
@@ -466,7 +527,7 @@ func (c *conn) publishOut(topic string, payload []byte, qos byte, id uint16, dup
 	c.mu.Lock()
 	if c.closing || c.out.Len() > limit {
 		c.mu.Unlock()
-		return false
+		return refused
 	}
 	start := c.out.Len()
 	_ = pk.PublishEncode(c.out)
@@ -477,7 +538,7 @@ func (c *conn) publishOut(topic string, payload []byte, qos byte, id uint16, dup
 			c.b.log.Info("mqtt publish dropped: larger than the client's maximum packet size", "device", c.device,
 				"topic", topic, "bytes", len(payload), "max", c.maxOut, "suppressed", n)
 		}
-		return true
+		return dropped
 	}
 	start = 0
 	if !c.flushing {
@@ -488,7 +549,7 @@ func (c *conn) publishOut(topic string, payload []byte, qos byte, id uint16, dup
 	if start == 1 {
 		go c.flushLoop() // owner: the connection; ends once the output is empty
 	}
-	return true
+	return sent
 }
 
 // flushLoop writes what other goroutines appended until the output is
@@ -545,13 +606,28 @@ func (c *conn) flushDeadline(deadline time.Time) bool {
 
 // --- CONNECT ---
 
-// connack appends a CONNACK.
+// setVersion records the client's protocol version; under mu, since a
+// kick from another goroutine reads it to decide on a DISCONNECT.
+func (c *conn) setVersion(v byte) {
+	c.mu.Lock()
+	c.version = v
+	c.mu.Unlock()
+}
+
+// connack appends a CONNACK. Once a successful one is out, a kick may
+// tell an MQTT 5 client why with a DISCONNECT; before, it may not
+// ([MQTT-3.14.0-1]).
 func (c *conn) connack(code byte, present bool, props *packets.Properties) {
 	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connack}, ReasonCode: code, SessionPresent: present}
 	if props != nil && c.version == 5 {
 		pk.Properties = *props
 	}
 	c.answer(&pk)
+	if code == rcSuccess {
+		c.mu.Lock()
+		c.accepted = true
+		c.mu.Unlock()
+	}
 }
 
 // refuseConnect answers a refused CONNECT in the client's version and logs
@@ -583,14 +659,15 @@ func (c *conn) connect(pk *packets.Packet) bool {
 	case name == "MQTT" || name == "MQIsdp":
 		// Unsupported level: 0x01 in the 3.1.1 form, which every version
 		// reads ([MQTT-3.1.2-2]; 5.0 clients at level 5 never get here).
-		c.version = 4
+		c.setVersion(4)
 		return c.refuseConnect(v3BadProtocolVersion, v3BadProtocolVersion, "unsupported protocol level", "", "")
 	default:
 		return false // not MQTT: close without CONNACK ([MQTT-3.1.2-1])
 	}
-	c.version = 4
 	if pk.ProtocolVersion == 5 {
-		c.version = 5
+		c.setVersion(5)
+	} else {
+		c.setVersion(4)
 	}
 	c.r.version = c.version
 	user, id := string(pk.Connect.Username), pk.Connect.ClientIdentifier
@@ -687,12 +764,17 @@ func (c *conn) connect(pk *packets.Packet) bool {
 	} else if cf.Clean {
 		expiry = 0
 	}
+	// Two CONNECTs of one device must not interleave between taking the
+	// session and becoming the bridge's current session, or the session
+	// table and the bridge would name different connections.
+	unlock := c.b.lockDevice(c.device)
 	present := c.b.attach(c, cf.Clean, expiry)
 	c.connack(rcSuccess, present, props)
 	if present {
 		c.sess.resend(c)
 	}
 	c.bs = c.b.opts.Bridge.Connect(c.device, c.transport, c.remote, hash, c)
+	unlock()
 	return true
 }
 
@@ -767,7 +849,14 @@ func (c *conn) publish(pk *packets.Packet) bool {
 				if c.aliases == nil {
 					c.aliases = map[uint16]string{}
 				}
-				c.aliases[a] = strings.Clone(topic) // topic aliases the read buffer
+				// A topic the device may publish to is short and its own; a
+				// refused one (up to a packet long) is remembered as refused,
+				// not kept: 16 aliases cannot hold megabytes.
+				if topicAllowed(c.device, topic, true) && !c.watcher {
+					c.aliases[a] = strings.Clone(topic) // topic aliases the read buffer
+				} else {
+					c.aliases[a] = refusedAlias
+				}
 			} else if topic = c.aliases[a]; topic == "" {
 				c.fail(rcProtocolError, bridge.ReasonProtocolError) // §3.3.2.3.4: an alias never set
 				return false
@@ -798,8 +887,12 @@ func (c *conn) publish(pk *packets.Packet) bool {
 	}
 	id, kind, ok := telemetry.ParseTopic(topic)
 	if !ok || id != c.device || (kind != telemetry.KindTelemetry && kind != telemetry.KindCommandResult) {
-		c.b.aclDenied(c.device, topic, true)
-		terr := &telemetry.Error{Code: telemetry.CodeInvalid, Message: "topic " + telemetry.Truncate(topic, 128) + " is not one this device may publish to"}
+		shown := telemetry.Truncate(topic, 128)
+		if topic == refusedAlias {
+			shown = fmt.Sprintf("(topic alias %d)", pk.Properties.TopicAlias)
+		}
+		c.b.aclDenied(c.device, shown, true)
+		terr := &telemetry.Error{Code: telemetry.CodeInvalid, Message: "topic " + shown + " is not one this device may publish to"}
 		c.sendError("", terr, c.version == 4 || qos == 0)
 		// 3.1.1: acknowledged normally so the device does not resend it
 		// ([MQTT-3.3.5-2] allows ack or close); 5.0: Not authorized.
@@ -905,7 +998,7 @@ func (c *conn) sendError(msgID string, terr *telemetry.Error, toDevice bool) {
 // again ([MQTT-4.3.3-3]).
 func (c *conn) pubrel(pk *packets.Packet) bool {
 	code := rcSuccess
-	if c.sess == nil || !c.sess.released(pk.PacketID) {
+	if c.sess == nil || !c.sess.released(c, pk.PacketID) {
 		code = rcPacketIDNotFound
 	}
 	c.answer(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubcomp}, PacketID: pk.PacketID, ReasonCode: c.v5Code(code)})
@@ -950,13 +1043,17 @@ func (c *conn) subscribe(pk *packets.Packet) bool {
 			codes[i] = granted
 		case f.Filter == errs:
 			c.sess.mu.Lock()
-			c.sess.errors = true
+			if c.sess.conn == c {
+				c.sess.errors = true
+			}
 			c.sess.mu.Unlock()
 			codes[i] = granted
 		case f.Filter == commands && !c.watcher:
 			c.sess.mu.Lock()
-			newCommands = newCommands || !c.sess.commands || c.sess.commandsQoS != granted
-			c.sess.commands, c.sess.commandsQoS = true, granted
+			if c.sess.conn == c {
+				newCommands = newCommands || !c.sess.commands || c.sess.commandsQoS != granted
+				c.sess.commands, c.sess.commandsQoS = true, granted
+			}
 			c.sess.mu.Unlock()
 			codes[i] = granted
 		default:
@@ -998,11 +1095,15 @@ func (c *conn) unsubscribe(pk *packets.Packet) bool {
 		case c.watcher:
 		case f.Filter == errs:
 			c.sess.mu.Lock()
-			had, c.sess.errors = c.sess.errors, false
+			if c.sess.conn == c {
+				had, c.sess.errors = c.sess.errors, false
+			}
 			c.sess.mu.Unlock()
 		case f.Filter == commands:
 			c.sess.mu.Lock()
-			had, c.sess.commands = c.sess.commands, false
+			if c.sess.conn == c {
+				had, c.sess.commands = c.sess.commands, false
+			}
 			c.sess.mu.Unlock()
 		}
 		codes[i] = rcSuccess

@@ -64,13 +64,15 @@ func (r *reader) read(pk *packets.Packet) error {
 	// (device id, client id) are kept for the whole connection, so it gets
 	// a buffer of its own; later packets' strings must be cloned if kept.
 	if n > cap(buf) || pk.FixedHeader.Type == packets.Connect {
-		buf = make([]byte, n)
-		if n <= smallBody && pk.FixedHeader.Type != packets.Connect {
+		buf, err = readGrowing(r.br, n)
+		if n <= smallBody && pk.FixedHeader.Type != packets.Connect && err == nil {
 			r.body = buf
 		}
+	} else {
+		buf = buf[:n]
+		_, err = io.ReadFull(r.br, buf)
 	}
-	buf = buf[:n]
-	if _, err := io.ReadFull(r.br, buf); err != nil {
+	if err != nil {
 		if errors.Is(err, io.EOF) {
 			return io.ErrUnexpectedEOF
 		}
@@ -82,6 +84,25 @@ func (r *reader) read(pk *packets.Packet) error {
 		return fmt.Errorf("%w: %s: %w", errMalformed, packets.PacketNames[pk.FixedHeader.Type], err)
 	}
 	return nil
+}
+
+// readGrowing reads an n-byte body into a buffer that grows as the bytes
+// arrive (doubling from smallBody), never to what the fixed header merely
+// announced: a client that announces 256 KiB and sends five bytes holds
+// 4 KiB, not 256.
+func readGrowing(r io.Reader, n int) ([]byte, error) {
+	buf := make([]byte, 0, min(n, smallBody))
+	for len(buf) < n {
+		if len(buf) == cap(buf) {
+			buf = append(buf, make([]byte, min(cap(buf), n-cap(buf)))...)[:len(buf)]
+		}
+		m, err := r.Read(buf[len(buf):min(cap(buf), n)])
+		buf = buf[:len(buf)+m]
+		if err != nil && len(buf) < n {
+			return nil, err
+		}
+	}
+	return buf, nil
 }
 
 // decode decodes the body of pk by its type with mochi's decoders.

@@ -4,6 +4,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/telemetry"
 )
 
@@ -17,6 +18,10 @@ const maxInflight = 16
 // it; s.mu is taken before the connection's mu (docs/locks.md).
 type session struct {
 	device string
+	// hash is the token that opened the session: a connection with
+	// another (rotated, or a new device under a deleted one's id) never
+	// resumes it.
+	hash devices.TokenHash
 
 	// Guarded by the Broker's mu: the session table's view of it.
 	expiry time.Duration // how long it outlives its connection; 0: it ends with it
@@ -44,10 +49,14 @@ type inflight struct {
 	id      uint16
 	command string
 	payload []byte
+	// written: sent on the current connection. A resume resends only as
+	// many as the new connection's Receive Maximum allows, the rest as
+	// PUBACKs free the window ([MQTT-3.3.4-7]).
+	written bool
 }
 
-func newSession(device string) *session {
-	return &session{device: device, in: map[uint16]struct{}{}}
+func newSession(device string, h devices.TokenHash) *session {
+	return &session{device: device, hash: h, in: map[uint16]struct{}{}}
 }
 
 // nextPacketID returns a packet id no command in flight has. Caller holds
@@ -71,18 +80,45 @@ func (s *session) nextPacketID() uint16 {
 	}
 }
 
-// acked forgets the command in flight with packet id; it reports whether
+// acked forgets the command in flight with packet id, if c holds the
+// session, and sends the next one a resume held back; it reports whether
 // there was one.
-func (s *session) acked(id uint16) bool {
+func (s *session) acked(c *conn, id uint16) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.conn != c {
+		return false // superseded: the session is another connection's
+	}
 	for i, f := range s.out {
 		if f.id == id {
 			s.out = append(s.out[:i], s.out[i+1:]...)
+			s.writeHeld(c)
 			return true
 		}
 	}
 	return false
+}
+
+// writeHeld resends commands in flight not yet written on c, within its
+// window. Caller holds s.mu.
+func (s *session) writeHeld(c *conn) {
+	topic := telemetry.Topic(s.device, telemetry.KindCommands)
+	written := 0
+	for i := range s.out {
+		if s.out[i].written {
+			written++
+		}
+	}
+	for i := range s.out {
+		if written >= c.window() {
+			return
+		}
+		if !s.out[i].written {
+			c.resendPublish(topic, s.out[i].payload, s.out[i].id)
+			s.out[i].written = true
+			written++
+		}
+	}
 }
 
 // deliver sends cmd to the device on c, the session's connection: false
@@ -107,25 +143,37 @@ func (s *session) deliver(c *conn, cmd telemetry.Command) bool {
 	topic := telemetry.Topic(s.device, telemetry.KindCommands)
 	payload := telemetry.EncodeCommand(cmd, false)
 	if s.commandsQoS == 0 {
-		return c.sendPublish(topic, payload, 0, 0, false)
+		switch c.publishOut(topic, payload, 0, 0, false, outBufferBytes) {
+		case refused:
+			return false
+		case dropped:
+			c.commandTooLarge(cmd.ID)
+		}
+		return true
 	}
 	id := s.nextPacketID()
-	if !c.sendPublish(topic, payload, 1, id, false) {
+	switch c.publishOut(topic, payload, 1, id, false, outBufferBytes) {
+	case refused:
 		return false
+	case dropped:
+		c.commandTooLarge(cmd.ID)
+		return true
 	}
-	s.out = append(s.out, inflight{id: id, command: cmd.ID, payload: payload})
+	s.out = append(s.out, inflight{id: id, command: cmd.ID, payload: payload, written: true})
 	return true
 }
 
-// resend writes every command in flight again on c, with DUP set and its
-// packet id, before anything else the session sends (§4.4, [MQTT-4.4.0-1]).
+// resend writes the commands in flight again on c, with DUP set and
+// their packet ids, before anything else the session sends (§4.4,
+// [MQTT-4.4.0-1]), as many as c's window allows; the rest follow as
+// PUBACKs come (acked).
 func (s *session) resend(c *conn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	topic := telemetry.Topic(s.device, telemetry.KindCommands)
-	for _, f := range s.out {
-		c.resendPublish(topic, f.payload, f.id)
+	for i := range s.out {
+		s.out[i].written = false
 	}
+	s.writeHeld(c)
 }
 
 // awaitingRelease reports whether the client's QoS 2 packet id is stored
@@ -144,10 +192,14 @@ func (s *session) received(id uint16) {
 	s.in[id] = struct{}{}
 }
 
-// released forgets a QoS 2 packet id at PUBREL; false if it was unknown.
-func (s *session) released(id uint16) bool {
+// released forgets a QoS 2 packet id at PUBREL; false if it was unknown
+// (or c no longer holds the session).
+func (s *session) released(c *conn, id uint16) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.conn != c {
+		return false
+	}
 	_, ok := s.in[id]
 	delete(s.in, id)
 	return ok

@@ -20,8 +20,8 @@ type MetricSpan struct {
 
 // MetricSpans returns every metric InfluxDB holds for device, with its
 // type and its first and last point in time, up to a day past now (the
-// hub accepts readings a few minutes ahead). It reads the device's whole
-// history in InfluxDB, so ctx should bound it.
+// hub accepts readings a few minutes ahead). InfluxDB scans the device's
+// whole history for it, so ctx must bound it.
 func (c *Client) MetricSpans(ctx context.Context, device string, now time.Time) (map[string]MetricSpan, error) {
 	if device == "" || len(device) > 64 {
 		return nil, fmt.Errorf("%w: device is invalid", ErrBadQuery)
@@ -36,7 +36,9 @@ func (c *Client) MetricSpans(ctx context.Context, device string, now time.Time) 
 		b.WriteString("  |> keep(columns: [\"_time\", \"_field\", \"_value\"])\n")
 		b.WriteString("  |> group(columns: [\"_field\"])\n")
 		fmt.Fprintf(&b, "  |> %s()\n", sel)
-		res, err := c.query.Query(ctx, b.String())
+		// The streaming client: ctx is the bound, not the per-request
+		// timeout, for a long history takes a while to scan.
+		res, err := c.stream.Query(ctx, b.String())
 		if err != nil {
 			return nil, fmt.Errorf("metric catalogue: query influxdb: %w", withoutURL(err))
 		}
