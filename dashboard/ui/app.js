@@ -669,14 +669,15 @@ function chartOptions(c, spec, label, width) {
   const series = [{ label: "time", value: (u, ts) => (ts == null ? "–" : new Date(ts).toLocaleString()) }];
   spec.series.forEach((s, i) => {
     const color = palette[i % palette.length];
-    const base = { label: label(s), stroke: color, width: 1.5, spanGaps: false };
+    // Few points, or points between gaps, draw no line: show them as dots.
+    const values = c.data ? c.data[i + 1].filter((y) => y !== null && y !== undefined).length : 0;
+    const base = { label: label(s), stroke: color, width: 1.5, spanGaps: false, points: { show: values < 120, size: 5, fill: color } };
     if (spec.kind === "bool") {
       Object.assign(base, { paths: uPlot.paths.stepped({ align: 1 }), fill: color + "33", value: (u, y) => (y == null ? "–" : y ? "true" : "false") });
     } else if (spec.kind === "string") {
-      Object.assign(base, { paths: uPlot.paths.stepped({ align: 1 }), points: { show: true, size: 5 }, value: (u, y) => (y == null ? "–" : c.cats[y]) });
+      Object.assign(base, { paths: uPlot.paths.stepped({ align: 1 }), points: { show: true, size: 5, fill: color }, value: (u, y) => (y == null ? "–" : c.cats[y]) });
     } else {
-      const n = c.data ? c.data[0].length : 0;
-      Object.assign(base, { points: { show: n < 60, size: 5 }, value: (u, y) => (y == null ? "–" : fmtValue(y) + (c.unit ? " " + c.unit : "")) });
+      base.value = (u, y) => (y == null ? "–" : fmtValue(y) + (c.unit ? " " + c.unit : ""));
     }
     series.push(base);
   });
