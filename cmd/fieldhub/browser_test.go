@@ -308,7 +308,7 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Errorf("overview order %v, want %v", order, want)
 	}
 	p.text(`tr[data-device="idle-1"] td:first-child`, func(s string) bool { return s == "offline" })
-	p.text(`tr[data-device="sim-1"] td:nth-child(7)`, func(s string) bool { return strings.Contains(s, "temp") })
+	p.text(`tr[data-device="sim-1"] td:nth-child(8)`, func(s string) bool { return strings.Contains(s, "temp") })
 	p.run(chromedp.Click(`button.sort[data-sort="id"]`, chromedp.ByQuery))
 	p.eval(`[...document.querySelectorAll("#device-rows tr")].map(r => r.dataset.device)`, &order)
 	if len(order) < 2 || order[0] != "sim-11" || order[1] != "sim-10" {
@@ -379,6 +379,14 @@ func TestDashboardInBrowser(t *testing.T) {
 	p.text("#cmd-rows tr:first-child td:nth-child(2)", func(s string) bool { return s == `{"seconds":0.5}` })
 	p.text("#cmd-rows tr:first-child td.outcome", func(s string) bool { return s != "" })
 
+	// The live socket drops: a banner says so, the page reconnects and
+	// resubscribes, and live values flow again.
+	p.run(chromedp.Evaluate(`state.live.close(); true`, nil),
+		chromedp.WaitVisible("#banner", chromedp.ByQuery),
+		chromedp.WaitNotVisible("#banner", chromedp.ByQuery))
+	before := p.text(`b[data-metric="count"]`, func(s string) bool { return s != "" })
+	p.text(`b[data-metric="count"]`, func(s string) bool { return s != before })
+
 	// Rotate asks first, naming the device; Escape rotates nothing.
 	p.run(chromedp.Click("#rotate", chromedp.ByQuery), chromedp.WaitVisible("#dialog-shade", chromedp.ByQuery))
 	p.text("#dialog-text", func(s string) bool { return strings.Contains(s, "sim-1") })
@@ -420,11 +428,21 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Errorf("sim-2's page kept %q from sim-1", cmdName)
 	}
 
+	// A command to a device that is offline stays queued; Cancel cancels it.
+	p.run(chromedp.Navigate(h.url+"/#/devices/idle-1"), chromedp.WaitVisible("#cmd-form", chromedp.ByQuery),
+		chromedp.SendKeys("#cmd-name", "reboot", chromedp.ByQuery), chromedp.Click(`#cmd-form button[type=submit]`, chromedp.ByQuery),
+		chromedp.WaitVisible(`button[aria-label="Cancel command reboot"]`, chromedp.ByQuery),
+		chromedp.Click(`button[aria-label="Cancel command reboot"]`, chromedp.ByQuery))
+	p.text("#cmd-rows td[data-command]", func(s string) bool { return s == "cancelled" })
+
 	// A refused message: the device's page says what and why.
 	if st, _ := postReadings(t, h, histToken, map[string]any{"id": "bad-1", "metrics": map[string]any{"temp": "hot"}}); st != 400 {
 		t.Fatalf("a string for a number metric: %d, want 400", st)
 	}
-	p.run(chromedp.Navigate(h.url + "/#/devices/hist-1"))
+	// The overview counts it on the device's row, linked to its page.
+	p.run(chromedp.Navigate(h.url + "/#/"))
+	p.text(`tr[data-device="hist-1"] td:nth-child(7)`, func(s string) bool { return s == "1" })
+	p.run(chromedp.Click(`tr[data-device="hist-1"] td:nth-child(7) a`, chromedp.ByQuery))
 	p.text(`#rej-rows tr[data-code="invalid"] td:nth-child(3)`, func(s string) bool { return s == "metrics.temp" })
 	p.text(`#rej-rows tr td:nth-child(4)`, func(s string) bool { return strings.Contains(s, "is a number on this hub") })
 

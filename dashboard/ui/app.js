@@ -289,6 +289,7 @@ async function loadDevices() {
     const href = "#/devices/" + encodeURIComponent(d.id);
     const tr = el("tr", { class: "row", "data-device": d.id },
       cells.status, el("td", {}, el("a", { href }, d.id)), el("td", { class: "hide-narrow" }, d.name || ""), cells.transport, cells.seen, cells.since,
+      el("td", { class: "hide-narrow" }, d.rejected ? el("a", { href: href + "", title: "see why on the device page" }, String(d.rejected)) : "0"),
       cells.latest, el("td", { class: "hide-narrow muted" }, labels));
     // The link is the keyboard's way in; a click anywhere on the row is the mouse's.
     tr.addEventListener("click", (ev) => { if (ev.target.tagName !== "A") location.hash = href; });
@@ -324,6 +325,7 @@ const sorters = {
   name: (a, b) => natural.compare(a.d.name || "", b.d.name || ""),
   status: (a, b) => Number(b.d.online) - Number(a.d.online),
   transport: (a, b) => natural.compare(a.d.online ? a.d.transport || "" : "", b.d.online ? b.d.transport || "" : ""),
+  rejected: (a, b) => (b.d.rejected || 0) - (a.d.rejected || 0),
   seen: (a, b) => (Date.parse(b.d.last_seen || 0) || 0) - (Date.parse(a.d.last_seen || 0) || 0),
   since: (a, b) => (a.d.online ? 1 : 0) - (b.d.online ? 1 : 0) || (Date.parse(a.d.last_seen || 0) || 0) - (Date.parse(b.d.last_seen || 0) || 0),
 };
@@ -940,7 +942,11 @@ function openTokens() {
 async function loadTokens() {
   const gen = state.gen;
   let r;
-  try { r = await api("GET", "/api/v1/tokens"); } catch (e) { if (gen === state.gen) $("tok-error").textContent = e.message; return; }
+  try { r = await api("GET", "/api/v1/tokens"); } catch (e) {
+    if (e.status === 401) { boot(); return; } // revoked our own token
+    if (gen === state.gen) $("tok-error").textContent = e.message;
+    return;
+  }
   if (gen !== state.gen) return;
   const toks = (r.tokens || []).slice().sort((a, b) => natural.compare(a.name, b.name));
   $("tok-rows").replaceChildren(...toks.map((t) => {
