@@ -515,6 +515,12 @@ for (const b of document.querySelectorAll(".ranges button")) {
   });
 }
 $("reset-zoom").addEventListener("click", () => { state.zoom = null; loadCharts(); });
+// A new width asks for as many points again, drawn at the new size.
+let resizeTimer = null;
+window.addEventListener("resize", () => {
+  clearTimeout(resizeTimer);
+  resizeTimer = setTimeout(() => { if (state.view === "device" && state.charts.length) loadCharts(); }, 300);
+});
 $("combine").addEventListener("change", () => loadCharts());
 $("compare").addEventListener("change", () => loadCharts());
 
@@ -611,6 +617,7 @@ function newChart(spec, v) {
   c.load = async () => {
     const width = Math.max(100, Math.round(plot.clientWidth || 400));
     const points = Math.min(2000, width);
+    c.points = points;
     let tables;
     try {
       tables = await Promise.all(spec.series.map(async (s) => {
