@@ -515,11 +515,15 @@ for (const b of document.querySelectorAll(".ranges button")) {
   });
 }
 $("reset-zoom").addEventListener("click", () => { state.zoom = null; loadCharts(); });
-// A new width asks for as many points again, drawn at the new size.
+// A new width asks for as many points again, drawn at the new size (a
+// change of height alone, or of a scrollbar's width, does not).
 let resizeTimer = null;
 window.addEventListener("resize", () => {
   clearTimeout(resizeTimer);
-  resizeTimer = setTimeout(() => { if (state.view === "device" && state.charts.length) loadCharts(); }, 300);
+  resizeTimer = setTimeout(() => {
+    const changed = state.charts.some((c) => c.points && Math.abs(Math.min(2000, c.plot.clientWidth) - c.points) > 32);
+    if (state.view === "device" && changed) loadCharts();
+  }, 300);
 });
 $("combine").addEventListener("change", () => loadCharts());
 $("compare").addEventListener("change", () => loadCharts());
@@ -652,10 +656,18 @@ function newChart(spec, v) {
     if (!c.data || !c.view.live) return;
     const idx = spec.series.map((s) => (s.device === ev.device && ev.metrics && s.metric in ev.metrics ? toY(ev.metrics[s.metric]) : undefined));
     if (idx.every((y) => y === undefined)) return;
-    const last = c.data[0].length ? c.data[0][c.data[0].length - 1] : -Infinity;
+    const n = c.data[0].length, last = n ? c.data[0][n - 1] : -Infinity;
     if (ev.ts <= last) return; // keep time order
-    c.data[0].push(ev.ts);
-    idx.forEach((y, i) => c.data[i + 1].push(y));
+    // At most one point per pixel, as the history was fetched: a reading
+    // closer than that to the last point replaces its values, so a page
+    // left open holds a bounded number of points.
+    const step = (c.view.max - c.view.min) / (c.points || 1000);
+    if (n && ev.ts - last < step && !spec.series.some((_, i) => c.data[i + 1][n - 1] === null)) {
+      idx.forEach((y, i) => { if (y !== undefined) c.data[i + 1][n - 1] = y; });
+    } else {
+      c.data[0].push(ev.ts);
+      idx.forEach((y, i) => c.data[i + 1].push(y));
+    }
     if (c.pending) return;
     c.pending = true;
     requestAnimationFrame(() => {
@@ -838,6 +850,8 @@ function fillCommand(c) {
   if (rank(st) === 2 && rank(c.status) < 2) fetchCommand(c.id); // the live event came first
   cells.outcome.textContent = outcome(c);
   cells.outcome.className = c.error ? "outcome error" : "outcome";
+  if (cells.actionFor === st) return; // keep the button (and its focus) while the status stays
+  cells.actionFor = st;
   cells.action.replaceChildren();
   if (st === "queued" && canOperate()) {
     const b = el("button", { "aria-label": "Cancel command " + c.name }, "Cancel");
@@ -862,6 +876,7 @@ function updateCommand(id, status) {
   // Never step back: the POST answer and the live events can arrive in either order.
   if (!cells || rank(status) < rank(cells.status.textContent)) return;
   setCommandStatus(cells, status);
+  if (status !== "queued") { cells.action.replaceChildren(); cells.actionFor = status; } // no Cancel once sent
   if (rank(status) === 2) fetchCommand(id); // final: fetch the result or the reason
 }
 
