@@ -364,7 +364,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	p.waitJS("zoomed data", `state.charts.every(c => c.data && c.data[1].some(y => y != null))`)
 	over := p.rect(`.chart[data-metric="temp"] .u-over`)
 	p.run(chromedp.MouseEvent(input.MouseMoved, over.X+over.W*0.95, over.Y+over.H/2))
-	p.waitJS("the tooltip", `(() => { const t = document.querySelector('.chart[data-metric="temp"] .u-tooltip'); return t && !t.hidden && /temp: /.test(t.textContent); })()`)
+	p.waitJS("the tooltip", `(() => { const t = document.querySelector('.chart[data-metric="temp"] .u-tooltip'); return t && !t.hidden && /temp: \d/.test(t.textContent); })()`)
 	p.run(chromedp.ScrollIntoView("body", chromedp.ByQuery))
 	screenshot(t, ctx, "device.png")
 	p.axe("the device page")
@@ -442,8 +442,10 @@ func TestDashboardInBrowser(t *testing.T) {
 
 	// A command to a device that is offline stays queued; Cancel cancels it.
 	p.device(h.url, "idle-1")
-	p.run(chromedp.SendKeys("#cmd-name", "reboot", chromedp.ByQuery), chromedp.Click(`#cmd-form button[type=submit]`, chromedp.ByQuery),
-		chromedp.WaitVisible(`button[aria-label="Cancel command reboot"]`, chromedp.ByQuery))
+	// (Enter submits: the page's panels are still filling in, and a click
+	// could land where the button was a moment before.)
+	p.run(chromedp.SendKeys("#cmd-name", "reboot"+kb.Enter, chromedp.ByQuery))
+	p.text("#cmd-rows td[data-command]", func(s string) bool { return s == "queued" })
 	p.tabTo(`button[aria-label="Cancel command reboot"]`)
 	p.run(chromedp.KeyEvent(kb.Enter))
 	p.text("#cmd-rows td[data-command]", func(s string) bool { return s == "cancelled" })

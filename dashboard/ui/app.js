@@ -715,7 +715,8 @@ function chartOptions(c, spec, label, width) {
     width, height: 180, ms: 1, scales, series,
     axes: [{ grid: { show: true, stroke: "#e3e7ec" } }, yAxis],
     legend: { live: true },
-    cursor: { drag: { x: true, y: false, setScale: false } },
+    // The cursor snaps to the nearest value within 30 px, skipping empty windows.
+    cursor: { drag: { x: true, y: false, setScale: false }, hover: { skip: [null, undefined], prox: 30 } },
     plugins: [tooltipPlugin()],
     hooks: { setSelect: [(u) => {
       if (u.select.width < 5) return;
@@ -739,12 +740,13 @@ function tooltipPlugin() {
   return { hooks: {
     init: (u) => { tip = el("div", { class: "u-tooltip", role: "tooltip" }); tip.hidden = true; u.over.append(tip); },
     setCursor: (u) => {
-      const i = u.cursor.idx;
-      if (i == null || u.cursor.left < 0) { tip.hidden = true; return; }
-      const lines = [new Date(u.data[0][i]).toLocaleString()];
+      const idxs = u.cursor.idxs || [];
+      const hit = idxs.findIndex((i, s) => s > 0 && i != null);
+      if (hit < 0 || u.cursor.left < 0) { tip.hidden = true; return; }
+      const lines = [new Date(u.data[0][idxs[hit]]).toLocaleString()];
       for (let s = 1; s < u.series.length; s++) {
-        const y = u.data[s][i];
-        if (y !== undefined) lines.push(u.series[s].label + ": " + u.series[s].value(u, y, s, i));
+        const i = idxs[s];
+        if (i != null && u.data[s][i] != null) lines.push(u.series[s].label + ": " + u.series[s].value(u, u.data[s][i], s, i));
       }
       tip.textContent = lines.join("\n");
       tip.hidden = false;
