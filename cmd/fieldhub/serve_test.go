@@ -73,6 +73,7 @@ func startHubTB(t testing.TB, influx *influxtest.Server, extraEnv map[string]str
 		h.env[k] = v
 	}
 	h.adminToken = h.env["FIELDHUB_ADMIN_TOKEN"]
+	h.url = "http://" + h.env["FIELDHUB_HTTP_ADDR"] // a restart may keep its address
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	go func() {
