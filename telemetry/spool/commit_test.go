@@ -204,6 +204,8 @@ func TestCrashLosesNothingAcked(t *testing.T) {
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
+			// The child appends until killed: kill it whatever happens here.
+			t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 			acked := map[string]bool{}
 			lines := make(chan string)
 			go func() {

@@ -129,7 +129,7 @@ func (p Position) less(q Position) bool {
 
 // Stats is a snapshot for readiness and metrics.
 type Stats struct {
-	Bytes          int64     // segment bytes on disk
+	Bytes          int64     // record bytes in segment files (the active segment's preallocated rest not counted)
 	MaxBytes       int64     // the bound on Bytes
 	PendingPoints  int64     // points appended and not yet confirmed
 	OldestPending  time.Time // append time of the oldest unconfirmed record; zero if none
