@@ -53,6 +53,8 @@ type config struct {
 
 	MaxMetricsPerDevice int // distinct metric names of one device
 	MaxMetricNames      int // distinct metric names of the fleet
+	// SpoolCommitInterval is spool.Options.CommitInterval.
+	SpoolCommitInterval time.Duration
 
 	MQTTMaxConns    int
 	LiveMaxPerToken int
@@ -116,6 +118,7 @@ var settings = []setting{
 	{"shutdown-timeout", "FIELDHUB_SHUTDOWN_TIMEOUT", "10s", "how long a graceful shutdown may take", false},
 	{"max-message-bytes", "FIELDHUB_MAX_MESSAGE_BYTES", "262144", "largest device message (WebSocket frame, MQTT packet, HTTP body)", false},
 	{"spool-max-bytes", "FIELDHUB_SPOOL_MAX_BYTES", "1073741824", "disk bound of the durable spool; when full, devices get 'overloaded'", false},
+	{"spool-commit-interval", "FIELDHUB_SPOOL_COMMIT_INTERVAL", "2ms", "how long the spool holds a commit open for more readings before one fsync covers them all: each acknowledgement waits up to this much longer, readings arriving less than an fsync apart share one fsync (0: sync at once)", false},
 	{"rate-limit", "FIELDHUB_RATE_LIMIT", "50", "messages per second per device", false},
 	{"rate-burst", "FIELDHUB_RATE_BURST", "100", "burst of messages per device", false},
 	{"ws-ping-interval", "FIELDHUB_WS_PING_INTERVAL", "30s", "WebSocket ping interval; no pong within two intervals disconnects", false},
@@ -215,6 +218,9 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 
 		MaxMetricsPerDevice: p.intRange("max-metrics-per-device", 1, 1<<16),
 		MaxMetricNames:      p.intRange("max-metric-names", 1, 1<<22),
+		// At most 100 ms: every acknowledgement pays it, and the bridge
+		// gives up on the spool after 5 s.
+		SpoolCommitInterval: p.durationRange("spool-commit-interval", 0, 100*time.Millisecond),
 
 		MQTTMaxConns:    p.intRange("mqtt-max-conns", 1, 1<<22),
 		LiveMaxPerToken: p.intRange("live-max-per-token", 1, 1000),
@@ -399,6 +405,15 @@ func (p *parser) duration(name string) time.Duration {
 	v, err := time.ParseDuration(p.str(name))
 	if err != nil || v <= 0 {
 		p.fail(name, "must be a positive duration such as 500ms, 10s or 5m")
+	}
+	return v
+}
+
+// durationRange is duration for settings where 0 means off.
+func (p *parser) durationRange(name string, lo, hi time.Duration) time.Duration {
+	v, err := time.ParseDuration(p.str(name))
+	if err != nil || v < lo || v > hi {
+		p.fail(name, fmt.Sprintf("must be a duration from %v to %v, such as 2ms", lo, hi))
 	}
 	return v
 }

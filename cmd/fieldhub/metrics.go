@@ -109,6 +109,7 @@ var (
 	descSpoolCorruptB = prometheus.NewDesc("fieldhub_spool_corrupt_bytes_total", "Damaged spool bytes skipped and quarantined at start, or skipped by the reader to resynchronise.", nil, nil)
 	descSpoolCorruptR = prometheus.NewDesc("fieldhub_spool_corrupt_records_total", "Damaged spool records skipped at start (estimated from their length fields, at least one per damaged run).", nil, nil)
 	descSpoolCorruptC = prometheus.NewDesc("fieldhub_spool_corrupt_checkpoints_total", "Spool checkpoint files found unusable at start (every segment was replayed from its beginning).", nil, nil)
+	descSpoolCommits  = prometheus.NewDesc("fieldhub_spool_commits_total", "Spool group commits since start, one write and one fsync each; readings accepted divided by this is readings per fsync (FIELDHUB_SPOOL_COMMIT_INTERVAL).", nil, nil)
 	descWritten       = prometheus.NewDesc("fieldhub_influx_points_written_total", "Points InfluxDB accepted.", nil, nil)
 	descDeadLettered  = prometheus.NewDesc("fieldhub_influx_points_dead_lettered_total", "Points InfluxDB permanently rejected, kept in the dead-letter file.", nil, nil)
 	descInfluxHealthy = prometheus.NewDesc("fieldhub_influx_up", "1 when the last InfluxDB write succeeded.", nil, nil)
@@ -145,7 +146,7 @@ type hubCollector struct {
 
 func (c *hubCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConnected, descConnects, descDisconnects, descMessages, descReadings, descRejected, descSchema, descSchemaRelease,
-		descSpoolBytes, descSpoolMax, descSpoolPending, descSpoolAge, descSpoolTorn, descSpoolCorruptB, descSpoolCorruptR, descSpoolCorruptC, descWritten, descDeadLettered, descInfluxHealthy, descDevices,
+		descSpoolBytes, descSpoolMax, descSpoolPending, descSpoolAge, descSpoolTorn, descSpoolCorruptB, descSpoolCorruptR, descSpoolCorruptC, descSpoolCommits, descWritten, descDeadLettered, descInfluxHealthy, descDevices,
 		descLiveSubs, descLiveSent, descLiveCoalesced, descLiveSlow, descLiveDropped, descLiveRefused, descLiveFilter, descCommands} {
 		ch <- d
 	}
@@ -202,6 +203,7 @@ func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descSpoolCorruptB, prometheus.CounterValue, float64(ss.CorruptBytes))
 	ch <- prometheus.MustNewConstMetric(descSpoolCorruptR, prometheus.CounterValue, float64(ss.CorruptRecords))
 	ch <- prometheus.MustNewConstMetric(descSpoolCorruptC, prometheus.CounterValue, float64(ss.CorruptCheckpoints))
+	ch <- prometheus.MustNewConstMetric(descSpoolCommits, prometheus.CounterValue, float64(ss.Commits))
 	ws := c.w.Stats()
 	ch <- prometheus.MustNewConstMetric(descWritten, prometheus.CounterValue, float64(ws.WrittenPoints))
 	ch <- prometheus.MustNewConstMetric(descDeadLettered, prometheus.CounterValue, float64(ws.DeadLettered))

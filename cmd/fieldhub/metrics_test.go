@@ -97,6 +97,7 @@ func TestMetricsMove(t *testing.T) {
 	want := map[string]float64{
 		`fieldhub_messages_rejected_total{code="invalid"}`:                             1,
 		`fieldhub_readings_accepted_total{transport="ws"}`:                             1,
+		`fieldhub_spool_commits_total`:                                                 1,
 		`fieldhub_messages_received_total{transport="ws"}`:                             2,
 		`fieldhub_device_connects_total{transport="ws"}`:                               1,
 		`fieldhub_device_connects_total{transport="mqtt"}`:                             1,

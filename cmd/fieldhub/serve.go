@@ -141,7 +141,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		}
 	}
 
-	sp, err := spool.Open(spool.Options{Dir: filepath.Join(cfg.DataDir, "spool"), MaxBytes: cfg.SpoolMaxBytes, Logger: log})
+	sp, err := spool.Open(spool.Options{Dir: filepath.Join(cfg.DataDir, "spool"), MaxBytes: cfg.SpoolMaxBytes, CommitInterval: cfg.SpoolCommitInterval, Logger: log})
 	if err != nil {
 		return fmt.Errorf("FIELDHUB_DATA_DIR: open spool: %w", err)
 	}

@@ -226,12 +226,18 @@ func TestAppendAfterClose(t *testing.T) {
 
 func BenchmarkAppend(b *testing.B) {
 	for _, tc := range []struct {
-		name   string
-		points int
-		par    int
-	}{{"single/64writers", 1, 64}, {"batch100/16writers", 100, 16}} {
+		name     string
+		points   int
+		par      int
+		interval time.Duration
+	}{
+		{"single/64writers", 1, 64, 0}, {"batch100/16writers", 100, 16, 0},
+		// 64 writers that each wait for their answer: with an interval,
+		// about 64 appends per interval, the ceiling of a closed loop.
+		{"single/64writers/interval=2ms", 1, 64, 2 * time.Millisecond},
+	} {
 		b.Run(tc.name, func(b *testing.B) {
-			s, err := Open(Options{Dir: b.TempDir(), MaxBytes: 8 << 30})
+			s, err := Open(Options{Dir: b.TempDir(), MaxBytes: 8 << 30, CommitInterval: tc.interval})
 			if err != nil {
 				b.Fatal(err)
 			}

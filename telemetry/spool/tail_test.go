@@ -11,7 +11,9 @@ import (
 // TestTailVerdict: what follows the last intact record of the last
 // segment is a torn write (truncated silently, counted in RecoveredTorn)
 // when it is less than a header, a header whose record runs past the end
-// of the file, or zeros (the file grew before its data reached the disk);
+// of the file, zeros (the file grew before its data reached the disk, or
+// a preallocated segment's unused end), or a record whose payload was cut
+// short by those zeros;
 // anything else is damage (quarantined, counted in CorruptBytes). Either
 // way the five intact records are replayed.
 func TestTailVerdict(t *testing.T) {
@@ -33,6 +35,10 @@ func TestTailVerdict(t *testing.T) {
 		{"a whole empty record with a bad checksum", header(0), false},
 		{"a whole record with a bad checksum", append(header(10), "1234567890"...), false},
 		{"garbage after zeros", append(make([]byte, 30), bytes.Repeat([]byte{7}, 30)...), false},
+		// A preallocated segment: the write stopped inside a record.
+		{"a record cut short, then preallocated zeros", append(append(header(10), "12345"...), make([]byte, 100)...), true},
+		{"a whole record with a bad checksum, then zeros", append(append(header(10), "1234567890"...), make([]byte, 100)...), false},
+		{"a record cut short, zeros, then garbage", append(append(append(header(10), "12345"...), make([]byte, 100)...), 7), false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
