@@ -1,9 +1,12 @@
 package main
 
 import (
+	"net/http"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gorilla/websocket"
 )
 
 // TestAttackUXTerminalEscapes: what a hostile device sends, and what an
@@ -60,5 +63,42 @@ func TestAttackUXTerminalEscapes(t *testing.T) {
 	}
 	if strings.Contains(stdout, "\x1b") {
 		t.Errorf("device list printed a device name's escape sequence raw: %q", stdout)
+	}
+}
+
+// TestAttackUXCommandReasonEscapes: a device answers a command with an
+// error string holding an escape sequence and a line break;
+// `fieldhub command list` prints it raw in its RESULT / REASON column.
+func TestAttackUXCommandReasonEscapes(t *testing.T) {
+	influx := startInflux(t)
+	h := startHub(t, influx, nil)
+	token := h.createDevice(t, "evil-2")
+	viewer := map[string]string{"FIELDHUB_URL": h.url, "FIELDHUB_TOKEN": h.token(t, "viewer")}
+	dev, _, err := websocket.DefaultDialer.Dial(strings.Replace(h.url, "http", "ws", 1)+"/ws/device", http.Header{"Authorization": {"Bearer " + token}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	st, cmd := h.send(t, h.token(t, "operator"), "evil-2", "", map[string]any{"name": "reboot"}, nil)
+	if st != 202 {
+		t.Fatalf("send: %d %v", st, cmd)
+	}
+	for {
+		var f map[string]any
+		if err := dev.ReadJSON(&f); err != nil {
+			t.Fatal(err)
+		}
+		if f["type"] == "command" {
+			_ = dev.WriteJSON(map[string]any{"type": "command_result", "id": f["id"], "status": "error", "error": "\x1b]0;owned\x07\x1b[2J\nFORGED"})
+			break
+		}
+	}
+	waitUntil(t, "command failed", loadWait, func() bool { return h.commandStatus(t, "evil-2", cmd["id"].(string)) == "failed" })
+	code, stdout, stderr := cliRun(t, viewer, "command", "list", "evil-2")
+	if code != 0 {
+		t.Fatalf("command list: exit %d %s", code, stderr)
+	}
+	if strings.ContainsAny(stdout, "\x1b\x07") || strings.Contains(stdout, "\nFORGED") {
+		t.Errorf("command list printed the device's escape sequences / line break raw: %q", stdout)
 	}
 }
