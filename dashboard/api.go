@@ -676,19 +676,35 @@ func apiType(stored string) string {
 	return ""
 }
 
-// metricType is the API type of one metric of device, "" when the schema
-// does not know it (or cannot be read: the query then assumes a number,
-// as before the schema existed).
+// metricType is the API type of one metric of device: the schema's, else
+// InfluxDB's; "" when neither knows it (or the schema cannot be read: the
+// query then assumes a number, as before the schema existed).
 func (s *Server) metricType(ctx context.Context, device, metric string) string {
-	if s.opts.Schema == nil {
-		return ""
+	if s.opts.Schema != nil {
+		types, err := s.opts.Schema.DeviceMetricTypes(ctx, device)
+		if err != nil {
+			s.log.Warn("read metric schema", "device", device, "err", err)
+			return ""
+		}
+		if t := apiType(types[metric]); t != "" {
+			return t
+		}
 	}
-	types, err := s.opts.Schema.DeviceMetricTypes(ctx, device)
-	if err != nil {
-		s.log.Warn("read metric schema", "device", device, "err", err)
-		return ""
+	// Data the schema never saw (written before it existed, or by another
+	// writer): InfluxDB's own type of the field, as the catalogue does, so
+	// a string is not averaged.
+	if ft, ok := s.opts.History.(fieldTyper); ok {
+		if all, err := ft.FieldTypes(ctx); err == nil {
+			return apiType(all[metric])
+		}
 	}
-	return apiType(types[metric])
+	return ""
+}
+
+// fieldTyper is the History that can say InfluxDB's type of each field
+// (*influx.Client).
+type fieldTyper interface {
+	FieldTypes(ctx context.Context) (map[string]string, error)
 }
 
 // pickFn sets the aggregate function of a downsampled or windowed query

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/fieldhub/fieldhub/telemetry"
 )
 
 // Role is what an operator token may do. Each role includes the ones below.
@@ -75,6 +77,9 @@ func (r *Registry) CreateOperatorToken(ctx context.Context, name string, role Ro
 	name = strings.TrimSpace(name)
 	if name == "" || len(name) > MaxNameLen {
 		return OperatorToken{}, "", fmt.Errorf("%w: name must be 1 to %d bytes", ErrInvalid, MaxNameLen)
+	}
+	if telemetry.HasControl(name) {
+		return OperatorToken{}, "", fmt.Errorf("%w: name must be UTF-8 text without control characters", ErrInvalid)
 	}
 	secret := newToken(OperatorTokenPrefix)
 	var idb [8]byte

@@ -495,6 +495,8 @@ func validateSpec(s Spec) error {
 		return fmt.Errorf("%w: id %q must match %s", ErrInvalid, telemetry.Truncate(s.ID, 80), IDPattern)
 	case len(s.Name) > MaxNameLen:
 		return fmt.Errorf("%w: name must be at most %d bytes", ErrInvalid, MaxNameLen)
+	case telemetry.HasControl(s.Name):
+		return fmt.Errorf("%w: name must be UTF-8 text without control characters", ErrInvalid)
 	case len(s.Labels) > MaxLabels:
 		return fmt.Errorf("%w: at most %d labels", ErrInvalid, MaxLabels)
 	}

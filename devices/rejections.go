@@ -81,10 +81,14 @@ func (r *Registry) Rejected(device, transport, id string, e *telemetry.Error) {
 	if !ok || e == nil {
 		return
 	}
+	// What the device chose (a field name, its id, text quoted in the
+	// message) is kept with control characters escaped: it reaches
+	// operators' terminals and tables.
 	rej := Rejection{At: r.opts.Now().UnixMilli(), Transport: transport, Code: e.Code,
-		Message: telemetry.Truncate(e.Message, MaxRejectionMessage-3), ID: telemetry.Truncate(id, telemetry.MaxIDLen)}
+		Message: telemetry.Truncate(telemetry.Printable(e.Message), MaxRejectionMessage-3),
+		ID:      telemetry.Truncate(telemetry.Printable(id), telemetry.MaxIDLen)}
 	if len(e.Fields) > 0 {
-		rej.Field = e.Fields[0].Field
+		rej.Field = telemetry.Truncate(telemetry.Printable(e.Fields[0].Field), MaxRejectionMessage-3)
 	}
 	d.live.rejections.add(rej)
 }

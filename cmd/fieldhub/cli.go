@@ -17,6 +17,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/fieldhub/fieldhub/telemetry"
 )
 
 // Exit codes of the fieldhub command, documented in docs/protocol.md
@@ -270,7 +272,13 @@ func (e *cliEnv) table(rows [][]string) error {
 	var buf bytes.Buffer
 	tw := tabwriter.NewWriter(&buf, 0, 4, 2, ' ', 0)
 	for _, r := range rows {
-		fmt.Fprintln(tw, strings.Join(r, "\t"))
+		cells := make([]string, len(r))
+		for i, c := range r {
+			// Anything a device or an operator typed is shown, never
+			// obeyed: escapes and line breaks come out as \x1b, \n.
+			cells[i] = telemetry.Printable(c)
+		}
+		fmt.Fprintln(tw, strings.Join(cells, "\t"))
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -384,6 +384,7 @@ function resetDevicePage() {
   $("reset-zoom").hidden = true;
   $("device-body").hidden = true;
   for (const id of ["export-csv", "export-jsonl"]) $(id).removeAttribute("href"); // set again once the catalogue is known
+  $("export-more").replaceChildren();
   cmdRows.clear();
   cmdSeen.clear();
 }
@@ -758,18 +759,42 @@ function tooltipPlugin() {
 }
 
 // ---- export -----------------------------------------------------------
-function exportURL(format) {
+// exportURL is the export of the metrics of one group of at most 16 (the
+// API's bound per request); a device with more gets one link per group.
+function exportURL(format, group) {
   const dev = state.device;
   const v = view();
   const q = new URLSearchParams({ start: String(Math.floor(v.min)), stop: String(Math.ceil(v.max)), format });
-  for (const m of dev.catalogue.slice(0, 16)) q.append("metric", m.name);
+  for (const m of dev.catalogue.slice(group * 16, group * 16 + 16)) q.append("metric", m.name);
   return devPath(dev.id, "/export?" + q);
 }
 
 function updateExportLinks() {
   if (!state.device || !state.device.catalogueReady) return;
-  $("export-csv").href = exportURL("csv");
-  $("export-jsonl").href = exportURL("jsonl");
+  const n = state.device.catalogue.length;
+  $("export-csv").href = exportURL("csv", 0);
+  $("export-jsonl").href = exportURL("jsonl", 0);
+  const more = $("export-more");
+  if (n > 16) {
+    $("export-csv").textContent = "Export CSV (metrics 1-16)";
+    $("export-jsonl").textContent = "Export JSON lines (metrics 1-16)";
+  }
+  // One more pair of links per further group of 16 metrics: every metric
+  // is in some export.
+  const links = [];
+  for (let g = 1; g * 16 < n; g++) {
+    const range = `metrics ${g * 16 + 1}-${Math.min(n, g * 16 + 16)}`;
+    for (const [format, label] of [["csv", "CSV"], ["jsonl", "JSON lines"]]) {
+      const a = document.createElement("a");
+      a.className = "button";
+      a.setAttribute("download", "");
+      a.href = exportURL(format, g);
+      a.textContent = `Export ${label} (${range})`;
+      a.addEventListener("click", () => { a.href = exportURL(format, g); }); // the window moves with the clock
+      links.push(a);
+    }
+  }
+  more.replaceChildren(...links);
 }
 // The window moves with the clock: the link is rebuilt when it is used.
 for (const id of ["export-csv", "export-jsonl"]) {
