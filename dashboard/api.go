@@ -11,6 +11,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -473,6 +474,29 @@ func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) {
 			f.Labels = map[string]string{}
 		}
 		f.Labels[k] = v
+	}
+	if v := q.Get("sort"); v != "" {
+		if !slices.Contains(devices.ListSorts, v) {
+			writeErr(w, http.StatusBadRequest, "bad_request", "sort must be one of "+strings.Join(devices.ListSorts, ", "))
+			return
+		}
+		f.Sort = v
+		switch q.Get("order") {
+		case "", "asc":
+		case "desc":
+			f.Desc = true
+		default:
+			writeErr(w, http.StatusBadRequest, "bad_request", "order must be asc or desc")
+			return
+		}
+		if v := q.Get("offset"); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				writeErr(w, http.StatusBadRequest, "bad_request", "offset must be a whole number")
+				return
+			}
+			f.Offset = n
+		}
 	}
 	devs, next, total := s.opts.Registry.List(f)
 	writeJSON(w, http.StatusOK, map[string]any{"devices": devs, "next": next, "total": total})

@@ -9,10 +9,13 @@ import (
 	"maps"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/fieldhub/fieldhub/telemetry"
 )
@@ -650,9 +653,20 @@ type Filter struct {
 	Labels map[string]string // every label must match
 	Online *bool
 	Search string // substring of id or name, case-insensitive
-	After  string // cursor: the last id of the previous page
+	After  string // cursor: the last id of the previous page (id order only)
 	Limit  int    // default 100, at most MaxListPageSize
+	// Sort orders the whole match by one column (ListSorts) before it is
+	// paged by Offset: the overview sorts the fleet, not one page of it.
+	// "" is id order, paged by After.
+	Sort   string
+	Desc   bool
+	Offset int
 }
+
+// ListSorts are the columns List sorts by: natural order of ids and
+// names (sim-2 before sim-10), online first, transport, most rejected,
+// most recently seen, longest offline first. Ties go by natural id order.
+var ListSorts = []string{"id", "name", "status", "transport", "rejected", "seen", "since"}
 
 // List returns devices in id order matching f, and the cursor of the next
 // page ("" on the last page), and the total number matching.
@@ -682,6 +696,9 @@ func (r *Registry) List(f Filter) (devs []Device, next string, total int) {
 			matched = append(matched, d)
 		}
 	}
+	if f.Sort != "" {
+		return listSorted(matched, f)
+	}
 	slices.SortFunc(matched, func(a, b *device) int { return cmp.Compare(a.rec.ID, b.rec.ID) })
 	total = len(matched)
 	start, _ := slices.BinarySearchFunc(matched, f.After, func(d *device, id string) int {
@@ -702,6 +719,109 @@ func (r *Registry) List(f Filter) (devs []Device, next string, total int) {
 		next = matched[end-1].rec.ID
 	}
 	return devs, next, total
+}
+
+// listSorted is List with f.Sort: the page at f.Offset; next is the
+// offset of the next page ("" on the last).
+func listSorted(matched []*device, f Filter) (devs []Device, next string, total int) {
+	views := make([]Device, len(matched))
+	for i, d := range matched {
+		views[i] = d.view()
+	}
+	by := listOrder(f.Sort)
+	slices.SortFunc(views, func(a, b Device) int {
+		c := by(a, b)
+		if f.Desc {
+			c = -c
+		}
+		if c != 0 {
+			return c
+		}
+		return NaturalCompare(a.ID, b.ID)
+	})
+	total = len(views)
+	start := min(max(f.Offset, 0), total)
+	end := min(start+f.Limit, total)
+	if end < total {
+		next = strconv.Itoa(end)
+	}
+	return views[start:end], next, total
+}
+
+// listOrder is the comparison of one ListSorts column (id when unknown).
+func listOrder(col string) func(a, b Device) int {
+	seen := func(d Device) int64 {
+		if d.LastSeen == nil {
+			return 0
+		}
+		return d.LastSeen.UnixMilli()
+	}
+	online := func(d Device) int {
+		if d.Online {
+			return 1
+		}
+		return 0
+	}
+	switch col {
+	case "name":
+		return func(a, b Device) int { return NaturalCompare(a.Name, b.Name) }
+	case "status":
+		return func(a, b Device) int { return online(b) - online(a) }
+	case "transport":
+		tr := func(d Device) string {
+			if d.Online {
+				return d.Transport
+			}
+			return ""
+		}
+		return func(a, b Device) int { return NaturalCompare(tr(a), tr(b)) }
+	case "rejected":
+		return func(a, b Device) int { return cmp.Compare(b.Rejected, a.Rejected) }
+	case "seen":
+		return func(a, b Device) int { return cmp.Compare(seen(b), seen(a)) }
+	case "since":
+		return func(a, b Device) int {
+			if c := online(a) - online(b); c != 0 {
+				return c
+			}
+			return cmp.Compare(seen(a), seen(b))
+		}
+	}
+	return func(a, b Device) int { return NaturalCompare(a.ID, b.ID) }
+}
+
+// NaturalCompare orders strings with their digit runs as numbers, case
+// folded: sim-2 before sim-10, as the operators' UI sorts.
+func NaturalCompare(a, b string) int {
+	for a != "" && b != "" {
+		da, db := digitRun(a), digitRun(b)
+		if da > 0 && db > 0 {
+			na, nb := strings.TrimLeft(a[:da], "0"), strings.TrimLeft(b[:db], "0")
+			if c := cmp.Compare(len(na), len(nb)); c != 0 {
+				return c
+			}
+			if c := strings.Compare(na, nb); c != 0 {
+				return c
+			}
+			a, b = a[da:], b[db:]
+			continue
+		}
+		ra, sa := utf8.DecodeRuneInString(a)
+		rb, sb := utf8.DecodeRuneInString(b)
+		if c := cmp.Compare(unicode.ToLower(ra), unicode.ToLower(rb)); c != 0 {
+			return c
+		}
+		a, b = a[sa:], b[sb:]
+	}
+	return cmp.Compare(len(a), len(b))
+}
+
+func digitRun(s string) int {
+	n := 0
+	for n < len(s) && s[n] >= '0' && s[n] <= '9' {
+		n++
+	}
+	return n
 }
 
 // Rotate issues a new token for device id. With grace 0 the old tokens stop

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -323,4 +324,57 @@ func BenchmarkAuthenticate(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestListSorted: the overview's sort orders the whole match, then pages
+// it: natural order of ids (sim-2 before sim-10), descending, offsets.
+func TestListSorted(t *testing.T) {
+	st, err := OpenBolt(filepath.Join(t.TempDir(), "r.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	r, err := Open(context.Background(), st, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	for _, id := range []string{"sim-10", "sim-2", "sim-1", "Sim-3", "sim-21"} {
+		if _, err := r.Create(context.Background(), Spec{ID: id, Name: "n-" + id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ids := func(ds []Device) (out []string) {
+		for _, d := range ds {
+			out = append(out, d.ID)
+		}
+		return out
+	}
+	tests := []struct {
+		f        Filter
+		want     []string
+		wantNext string
+	}{
+		{Filter{Sort: "id"}, []string{"sim-1", "sim-2", "Sim-3", "sim-10", "sim-21"}, ""},
+		{Filter{Sort: "id", Desc: true}, []string{"sim-21", "sim-10", "Sim-3", "sim-2", "sim-1"}, ""},
+		{Filter{Sort: "id", Limit: 2}, []string{"sim-1", "sim-2"}, "2"},
+		{Filter{Sort: "id", Limit: 2, Offset: 2}, []string{"Sim-3", "sim-10"}, "4"},
+		{Filter{Sort: "id", Limit: 2, Offset: 4}, []string{"sim-21"}, ""},
+		{Filter{Sort: "name", Offset: 99}, nil, ""},
+		{Filter{Sort: "status"}, []string{"sim-1", "sim-2", "Sim-3", "sim-10", "sim-21"}, ""}, // all offline: ties by natural id
+	}
+	for _, tt := range tests {
+		got, next, total := r.List(tt.f)
+		if !slices.Equal(ids(got), tt.want) || next != tt.wantNext || total != 5 {
+			t.Errorf("List(%+v) = %v next %q total %d, want %v next %q total 5", tt.f, ids(got), next, total, tt.want, tt.wantNext)
+		}
+	}
+	for _, c := range []struct {
+		a, b string
+		want int
+	}{{"sim-2", "sim-10", -1}, {"a", "A", 0}, {"x01", "x1", 0}, {"x1", "x1a", -1}, {"b", "a10", 1}} {
+		if got := NaturalCompare(c.a, c.b); got != c.want {
+			t.Errorf("NaturalCompare(%q, %q) = %d, want %d", c.a, c.b, got, c.want)
+		}
+	}
 }

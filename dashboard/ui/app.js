@@ -271,7 +271,11 @@ async function loadDevices() {
   if ($("search").value) q.set("q", $("search").value);
   if ($("label").value.includes("=")) q.set("label", $("label").value);
   if ($("online-filter").value) q.set("online", $("online-filter").value);
-  if (state.page.after) q.set("after", state.page.after);
+  // The whole fleet is sorted on the hub, not this page: the page is the
+  // next 100 of that order (natural order of ids by default).
+  q.set("sort", state.sort.key);
+  q.set("order", state.sort.dir > 0 ? "asc" : "desc");
+  if (state.page.after) q.set("offset", state.page.after);
   for (const b of document.querySelectorAll(".cards button")) b.setAttribute("aria-pressed", String(b.dataset.filter === $("online-filter").value));
   let data;
   try { data = await api("GET", "/api/v1/devices?" + q, undefined, signal); } catch (e) { if (e.status === 401) boot(); return; }
@@ -342,7 +346,8 @@ function renderRows() {
 for (const b of document.querySelectorAll("button.sort")) {
   b.addEventListener("click", () => {
     state.sort = { key: b.dataset.sort, dir: state.sort.key === b.dataset.sort ? -state.sort.dir : 1 };
-    renderRows();
+    renderRows(); // at once for this page, then the fleet's order from the hub
+    reloadDevices();
   });
 }
 
