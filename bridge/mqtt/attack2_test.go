@@ -162,7 +162,7 @@ func TestAttackGateway2DelayedWillSurvivesCleanStart(t *testing.T) {
 	first.conn.Close() // network error: its will is due in 600 s, or when its session ends
 	waitFor(t, "the first will scheduled", func() bool { return r.broker.hasWill("d1") })
 	second := r.raw5OK(t, "d1", withWill(true)) // clean start: the first session ends here
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(patience)        // ends as soon as the will is stored
 	for r.stored(t) == before && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -343,7 +343,7 @@ func TestAttackGateway2ClientErrorDisconnectDiscardsWill(t *testing.T) {
 		c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}, ReasonCode: code})
 		c.expectClosed()
 		waitFor(t, "the connection's end", func() bool { return r.broker.open.Load() == 0 })
-		deadline := time.Now().Add(5 * time.Second)
+		deadline := time.Now().Add(patience) // ends as soon as the will is stored
 		for r.stored(t) == before && time.Now().Before(deadline) {
 			time.Sleep(20 * time.Millisecond)
 		}
@@ -451,7 +451,7 @@ func TestAttackGateway2InvalidDisconnectSessionExpiry(t *testing.T) {
 		t.Errorf("DISCONNECT setting a Session Expiry Interval the CONNECT did not have: got %s (%v), want DISCONNECT 0x82", describe(pk), err)
 	}
 	waitFor(t, "the connection's end", func() bool { return r.broker.open.Load() == 0 })
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(patience) // ends as soon as the will is stored
 	for r.stored(t) == before && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
