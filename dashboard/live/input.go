@@ -35,7 +35,8 @@ type stateEvent struct {
 }
 
 // key says which events coalesce: the latest presence per device, the
-// latest status per command, one waiterless Forget per device. A Forget
+// latest status per command, the latest change per alert, the latest
+// state document per device, one waiterless Forget per device. A Forget
 // with a waiter never coalesces (its caller waits for it, so there are
 // no more of those than callers).
 func (se *stateEvent) key() (string, bool) {
@@ -46,6 +47,8 @@ func (se *stateEvent) key() (string, bool) {
 		return "f\x00" + se.ev.Device, true
 	case se.ev.Type == telemetry.EventCommand:
 		return "c\x00" + se.ev.Device + "\x00" + se.ev.ID, true
+	case se.ev.Type == telemetry.EventAlert:
+		return "a\x00" + se.ev.Device + "\x00" + se.ev.ID, true
 	default:
 		return string(se.ev.Type) + "\x00" + se.ev.Device, true
 	}
