@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,7 +23,27 @@ const (
 	faultOversized = "oversized"      // -> connection closed (WebSocket 1009, MQTT disconnect)
 	faultWrongAuth = "wrong_token"    // -> 401 / CONNACK refused
 	faultFlap      = "flap"           // -> nothing: the device drops and comes back
+	faultSpike     = "spike"          // -> acked: good readings whose temp jumps to spikeTemp for spikeReadings readings, then back
 )
+
+// A spike is spikeReadings readings in a row whose temp is about
+// spikeTemp, far above the sensor's usual 10-40 and its natural glitches
+// (at most +25): a value a threshold alert rule must catch. The readings
+// are good ones (acked and stored); the next reading is back in range.
+const (
+	spikeReadings = 3
+	spikeTemp     = 150.0
+)
+
+// messageFaults are the fault kinds next draws from when Config.Faults is
+// empty: every fault of a message but spike, which is opt-in because it
+// changes what good readings say. wrong_token is a fault of the connect.
+var messageFaults = []string{faultMalformed, faultFutureTS, faultBadMetric, faultOversized, faultFlap, faultConflict, faultReserved}
+
+// FaultKinds are the names Config.Faults and --faults accept.
+func FaultKinds() []string {
+	return append(append([]string(nil), messageFaults...), faultSpike, faultWrongAuth)
+}
 
 var expectedCode = map[string]string{
 	faultMalformed: telemetry.CodeBadJSON,
@@ -60,6 +81,7 @@ type device struct {
 	sentMsgs  int
 	ackedMsgs int   // good messages acknowledged
 	lastTS    int64 // readings get strictly increasing timestamps (unique points)
+	spikeLeft int   // readings of the current spike still to send
 	target    int   // which hub (of Hub and MoreHubs) this device connects to now
 
 	// rateChanged wakes the device's stream when setRate changed its
@@ -197,13 +219,20 @@ func (d *device) next(now time.Time, maxBytes int) (id string, payload []byte, f
 	d.seq++
 	d.sentMsgs++
 	id = strconv.Itoa(d.seq)
-	if faulty {
-		kinds := []string{faultMalformed, faultFutureTS, faultBadMetric, faultOversized, faultFlap, faultConflict, faultReserved}
+	if kinds := d.f.msgFaults; faulty && len(kinds) > 0 {
 		fault = kinds[d.rng.IntN(len(kinds))]
 		if fault == faultConflict && d.ackedMsgs == 0 {
 			// A conflict needs the hub to know temp as a number first:
 			// the device's own good reading, stored before this one.
 			fault = faultBadMetric
+			if !slices.Contains(kinds, faultBadMetric) {
+				fault = ""
+			}
+		}
+		if fault == faultSpike {
+			// A good message as far as the protocol goes: only its
+			// values are unusual.
+			d.spikeLeft, fault = spikeReadings, ""
 		}
 	}
 	b := make([]byte, 0, 160*d.f.cfg.Batch)
@@ -261,6 +290,10 @@ func (d *device) appendMessage(b []byte, id string, now time.Time, extraMetric s
 		b = strconv.AppendInt(b, ms, 10)
 		b = append(b, `,"metrics":{`...)
 		m := d.sensor.read(ts)
+		if !faulty && d.spikeLeft > 0 {
+			d.spikeLeft--
+			m["temp"] = spikeTemp + float64(d.rng.IntN(100))/10
+		}
 		if d.f.cfg.Stamp != nil {
 			b = append(b, `"seq":`...)
 			seq := d.f.cfg.Stamp()

@@ -62,6 +62,10 @@ type Config struct {
 	// FaultRate is the share of messages (and connects) that are
 	// deliberately faulty, 0 to 1.
 	FaultRate float64
+	// Faults are the fault kinds drawn from at FaultRate (FaultKinds
+	// lists them); empty means every kind but spike. A test that wants
+	// alerts from the fleet names e.g. spike and flap.
+	Faults []string
 	// Duration and Count bound the run: wall time, and messages per
 	// device. Zero means unbounded (until ctx ends). Tests bound a run by
 	// Count: it means the same on a loaded machine as on an idle one.
@@ -128,6 +132,11 @@ func (c *Config) ensureDefaults() error {
 	if c.FaultRate < 0 || c.FaultRate > 1 {
 		return errors.New("firmwaresim: fault rate must be between 0 and 1")
 	}
+	for _, k := range c.Faults {
+		if !slices.Contains(FaultKinds(), k) {
+			return fmt.Errorf("firmwaresim: unknown fault kind %q (known: %s)", k, strings.Join(FaultKinds(), ", "))
+		}
+	}
 	if c.MaxInflight <= 0 {
 		c.MaxInflight = 100
 	}
@@ -182,6 +191,9 @@ type Fleet struct {
 	mu      sync.Mutex // guards devices, creds and start once Run began
 	devices []*device
 	started chan struct{} // closed once Run launched every device
+
+	msgFaults []string // the message fault kinds of Config.Faults, read-only
+	wrongAuth bool     // whether wrong_token connects are among them
 }
 
 // counters are the fleet's totals, updated by every device.
@@ -279,6 +291,11 @@ func New(cfg Config) (*Fleet, error) {
 	}
 	f := &Fleet{cfg: cfg, log: cfg.Logger, rec: recorder{cap: cfg.RecordAcked}, started: make(chan struct{})}
 	f.c.errors = map[string]int64{}
+	f.msgFaults, f.wrongAuth = messageFaults, true
+	if len(cfg.Faults) > 0 {
+		f.msgFaults = slices.DeleteFunc(slices.Clone(cfg.Faults), func(k string) bool { return k == faultWrongAuth })
+		f.wrongAuth = slices.Contains(cfg.Faults, faultWrongAuth)
+	}
 	f.c.rng = rand.New(rand.NewPCG(cfg.Seed, 7))
 	return f, nil
 }

@@ -79,7 +79,7 @@ const faultAnswerWait = 30 * time.Second
 const oversizedAnswerWait = 60 * time.Second
 
 func (d *device) runMQTT(ctx context.Context) error {
-	if d.roll() && d.pickFault(faultWrongAuth, "") == faultWrongAuth {
+	if d.f.wrongAuth && d.roll() && d.pickFault(faultWrongAuth, "") == faultWrongAuth {
 		d.wrongTokenProbeMQTT(ctx)
 	}
 	end := newEndOnce()

@@ -61,7 +61,7 @@ func (d *device) wrongTokenProbe(ctx context.Context) {
 }
 
 func (d *device) runWS(ctx context.Context) error {
-	if d.roll() && d.pickFault(faultWrongAuth, "") == faultWrongAuth {
+	if d.f.wrongAuth && d.roll() && d.pickFault(faultWrongAuth, "") == faultWrongAuth {
 		d.wrongTokenProbe(ctx)
 	}
 	dialer := websocket.Dialer{HandshakeTimeout: 10 * time.Second, EnableCompression: false}

@@ -50,6 +50,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	fs.Float64Var(&cfg.Rate, "rate", 1, "readings per second per device")
 	fs.IntVar(&cfg.Batch, "batch", 1, "readings per message")
 	fs.Float64Var(&cfg.FaultRate, "fault-rate", 0, "share of faulty messages and connects, 0 to 1")
+	fs.Func("faults", "comma-separated fault kinds to draw from at --fault-rate (default: all but spike): "+strings.Join(firmwaresim.FaultKinds(), ", "), func(v string) error {
+		for _, k := range strings.Split(v, ",") {
+			if k = strings.TrimSpace(k); k != "" {
+				cfg.Faults = append(cfg.Faults, k)
+			}
+		}
+		return nil
+	})
 	fs.DurationVar(&cfg.Duration, "duration", 0, "stop after this long (0: until Ctrl-C)")
 	fs.IntVar(&cfg.Count, "count", 0, "stop each device after this many messages (0: no limit)")
 	fs.IntVar(&cfg.MaxInflight, "max-inflight", 100, "unacknowledged messages per device before it waits")
