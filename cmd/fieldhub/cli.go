@@ -238,6 +238,7 @@ type cliFlags struct {
 	start, stop  string
 	format       string
 	output       string
+	alert        alertFlags // the alert commands' (cli_alerts.go)
 }
 
 // cliEnv is what a command's run function works with.
@@ -315,6 +316,7 @@ func cliGroups() []cliGroup {
 		{"device", "manage devices: create, list, get, metrics, export, rejections, update, rotate, delete, import"},
 		{"token", "manage operator API tokens: create, list, revoke"},
 		{"command", "send commands to devices and follow them: send, list, get, cancel"},
+		{"alert", "alerts and their rules: list, ack, silence; rule create, list, delete"},
 	}
 }
 
@@ -346,8 +348,9 @@ func writeGroupUsage(w io.Writer, group string) {
 	fmt.Fprintf(w, "Usage: fieldhub %s <subcommand> [flags]\n\nSubcommands:\n", group)
 	tw := tabwriter.NewWriter(w, 0, 4, 3, ' ', 0)
 	for _, c := range cliCommands() {
-		if c.group == group {
-			fmt.Fprintf(tw, "  %s %s\t%s\n", c.name, c.args, c.summary)
+		// `alert --help` lists the `alert rule` subcommands too.
+		if name, ok := strings.CutPrefix(c.group+" "+c.name, group+" "); ok {
+			fmt.Fprintf(tw, "  %s %s\t%s\n", name, c.args, c.summary)
 		}
 	}
 	_ = tw.Flush()
@@ -375,6 +378,9 @@ func adminCLI(ctx context.Context, group string, args []string, getenv func(stri
 	if len(args) == 0 {
 		writeGroupUsage(stderr, group)
 		return usageErr("%s: missing subcommand", group)
+	}
+	if group == "alert" && args[0] == "rule" { // a group of its own: alert rule create|list|delete
+		return adminCLI(ctx, "alert rule", args[1:], getenv, stdout, stderr)
 	}
 	sub, args := args[0], args[1:]
 	switch sub {
@@ -496,7 +502,7 @@ func clip(s string, n int) string {
 
 // cliCommands is the table of admin subcommands.
 func cliCommands() []cliCommand {
-	return []cliCommand{
+	return append([]cliCommand{
 		{
 			group: "device", name: "create", args: "ID", min: 1, max: 1,
 			summary: "register a device; prints its token once",
@@ -638,7 +644,7 @@ func cliCommands() []cliCommand {
 			help:    "Cancels command CMD of DEVICE while it is still queued; once sent it cannot be (exit code 5).",
 			run:     commandCancel,
 		},
-	}
+	}, alertCommands()...)
 }
 
 func deviceCreate(ctx context.Context, e *cliEnv, pos []string) error {

@@ -115,7 +115,7 @@ func TestCLIUsage(t *testing.T) {
 func TestCLIHelpOfEveryCommand(t *testing.T) {
 	const secret = "fho_help-secret"
 	for _, c := range cliCommands() {
-		code, stdout, stderr := cliRun(t, map[string]string{"FIELDHUB_TOKEN": secret}, c.group, c.name, "--help")
+		code, stdout, stderr := cliRun(t, map[string]string{"FIELDHUB_TOKEN": secret}, append(strings.Fields(c.group), c.name, "--help")...)
 		if code != 0 || !strings.Contains(stdout, "Usage: "+c.usageLine()) || !strings.Contains(stdout, c.help) ||
 			!strings.Contains(stdout, "--json") || !strings.Contains(stdout, "--url URL") || strings.Contains(stdout+stderr, secret) {
 			t.Errorf("%s %s --help: exit %d\n%s%s", c.group, c.name, code, stdout, stderr)

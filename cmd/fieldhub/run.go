@@ -29,7 +29,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return nil
 		}
 		return err
-	case "device", "token", "command":
+	case "device", "token", "command", "alert":
 		return adminCLI(ctx, args[1], args[2:], getenv, stdout, stderr)
 	case "version":
 		return printVersion(args[2:], stdout, stderr)
