@@ -45,10 +45,11 @@ async function api(method, path, body, signal = aborter.signal) {
 const devPath = (id, rest) => "/api/v1/devices/" + encodeURIComponent(id) + (rest || "");
 
 function show(view) {
-  for (const v of ["signin", "overview", "device", "tokens"]) $(v).hidden = v !== view;
+  for (const v of ["signin", "overview", "device", "tokens", "alerts"]) $(v).hidden = v !== view;
   state.view = view;
   $("nav-devices").setAttribute("aria-current", view === "overview" || view === "device" ? "page" : "false");
   $("nav-tokens").setAttribute("aria-current", view === "tokens" ? "page" : "false");
+  $("nav-alerts").setAttribute("aria-current", view === "alerts" ? "page" : "false");
 }
 
 // focusHeading moves the keyboard focus to the new view's heading, so a
@@ -175,7 +176,9 @@ function route() {
   if (!state.me) return;
   leaveView();
   const m = location.hash.match(/^#\/devices\/([^/]+)$/);
+  const am = location.hash.match(/^#\/alerts(?:\/([^/]+))?$/); // alerts.js
   if (m) openDevice(decodeURIComponent(m[1]));
+  else if (am) openAlerts(am[1] && decodeURIComponent(am[1]));
   else if (location.hash === "#/tokens") openTokens();
   else openOverview();
 }
@@ -225,6 +228,7 @@ function resubscribe() {
 }
 
 function onEvent(ev) {
+  if (ev.type === "alert") { alertEvent(ev); return; } // alerts.js
   const row = state.rows.get(ev.device);
   if (row && ev.type === "presence") updateRowPresence(row, ev);
   if (row && ev.type === "reading") {
@@ -246,6 +250,7 @@ function openOverview() {
   state.timers.push(setInterval(() => { for (const r of state.rows.values()) r.cells.seen.textContent = ago(r.d.last_seen); }, 1000));
   state.page = { stack: [], after: "", next: "" };
   loadDevices();
+  alertsOverview(); // alerts.js: the firing-alerts banner
 }
 
 async function loadStats() {
@@ -414,6 +419,7 @@ async function openDevice(id) {
   $("tz").textContent = "times in " + Intl.DateTimeFormat().resolvedOptions().timeZone;
   renderDeviceHeader(d);
   subscribe([id]);
+  alertsDevice(id); // alerts.js: the device's open alerts
   loadLatest().then(loadCatalogue).then(loadCharts);
   loadTimeline();
   loadRejections();
