@@ -445,21 +445,22 @@ function ruleBody() {
     if (!Number.isFinite(v)) throw { path, message: path + ": must be a number" };
     return v;
   };
+  // A duration the hub could not even decode is named here, with its
+  // field; an empty one is left out, so the hub says it is required.
+  const dur = (id, path) => {
+    const raw = $(id).value.trim();
+    if (raw === "") return undefined;
+    if (!/^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$/.test(raw)) throw { path, message: path + ": must be a duration such as 30s, 5m or 1h" };
+    return raw;
+  };
   const t = $("rf-type").value;
   const cond = { type: t };
   const text = (id) => $(id).value.trim();
-  if (t === "threshold") {
-    Object.assign(cond, { metric: text("rf-metric"), op: $("rf-op").value, value: num("rf-value", "condition.value") });
-    if (text("rf-for")) cond.for = text("rf-for");
-    const clear = num("rf-clear", "condition.clear");
-    if (clear !== undefined) cond.clear = clear;
-  } else if (t === "offline") {
-    cond.for = text("rf-for");
-  } else if (t === "no_data") {
-    Object.assign(cond, { metric: text("rf-metric"), for: text("rf-for") });
-  } else {
-    Object.assign(cond, { count: num("rf-count", "condition.count"), window: text("rf-window") });
-  }
+  if (t === "threshold" || t === "no_data") cond.metric = text("rf-metric");
+  if (t === "threshold") Object.assign(cond, { op: $("rf-op").value, value: num("rf-value", "condition.value"), clear: num("rf-clear", "condition.clear") });
+  if (t !== "rejections") cond.for = dur("rf-for", "condition.for");
+  else Object.assign(cond, { count: num("rf-count", "condition.count"), window: dur("rf-window", "condition.window") });
+  for (const k of Object.keys(cond)) if (cond[k] === undefined) delete cond[k];
   const selector = {};
   const devices = text("rf-devices").split(/[\s,]+/).filter(Boolean);
   if (devices.length) selector.devices = devices;
