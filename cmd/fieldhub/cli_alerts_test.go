@@ -5,8 +5,10 @@ import (
 	"flag"
 	"io"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 // ruleBodyOf parses args as `alert rule create` does and returns the
@@ -133,5 +135,93 @@ func TestCLIAlertUsage(t *testing.T) {
 				t.Fatalf("stdout not empty on error:\n%s", stdout)
 			}
 		})
+	}
+}
+
+// TestCLIAlertsAgainstHub drives the alert commands against a running hub
+// as a script would: a rule from flags and one from JSON, the refusal of a
+// bad rule with the hub's message and exit 2, a reading that fires the
+// threshold rule, listing, acknowledging (twice: the note is replaced, a
+// viewer is refused), silencing, and deleting the rule, which resolves its
+// alert.
+func TestCLIAlertsAgainstHub(t *testing.T) {
+	influx := startInflux(t)
+	h := startHub(t, influx, nil)
+	admin := map[string]string{"FIELDHUB_URL": h.url, "FIELDHUB_TOKEN": h.adminToken}
+	viewer := map[string]string{"FIELDHUB_URL": h.url, "FIELDHUB_TOKEN": h.token(t, "viewer")}
+	ok := func(t *testing.T, env map[string]string, args ...string) string {
+		t.Helper()
+		code, stdout, stderr := cliRun(t, env, args...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d\n%s%s", args, code, stdout, stderr)
+		}
+		return stdout
+	}
+	tok := h.createDevice(t, "tank-1")
+
+	var created struct {
+		Rule struct {
+			ID        string         `json:"id"`
+			Condition map[string]any `json:"condition"`
+		} `json:"rule"`
+	}
+	out := ok(t, admin, "alert", "rule", "create", "--name", "hot tanks", "--severity", "critical", "--devices", "tank-1", "--threshold", "temp > 80", "--clear", "75", "--json")
+	if err := json.Unmarshal([]byte(out), &created); err != nil || !strings.HasPrefix(created.Rule.ID, "rule-") || created.Rule.Condition["clear"] != 75.0 {
+		t.Fatalf("rule create --json: %v\n%s", err, out)
+	}
+	if out := ok(t, admin, "alert", "rule", "create", "--offline", "5m", "--name", "gone"); !strings.Contains(out, "offline for 5m") || !strings.Contains(out, "every device") {
+		t.Fatalf("rule create table:\n%s", out)
+	}
+	if code, stdout, stderr := cliRun(t, admin, "alert", "rule", "create", "--name", "bad", "--threshold", "temp > 80", "--clear", "90"); code != exitUsage || stdout != "" || !strings.Contains(stderr, "condition.clear") {
+		t.Fatalf("bad rule: exit %d %q %q", code, stdout, stderr)
+	}
+	if code, _, stderr := cliRun(t, viewer, "alert", "rule", "create", "--name", "x", "--offline", "1m"); code != exitAuth {
+		t.Fatalf("viewer creating a rule: exit %d %s", code, stderr)
+	}
+	rules := ok(t, viewer, "alert", "rule", "list")
+	if !regexp.MustCompile(`(?s)^ID .*gone .*offline for 5m.*hot tanks .*critical .*temp > 80, clear 75 .*tank-1`).MatchString(rules) {
+		t.Fatalf("rule list (by name):\n%s", rules)
+	}
+
+	if st, m := postReadings(t, h, tok, map[string]any{"readings": []map[string]any{{"ts": time.Now().UnixMilli(), "metrics": map[string]any{"temp": 91.5}}}}); st != 200 {
+		t.Fatalf("reading: %d %v", st, m)
+	}
+	var list struct {
+		Alerts []struct{ ID, State, Device, AcknowledgedBy string } `json:"alerts"`
+	}
+	waitUntil(t, "the alert firing", loadWait, func() bool {
+		code, stdout, _ := cliRun(t, viewer, "alert", "list", "--state", "firing", "--device", "tank-1", "--json")
+		return code == 0 && json.Unmarshal([]byte(stdout), &list) == nil && len(list.Alerts) == 1
+	})
+	id := list.Alerts[0].ID
+	if table := ok(t, viewer, "alert", "list"); !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(id) + ` +firing +critical +tank-1 +hot tanks .* 91\.5 +- +temp`).MatchString(table) {
+		t.Fatalf("alert list table:\n%s", table)
+	}
+	if code, _, _ := cliRun(t, viewer, "alert", "ack", id, "--note", "x"); code != exitAuth {
+		t.Fatalf("viewer ack: exit %d", code)
+	}
+	if out := ok(t, admin, "alert", "ack", id, "--note", "draining it"); !strings.Contains(out, "draining it") || !strings.Contains(out, "firing") {
+		t.Fatalf("ack:\n%s", out)
+	}
+	if code, _, stderr := cliRun(t, admin, "alert", "ack", "alert-none"); code != exitNotFound {
+		t.Fatalf("ack of an unknown alert: exit %d %s", code, stderr)
+	}
+	if out := ok(t, admin, "alert", "silence", "--device", "tank-1", "--for", "1h", "--note", "maintenance"); !strings.Contains(out, "sil-") || !strings.Contains(out, "tank-1") {
+		t.Fatalf("silence:\n%s", out)
+	}
+	waitUntil(t, "the alert shown silenced", loadWait, func() bool {
+		_, stdout, _ := cliRun(t, viewer, "alert", "list", "--device", "tank-1")
+		return strings.Contains(stdout, "firing (silenced)")
+	})
+	ok(t, admin, "alert", "rule", "delete", created.Rule.ID)
+	waitUntil(t, "the alert resolved by the rule's deletion", loadWait, func() bool {
+		code, stdout, _ := cliRun(t, viewer, "alert", "list", "--state", "resolved", "--json")
+		return code == 0 && json.Unmarshal([]byte(stdout), &list) == nil && len(list.Alerts) == 1 && list.Alerts[0].ID == id
+	})
+	if code, _, _ := cliRun(t, admin, "alert", "ack", id); code != exitConflict {
+		t.Fatalf("ack of a resolved alert: exit %d, want %d", code, exitConflict)
+	}
+	if code, _, _ := cliRun(t, admin, "alert", "rule", "delete", created.Rule.ID); code != exitNotFound {
+		t.Fatalf("second delete: exit %d", code)
 	}
 }
