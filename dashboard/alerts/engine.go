@@ -379,9 +379,11 @@ func (e *Engine) reading(ctx context.Context, ev telemetry.Event) {
 		if v.Kind != telemetry.KindNumber {
 			continue
 		}
-		for _, c := range rs.threshold[name] {
-			if c.selects(ev.Device, labels) {
-				e.threshold(ctx, c, ev.Device, labels, v.Num, ts, now)
+		for _, list := range [2][]*compiled{rs.thrAny[name], rs.thrDev[name][ev.Device]} {
+			for _, c := range list {
+				if c.selects(ev.Device, labels) {
+					e.threshold(ctx, c, ev.Device, labels, v.Num, ts, now)
+				}
 			}
 		}
 	}
@@ -502,6 +504,9 @@ func (e *Engine) resolve(ctx context.Context, a *Record, now time.Time, ev Event
 	n.State, n.Since = StateResolved, now
 	t := now
 	n.ResolvedAt = &t
+	if ev.Value != nil {
+		n.Value = ev.Value
+	}
 	ev.At, ev.Type = now, StateResolved
 	var notes []notify.Notification
 	if n.Notified {

@@ -36,14 +36,20 @@ func (c *compiled) selects(id string, labels map[string]string) bool {
 type ruleSet struct {
 	list       []*compiled // by name
 	byID       map[string]*compiled
-	threshold  map[string][]*compiled // by metric
+	threshold  map[string][]*compiled // by metric: every threshold rule
+	// thrAny and thrDev split threshold by selector, so a reading
+	// evaluates only the rules that can select its device: those
+	// without a device list, and those listing it.
+	thrAny map[string][]*compiled            // by metric
+	thrDev map[string]map[string][]*compiled // by metric, then device
 	noData     map[string][]*compiled // by metric
 	offline    []*compiled
 	rejections []*compiled
 }
 
 func newRuleSet(rules []Rule) *ruleSet {
-	rs := &ruleSet{byID: make(map[string]*compiled, len(rules)), threshold: map[string][]*compiled{}, noData: map[string][]*compiled{}}
+	rs := &ruleSet{byID: make(map[string]*compiled, len(rules)), threshold: map[string][]*compiled{},
+		thrAny: map[string][]*compiled{}, thrDev: map[string]map[string][]*compiled{}, noData: map[string][]*compiled{}}
 	for i := range rules {
 		r := rules[i]
 		c := &compiled{Rule: &r}
@@ -57,7 +63,18 @@ func newRuleSet(rules []Rule) *ruleSet {
 		rs.byID[r.ID] = c
 		switch r.Condition.Type {
 		case CondThreshold:
-			rs.threshold[r.Condition.Metric] = append(rs.threshold[r.Condition.Metric], c)
+			m := r.Condition.Metric
+			rs.threshold[m] = append(rs.threshold[m], c)
+			if c.devs == nil {
+				rs.thrAny[m] = append(rs.thrAny[m], c)
+			} else {
+				if rs.thrDev[m] == nil {
+					rs.thrDev[m] = map[string][]*compiled{}
+				}
+				for d := range c.devs {
+					rs.thrDev[m][d] = append(rs.thrDev[m][d], c)
+				}
+			}
 		case CondNoData:
 			rs.noData[r.Condition.Metric] = append(rs.noData[r.Condition.Metric], c)
 		case CondOffline:
