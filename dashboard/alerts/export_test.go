@@ -11,7 +11,9 @@ import (
 
 func (e *Engine) Load(ctx context.Context) error { return e.load(ctx) }
 
-func (e *Engine) Step(ctx context.Context, ev telemetry.Event) { e.handle(ctx, input{kind: inEvent, ev: ev}) }
+func (e *Engine) Step(ctx context.Context, ev telemetry.Event) {
+	e.handle(ctx, input{kind: inEvent, ev: ev})
+}
 
 func (e *Engine) StepRejected(ctx context.Context, device string) {
 	e.handle(ctx, input{kind: inRejected, ev: telemetry.Event{Device: device}})

@@ -34,15 +34,15 @@ func (c *compiled) selects(id string, labels map[string]string) bool {
 // looks at; the engine's goroutine evaluates with it. It is replaced
 // whole, never changed.
 type ruleSet struct {
-	list       []*compiled // by name
-	byID       map[string]*compiled
-	threshold  map[string][]*compiled // by metric: every threshold rule
+	list      []*compiled // by name
+	byID      map[string]*compiled
+	threshold map[string][]*compiled // by metric: every threshold rule
 	// thrAny and thrDev split threshold by selector, so a reading
 	// evaluates only the rules that can select its device: those
 	// without a device list, and those listing it.
-	thrAny map[string][]*compiled            // by metric
-	thrDev map[string]map[string][]*compiled // by metric, then device
-	noData     map[string][]*compiled // by metric
+	thrAny     map[string][]*compiled            // by metric
+	thrDev     map[string]map[string][]*compiled // by metric, then device
+	noData     map[string][]*compiled            // by metric
 	offline    []*compiled
 	rejections []*compiled
 }
