@@ -11,6 +11,7 @@ import (
 	"github.com/fieldhub/fieldhub/bridge"
 	"github.com/fieldhub/fieldhub/bridge/cluster"
 	"github.com/fieldhub/fieldhub/bridge/commands"
+	"github.com/fieldhub/fieldhub/dashboard/alerts"
 	"github.com/fieldhub/fieldhub/dashboard/live"
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/telemetry/influx"
@@ -86,6 +87,40 @@ func (m *metrics) registerPresence(p *presenceRecorder) {
 // only when it built a cluster, so no collector nil-checks one.
 func (m *metrics) registerCluster(cl *cluster.Cluster) {
 	m.reg.MustRegister(clusterCollector{cl: cl})
+}
+
+// registerAlerts adds the alert engine's collector.
+func (m *metrics) registerAlerts(e *alerts.Engine) {
+	m.reg.MustRegister(alertCollector{e: e})
+}
+
+var (
+	descAlertsFiring  = prometheus.NewDesc("fieldhub_alerts_firing", "Alerts firing now, by severity.", []string{"severity"}, nil)
+	descAlertTrans    = prometheus.NewDesc("fieldhub_alert_transitions_total", "Alert transitions this instance made, by state entered.", []string{"to"}, nil)
+	descAlertDropped  = prometheus.NewDesc("fieldhub_alert_evaluations_dropped_total", "Readings, presence changes and rejections the alert engine's full input queue dropped.", nil, nil)
+	descAlertsRefused = prometheus.NewDesc("fieldhub_alerts_refused_total", "New alerts refused because the open-alert bound was reached.", nil, nil)
+)
+
+// alertCollector reads the alert engine's counters at scrape time.
+type alertCollector struct{ e *alerts.Engine }
+
+func (c alertCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descAlertsFiring
+	ch <- descAlertTrans
+	ch <- descAlertDropped
+	ch <- descAlertsRefused
+}
+
+func (c alertCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.e.Stats()
+	for sev, n := range st.Firing {
+		ch <- prometheus.MustNewConstMetric(descAlertsFiring, prometheus.GaugeValue, float64(n), sev)
+	}
+	for to, n := range st.Transitions {
+		ch <- prometheus.MustNewConstMetric(descAlertTrans, prometheus.CounterValue, float64(n), to)
+	}
+	ch <- prometheus.MustNewConstMetric(descAlertDropped, prometheus.CounterValue, float64(st.Dropped))
+	ch <- prometheus.MustNewConstMetric(descAlertsRefused, prometheus.CounterValue, float64(st.Refused))
 }
 
 func (m *metrics) handler() http.Handler {

@@ -27,6 +27,7 @@ import (
 	"github.com/fieldhub/fieldhub/bridge/mqtt"
 	"github.com/fieldhub/fieldhub/bridge/ws"
 	"github.com/fieldhub/fieldhub/dashboard"
+	"github.com/fieldhub/fieldhub/dashboard/alerts"
 	"github.com/fieldhub/fieldhub/dashboard/live"
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/devices/pg"
@@ -192,13 +193,35 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		reg.Subscribe(devices.Subscriber{OnChange: cl.RegistryChanged})
 		m.registerCluster(cl)
 	}
+	// The alert engine sits beside the live fan-out and the rejection log
+	// (alerts.go); its live events go out through the same fan-out.
+	alertSt, err := alertStore(ctx, store)
+	if err != nil {
+		return err
+	}
+	alertEng, err := alerts.New(alerts.Options{Store: alertSt, Devices: reg, Live: fanout, Logger: log,
+		Targets: nil, // TODO(merge): targets from config (cfg.AlertmanagerURL, cfg.AlertWebhookURL)
+		// With several instances a device offline here may be online on
+		// another: only a single instance raises offline alerts at start.
+		StartupOffline: cl == nil,
+	})
+	if err != nil {
+		return err
+	}
+	m.registerAlerts(alertEng)
+	reg.Subscribe(devices.Subscriber{OnCredentialsChanged: func(id string) {
+		if !reg.Exists(id) {
+			alertEng.DeviceDeleted(id)
+		}
+	}})
 	cmds, err := commands.New(ctx, commands.Options{Store: cmdStore, Devices: reg, Router: router, Fanout: fanout, Logger: log})
 	if err != nil {
 		return err
 	}
 	codec := telemetry.NewCodec(telemetry.Limits{MaxFuture: cfg.MaxFuture, MaxAge: cfg.MaxAge, TagKeys: cfg.TagLabels}, nil)
 	br, err := bridge.New(bridge.Options{
-		Codec: codec, Store: sp, Devices: reg, Fanout: newPresenceTee(fanout, presRec), Commands: cmds, Rejections: reg,
+		Codec: codec, Store: sp, Devices: reg, Fanout: newAlertTee(newPresenceTee(fanout, presRec), alertEng), Commands: cmds,
+		Rejections: rejectionsTee{reg, alertEng},
 		RatePerSec: cfg.RateLimit, Burst: cfg.RateBurst, Logger: log,
 		Schema: store, KnownFields: knownFields(ctx, ic, log),
 		MaxMetricsPerDevice: cfg.MaxMetricsPerDevice, MaxMetricNames: cfg.MaxMetricNames,
@@ -308,6 +331,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	mux := http.NewServeMux()
 	api.Register(mux)
+	for _, r := range alertEng.Routes() {
+		mux.Handle(r.Pattern, api.RequireRole(r.Role, r.Handler))
+	}
 	for _, r := range routes {
 		if r.handler != nil {
 			mux.Handle(r.pattern, r.handler)
@@ -370,6 +396,8 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		// The live hub outlives the dashboards' sockets: it stops after
 		// api.Shutdown has closed them.
 		{Name: "live hub", Run: liveHub.Run},
+		// The alert engine publishes to the live hub: it stops first.
+		{Name: "alerts", Run: alertEng.Run},
 		{Name: "dashboard sockets", Stop: func(context.Context) { api.Shutdown() }},
 	}
 	if cl != nil {

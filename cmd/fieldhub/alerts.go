@@ -1,0 +1,75 @@
+package main
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/fieldhub/fieldhub/bridge"
+	"github.com/fieldhub/fieldhub/dashboard/alerts"
+	"github.com/fieldhub/fieldhub/dashboard/alerts/boltstore"
+	"github.com/fieldhub/fieldhub/dashboard/alerts/pgstore"
+	"github.com/fieldhub/fieldhub/devices"
+	"github.com/fieldhub/fieldhub/devices/pg"
+	"github.com/fieldhub/fieldhub/telemetry"
+)
+
+// alertStore is the alert engine's store in the registry's database:
+// its own tables in PostgreSQL, its own buckets in the bbolt file.
+func alertStore(ctx context.Context, store registryStore) (alerts.Store, error) {
+	switch st := store.(type) {
+	case *pg.Store:
+		s, err := pgstore.New(ctx, st.Pool())
+		if err != nil {
+			return nil, fmt.Errorf("FIELDHUB_DATABASE_URL: %w", err)
+		}
+		return s, nil
+	case *devices.BoltStore:
+		return boltstore.New(st.DB()), nil
+	}
+	return nil, fmt.Errorf("alerts: no alert store for a %T registry", store)
+}
+
+// alertTee is the bridge's fan-out with the alert engine beside it:
+// every event goes on to next, readings and presence changes also to the
+// engine's bounded input (which never blocks: full is dropped and
+// counted). It keeps next's batch path for readings.
+type alertTee struct {
+	next  bridge.Fanout
+	batch bridge.BatchFanout // next's, or nil
+	eng   *alerts.Engine
+}
+
+func newAlertTee(next bridge.Fanout, eng *alerts.Engine) *alertTee {
+	t := &alertTee{next: next, eng: eng}
+	t.batch, _ = next.(bridge.BatchFanout)
+	return t
+}
+
+func (t *alertTee) Publish(ev telemetry.Event) {
+	t.eng.Publish(ev)
+	t.next.Publish(ev)
+}
+
+// PublishBatch carries readings only (bridge.BatchFanout).
+func (t *alertTee) PublishBatch(evs []telemetry.Event) {
+	t.eng.PublishBatch(evs)
+	if t.batch != nil {
+		t.batch.PublishBatch(evs)
+		return
+	}
+	for _, ev := range evs {
+		t.next.Publish(ev)
+	}
+}
+
+// rejectionsTee tells the registry's rejection log and the alert engine
+// (rejections rules) of every refused message; neither blocks.
+type rejectionsTee struct {
+	reg *devices.Registry
+	eng *alerts.Engine
+}
+
+func (t rejectionsTee) Rejected(device, transport, id string, e *telemetry.Error) {
+	t.reg.Rejected(device, transport, id, e)
+	t.eng.Rejected(device, transport, id, e)
+}
