@@ -143,7 +143,7 @@ func alertRuleBody(f *cliFlags, pos []string) (json.RawMessage, error) {
 		}
 		return nil
 	}
-	cond := map[string]any{}
+	var cond map[string]any
 	var err error
 	switch {
 	case a.threshold != "":
