@@ -79,6 +79,16 @@ func TestAlertsInBrowser(t *testing.T) {
 	if rule["created_by"] != "admin-test" || rule["severity"] != "critical" {
 		t.Errorf("the rule as stored: %v", rule)
 	}
+	// Edited: the editor comes back filled in, the change is a PUT (version 2).
+	p.run(chromedp.Click(`button[aria-label="Edit rule hot boilers"]`, chromedp.ByQuery), chromedp.WaitVisible("#rule-form", chromedp.ByQuery))
+	var filled []string
+	p.eval(`["rf-name", "rf-metric", "rf-op", "rf-value", "rf-clear", "rf-devices"].map(id => document.getElementById(id).value)`, &filled)
+	if want := []string{"hot boilers", "temp", ">", "80", "75", "boiler-1"}; !slices.Equal(filled, want) {
+		t.Errorf("the editor opened on the rule with %v, want %v", filled, want)
+	}
+	p.run(chromedp.SetValue("#rf-clear", "70", chromedp.ByQuery), chromedp.Click("#rf-save", chromedp.ByQuery))
+	p.text(fmt.Sprintf(`#rule-rows tr[data-rule=%q]`, rule["id"]), func(s string) bool { return strings.Contains(s, "clears below 70") })
+	p.text(fmt.Sprintf(`#rule-rows tr[data-rule=%q] td:nth-child(5)`, rule["id"]), func(s string) bool { return s == "2" })
 
 	// The overview, open before the alert exists: no banner. A marker in
 	// the page's window tells a live update from a reload.
