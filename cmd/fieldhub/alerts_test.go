@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/fieldhub/fieldhub/devices/pg/pgtest"
 )
 
 // alertDevice is a device on the hub's WebSocket.
@@ -266,5 +268,48 @@ func TestAlertsEndToEnd(t *testing.T) {
 	metrics := h.metricLines(t, "fieldhub_alert_transitions_total")
 	if !strings.Contains(metrics, `to="firing"`) {
 		t.Fatalf("metrics: %s", metrics)
+	}
+}
+
+// TestAlertsTwoInstancesOnPostgreSQL: two hubs share PostgreSQL; a device
+// that goes offline on the first and reconnects on the second has its
+// offline alert raised by the first and resolved by the second, once; a
+// threshold alert both instances try to fire (the first by its timer,
+// the second from a reading it took) fires once.
+func TestAlertsTwoInstancesOnPostgreSQL(t *testing.T) {
+	influx := startInflux(t)
+	db := pgtest.Database(t)
+	h1 := startHub(t, influx, map[string]string{"FIELDHUB_DATABASE_URL": db})
+	tok := h1.createDevice(t, "roam-1")
+	off := h1.createRule(t, `{"name":"gone","severity":"critical","condition":{"type":"offline","for":"1s"}}`)
+	hot := h1.createRule(t, `{"name":"hot","severity":"warning","condition":{"type":"threshold","metric":"temp","op":">","value":80,"for":"2s"}}`)
+	// Without a broker the second hub's registry does not refresh: it
+	// starts after the device exists (the rules it would also resync).
+	h2 := startHub(t, influx, map[string]string{"FIELDHUB_DATABASE_URL": db, "FIELDHUB_ADMIN_TOKEN": h1.adminToken})
+
+	d := dialDevice(t, h1, tok)
+	waitUntil(t, "roam-1 online on the first hub", loadWait, func() bool { return h1.mqttAttackPresence(t, "roam-1")["online"] == true })
+	d.send(90)
+	h1.waitAlert(t, hot, "roam-1", "pending")
+	d.c.Close()
+	offA := h1.waitAlert(t, off, "roam-1", "firing")
+	d = dialDevice(t, h2, tok)
+	d.send(95) // the second hub sees the pending threshold alert and fires it, racing the first's timer
+	offB := h2.waitAlert(t, off, "roam-1", "resolved")
+	if offB["id"] != offA["id"] {
+		t.Fatalf("second hub resolved %v, want %v", offB["id"], offA["id"])
+	}
+	fired := h2.waitAlert(t, hot, "roam-1", "firing")
+	// Both instances resync; nothing more happens to either alert.
+	for _, h := range []*hub{h1, h2} {
+		if tl := strings.Join(h.timeline(t, offA["id"].(string)), ","); tl != "pending,firing,resolved" {
+			t.Fatalf("offline timeline on %s: %s", h.url, tl)
+		}
+		if tl := strings.Join(h.timeline(t, fired["id"].(string)), ","); tl != "pending,firing" {
+			t.Fatalf("threshold timeline on %s: %s", h.url, tl)
+		}
+	}
+	if n := len(h1.alertsOf(t, "device=roam-1")); n != 2 {
+		t.Fatalf("%d alerts, want 2", n)
 	}
 }

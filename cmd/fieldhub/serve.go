@@ -201,9 +201,10 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	alertEng, err := alerts.New(alerts.Options{Store: alertSt, Devices: reg, Live: fanout, Logger: log,
 		Targets: nil, // TODO(merge): targets from config (cfg.AlertmanagerURL, cfg.AlertWebhookURL)
-		// With several instances a device offline here may be online on
-		// another: only a single instance raises offline alerts at start.
-		StartupOffline: cl == nil,
+		// With several instances (a shared PostgreSQL) a device offline
+		// here may be online on another: only a lone instance raises
+		// offline alerts at start.
+		StartupOffline: cl == nil && cfg.DatabaseURL == "",
 	})
 	if err != nil {
 		return err
