@@ -372,7 +372,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	// backwards, one component at a time, which is the order of
 	// docs/architecture.md ("Lifecycle and shutdown"): stop accepting
 	// (HTTP) -> close device sockets -> stop the broker or the cluster ->
-	// close dashboard sockets -> live hub -> rates -> commands -> registry
+	// close dashboard sockets -> alert engine -> live hub -> rates -> commands -> registry
 	// (flushes last_seen) -> drain the spool to InfluxDB -> stop the writer.
 	// Stores close after it (the defers above). TestShutdownOrder checks it.
 	comps := []component{
