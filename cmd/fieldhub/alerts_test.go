@@ -262,6 +262,27 @@ func TestAlertsEndToEnd(t *testing.T) {
 	dialDevice(t, h, devToken)
 	h.waitAlert(t, off, "pump-1", "resolved")
 
+	// A device deleted while firing: its alert resolves.
+	tok2 := h.createDevice(t, "doomed-1")
+	doom := h.createRule(t, `{"name":"any","selector":{"devices":["doomed-1"]},"severity":"info","condition":{"type":"threshold","metric":"temp","op":">","value":1}}`)
+	d2 := dialDevice(t, h, tok2)
+	d2.send(5)
+	doomed := h.waitAlert(t, doom, "doomed-1", "firing")
+	// Refused messages feed rejections rules.
+	rej := h.createRule(t, `{"name":"noisy","selector":{"devices":["doomed-1"]},"severity":"warning","condition":{"type":"rejections","count":2,"window":"1m"}}`)
+	for i := range 3 {
+		if err := d2.c.WriteMessage(websocket.TextMessage, []byte(fmt.Sprintf(`{"type":"telemetry","id":"bad-%d","metrics":{"1bad":1}}`, i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.waitAlert(t, rej, "doomed-1", "firing")
+	if st, _ := h.api(t, "DELETE", "/api/v1/devices/doomed-1", h.adminToken, nil); st != 204 {
+		t.Fatalf("delete device: %d", st)
+	}
+	if a := h.waitAlert(t, doom, "doomed-1", "resolved"); a["id"] != doomed["id"] {
+		t.Fatalf("resolved %v", a)
+	}
+
 	if st, m := h.api(t, "GET", "/api/v1/alerts?state=bogus", viewer, nil); st != 400 {
 		t.Fatalf("bad state: %d %v", st, m)
 	}
