@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/fieldhub/fieldhub/devices/pg/pgtest"
 )
 
 // alertDevice is a device on the hub's WebSocket.
@@ -260,11 +262,75 @@ func TestAlertsEndToEnd(t *testing.T) {
 	dialDevice(t, h, devToken)
 	h.waitAlert(t, off, "pump-1", "resolved")
 
+	// A device deleted while firing: its alert resolves.
+	tok2 := h.createDevice(t, "doomed-1")
+	doom := h.createRule(t, `{"name":"any","selector":{"devices":["doomed-1"]},"severity":"info","condition":{"type":"threshold","metric":"temp","op":">","value":1}}`)
+	d2 := dialDevice(t, h, tok2)
+	d2.send(5)
+	doomed := h.waitAlert(t, doom, "doomed-1", "firing")
+	// Refused messages feed rejections rules.
+	rej := h.createRule(t, `{"name":"noisy","selector":{"devices":["doomed-1"]},"severity":"warning","condition":{"type":"rejections","count":2,"window":"1m"}}`)
+	for i := range 3 {
+		if err := d2.c.WriteMessage(websocket.TextMessage, []byte(fmt.Sprintf(`{"type":"telemetry","id":"bad-%d","metrics":{"1bad":1}}`, i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.waitAlert(t, rej, "doomed-1", "firing")
+	if st, _ := h.api(t, "DELETE", "/api/v1/devices/doomed-1", h.adminToken, nil); st != 204 {
+		t.Fatalf("delete device: %d", st)
+	}
+	if a := h.waitAlert(t, doom, "doomed-1", "resolved"); a["id"] != doomed["id"] {
+		t.Fatalf("resolved %v", a)
+	}
+
 	if st, m := h.api(t, "GET", "/api/v1/alerts?state=bogus", viewer, nil); st != 400 {
 		t.Fatalf("bad state: %d %v", st, m)
 	}
 	metrics := h.metricLines(t, "fieldhub_alert_transitions_total")
 	if !strings.Contains(metrics, `to="firing"`) {
 		t.Fatalf("metrics: %s", metrics)
+	}
+}
+
+// TestAlertsTwoInstancesOnPostgreSQL: two hubs share PostgreSQL; a device
+// that goes offline on the first and reconnects on the second has its
+// offline alert raised by the first and resolved by the second, once; a
+// threshold alert both instances try to fire (the first by its timer,
+// the second from a reading it took) fires once.
+func TestAlertsTwoInstancesOnPostgreSQL(t *testing.T) {
+	influx := startInflux(t)
+	db := pgtest.Database(t)
+	h1 := startHub(t, influx, map[string]string{"FIELDHUB_DATABASE_URL": db})
+	tok := h1.createDevice(t, "roam-1")
+	off := h1.createRule(t, `{"name":"gone","severity":"critical","condition":{"type":"offline","for":"1s"}}`)
+	hot := h1.createRule(t, `{"name":"hot","severity":"warning","condition":{"type":"threshold","metric":"temp","op":">","value":80,"for":"2s"}}`)
+	// Without a broker the second hub's registry does not refresh: it
+	// starts after the device exists (the rules it would also resync).
+	h2 := startHub(t, influx, map[string]string{"FIELDHUB_DATABASE_URL": db, "FIELDHUB_ADMIN_TOKEN": h1.adminToken})
+
+	d := dialDevice(t, h1, tok)
+	waitUntil(t, "roam-1 online on the first hub", loadWait, func() bool { return h1.mqttAttackPresence(t, "roam-1")["online"] == true })
+	d.send(90)
+	h1.waitAlert(t, hot, "roam-1", "pending")
+	d.c.Close()
+	offA := h1.waitAlert(t, off, "roam-1", "firing")
+	d = dialDevice(t, h2, tok)
+	d.send(95) // the second hub sees the pending threshold alert and fires it, racing the first's timer
+	offB := h2.waitAlert(t, off, "roam-1", "resolved")
+	if offB["id"] != offA["id"] {
+		t.Fatalf("second hub resolved %v, want %v", offB["id"], offA["id"])
+	}
+	fired := h2.waitAlert(t, hot, "roam-1", "firing")
+	// Both instances resync; nothing more happens to either alert.
+	for _, h := range []*hub{h1, h2} {
+		if tl := strings.Join(h.timeline(t, offA["id"].(string)), ","); tl != "pending,firing,resolved" {
+			t.Fatalf("offline timeline on %s: %s", h.url, tl)
+		}
+		if tl := strings.Join(h.timeline(t, fired["id"].(string)), ","); tl != "pending,firing" {
+			t.Fatalf("threshold timeline on %s: %s", h.url, tl)
+		}
+	}
+	if n := len(h1.alertsOf(t, "device=roam-1")); n != 2 {
+		t.Fatalf("%d alerts, want 2", n)
 	}
 }

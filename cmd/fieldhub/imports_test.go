@@ -51,9 +51,9 @@ func TestImportRules(t *testing.T) {
 		"github.com/mochi-mqtt/server/v2/packets":     {"bridge/mqtt"},
 		"github.com/eclipse/paho.golang":              {"bridge/mqtt"},
 		"github.com/influxdata/influxdb-client-go/v2": {"telemetry/influx"},
-		// The command stores share the registry's open database.
-		"go.etcd.io/bbolt":                       {"devices", "bridge/commands/boltstore"},
-		"github.com/jackc/pgx/v5":                {"devices/pg", "bridge/commands/pgstore"},
+		// The command and alert stores share the registry's open database.
+		"go.etcd.io/bbolt":                       {"devices", "bridge/commands/boltstore", "dashboard/alerts/boltstore"},
+		"github.com/jackc/pgx/v5":                {"devices/pg", "bridge/commands/pgstore", "dashboard/alerts/pgstore"},
 		"github.com/prometheus/client_golang":    {"cmd/fieldhub"},
 		"github.com/go-playground/validator/v10": {"telemetry"},
 		// The hub's broker client, and the simulator's MQTT devices.

@@ -201,9 +201,10 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	alertEng, err := alerts.New(alerts.Options{Store: alertSt, Devices: reg, Live: fanout, Logger: log,
 		Targets: nil, // TODO(merge): targets from config (cfg.AlertmanagerURL, cfg.AlertWebhookURL)
-		// With several instances a device offline here may be online on
-		// another: only a single instance raises offline alerts at start.
-		StartupOffline: cl == nil,
+		// With several instances (a shared PostgreSQL) a device offline
+		// here may be online on another: only a lone instance raises
+		// offline alerts at start.
+		StartupOffline: cl == nil && cfg.DatabaseURL == "",
 	})
 	if err != nil {
 		return err
@@ -371,7 +372,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	// backwards, one component at a time, which is the order of
 	// docs/architecture.md ("Lifecycle and shutdown"): stop accepting
 	// (HTTP) -> close device sockets -> stop the broker or the cluster ->
-	// close dashboard sockets -> live hub -> rates -> commands -> registry
+	// close dashboard sockets -> alert engine -> live hub -> rates -> commands -> registry
 	// (flushes last_seen) -> drain the spool to InfluxDB -> stop the writer.
 	// Stores close after it (the defers above). TestShutdownOrder checks it.
 	comps := []component{

@@ -60,14 +60,14 @@ func shutdownOverruns(logs string) []string {
 
 // TestShutdownOrder: the real hub stops its components in the order
 // docs/architecture.md gives ("Lifecycle and shutdown"): stop accepting ->
-// close device sockets -> broker (or cluster) -> dashboard sockets -> live
-// hub -> rates -> commands -> registry flush -> presence recorder and its
+// close device sockets -> broker (or cluster) -> dashboard sockets -> alert
+// engine -> live hub -> rates -> commands -> registry flush -> presence recorder and its
 // writer -> drain the spool -> writer.
 // The stores close after that, by serve's defers.
 func TestShutdownOrder(t *testing.T) {
 	h := startHub(t, startInflux(t), map[string]string{"FIELDHUB_LOG_FORMAT": "json"})
 	h.stop(t)
-	want := []string{"http server", "device sockets", "mqtt broker", "dashboard sockets", "live hub", "rates",
+	want := []string{"http server", "device sockets", "mqtt broker", "dashboard sockets", "alerts", "live hub", "rates",
 		"commands", "registry", "presence recorder", "presence writer", "spool drain", "influx writer"}
 	if got := stopOrder(t, h.stderr.String()); !slices.Equal(got, want) {
 		t.Fatalf("stop order\n got %q\nwant %q", got, want)

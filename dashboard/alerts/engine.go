@@ -107,6 +107,7 @@ type Engine struct {
 	rejs       map[pairKey][]time.Time
 	silences   []Silence
 	lastRefuse time.Time
+	conflicts  int // lost compare-and-sets in the current input
 }
 
 // New returns an Engine; Run starts it.
@@ -330,7 +331,20 @@ func (e *Engine) startupOffline(ctx context.Context) {
 	}
 }
 
+// handle evaluates one input; when a transition lost its compare-and-set
+// (another instance moved the alert), the device's view was reloaded
+// from the store and the input is evaluated once more against it.
 func (e *Engine) handle(ctx context.Context, in input) {
+	for try := 0; try < 2; try++ {
+		e.conflicts = 0
+		e.handleOnce(ctx, in)
+		if e.conflicts == 0 {
+			return
+		}
+	}
+}
+
+func (e *Engine) handleOnce(ctx context.Context, in input) {
 	switch in.kind {
 	case inDeleted:
 		e.deviceGone(ctx, in.ev.Device)
@@ -560,6 +574,7 @@ func (e *Engine) commit(ctx context.Context, r *Record, prev int64, evs []Event,
 	err := e.opts.Store.Apply(ctx, Transition{Alert: *r, Prev: prev, Events: evs, Notify: notes, Targets: e.opts.Targets})
 	if err != nil {
 		if errors.Is(err, ErrConflict) {
+			e.conflicts++
 			e.log.Debug("alert changed elsewhere; reloading", "alert", r.ID, "device", r.Device)
 		} else {
 			e.log.Warn("alert transition not stored", "alert", r.ID, "device", r.Device, "err", err)

@@ -126,7 +126,8 @@ func (e *Engine) createRule(w http.ResponseWriter, r *http.Request) {
 		if err := e.opts.Store.PutRule(ctx, rule, 0); err != nil {
 			return err
 		}
-		return e.reloadRules(ctx)
+		e.applyRules(ctx, e.withRule(rule, ""))
+		return nil
 	})
 	if err != nil {
 		e.writeStoreErr(w, "rule", err)
@@ -144,6 +145,29 @@ func (e *Engine) reloadRules(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	e.applyRules(ctx, rules)
+	return nil
+}
+
+// withRule is the current rules with the one of id replaced by r (r
+// zero: removed; id "": r added), without reading them all back from the
+// store: creating 1000 rules stays linear.
+func (e *Engine) withRule(r Rule, id string) []Rule {
+	cur := e.rules.Load().list
+	out := make([]Rule, 0, len(cur)+1)
+	for _, c := range cur {
+		if id == "" || c.ID != id {
+			out = append(out, *c.Rule)
+		}
+	}
+	if r.ID != "" {
+		out = append(out, r)
+	}
+	return out
+}
+
+// applyRules makes rules the engine's rules. Runs on the engine's goroutine.
+func (e *Engine) applyRules(ctx context.Context, rules []Rule) {
 	rs := newRuleSet(rules)
 	e.rules.Store(rs)
 	now := e.now()
@@ -161,7 +185,6 @@ func (e *Engine) reloadRules(ctx context.Context) error {
 			a.Rule, a.Severity = c.Name, c.Severity // shown at once; stored with the next transition
 		}
 	}
-	return nil
 }
 
 func (e *Engine) listRules(w http.ResponseWriter, r *http.Request) {
@@ -220,7 +243,8 @@ func (e *Engine) updateRule(w http.ResponseWriter, r *http.Request) {
 		if err := e.opts.Store.PutRule(ctx, out, old.Version); err != nil {
 			return err
 		}
-		return e.reloadRules(ctx)
+		e.applyRules(ctx, e.withRule(out, out.ID))
+		return nil
 	})
 	if err != nil {
 		e.writeStoreErr(w, "rule", err)
@@ -236,7 +260,8 @@ func (e *Engine) deleteRule(w http.ResponseWriter, r *http.Request) {
 		if err := e.opts.Store.DeleteRule(ctx, id); err != nil {
 			return err
 		}
-		return e.reloadRules(ctx)
+		e.applyRules(ctx, e.withRule(Rule{}, id))
+		return nil
 	})
 	if err != nil {
 		e.writeStoreErr(w, "rule", err)

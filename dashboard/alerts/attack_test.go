@@ -1,0 +1,130 @@
+package alerts_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/fieldhub/fieldhub/dashboard/alerts"
+	"github.com/fieldhub/fieldhub/dashboard/operator"
+	"github.com/fieldhub/fieldhub/devices"
+)
+
+// serveEngine runs the harness's engine and serves its routes as an
+// admin (the dashboard's role checks are tested end to end).
+func serveEngine(t *testing.T, h *harness) *httptest.Server {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = h.e.Run(ctx) }()
+	mux := http.NewServeMux()
+	for _, r := range h.e.Routes() {
+		mux.Handle(r.Pattern, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+			r.Handler(w, req.WithContext(operator.WithOperator(req.Context(), devices.Operator{Name: "root", Role: devices.RoleAdmin})))
+		}))
+	}
+	srv := httptest.NewServer(mux)
+	t.Cleanup(func() { srv.Close(); cancel(); wg.Wait() })
+	return srv
+}
+
+func post(t *testing.T, url string, body []byte) (int, string) {
+	t.Helper()
+	resp, err := http.Post(url, "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var b bytes.Buffer
+	_, _ = b.ReadFrom(resp.Body)
+	return resp.StatusCode, b.String()
+}
+
+func TestAttackAlertsRuleBodies(t *testing.T) {
+	h := newHarness(t)
+	srv := serveEngine(t, h)
+	ids := make([]string, 10000)
+	for i := range ids {
+		ids[i] = fmt.Sprintf(`"dev-%d"`, i)
+	}
+	tenK := `{"name":"a","selector":{"devices":[` + strings.Join(ids, ",") + `]},"severity":"info","condition":{"type":"offline","for":"1m"}}`
+	for _, tc := range []struct {
+		name, body string
+		status     int
+		want       string
+	}{
+		{"10,000 devices", tenK, 413, "too_large"},
+		{"1001 devices", `{"name":"a","selector":{"devices":[` + strings.Join(ids[:1001], ",") + `]},"severity":"info","condition":{"type":"offline","for":"1m"}}`, 400, "selector.devices: at most 1000"},
+		{"huge name", `{"name":"` + strings.Repeat("x", 70000) + `"}`, 413, "too_large"},
+		{"unknown field", `{"name":"a","severity":"info","condition":{"type":"offline","for":"1m"},"admin":true}`, 400, "unknown field"},
+		{"unknown condition field", `{"name":"a","severity":"info","condition":{"type":"offline","for":"1m","script":"x"}}`, 400, "unknown field"},
+		{"trailing data", `{"name":"a","severity":"info","condition":{"type":"offline","for":"1m"}} {}`, 400, "trailing data"},
+		{"not json", `{"name":`, 400, "invalid JSON body"},
+		{"nan value", `{"name":"a","severity":"info","condition":{"type":"threshold","metric":"t","op":">","value":"NaN"}}`, 400, "invalid JSON body"},
+		{"bad duration", `{"name":"a","severity":"info","condition":{"type":"offline","for":"soon"}}`, 400, "duration string"},
+	} {
+		st, body := post(t, srv.URL+"/api/v1/alert-rules", []byte(tc.body))
+		if st != tc.status || !strings.Contains(body, tc.want) {
+			t.Errorf("%s: %d %.200s; want %d with %q", tc.name, st, body, tc.status, tc.want)
+		}
+	}
+}
+
+func TestAttackAlertsRuleCountBound(t *testing.T) {
+	h := newHarness(t)
+	srv := serveEngine(t, h)
+	body := []byte(`{"name":"r","severity":"info","condition":{"type":"threshold","metric":"temp","op":">","value":1}}`)
+	for i := range alerts.MaxRules {
+		if st, b := post(t, srv.URL+"/api/v1/alert-rules", body); st != 201 {
+			t.Fatalf("rule %d: %d %s", i, st, b)
+		}
+	}
+	if st, b := post(t, srv.URL+"/api/v1/alert-rules", body); st != 400 || !strings.Contains(b, "rules: at most 1000") {
+		t.Fatalf("rule 1001: %d %s", st, b)
+	}
+	resp, err := http.Get(srv.URL + "/api/v1/alert-rules")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m struct{ Rules []alerts.Rule }
+	_ = json.NewDecoder(resp.Body).Decode(&m)
+	resp.Body.Close()
+	if len(m.Rules) != alerts.MaxRules {
+		t.Fatalf("%d rules listed", len(m.Rules))
+	}
+}
+
+func TestAttackAlertsAckNote(t *testing.T) {
+	h := newHarness(t)
+	h.rule(hot)
+	h.reading("pump-1", 90)
+	a := h.state("pump-1")
+	srv := serveEngine(t, h)
+	st, body := post(t, srv.URL+"/api/v1/alerts/"+a.ID+"/ack", []byte(`{"note":"ok\u001b[2J\nrm -rf"}`))
+	if st != 200 || !strings.Contains(body, `ok\\x1b[2J\\nrm -rf`) {
+		t.Fatalf("ack: %d %s", st, body)
+	}
+	st, body = post(t, srv.URL+"/api/v1/alerts/"+a.ID+"/ack", []byte(`{"note":"`+strings.Repeat("x", 1001)+`"}`))
+	if st != 400 || !strings.Contains(body, "note: at most 1000") {
+		t.Fatalf("long note: %d %s", st, body)
+	}
+	if st, _ := post(t, srv.URL+"/api/v1/alerts/alert-nope/ack", []byte(`{}`)); st != 404 {
+		t.Fatalf("unknown alert: %d", st)
+	}
+	for _, tc := range []struct{ body, want string }{
+		{`{"for":"1h"}`, "rule_id: give rule_id and/or device"},
+		{`{"device":"pump-1","for":"800h"}`, "until: must be in the future and at most 30 days away"},
+		{`{"device":"pump-1","until":"yesterday"}`, "until: must be an RFC 3339 time"},
+		{`{"device":"no such/device","for":"1h"}`, "device: not a valid device id"},
+	} {
+		if st, b := post(t, srv.URL+"/api/v1/silences", []byte(tc.body)); st != 400 || !strings.Contains(b, tc.want) {
+			t.Errorf("silence %s: %d %s", tc.body, st, b)
+		}
+	}
+}
