@@ -32,7 +32,7 @@ func TestAlertsInBrowser(t *testing.T) {
 	h := startHub(t, influx, nil)
 	admin := h.token(t, "admin") // named admin-test
 	boiler := h.createDevice(t, "boiler-1")
-	h.createDevice(t, "boiler-2")
+	boiler2 := h.createDevice(t, "boiler-2")
 	ctx, consoleErrors := browser(t)
 	p := &page{t: t, ctx: ctx, errs: consoleErrors, axeSrc: string(axeSrc)}
 	p.run(chromedp.Navigate(h.url+"/"),
@@ -164,13 +164,22 @@ func TestAlertsInBrowser(t *testing.T) {
 	p.device(h.url, "boiler-2")
 	p.text("#d-alerts-note", func(s string) bool { return s == "No open alerts." })
 
-	// A viewer reads alerts and rules and is offered no action.
+	// A viewer reads alerts and rules and is offered no action, also on
+	// an alert nobody acknowledged yet.
+	if st, m := h.api(t, "POST", "/api/v1/alert-rules", admin, map[string]any{"name": "cold boilers", "severity": "warning", "selector": map[string]any{"devices": []string{"boiler-2"}},
+		"condition": map[string]any{"type": "threshold", "metric": "temp", "op": "<", "value": 0}}); st != 201 {
+		t.Fatalf("rule cold boilers: %d %v", st, m)
+	}
+	if st, m := postReadings(t, h, boiler2, map[string]any{"readings": []map[string]any{{"ts": time.Now().UnixMilli(), "metrics": map[string]any{"temp": -5}}}}); st != 200 {
+		t.Fatalf("reading of boiler-2: %d %v", st, m)
+	}
 	// (Signed out from the overview: signing out elsewhere navigates
 	// there with the ended session, which app.js answers with 401s.)
 	p.run(chromedp.Navigate(h.url+"/#/"), chromedp.WaitVisible("#overview", chromedp.ByQuery),
 		chromedp.Click("#signout", chromedp.ByQuery), chromedp.WaitVisible("#signin-form", chromedp.ByQuery),
 		chromedp.SendKeys("#token", h.token(t, "viewer"), chromedp.ByQuery), chromedp.Click(`#signin-form button[type=submit]`, chromedp.ByQuery),
 		chromedp.WaitVisible("#overview", chromedp.ByQuery), chromedp.Navigate(h.url+"/#/alerts"), chromedp.WaitVisible(row, chromedp.ByQuery))
+	p.text("#al-open-rows", func(s string) bool { return strings.Contains(s, "cold boilers") })
 	p.text("#rule-rows", func(s string) bool { return strings.Contains(s, "hot boilers") })
 	var offered []bool
 	p.eval(`[!!document.querySelector("button[data-ack]"), !document.getElementById("rule-new").hidden, !document.getElementById("al-silence-panel").hidden, !!document.querySelector("#rule-rows button")]`, &offered)
