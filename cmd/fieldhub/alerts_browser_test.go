@@ -153,6 +153,7 @@ func TestAlertsInBrowser(t *testing.T) {
 		return strings.Contains(s, "firing") && strings.Contains(s, "acknowledged") && strings.Contains(s, "on it")
 	})
 	p.text("#al-detail-h", func(s string) bool { return s == "hot boilers on boiler-1" })
+	p.waitJS("focus on the timeline's heading", `document.activeElement && document.activeElement.id === "al-detail-h"`)
 	p.axe("the alerts page with an alert's timeline")
 	screenshot(t, ctx, "alerts-page.png")
 

@@ -168,7 +168,7 @@ function openAlerts(id) {
   loadAlertLists();
   loadRules();
   if (canOperate()) loadSilences();
-  if (id) loadAlertDetail(id);
+  if (id) loadAlertDetail(id, true);
   state.timers.push(setInterval(() => { loadAlertLists(); if (canOperate()) loadSilences(); }, 10000));
 }
 
@@ -262,7 +262,9 @@ function closeAck() {
 
 // ---- an alert's timeline ------------------------------------------------------
 
-async function loadAlertDetail(id) {
+// loadAlertDetail shows alert id and its timeline; focus moves the
+// keyboard to its heading (when the operator opened it, not on a refresh).
+async function loadAlertDetail(id, focus) {
   const gen = state.gen;
   let r;
   try { r = await api("GET", alertPath(id)); } catch (e) {
@@ -287,6 +289,7 @@ async function loadAlertDetail(id) {
     ...field("Alert id", el("span", { class: "mono" }, a.id)));
   $("al-timeline").replaceChildren(...(r.events || []).map(timelineItem));
   if (!(r.events || []).length) $("al-timeline").append(el("li", { class: "muted" }, "No events recorded."));
+  if (focus) { $("al-detail-h").tabIndex = -1; $("al-detail-h").focus({ preventScroll: false }); }
 }
 
 function timelineItem(ev) {
