@@ -10,10 +10,13 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/fieldhub/fieldhub/dashboard/alerts"
+	"github.com/fieldhub/fieldhub/dashboard/alerts/boltstore"
 	"github.com/fieldhub/fieldhub/dashboard/operator"
 	"github.com/fieldhub/fieldhub/devices"
+	"github.com/fieldhub/fieldhub/telemetry"
 )
 
 // serveEngine runs the harness's engine and serves its routes as an
@@ -127,4 +130,88 @@ func TestAttackAlertsAckNote(t *testing.T) {
 			t.Errorf("silence %s: %d %s", tc.body, st, b)
 		}
 	}
+}
+
+// slowStore is a store whose transitions hang until released: a
+// PostgreSQL that stopped answering.
+type slowStore struct {
+	*boltstore.Store
+	release chan struct{}
+	entered chan struct{}
+	once    sync.Once
+}
+
+func (s *slowStore) Apply(ctx context.Context, t alerts.Transition) error {
+	s.once.Do(func() { close(s.entered) })
+	select {
+	case <-s.release:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return s.Store.Apply(ctx, t)
+}
+
+func TestAttackAlertsFloodWhileStoreHangs(t *testing.T) {
+	h := newHarness(t)
+	st := &slowStore{Store: h.store, release: make(chan struct{}), entered: make(chan struct{})}
+	v := 1.0
+	_ = h.store.PutRule(h.ctx, alerts.Rule{ID: "rule-s", Version: 1, RuleSpec: alerts.RuleSpec{Name: "s", Severity: "info",
+		Condition: alerts.Condition{Type: alerts.CondThreshold, Metric: "temp", Op: ">", Value: &v}}}, 0)
+	e, _ := alerts.New(alerts.Options{Store: st, Devices: h.fleet, QueueSize: 64})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = e.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	ev := telemetry.Event{Type: telemetry.EventReading, Device: "pump-1", Metrics: telemetry.Metrics{"temp": telemetry.Number(5)}}
+	// Until Run has loaded the rule, readings are not even queued.
+	stuck := time.After(30 * time.Second)
+	for waiting := true; waiting; {
+		e.Publish(ev)
+		select {
+		case <-st.entered: // the engine is stuck in the store
+			waiting = false
+		case <-stuck:
+			t.Fatal("the engine never reached the store")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	for range 10000 {
+		e.Publish(ev) // returns at once: the bridge never waits
+	}
+	if d := e.Stats().Dropped; d < 10000-64 {
+		t.Fatalf("dropped %d, want at least %d", d, 10000-64)
+	}
+	close(st.release)
+	deadline := time.Now().Add(30 * time.Second)
+	for h.state("pump-1").State != alerts.StateFiring {
+		if time.Now().After(deadline) {
+			t.Fatal("the engine did not recover after the store came back")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// FuzzRuleSpec: any rule body decodes and validates without panicking,
+// and a valid rule survives a round trip unchanged in meaning.
+func FuzzRuleSpec(f *testing.F) {
+	f.Add([]byte(hot))
+	f.Add([]byte(`{"name":"a","severity":"info","condition":{"type":"rejections","count":3,"window":"1m"}}`))
+	f.Add([]byte(`{"name":"a","severity":"info","condition":{"type":"no_data","metric":"t","for":"1h"}}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var spec alerts.RuleSpec
+		if json.Unmarshal(b, &spec) != nil || spec.Validate() != nil {
+			return
+		}
+		out, err := json.Marshal(spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var again alerts.RuleSpec
+		if err := json.Unmarshal(out, &again); err != nil {
+			t.Fatalf("%s: %v", out, err)
+		}
+		if err := again.Validate(); err != nil {
+			t.Fatalf("valid rule %s invalid after a round trip: %v", out, err)
+		}
+	})
 }
