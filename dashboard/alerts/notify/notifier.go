@@ -240,6 +240,10 @@ func (n *Notifier) Stats() map[string]TargetStats {
 
 // loop is one target's delivery loop: claim what is due, send, record;
 // again at once after a full batch, else after a wake-up or a poll.
+// After a receiver-wide failure (down, timeout, 5xx) the whole target
+// waits for the failed delivery's retry time, wake-ups included: a
+// receiver that is down costs one request per backoff, however many
+// notifications are queued.
 func (n *Notifier) loop(ctx context.Context, t *target) {
 	poll := time.NewTimer(0)
 	defer poll.Stop()
@@ -249,14 +253,18 @@ func (n *Notifier) loop(ctx context.Context, t *target) {
 			t.resend(ctx)
 			nextResend = n.opts.Now().Add(n.opts.ResendInterval)
 		}
-		full := n.pass(ctx, t)
+		full, pause := n.pass(ctx, t)
 		if ctx.Err() != nil {
 			return
 		}
-		if full {
+		wake := t.wake
+		wait := n.opts.PollInterval
+		switch {
+		case !pause.IsZero():
+			wait, wake = max(pause.Sub(n.opts.Now()), 0), nil
+		case full:
 			continue
 		}
-		wait := n.opts.PollInterval
 		if t.resend != nil {
 			wait = min(wait, max(nextResend.Sub(n.opts.Now()), 0))
 		}
@@ -264,22 +272,23 @@ func (n *Notifier) loop(ctx context.Context, t *target) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.wake:
+		case <-wake: // nil while paused
 		case <-poll.C:
 		}
 	}
 }
 
 // pass claims one batch and delivers it; it reports whether the batch
-// was full (more may be due).
-func (n *Notifier) pass(ctx context.Context, t *target) bool {
+// was full (more may be due), and after a receiver-wide failure until
+// when the target should pause.
+func (n *Notifier) pass(ctx context.Context, t *target) (full bool, pause time.Time) {
 	o := n.opts
 	batch, err := o.Outbox.Claim(ctx, t.name, o.Now(), o.Lease, o.Batch)
 	if err != nil {
 		if ctx.Err() == nil {
 			n.log.Error("claim alert notifications", "target", t.name, "err", err)
 		}
-		return false
+		return false, time.Time{}
 	}
 	if o.Queue != nil {
 		defer func() {
@@ -289,13 +298,13 @@ func (n *Notifier) pass(ctx context.Context, t *target) bool {
 		}()
 	}
 	if len(batch) == 0 {
-		return false
+		return false, time.Time{}
 	}
 	results := t.send.send(ctx, o.Now(), batch)
 	if ctx.Err() != nil {
 		// Shutting down: what was not recorded stays leased and is sent
 		// again when the lease ends (at least once).
-		return false
+		return false, time.Time{}
 	}
 	// Untried deliveries are released, due when the first failed one is
 	// retried (a receiver that is down costs one request per backoff, not
@@ -306,6 +315,9 @@ func (n *Notifier) pass(ctx context.Context, t *target) bool {
 			next := o.Now().Add(n.backoff(d.Attempts + 1))
 			if release.IsZero() {
 				release = next
+			}
+			if r.err.receiver && pause.IsZero() {
+				pause = next
 			}
 			t.failed.Add(1)
 			n.log.Warn("alert notification failed", "target", t.name, "key", d.Key, "status", r.err.status,
@@ -318,7 +330,7 @@ func (n *Notifier) pass(ctx context.Context, t *target) bool {
 	if release.IsZero() {
 		release = o.Now()
 	}
-	full := len(batch) == o.Batch
+	full = len(batch) == o.Batch
 	for i, d := range batch {
 		switch r := results[i]; {
 		case r.ok:
@@ -339,7 +351,7 @@ func (n *Notifier) pass(ctx context.Context, t *target) bool {
 			full = false
 		}
 	}
-	return full
+	return full, pause
 }
 
 // backoff is the full-jitter delay before attempt number attempts+1.

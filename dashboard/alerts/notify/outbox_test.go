@@ -2,8 +2,7 @@ package notify
 
 import (
 	"context"
-	"sort"
-	"sync"
+		"sync"
 	"time"
 )
 
@@ -14,6 +13,9 @@ type memOutbox struct {
 	mu       sync.Mutex
 	seq      int
 	items    map[string]*memItem // target + "\x00" + key
+	order    []*memItem          // oldest first; gone ones skipped
+	head     int                 // order[:head] are all gone
+	count    map[string]int      // per target
 	maxClaim int                 // largest max passed to Claim
 	inFlight int                 // claimed and not yet Delivered or Retried
 	maxHeld  int                 // largest inFlight seen
@@ -25,6 +27,7 @@ type memItem struct {
 	seq        int
 	leaseUntil time.Time
 	leased     bool
+	gone       bool
 }
 
 type retryRecord struct {
@@ -34,14 +37,19 @@ type retryRecord struct {
 	lastErr  string
 }
 
-func newMemOutbox() *memOutbox { return &memOutbox{items: map[string]*memItem{}} }
+func newMemOutbox() *memOutbox {
+	return &memOutbox{items: map[string]*memItem{}, count: map[string]int{}}
+}
 
 func (m *memOutbox) add(target string, ns ...Notification) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, n := range ns {
 		m.seq++
-		m.items[target+"\x00"+n.Key] = &memItem{d: Delivery{Notification: n, Target: target}, seq: m.seq}
+		it := &memItem{d: Delivery{Notification: n, Target: target}, seq: m.seq}
+		m.items[target+"\x00"+n.Key] = it
+		m.order = append(m.order, it)
+		m.count[target]++
 	}
 }
 
@@ -49,15 +57,17 @@ func (m *memOutbox) Claim(_ context.Context, target string, now time.Time, lease
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.maxClaim = maxInt(m.maxClaim, max)
+	for m.head < len(m.order) && m.order[m.head].gone {
+		m.head++
+	}
 	var due []*memItem
-	for _, it := range m.items {
-		if it.d.Target == target && !it.d.NextAt.After(now) && !it.leaseUntil.After(now) {
+	for _, it := range m.order[m.head:] {
+		if len(due) == max {
+			break
+		}
+		if !it.gone && it.d.Target == target && !it.d.NextAt.After(now) && !it.leaseUntil.After(now) {
 			due = append(due, it)
 		}
-	}
-	sort.Slice(due, func(i, j int) bool { return due[i].seq < due[j].seq })
-	if len(due) > max {
-		due = due[:max]
 	}
 	out := make([]Delivery, len(due))
 	for i, it := range due {
@@ -85,6 +95,8 @@ func (m *memOutbox) Delivered(_ context.Context, target, key string) error {
 	defer m.mu.Unlock()
 	if it, ok := m.items[target+"\x00"+key]; ok {
 		m.release(it)
+		it.gone = true
+		m.count[target]--
 		delete(m.items, target+"\x00"+key)
 	}
 	return nil
@@ -106,13 +118,7 @@ func (m *memOutbox) Retry(_ context.Context, target, key string, attempts int, n
 func (m *memOutbox) Queued(_ context.Context, target string) (int, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	n := 0
-	for _, it := range m.items {
-		if it.d.Target == target {
-			n++
-		}
-	}
-	return n, nil
+	return m.count[target], nil
 }
 
 func (m *memOutbox) len() int {
