@@ -3,6 +3,9 @@ package notify
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -244,5 +247,16 @@ func TestNewRefuses(t *testing.T) {
 				t.Error("New accepted it")
 			}
 		})
+	}
+}
+
+// TestSignIsTheContract checks Sign against the formula receivers
+// implement: hex HMAC-SHA256(secret, timestamp + "." + body).
+func TestSignIsTheContract(t *testing.T) {
+	secret, ts, body := []byte("k"), "1800000000", []byte(`{"a":1}`)
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte(ts + "." + string(body)))
+	if want, got := "sha256="+hex.EncodeToString(m.Sum(nil)), Sign(secret, ts, body); got != want {
+		t.Errorf("Sign = %s, want %s", got, want)
 	}
 }

@@ -203,6 +203,19 @@ func TestWebhookSecretNeverLogged(t *testing.T) {
 	if s := n.Stats()[TargetWebhook]; s.Failed != 3 || s.Sent != 1 {
 		t.Errorf("stats = %+v", s)
 	}
+	// And a receiver that is not there: the transport's errors repeat
+	// the URL unless the notifier strips it.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := "http://hookuser:urlpass-9d2@" + ln.Addr().String() + "/path-secret-7?token=qs-secret-3"
+	ln.Close()
+	box2 := newMemOutbox()
+	box2.add(TargetWebhook, notification(2, KindFiring))
+	n2 := startNotifier(t, Options{Outbox: box2, Webhook: &WebhookOptions{URL: dead, Secret: testSecret}, Logger: testLogger(&logs)})
+	waitFor(t, "a refused connection", func() bool { return n2.Stats()[TargetWebhook].Failed >= 1 })
+	box.retries = append(box.retries, box2.retryLog()...)
 	out := logs.String()
 	for _, secret := range []string{testSecret, "urlpass-9d2", "hookuser", "path-secret-7", "qs-secret-3", "http://"} {
 		if strings.Contains(out, secret) {
