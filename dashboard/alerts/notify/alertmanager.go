@@ -38,9 +38,27 @@ type postableAlert struct {
 	GeneratorURL string            `json:"generatorURL,omitempty"`
 }
 
-// send posts the whole batch in one request: Alertmanager takes it or
-// not, so every delivery shares the outcome.
-func (a *alertmanager) send(ctx context.Context, _ time.Time, batch []Delivery) []result {
+// send posts the whole batch in one request, so every delivery shares
+// the outcome; except when Alertmanager refuses the batch itself (a 4xx:
+// it refuses a whole post for one alert it finds invalid), then each is
+// posted alone, so one bad alert does not hold back the others forever.
+func (a *alertmanager) send(ctx context.Context, started time.Time, batch []Delivery) []result {
+	results := a.post(ctx, batch)
+	if len(batch) == 1 || results[0].ok || results[0].err.receiver {
+		return results
+	}
+	for i := range batch {
+		if ctx.Err() != nil {
+			results[i] = result{} // untried
+			continue
+		}
+		results[i] = a.post(ctx, batch[i:i+1])[0]
+	}
+	return results
+}
+
+// post sends batch in one request.
+func (a *alertmanager) post(ctx context.Context, batch []Delivery) []result {
 	alerts := make([]postableAlert, len(batch))
 	for i, d := range batch {
 		alerts[i] = toPostable(d.Notification)

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -215,4 +216,28 @@ func amState(t *testing.T, base, device string) string {
 		}
 	}
 	return ""
+}
+
+// TestAlertmanagerOneInvalidAlertDoesNotHoldTheBatch: Alertmanager refuses
+// a whole post (400) for one alert without labels; the others in that
+// batch are delivered anyway and only the bad one is retried.
+func TestAlertmanagerOneInvalidAlertDoesNotHoldTheBatch(t *testing.T) {
+	recv := startAMReceiver(t)
+	am := alertmanagertest.Start(t, alertmanagertest.Options{ReceiverURL: recv.srv.URL})
+	box := newMemOutbox()
+	box.add(TargetAlertmanager, notification(1, KindFiring), Notification{Key: "empty/1", Kind: KindFiring, StartsAt: time.Now()}, notification(2, KindFiring))
+	n := startNotifier(t, Options{Outbox: box, Alertmanager: &AlertmanagerOptions{URL: am.URL}})
+	waitFor(t, "the two valid alerts delivered", func() bool { return n.Stats()[TargetAlertmanager].Sent == 2 })
+	waitFor(t, "both at the receiver", func() bool { return len(recv.find("pump-1", "firing")) > 0 && len(recv.find("pump-2", "firing")) > 0 })
+	if box.len() != 1 {
+		t.Errorf("outbox holds %d, want the invalid one only", box.len())
+	}
+	for _, r := range box.retryLog() {
+		if r.key != "empty/1" && r.attempts > 0 {
+			t.Errorf("a valid alert was retried: %+v", r)
+		}
+		if r.key == "empty/1" && !strings.Contains(r.lastErr, "status 400") {
+			t.Errorf("last error %q", r.lastErr)
+		}
+	}
 }
