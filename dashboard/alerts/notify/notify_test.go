@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http/httptest"
 	"reflect"
 	"sync"
 	"testing"
@@ -259,4 +260,26 @@ func TestSignIsTheContract(t *testing.T) {
 	if want, got := "sha256="+hex.EncodeToString(m.Sum(nil)), Sign(secret, ts, body); got != want {
 		t.Errorf("Sign = %s, want %s", got, want)
 	}
+}
+
+// TestWakeDeliversAtOnce: with a poll interval far beyond the test, a
+// Wake after queueing is what delivers; and Wake never blocks, running
+// or not.
+func TestWakeDeliversAtOnce(t *testing.T) {
+	idle, err := New(Options{Outbox: newMemOutbox(), Webhook: &WebhookOptions{URL: "http://127.0.0.1:1/", Secret: "s"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 1000 {
+		idle.Wake() // no Run: must not block
+	}
+	recv := newHookReceiver()
+	srv := httptest.NewServer(recv)
+	t.Cleanup(srv.Close)
+	box := newMemOutbox()
+	n := startNotifier(t, Options{Outbox: box, Webhook: &WebhookOptions{URL: srv.URL, Secret: testSecret}, PollInterval: time.Hour})
+	waitFor(t, "the first (empty) pass", func() bool { _, held := box.stats(); return held == 0 && box.claims() > 0 })
+	box.add(TargetWebhook, notification(1, KindFiring))
+	n.Wake()
+	waitFor(t, "delivery after Wake", func() bool { return box.len() == 0 })
 }

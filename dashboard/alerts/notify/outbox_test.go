@@ -17,6 +17,7 @@ type memOutbox struct {
 	head     int                 // order[:head] are all gone
 	count    map[string]int      // per target
 	maxClaim int                 // largest max passed to Claim
+	nClaims  int                 // Claim calls
 	inFlight int                 // claimed and not yet Delivered or Retried
 	maxHeld  int                 // largest inFlight seen
 	retries  []retryRecord
@@ -57,6 +58,7 @@ func (m *memOutbox) Claim(_ context.Context, target string, now time.Time, lease
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.maxClaim = maxInt(m.maxClaim, max)
+	m.nClaims++
 	for m.head < len(m.order) && m.order[m.head].gone {
 		m.head++
 	}
@@ -144,4 +146,10 @@ func maxInt(a, b int) int {
 		return a
 	}
 	return b
+}
+
+func (m *memOutbox) claims() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.nClaims
 }
