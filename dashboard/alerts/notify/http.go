@@ -52,6 +52,7 @@ func post(ctx context.Context, client *http.Client, timeout time.Duration, rawUR
 		return &sendError{msg: "build request: " + redact(err), receiver: true}
 	}
 	req.Header = headers
+	req.Header.Set("User-Agent", "fieldhub-notify")
 	resp, err := client.Do(req)
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) || isTimeout(err) {
