@@ -5,7 +5,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 GO          ?= go
 FUZZTIME    ?= 150000x
 
-.PHONY: all build influxd mosquitto telegraf run run-cluster test test-loaded lint unit fuzz bench-smoke bench bench-peer mutation clean
+.PHONY: all build influxd mosquitto alertmanager telegraf run run-cluster test test-loaded lint unit fuzz bench-smoke bench bench-peer mutation clean
 
 all: build
 
@@ -24,6 +24,11 @@ influxd:
 # multi-instance tests (they start their own brokers).
 mosquitto:
 	scripts/install-mosquitto
+
+# Debian's Prometheus Alertmanager, for the alert notification tests (they
+# start their own on free ports).
+alertmanager:
+	scripts/install-alertmanager
 
 # The pinned Telegraf with only the plugins make bench-peer uses (version
 # pinned in the script), built from the Go module proxy; about two
@@ -54,7 +59,7 @@ lint:
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
-unit: influxd mosquitto
+unit: influxd mosquitto alertmanager
 	FIELDHUB_ARTIFACTS=$(CURDIR)/var/artifacts $(GO) test -race -count=1 -timeout 20m ./...
 
 # A short, bounded run of every fuzz target (counted in executions, not
@@ -68,7 +73,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzPacketPath$$' -fuzztime=20000x ./bridge/mqtt
 
 # Every Go benchmark once, so none of them rots.
-bench-smoke: influxd mosquitto
+bench-smoke: influxd mosquitto alertmanager
 	$(GO) test -run='^$$' -bench=. -benchtime=1x -timeout 10m ./...
 
 clean:

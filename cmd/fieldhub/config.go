@@ -72,6 +72,11 @@ type config struct {
 	MQTTBrokerDynsec   bool
 	MQTTBrokerIdle     time.Duration
 	InstanceID         string
+	// Alert notifications (dashboard/alerts/notify). The URLs may carry
+	// credentials: like the secret, they are never logged.
+	AlertmanagerURL    string
+	AlertWebhookURL    string
+	AlertWebhookSecret string
 }
 
 // LogValue keeps secrets out of logs whatever logs the config.
@@ -82,6 +87,8 @@ func (c config) LogValue() slog.Value {
 		slog.Bool("influx_token_set", c.InfluxToken != ""), slog.Bool("database_url_set", c.DatabaseURL != ""), slog.Bool("admin_token_set", c.AdminToken != ""),
 		slog.Bool("tls", c.TLSCert != ""), slog.Bool("external_broker", c.MQTTBroker != ""),
 		slog.String("instance_id", c.InstanceID), slog.String("trusted_proxies", c.TrustedProxies.String()),
+		slog.Bool("alertmanager_url_set", c.AlertmanagerURL != ""), slog.Bool("alert_webhook_url_set", c.AlertWebhookURL != ""),
+		slog.Bool("alert_webhook_secret_set", c.AlertWebhookSecret != ""),
 	)
 }
 
@@ -143,6 +150,9 @@ var settings = []setting{
 	{"mqtt-broker-dynsec", "FIELDHUB_MQTT_BROKER_DYNSEC", "false", "keep Mosquitto's dynamic-security plugin in sync with the registry (a client and a role per device)", false},
 	{"mqtt-broker-idle", "FIELDHUB_MQTT_BROKER_IDLE", "2m", "an MQTT device on the external broker shows online while heard from within this time (the broker does not say who is connected)", false},
 	{"instance-id", "FIELDHUB_INSTANCE_ID", "", "this instance's name at the external broker, stable across restarts and unique per instance (default: generated once and kept in the data dir)", false},
+	{"alertmanager-url", "FIELDHUB_ALERTMANAGER_URL", "", "Prometheus Alertmanager base URL (http or https, e.g. http://alertmanager:9093): firing and resolved alerts are posted to its /api/v2/alerts", true},
+	{"alert-webhook-url", "FIELDHUB_ALERT_WEBHOOK_URL", "", "http(s) URL that gets every firing and resolved alert as a signed JSON POST; needs FIELDHUB_ALERT_WEBHOOK_SECRET", true},
+	{"alert-webhook-secret", "FIELDHUB_ALERT_WEBHOOK_SECRET", "", "HMAC-SHA256 key of the alert webhook's X-Fieldhub-Signature", true},
 }
 
 // errHelp is returned after --help printed the usage.
@@ -238,6 +248,16 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 		MQTTBrokerDynsec:   p.boolean("mqtt-broker-dynsec"),
 		MQTTBrokerIdle:     p.duration("mqtt-broker-idle"),
 		InstanceID:         p.str("instance-id"),
+
+		AlertmanagerURL:    p.optURL("alertmanager-url"),
+		AlertWebhookURL:    p.optURL("alert-webhook-url"),
+		AlertWebhookSecret: p.str("alert-webhook-secret"),
+	}
+	if c.AlertWebhookURL != "" && c.AlertWebhookSecret == "" {
+		p.fail("alert-webhook-url", "needs FIELDHUB_ALERT_WEBHOOK_SECRET (--alert-webhook-secret): receivers verify the signature with it")
+	}
+	if c.AlertWebhookSecret != "" && c.AlertWebhookURL == "" {
+		p.fail("alert-webhook-secret", "is set but FIELDHUB_ALERT_WEBHOOK_URL (--alert-webhook-url) is not")
 	}
 	if c.InstanceID != "" && !validInstanceID(c.InstanceID) {
 		p.fail("instance-id", "must be 1 to 64 letters, digits, '-', '_' or '.'")
@@ -329,6 +349,20 @@ func (p *parser) url(name string) string {
 	u, err := url.Parse(v)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		p.fail(name, fmt.Sprintf("%q is not an http(s) URL", v))
+	}
+	return v
+}
+
+// optURL is an optional http(s) URL. The error never repeats the value:
+// it may carry credentials.
+func (p *parser) optURL(name string) string {
+	v := p.str(name)
+	if v == "" {
+		return ""
+	}
+	u, err := url.Parse(v)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		p.fail(name, "is not an http(s) URL such as https://host:9093")
 	}
 	return v
 }
