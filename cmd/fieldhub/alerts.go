@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 
 	"github.com/fieldhub/fieldhub/bridge"
 	"github.com/fieldhub/fieldhub/dashboard/alerts"
 	"github.com/fieldhub/fieldhub/dashboard/alerts/boltstore"
+	"github.com/fieldhub/fieldhub/dashboard/alerts/notify"
 	"github.com/fieldhub/fieldhub/dashboard/alerts/pgstore"
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/devices/pg"
@@ -72,4 +74,26 @@ type rejectionsTee struct {
 func (t rejectionsTee) Rejected(device, transport, id string, e *telemetry.Error) {
 	t.reg.Rejected(device, transport, id, e)
 	t.eng.Rejected(device, transport, id, e)
+}
+
+// newNotifier is the alert notifier for the configured receivers
+// (FIELDHUB_ALERTMANAGER_URL, FIELDHUB_ALERT_WEBHOOK_URL), draining the
+// alert store's outbox. With neither set it has no target: the engine
+// then queues nothing and its Run returns at once.
+func newNotifier(cfg config, st alerts.Store, log *slog.Logger) (*notify.Notifier, error) {
+	o := notify.Options{Outbox: st, Firing: alerts.Firing{Store: st}, Logger: log}
+	if q, ok := st.(notify.QueueCounter); ok {
+		o.Queue = q
+	}
+	if cfg.AlertmanagerURL != "" {
+		o.Alertmanager = &notify.AlertmanagerOptions{URL: cfg.AlertmanagerURL}
+	}
+	if cfg.AlertWebhookURL != "" {
+		o.Webhook = &notify.WebhookOptions{URL: cfg.AlertWebhookURL, Secret: cfg.AlertWebhookSecret}
+	}
+	n, err := notify.New(o)
+	if err != nil {
+		return nil, fmt.Errorf("alert notifications: %w", err)
+	}
+	return n, nil
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/fieldhub/fieldhub/bridge/cluster"
 	"github.com/fieldhub/fieldhub/bridge/commands"
 	"github.com/fieldhub/fieldhub/dashboard/alerts"
+	"github.com/fieldhub/fieldhub/dashboard/alerts/notify"
 	"github.com/fieldhub/fieldhub/dashboard/live"
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/telemetry/influx"
@@ -89,9 +90,9 @@ func (m *metrics) registerCluster(cl *cluster.Cluster) {
 	m.reg.MustRegister(clusterCollector{cl: cl})
 }
 
-// registerAlerts adds the alert engine's collector.
-func (m *metrics) registerAlerts(e *alerts.Engine) {
-	m.reg.MustRegister(alertCollector{e: e})
+// registerAlerts adds the alert engine's and the notifier's collector.
+func (m *metrics) registerAlerts(e *alerts.Engine, n *notify.Notifier, st alerts.Store) {
+	m.reg.MustRegister(alertCollector{e: e, n: n, st: st})
 }
 
 var (
@@ -99,16 +100,30 @@ var (
 	descAlertTrans    = prometheus.NewDesc("fieldhub_alert_transitions_total", "Alert transitions this instance made, by state entered.", []string{"to"}, nil)
 	descAlertDropped  = prometheus.NewDesc("fieldhub_alert_evaluations_dropped_total", "Readings, presence changes and rejections the alert engine's full input queue dropped.", nil, nil)
 	descAlertsRefused = prometheus.NewDesc("fieldhub_alerts_refused_total", "New alerts refused because the open-alert bound was reached.", nil, nil)
+	descNotifySent    = prometheus.NewDesc("fieldhub_alert_notifications_sent_total", "Alert notifications a receiver accepted, by target.", []string{"target"}, nil)
+	descNotifyFailed  = prometheus.NewDesc("fieldhub_alert_notifications_failed_total", "Failed alert notification attempts (each is retried), by target.", []string{"target"}, nil)
+	descNotifyQueued  = prometheus.NewDesc("fieldhub_alert_notifications_queued", "Alert notifications waiting in the outbox, by target.", []string{"target"}, nil)
+	descNotifyResent  = prometheus.NewDesc("fieldhub_alert_notifications_resent_total", "Firing alerts posted to Alertmanager again so it keeps them firing.", []string{"target"}, nil)
+	descNotifyDropped = prometheus.NewDesc("fieldhub_alert_notifications_dropped_total", "Alert notifications dropped because a target's outbox was full.", nil, nil)
 )
 
 // alertCollector reads the alert engine's counters at scrape time.
-type alertCollector struct{ e *alerts.Engine }
+type alertCollector struct {
+	e  *alerts.Engine
+	n  *notify.Notifier
+	st alerts.Store
+}
 
 func (c alertCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descAlertsFiring
 	ch <- descAlertTrans
 	ch <- descAlertDropped
 	ch <- descAlertsRefused
+	ch <- descNotifySent
+	ch <- descNotifyFailed
+	ch <- descNotifyQueued
+	ch <- descNotifyResent
+	ch <- descNotifyDropped
 }
 
 func (c alertCollector) Collect(ch chan<- prometheus.Metric) {
@@ -121,6 +136,17 @@ func (c alertCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descAlertDropped, prometheus.CounterValue, float64(st.Dropped))
 	ch <- prometheus.MustNewConstMetric(descAlertsRefused, prometheus.CounterValue, float64(st.Refused))
+	for target, ts := range c.n.Stats() {
+		ch <- prometheus.MustNewConstMetric(descNotifySent, prometheus.CounterValue, float64(ts.Sent), target)
+		ch <- prometheus.MustNewConstMetric(descNotifyFailed, prometheus.CounterValue, float64(ts.Failed), target)
+		if ts.Queued >= 0 {
+			ch <- prometheus.MustNewConstMetric(descNotifyQueued, prometheus.GaugeValue, float64(ts.Queued), target)
+		}
+		if target == notify.TargetAlertmanager {
+			ch <- prometheus.MustNewConstMetric(descNotifyResent, prometheus.CounterValue, float64(ts.Resent), target)
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(descNotifyDropped, prometheus.CounterValue, float64(c.st.OutboxDropped()))
 }
 
 func (m *metrics) handler() http.Handler {

@@ -199,8 +199,14 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err != nil {
 		return err
 	}
+	// The notifier drains the alert store's outbox to the configured
+	// receivers; the engine queues for exactly those targets and wakes it.
+	notifier, err := newNotifier(cfg, alertSt, log)
+	if err != nil {
+		return err
+	}
 	alertEng, err := alerts.New(alerts.Options{Store: alertSt, Devices: reg, Live: fanout, Logger: log,
-		Targets: nil, // TODO(merge): targets from config (cfg.AlertmanagerURL, cfg.AlertWebhookURL)
+		Targets: notifier.Targets(), OnQueued: notifier.Wake,
 		// With several instances (a shared PostgreSQL) a device offline
 		// here may be online on another: only a lone instance raises
 		// offline alerts at start.
@@ -209,7 +215,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err != nil {
 		return err
 	}
-	m.registerAlerts(alertEng)
+	m.registerAlerts(alertEng, notifier, alertSt)
 	reg.Subscribe(devices.Subscriber{OnCredentialsChanged: func(id string) {
 		if !reg.Exists(id) {
 			alertEng.DeviceDeleted(id)
@@ -372,7 +378,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	// backwards, one component at a time, which is the order of
 	// docs/architecture.md ("Lifecycle and shutdown"): stop accepting
 	// (HTTP) -> close device sockets -> stop the broker or the cluster ->
-	// close dashboard sockets -> alert engine -> live hub -> rates -> commands -> registry
+	// close dashboard sockets -> alert engine -> alert notifier -> live hub -> rates -> commands -> registry
 	// (flushes last_seen) -> drain the spool to InfluxDB -> stop the writer.
 	// Stores close after it (the defers above). TestShutdownOrder checks it.
 	comps := []component{
@@ -398,6 +404,10 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		// api.Shutdown has closed them.
 		{Name: "live hub", Run: liveHub.Run},
 		// The alert engine publishes to the live hub: it stops first.
+		// Notifications outlive the engine that queues them, so the
+		// transitions of the shutdown itself still leave (what does not
+		// is sent at the next start: the outbox is durable).
+		{Name: "alert notifier", Run: notifier.Run},
 		{Name: "alerts", Run: alertEng.Run},
 		{Name: "dashboard sockets", Stop: func(context.Context) { api.Shutdown() }},
 	}

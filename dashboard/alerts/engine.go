@@ -57,6 +57,10 @@ type Options struct {
 	StartupOffline bool
 	// MaxOpen bounds open alerts; default MaxOpenAlerts.
 	MaxOpen int
+	// OnQueued is called, without blocking, after a transition queued
+	// notifications (the notifier's Wake), so they leave at once rather
+	// than at the notifier's next poll; nil: none.
+	OnQueued func()
 }
 
 // Input kinds.
@@ -508,7 +512,7 @@ func (e *Engine) fireWith(ctx context.Context, r *Record, prev int64, now time.T
 	} else {
 		r.SilencedUntil = nil
 		r.Notified = true
-		notes = []notify.Notification{e.notification(r, notify.KindFiring, r.Seq+int64(len(evs)), now)}
+		notes = []notify.Notification{notification(r, notify.KindFiring, r.Seq+int64(len(evs)), now)}
 	}
 	e.commit(ctx, r, prev, evs, notes)
 }
@@ -524,12 +528,14 @@ func (e *Engine) resolve(ctx context.Context, a *Record, now time.Time, ev Event
 	ev.At, ev.Type = now, StateResolved
 	var notes []notify.Notification
 	if n.Notified {
-		notes = []notify.Notification{e.notification(&n, notify.KindResolved, n.Seq+1, now)}
+		notes = []notify.Notification{notification(&n, notify.KindResolved, n.Seq+1, now)}
 	}
 	e.commit(ctx, &n, a.Version, []Event{ev}, notes)
 }
 
-func (e *Engine) notification(r *Record, kind string, seq int64, now time.Time) notify.Notification {
+// notification is the outbox entry for r entering kind; seq is the
+// timeline event it reports, which makes its key unique per transition.
+func notification(r *Record, kind string, seq int64, now time.Time) notify.Notification {
 	n := notify.Notification{Key: r.ID + "/" + strconv.FormatInt(seq, 10), Kind: kind, AlertID: r.ID, RuleID: r.RuleID, Rule: r.Rule,
 		Device: r.Device, Severity: r.Severity, Labels: r.Labels, Value: r.Value, Summary: r.Summary, At: now}
 	if r.FiredAt != nil {
@@ -581,6 +587,9 @@ func (e *Engine) commit(ctx context.Context, r *Record, prev int64, evs []Event,
 		}
 		e.reloadDevice(ctx, r.Device)
 		return false
+	}
+	if len(notes) > 0 && e.opts.OnQueued != nil {
+		e.opts.OnQueued()
 	}
 	key := pairKey{r.RuleID, r.Device}
 	if r.Open() {
@@ -755,7 +764,7 @@ func (e *Engine) sweep(ctx context.Context) {
 			n := *a
 			n.Notified, n.SilencedUntil = true, nil
 			e.commit(ctx, &n, a.Version, []Event{{At: now, Type: EventNotified, Reason: "silence ended"}},
-				[]notify.Notification{e.notification(&n, notify.KindFiring, n.Seq+1, now)})
+				[]notify.Notification{notification(&n, notify.KindFiring, n.Seq+1, now)})
 		case c.Condition.Type == CondRejections:
 			w := trimWindow(e.rejs[k], now.Add(-time.Duration(*c.Condition.Window)))
 			e.rejs[k] = w

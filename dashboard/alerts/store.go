@@ -59,4 +59,7 @@ type Store interface {
 	HistoryStore
 	SilenceStore
 	notify.Outbox
+	// OutboxDropped counts deliveries dropped because a target's
+	// outbox was full (its bound, MaxOutboxPerTgt), for metrics.
+	OutboxDropped() int64
 }

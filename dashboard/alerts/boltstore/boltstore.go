@@ -563,3 +563,18 @@ func (s *Store) Retry(ctx context.Context, target, key string, attempts int, nex
 }
 
 var _ alerts.Store = (*Store)(nil)
+
+// Queued says how many deliveries of target wait in the outbox
+// (notify.QueueCounter), from the counter the outbox keeps.
+func (s *Store) Queued(ctx context.Context, target string) (int, error) {
+	var n int64
+	err := s.view(func(tx *bolt.Tx) error {
+		if b := tx.Bucket(bMeta); b != nil {
+			if v := b.Get([]byte("outbox\x00" + target)); len(v) == 8 {
+				n = int64(binary.BigEndian.Uint64(v))
+			}
+		}
+		return nil
+	})
+	return int(n), err
+}

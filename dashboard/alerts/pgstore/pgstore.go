@@ -365,3 +365,14 @@ func (s *Store) Retry(ctx context.Context, target, key string, attempts int, nex
 }
 
 var _ alerts.Store = (*Store)(nil)
+
+// Queued says how many deliveries of target wait in the outbox
+// (notify.QueueCounter).
+func (s *Store) Queued(ctx context.Context, target string) (int, error) {
+	var n int
+	err := s.db.QueryRow(ctx, `SELECT count(*) FROM fieldhub_alert_outbox WHERE target = $1`, target).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("count queued notifications: %w", err)
+	}
+	return n, nil
+}
