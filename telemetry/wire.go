@@ -252,7 +252,7 @@ type Telemetry struct {
 	// Boot is the message's "boot" ("" when it has none): the device's
 	// restart identity its readings' Seq counts within.
 	Boot string
-	one    [1]Reading // Readings of a single reading, kept in the same allocation
+	one  [1]Reading // Readings of a single reading, kept in the same allocation
 }
 
 // Points returns the number of readings in t.
