@@ -19,7 +19,9 @@ func TestImportRules(t *testing.T) {
 		"telemetry":  {"telemetry"},
 		"devices":    {"telemetry"},
 		"devices/pg": {"devices", "telemetry"},
-		"bridge":     {"bridge", "devices", "telemetry"},
+		// The ledger and its stores know the wire contract only.
+		"devices/ledger": {"telemetry"},
+		"bridge":         {"bridge", "devices", "telemetry"},
 		// hijack: the closing set of hijacked connections, shared by the
 		// device and operator sockets; standard library only.
 		"bridge/hijack": {},
@@ -52,8 +54,8 @@ func TestImportRules(t *testing.T) {
 		"github.com/eclipse/paho.golang":              {"bridge/mqtt"},
 		"github.com/influxdata/influxdb-client-go/v2": {"telemetry/influx"},
 		// The command stores share the registry's open database.
-		"go.etcd.io/bbolt":                       {"devices", "bridge/commands/boltstore"},
-		"github.com/jackc/pgx/v5":                {"devices/pg", "bridge/commands/pgstore"},
+		"go.etcd.io/bbolt":                       {"devices", "bridge/commands/boltstore", "devices/ledger/boltstore"},
+		"github.com/jackc/pgx/v5":                {"devices/pg", "bridge/commands/pgstore", "devices/ledger/pgstore"},
 		"github.com/prometheus/client_golang":    {"cmd/fieldhub"},
 		"github.com/go-playground/validator/v10": {"telemetry"},
 		// The hub's broker client, and the simulator's MQTT devices.
