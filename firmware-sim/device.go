@@ -262,12 +262,12 @@ func (d *device) appendMessage(b []byte, id string, now time.Time, extraMetric s
 		b = append(b, `,"metrics":{`...)
 		m := d.sensor.read(ts)
 		if d.f.cfg.Stamp != nil {
-			b = append(b, `"seq":`...)
+			b = append(b, `"stamp":`...)
 			seq := d.f.cfg.Stamp()
 			b = strconv.AppendInt(b, seq, 10)
 			b = append(b, ',')
 			if record {
-				m["seq"] = float64(seq)
+				m["stamp"] = float64(seq)
 			}
 		}
 		first := true

@@ -87,7 +87,7 @@ type Config struct {
 	// what landed in InfluxDB is what counts.
 	QoS0 bool
 	// Stamp, if set, gives every reading a fleet-wide sequence number
-	// (metric "seq"), so a load harness (package firmware-sim/load) can
+	// (metric "stamp"), so a load harness (package firmware-sim/load) can
 	// match what dashboards receive to when it was sent. It must be safe
 	// for concurrent use.
 	Stamp func() int64
