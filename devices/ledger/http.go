@@ -2,7 +2,9 @@ package ledger
 
 import (
 	"cmp"
+	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"slices"
 	"time"
@@ -48,6 +50,16 @@ type DeviceView struct {
 	Seq          SeqView           `json:"seq"`
 	// LastHour is the same counts over the last 60 one-minute buckets.
 	LastHour Counts `json:"last_hour"`
+	// Instances is how many hub instances' records the counts sum (1
+	// unless several instances share PostgreSQL); seq is this instance's.
+	Instances int `json:"instances"`
+}
+
+// RowReader is a Store that also reads every instance's record of one
+// device (pgstore: instances sharing PostgreSQL), so a device's view sums
+// the counts every instance keeps.
+type RowReader interface {
+	LedgerRows(ctx context.Context, device string) (map[string][]byte, error)
 }
 
 // Device returns a device's ledger view, or false when the ledger keeps
@@ -61,7 +73,7 @@ func (l *Ledger) Device(id string) (DeviceView, bool) {
 	_, m := l.minute()
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	out := DeviceView{
+	out := DeviceView{Instances: 1,
 		Device: id, Received: d.C[cReceived], Refused: map[string]uint64{}, Durable: d.C[cDurable],
 		Written: d.C[cWritten], DeadLettered: d.C[cDead],
 		Seq: SeqView{OpenGaps: len(d.Seq.Open), GapsTotal: d.C[cGaps], Duplicates: d.C[cDuplicates], Resets: d.C[cResets]},
@@ -80,6 +92,13 @@ func (l *Ledger) Device(id string) (DeviceView, bool) {
 	// noticed while open).
 	slices.SortStableFunc(gaps, func(a, b Gap) int { return b.lastChange().Compare(a.lastChange()) })
 	out.Seq.Gaps = gaps[:min(len(gaps), maxGapsShown)]
+	out.LastHour = hourCounts(d, m)
+	return out, true
+}
+
+// hourCounts sums d's buckets of the hour ending at minute m. d.mu is
+// held, or d is a private copy.
+func hourCounts(d *device, m int64) Counts {
 	var h [nCounters]uint64
 	for _, b := range d.Win {
 		if b.Minute > m-buckets && b.Minute <= m {
@@ -88,9 +107,47 @@ func (l *Ledger) Device(id string) (DeviceView, bool) {
 			}
 		}
 	}
-	out.LastHour = Counts{Received: h[cReceived], RefusedTotal: h[cRefused], Durable: h[cDurable], Written: h[cWritten],
+	return Counts{Received: h[cReceived], RefusedTotal: h[cRefused], Durable: h[cDurable], Written: h[cWritten],
 		DeadLettered: h[cDead], Gaps: h[cGaps], Duplicates: h[cDuplicates], Resets: h[cResets]}
-	return out, true
+}
+
+// addInstances adds to v the counts other instances saved for its
+// device (their last save: at most PersistInterval old). The sequence
+// view stays this instance's.
+func (l *Ledger) addInstances(ctx context.Context, v *DeviceView) error {
+	rr, ok := l.opts.Store.(RowReader)
+	if !ok {
+		return nil
+	}
+	rows, err := rr.LedgerRows(ctx, v.Device)
+	if err != nil {
+		return fmt.Errorf("read other instances' ledger of %s: %w", v.Device, err)
+	}
+	_, m := l.minute()
+	for inst, b := range rows {
+		if inst == l.opts.Instance {
+			continue
+		}
+		var d device
+		if json.Unmarshal(b, &d) != nil {
+			continue // an unreadable row: that instance's own load says so
+		}
+		v.Instances++
+		v.Received += d.C[cReceived]
+		v.Durable += d.C[cDurable]
+		v.Written += d.C[cWritten]
+		v.DeadLettered += d.C[cDead]
+		for c, n := range d.Refused {
+			v.Refused[c] += n
+		}
+		h := hourCounts(&d, m)
+		v.LastHour.Received += h.Received
+		v.LastHour.RefusedTotal += h.RefusedTotal
+		v.LastHour.Durable += h.Durable
+		v.LastHour.Written += h.Written
+		v.LastHour.DeadLettered += h.DeadLettered
+	}
+	return nil
 }
 
 func (g Gap) lastChange() time.Time {
@@ -159,7 +216,11 @@ func (l *Ledger) ServeDevice(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, http.StatusNotFound, map[string]map[string]string{"error": {"code": "not_found", "message": "no such device"}})
 			return
 		}
-		v = DeviceView{Device: id, Refused: map[string]uint64{}, Seq: SeqView{Gaps: []Gap{}}}
+		v = DeviceView{Device: id, Refused: map[string]uint64{}, Seq: SeqView{Gaps: []Gap{}}, Instances: 1}
+	}
+	if err := l.addInstances(r.Context(), &v); err != nil {
+		// This instance's counts alone, said so by instances: 1.
+		l.opts.Logger.Warn("ledger: other instances' counts unavailable", "device", id, "err", err)
 	}
 	writeJSON(w, http.StatusOK, v)
 }

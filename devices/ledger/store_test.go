@@ -2,6 +2,9 @@ package ledger_test
 
 import (
 	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"testing"
 	"time"
@@ -70,5 +73,54 @@ func TestStores(t *testing.T) {
 				t.Fatalf("instance i2's row: %+v", v)
 			}
 		})
+	}
+}
+
+// TestInstancesSummed: with instances sharing PostgreSQL, a device's
+// view sums every instance's saved counts.
+func TestInstancesSummed(t *testing.T) {
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, pgtest.Database(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	st, err := pgstore.New(ctx, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := func() time.Time { return time.Unix(1e9, 0) }
+	open := func(inst string) *ledger.Ledger {
+		l, err := ledger.New(ctx, ledger.Options{Exists: func(string) bool { return true }, Store: st, Instance: inst, Now: now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	a, b := open("a"), open("b")
+	a.Received("d")
+	a.Durable("d", "x", []telemetry.Reading{{Seq: 1, HasSeq: true}})
+	a.Written([]byte("telemetry,device=d t=1 1\n"))
+	b.Received("d")
+	b.Refused("d", "invalid")
+	b.Durable("d", "x", []telemetry.Reading{{Seq: 2, HasSeq: true}, {Seq: 3, HasSeq: true}})
+	if err := b.Persist(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /l/{id}", a.ServeDevice)
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/l/d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var v ledger.DeviceView
+	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+		t.Fatal(err)
+	}
+	if v.Instances != 2 || v.Received != 2 || v.Durable != 3 || v.Written != 1 || v.Refused["invalid"] != 1 || v.LastHour.Durable != 3 {
+		t.Fatalf("summed view %+v", v)
 	}
 }

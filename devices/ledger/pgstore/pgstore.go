@@ -25,7 +25,8 @@ func New(ctx context.Context, pool *pgxpool.Pool) (*Store, error) {
 		device   text NOT NULL,
 		record   jsonb NOT NULL,
 		PRIMARY KEY (instance, device)
-	)`)
+	);
+	CREATE INDEX IF NOT EXISTS fieldhub_ledger_device ON fieldhub_ledger (device)`)
 	if err != nil {
 		return nil, fmt.Errorf("create ledger table: %w", err)
 	}
@@ -50,6 +51,28 @@ func (s *Store) LoadLedger(ctx context.Context, instance string) (map[string][]b
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("load ledger: %w", err)
+	}
+	return out, nil
+}
+
+// LedgerRows returns every instance's record of device, by instance.
+func (s *Store) LedgerRows(ctx context.Context, device string) (map[string][]byte, error) {
+	rows, err := s.db.Query(ctx, `SELECT instance, record FROM fieldhub_ledger WHERE device = $1`, device)
+	if err != nil {
+		return nil, fmt.Errorf("read ledger rows: %w", err)
+	}
+	out := map[string][]byte{}
+	for rows.Next() {
+		var inst string
+		var rec []byte
+		if err := rows.Scan(&inst, &rec); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("read ledger rows: %w", err)
+		}
+		out[inst] = rec
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read ledger rows: %w", err)
 	}
 	return out, nil
 }
