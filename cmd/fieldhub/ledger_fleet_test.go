@@ -112,6 +112,16 @@ func TestFleetLedger(t *testing.T) {
 	if resets == 0 {
 		t.Error("no resets: the reboot fault did not run")
 	}
+	// seq is in InfluxDB with every reading, as an integer: the gaps can
+	// be found in history too.
+	rows, err := influx.Query(`SELECT count("seq"), count("temp") FROM "telemetry" WHERE "device" =~ /^led-/`)
+	if err != nil || len(rows) == 0 || rows[0][1] != rows[0][2] || rows[0][1].(float64) == 0 {
+		t.Errorf("count(seq), count(temp) in InfluxDB: %v %v", rows, err)
+	}
+	fields, err := influx.Query(`SHOW FIELD KEYS FROM "telemetry"`)
+	if err != nil || !slices.ContainsFunc(fields, func(r []any) bool { return r[0] == "seq" && r[1] == "integer" }) {
+		t.Errorf("field keys %v %v: want seq as an integer", fields, err)
+	}
 	code, fl := h.api(t, "GET", "/api/v1/ledger", h.adminToken, nil)
 	if code != 200 || int(fl["open_gaps"].(float64)) != len(skipped) {
 		t.Errorf("fleet ledger %d: open_gaps %v, want %d", code, fl["open_gaps"], len(skipped))
