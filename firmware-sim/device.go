@@ -58,9 +58,9 @@ type device struct {
 	interval  time.Duration
 	faultRate float64
 	sentMsgs  int
-	ackedMsgs int   // good messages acknowledged
-	lastTS    int64 // readings get strictly increasing timestamps (unique points)
-	target    int   // which hub (of Hub and MoreHubs) this device connects to now
+	ackedMsgs int      // good messages acknowledged
+	lastTS    int64    // readings get strictly increasing timestamps (unique points)
+	target    int      // which hub (of Hub and MoreHubs) this device connects to now
 	boots     int      // restarts so far (RebootRate): the message's boot is "b<boots>"
 	rseq      uint64   // the next good reading's seq within the boot
 	skipped   []SeqGap // the seqs skipped (DropRate), exactly

@@ -79,7 +79,7 @@ func TestFleetLedger(t *testing.T) {
 	if len(skipped) == 0 {
 		t.Fatal("the simulator skipped nothing: the drop fault did not run")
 	}
-	var resets, dups float64
+	var resets, dups, durable float64
 	for i := 1; i <= devices; i++ {
 		id := fmt.Sprintf("led-%d", i)
 		var led map[string]any
@@ -107,6 +107,12 @@ func TestFleetLedger(t *testing.T) {
 		}
 		resets += seq["resets"].(float64)
 		dups += seq["duplicates"].(float64)
+		durable += led["durable"].(float64)
+	}
+	// Prometheus has the same totals, without per-device labels.
+	m := scrape(t, h)
+	if m["fieldhub_ledger_durable_total"] != durable || m["fieldhub_ledger_written_total"] != durable || m["fieldhub_ledger_open_gaps"] != float64(len(skipped)) {
+		t.Errorf("metrics durable %v written %v open gaps %v; want %v, %v, %d", m["fieldhub_ledger_durable_total"], m["fieldhub_ledger_written_total"], m["fieldhub_ledger_open_gaps"], durable, durable, len(skipped))
 	}
 	t.Logf("%d gaps skipped by the simulator and reported by the hub; %.0f resets, %.0f duplicates", len(skipped), resets, dups)
 	if resets == 0 {
