@@ -1,7 +1,9 @@
 package ledger
 
 import (
+	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -118,4 +120,21 @@ func BenchmarkLedgerReading(b *testing.B) {
 		l.Received("d")
 		l.Durable("d", "boot-1", rs)
 	}
+}
+
+// BenchmarkLedgerReadingParallel: devices on different goroutines share
+// no lock (the device table is a sync.Map, each device its own mutex).
+func BenchmarkLedgerReadingParallel(b *testing.B) {
+	l := newTestLedger(b, Options{})
+	var next atomic.Int64
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		id := fmt.Sprintf("d%d", next.Add(1))
+		rs := readings(0)
+		for i := uint64(0); pb.Next(); i++ {
+			rs[0].Seq = i
+			l.Received(id)
+			l.Durable(id, "boot-1", rs)
+		}
+	})
 }
