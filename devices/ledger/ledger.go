@@ -88,12 +88,41 @@ type bucket struct {
 	C      [nCounters]uint32 `json:"c"`
 }
 
+// window is a device's last hour, one bucket per minute (at minute%60).
+type window [buckets]bucket
+
+// MarshalJSON stores only the buckets in use.
+func (w window) MarshalJSON() ([]byte, error) {
+	used := make([]bucket, 0, buckets)
+	for _, b := range w {
+		if b.Minute != 0 {
+			used = append(used, b)
+		}
+	}
+	return json.Marshal(used)
+}
+
+// UnmarshalJSON puts stored buckets back at their minute.
+func (w *window) UnmarshalJSON(data []byte) error {
+	var used []bucket
+	if err := json.Unmarshal(data, &used); err != nil {
+		return err
+	}
+	*w = window{}
+	for _, b := range used {
+		if b.Minute > 0 {
+			w[b.Minute%buckets] = b
+		}
+	}
+	return nil
+}
+
 // device is one device's ledger; mu guards everything but openN.
 type device struct {
 	mu      sync.Mutex
 	C       [nCounters]uint64 `json:"c"`
 	Refused map[string]uint64 `json:"refused"` // by code: bounded by the codes telemetry defines
-	Win     [buckets]bucket   `json:"win"`
+	Win     window            `json:"win"`
 	Seq     seqState          `json:"seq"`
 	dirty   bool
 	openN   atomic.Int32
@@ -370,7 +399,9 @@ func (l *Ledger) Persist(ctx context.Context) error {
 	l.delMu.Lock()
 	var del []string
 	for id := range l.deleted {
-		del = append(del, id)
+		if _, again := put[id]; !again { // deleted and created again since: the new record stands
+			del = append(del, id)
+		}
 	}
 	clear(l.deleted)
 	l.delMu.Unlock()

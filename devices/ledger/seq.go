@@ -1,6 +1,9 @@
 package ledger
 
 import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
 	"time"
 )
 
@@ -35,11 +38,49 @@ type Gap struct {
 // seq seen, Base the lowest, Bits the seqs seen in [Next-Window, Next)
 // (bit s%Window).
 type slot struct {
-	Boot string              `json:"boot"`
-	Used bool                `json:"used"`
-	Base uint64              `json:"base"`
-	Next uint64              `json:"next"`
-	Bits [Window / 64]uint64 `json:"bits"`
+	Boot string
+	Used bool
+	Base uint64
+	Next uint64
+	Bits [Window / 64]uint64
+}
+
+// slotJSON is a slot as persisted: the window as 512 bytes (base64 in
+// JSON, 684 characters) rather than 64 decimal numbers.
+type slotJSON struct {
+	Boot string `json:"boot"`
+	Used bool   `json:"used"`
+	Base uint64 `json:"base"`
+	Next uint64 `json:"next"`
+	Bits []byte `json:"bits"`
+}
+
+// MarshalJSON encodes the slot for the store.
+func (s slot) MarshalJSON() ([]byte, error) {
+	b := make([]byte, Window/8)
+	for i, w := range s.Bits {
+		binary.LittleEndian.PutUint64(b[i*8:], w)
+	}
+	return json.Marshal(slotJSON{Boot: s.Boot, Used: s.Used, Base: s.Base, Next: s.Next, Bits: b})
+}
+
+// UnmarshalJSON decodes a stored slot; a window of the wrong size is
+// an error (the record is then not loaded).
+func (s *slot) UnmarshalJSON(data []byte) error {
+	var j slotJSON
+	if err := json.Unmarshal(data, &j); err != nil {
+		return err
+	}
+	if len(j.Bits) != 0 && len(j.Bits) != Window/8 {
+		return fmt.Errorf("ledger slot: window of %d bytes, want %d", len(j.Bits), Window/8)
+	}
+	*s = slot{Boot: j.Boot, Used: j.Used, Base: j.Base, Next: j.Next}
+	for i := range s.Bits {
+		if len(j.Bits) > 0 {
+			s.Bits[i] = binary.LittleEndian.Uint64(j.Bits[i*8:])
+		}
+	}
+	return nil
 }
 
 func (s *slot) has(n uint64) bool { return s.Bits[(n%Window)/64]&(1<<(n%64)) != 0 }

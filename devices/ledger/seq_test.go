@@ -224,3 +224,47 @@ func TestPersistRestart(t *testing.T) {
 		t.Fatal("forgotten device still stored")
 	}
 }
+
+// TestRecreatedBeforePersist: a device deleted and created again before
+// the next save keeps its new record.
+func TestRecreatedBeforePersist(t *testing.T) {
+	st := &memStore{recs: map[string]map[string][]byte{}}
+	l := newTestLedger(t, Options{Store: st})
+	l.Received("d")
+	if err := l.Persist(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	l.Forget("d")
+	l.Received("d")
+	l.Received("d")
+	if err := l.Persist(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := newTestLedger(t, Options{Store: st}).Device("d"); !ok || v.Received != 2 {
+		t.Fatalf("after delete, create, save: %+v %v", v, ok)
+	}
+}
+
+// TestRecordSize: what one device costs per save.
+func TestRecordSize(t *testing.T) {
+	st := &memStore{recs: map[string]map[string][]byte{}}
+	l := newTestLedger(t, Options{Store: st})
+	l.Received("d")
+	l.Durable("d", "a", readings(span(0, 5000)...))
+	l.Durable("d", "b", readings(1, 3))
+	if err := l.Persist(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	n := len(st.recs["local"]["d"])
+	t.Logf("one device's record: %d bytes", n)
+	if n > 6000 {
+		t.Errorf("record of %d bytes", n)
+	}
+	v, _ := newTestLedger(t, Options{Store: st}).Device("d")
+	l2 := newTestLedger(t, Options{Store: st})
+	l2.Durable("d", "a", readings(5000, 4999))
+	w, _ := l2.Device("d")
+	if v.Seq.OpenGaps != 1 || w.Seq.Duplicates != 2 {
+		t.Fatalf("reloaded: %+v then %+v", v.Seq, w.Seq)
+	}
+}
