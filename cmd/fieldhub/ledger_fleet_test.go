@@ -128,6 +128,10 @@ func TestFleetLedger(t *testing.T) {
 	if err != nil || !slices.ContainsFunc(fields, func(r []any) bool { return r[0] == "seq" && r[1] == "integer" }) {
 		t.Errorf("field keys %v %v: want seq as an integer", fields, err)
 	}
+	// ... and not a metric: the catalogue (charts, exports) leaves it out.
+	if code, cat := h.api(t, "GET", "/api/v1/devices/led-1/metrics", h.adminToken, nil); code != 200 || strings.Contains(fmt.Sprint(cat["metrics"]), "seq") || !strings.Contains(fmt.Sprint(cat["metrics"]), "temp") {
+		t.Errorf("led-1's catalogue %d: %v", code, cat)
+	}
 	code, fl := h.api(t, "GET", "/api/v1/ledger", h.adminToken, nil)
 	if code != 200 || int(fl["open_gaps"].(float64)) != len(skipped) {
 		t.Errorf("fleet ledger %d: open_gaps %v, want %d", code, fl["open_gaps"], len(skipped))
