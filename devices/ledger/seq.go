@@ -32,27 +32,33 @@ type Gap struct {
 	NoticedAt time.Time  `json:"noticed_at"`
 	ClosedAt  *time.Time `json:"closed_at"`
 	Expired   bool       `json:"expired,omitempty"`
+	// Epoch counts the times Boot's counter went back without a new boot
+	// before this gap: a gap of an earlier count is never filled by
+	// numbers of a later one.
+	Epoch uint32 `json:"epoch,omitempty"`
 }
 
 // slot is the sequence state of one boot: Next is one past the highest
 // seq seen, Base the lowest, Bits the seqs seen in [Next-Window, Next)
 // (bit s%Window).
 type slot struct {
-	Boot string
-	Used bool
-	Base uint64
-	Next uint64
-	Bits [Window / 64]uint64
+	Boot  string
+	Epoch uint32
+	Used  bool
+	Base  uint64
+	Next  uint64
+	Bits  [Window / 64]uint64
 }
 
 // slotJSON is a slot as persisted: the window as 512 bytes (base64 in
 // JSON, 684 characters) rather than 64 decimal numbers.
 type slotJSON struct {
-	Boot string `json:"boot"`
-	Used bool   `json:"used"`
-	Base uint64 `json:"base"`
-	Next uint64 `json:"next"`
-	Bits []byte `json:"bits"`
+	Boot  string `json:"boot"`
+	Epoch uint32 `json:"epoch,omitempty"`
+	Used  bool   `json:"used"`
+	Base  uint64 `json:"base"`
+	Next  uint64 `json:"next"`
+	Bits  []byte `json:"bits"`
 }
 
 // MarshalJSON encodes the slot for the store.
@@ -61,7 +67,7 @@ func (s slot) MarshalJSON() ([]byte, error) {
 	for i, w := range s.Bits {
 		binary.LittleEndian.PutUint64(b[i*8:], w)
 	}
-	return json.Marshal(slotJSON{Boot: s.Boot, Used: s.Used, Base: s.Base, Next: s.Next, Bits: b})
+	return json.Marshal(slotJSON{Boot: s.Boot, Epoch: s.Epoch, Used: s.Used, Base: s.Base, Next: s.Next, Bits: b})
 }
 
 // UnmarshalJSON decodes a stored slot; a window of the wrong size is
@@ -74,7 +80,7 @@ func (s *slot) UnmarshalJSON(data []byte) error {
 	if len(j.Bits) != 0 && len(j.Bits) != Window/8 {
 		return fmt.Errorf("ledger slot: window of %d bytes, want %d", len(j.Bits), Window/8)
 	}
-	*s = slot{Boot: j.Boot, Used: j.Used, Base: j.Base, Next: j.Next}
+	*s = slot{Boot: j.Boot, Epoch: j.Epoch, Used: j.Used, Base: j.Base, Next: j.Next}
 	for i := range s.Bits {
 		if len(j.Bits) > 0 {
 			s.Bits[i] = binary.LittleEndian.Uint64(j.Bits[i*8:])
@@ -146,7 +152,7 @@ func (st *seqState) observe(boot string, n uint64, now time.Time, maxOpen int) (
 	case n >= sl.Next:
 		ev = evNew
 		if n > sl.Next {
-			st.openGap(Gap{Boot: boot, From: sl.Next, To: n - 1, NoticedAt: now}, now, maxOpen)
+			st.openGap(Gap{Boot: boot, Epoch: sl.Epoch, From: sl.Next, To: n - 1, NoticedAt: now}, now, maxOpen)
 			ev = evGap
 		}
 		sl.advance(n)
@@ -161,17 +167,18 @@ func (st *seqState) observe(boot string, n uint64, now time.Time, maxOpen int) (
 			return evDuplicate, reset
 		}
 		sl.set(n)
-		if st.fill(boot, n, now, maxOpen) {
+		if st.fill(boot, sl.Epoch, n, now, maxOpen) {
 			return evFilled, reset
 		}
 		return evNew, reset // its gap expired from the list
 	default: // further behind than the window
-		if st.fill(boot, n, now, maxOpen) {
+		if st.fill(boot, sl.Epoch, n, now, maxOpen) {
 			return evFilled, reset
 		}
 		// Backwards beyond the window and in no open gap: the counter
-		// went back without a new boot. Start again from n.
-		*sl = slot{Boot: boot}
+		// went back without a new boot. Start again from n, in a new
+		// epoch, so the new numbers never fill the old count's gaps.
+		*sl = slot{Boot: boot, Epoch: sl.Epoch + 1}
 		sl.Used, sl.Base, sl.Next = true, n, n
 		sl.advance(n)
 		return evNew, true
@@ -205,10 +212,10 @@ func (st *seqState) close(g Gap, now time.Time) {
 // fill removes n from the open gap of boot holding it, splitting it when
 // n is inside; a gap left empty is closed. It reports whether n was in a
 // gap.
-func (st *seqState) fill(boot string, n uint64, now time.Time, maxOpen int) bool {
+func (st *seqState) fill(boot string, epoch uint32, n uint64, now time.Time, maxOpen int) bool {
 	for i := range st.Open {
 		g := &st.Open[i]
-		if g.Boot != boot || n < g.From || n > g.To {
+		if g.Boot != boot || g.Epoch != epoch || n < g.From || n > g.To {
 			continue
 		}
 		switch {
@@ -221,7 +228,7 @@ func (st *seqState) fill(boot string, n uint64, now time.Time, maxOpen int) bool
 		case n == g.To:
 			g.To--
 		default: // split: the upper part keeps the gap's notice time
-			upper := Gap{Boot: boot, From: n + 1, To: g.To, NoticedAt: g.NoticedAt}
+			upper := Gap{Boot: boot, Epoch: epoch, From: n + 1, To: g.To, NoticedAt: g.NoticedAt}
 			g.To = n - 1
 			st.Open = append(st.Open, Gap{})
 			copy(st.Open[i+2:], st.Open[i+1:])

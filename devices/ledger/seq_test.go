@@ -78,6 +78,7 @@ func TestSeqTracking(t *testing.T) {
 		{"resend of the previous boot after a reboot", []msg{{"a", []uint64{1, 2, 4}}, {"b", span(1, 3)}, {"a", []uint64{3, 4}}}, "", 1, 1, 1, 1},
 		{"no boot at all", []msg{{"", []uint64{1, 3}}}, ":2-2 ", 1, 0, 0, 0},
 		{"backwards beyond the window without a new boot", []msg{{"a", []uint64{1, 10000}}, {"a", span(0, 2)}}, "a:2-9999 ", 1, 0, 1, 0},
+		{"numbers after a counter reset never fill the old count's gaps", []msg{{"a", []uint64{1, 10000}}, {"a", []uint64{0, 5}}, {"a", []uint64{2}}}, "a:2-9999 a:1-1 a:3-4 ", 2, 0, 1, 0},
 		{"backwards into an open gap fills it", []msg{{"a", []uint64{1, 10000}}, {"a", []uint64{2}}}, "a:3-9999 ", 1, 0, 0, 0},
 		{"duplicate within the window after a jump", []msg{{"a", []uint64{100, 5000}}, {"a", []uint64{5000, 4999}}}, "a:101-4998 ", 1, 1, 0, 0},
 	}
