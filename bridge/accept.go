@@ -89,6 +89,9 @@ func ack(id string) Answer { return Answer{ID: id, Reply: ReplyAck} }
 // every device message (accept); a refusal is also told to
 // Options.Rejections with the message's id.
 func (b *Bridge) Accept(ctx context.Context, s *Session, m Message) Answer {
+	if b.opts.Ledger != nil {
+		b.opts.Ledger.Received(s.DeviceID)
+	}
 	a := b.accept(ctx, s, m)
 	if a.Err != nil && b.opts.Rejections != nil {
 		b.opts.Rejections.Rejected(s.DeviceID, s.Transport, a.ID, a.Err)
@@ -193,6 +196,9 @@ func (b *Bridge) ingest(ctx context.Context, s *Session, f *telemetry.Frame) (st
 			b.log.Error("spool append failed", "device", s.DeviceID, "err", serr)
 			return t.ID, b.reject(s, telemetry.ErrInternal)
 		}
+	}
+	if b.opts.Ledger != nil {
+		b.opts.Ledger.Durable(s.DeviceID, t.Boot, t.Readings)
 	}
 	now := b.opts.Now()
 	b.opts.Devices.Touch(s.DeviceID, now)

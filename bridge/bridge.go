@@ -61,6 +61,15 @@ type Rejections interface {
 	Rejected(device, transport, id string, e *telemetry.Error)
 }
 
+// Ledger counts, per device, what the pipeline received and made durable
+// (*ledger.Ledger implements it; refusals reach it through Rejections).
+// Both are called inline and must not block on I/O. Durable gets the
+// message's boot and its readings, only after the store took them.
+type Ledger interface {
+	Received(device string)
+	Durable(device, boot string, readings []telemetry.Reading)
+}
+
 // BatchFanout is a Fanout that takes every reading of one message in one
 // call: the device's reader then makes one non-blocking send per message
 // (the live hub's shape). When Options.Fanout has PublishBatch, the
@@ -111,6 +120,9 @@ type Options struct {
 	// Rejections is told of every refused message (Accept, Reject); nil:
 	// nobody is.
 	Rejections Rejections
+	// Ledger is told of every message received and every durable
+	// telemetry message; nil: nobody is.
+	Ledger Ledger
 	// RatePerSec and Burst bound each device's messages; defaults 50 and 100.
 	RatePerSec float64
 	Burst      int
@@ -201,6 +213,9 @@ func (b *Bridge) Stats() *Stats { return &b.stats }
 // Reject counts and (rate-limited) logs a refusal a transport decided on
 // its own, so every refusal shows up in the same metrics.
 func (b *Bridge) Reject(s *Session, e *telemetry.Error) {
+	if b.opts.Ledger != nil {
+		b.opts.Ledger.Received(s.DeviceID)
+	}
 	b.reject(s, e)
 	if b.opts.Rejections != nil {
 		b.opts.Rejections.Rejected(s.DeviceID, s.Transport, "", e)

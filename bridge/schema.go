@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -182,6 +183,14 @@ func metricPath(t *telemetry.Telemetry, i int, name string) string {
 	return fmt.Sprintf("readings[%d].metrics.%s", i, name)
 }
 
+func seqConflict(t *telemetry.Telemetry, i int, have string) telemetry.FieldError {
+	path := "seq"
+	if !t.Single {
+		path = fmt.Sprintf("readings[%d].seq", i)
+	}
+	return telemetry.FieldError{Field: path, Reason: fmt.Sprintf("InfluxDB already holds the field seq as %s, and seq is stored as an integer: send no seq, or drop that field from InfluxDB", strings.TrimSuffix(typeWord(have), " (written by another client; this hub writes numbers as floats)"))}
+}
+
 func conflict(path, have, got string) telemetry.FieldError {
 	return telemetry.FieldError{Field: path, Reason: fmt.Sprintf("is %s on this hub, got %s", typeWord(have), typeWord(got))}
 }
@@ -219,6 +228,18 @@ func (b *Bridge) checkSchema(ctx context.Context, s *Session, d *deviceState, t 
 	names := *d.names.Load()
 	var errs []telemetry.FieldError
 	var fresh, devNew map[string]newName
+	// The field seq is the readings' sequence numbers, written as
+	// integers: where InfluxDB (or this hub's schema, from before seq was
+	// reserved) holds it as another type, InfluxDB would refuse every
+	// reading with a seq, so they are refused here, before the ack.
+	if have, ok := sc.fields.Load(telemetry.SeqField); ok && have.(string) != FieldInteger {
+		for i := range t.Readings {
+			if t.Readings[i].HasSeq {
+				errs = append(errs, seqConflict(t, i, have.(string)))
+				break // one is enough: it is the same cause for every reading
+			}
+		}
+	}
 	for i := range t.Readings {
 		for k, v := range t.Readings[i].Metrics {
 			typ := fieldType(v.Kind)

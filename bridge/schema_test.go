@@ -563,3 +563,29 @@ func TestSchemaFailedNameReleaseThenTypeOnlyRelease(t *testing.T) {
 		t.Errorf("temp:21 after two refused temp:\"hot\": %v", e)
 	}
 }
+
+// TestAttackLedgerSeqFieldTakenInInflux: where InfluxDB already holds a
+// field seq as a float (written before seq was reserved), a reading with a
+// seq would be refused by InfluxDB after the ack; the hub refuses it
+// before, at the reading's seq, and readings without seq still pass.
+func TestAttackLedgerSeqFieldTakenInInflux(t *testing.T) {
+	br := newSchemaBridge(t, nil, map[string]string{telemetry.SeqField: FieldNumber})
+	s := br.Ephemeral("d1", devices.TransportHTTP, "test")
+	for _, st := range []struct{ msg, want string }{
+		{`{"seq":1,"metrics":{"t":1}}`, "seq: InfluxDB already holds the field seq as a number"},
+		{`{"readings":[{"metrics":{"t":1}},{"seq":2,"metrics":{"t":1}}]}`, "readings[1].seq: InfluxDB already holds"},
+		{`{"metrics":{"t":1}}`, ""},
+	} {
+		_, e := br.Ingest(context.Background(), s, []byte(st.msg))
+		switch {
+		case st.want == "" && e != nil:
+			t.Errorf("%s: refused: %v", st.msg, e)
+		case st.want != "" && (e == nil || e.Code != telemetry.CodeInvalid || !strings.HasPrefix(e.Message, st.want)):
+			t.Errorf("%s: got %v, want invalid %q", st.msg, e, st.want)
+		}
+	}
+	br2 := newSchemaBridge(t, nil, map[string]string{telemetry.SeqField: FieldInteger})
+	if _, e := br2.Ingest(context.Background(), br2.Ephemeral("d1", devices.TransportHTTP, "test"), []byte(`{"seq":1,"metrics":{"t":1}}`)); e != nil {
+		t.Errorf("seq already an integer field: %v", e)
+	}
+}

@@ -79,10 +79,13 @@ type device struct {
 	interval  time.Duration
 	faultRate float64
 	sentMsgs  int
-	ackedMsgs int   // good messages acknowledged
-	lastTS    int64 // readings get strictly increasing timestamps (unique points)
-	spikeLeft int   // readings of the current spike still to send
-	target    int   // which hub (of Hub and MoreHubs) this device connects to now
+	ackedMsgs int      // good messages acknowledged
+	lastTS    int64    // readings get strictly increasing timestamps (unique points)
+	spikeLeft int      // readings of the current spike still to send
+	target    int      // which hub (of Hub and MoreHubs) this device connects to now
+	boots     int      // restarts so far (RebootRate): the message's boot is "b<boots>"
+	rseq      uint64   // the next good reading's seq within the boot
+	skipped   []SeqGap // the seqs skipped (DropRate), exactly
 
 	// rateChanged wakes the device's stream when setRate changed its
 	// interval, so a new rate applies at once, not after the wait of the
@@ -251,6 +254,7 @@ func (d *device) next(now time.Time, maxBytes int) (id string, payload []byte, f
 		b = append(b, strings.Repeat("x", maxBytes+1024)...)
 		b = append(b, `"}}`...)
 	default:
+		d.seqFaults()
 		b, rs = d.appendMessage(b, id, now, "", false)
 	}
 	readings := d.f.cfg.Batch
@@ -264,6 +268,26 @@ func (d *device) next(now time.Time, maxBytes int) (id string, payload []byte, f
 	return id, b, fault, true
 }
 
+// seqFaults applies the reboot and drop faults before a good message.
+// The caller holds d.mu.
+func (d *device) seqFaults() {
+	if d.rseq == 0 {
+		return // a boot's first message: nothing to restart from or skip
+	}
+	if d.f.cfg.RebootRate > 0 && d.rng.Float64() < d.f.cfg.RebootRate {
+		d.boots++
+		d.rseq = 0
+		return
+	}
+	if d.f.cfg.DropRate > 0 && d.rng.Float64() < d.f.cfg.DropRate {
+		k := 1 + uint64(d.rng.IntN(3))
+		d.skipped = append(d.skipped, SeqGap{Device: d.cred.ID, Boot: d.bootName(), From: d.rseq, To: d.rseq + k - 1})
+		d.rseq += k
+	}
+}
+
+func (d *device) bootName() string { return "b" + strconv.Itoa(d.boots) }
+
 // appendMessage appends a telemetry message of Batch readings ending at
 // now, spaced by the device's interval. Good readings get strictly
 // increasing timestamps, so every one is its own point in InfluxDB; a
@@ -274,6 +298,10 @@ func (d *device) appendMessage(b []byte, id string, now time.Time, extraMetric s
 	record := d.f.cfg.RecordAcked > 0
 	b = append(b, `{"type":"telemetry","id":"`...)
 	b = append(b, id...)
+	if !faulty { // good readings carry the device's seq; refused ones take none
+		b = append(b, `","boot":"`...)
+		b = append(b, d.bootName()...)
+	}
 	b = append(b, `","readings":[`...)
 	step := d.interval / time.Duration(d.f.cfg.Batch)
 	for i := range d.f.cfg.Batch {
@@ -288,6 +316,11 @@ func (d *device) appendMessage(b []byte, id string, now time.Time, extraMetric s
 		}
 		b = append(b, `{"ts":`...)
 		b = strconv.AppendInt(b, ms, 10)
+		if !faulty {
+			b = append(b, `,"seq":`...)
+			b = strconv.AppendUint(b, d.rseq, 10)
+			d.rseq++
+		}
 		b = append(b, `,"metrics":{`...)
 		m := d.sensor.read(ts)
 		if !faulty && d.spikeLeft > 0 {
@@ -295,12 +328,12 @@ func (d *device) appendMessage(b []byte, id string, now time.Time, extraMetric s
 			m["temp"] = spikeTemp + float64(d.rng.IntN(100))/10
 		}
 		if d.f.cfg.Stamp != nil {
-			b = append(b, `"seq":`...)
+			b = append(b, `"stamp":`...)
 			seq := d.f.cfg.Stamp()
 			b = strconv.AppendInt(b, seq, 10)
 			b = append(b, ',')
 			if record {
-				m["seq"] = float64(seq)
+				m["stamp"] = float64(seq)
 			}
 		}
 		first := true

@@ -83,6 +83,14 @@ type Config struct {
 	RecordAcked int
 	// MaxInflight bounds unacknowledged messages per device; default 100.
 	MaxInflight int
+	// DropRate is the share of good messages before which the device
+	// skips 1 to 3 sequence numbers, as readings lost on a lossy radio
+	// would (never before the first message of a boot: the hub takes a
+	// boot's first seq as its start). SeqGaps lists exactly what was
+	// skipped. RebootRate is the share of good messages before which the
+	// device restarts: a new boot, its seq counter back to 0 (readings
+	// still unacknowledged keep their boot and seq when resent).
+	DropRate, RebootRate float64
 	// Seed makes the signals and faults repeatable; default 1.
 	Seed uint64
 	// Idle devices connect and send nothing (memory per connection).
@@ -91,7 +99,7 @@ type Config struct {
 	// what landed in InfluxDB is what counts.
 	QoS0 bool
 	// Stamp, if set, gives every reading a fleet-wide sequence number
-	// (metric "seq"), so a load harness (package firmware-sim/load) can
+	// (metric "stamp"), so a load harness (package firmware-sim/load) can
 	// match what dashboards receive to when it was sent. It must be safe
 	// for concurrent use.
 	Stamp func() int64
@@ -484,6 +492,27 @@ func (s Stats) Line() string {
 	return fmt.Sprintf("%6.1fs  connected %d/%d  sent %d  acked %d  readings/s %.0f  errors {%s}  reconnects %d  faults %d/%d  violations %d  ack p50 %.1fms p99 %.1fms",
 		s.Elapsed, s.Connected, s.Devices, s.Sent, s.Acked, float64(s.ReadingsAcked)/max(s.Elapsed, 0.001),
 		strings.Join(codes, " "), s.Reconnects, s.FaultsAnswered, s.FaultsSent, s.Violations, s.AckP50, s.AckP99)
+}
+
+// SeqGap is one range of sequence numbers a device skipped (From and To
+// inclusive) within Boot: what the hub's ledger must report as a gap.
+type SeqGap struct {
+	Device, Boot string
+	From, To     uint64
+}
+
+// SeqGaps returns every range the fleet's devices skipped (DropRate), by
+// device in fleet order, oldest first.
+func (f *Fleet) SeqGaps() []SeqGap {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []SeqGap
+	for _, d := range f.devices { // lock order: f.mu, then d.mu
+		d.mu.Lock()
+		out = append(out, d.skipped...)
+		d.mu.Unlock()
+	}
+	return out
 }
 
 // Unfinished describes up to limit devices that have not yet sent Count

@@ -93,6 +93,8 @@ func (c *Codec) ReservedReason(name string) string {
 		return "metric names starting with '_' are reserved for InfluxDB's own columns (_time, _value, _field, ...)"
 	case strings.EqualFold(name, "time"):
 		return `"time" is reserved: InfluxDB keeps the timestamp there and would drop the value`
+	case name == SeqField:
+		return `"seq" is reserved: the hub stores a reading's sequence number there (send it as the reading's "seq")`
 	case strings.EqualFold(name, DeviceTag):
 		return `"device" is reserved: the hub writes it as the tag that carries the device id`
 	}
@@ -112,6 +114,8 @@ type Frame struct {
 	Type     string         `json:"type"`
 	ID       string         `json:"id"`
 	TS       *int64         `json:"ts"`
+	Seq      *Seq           `json:"seq"`
+	Boot     *Boot          `json:"boot"`
 	Metrics  Metrics        `json:"metrics"`
 	Readings []wireReading  `json:"readings"`
 	Status   string         `json:"status"`
@@ -127,6 +131,7 @@ type Frame struct {
 
 type wireReading struct {
 	TS      *int64  `json:"ts"`
+	Seq     *Seq    `json:"seq"`
 	Metrics Metrics `json:"metrics"`
 }
 
@@ -329,11 +334,23 @@ func (c *Codec) readings(f *Frame) (*Telemetry, time.Time, error) {
 		t, f.telUsed = &f.tel, true
 	}
 	*t = Telemetry{ID: f.ID, Single: f.Readings == nil}
+	if f.Boot != nil {
+		reason := BootReason(f.Boot.S)
+		if f.Boot.Bad {
+			reason = "must be a string or a number"
+		}
+		if reason != "" {
+			return nil, recv, fieldErr("boot", reason)
+		}
+		t.Boot = f.Boot.S
+	}
 	switch {
 	case f.Metrics != nil && f.Readings != nil:
 		return nil, recv, fieldErr("readings", `send either "metrics" or "readings", not both`)
 	case f.Readings != nil && f.TS != nil:
 		return nil, recv, fieldErr("ts", `not allowed beside "readings"; give each reading its own ts`)
+	case f.Readings != nil && f.Seq != nil:
+		return nil, recv, fieldErr("seq", `not allowed beside "readings"; give each reading its own seq`)
 	case t.Single:
 		if f.Metrics == nil {
 			return nil, recv, fieldErr("metrics", `required (or "readings" for a batch)`)
@@ -341,6 +358,12 @@ func (c *Codec) readings(f *Frame) (*Telemetry, time.Time, error) {
 		r := Reading{TS: now, Nanos: nowNanos, Metrics: f.Metrics}
 		if f.TS != nil {
 			r.TS, r.Nanos = *f.TS, 0
+		}
+		if f.Seq != nil {
+			if f.Seq.Bad {
+				return nil, recv, fieldErr("seq", seqReason)
+			}
+			r.Seq, r.HasSeq = f.Seq.N, true
 		}
 		t.one[0] = r
 		t.Readings = t.one[:]
@@ -351,10 +374,19 @@ func (c *Codec) readings(f *Frame) (*Telemetry, time.Time, error) {
 			if r.TS != nil {
 				t.Readings[i].TS, t.Readings[i].Nanos = *r.TS, 0
 			}
+			if r.Seq != nil {
+				if r.Seq.Bad {
+					return nil, recv, fieldErr(fmt.Sprintf("readings[%d].seq", i), seqReason)
+				}
+				t.Readings[i].Seq, t.Readings[i].HasSeq = r.Seq.N, true
+			}
 		}
 	}
 	return t, recv, nil
 }
+
+// seqReason is the refusal of a seq that is not an integer in 0..MaxSeq.
+const seqReason = "must be an unsigned integer from 0 to 9223372036854775807 (2^63-1)"
 
 // validate runs the validator over a message: the rules, and the errors
 // a refusal reports.
@@ -385,7 +417,7 @@ func (c *Codec) valid(id string, readings []Reading, now time.Time) bool {
 // CommandResult validates a decoded command_result frame.
 func (c *Codec) CommandResult(f *Frame) (*CommandResult, error) {
 	switch {
-	case f.Metrics != nil || f.Readings != nil || f.TS != nil:
+	case f.Metrics != nil || f.Readings != nil || f.TS != nil || f.Seq != nil || f.Boot != nil:
 		return nil, fieldErr("metrics", "not allowed in a command_result message")
 	case f.ID == "" || len(f.ID) > MaxIDLen:
 		return nil, fieldErr("id", "required: the id of the command being answered (at most 64 characters)")

@@ -12,6 +12,10 @@ import (
 // schema is documented in docs/protocol.md.
 const Measurement = "telemetry"
 
+// SeqField is the integer field that stores a reading's sequence number
+// (Reading.Seq); ReservedReason keeps metrics from taking the name.
+const SeqField = "seq"
+
 // DeviceTag is the tag key that carries the device id.
 const DeviceTag = "device"
 
@@ -83,6 +87,11 @@ func AppendLines(b []byte, device string, tags []Tag, readings []Reading) []byte
 				}
 				b = append(b, '"')
 			}
+		}
+		if r.HasSeq && r.Seq <= MaxSeq && sep == ',' {
+			b = append(b, ","+SeqField+"="...)
+			b = strconv.AppendUint(b, r.Seq, 10)
+			b = append(b, 'i')
 		}
 		b = append(b, ' ')
 		b = strconv.AppendInt(b, r.Nano(), 10)

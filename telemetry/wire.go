@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/go-json-experiment/json"
 	"github.com/go-json-experiment/json/jsontext"
@@ -125,6 +127,90 @@ type Reading struct {
 	// device (HubTime), so two readings without ts never share a point in
 	// InfluxDB. TS is always Nanos in milliseconds when Nanos is set.
 	Nanos int64 `json:"-" validate:"-"`
+	// Seq is the device's sequence number of this reading when HasSeq
+	// (docs/protocol.md "Sequence numbers and the ledger"); the ledger
+	// finds gaps, duplicates and resets from it and AppendLines stores it
+	// as the integer field "seq".
+	Seq    uint64 `json:"-" validate:"-"`
+	HasSeq bool   `json:"-" validate:"-"`
+}
+
+// MaxSeq is the largest sequence number a reading may carry: 2^63-1, the
+// largest value InfluxDB 1.8's integer field holds (it has no unsigned
+// fields unless built with them), so every acknowledged seq is stored
+// exactly.
+const MaxSeq = math.MaxInt64
+
+// MaxBootLen bounds a message's boot, in bytes.
+const MaxBootLen = 64
+
+// Seq is a reading's "seq" as decoded: an unsigned integer up to MaxSeq,
+// or Bad (anything else), which validation reports with the reading's
+// path instead of failing the frame as bad JSON.
+type Seq struct {
+	N   uint64
+	Bad bool
+}
+
+// UnmarshalJSONFrom decodes a seq without going through float64, so
+// every integer up to MaxSeq keeps its exact value.
+func (s *Seq) UnmarshalJSONFrom(dec *jsontext.Decoder) error {
+	if dec.PeekKind() != '0' {
+		if err := dec.SkipValue(); err != nil {
+			return err
+		}
+		*s = Seq{Bad: true}
+		return nil
+	}
+	tok, err := dec.ReadToken()
+	if err != nil {
+		return err
+	}
+	n, err := strconv.ParseUint(tok.String(), 10, 64)
+	*s = Seq{N: n, Bad: err != nil || n > MaxSeq}
+	return nil
+}
+
+// Boot is a message's "boot" as decoded: a string, or a number kept as
+// its JSON text (7 and "7" are the same boot). Bad marks any other kind.
+type Boot struct {
+	S   string
+	Bad bool
+}
+
+// UnmarshalJSONFrom decodes a boot.
+func (b *Boot) UnmarshalJSONFrom(dec *jsontext.Decoder) error {
+	switch dec.PeekKind() {
+	case '"', '0':
+		tok, err := dec.ReadToken()
+		if err != nil {
+			return err
+		}
+		*b = Boot{S: tok.String()}
+	default:
+		if err := dec.SkipValue(); err != nil {
+			return err
+		}
+		*b = Boot{Bad: true}
+	}
+	return nil
+}
+
+// BootReason says why s cannot be a boot, or "" when it can: at most
+// MaxBootLen bytes of valid UTF-8 without control characters (it is shown
+// to operators and stored with the ledger).
+func BootReason(s string) string {
+	switch {
+	case s == "":
+		return "must not be empty"
+	case len(s) > MaxBootLen:
+		return fmt.Sprintf("must be at most %d bytes", MaxBootLen)
+	case !utf8.ValidString(s):
+		return "must be valid UTF-8"
+	case strings.ContainsFunc(s, isControl):
+		return "must not contain control characters"
+	}
+	return ""
 }
 
 // Nano returns the reading's time in unix nanoseconds, the precision the
@@ -163,7 +249,10 @@ type Telemetry struct {
 	// Single records that the device sent the one-reading form, so error
 	// paths read "metrics.temp" rather than "readings[0].metrics.temp".
 	Single bool
-	one    [1]Reading // Readings of a single reading, kept in the same allocation
+	// Boot is the message's "boot" ("" when it has none): the device's
+	// restart identity its readings' Seq counts within.
+	Boot string
+	one  [1]Reading // Readings of a single reading, kept in the same allocation
 }
 
 // Points returns the number of readings in t.

@@ -67,7 +67,7 @@ func BenchmarkLiveAcrossBroker(b *testing.B) {
 		<-tick.C
 		for range perSec / 1000 {
 			pub.Publish(telemetry.Event{Type: telemetry.EventReading, Device: fmt.Sprintf("d-%d", sent%devicesN),
-				TS: time.Now().UnixMicro(), Metrics: telemetry.Metrics{"temp": telemetry.Number(21.5), "seq": telemetry.Number(float64(sent))}})
+				TS: time.Now().UnixMicro(), Metrics: telemetry.Metrics{"temp": telemetry.Number(21.5), "n": telemetry.Number(float64(sent))}})
 			sent++
 		}
 	}

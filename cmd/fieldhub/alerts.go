@@ -64,15 +64,16 @@ func (t *alertTee) PublishBatch(evs []telemetry.Event) {
 	}
 }
 
-// rejectionsTee tells the registry's rejection log and the alert engine
-// (rejections rules) of every refused message; neither blocks.
+// rejectionsTee tells the rejection log before it (the registry's, with
+// the ledger's count) and the alert engine (rejections rules) of every
+// refused message; none of them blocks.
 type rejectionsTee struct {
-	reg *devices.Registry
-	eng *alerts.Engine
+	next bridge.Rejections
+	eng  *alerts.Engine
 }
 
 func (t rejectionsTee) Rejected(device, transport, id string, e *telemetry.Error) {
-	t.reg.Rejected(device, transport, id, e)
+	t.next.Rejected(device, transport, id, e)
 	t.eng.Rejected(device, transport, id, e)
 }
 

@@ -184,7 +184,7 @@ func spoolLargestSegment(t *testing.T, dir string) string {
 // spoolPresent returns the seq values of device's points in InfluxDB.
 func spoolPresent(t *testing.T, influx *influxtest.Server, device string) map[int]bool {
 	t.Helper()
-	rows, err := influx.Query(fmt.Sprintf(`SELECT "seq" FROM "telemetry" WHERE "device"='%s'`, device))
+	rows, err := influx.Query(fmt.Sprintf(`SELECT "n" FROM "telemetry" WHERE "device"='%s'`, device))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -124,7 +124,7 @@ func (d *clusterDevice) send(n int) error {
 	d.writeMu.Lock()
 	defer d.writeMu.Unlock()
 	_ = d.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	return d.c.WriteMessage(websocket.TextMessage, fmt.Appendf(nil, `{"type":"telemetry","id":"%d","ts":%d,"metrics":{"seq":%d}}`, n, d.base+int64(n), n))
+	return d.c.WriteMessage(websocket.TextMessage, fmt.Appendf(nil, `{"type":"telemetry","id":"%d","ts":%d,"metrics":{"n":%d}}`, n, d.base+int64(n), n))
 }
 
 func (d *clusterDevice) code() int {
@@ -257,7 +257,7 @@ func TestTwoInstancesOnMosquitto(t *testing.T) {
 	var liveWS, liveMQ atomic.Int64
 	latest := func(v *atomic.Int64, e map[string]any) {
 		m, _ := e["metrics"].(map[string]any)
-		if seq, ok := m["seq"].(float64); ok && int64(seq) > v.Load() {
+		if seq, ok := m["n"].(float64); ok && int64(seq) > v.Load() {
 			v.Store(int64(seq)) // only this goroutine stores
 		}
 	}
@@ -354,7 +354,7 @@ func TestTwoInstancesOnMosquitto(t *testing.T) {
 	// (PUBACK from the broker) however long the machine takes.
 	mqSend := func(n int) {
 		t.Helper()
-		tok := mqDev.Publish("devices/mq-1/telemetry", 1, false, fmt.Sprintf(`{"id":"%d","ts":%d,"metrics":{"seq":%d}}`, n, base+int64(n), n))
+		tok := mqDev.Publish("devices/mq-1/telemetry", 1, false, fmt.Sprintf(`{"id":"%d","ts":%d,"metrics":{"n":%d}}`, n, base+int64(n), n))
 		if !tok.WaitTimeout(loadWait) || tok.Error() != nil {
 			t.Fatalf("MQTT reading %d not acknowledged by the broker within %s: %v", n, loadWait, tok.Error())
 		}

@@ -36,7 +36,7 @@ func newStreamer(t *testing.T, hubURL, token string) *streamer {
 
 // send sends reading n (a batch of one) and waits for the hub's answer.
 func (s *streamer) send(n int) error {
-	msg := fmt.Sprintf(`{"type":"telemetry","id":"%d","ts":%d,"metrics":{"seq":%d}}`, n, s.base+int64(n), n)
+	msg := fmt.Sprintf(`{"type":"telemetry","id":"%d","ts":%d,"metrics":{"n":%d}}`, n, s.base+int64(n), n)
 	if err := s.c.WriteMessage(websocket.TextMessage, []byte(msg)); err != nil {
 		return err
 	}
@@ -62,7 +62,7 @@ func assertAllAckedPresent(t *testing.T, influx *influxtest.Server, device strin
 	var missing []int
 	deadline := time.Now().Add(2 * loadWait)
 	for {
-		rows, err := influx.Query(fmt.Sprintf(`SELECT "seq" FROM "telemetry" WHERE "device"='%s'`, device))
+		rows, err := influx.Query(fmt.Sprintf(`SELECT "n" FROM "telemetry" WHERE "device"='%s'`, device))
 		if err == nil {
 			have := make(map[int]bool, len(rows))
 			for _, r := range rows {

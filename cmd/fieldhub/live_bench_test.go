@@ -104,7 +104,7 @@ func measureLiveLatency(b *testing.B, devHub, dashHub *hub) {
 					continue
 				}
 				mu.Lock()
-				if at, ok := sent[int64(e.Metrics["seq"])]; ok {
+				if at, ok := sent[int64(e.Metrics["n"])]; ok {
 					lat = append(lat, now.Sub(at))
 				}
 				mu.Unlock()
@@ -140,7 +140,7 @@ func measureLiveLatency(b *testing.B, devHub, dashHub *hub) {
 					n := seq
 					sent[n] = time.Now()
 					mu.Unlock()
-					msg := fmt.Sprintf(`{"type":"telemetry","metrics":{"seq":%d,"temp":21.5}}`, n)
+					msg := fmt.Sprintf(`{"type":"telemetry","metrics":{"n":%d,"temp":21.5}}`, n)
 					if c.WriteMessage(websocket.TextMessage, []byte(msg)) != nil {
 						return
 					}

@@ -129,6 +129,10 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return err
 	}
 	defer reg.Close()
+	led, err := newLedger(ctx, cfg, store, reg, log)
+	if err != nil {
+		return err
+	}
 	if cfg.AdminToken != "" {
 		reg.SetBootstrapAdmin(cfg.AdminToken)
 	} else {
@@ -155,7 +159,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	})
 	defer ic.Close()
 	m := newMetrics()
-	writer, err := influx.NewWriter(ic, sp, m.writerObservers())
+	wobs := m.writerObservers()
+	wobs.OnWritten, wobs.OnDeadLettered = led.Written, led.DeadLettered
+	writer, err := influx.NewWriter(ic, sp, wobs)
 	if err != nil {
 		return err
 	}
@@ -228,7 +234,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	codec := telemetry.NewCodec(telemetry.Limits{MaxFuture: cfg.MaxFuture, MaxAge: cfg.MaxAge, TagKeys: cfg.TagLabels}, nil)
 	br, err := bridge.New(bridge.Options{
 		Codec: codec, Store: sp, Devices: reg, Fanout: newAlertTee(newPresenceTee(fanout, presRec), alertEng), Commands: cmds,
-		Rejections: rejectionsTee{reg, alertEng},
+		Rejections: rejectionsTee{ledgerRejections{reg, led}, alertEng}, Ledger: led,
 		RatePerSec: cfg.RateLimit, Burst: cfg.RateBurst, Logger: log,
 		Schema: store, KnownFields: knownFields(ctx, ic, log),
 		MaxMetricsPerDevice: cfg.MaxMetricsPerDevice, MaxMetricNames: cfg.MaxMetricNames,
@@ -242,6 +248,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		br.CredentialsChanged(id)
 		if !reg.Exists(id) {
 			liveHub.Forget(id)
+			led.Forget(id)
 		}
 	}})
 	// One failure limiter and one connect limiter for every way in, so no
@@ -285,6 +292,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		reg.Subscribe(devices.Subscriber{OnCredentialsChanged: broker.CredentialsChanged})
 	}
 	m.register(br, cmds, sp, writer, reg, liveHub)
+	m.registerLedger(led)
 
 	// The route table: every endpoint of docs/protocol.md this process
 	// serves, in one place. The dashboard registers its own REST API and UI
@@ -341,6 +349,8 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	for _, r := range alertEng.Routes() {
 		mux.Handle(r.Pattern, api.RequireRole(r.Role, r.Handler))
 	}
+	mux.Handle("GET /api/v1/devices/{id}/ledger", api.RequireRole(devices.RoleViewer, led.ServeDevice))
+	mux.Handle("GET /api/v1/ledger", api.RequireRole(devices.RoleViewer, led.ServeFleet))
 	for _, r := range routes {
 		if r.handler != nil {
 			mux.Handle(r.pattern, r.handler)
@@ -379,9 +389,13 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	// docs/architecture.md ("Lifecycle and shutdown"): stop accepting
 	// (HTTP) -> close device sockets -> stop the broker or the cluster ->
 	// close dashboard sockets -> alert engine -> alert notifier -> live hub -> rates -> commands -> registry
-	// (flushes last_seen) -> drain the spool to InfluxDB -> stop the writer.
+	// (flushes last_seen) -> drain the spool to InfluxDB -> stop the writer
+	// -> save the ledger.
 	// Stores close after it (the defers above). TestShutdownOrder checks it.
 	comps := []component{
+		// The ledger saves once more after the writer stopped, so the
+		// last written counts are in.
+		{Name: "ledger", Run: led.Run},
 		{Name: "influx writer", Run: writer.Run},
 		// Drain what is spooled while the shutdown deadline allows, with
 		// the writer still running; what is left is replayed at the next

@@ -58,6 +58,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		return nil
 	})
+	fs.Float64Var(&cfg.DropRate, "drop-rate", 0, "share of messages before which the device skips 1-3 sequence numbers (a lossy radio), 0 to 1")
+	fs.Float64Var(&cfg.RebootRate, "reboot-rate", 0, "share of messages before which the device restarts (new boot, seq from 0), 0 to 1")
 	fs.DurationVar(&cfg.Duration, "duration", 0, "stop after this long (0: until Ctrl-C)")
 	fs.IntVar(&cfg.Count, "count", 0, "stop each device after this many messages (0: no limit)")
 	fs.IntVar(&cfg.MaxInflight, "max-inflight", 100, "unacknowledged messages per device before it waits")

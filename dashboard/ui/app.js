@@ -309,6 +309,7 @@ async function loadDevices() {
   renderRows();
   subscribe(data.devices.map((d) => d.id));
   loadRowLatest(gen, signal);
+  if (typeof ledgerMarkRows === "function") ledgerMarkRows(gen, signal); // ledger.js
 }
 
 // loadRowLatest fills the latest-values column, a few requests at a time;
@@ -397,6 +398,7 @@ function resetDevicePage() {
   $("export-more").replaceChildren();
   cmdRows.clear();
   cmdSeen.clear();
+  if (typeof ledgerReset === "function") ledgerReset(); // ledger.js
 }
 
 async function openDevice(id) {
@@ -424,6 +426,7 @@ async function openDevice(id) {
   loadTimeline();
   loadRejections();
   loadCommands();
+  if (typeof ledgerLoad === "function") { ledgerLoad(); state.timers.push(setInterval(ledgerLoad, 5000)); } // ledger.js
   state.timers.push(setInterval(() => { loadRejections(); if (state.device && !state.device.d.online) setPresence(state.device.d); }, 5000));
 }
 

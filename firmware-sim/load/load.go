@@ -432,7 +432,7 @@ func (h *Harness) readDashboard(c *websocket.Conn) {
 		if json.Unmarshal(data, &e) != nil || e.Type != "reading" {
 			continue
 		}
-		seq, ok := e.Metrics["seq"]
+		seq, ok := e.Metrics["stamp"]
 		if !ok {
 			continue
 		}

@@ -18,7 +18,8 @@ type MetricSpan struct {
 	First, Last time.Time
 }
 
-// MetricSpans returns every metric InfluxDB holds for device, with its
+// MetricSpans returns every metric InfluxDB holds for device (not the
+// field seq), with its
 // type and its first and last point in time, up to a day past now (the
 // hub accepts readings a few minutes ahead). InfluxDB scans the device's
 // whole history for it, so ctx must bound it.
@@ -31,8 +32,10 @@ func (c *Client) MetricSpans(ctx context.Context, device string, now time.Time) 
 		var b strings.Builder
 		fmt.Fprintf(&b, "from(bucket: %s)\n", strconv.Quote(c.opts.Bucket))
 		fmt.Fprintf(&b, "  |> range(start: 1970-01-01T00:00:00Z, stop: %s)\n", now.Add(24*time.Hour).UTC().Format(time.RFC3339Nano))
-		fmt.Fprintf(&b, "  |> filter(fn: (r) => r._measurement == %s and r.%s == %s)\n",
-			strconv.Quote(telemetry.Measurement), telemetry.DeviceTag, strconv.Quote(device))
+		// The field seq is the readings' sequence numbers (the ledger's),
+		// not a metric: it stays out of the catalogue, charts and exports.
+		fmt.Fprintf(&b, "  |> filter(fn: (r) => r._measurement == %s and r.%s == %s and r._field != %s)\n",
+			strconv.Quote(telemetry.Measurement), telemetry.DeviceTag, strconv.Quote(device), strconv.Quote(telemetry.SeqField))
 		b.WriteString("  |> keep(columns: [\"_time\", \"_field\", \"_value\"])\n")
 		b.WriteString("  |> group(columns: [\"_field\"])\n")
 		fmt.Fprintf(&b, "  |> %s()\n", sel)

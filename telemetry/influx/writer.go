@@ -178,6 +178,13 @@ type WriterObservers struct {
 	OnBatch func(points int, d time.Duration)
 	// OnError observes each failed write by class.
 	OnError func(class string)
+	// OnWritten observes the line protocol of each successful write
+	// (the ledger counts it per device); data is only borrowed for the
+	// call.
+	OnWritten func(data []byte)
+	// OnDeadLettered observes the line protocol of points InfluxDB
+	// refused for good, likewise.
+	OnDeadLettered func(data []byte)
 }
 
 // NewWriter returns a writer draining sp into c, reporting to obs.
@@ -293,6 +300,9 @@ func (w *Writer) writeAll(ctx context.Context, data []byte, points int) error {
 		if err == nil {
 			d := time.Since(start)
 			w.succeeded(points, d)
+			if w.obs.OnWritten != nil {
+				w.obs.OnWritten(data)
+			}
 			return nil
 		}
 		if ctx.Err() != nil {
@@ -444,6 +454,9 @@ func (w *Writer) deadLetter(data []byte, points int, status int, cause error) er
 		w.log.Warn("influxdb rejected points; dead-lettered", "points", points, "status", status, "reason", telemetry.Truncate(cause.Error(), 200))
 	}
 	w.stats.dead.Add(int64(points))
+	if w.obs.OnDeadLettered != nil {
+		w.obs.OnDeadLettered(data)
+	}
 	return nil
 }
 

@@ -1,0 +1,241 @@
+package ledger
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Window is how many sequence numbers behind the newest one a device's
+// tracker remembers exactly, one bit each (RFC 4303 section 3.4.3's
+// anti-replay window, 4096 wide): within it a resend is told apart from a
+// late fill; further behind, only the open gaps remember what is missing.
+const Window = 4096
+
+// DefaultMaxOpenGaps bounds the open gaps one device keeps; beyond it the
+// oldest open gap is closed as expired (still counted in Gaps).
+const DefaultMaxOpenGaps = 1000
+
+// keptClosed is how many closed gaps a device keeps for operators.
+const keptClosed = 32
+
+// Gap is one range of sequence numbers a device skipped: From and To are
+// inclusive missing numbers within Boot. ClosedAt is set when late
+// resends filled it (or, with Expired, when newer gaps pushed it out of
+// the bounded list: then the hub stopped watching, it did not see it
+// filled).
+type Gap struct {
+	Boot      string     `json:"boot"`
+	From      uint64     `json:"from"`
+	To        uint64     `json:"to"`
+	NoticedAt time.Time  `json:"noticed_at"`
+	ClosedAt  *time.Time `json:"closed_at"`
+	Expired   bool       `json:"expired,omitempty"`
+	// Epoch counts the times Boot's counter went back without a new boot
+	// before this gap: a gap of an earlier count is never filled by
+	// numbers of a later one.
+	Epoch uint32 `json:"epoch,omitempty"`
+}
+
+// slot is the sequence state of one boot: Next is one past the highest
+// seq seen, Base the lowest, Bits the seqs seen in [Next-Window, Next)
+// (bit s%Window).
+type slot struct {
+	Boot  string
+	Epoch uint32
+	Used  bool
+	Base  uint64
+	Next  uint64
+	Bits  [Window / 64]uint64
+}
+
+// slotJSON is a slot as persisted: the window as 512 bytes (base64 in
+// JSON, 684 characters) rather than 64 decimal numbers.
+type slotJSON struct {
+	Boot  string `json:"boot"`
+	Epoch uint32 `json:"epoch,omitempty"`
+	Used  bool   `json:"used"`
+	Base  uint64 `json:"base"`
+	Next  uint64 `json:"next"`
+	Bits  []byte `json:"bits"`
+}
+
+// MarshalJSON encodes the slot for the store.
+func (s slot) MarshalJSON() ([]byte, error) {
+	b := make([]byte, Window/8)
+	for i, w := range s.Bits {
+		binary.LittleEndian.PutUint64(b[i*8:], w)
+	}
+	return json.Marshal(slotJSON{Boot: s.Boot, Epoch: s.Epoch, Used: s.Used, Base: s.Base, Next: s.Next, Bits: b})
+}
+
+// UnmarshalJSON decodes a stored slot; a window of the wrong size is
+// an error (the record is then not loaded).
+func (s *slot) UnmarshalJSON(data []byte) error {
+	var j slotJSON
+	if err := json.Unmarshal(data, &j); err != nil {
+		return err
+	}
+	if len(j.Bits) != 0 && len(j.Bits) != Window/8 {
+		return fmt.Errorf("ledger slot: window of %d bytes, want %d", len(j.Bits), Window/8)
+	}
+	*s = slot{Boot: j.Boot, Epoch: j.Epoch, Used: j.Used, Base: j.Base, Next: j.Next}
+	for i := range s.Bits {
+		if len(j.Bits) > 0 {
+			s.Bits[i] = binary.LittleEndian.Uint64(j.Bits[i*8:])
+		}
+	}
+	return nil
+}
+
+func (s *slot) has(n uint64) bool { return s.Bits[(n%Window)/64]&(1<<(n%64)) != 0 }
+func (s *slot) set(n uint64)      { s.Bits[(n%Window)/64] |= 1 << (n % 64) }
+func (s *slot) clear(n uint64)    { s.Bits[(n%Window)/64] &^= 1 << (n % 64) }
+
+// advance moves Next to n+1 (n >= Next), forgetting what falls out of
+// the window: at most Window bit clears, whatever the jump.
+func (s *slot) advance(n uint64) {
+	if n-s.Next >= Window {
+		s.Bits = [Window / 64]uint64{}
+	} else {
+		for k := s.Next; k <= n; k++ {
+			s.clear(k)
+		}
+	}
+	s.set(n)
+	s.Next = n + 1
+}
+
+// seqState is a device's sequence tracking: the current boot (slots[0])
+// and the one before (slots[1]), so readings of the previous boot that a
+// device resends after restarting are neither a reset nor new gaps; its
+// open gaps, oldest first, bounded by maxOpen; the last closed gaps.
+type seqState struct {
+	Slots  [2]slot          `json:"slots"`
+	Open   []Gap            `json:"open"`
+	Closed [keptClosed]*Gap `json:"closed"`
+	NextC  int              `json:"next_closed"`
+}
+
+// event is what one seq did, for the counters.
+type event uint8
+
+const (
+	evNew event = iota
+	evGap
+	evDuplicate
+	evReset
+	evFilled
+)
+
+// observe records seq n of boot at now and says what it was. Bounded: no
+// allocation per missing number, at most Window bit operations, a scan of
+// at most maxOpen gaps for a seq behind the newest.
+func (st *seqState) observe(boot string, n uint64, now time.Time, maxOpen int) (ev event, reset bool) {
+	sl := &st.Slots[0]
+	switch {
+	case sl.Used && sl.Boot == boot:
+	case st.Slots[1].Used && st.Slots[1].Boot == boot:
+		sl = &st.Slots[1]
+	default:
+		reset = sl.Used // a new boot; the first one ever is no reset
+		st.Slots[1] = st.Slots[0]
+		st.Slots[0] = slot{Boot: boot}
+	}
+	if !sl.Used {
+		sl.Used, sl.Base, sl.Next = true, n, n
+		sl.advance(n)
+		return evNew, reset
+	}
+	switch {
+	case n >= sl.Next:
+		ev = evNew
+		if n > sl.Next {
+			st.openGap(Gap{Boot: boot, Epoch: sl.Epoch, From: sl.Next, To: n - 1, NoticedAt: now}, now, maxOpen)
+			ev = evGap
+		}
+		sl.advance(n)
+		return ev, reset
+	case n+Window >= sl.Next: // within the window (n <= MaxSeq: no overflow)
+		if n < sl.Base { // before the first seq seen: never a gap
+			sl.Base = n
+			sl.set(n)
+			return evNew, reset
+		}
+		if sl.has(n) {
+			return evDuplicate, reset
+		}
+		sl.set(n)
+		if st.fill(boot, sl.Epoch, n, now, maxOpen) {
+			return evFilled, reset
+		}
+		return evNew, reset // its gap expired from the list
+	default: // further behind than the window
+		if st.fill(boot, sl.Epoch, n, now, maxOpen) {
+			return evFilled, reset
+		}
+		// Backwards beyond the window and in no open gap: the counter
+		// went back without a new boot. Start again from n, in a new
+		// epoch, so the new numbers never fill the old count's gaps.
+		*sl = slot{Boot: boot, Epoch: sl.Epoch + 1}
+		sl.Used, sl.Base, sl.Next = true, n, n
+		sl.advance(n)
+		return evNew, true
+	}
+}
+
+// openGap appends g, expiring the oldest open gap beyond maxOpen.
+func (st *seqState) openGap(g Gap, now time.Time, maxOpen int) {
+	st.Open = append(st.Open, g)
+	st.trim(now, maxOpen)
+}
+
+// trim expires the oldest open gaps beyond maxOpen.
+func (st *seqState) trim(now time.Time, maxOpen int) {
+	for len(st.Open) > maxOpen {
+		old := st.Open[0]
+		old.Expired = true
+		st.close(old, now)
+		st.Open = append(st.Open[:0], st.Open[1:]...)
+	}
+}
+
+// close keeps g, closed at now, among the last closed gaps.
+func (st *seqState) close(g Gap, now time.Time) {
+	at := now
+	g.ClosedAt = &at
+	st.Closed[st.NextC%keptClosed] = &g
+	st.NextC = (st.NextC + 1) % keptClosed
+}
+
+// fill removes n from the open gap of boot holding it, splitting it when
+// n is inside; a gap left empty is closed. It reports whether n was in a
+// gap.
+func (st *seqState) fill(boot string, epoch uint32, n uint64, now time.Time, maxOpen int) bool {
+	for i := range st.Open {
+		g := &st.Open[i]
+		if g.Boot != boot || g.Epoch != epoch || n < g.From || n > g.To {
+			continue
+		}
+		switch {
+		case g.From == g.To:
+			done := *g
+			st.Open = append(st.Open[:i], st.Open[i+1:]...)
+			st.close(done, now)
+		case n == g.From:
+			g.From++
+		case n == g.To:
+			g.To--
+		default: // split: the upper part keeps the gap's notice time
+			upper := Gap{Boot: boot, Epoch: epoch, From: n + 1, To: g.To, NoticedAt: g.NoticedAt}
+			g.To = n - 1
+			st.Open = append(st.Open, Gap{})
+			copy(st.Open[i+2:], st.Open[i+1:])
+			st.Open[i+1] = upper
+			st.trim(now, maxOpen)
+		}
+		return true
+	}
+	return false
+}
