@@ -334,3 +334,33 @@ func TestAlertsTwoInstancesOnPostgreSQL(t *testing.T) {
 		t.Fatalf("%d alerts, want 2", n)
 	}
 }
+
+// TestAlertsGapsEndToEnd: a gaps rule fires when a real device's seq
+// numbers skip (the ledger's open gaps) and resolves when late resends
+// fill the gap.
+func TestAlertsGapsEndToEnd(t *testing.T) {
+	h := startHub(t, startInflux(t), nil)
+	st, m := h.api(t, "POST", "/api/v1/devices", h.adminToken, map[string]any{"id": "radio-1"})
+	if st != 201 {
+		t.Fatalf("create device: %d %v", st, m)
+	}
+	rule := h.createRule(t, `{"name":"lossy radios","selector":{},"severity":"info","condition":{"type":"gaps","count":0}}`)
+	d := dialDevice(t, h, m["token"].(string))
+	send := func(seqs ...int) {
+		t.Helper()
+		for _, s := range seqs {
+			d.seq++
+			msg := fmt.Sprintf(`{"type":"telemetry","id":"%d","boot":"b1","readings":[{"seq":%d,"metrics":{"temp":20}}]}`, d.seq, s)
+			if err := d.c.WriteMessage(websocket.TextMessage, []byte(msg)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	send(0, 1, 5) // 2-4 never arrived
+	a := h.waitAlert(t, rule, "radio-1", "firing")
+	if a["value"] != 1.0 {
+		t.Fatalf("gaps alert value %v, want 1 open gap", a["value"])
+	}
+	send(2, 3, 4) // the late resend
+	h.waitAlert(t, rule, "radio-1", "resolved")
+}

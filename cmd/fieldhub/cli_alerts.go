@@ -25,6 +25,7 @@ type alertFlags struct {
 	offline    string // --offline DURATION
 	noData     string // --no-data METRIC
 	rejections int    // --rejections N
+	gaps       int    // --gaps N
 	window     string // --window DURATION
 	state      string
 	device     string
@@ -52,6 +53,7 @@ func alertCommands() []cliCommand {
 		fs.StringVar(&a.offline, "offline", "", "fire when a device has been offline for `DURATION`")
 		fs.StringVar(&a.noData, "no-data", "", "fire when an online device sent no `METRIC` for --for")
 		fs.IntVar(&a.rejections, "rejections", 0, "fire when more than `N` messages of a device were refused in --window")
+		fs.IntVar(&a.gaps, "gaps", 0, "fire when a device has more than `N` open seq gaps (the ledger)")
 		fs.StringVar(&a.window, "window", "", "--rejections: the `DURATION` counted, e.g. 5m")
 	}
 	return []cliCommand{
@@ -59,7 +61,7 @@ func alertCommands() []cliCommand {
 			group: "alert rule", name: "create", args: "[BODY]", max: 1,
 			summary: "create an alert rule (admin)",
 			help: "Creates an alert rule with one condition: --threshold 'temp > 80' [--for 30s] [--clear 75],\n" +
-				"--offline 5m, --no-data temp --for 10m, or --rejections 10 --window 5m; --devices and --label\n" +
+				"--offline 5m, --no-data temp --for 10m, --rejections 10 --window 5m, or --gaps 5; --devices and --label\n" +
 				"select devices (none: every device). Or give the whole rule as JSON: --json '<rule body>'.",
 			flags: ruleFlags,
 			run:   alertRuleCreate,
@@ -120,7 +122,7 @@ func alertCommands() []cliCommand {
 func alertRuleBody(f *cliFlags, pos []string) (json.RawMessage, error) {
 	a := &f.alert
 	conds := 0
-	for _, set := range []bool{a.threshold != "", a.offline != "", a.noData != "", f.set["rejections"]} {
+	for _, set := range []bool{a.threshold != "", a.offline != "", a.noData != "", f.set["rejections"], f.set["gaps"]} {
 		if set {
 			conds++
 		}
@@ -135,7 +137,7 @@ func alertRuleBody(f *cliFlags, pos []string) (json.RawMessage, error) {
 		return json.RawMessage(pos[0]), nil
 	}
 	if conds != 1 {
-		return nil, usageErr("alert rule create: give exactly one condition: --threshold, --offline, --no-data or --rejections")
+		return nil, usageErr("alert rule create: give exactly one condition: --threshold, --offline, --no-data, --rejections or --gaps")
 	}
 	only := func(flagName string, allowed bool, cond string) error {
 		if f.set[flagName] && !allowed {
@@ -182,6 +184,13 @@ func alertRuleBody(f *cliFlags, pos []string) (json.RawMessage, error) {
 		for _, n := range []string{"clear", "window"} {
 			if err == nil {
 				err = only(n, false, "--no-data")
+			}
+		}
+	case f.set["gaps"]:
+		cond = map[string]any{"type": "gaps", "count": a.gaps}
+		for _, n := range []string{"for", "clear", "window"} {
+			if err == nil {
+				err = only(n, false, "--gaps")
 			}
 		}
 	default:
@@ -253,6 +262,8 @@ func conditionText(c map[string]any) string {
 		out = "no " + s("metric") + " for " + s("for")
 	case "rejections":
 		out = "more than " + s("count") + " rejections in " + s("window")
+	case "gaps":
+		out = "more than " + s("count") + " open seq gaps"
 	default:
 		b, _ := json.Marshal(c)
 		out = string(b)

@@ -18,7 +18,7 @@ import (
 
 // newLedger opens the per-device ledger in the registry's database
 // (its own bucket or table), keyed by this instance.
-func newLedger(ctx context.Context, cfg config, st registryStore, reg *devices.Registry, log *slog.Logger) (*ledger.Ledger, error) {
+func newLedger(ctx context.Context, cfg config, st registryStore, reg *devices.Registry, gapsChanged func(device string, open int), log *slog.Logger) (*ledger.Ledger, error) {
 	var ls ledger.Store
 	switch s := st.(type) {
 	case *devices.BoltStore:
@@ -39,7 +39,7 @@ func newLedger(ctx context.Context, cfg config, st registryStore, reg *devices.R
 			return nil, err
 		}
 	}
-	l, err := ledger.New(ctx, ledger.Options{Exists: reg.Exists, Store: ls, Instance: inst, Logger: log})
+	l, err := ledger.New(ctx, ledger.Options{Exists: reg.Exists, Store: ls, Instance: inst, OnGapsChanged: gapsChanged, Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("open ledger: %w", err)
 	}

@@ -129,10 +129,6 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return err
 	}
 	defer reg.Close()
-	led, err := newLedger(ctx, cfg, store, reg, log)
-	if err != nil {
-		return err
-	}
 	if cfg.AdminToken != "" {
 		reg.SetBootstrapAdmin(cfg.AdminToken)
 	} else {
@@ -159,12 +155,6 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	})
 	defer ic.Close()
 	m := newMetrics()
-	wobs := m.writerObservers()
-	wobs.OnWritten, wobs.OnDeadLettered = led.Written, led.DeadLettered
-	writer, err := influx.NewWriter(ic, sp, wobs)
-	if err != nil {
-		return err
-	}
 	// Presence changes go to InfluxDB through a spool and a writer of
 	// their own, so the readings' spool, its bound and its metrics stay
 	// the readings' (presence.go).
@@ -222,6 +212,18 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return err
 	}
 	m.registerAlerts(alertEng, notifier, alertSt)
+	// The ledger tells the alert engine when a device's open seq gaps
+	// change (gaps rules); the writer tells the ledger what InfluxDB took.
+	led, err := newLedger(ctx, cfg, store, reg, alertEng.GapsChanged, log)
+	if err != nil {
+		return err
+	}
+	wobs := m.writerObservers()
+	wobs.OnWritten, wobs.OnDeadLettered = led.Written, led.DeadLettered
+	writer, err := influx.NewWriter(ic, sp, wobs)
+	if err != nil {
+		return err
+	}
 	reg.Subscribe(devices.Subscriber{OnCredentialsChanged: func(id string) {
 		if !reg.Exists(id) {
 			alertEng.DeviceDeleted(id)

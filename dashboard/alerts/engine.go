@@ -68,11 +68,13 @@ const (
 	inEvent = iota
 	inRejected
 	inDeleted
+	inGaps
 )
 
 type input struct {
 	kind int
 	ev   telemetry.Event
+	n    int // inGaps: the device's open gaps
 }
 
 type pairKey struct{ rule, device string }
@@ -193,6 +195,15 @@ func (e *Engine) Rejected(device, transport, id string, te *telemetry.Error) {
 		return
 	}
 	e.enqueue(input{kind: inRejected, ev: telemetry.Event{Device: device}})
+}
+
+// GapsChanged takes a device's new number of open seq gaps
+// (devices/ledger's OnGapsChanged), for gaps rules. It never blocks.
+func (e *Engine) GapsChanged(device string, open int) {
+	if device == "" || len(e.rules.Load().gaps) == 0 {
+		return
+	}
+	e.enqueue(input{kind: inGaps, ev: telemetry.Event{Device: device}, n: open})
 }
 
 // DeviceDeleted resolves a deleted device's open alerts.
@@ -354,6 +365,8 @@ func (e *Engine) handleOnce(ctx context.Context, in input) {
 		e.deviceGone(ctx, in.ev.Device)
 	case inRejected:
 		e.rejected(ctx, in.ev.Device)
+	case inGaps:
+		e.gaps(ctx, in.ev.Device, in.n)
 	case inEvent:
 		switch in.ev.Type {
 		case telemetry.EventReading:
@@ -489,6 +502,8 @@ func defaultSummary(c *Condition) string {
 		return fmt.Sprintf("no %s for %s", c.Metric, c.forDur())
 	case CondRejections:
 		return fmt.Sprintf("more than %d rejected messages in %s", *c.Count, time.Duration(*c.Window))
+	case CondGaps:
+		return fmt.Sprintf("more than %d open seq gaps", *c.Count)
 	}
 	return c.Type
 }
@@ -713,6 +728,31 @@ func (e *Engine) rejected(ctx context.Context, device string) {
 		e.rejs[key] = w
 		if len(w) > *c.Condition.Count && e.open[key] == nil {
 			e.openAlert(ctx, c, device, labels, now, nil, Event{Type: StatePending, Reason: fmt.Sprintf("%d rejected messages", len(w))})
+		}
+	}
+}
+
+// gaps evaluates the gaps rules selecting device against its open gaps:
+// more than the rule's count fires at once, the count or fewer resolves.
+func (e *Engine) gaps(ctx context.Context, device string, open int) {
+	rs := e.rules.Load()
+	labels, ok := e.labels(device)
+	if !ok {
+		return
+	}
+	now := e.now()
+	v := float64(open)
+	for _, c := range rs.gaps {
+		if !c.selects(device, labels) {
+			continue
+		}
+		a := e.open[pairKey{c.ID, device}]
+		switch {
+		case open > *c.Condition.Count && a == nil:
+			e.openAlert(ctx, c, device, labels, now, &v, Event{Type: StatePending, Value: &v},
+				withSummary(fmt.Sprintf("%d open seq gaps (more than %d)", open, *c.Condition.Count)))
+		case open <= *c.Condition.Count && a != nil:
+			e.resolve(ctx, a, now, Event{Value: &v, Reason: "open gaps at or below the count"})
 		}
 	}
 }

@@ -338,6 +338,27 @@ func TestRejectionsAlert(t *testing.T) {
 	h.wantOutbox("firing pump-1", "resolved pump-1")
 }
 
+func TestGapsAlert(t *testing.T) {
+	h := newHarness(t)
+	h.rule(`{"name":"lossy","severity":"warning","condition":{"type":"gaps","count":2}}`)
+	h.e.StepGaps(h.ctx, "pump-1", 2)
+	if a := h.state("pump-1"); a.ID != "" {
+		t.Fatalf("alert at the count (needs more than): %+v", a)
+	}
+	h.e.StepGaps(h.ctx, "pump-1", 3)
+	a := h.want("pump-1", alerts.StateFiring, true)
+	if a.Value == nil || *a.Value != 3 {
+		t.Fatalf("value %v, want the open gaps (3)", a.Value)
+	}
+	h.e.StepGaps(h.ctx, "pump-1", 4) // still above: the same alert
+	if b := h.want("pump-1", alerts.StateFiring, true); b.ID != a.ID {
+		t.Fatalf("a second alert %s while %s fires", b.ID, a.ID)
+	}
+	h.e.StepGaps(h.ctx, "pump-1", 2) // a late resend closed gaps
+	h.want("pump-1", alerts.StateResolved, true)
+	h.wantOutbox("firing pump-1", "resolved pump-1")
+}
+
 func TestRestartKeepsFiringAndDoesNotNotifyTwice(t *testing.T) {
 	h := newHarness(t)
 	h.rule(hot)

@@ -32,3 +32,7 @@ func (e *Engine) ReloadRules(ctx context.Context) error { return e.reloadRules(c
 func (e *Engine) OpenCount() int { return len(e.open) }
 
 func (e *Engine) QueueLen() int { return len(e.in) }
+
+func (e *Engine) StepGaps(ctx context.Context, device string, open int) {
+	e.handle(ctx, input{kind: inGaps, ev: telemetry.Event{Device: device}, n: open})
+}

@@ -29,6 +29,9 @@ const (
 	CondOffline    = "offline"
 	CondNoData     = "no_data"
 	CondRejections = "rejections"
+	// CondGaps fires while a device's open seq gaps (devices/ledger)
+	// exceed count, and resolves when they no longer do.
+	CondGaps = "gaps"
 )
 
 // Alert states.
@@ -242,8 +245,14 @@ func (c *Condition) validate() error {
 		}
 		return firstErr(notAllowed("metric", c.Metric != ""), notAllowed("op", c.Op != ""), notAllowed("value", c.Value != nil),
 			notAllowed("clear", c.Clear != nil), notAllowed("for", c.For != nil))
+	case CondGaps:
+		if c.Count == nil || *c.Count < 0 || *c.Count > 1000000 {
+			return invalid("condition.count: must be between 0 and 1000000")
+		}
+		return firstErr(notAllowed("metric", c.Metric != ""), notAllowed("op", c.Op != ""), notAllowed("value", c.Value != nil),
+			notAllowed("clear", c.Clear != nil), notAllowed("for", c.For != nil), notAllowed("window", c.Window != nil))
 	default:
-		return invalid("condition.type: must be one of threshold, offline, no_data, rejections")
+		return invalid("condition.type: must be one of threshold, offline, no_data, rejections, gaps")
 	}
 }
 

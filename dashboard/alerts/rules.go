@@ -45,6 +45,7 @@ type ruleSet struct {
 	noData     map[string][]*compiled            // by metric
 	offline    []*compiled
 	rejections []*compiled
+	gaps       []*compiled
 }
 
 func newRuleSet(rules []Rule) *ruleSet {
@@ -81,6 +82,8 @@ func newRuleSet(rules []Rule) *ruleSet {
 			rs.offline = append(rs.offline, c)
 		case CondRejections:
 			rs.rejections = append(rs.rejections, c)
+		case CondGaps:
+			rs.gaps = append(rs.gaps, c)
 		}
 	}
 	slices.SortFunc(rs.list, func(a, b *compiled) int {

@@ -19,7 +19,6 @@ func TestValidateRule(t *testing.T) {
 		{`{"name":"a","selector":{"devices":["bad id!"]},"severity":"info","condition":{"type":"offline","for":"1m"}}`, "selector.devices[0]: "},
 		{`{"name":"a","selector":{"devices":[` + many + `]},"severity":"info","condition":{"type":"offline","for":"1m"}}`, "selector.devices: at most 1000"},
 		{`{"name":"a","selector":{"labels":{"":"x"}},"severity":"info","condition":{"type":"offline","for":"1m"}}`, "selector.labels: "},
-		{`{"name":"a","severity":"info","condition":{"type":"gaps"}}`, "condition.type: must be one of"},
 		{`{"name":"a","severity":"info","condition":{"type":"threshold","metric":"1bad","op":">","value":1}}`, "condition.metric: must match"},
 		{`{"name":"a","severity":"info","condition":{"type":"threshold","metric":"t","op":"=>","value":1}}`, "condition.op: must be one of >, >=, <, <=, ==, !="},
 		{`{"name":"a","severity":"info","condition":{"type":"threshold","metric":"t","op":">"}}`, "condition.value: must be a finite number"},
@@ -37,6 +36,11 @@ func TestValidateRule(t *testing.T) {
 		{`{"name":"a","severity":"info","condition":{"type":"rejections","count":0,"window":"1m"}}`, "condition.count: must be between"},
 		{`{"name":"a","severity":"info","condition":{"type":"rejections","count":3,"window":"500ms"}}`, "condition.window: must be between 1s and 24h"},
 		{`{"name":"a","severity":"info","condition":{"type":"rejections","count":3,"window":"1m","for":"1m"}}`, "condition.for: not allowed"},
+		{`{"name":"a","severity":"info","condition":{"type":"gaps"}}`, "condition.count: must be between 0 and 1000000"},
+		{`{"name":"a","severity":"info","condition":{"type":"gaps","count":-1}}`, "condition.count: must be between 0 and 1000000"},
+		{`{"name":"a","severity":"info","condition":{"type":"gaps","count":1,"window":"1m"}}`, "condition.window: not allowed"},
+		{`{"name":"a","severity":"info","condition":{"type":"gaps","count":1,"for":"1m"}}`, "condition.for: not allowed"},
+		{`{"name":"a","severity":"info","condition":{"type":"bogus"}}`, "condition.type: must be one of threshold, offline, no_data, rejections, gaps"},
 	} {
 		var spec alerts.RuleSpec
 		if err := json.Unmarshal([]byte(tc.body), &spec); err != nil {

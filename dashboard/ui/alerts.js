@@ -352,6 +352,7 @@ function conditionText(c) {
     case "offline": return "offline for " + c.for;
     case "no_data": return "no " + c.metric + " for " + c.for;
     case "rejections": return "more than " + c.count + " rejected in " + c.window;
+    case "gaps": return "more than " + c.count + " open seq gaps";
     default: return JSON.stringify(c);
   }
 }
@@ -461,7 +462,8 @@ function ruleBody() {
   const text = (id) => $(id).value.trim();
   if (t === "threshold" || t === "no_data") cond.metric = text("rf-metric");
   if (t === "threshold") Object.assign(cond, { op: $("rf-op").value, value: num("rf-value", "condition.value"), clear: num("rf-clear", "condition.clear") });
-  if (t !== "rejections") cond.for = dur("rf-for", "condition.for");
+  if (t === "gaps") cond.count = num("rf-count", "condition.count");
+  else if (t !== "rejections") cond.for = dur("rf-for", "condition.for");
   else Object.assign(cond, { count: num("rf-count", "condition.count"), window: dur("rf-window", "condition.window") });
   for (const k of Object.keys(cond)) if (cond[k] === undefined) delete cond[k];
   const selector = {};
