@@ -245,6 +245,30 @@ func (s *Service) PatchReported(ctx context.Context, device string, patch []byte
 	return View{}, fmt.Errorf("reported state of %q: %d conflicting writers: %w", device, maxReportRetries, ErrConflict)
 }
 
+// ReportState is PatchReported answering only the new reported version:
+// the device pipeline's (bridge.State) form.
+func (s *Service) ReportState(ctx context.Context, device string, patch []byte) (int64, error) {
+	v, err := s.PatchReported(ctx, device, patch)
+	if err != nil {
+		return 0, err
+	}
+	return v.Reported.Version, nil
+}
+
+// Subscribe is Watch plus the device's current desired update, read
+// after the watch is in place so no change between the two is missed
+// (a change may then arrive twice; the version tells). cancel must be
+// called once the subscriber is gone, even after an error.
+func (s *Service) Subscribe(ctx context.Context, device string, fn func(*Update)) (Update, func(), error) {
+	cancel := s.Watch(device, fn)
+	v, err := s.Get(ctx, device)
+	if err != nil {
+		return Update{}, cancel, err
+	}
+	s.Seen(device, v.Desired.Version)
+	return UpdateOf(v), cancel, nil
+}
+
 func (s *Service) save(ctx context.Context, device string, side Side, d Doc, prev int64) error {
 	ctx, cancel := context.WithTimeout(ctx, s.opts.StoreTimeout)
 	defer cancel()
