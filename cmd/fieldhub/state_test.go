@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/gorilla/websocket"
 )
 
@@ -278,5 +279,109 @@ func TestStateConvergesOverHTTP(t *testing.T) {
 	st, _, m = h.stateReq(t, "GET", "/api/v1/state", token, "", nil)
 	if st != 200 || doc(m, "reported")["version"] != 1.0 || doc(m, "desired")["version"] != 3.0 {
 		t.Fatalf("device GET: %d %v", st, m)
+	}
+}
+
+// mqttState is a paho (MQTT 3.1.1) device whose every message, on any
+// topic, lands in msgs.
+type mqttState struct {
+	c    paho.Client
+	msgs chan paho.Message
+}
+
+func dialMQTTState(t *testing.T, h *hub, id, token string, clean bool) *mqttState {
+	t.Helper()
+	d := &mqttState{msgs: make(chan paho.Message, 100)}
+	opts := paho.NewClientOptions().AddBroker("tcp://" + h.env["FIELDHUB_MQTT_ADDR"]).
+		SetClientID(id).SetUsername(id).SetPassword(token).SetAutoReconnect(false).SetCleanSession(clean).
+		SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { d.msgs <- m })
+	d.c = paho.NewClient(opts)
+	if tok := d.c.Connect(); !tok.WaitTimeout(loadWait) || tok.Error() != nil {
+		t.Fatalf("connect: %v", tok.Error())
+	}
+	t.Cleanup(func() { d.c.Disconnect(50) })
+	return d
+}
+
+// next returns the payload of the next message on topic.
+func (d *mqttState) next(t *testing.T, topic string) map[string]any {
+	t.Helper()
+	deadline := time.After(loadWait)
+	for {
+		select {
+		case m := <-d.msgs:
+			if m.Topic() != topic {
+				continue
+			}
+			var v map[string]any
+			if err := json.Unmarshal(m.Payload(), &v); err != nil {
+				t.Fatalf("%s: %v", m.Payload(), err)
+			}
+			return v
+		case <-deadline:
+			t.Fatalf("no message on %s", topic)
+		}
+	}
+}
+
+func (d *mqttState) subscribe(t *testing.T, topic string) byte {
+	t.Helper()
+	tok := d.c.Subscribe(topic, 1, nil)
+	if !tok.WaitTimeout(loadWait) || tok.Error() != nil {
+		t.Fatalf("subscribe %s: %v", topic, tok.Error())
+	}
+	return tok.(*paho.SubscribeToken).Result()[topic]
+}
+
+func (d *mqttState) publish(t *testing.T, topic, payload string) {
+	t.Helper()
+	if tok := d.c.Publish(topic, 1, false, payload); !tok.WaitTimeout(loadWait) || tok.Error() != nil {
+		t.Fatalf("publish %s: %v", topic, tok.Error())
+	}
+}
+
+// TestStateConvergesOverMQTT: paho 3.1.1 with a persistent session:
+// on subscribe the latest of two offline changes (QoS 1), reported
+// patches, refusals on the errors topic with the field path; after a
+// disconnect two more changes reach the resumed session without a new
+// SUBSCRIBE.
+func TestStateConvergesOverMQTT(t *testing.T) {
+	h := startHub(t, startInflux(t), nil)
+	token := h.createDevice(t, "mq-s")
+	operator := h.token(t, "operator")
+	h.patchDesired(t, operator, "mq-s", "0", `{"interval":10}`)
+	h.patchDesired(t, operator, "mq-s", "1", `{"interval":20}`)
+
+	d := dialMQTTState(t, h, "mq-s", token, false)
+	if q := d.subscribe(t, "devices/mq-s/errors"); q != 1 {
+		t.Fatalf("errors granted %d", q)
+	}
+	if q := d.subscribe(t, "devices/mq-s/state/desired"); q != 1 {
+		t.Fatalf("desired granted %d", q)
+	}
+	if m := d.next(t, "devices/mq-s/state/desired"); m["version"] != 2.0 || compact(m["desired"]) != `{"interval":20}` || compact(m["delta"]) != `{"interval":20}` {
+		t.Fatalf("on subscribe: %v", m)
+	}
+	d.publish(t, "devices/mq-s/state/reported", `{"interval":20,"firmware":"2.0"}`)
+	waitUntil(t, "reported in operator GET", loadWait, func() bool {
+		_, _, m := h.stateReq(t, "GET", "/api/v1/devices/mq-s/state", operator, "", nil)
+		return doc(m, "reported")["version"] == 1.0 && compact(m["delta"]) == `{}`
+	})
+	d.publish(t, "devices/mq-s/state/reported", `{"a":{"b":{"c":{"d":{"e":[1]}}}}}`)
+	e := d.next(t, "devices/mq-s/errors")
+	if errs, _ := e["errors"].([]any); e["code"] != "invalid" || len(errs) != 1 || errs[0].(map[string]any)["field"] != "reported.a.b.c.d.e" {
+		t.Fatalf("refusal: %v", e)
+	}
+	d.c.Disconnect(100)
+
+	h.patchDesired(t, operator, "mq-s", "2", `{"interval":30}`)
+	h.patchDesired(t, operator, "mq-s", "3", `{"interval":40}`)
+	d2 := dialMQTTState(t, h, "mq-s", token, false)
+	if m := d2.next(t, "devices/mq-s/state/desired"); m["version"] != 4.0 || compact(m["desired"]) != `{"interval":40}` {
+		t.Fatalf("resumed session: %v", m)
+	}
+	_, _, m := h.stateReq(t, "GET", "/api/v1/devices/mq-s/state", operator, "", nil)
+	if doc(m, "reported")["version"] != 1.0 {
+		t.Fatalf("the refused patch changed the state: %v", m)
 	}
 }
