@@ -207,7 +207,13 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if cfg.DatabaseURL != "" {
 		statePoll = time.Second
 	}
-	states, err := state.New(state.Options{Store: stateStore, Devices: reg, Fanout: fanout, PollInterval: statePoll, Logger: log,
+	var onDesired func(string, state.Update) // one instance: nothing beyond the hub's own sessions
+	if cl != nil {
+		// The broker keeps each device's desired document retained, for
+		// MQTT devices on it.
+		onDesired = func(device string, u state.Update) { cl.PublishDesired(device, u.Encode(false)) }
+	}
+	states, err := state.New(state.Options{Store: stateStore, Devices: reg, Fanout: fanout, PollInterval: statePoll, OnDesired: onDesired, Logger: log,
 		Limits: state.Limits{MaxBytes: cfg.StateMaxBytes, MaxDepth: cfg.StateMaxDepth, MaxKeys: cfg.StateMaxKeys}})
 	if err != nil {
 		return err
