@@ -174,3 +174,20 @@ func TestAttackStateFlood(t *testing.T) {
 		t.Fatalf("%d limited, %d acked, reported version %v", limited, acked, ver)
 	}
 }
+
+// TestAttackStateDeletedDevice: a device deleted and created again under
+// the same id starts with empty documents at version 0, not with the
+// old device's desired state (which could carry its configuration).
+func TestAttackStateDeletedDevice(t *testing.T) {
+	h := startHub(t, startInflux(t), nil)
+	h.createDevice(t, "reuse-1")
+	h.patchDesired(t, h.adminToken, "reuse-1", "0", `{"wifi_psk":"old-site"}`)
+	if st, m := h.api(t, "DELETE", "/api/v1/devices/reuse-1", h.adminToken, nil); st != 204 && st != 200 {
+		t.Fatalf("delete: %d %v", st, m)
+	}
+	token := h.createDevice(t, "reuse-1")
+	st, _, v := h.stateReq(t, "GET", "/api/v1/state", token, "", nil)
+	if st != 200 || doc(v, "desired")["version"] != 0.0 || compact(doc(v, "desired")["state"]) != `{}` {
+		t.Fatalf("re-created device: %d %v", st, v)
+	}
+}

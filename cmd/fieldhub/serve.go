@@ -231,11 +231,17 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return err
 	}
 	// A device's tokens changed or it is gone: its sessions re-check their
-	// credentials, and a deleted device's live state is dropped.
+	// credentials, and a deleted device's live state and state documents
+	// are dropped.
 	reg.Subscribe(devices.Subscriber{OnCredentialsChanged: func(id string) {
 		br.CredentialsChanged(id)
 		if !reg.Exists(id) {
 			liveHub.Forget(id)
+			// Its state documents too: a device created later under the
+			// same id starts empty.
+			if err := states.Forget(context.Background(), id); err != nil {
+				log.Warn("device state not deleted with its device", "device", id, "err", err)
+			}
 		}
 	}})
 	// One failure limiter and one connect limiter for every way in, so no
