@@ -103,9 +103,47 @@ func TestStateOperatorAPI(t *testing.T) {
 	if errs := m["error"].(map[string]any)["errors"].([]any); len(errs) != 1 || errs[0].(map[string]any)["field"] != "desired.a.b c" {
 		t.Fatalf("field path: %v", m)
 	}
+	dash, _, err := websocket.DefaultDialer.Dial(strings.Replace(h.url, "http", "ws", 1)+"/ws/live", http.Header{"Authorization": {"Bearer " + viewer}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dash.Close()
+	if err := dash.WriteJSON(map[string]any{"type": "subscribe", "devices": []string{"th-1"}}); err != nil {
+		t.Fatal(err)
+	}
+	live := make(chan map[string]any, 100)
+	go func() {
+		defer close(live)
+		for {
+			var ev map[string]any
+			if dash.ReadJSON(&ev) != nil {
+				return
+			}
+			live <- ev
+		}
+	}()
 	st, etag, m = h.stateReq(t, "PATCH", path, operator, `{"interval":5,"mode":"eco"}`, map[string]string{"If-Match": `"0"`})
 	if st != 200 || etag != `"1"` || doc(m, "desired")["version"] != 1.0 || compact(m["delta"]) != `{"interval":5,"mode":"eco"}` {
 		t.Fatalf("first PATCH: %d %s %v", st, etag, m)
+	}
+	// The live event carries the GET shape.
+	for deadline := time.After(loadWait); ; {
+		var ev map[string]any
+		select {
+		case ev = <-live:
+		case <-deadline:
+			t.Fatal("no live state event")
+		}
+		if ev == nil {
+			t.Fatal("live socket closed before a state event")
+		}
+		if ev["type"] != "state" {
+			continue
+		}
+		if ev["device"] != "th-1" || doc(ev["state"].(map[string]any), "desired")["version"] != 1.0 {
+			t.Fatalf("live state event: %v", ev)
+		}
+		break
 	}
 	// Plain integers work as If-Match too; the old version is refused.
 	if st, _, _ := h.stateReq(t, "PATCH", path, operator, `{"interval":6}`, map[string]string{"If-Match": "0"}); st != 412 {
