@@ -468,10 +468,12 @@ func TestStateTwoInstances(t *testing.T) {
 	waitUntil(t, "the device online on B", loadWait, func() bool {
 		return b.mqttAttackPresence(t, "st-ws")["online"] == true
 	})
+	patched := time.Now()
 	a.patchDesired(t, a.adminToken, "st-ws", "0", `{"interval":15}`)
 	if f := d.next(t, "state"); f["version"] != 1.0 || compact(f["desired"]) != `{"interval":15}` {
 		t.Fatalf("a change made on A, on B's socket: %v", f)
 	}
+	t.Logf("a desired change on A reached the device on B after %s (B polls the store every second)", time.Since(patched).Round(time.Millisecond))
 
 	// MQTT on the broker: the retained document at subscribe.
 	a.patchDesired(t, a.adminToken, "st-mq", "0", `{"interval":5}`)
