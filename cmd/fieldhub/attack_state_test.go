@@ -194,3 +194,37 @@ func TestAttackStateDeletedDevice(t *testing.T) {
 		t.Fatalf("re-created device: %d %v", st, v)
 	}
 }
+
+// TestStateLongPollEndsAtShutdown: a waiting desired-state long poll
+// answers 204 when the hub shuts down and does not hold the shutdown.
+func TestStateLongPollEndsAtShutdown(t *testing.T) {
+	h := startHub(t, startInflux(t), map[string]string{"FIELDHUB_LOG_FORMAT": "json", "FIELDHUB_SHUTDOWN_TIMEOUT": shutdownTimeout.String()})
+	tok := h.createDevice(t, "sleepy")
+	polled := make(chan int, 1)
+	go func() { // owner: this test; the poll ends by the hub's shutdown at the latest, read below
+		req, _ := http.NewRequest("GET", h.url+"/api/v1/state/desired?version=0&wait=60s", nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			polled <- -1
+			return
+		}
+		resp.Body.Close()
+		polled <- resp.StatusCode
+	}()
+	waitUntil(t, "the long poll to start", loadWait, func() bool {
+		return strings.Contains(h.stderr.String(), `"msg":"device long poll started","device":"sleepy","poll":"state"`)
+	})
+	h.stop(t)
+	select {
+	case st := <-polled:
+		if st != http.StatusNoContent {
+			t.Fatalf("state long poll answered %d at shutdown, want 204", st)
+		}
+	case <-time.After(loadWait):
+		t.Fatal("the state long poll got no answer")
+	}
+	if o := shutdownOverruns(h.stderr.String()); len(o) > 0 {
+		t.Fatalf("the state long poll held the shutdown: %q", o)
+	}
+}
