@@ -21,7 +21,10 @@ func TestImportRules(t *testing.T) {
 		"devices/pg": {"devices", "telemetry"},
 		// The ledger and its stores know the wire contract only.
 		"devices/ledger": {"telemetry"},
-		"bridge":         {"bridge", "devices", "telemetry"},
+		// Device state and its stores: the model knows only the wire
+		// contract; its stores know only the model.
+		"devices/state": {"devices/state", "telemetry"},
+		"bridge":        {"bridge", "devices", "telemetry"},
 		// hijack: the closing set of hijacked connections, shared by the
 		// device and operator sockets; standard library only.
 		"bridge/hijack": {},
@@ -53,9 +56,9 @@ func TestImportRules(t *testing.T) {
 		"github.com/mochi-mqtt/server/v2/packets":     {"bridge/mqtt"},
 		"github.com/eclipse/paho.golang":              {"bridge/mqtt"},
 		"github.com/influxdata/influxdb-client-go/v2": {"telemetry/influx"},
-		// The command, alert and ledger stores share the registry's open database.
-		"go.etcd.io/bbolt":                       {"devices", "bridge/commands/boltstore", "dashboard/alerts/boltstore", "devices/ledger/boltstore"},
-		"github.com/jackc/pgx/v5":                {"devices/pg", "bridge/commands/pgstore", "dashboard/alerts/pgstore", "devices/ledger/pgstore"},
+		// The command, alert, ledger and state stores share the registry's open database.
+		"go.etcd.io/bbolt":                       {"devices", "bridge/commands/boltstore", "dashboard/alerts/boltstore", "devices/ledger/boltstore", "devices/state/boltstore"},
+		"github.com/jackc/pgx/v5":                {"devices/pg", "bridge/commands/pgstore", "dashboard/alerts/pgstore", "devices/ledger/pgstore", "devices/state/pgstore"},
 		"github.com/prometheus/client_golang":    {"cmd/fieldhub"},
 		"github.com/go-playground/validator/v10": {"telemetry"},
 		// The hub's broker client, and the simulator's MQTT devices.

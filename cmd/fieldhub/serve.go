@@ -31,6 +31,9 @@ import (
 	"github.com/fieldhub/fieldhub/dashboard/live"
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/devices/pg"
+	"github.com/fieldhub/fieldhub/devices/state"
+	statebolt "github.com/fieldhub/fieldhub/devices/state/boltstore"
+	statepg "github.com/fieldhub/fieldhub/devices/state/pgstore"
 	"github.com/fieldhub/fieldhub/telemetry"
 	"github.com/fieldhub/fieldhub/telemetry/influx"
 	"github.com/fieldhub/fieldhub/telemetry/spool"
@@ -106,7 +109,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		}
 	}
 
-	store, cmdStore, err := openStore(ctx, cfg)
+	store, cmdStore, stateStore, err := openStore(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -233,10 +236,35 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err != nil {
 		return err
 	}
+	// Device state (issue #24). With PostgreSQL, other instances may
+	// change a desired document: the service asks the store about the
+	// devices connected here every second (docs/architecture.md, "Device
+	// state").
+	var statePoll time.Duration
+	if cfg.DatabaseURL != "" {
+		statePoll = time.Second
+	}
+	var onDesired func(string, state.Update) // one instance: nothing beyond the hub's own sessions
+	clearDesired := func(string) {}
+	if cl != nil {
+		// The broker keeps each device's desired document retained, for
+		// MQTT devices on it; a deleted device's is cleared (an empty
+		// retained message), so a device re-created under its id never
+		// gets it.
+		onDesired = func(device string, u state.Update) { cl.PublishDesired(device, u.Encode(false)) }
+		clearDesired = func(device string) { cl.PublishDesired(device, []byte{}) }
+	}
+	states, err := state.New(state.Options{Store: stateStore, Devices: reg, Fanout: fanout, PollInterval: statePoll, OnDesired: onDesired, Logger: log,
+		Limits: state.Limits{MaxBytes: cfg.StateMaxBytes, MaxDepth: cfg.StateMaxDepth, MaxKeys: cfg.StateMaxKeys}})
+	if err != nil {
+		return err
+	}
+	// A device's tokens changed: its state long polls re-check theirs.
+	reg.Subscribe(devices.Subscriber{OnCredentialsChanged: states.CredentialsChanged})
 	codec := telemetry.NewCodec(telemetry.Limits{MaxFuture: cfg.MaxFuture, MaxAge: cfg.MaxAge, TagKeys: cfg.TagLabels}, nil)
 	br, err := bridge.New(bridge.Options{
 		Codec: codec, Store: sp, Devices: reg, Fanout: newAlertTee(newPresenceTee(fanout, presRec), alertEng), Commands: cmds,
-		Rejections: rejectionsTee{ledgerRejections{reg, led}, alertEng}, Ledger: led,
+		Rejections: rejectionsTee{ledgerRejections{reg, led}, alertEng}, Ledger: led, State: states,
 		RatePerSec: cfg.RateLimit, Burst: cfg.RateBurst, Logger: log,
 		Schema: store, KnownFields: knownFields(ctx, ic, log),
 		MaxMetricsPerDevice: cfg.MaxMetricsPerDevice, MaxMetricNames: cfg.MaxMetricNames,
@@ -245,12 +273,19 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return err
 	}
 	// A device's tokens changed or it is gone: its sessions re-check their
-	// credentials, and a deleted device's live state is dropped.
+	// credentials, and a deleted device's live state and state documents
+	// are dropped.
 	reg.Subscribe(devices.Subscriber{OnCredentialsChanged: func(id string) {
 		br.CredentialsChanged(id)
 		if !reg.Exists(id) {
 			liveHub.Forget(id)
 			led.Forget(id)
+			// Its state documents too: a device created later under the
+			// same id starts empty.
+			if err := states.Forget(context.Background(), id); err != nil {
+				log.Warn("device state not deleted with its device", "device", id, "err", err)
+			}
+			clearDesired(id)
 		}
 	}})
 	// One failure limiter and one connect limiter for every way in, so no
@@ -260,7 +295,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	deviceWS, err := ws.New(ws.Options{
 		Bridge: br, Commands: cmds, Auth: reg, Failures: failures, Connects: connects, Proxies: cfg.TrustedProxies, ReadLimit: cfg.MaxMessageBytes,
 		PingInterval: cfg.WSPingInterval, Logger: log, OnAuthFailure: m.authFailure,
-		SendQueueBytes: cfg.WSSendQueue,
+		SendQueueBytes: cfg.WSSendQueue, State: states, Tokens: reg,
 	})
 	if err != nil {
 		return err
@@ -272,7 +307,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	rates := dashboard.NewRates(totals)
 	api, err := dashboard.New(dashboard.Options{
 		Registry: reg, History: ic, Export: ic, Catalogue: ic, Presence: ic, Schema: store, Failures: failures, Proxies: cfg.TrustedProxies, Logger: log,
-		Live: liveHub, AllowedOrigins: cfg.AllowedOrigins, FromTrustedProxy: cfg.TrustedProxies.Trusted, Commands: cmds, Rates: rates,
+		Live: liveHub, AllowedOrigins: cfg.AllowedOrigins, FromTrustedProxy: cfg.TrustedProxies.Trusted, Commands: cmds, Rates: rates, State: states,
 		OnAuthFailure: func() { m.authFailure("api") },
 	})
 	if err != nil {
@@ -281,7 +316,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	var broker *mqtt.Broker
 	if mqttLn != nil {
 		broker, err = mqtt.New(mqtt.Options{
-			Bridge: br, Commands: cmds, Auth: reg, Failures: failures, Connects: connects, Proxies: cfg.TrustedProxies,
+			Bridge: br, Commands: cmds, State: states, Auth: reg, Failures: failures, Connects: connects, Proxies: cfg.TrustedProxies,
 			Listener: mqttLn, TLSListener: mqttTLSLn,
 			MaxPacketBytes: int(cfg.MaxMessageBytes), MaxConns: cfg.MQTTMaxConns, Logger: log,
 			AllowedOrigins: cfg.AllowedOrigins,
@@ -326,6 +361,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		{"POST /api/v1/telemetry", http.HandlerFunc(deviceWS.ServeTelemetry)},
 		{"GET /api/v1/commands/next", deviceWS.NextCommandUntil(pollsEnd.Done())},
 		{"POST /api/v1/commands/{id}/result", http.HandlerFunc(deviceWS.ServeCommandResult)},
+		{"GET /api/v1/state", http.HandlerFunc(deviceWS.ServeState)},
+		{"PATCH /api/v1/state/reported", http.HandlerFunc(deviceWS.ServeReportState)},
+		{"GET /api/v1/state/desired", deviceWS.DesiredUntil(pollsEnd.Done())},
 		{"POST /api/v1/mqtt/auth", mqttAuth},
 		{"POST /api/v1/mqtt/acl", mqttACL},
 		{"GET " + cfg.MQTTWSPath, mqttWS},
@@ -415,6 +453,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		// last_seen flushes on an interval and once more when Run ends.
 		{Name: "registry", Run: reg.Run},
 		{Name: "commands", Run: cmds.Run},
+		{Name: "state", Run: states.Run},
 		{Name: "rates", Run: rates.Run},
 		// The live hub outlives the dashboards' sockets: it stops after
 		// api.Shutdown has closed them.
@@ -537,21 +576,26 @@ func knownFields(ctx context.Context, ic *influx.Client, log *slog.Logger) map[s
 
 // openStore opens PostgreSQL when FIELDHUB_DATABASE_URL is set, otherwise
 // the embedded bbolt file in the data directory.
-// The command store shares the registry store's connection; closing the
-// registry store closes both.
-func openStore(ctx context.Context, cfg config) (registryStore, commands.Store, error) {
+// The command and state stores share the registry store's connection;
+// closing the registry store closes all three.
+func openStore(ctx context.Context, cfg config) (registryStore, commands.Store, state.Store, error) {
 	if cfg.DatabaseURL != "" {
 		st, err := pg.Open(ctx, cfg.DatabaseURL)
 		if err != nil {
-			return nil, nil, fmt.Errorf("FIELDHUB_DATABASE_URL: %w", err)
+			return nil, nil, nil, fmt.Errorf("FIELDHUB_DATABASE_URL: %w", err)
 		}
-		return st, pgstore.New(st.Pool()), nil
+		ss, err := statepg.New(ctx, st.Pool())
+		if err != nil {
+			st.Close()
+			return nil, nil, nil, fmt.Errorf("FIELDHUB_DATABASE_URL: %w", err)
+		}
+		return st, pgstore.New(st.Pool()), ss, nil
 	}
 	st, err := devices.OpenBolt(filepath.Join(cfg.DataDir, "registry.db"))
 	if err != nil {
-		return nil, nil, fmt.Errorf("FIELDHUB_DATA_DIR: %w", err)
+		return nil, nil, nil, fmt.Errorf("FIELDHUB_DATA_DIR: %w", err)
 	}
-	return st, boltstore.New(st.DB()), nil
+	return st, boltstore.New(st.DB()), statebolt.New(st.DB()), nil
 }
 
 func drainSpool(ctx context.Context, sp *spool.Spool) {
