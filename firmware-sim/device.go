@@ -61,6 +61,7 @@ type device struct {
 	ackedMsgs int   // good messages acknowledged
 	lastTS    int64 // readings get strictly increasing timestamps (unique points)
 	target    int   // which hub (of Hub and MoreHubs) this device connects to now
+	st        deviceState
 
 	// rateChanged wakes the device's stream when setRate changed its
 	// interval, so a new rate applies at once, not after the wait of the
@@ -97,6 +98,7 @@ func newDevice(f *Fleet, idx int, c Cred, transport string) *device {
 		rateChanged: make(chan struct{}, 1),
 		faultRate:   f.cfg.FaultRate,
 		target:      idx, // spread the fleet over the hubs
+		st:          deviceState{bootTime: time.Now()},
 	}
 }
 
@@ -120,6 +122,11 @@ func (d *device) run(ctx context.Context) {
 			return
 		}
 		d.f.c.reconnects.Add(1)
+		if err == errReboot {
+			d.mu.Lock()
+			d.st.bootTime = time.Now() // reported at the next connect
+			d.mu.Unlock()
+		}
 		if err == errReboot || err == errFlap {
 			attempt = 0
 		} else {
