@@ -312,7 +312,7 @@ type cliGroup struct{ name, summary string }
 
 func cliGroups() []cliGroup {
 	return []cliGroup{
-		{"device", "manage devices: create, list, get, metrics, export, rejections, update, rotate, delete, import"},
+		{"device", "manage devices: create, list, get, metrics, export, rejections, update, rotate, delete, import, state"},
 		{"token", "manage operator API tokens: create, list, revoke"},
 		{"command", "send commands to devices and follow them: send, list, get, cancel"},
 	}
@@ -377,6 +377,9 @@ func adminCLI(ctx context.Context, group string, args []string, getenv func(stri
 		return usageErr("%s: missing subcommand", group)
 	}
 	sub, args := args[0], args[1:]
+	if group == "device" && sub == "state" && len(args) > 0 { // two-word subcommands: device state get|set
+		sub, args = sub+" "+args[0], args[1:]
+	}
 	switch sub {
 	case "-h", "-help", "--help", "help":
 		writeGroupUsage(stdout, group)
@@ -496,7 +499,7 @@ func clip(s string, n int) string {
 
 // cliCommands is the table of admin subcommands.
 func cliCommands() []cliCommand {
-	return []cliCommand{
+	return append([]cliCommand{
 		{
 			group: "device", name: "create", args: "ID", min: 1, max: 1,
 			summary: "register a device; prints its token once",
@@ -638,7 +641,7 @@ func cliCommands() []cliCommand {
 			help:    "Cancels command CMD of DEVICE while it is still queued; once sent it cannot be (exit code 5).",
 			run:     commandCancel,
 		},
-	}
+	}, stateCommands()...)
 }
 
 func deviceCreate(ctx context.Context, e *cliEnv, pos []string) error {

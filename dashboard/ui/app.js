@@ -392,6 +392,7 @@ function resetDevicePage() {
   $("export-more").replaceChildren();
   cmdRows.clear();
   cmdSeen.clear();
+  if (typeof statePanel !== "undefined") statePanel.reset(); // state.js
 }
 
 async function openDevice(id) {
@@ -418,6 +419,7 @@ async function openDevice(id) {
   loadTimeline();
   loadRejections();
   loadCommands();
+  if (typeof statePanel !== "undefined") statePanel.open(state.device); // state.js
   state.timers.push(setInterval(() => { loadRejections(); if (state.device && !state.device.d.online) setPresence(state.device.d); }, 5000));
 }
 
@@ -460,6 +462,8 @@ function onDeviceEvent(ev) {
     addTimeline(ev);
   } else if (ev.type === "command") {
     updateCommand(ev.id, ev.status);
+  } else if (ev.type === "state" && typeof statePanel !== "undefined") {
+    statePanel.onEvent(ev); // state.js
   }
 }
 
