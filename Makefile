@@ -66,6 +66,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzOnLive$$' -fuzztime=100000x ./bridge/cluster
 	$(GO) test -run='^$$' -fuzz='^FuzzRecover$$' -fuzztime=100000x ./telemetry/spool
 	$(GO) test -run='^$$' -fuzz='^FuzzPacketPath$$' -fuzztime=20000x ./bridge/mqtt
+	$(GO) test -run='^$$' -fuzz='^FuzzMergePatch$$' -fuzztime=20000x ./devices/state
 
 # Every Go benchmark once, so none of them rots.
 bench-smoke: influxd mosquitto

@@ -76,6 +76,11 @@ type Answer struct {
 	ID    string // the message's id, echoed in the ack or error frame
 	Err   *telemetry.Error
 	Reply Reply
+	// Version is the new reported version of an accepted state message
+	// (Reply is ReplyAck).
+	Version int64
+	// State marks the answer to a state message: its ack carries Version.
+	State bool
 	// Unknown marks a command result for no command the device has
 	// pending: HTTP answers 404, the sockets say nothing (a redelivered
 	// duplicate is not the device's fault).
@@ -113,11 +118,20 @@ func (b *Bridge) accept(ctx context.Context, s *Session, m Message) Answer {
 	if m.Binary {
 		return Answer{Err: b.reject(s, &telemetry.Error{Code: telemetry.CodeBadJSON, Message: "binary frames are not supported; send JSON text frames"})}
 	}
+	if m.Kind == telemetry.KindStateReported { // the payload is the merge patch itself
+		return b.reportState(ctx, s, "", m.Payload)
+	}
 	f, err := b.opts.Codec.DecodeKind(m.Payload, m.Kind)
 	if err != nil {
 		return Answer{ID: idOf(f), Err: b.reject(s, asError(err))}
 	}
 	switch f.Type {
+	case telemetry.TypeState:
+		patch, err := b.opts.Codec.StatePatch(f)
+		if err != nil {
+			return Answer{ID: f.ID, State: true, Err: b.reject(s, asError(err))}
+		}
+		return b.reportState(ctx, s, f.ID, patch)
 	case telemetry.TypeTelemetry:
 		id, e := b.ingest(ctx, s, f)
 		if e != nil {
@@ -141,6 +155,31 @@ func (b *Bridge) accept(ctx context.Context, s *Session, m Message) Answer {
 		return Answer{ID: res.ID}
 	}
 	return Answer{ID: f.ID, Reply: ReplyPong} // DecodeKind lets no other type through
+}
+
+// reportState is the state step of Accept: the patch goes to the state
+// service, which checks it (bounds, keys, an object) and stores it; the
+// answer is the ack with the new reported version, or the refusal.
+func (b *Bridge) reportState(ctx context.Context, s *Session, id string, patch []byte) Answer {
+	if b.opts.State == nil {
+		return Answer{ID: id, State: true, Err: b.reject(s, ErrNoState)}
+	}
+	sctx, cancel := context.WithTimeout(ctx, b.opts.StoreTimeout)
+	defer cancel()
+	v, err := b.opts.State.ReportState(sctx, s.DeviceID, patch)
+	if err != nil {
+		var e *telemetry.Error
+		if errors.As(err, &e) {
+			return Answer{ID: id, State: true, Err: b.reject(s, e)}
+		}
+		if errors.Is(err, context.DeadlineExceeded) {
+			return Answer{ID: id, State: true, Err: b.reject(s, telemetry.ErrOverloaded)}
+		}
+		b.log.Error("reported state not stored", "device", s.DeviceID, "err", err)
+		return Answer{ID: id, State: true, Err: b.reject(s, telemetry.ErrInternal)}
+	}
+	b.opts.Devices.Touch(s.DeviceID, b.opts.Now())
+	return Answer{ID: id, Reply: ReplyAck, State: true, Version: v}
 }
 
 // Ingest is Accept for a telemetry payload (the MQTT telemetry topic, the

@@ -54,6 +54,18 @@ type Commands interface {
 	WakePollers(device string)
 }
 
+// State takes the reported-state patches devices send
+// (*state.Service implements it): ReportState merges patch into the
+// device's reported document and returns its new version; a refusal is a
+// *telemetry.Error (invalid, with a field path) and changes nothing.
+type State interface {
+	ReportState(ctx context.Context, device string, patch []byte) (version int64, err error)
+}
+
+// ErrNoState is the answer to a state message on a hub without a state
+// service.
+var ErrNoState = &telemetry.Error{Code: telemetry.CodeUnknownType, Message: "type: device state is not served by this hub"}
+
 // Rejections keeps what the pipeline refused, per device, for operators
 // (*devices.Registry implements it). Rejected is called inline on the
 // refusal path and must not block.
@@ -108,6 +120,8 @@ type Options struct {
 	Fanout  Fanout // optional
 	// Commands is told of sessions that can take commands; default none.
 	Commands Commands
+	// State takes reported-state patches; nil: state messages are refused.
+	State State
 	// Rejections is told of every refused message (Accept, Reject); nil:
 	// nobody is.
 	Rejections Rejections

@@ -74,6 +74,8 @@ type Options struct {
 	Live *live.Hub
 	// Commands is the command service; nil disables the command routes.
 	Commands Commander
+	// State is the device state service; nil disables the state routes.
+	State StateService
 	// Rates feeds the overview's readings/s and rejected/s; the caller
 	// runs it. Nil: the overview shows 0.
 	Rates *Rates
@@ -179,6 +181,9 @@ func (s *Server) Register(mux *http.ServeMux) {
 	mux.Handle("DELETE /api/v1/tokens/{id}", s.auth(devices.RoleAdmin, s.revokeToken))
 	if s.opts.Commands != nil {
 		s.registerCommands(mux)
+	}
+	if s.opts.State != nil {
+		s.registerState(mux)
 	}
 	s.registerUI(mux)
 	if s.opts.Live != nil {

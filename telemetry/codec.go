@@ -117,6 +117,9 @@ type Frame struct {
 	Status   string         `json:"status"`
 	Result   jsontext.Value `json:"result"`
 	Error    *string        `json:"error"`
+	// Reported is a state frame's merge patch, checked by its owner
+	// (devices/state) and not here.
+	Reported jsontext.Value `json:"reported"`
 
 	// tel is the first Telemetry made of this frame, in the frame's
 	// allocation (one allocation less per message); telUsed marks it
@@ -213,12 +216,12 @@ func (c *Codec) DecodeKind(data []byte, k Kind) (*Frame, error) {
 		return f, &Error{Code: CodeUnknownType, Message: fmt.Sprintf(`type: %q is not allowed here; expected %q`, Truncate(f.Type, 32), want)}
 	}
 	switch f.Type {
-	case TypeTelemetry, TypeCommandResult, TypePing:
+	case TypeTelemetry, TypeCommandResult, TypePing, TypeState:
 		return f, nil
 	case "":
-		return f, &Error{Code: CodeUnknownType, Message: `type: required ("telemetry", "command_result" or "ping")`}
+		return f, &Error{Code: CodeUnknownType, Message: `type: required ("telemetry", "command_result", "state" or "ping")`}
 	default:
-		return f, &Error{Code: CodeUnknownType, Message: fmt.Sprintf(`type: unknown frame type %q; expected "telemetry", "command_result" or "ping"`, Truncate(f.Type, 32))}
+		return f, &Error{Code: CodeUnknownType, Message: fmt.Sprintf(`type: unknown frame type %q; expected "telemetry", "command_result", "state" or "ping"`, Truncate(f.Type, 32))}
 	}
 }
 
@@ -320,6 +323,9 @@ func (c *Codec) readings(f *Frame) (*Telemetry, time.Time, error) {
 	if f.Status != "" || f.Result != nil || f.Error != nil {
 		return nil, time.Time{}, fieldErr("status", "not allowed in a telemetry message")
 	}
+	if f.Reported != nil {
+		return nil, time.Time{}, fieldErr("reported", "not allowed in a telemetry message")
+	}
 	recv := c.now()
 	now, nowNanos := recv.UnixMilli(), recv.UnixNano()
 	var t *Telemetry
@@ -382,11 +388,28 @@ func (c *Codec) valid(id string, readings []Reading, now time.Time) bool {
 	return true
 }
 
+// StatePatch returns the merge patch of a decoded state frame: its
+// "reported" member, which must be there; no telemetry or command_result
+// member may. The patch's own rules are its owner's (devices/state).
+func (c *Codec) StatePatch(f *Frame) ([]byte, error) {
+	switch {
+	case f.Metrics != nil || f.Readings != nil || f.TS != nil || f.Status != "" || f.Result != nil || f.Error != nil:
+		return nil, fieldErr("reported", "a state frame carries only id and reported")
+	case f.Reported == nil:
+		return nil, fieldErr("reported", "required: a JSON merge patch of the reported state")
+	case len(f.ID) > MaxIDLen:
+		return nil, fieldErr("id", "must be at most 64 characters")
+	}
+	return f.Reported, nil
+}
+
 // CommandResult validates a decoded command_result frame.
 func (c *Codec) CommandResult(f *Frame) (*CommandResult, error) {
 	switch {
 	case f.Metrics != nil || f.Readings != nil || f.TS != nil:
 		return nil, fieldErr("metrics", "not allowed in a command_result message")
+	case f.Reported != nil:
+		return nil, fieldErr("reported", "not allowed in a command_result message")
 	case f.ID == "" || len(f.ID) > MaxIDLen:
 		return nil, fieldErr("id", "required: the id of the command being answered (at most 64 characters)")
 	case f.Status != ResultOK && f.Status != ResultError:

@@ -17,6 +17,8 @@ const (
 	KindCommandResult             // device -> hub: devices/{id}/commands/result
 	KindCommands                  // hub -> device: devices/{id}/commands
 	KindErrors                    // hub -> device: devices/{id}/errors
+	KindStateReported             // device -> hub: devices/{id}/state/reported, a merge patch of the reported state
+	KindStateDesired              // hub -> device: devices/{id}/state/desired, {"desired","delta","version"}
 )
 
 // TopicPrefix starts every device topic: devices/{id}/...
@@ -28,6 +30,8 @@ var kindSuffix = [...]string{
 	KindCommandResult: "/commands/result",
 	KindCommands:      "/commands",
 	KindErrors:        "/errors",
+	KindStateReported: "/state/reported",
+	KindStateDesired:  "/state/desired",
 }
 
 // frameType is the frame "type" a payload of each kind has when the
@@ -55,6 +59,8 @@ var kindAccess = [...]Access{
 	KindCommandResult: Publish,
 	KindCommands:      Subscribe,
 	KindErrors:        Subscribe,
+	KindStateReported: Publish,
+	KindStateDesired:  Subscribe,
 }
 
 // Topic returns the MQTT topic of device id for k, or "" for KindFrame.

@@ -21,6 +21,10 @@ const (
 	TypeCommandResult = "command_result"
 	TypePing          = "ping"
 	TypePong          = "pong"
+	// TypeState is a device state frame: from the device
+	// {"type":"state","id":..,"reported":{merge patch}}, from the hub
+	// {"type":"state","desired":{..},"delta":{..},"version":N}.
+	TypeState = "state"
 )
 
 // ProtocolVersion is the only protocol version this hub speaks. A frame
@@ -213,6 +217,16 @@ const (
 type AckFrame struct {
 	Type string `json:"type"`
 	ID   string `json:"id,omitzero"`
+}
+
+// EncodeStateAck returns the ack of a state frame: the ack frame for
+// message id with the new reported version.
+func EncodeStateAck(id string, version int64) []byte {
+	b, _ := json.Marshal(struct {
+		AckFrame
+		Version int64 `json:"version"`
+	}{AckFrame{Type: TypeAck, ID: id}, version}) // cannot fail: two strings and a number
+	return b
 }
 
 // EncodeAck returns the ack frame for message id.

@@ -83,6 +83,10 @@ type Options struct {
 	// disconnected (slow_consumer, logged and counted); a command that
 	// would pass it stays pending. One frame always fits an empty queue.
 	SendQueueBytes int64
+	// State serves device state (frames, the state endpoints); nil: none.
+	// Tokens is required with it (the long poll's re-check).
+	State  State
+	Tokens Tokens
 	// OnAuthFailure, if set, is told of each refused credential (metrics).
 	OnAuthFailure func(transport string)
 	Logger        *slog.Logger
@@ -225,14 +229,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	c := &conn_{
 		h: h, ws: conn,
-		send: make(chan []byte, h.opts.SendQueue),
-		kick: make(chan string, 1),
-		done: make(chan struct{}),
+		send:  make(chan []byte, h.opts.SendQueue),
+		kick:  make(chan string, 1),
+		done:  make(chan struct{}),
+		state: newPendingState(),
 	}
 	c.session = h.opts.Bridge.Connect(id, devices.TransportWS, h.opts.Proxies.ClientAddr(r), hash, c)
 	if h.conns.Closing() {
 		c.session.Kick(bridge.ReasonServerShutdown)
 	}
+	stopState := c.subscribeState(r.Context())
+	defer stopState()
 	c.run(r.Context())
 }
 
@@ -244,6 +251,7 @@ type conn_ struct {
 	send    chan []byte   // frames for the writer; bounded
 	kick    chan string   // close requests for the writer; cap 1
 	done    chan struct{} // closed when the reader stops
+	state   *pendingState // the desired-state frame waiting for the writer
 	// queued is the bytes of the frames in send and being written; the
 	// senders add (reserve) before sending, the writer subtracts after
 	// writing.
@@ -348,6 +356,8 @@ func frameFor(a bridge.Answer) []byte {
 	switch {
 	case a.Err != nil:
 		return telemetry.EncodeError(a.ID, a.Err)
+	case a.Reply == bridge.ReplyAck && a.State:
+		return telemetry.EncodeStateAck(a.ID, a.Version)
 	case a.Reply == bridge.ReplyAck:
 		return telemetry.EncodeAck(a.ID)
 	case a.Reply == bridge.ReplyPong:
@@ -453,6 +463,17 @@ func (c *conn_) writeLoop() {
 			err := c.ws.WriteMessage(websocket.TextMessage, frame)
 			c.queued.Add(-int64(len(frame)))
 			if err != nil {
+				c.session.Kick(bridge.ReasonNetworkError)
+				c.abort()
+				return
+			}
+		case <-c.state.ready:
+			frame := c.state.take()
+			if frame == nil {
+				continue
+			}
+			_ = c.ws.SetWriteDeadline(time.Now().Add(wait))
+			if err := c.ws.WriteMessage(websocket.TextMessage, frame); err != nil {
 				c.session.Kick(bridge.ReasonNetworkError)
 				c.abort()
 				return

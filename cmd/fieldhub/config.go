@@ -53,6 +53,9 @@ type config struct {
 
 	MaxMetricsPerDevice int // distinct metric names of one device
 	MaxMetricNames      int // distinct metric names of the fleet
+	// StateMaxBytes, StateMaxDepth and StateMaxKeys bound one device
+	// state document (devices/state.Limits).
+	StateMaxBytes, StateMaxDepth, StateMaxKeys int
 	// SpoolCommitInterval is spool.Options.CommitInterval.
 	SpoolCommitInterval time.Duration
 
@@ -128,6 +131,9 @@ var settings = []setting{
 	{"tag-labels", "FIELDHUB_TAG_LABELS", "", "comma-separated device labels written to InfluxDB as tags", false},
 	{"max-metrics-per-device", "FIELDHUB_MAX_METRICS_PER_DEVICE", "256", "distinct metric names one device may send; past it readings with a new name are refused 'invalid'", false},
 	{"max-metric-names", "FIELDHUB_MAX_METRIC_NAMES", "10000", "distinct metric names of the whole fleet; past it readings with a new name are refused 'invalid'", false},
+	{"state-max-bytes", "FIELDHUB_STATE_MAX_BYTES", "8192", "bytes of one device state document (reported or desired); a patch that would pass it is refused 'invalid'", false},
+	{"state-max-depth", "FIELDHUB_STATE_MAX_DEPTH", "5", "nesting of objects and arrays in a device state document, the document being 1", false},
+	{"state-max-keys", "FIELDHUB_STATE_MAX_KEYS", "100", "keys of one object in a device state document", false},
 	{"mqtt-max-conns", "FIELDHUB_MQTT_MAX_CONNS", "60000", "maximum MQTT connections", false},
 	{"live-max-per-token", "FIELDHUB_LIVE_MAX_PER_TOKEN", "20", "live dashboard connections (/ws/live and SSE) per operator token; past it 429 (the hub's cap is 1000)", false},
 	{"mqtt-connect-rate", "FIELDHUB_MQTT_CONNECT_RATE", "20", "new device connections per second per client address (burst 2.5x), on every way in that opens a connection: MQTT, MQTT TLS, MQTT over WebSocket and the device WebSocket (device HTTP requests are bounded by the device rate); raise it for fleets behind one NAT", false},
@@ -218,6 +224,9 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 
 		MaxMetricsPerDevice: p.intRange("max-metrics-per-device", 1, 1<<16),
 		MaxMetricNames:      p.intRange("max-metric-names", 1, 1<<22),
+		StateMaxBytes:       p.intRange("state-max-bytes", 256, 1<<20),
+		StateMaxDepth:       p.intRange("state-max-depth", 1, 32),
+		StateMaxKeys:        p.intRange("state-max-keys", 1, 10000),
 		// At most 100 ms: every acknowledgement pays it, and the bridge
 		// gives up on the spool after 5 s.
 		SpoolCommitInterval: p.durationRange("spool-commit-interval", 0, 100*time.Millisecond),

@@ -19,7 +19,10 @@ func TestImportRules(t *testing.T) {
 		"telemetry":  {"telemetry"},
 		"devices":    {"telemetry"},
 		"devices/pg": {"devices", "telemetry"},
-		"bridge":     {"bridge", "devices", "telemetry"},
+		// Device state and its stores: the model knows only the wire
+		// contract; its stores know only the model.
+		"devices/state": {"devices/state", "telemetry"},
+		"bridge":        {"bridge", "devices", "telemetry"},
 		// hijack: the closing set of hijacked connections, shared by the
 		// device and operator sockets; standard library only.
 		"bridge/hijack": {},
@@ -52,8 +55,8 @@ func TestImportRules(t *testing.T) {
 		"github.com/eclipse/paho.golang":              {"bridge/mqtt"},
 		"github.com/influxdata/influxdb-client-go/v2": {"telemetry/influx"},
 		// The command stores share the registry's open database.
-		"go.etcd.io/bbolt":                       {"devices", "bridge/commands/boltstore"},
-		"github.com/jackc/pgx/v5":                {"devices/pg", "bridge/commands/pgstore"},
+		"go.etcd.io/bbolt":                       {"devices", "bridge/commands/boltstore", "devices/state/boltstore"},
+		"github.com/jackc/pgx/v5":                {"devices/pg", "bridge/commands/pgstore", "devices/state/pgstore"},
 		"github.com/prometheus/client_golang":    {"cmd/fieldhub"},
 		"github.com/go-playground/validator/v10": {"telemetry"},
 		// The hub's broker client, and the simulator's MQTT devices.

@@ -30,6 +30,9 @@ import (
 	"github.com/fieldhub/fieldhub/dashboard/live"
 	"github.com/fieldhub/fieldhub/devices"
 	"github.com/fieldhub/fieldhub/devices/pg"
+	"github.com/fieldhub/fieldhub/devices/state"
+	statebolt "github.com/fieldhub/fieldhub/devices/state/boltstore"
+	statepg "github.com/fieldhub/fieldhub/devices/state/pgstore"
 	"github.com/fieldhub/fieldhub/telemetry"
 	"github.com/fieldhub/fieldhub/telemetry/influx"
 	"github.com/fieldhub/fieldhub/telemetry/spool"
@@ -105,7 +108,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		}
 	}
 
-	store, cmdStore, err := openStore(ctx, cfg)
+	store, cmdStore, stateStore, err := openStore(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -196,9 +199,24 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err != nil {
 		return err
 	}
+	// Device state (issue #24). With PostgreSQL, other instances may
+	// change a desired document: the service asks the store about the
+	// devices connected here every second (docs/architecture.md, "Device
+	// state").
+	var statePoll time.Duration
+	if cfg.DatabaseURL != "" {
+		statePoll = time.Second
+	}
+	states, err := state.New(state.Options{Store: stateStore, Devices: reg, Fanout: fanout, PollInterval: statePoll, Logger: log,
+		Limits: state.Limits{MaxBytes: cfg.StateMaxBytes, MaxDepth: cfg.StateMaxDepth, MaxKeys: cfg.StateMaxKeys}})
+	if err != nil {
+		return err
+	}
+	// A device's tokens changed: its state long polls re-check theirs.
+	reg.Subscribe(devices.Subscriber{OnCredentialsChanged: states.CredentialsChanged})
 	codec := telemetry.NewCodec(telemetry.Limits{MaxFuture: cfg.MaxFuture, MaxAge: cfg.MaxAge, TagKeys: cfg.TagLabels}, nil)
 	br, err := bridge.New(bridge.Options{
-		Codec: codec, Store: sp, Devices: reg, Fanout: newPresenceTee(fanout, presRec), Commands: cmds, Rejections: reg,
+		Codec: codec, Store: sp, Devices: reg, Fanout: newPresenceTee(fanout, presRec), Commands: cmds, Rejections: reg, State: states,
 		RatePerSec: cfg.RateLimit, Burst: cfg.RateBurst, Logger: log,
 		Schema: store, KnownFields: knownFields(ctx, ic, log),
 		MaxMetricsPerDevice: cfg.MaxMetricsPerDevice, MaxMetricNames: cfg.MaxMetricNames,
@@ -221,7 +239,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	deviceWS, err := ws.New(ws.Options{
 		Bridge: br, Commands: cmds, Auth: reg, Failures: failures, Connects: connects, Proxies: cfg.TrustedProxies, ReadLimit: cfg.MaxMessageBytes,
 		PingInterval: cfg.WSPingInterval, Logger: log, OnAuthFailure: m.authFailure,
-		SendQueueBytes: cfg.WSSendQueue,
+		SendQueueBytes: cfg.WSSendQueue, State: states, Tokens: reg,
 	})
 	if err != nil {
 		return err
@@ -233,7 +251,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	rates := dashboard.NewRates(totals)
 	api, err := dashboard.New(dashboard.Options{
 		Registry: reg, History: ic, Export: ic, Catalogue: ic, Presence: ic, Schema: store, Failures: failures, Proxies: cfg.TrustedProxies, Logger: log,
-		Live: liveHub, AllowedOrigins: cfg.AllowedOrigins, FromTrustedProxy: cfg.TrustedProxies.Trusted, Commands: cmds, Rates: rates,
+		Live: liveHub, AllowedOrigins: cfg.AllowedOrigins, FromTrustedProxy: cfg.TrustedProxies.Trusted, Commands: cmds, Rates: rates, State: states,
 		OnAuthFailure: func() { m.authFailure("api") },
 	})
 	if err != nil {
@@ -286,6 +304,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		{"POST /api/v1/telemetry", http.HandlerFunc(deviceWS.ServeTelemetry)},
 		{"GET /api/v1/commands/next", deviceWS.NextCommandUntil(pollsEnd.Done())},
 		{"POST /api/v1/commands/{id}/result", http.HandlerFunc(deviceWS.ServeCommandResult)},
+		{"GET /api/v1/state", http.HandlerFunc(deviceWS.ServeState)},
+		{"PATCH /api/v1/state/reported", http.HandlerFunc(deviceWS.ServeReportState)},
+		{"GET /api/v1/state/desired", deviceWS.DesiredUntil(pollsEnd.Done())},
 		{"POST /api/v1/mqtt/auth", mqttAuth},
 		{"POST /api/v1/mqtt/acl", mqttACL},
 		{"GET " + cfg.MQTTWSPath, mqttWS},
@@ -366,6 +387,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		// last_seen flushes on an interval and once more when Run ends.
 		{Name: "registry", Run: reg.Run},
 		{Name: "commands", Run: cmds.Run},
+		{Name: "state", Run: states.Run},
 		{Name: "rates", Run: rates.Run},
 		// The live hub outlives the dashboards' sockets: it stops after
 		// api.Shutdown has closed them.
@@ -482,21 +504,26 @@ func knownFields(ctx context.Context, ic *influx.Client, log *slog.Logger) map[s
 
 // openStore opens PostgreSQL when FIELDHUB_DATABASE_URL is set, otherwise
 // the embedded bbolt file in the data directory.
-// The command store shares the registry store's connection; closing the
-// registry store closes both.
-func openStore(ctx context.Context, cfg config) (registryStore, commands.Store, error) {
+// The command and state stores share the registry store's connection;
+// closing the registry store closes all three.
+func openStore(ctx context.Context, cfg config) (registryStore, commands.Store, state.Store, error) {
 	if cfg.DatabaseURL != "" {
 		st, err := pg.Open(ctx, cfg.DatabaseURL)
 		if err != nil {
-			return nil, nil, fmt.Errorf("FIELDHUB_DATABASE_URL: %w", err)
+			return nil, nil, nil, fmt.Errorf("FIELDHUB_DATABASE_URL: %w", err)
 		}
-		return st, pgstore.New(st.Pool()), nil
+		ss, err := statepg.New(ctx, st.Pool())
+		if err != nil {
+			st.Close()
+			return nil, nil, nil, fmt.Errorf("FIELDHUB_DATABASE_URL: %w", err)
+		}
+		return st, pgstore.New(st.Pool()), ss, nil
 	}
 	st, err := devices.OpenBolt(filepath.Join(cfg.DataDir, "registry.db"))
 	if err != nil {
-		return nil, nil, fmt.Errorf("FIELDHUB_DATA_DIR: %w", err)
+		return nil, nil, nil, fmt.Errorf("FIELDHUB_DATA_DIR: %w", err)
 	}
-	return st, boltstore.New(st.DB()), nil
+	return st, boltstore.New(st.DB()), statebolt.New(st.DB()), nil
 }
 
 func drainSpool(ctx context.Context, sp *spool.Spool) {

@@ -67,7 +67,7 @@ func shutdownOverruns(logs string) []string {
 func TestShutdownOrder(t *testing.T) {
 	h := startHub(t, startInflux(t), map[string]string{"FIELDHUB_LOG_FORMAT": "json"})
 	h.stop(t)
-	want := []string{"http server", "device sockets", "mqtt broker", "dashboard sockets", "live hub", "rates",
+	want := []string{"http server", "device sockets", "mqtt broker", "dashboard sockets", "live hub", "rates", "state",
 		"commands", "registry", "presence recorder", "presence writer", "spool drain", "influx writer"}
 	if got := stopOrder(t, h.stderr.String()); !slices.Equal(got, want) {
 		t.Fatalf("stop order\n got %q\nwant %q", got, want)
