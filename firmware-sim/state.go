@@ -199,6 +199,7 @@ func (q desiredQueue) put(doc desiredDoc) {
 	}
 }
 
-// stateDesiredTopic and stateReportedTopic are a device's state topics.
-func stateDesiredTopic(id string) string  { return telemetry.TopicPrefix + id + "/state/desired" }
-func stateReportedTopic(id string) string { return telemetry.TopicPrefix + id + "/state/reported" }
+// stateDesiredTopic and stateReportedTopic are a device's state topics,
+// from the one topic table.
+func stateDesiredTopic(id string) string  { return telemetry.Topic(id, telemetry.KindStateDesired) }
+func stateReportedTopic(id string) string { return telemetry.Topic(id, telemetry.KindStateReported) }

@@ -91,10 +91,21 @@ func stateDo(ctx context.Context, c *client, method, path string, body []byte, h
 	}
 	if resp.StatusCode >= 300 {
 		var e struct {
-			Error struct{ Code, Message string } `json:"error"`
+			Error struct {
+				Code, Message string
+				Errors        []struct{ Field, Reason string } // an invalid patch: where and why
+			} `json:"error"`
 		}
 		if json.Unmarshal(data, &e) == nil && e.Error.Code != "" {
-			return nil, &apiErr{resp.StatusCode, e.Error.Code, e.Error.Message}
+			msg := e.Error.Message
+			for i, fe := range e.Error.Errors {
+				if i == 5 {
+					msg += fmt.Sprintf("; and %d more", len(e.Error.Errors)-i)
+					break
+				}
+				msg += "; " + fe.Field + ": " + fe.Reason
+			}
+			return nil, &apiErr{resp.StatusCode, e.Error.Code, msg}
 		}
 		return nil, &apiErr{resp.StatusCode, "http_error", strings.TrimSpace(string(data))}
 	}

@@ -119,7 +119,7 @@ func TestCLIState(t *testing.T) {
 		{op, []string{"device", "state", "get", "ghost"}, exitNotFound, "404"},
 		{op, []string{"device", "state", "set", "ghost", "a=1"}, exitNotFound, "404"},
 		{op, []string{"device", "state", "set", "ghost", "a=1", "--if-match", "0"}, exitNotFound, "404"},
-		{op, []string{"device", "state", "set", "pump-1", "bad key!=1"}, exitUsage, "invalid"},
+		{op, []string{"device", "state", "set", "pump-1", "bad key!=1"}, exitUsage, "desired.bad key!"},
 	} {
 		code, stdout, stderr := cliRun(t, r.env, r.args...)
 		if code != r.code || stdout != "" || !strings.Contains(stderr, r.want) {

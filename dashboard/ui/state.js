@@ -142,7 +142,8 @@ const statePanel = (() => {
     }
     if (!resp.ok) {
       if (resp.status === 401) { boot(); return; }
-      $("state-error").textContent = "Not saved: " + ((data && data.error && (data.error.message + (data.error.field ? " (" + data.error.field + ")" : ""))) || "HTTP " + resp.status);
+      const er = data && data.error, fields = er && Array.isArray(er.errors) ? er.errors.map((x) => x.field + ": " + x.reason).slice(0, 3) : [];
+      $("state-error").textContent = "Not saved: " + (fields.length ? fields.join("; ") : (er && er.message) || "HTTP " + resp.status);
       return;
     }
     take(data, true);
