@@ -62,7 +62,10 @@ type Commands interface {
 type Options struct {
 	Bridge   *bridge.Bridge
 	Commands Commands
-	Auth     Authenticator
+	// State serves devices/{id}/state/desired subscriptions; nil: the
+	// topic is refused like any other.
+	State State
+	Auth  Authenticator
 	// Failures rate-limits failed authentications per (client address,
 	// username); nil disables it.
 	Failures *devices.FailureLimiter

@@ -117,6 +117,9 @@ type conn struct {
 	bs        *bridge.Session
 	aliases   map[uint16]string
 	watchErrs bool // a watcher subscribed to the errors topic; guarded by mu
+	// stateCancel ends the desired-state watch of the connection (state.go);
+	// reader goroutine only.
+	stateCancel func()
 
 	wmu        sync.Mutex // serialises socket writes; taken before mu
 	mu         sync.Mutex // guards out, spare, flushing, closing, reason, watchErrs
@@ -400,6 +403,7 @@ func (c *conn) end(reason string) {
 	if c.device == "" {
 		return // never connected
 	}
+	c.stopState()
 	if c.watcher {
 		b.mu.Lock()
 		delete(b.watchers[c.device], c)
@@ -818,6 +822,12 @@ func (c *conn) connect(pk *packets.Packet) bool {
 	}
 	c.bs = c.b.opts.Bridge.Connect(c.device, c.transport, c.remote, hash, c)
 	unlock()
+	c.sess.mu.Lock()
+	desired := present && c.sess.desired && c.sess.conn == c
+	c.sess.mu.Unlock()
+	if desired { // a resumed subscription: changes missed while away follow
+		c.watchState(false)
+	}
 	return true
 }
 
@@ -941,7 +951,7 @@ func (c *conn) publish(pk *packets.Packet) bool {
 		}
 	}
 	id, kind, ok := telemetry.ParseTopic(topic)
-	if !ok || id != c.device || (kind != telemetry.KindTelemetry && kind != telemetry.KindCommandResult) {
+	if !ok || id != c.device || (kind != telemetry.KindTelemetry && kind != telemetry.KindCommandResult && kind != telemetry.KindStateReported) {
 		shown := telemetry.Truncate(topic, 128)
 		if topic == refusedAlias {
 			shown = fmt.Sprintf("(topic alias %d)", pk.Properties.TopicAlias)
@@ -1078,7 +1088,8 @@ func (c *conn) subscribe(pk *packets.Packet) bool {
 	codes := make([]byte, len(pk.Filters))
 	commands := telemetry.Topic(c.device, telemetry.KindCommands)
 	errs := telemetry.Topic(c.device, telemetry.KindErrors)
-	newCommands := false
+	desired := telemetry.Topic(c.device, telemetry.KindStateDesired)
+	newCommands, newDesired := false, false
 	denied := ""
 	defer func() {
 		if denied != "" { // one denial per packet, however many filters
@@ -1124,6 +1135,14 @@ func (c *conn) subscribe(pk *packets.Packet) bool {
 			}
 			c.sess.mu.Unlock()
 			codes[i] = granted
+		case f.Filter == desired && !c.watcher && c.b.opts.State != nil:
+			c.sess.mu.Lock()
+			if c.sess.conn == c {
+				c.sess.desired, c.sess.desiredQoS = true, granted
+				newDesired = true
+			}
+			c.sess.mu.Unlock()
+			codes[i] = granted
 		default:
 			denied = f.Filter
 			codes[i] = c.v3Failure(rcNotAuthorized)
@@ -1132,6 +1151,9 @@ func (c *conn) subscribe(pk *packets.Packet) bool {
 	c.answer(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Suback}, PacketID: pk.PacketID, ReasonCodes: codes})
 	if newCommands {
 		c.b.opts.Commands.DeliverCommands(c.device)
+	}
+	if newDesired { // after the SUBACK ([MQTT-3.8.4-1] allows publishes to follow it)
+		c.watchState(true)
 	}
 	return true
 }
@@ -1153,6 +1175,7 @@ func (c *conn) unsubscribe(pk *packets.Packet) bool {
 	codes := make([]byte, len(pk.Filters))
 	commands := telemetry.Topic(c.device, telemetry.KindCommands)
 	errs := telemetry.Topic(c.device, telemetry.KindErrors)
+	desired := telemetry.Topic(c.device, telemetry.KindStateDesired)
 	for i, f := range pk.Filters {
 		had := false
 		switch {
@@ -1173,6 +1196,14 @@ func (c *conn) unsubscribe(pk *packets.Packet) bool {
 				had, c.sess.commands = c.sess.commands, false
 			}
 			c.sess.mu.Unlock()
+		case f.Filter == desired:
+			c.sess.mu.Lock()
+			if c.sess.conn == c {
+				had, c.sess.desired = c.sess.desired, false
+				c.sess.statePending = nil
+			}
+			c.sess.mu.Unlock()
+			c.stopState()
 		}
 		codes[i] = rcSuccess
 		switch {

@@ -33,6 +33,14 @@ type session struct {
 	commands    bool
 	commandsQoS byte
 	errors      bool
+	// desired: subscribed to the desired-state topic at desiredQoS;
+	// stateVer is the last desired version queued for the device (-1:
+	// none, send the current one), statePending the update waiting for
+	// the window (state.go).
+	desired      bool
+	desiredQoS   byte
+	stateVer     int64
+	statePending []byte
 	// out is the commands sent at QoS 1 and not yet acknowledged, in the
 	// order sent (resent in that order, with DUP, on resume); nextID the
 	// last packet id given. Server packet ids are the server's alone: a
@@ -51,6 +59,8 @@ type session struct {
 type inflight struct {
 	id      uint16
 	command string
+	// state marks a desired-state update (command is then "").
+	state   bool
 	payload []byte
 	// written: sent on the current connection. A resume resends only as
 	// many as the new connection's Receive Maximum allows, the rest as
@@ -59,7 +69,7 @@ type inflight struct {
 }
 
 func newSession(device string, h devices.TokenHash) *session {
-	return &session{device: device, hash: h, in: map[uint16]*qos2{}}
+	return &session{device: device, hash: h, in: map[uint16]*qos2{}, stateVer: -1}
 }
 
 // nextPacketID returns a packet id no command in flight has. Caller holds
@@ -96,6 +106,7 @@ func (s *session) acked(c *conn, id uint16) bool {
 		if f.id == id {
 			s.out = append(s.out[:i], s.out[i+1:]...)
 			s.writeHeld(c)
+			s.sendStateLocked(c)
 			return true
 		}
 	}
@@ -105,7 +116,7 @@ func (s *session) acked(c *conn, id uint16) bool {
 // writeHeld resends commands in flight not yet written on c, within its
 // window. Caller holds s.mu.
 func (s *session) writeHeld(c *conn) {
-	topic := telemetry.Topic(s.device, telemetry.KindCommands)
+	commands := telemetry.Topic(s.device, telemetry.KindCommands)
 	written := 0
 	for i := range s.out {
 		if s.out[i].written {
@@ -119,10 +130,16 @@ func (s *session) writeHeld(c *conn) {
 		if s.out[i].written {
 			continue
 		}
+		topic := commands
+		if s.out[i].state {
+			topic = telemetry.Topic(s.device, telemetry.KindStateDesired)
+		}
 		if c.publishOut(topic, s.out[i].payload, 1, s.out[i].id, true, 1<<30) == dropped {
 			// Too large for the client resuming the session (a smaller
 			// Maximum Packet Size than before): it fails, and frees its slot.
-			c.commandTooLarge(s.out[i].command)
+			if !s.out[i].state {
+				c.commandTooLarge(s.out[i].command)
+			}
 			s.out = append(s.out[:i], s.out[i+1:]...)
 			i--
 			continue
@@ -144,7 +161,7 @@ func (s *session) deliver(c *conn, cmd telemetry.Command) bool {
 		return false
 	}
 	for _, f := range s.out {
-		if f.command == cmd.ID {
+		if !f.state && f.command == cmd.ID {
 			return true
 		}
 	}

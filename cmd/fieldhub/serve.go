@@ -260,7 +260,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	var broker *mqtt.Broker
 	if mqttLn != nil {
 		broker, err = mqtt.New(mqtt.Options{
-			Bridge: br, Commands: cmds, Auth: reg, Failures: failures, Connects: connects, Proxies: cfg.TrustedProxies,
+			Bridge: br, Commands: cmds, State: states, Auth: reg, Failures: failures, Connects: connects, Proxies: cfg.TrustedProxies,
 			Listener: mqttLn, TLSListener: mqttTLSLn,
 			MaxPacketBytes: int(cfg.MaxMessageBytes), MaxConns: cfg.MQTTMaxConns, Logger: log,
 			AllowedOrigins: cfg.AllowedOrigins,
