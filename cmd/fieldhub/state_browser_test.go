@@ -97,8 +97,8 @@ func (d *stateDevice) nextDesired(t *testing.T, what string, ok func(map[string]
 	}
 }
 
-// patchDesired is an operator's PATCH of desired with If-Match.
-func (h *hub) patchDesired(t *testing.T, token, device string, ifMatch int64, patch map[string]any) (int, map[string]any) {
+// uiPatchDesired is an operator's PATCH of desired with If-Match.
+func (h *hub) uiPatchDesired(t *testing.T, token, device string, ifMatch int64, patch map[string]any) (int, map[string]any) {
 	t.Helper()
 	st, m, err := h.desiredPatch(token, device, ifMatch, patch)
 	if err != nil {
@@ -107,7 +107,7 @@ func (h *hub) patchDesired(t *testing.T, token, device string, ifMatch int64, pa
 	return st, m
 }
 
-// desiredPatch is patchDesired for any goroutine: it returns the error.
+// desiredPatch is uiPatchDesired for any goroutine: it returns the error.
 func (h *hub) desiredPatch(token, device string, ifMatch int64, patch map[string]any) (int, map[string]any, error) {
 	b, _ := json.Marshal(patch)
 	req, _ := http.NewRequest("PATCH", h.url+"/api/v1/devices/"+device+"/state/desired", bytes.NewReader(b))
@@ -192,7 +192,7 @@ func TestDeviceStateInBrowser(t *testing.T) {
 
 	// Someone else changes desired behind the page; the page follows the
 	// live event while its editor is untouched.
-	if st, m := h.patchDesired(t, h.adminToken, "thermo-1", 1, map[string]any{"mode": "eco"}); st != 200 {
+	if st, m := h.uiPatchDesired(t, h.adminToken, "thermo-1", 1, map[string]any{"mode": "eco"}); st != 200 {
 		t.Fatalf("PATCH behind the page: %d %v", st, m)
 	}
 	p.text(`#state-rows tr[data-key="mode"] td[data-side="desired"]`, func(s string) bool { return s == `"eco"` })
@@ -201,7 +201,7 @@ func TestDeviceStateInBrowser(t *testing.T) {
 	// the save is refused, said, and the editor reloaded.
 	p.run(chromedp.SetValue(`#state-edit-rows .state-edit-row:first-child .state-value`, "3", chromedp.ByQuery))
 	p.eval(`(() => { document.getElementById("state-edit-rows").dispatchEvent(new Event("input")); return true; })()`, nil)
-	if st, m := h.patchDesired(t, h.adminToken, "thermo-1", 2, map[string]any{"mode": "boost"}); st != 200 {
+	if st, m := h.uiPatchDesired(t, h.adminToken, "thermo-1", 2, map[string]any{"mode": "boost"}); st != 200 {
 		t.Fatalf("second PATCH behind the page: %d %v", st, m)
 	}
 	p.text("#state-note", func(s string) bool { return strings.Contains(s, "saving will be refused") })
