@@ -16,6 +16,9 @@
 //   - Commands: published to devices/{id}/commands; the instance holding
 //     the device's WebSocket forwards them; MQTT devices get them from the
 //     broker.
+//   - Device state: desired updates published retained on
+//     devices/{id}/state/desired; reported patches through the shared
+//     subscription $share/fieldhub/devices/+/state/reported (state.go).
 //   - Registry: a change on any instance is announced on fieldhub/registry
 //     and every instance reloads from the shared store, so a revoke cuts
 //     sessions everywhere within a second.
@@ -165,6 +168,7 @@ type Cluster struct {
 	connected atomic.Bool
 	ready     chan struct{} // closed after the first subscription succeeded
 	ownLive   []byte        // how our own live messages start
+	desired   desiredOut    // desired-state updates for the broker (state.go)
 
 	failMu   sync.Mutex // guards lastFail
 	lastFail failure    // the connection failure last reported
@@ -223,6 +227,7 @@ func New(opts Options) (*Cluster, error) {
 		brokerHeard: map[string]time.Time{},
 		unknown:     map[string]time.Time{},
 		owner:       map[string]string{},
+		desired:     desiredOut{pending: map[string][]byte{}, ready: make(chan struct{}, 1)},
 	}
 	c.ownLive = originPrefix(opts.ClientID)
 	c.client = c.newClient(opts.ClientID, true, c.onConnect, func(err error) {
@@ -309,6 +314,7 @@ func (c *Cluster) onIngestConnect(cl Client) {
 	subs := map[string]byte{
 		sharedFilter(telemetry.KindTelemetry):     1,
 		sharedFilter(telemetry.KindCommandResult): 1,
+		sharedFilter(telemetry.KindStateReported): 1,
 	}
 	go func() { // owner: the client's connect callback; ends when subscribed or the connection is gone
 		c.subscribed(cl, subs)
@@ -370,6 +376,7 @@ func (c *Cluster) onConnect(cl Client) {
 	subs := map[string]byte{
 		sharedFilter(telemetry.KindTelemetry):     1,
 		sharedFilter(telemetry.KindCommandResult): 1,
+		sharedFilter(telemetry.KindStateReported): 1,
 		deviceFilter(telemetry.KindCommands):      1,
 		topicLive:                                 0,
 		topicRegistry:                             1,
@@ -455,6 +462,7 @@ func (c *Cluster) Run(ctx context.Context, p Peers) error {
 		wg.Go(func() { c.work(workCtx) })
 	}
 	wg.Go(func() { c.publishLive(workCtx) })
+	wg.Go(func() { c.publishDesired(workCtx) })
 	wg.Go(func() { c.refreshLoop(workCtx) })
 	wg.Go(func() { c.sweepPresence(workCtx) })
 	if c.dynsec != nil {

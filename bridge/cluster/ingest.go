@@ -51,6 +51,10 @@ func (c *Cluster) handle(ctx context.Context, m Message) {
 		c.heardFromBroker(device)
 		return
 	}
+	if kind == telemetry.KindStateReported {
+		c.handleState(ctx, br, s, device, m)
+		return
+	}
 	key := c.delivered.key(m.Topic(), m.Payload())
 	if m.Duplicate() && c.delivered.seen(key) {
 		// Made durable already; the broker never saw our PUBACK.

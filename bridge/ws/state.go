@@ -177,6 +177,7 @@ func (h *Handler) DesiredUntil(stop <-chan struct{}) http.Handler {
 			wait = d
 		}
 		h.opts.Bridge.Touch(id)
+		h.log.Debug("device long poll started", "device", id, "poll", "state")
 		u, ok, err := h.opts.State.WaitDesired(r.Context(), id, version, wait, stop, func() bool { return h.opts.Tokens.StillValid(id, hash) })
 		switch {
 		case errors.Is(err, state.ErrRevoked):

@@ -207,7 +207,13 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if cfg.DatabaseURL != "" {
 		statePoll = time.Second
 	}
-	states, err := state.New(state.Options{Store: stateStore, Devices: reg, Fanout: fanout, PollInterval: statePoll, Logger: log,
+	var onDesired func(string, state.Update) // one instance: nothing beyond the hub's own sessions
+	if cl != nil {
+		// The broker keeps each device's desired document retained, for
+		// MQTT devices on it.
+		onDesired = func(device string, u state.Update) { cl.PublishDesired(device, u.Encode(false)) }
+	}
+	states, err := state.New(state.Options{Store: stateStore, Devices: reg, Fanout: fanout, PollInterval: statePoll, OnDesired: onDesired, Logger: log,
 		Limits: state.Limits{MaxBytes: cfg.StateMaxBytes, MaxDepth: cfg.StateMaxDepth, MaxKeys: cfg.StateMaxKeys}})
 	if err != nil {
 		return err
@@ -225,11 +231,17 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return err
 	}
 	// A device's tokens changed or it is gone: its sessions re-check their
-	// credentials, and a deleted device's live state is dropped.
+	// credentials, and a deleted device's live state and state documents
+	// are dropped.
 	reg.Subscribe(devices.Subscriber{OnCredentialsChanged: func(id string) {
 		br.CredentialsChanged(id)
 		if !reg.Exists(id) {
 			liveHub.Forget(id)
+			// Its state documents too: a device created later under the
+			// same id starts empty.
+			if err := states.Forget(context.Background(), id); err != nil {
+				log.Warn("device state not deleted with its device", "device", id, "err", err)
+			}
 		}
 	}})
 	// One failure limiter and one connect limiter for every way in, so no

@@ -103,9 +103,47 @@ func TestStateOperatorAPI(t *testing.T) {
 	if errs := m["error"].(map[string]any)["errors"].([]any); len(errs) != 1 || errs[0].(map[string]any)["field"] != "desired.a.b c" {
 		t.Fatalf("field path: %v", m)
 	}
+	dash, _, err := websocket.DefaultDialer.Dial(strings.Replace(h.url, "http", "ws", 1)+"/ws/live", http.Header{"Authorization": {"Bearer " + viewer}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dash.Close()
+	if err := dash.WriteJSON(map[string]any{"type": "subscribe", "devices": []string{"th-1"}}); err != nil {
+		t.Fatal(err)
+	}
+	live := make(chan map[string]any, 100)
+	go func() {
+		defer close(live)
+		for {
+			var ev map[string]any
+			if dash.ReadJSON(&ev) != nil {
+				return
+			}
+			live <- ev
+		}
+	}()
 	st, etag, m = h.stateReq(t, "PATCH", path, operator, `{"interval":5,"mode":"eco"}`, map[string]string{"If-Match": `"0"`})
 	if st != 200 || etag != `"1"` || doc(m, "desired")["version"] != 1.0 || compact(m["delta"]) != `{"interval":5,"mode":"eco"}` {
 		t.Fatalf("first PATCH: %d %s %v", st, etag, m)
+	}
+	// The live event carries the GET shape.
+	for deadline := time.After(loadWait); ; {
+		var ev map[string]any
+		select {
+		case ev = <-live:
+		case <-deadline:
+			t.Fatal("no live state event")
+		}
+		if ev == nil {
+			t.Fatal("live socket closed before a state event")
+		}
+		if ev["type"] != "state" {
+			continue
+		}
+		if ev["device"] != "th-1" || doc(ev["state"].(map[string]any), "desired")["version"] != 1.0 {
+			t.Fatalf("live state event: %v", ev)
+		}
+		break
 	}
 	// Plain integers work as If-Match too; the old version is refused.
 	if st, _, _ := h.stateReq(t, "PATCH", path, operator, `{"interval":6}`, map[string]string{"If-Match": "0"}); st != 412 {
@@ -383,5 +421,109 @@ func TestStateConvergesOverMQTT(t *testing.T) {
 	_, _, m := h.stateReq(t, "GET", "/api/v1/devices/mq-s/state", operator, "", nil)
 	if doc(m, "reported")["version"] != 1.0 {
 		t.Fatalf("the refused patch changed the state: %v", m)
+	}
+}
+
+// TestStateTwoInstances: two instances on PostgreSQL and Mosquitto. An
+// operator PATCHes desired on A; a WebSocket device on B receives it; an
+// MQTT device on the broker gets the retained document when it
+// subscribes, and its reported patch (through the shared subscription)
+// shows on both; both see one state; the same If-Match on A and B: one
+// 412.
+func TestStateTwoInstances(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs Mosquitto, PostgreSQL, influxd and two hubs; run without -short")
+	}
+	influx := startInflux(t)
+	env := clusterEnv(t, influx)
+	envA, envB := map[string]string{"FIELDHUB_INSTANCE_ID": "state-a"}, map[string]string{"FIELDHUB_INSTANCE_ID": "state-b"}
+	for k, v := range env {
+		envA[k], envB[k] = v, v
+	}
+	a := startHub(t, influx, envA)
+	b := startHub(t, influx, envB)
+	a.waitBroker(t)
+	b.waitBroker(t)
+	wsTok := a.createDevice(t, "st-ws")
+	mqTok := a.createDevice(t, "st-mq")
+	waitUntil(t, "instance B knows the devices", loadWait, func() bool {
+		st1, _ := b.api(t, "GET", "/api/v1/devices/st-ws", b.adminToken, nil)
+		st2, _ := b.api(t, "GET", "/api/v1/devices/st-mq", b.adminToken, nil)
+		return st1 == 200 && st2 == 200
+	})
+
+	d := dialState(t, b, wsTok)
+	if f := d.next(t, "state"); f["version"] != 0.0 {
+		t.Fatalf("on connect to B: %v", f)
+	}
+	a.patchDesired(t, a.adminToken, "st-ws", "0", `{"interval":15}`)
+	if f := d.next(t, "state"); f["version"] != 1.0 || compact(f["desired"]) != `{"interval":15}` {
+		t.Fatalf("a change made on A, on B's socket: %v", f)
+	}
+
+	// MQTT on the broker: the retained document at subscribe.
+	a.patchDesired(t, a.adminToken, "st-mq", "0", `{"interval":5}`)
+	a.patchDesired(t, a.adminToken, "st-mq", "1", `{"interval":7}`)
+	var m *mqttState
+	waitUntil(t, "MQTT device connects to the broker", loadWait, func() bool {
+		msgs := make(chan paho.Message, 100)
+		c := paho.NewClient(paho.NewClientOptions().AddBroker(env["FIELDHUB_MQTT_BROKER"]).SetClientID("st-mq").SetUsername("st-mq").
+			SetPassword(mqTok).SetAutoReconnect(false).SetDefaultPublishHandler(func(_ paho.Client, msg paho.Message) { msgs <- msg }))
+		tok := c.Connect()
+		if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			return false
+		}
+		m = &mqttState{c: c, msgs: msgs}
+		return true
+	})
+	t.Cleanup(func() { m.c.Disconnect(50) })
+	m.subscribe(t, "devices/st-mq/state/desired")
+	if got := m.next(t, "devices/st-mq/state/desired"); got["version"] != 2.0 || compact(got["desired"]) != `{"interval":7}` {
+		t.Fatalf("retained on subscribe: %v", got)
+	}
+	m.publish(t, "devices/st-mq/state/reported", `{"interval":7}`)
+	for _, h := range []*hub{a, b} {
+		waitUntil(t, "reported on both instances", loadWait, func() bool {
+			_, _, v := h.stateReq(t, "GET", "/api/v1/devices/st-mq/state", h.adminToken, "", nil)
+			return doc(v, "reported")["version"] == 1.0 && compact(v["delta"]) == `{}`
+		})
+	}
+	_, _, va := a.stateReq(t, "GET", "/api/v1/devices/st-mq/state", a.adminToken, "", nil)
+	_, _, vb := b.stateReq(t, "GET", "/api/v1/devices/st-mq/state", b.adminToken, "", nil)
+	if compact(va) != compact(vb) {
+		t.Fatalf("two states:\nA %v\nB %v", va, vb)
+	}
+
+	// The same If-Match on both instances: exactly one wins.
+	type res struct{ st int }
+	out := make(chan res, 2)
+	for i, h := range []*hub{a, b} {
+		go func() {
+			req, _ := http.NewRequest("PATCH", h.url+"/api/v1/devices/st-mq/state/desired", strings.NewReader(`{"who":"`+string(rune('a'+i))+`"}`))
+			req.Header.Set("Authorization", "Bearer "+h.adminToken)
+			req.Header.Set("If-Match", `"2"`)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				out <- res{0}
+				return
+			}
+			resp.Body.Close()
+			out <- res{resp.StatusCode}
+		}()
+	}
+	r1, r2 := <-out, <-out
+	if !(r1.st == 200 && r2.st == 412 || r1.st == 412 && r2.st == 200) {
+		t.Fatalf("concurrent PATCH on two instances: %d and %d", r1.st, r2.st)
+	}
+	// The reported change republished version 2 with its new delta
+	// first; then the winner's version 3.
+	for {
+		got := m.next(t, "devices/st-mq/state/desired")
+		if got["version"] == 3.0 {
+			break
+		}
+		if got["version"] != 2.0 {
+			t.Fatalf("on the broker: %v", got)
+		}
 	}
 }

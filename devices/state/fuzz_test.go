@@ -38,8 +38,12 @@ func FuzzMergePatch(f *testing.F) {
 				}
 				continue
 			}
-			if err := Check(next.State, Desired, l); err != nil {
-				t.Fatalf("result breaks a bound: %v", err)
+			// Bounds measured here, not by Check: the oracle is independent.
+			if d, k := measure(next.State); d > l.MaxDepth || k > l.MaxKeys {
+				t.Fatalf("result has depth %d, %d keys in one object: %v", d, k, next.State)
+			}
+			if b, _ := encode(next.State); len(b) > l.MaxBytes {
+				t.Fatalf("result is %d bytes", len(b))
 			}
 			if changed != (next.Version == doc.Version+1) || (!changed && next.Version != doc.Version) {
 				t.Fatalf("changed=%v but version %d -> %d", changed, doc.Version, next.Version)
@@ -47,4 +51,25 @@ func FuzzMergePatch(f *testing.F) {
 			doc = next
 		}
 	})
+}
+
+// measure returns the nesting depth of v (an object or array is one
+// level more than its deepest member) and the most keys in one object.
+func measure(v any) (depth, keys int) {
+	switch x := v.(type) {
+	case Object:
+		keys = len(x)
+		for _, e := range x {
+			d, k := measure(e)
+			depth, keys = max(depth, d), max(keys, k)
+		}
+		return depth + 1, keys
+	case []any:
+		for _, e := range x {
+			d, k := measure(e)
+			depth, keys = max(depth, d), max(keys, k)
+		}
+		return depth + 1, keys
+	}
+	return 0, 0
 }

@@ -386,6 +386,28 @@ func (s *Service) WaitDesired(ctx context.Context, device string, version int64,
 	}
 }
 
+// Forgetter is a Store that can delete a device's documents (both
+// stores are).
+type Forgetter interface {
+	Forget(ctx context.Context, device string) error
+}
+
+// Forget deletes the documents of a device that no longer exists, so a
+// device created later under the same id starts at version 0 and never
+// sees another's desired state. A device that exists is left alone.
+func (s *Service) Forget(ctx context.Context, device string) error {
+	f, ok := s.opts.Store.(Forgetter)
+	if !ok || s.opts.Devices.Exists(device) {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.opts.StoreTimeout)
+	defer cancel()
+	if err := f.Forget(ctx, device); err != nil {
+		return fmt.Errorf("forget state of %q: %w", device, err)
+	}
+	return nil
+}
+
 // ErrRevoked: the credential of a long poll ended while it waited.
 var ErrRevoked = errors.New("state: credentials revoked")
 

@@ -35,6 +35,7 @@ const (
 var HubACLs = [][2]string{
 	{"subscribePattern", "$share/fieldhub/devices/+/telemetry"},
 	{"subscribePattern", "$share/fieldhub/devices/+/commands/result"},
+	{"subscribePattern", "$share/fieldhub/devices/+/state/reported"},
 	{"subscribePattern", "devices/+/commands"},
 	{"subscribePattern", "fieldhub/#"},
 	{"subscribePattern", "$CONTROL/dynamic-security/#"},
@@ -43,6 +44,7 @@ var HubACLs = [][2]string{
 	{"publishClientReceive", "$CONTROL/dynamic-security/#"},
 	{"publishClientSend", "devices/+/commands"},
 	{"publishClientSend", "devices/+/errors"},
+	{"publishClientSend", "devices/+/state/desired"},
 	{"publishClientSend", "fieldhub/#"},
 	{"publishClientSend", "$CONTROL/dynamic-security/#"},
 }
