@@ -38,7 +38,7 @@ const statePanel = (() => {
     try {
       const s = await api("GET", devPath(d.id, "/state"));
       if (d !== state.device) return;
-      take(s, true);
+      take(s, false); // an edit begun meanwhile (after a live event filled the editor) is kept
     } catch (e) {
       if (d !== state.device) return;
       $("state-summary").textContent = e.status === 404 ? "This hub keeps no device state." : "State unavailable: " + e.message;
@@ -46,7 +46,8 @@ const statePanel = (() => {
   }
 
   // take shows a state answer (GET, PATCH or a live event) unless it is
-  // older than what is shown; the editor follows it while untouched.
+  // older than what is shown; the editor follows it while untouched, or
+  // always with fill (the answer of the operator's own save).
   function take(s, fill) {
     if (!s || !s.reported || !s.desired) return;
     if (cur && (s.reported.version < cur.reported.version || s.desired.version < cur.desired.version)) return; // an older answer
