@@ -38,7 +38,8 @@ type desiredOut struct {
 
 // PublishDesired hands the device's desired update (its MQTT form,
 // {"desired","delta","version"}) to the broker publisher; it never
-// blocks (state.Options.OnDesired).
+// blocks (state.Options.OnDesired). An empty payload clears the retained
+// document (a deleted device).
 func (c *Cluster) PublishDesired(device string, payload []byte) {
 	c.desired.mu.Lock()
 	c.desired.pending[device] = payload

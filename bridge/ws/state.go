@@ -76,7 +76,9 @@ func (p *pendingState) take() []byte {
 }
 
 // subscribeState starts the desired updates of c's device: the current
-// one first, then every change. The returned cancel ends them.
+// one first if there is one (a desired document that was ever written:
+// version > 0; firmware that never uses state gets no frame it does not
+// know), then every change. The returned cancel ends them.
 func (c *conn_) subscribeState(ctx context.Context) func() {
 	if c.h.opts.State == nil {
 		return func() {}
@@ -86,7 +88,9 @@ func (c *conn_) subscribeState(ctx context.Context) func() {
 		c.h.log.Warn("device state not sent at connect", "device", c.session.DeviceID, "transport", devices.TransportWS, "err", err)
 		return cancel
 	}
-	c.state.offer(&u)
+	if u.Version > 0 {
+		c.state.offer(&u)
+	}
 	return cancel
 }
 

@@ -24,7 +24,6 @@ func TestAttackStateHugeAndDeep(t *testing.T) {
 		t.Fatalf("10 MB over HTTP: %d", st)
 	}
 	d := dialState(t, h, token)
-	d.next(t, "state")
 	_ = d.c.WriteMessage(websocket.TextMessage, []byte(`{"type":"state","id":"h","reported":`+huge+`}`))
 	waitUntil(t, "socket closed for the 10 MB frame", loadWait, func() bool {
 		select {
@@ -145,28 +144,32 @@ func TestAttackStateFlood(t *testing.T) {
 	h := startHub(t, startInflux(t), map[string]string{"FIELDHUB_RATE_LIMIT": "5", "FIELDHUB_RATE_BURST": "10"})
 	token := h.createDevice(t, "flood-1")
 	d := dialState(t, h, token)
-	d.next(t, "state")
-	const n = 200
-	for i := range n {
-		if err := d.c.WriteJSON(map[string]any{"type": "state", "id": "f", "reported": map[string]any{"n": i}}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	// Bursts of 20, each answered before the next: a device that reads
+	// its answers (one that does not is cut as a slow consumer, a
+	// different bound).
+	const n, burst = 200, 20
 	limited, acked := 0, 0
-	for limited+acked < n {
-		select {
-		case f, ok := <-d.frames:
-			if !ok {
-				t.Fatalf("socket closed after %d acks, %d limited", acked, limited)
+	for sent := 0; sent < n; sent += burst {
+		for i := range burst {
+			if err := d.c.WriteJSON(map[string]any{"type": "state", "id": "f", "reported": map[string]any{"n": sent + i}}); err != nil {
+				t.Fatal(err)
 			}
-			switch {
-			case f["type"] == "ack":
-				acked++
-			case f["type"] == "error" && f["code"] == "rate_limited":
-				limited++
+		}
+		for limited+acked < sent+burst {
+			select {
+			case f, ok := <-d.frames:
+				if !ok {
+					t.Fatalf("socket closed after %d acks, %d limited\n%s", acked, limited, grepLines(h.stderr.String(), "flood-1"))
+				}
+				switch {
+				case f["type"] == "ack":
+					acked++
+				case f["type"] == "error" && f["code"] == "rate_limited":
+					limited++
+				}
+			case <-time.After(loadWait):
+				t.Fatalf("%d acks, %d limited of %d", acked, limited, n)
 			}
-		case <-time.After(loadWait):
-			t.Fatalf("%d acks, %d limited of %d", acked, limited, n)
 		}
 	}
 	_, _, v := h.stateReq(t, "GET", "/api/v1/devices/flood-1/state", h.adminToken, "", nil)
@@ -189,5 +192,39 @@ func TestAttackStateDeletedDevice(t *testing.T) {
 	st, _, v := h.stateReq(t, "GET", "/api/v1/state", token, "", nil)
 	if st != 200 || doc(v, "desired")["version"] != 0.0 || compact(doc(v, "desired")["state"]) != `{}` {
 		t.Fatalf("re-created device: %d %v", st, v)
+	}
+}
+
+// TestStateLongPollEndsAtShutdown: a waiting desired-state long poll
+// answers 204 when the hub shuts down and does not hold the shutdown.
+func TestStateLongPollEndsAtShutdown(t *testing.T) {
+	h := startHub(t, startInflux(t), map[string]string{"FIELDHUB_LOG_FORMAT": "json", "FIELDHUB_SHUTDOWN_TIMEOUT": shutdownTimeout.String()})
+	tok := h.createDevice(t, "sleepy")
+	polled := make(chan int, 1)
+	go func() { // owner: this test; the poll ends by the hub's shutdown at the latest, read below
+		req, _ := http.NewRequest("GET", h.url+"/api/v1/state/desired?version=0&wait=60s", nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			polled <- -1
+			return
+		}
+		resp.Body.Close()
+		polled <- resp.StatusCode
+	}()
+	waitUntil(t, "the long poll to start", loadWait, func() bool {
+		return strings.Contains(h.stderr.String(), `"msg":"device long poll started","device":"sleepy","poll":"state"`)
+	})
+	h.stop(t)
+	select {
+	case st := <-polled:
+		if st != http.StatusNoContent {
+			t.Fatalf("state long poll answered %d at shutdown, want 204", st)
+		}
+	case <-time.After(loadWait):
+		t.Fatal("the state long poll got no answer")
+	}
+	if o := shutdownOverruns(h.stderr.String()); len(o) > 0 {
+		t.Fatalf("the state long poll held the shutdown: %q", o)
 	}
 }

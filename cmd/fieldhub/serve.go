@@ -208,10 +208,14 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		statePoll = time.Second
 	}
 	var onDesired func(string, state.Update) // one instance: nothing beyond the hub's own sessions
+	clearDesired := func(string) {}
 	if cl != nil {
 		// The broker keeps each device's desired document retained, for
-		// MQTT devices on it.
+		// MQTT devices on it; a deleted device's is cleared (an empty
+		// retained message), so a device re-created under its id never
+		// gets it.
 		onDesired = func(device string, u state.Update) { cl.PublishDesired(device, u.Encode(false)) }
+		clearDesired = func(device string) { cl.PublishDesired(device, []byte{}) }
 	}
 	states, err := state.New(state.Options{Store: stateStore, Devices: reg, Fanout: fanout, PollInterval: statePoll, OnDesired: onDesired, Logger: log,
 		Limits: state.Limits{MaxBytes: cfg.StateMaxBytes, MaxDepth: cfg.StateMaxDepth, MaxKeys: cfg.StateMaxKeys}})
@@ -242,6 +246,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 			if err := states.Forget(context.Background(), id); err != nil {
 				log.Warn("device state not deleted with its device", "device", id, "err", err)
 			}
+			clearDesired(id)
 		}
 	}})
 	// One failure limiter and one connect limiter for every way in, so no
