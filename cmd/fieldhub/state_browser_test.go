@@ -156,7 +156,6 @@ func TestDeviceStateInBrowser(t *testing.T) {
 
 	// A test device reports its interval and firmware; desired starts empty.
 	dev := dialStateDevice(t, h, h.createDevice(t, "thermo-1"))
-	dev.nextDesired(t, "the desired document on connect", func(f map[string]any) bool { return f["version"] == 0.0 })
 	dev.report(t, map[string]any{"interval": 1, "firmware": "t-1.0"})
 	p.device(h.url, "thermo-1")
 	p.text("#state-summary", func(s string) bool { return s == "Reported version 1 · desired version 0 · in sync" })
