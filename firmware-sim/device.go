@@ -86,6 +86,7 @@ type device struct {
 	boots     int      // restarts so far (RebootRate): the message's boot is "b<boots>"
 	rseq      uint64   // the next good reading's seq within the boot
 	skipped   []SeqGap // the seqs skipped (DropRate), exactly
+	st        deviceState
 
 	// rateChanged wakes the device's stream when setRate changed its
 	// interval, so a new rate applies at once, not after the wait of the
@@ -122,6 +123,7 @@ func newDevice(f *Fleet, idx int, c Cred, transport string) *device {
 		rateChanged: make(chan struct{}, 1),
 		faultRate:   f.cfg.FaultRate,
 		target:      idx, // spread the fleet over the hubs
+		st:          deviceState{bootTime: time.Now()},
 	}
 }
 
@@ -145,6 +147,11 @@ func (d *device) run(ctx context.Context) {
 			return
 		}
 		d.f.c.reconnects.Add(1)
+		if err == errReboot {
+			d.mu.Lock()
+			d.st.bootTime = time.Now() // reported at the next connect
+			d.mu.Unlock()
+		}
 		if err == errReboot || err == errFlap {
 			attempt = 0
 		} else {

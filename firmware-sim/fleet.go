@@ -211,6 +211,8 @@ type counters struct {
 	faultsSent, faultsAnswered, violations   atomic.Int64
 	commands, commandsOK, commandsFailed     atomic.Int64
 	dropped                                  atomic.Int64
+	stateAcked, desiredReceived              atomic.Int64
+	desiredRefused                           atomic.Int64
 
 	mu         sync.Mutex
 	errors     map[string]int64
@@ -284,9 +286,15 @@ type Stats struct {
 	CommandsOK       int64            `json:"commands_ok"`
 	CommandsFailed   int64            `json:"commands_failed"`
 	Dropped          int64            `json:"unacked_dropped"`
-	AckP50           float64          `json:"ack_latency_p50_ms"`
-	AckP99           float64          `json:"ack_latency_p99_ms"`
-	AckMax           float64          `json:"ack_latency_max_ms"`
+	// StateAcked counts reported state patches the hub acknowledged;
+	// DesiredReceived the desired documents devices got; DesiredRefused
+	// the desired values out of range the firmware did not apply.
+	StateAcked      int64   `json:"state_reports_acked"`
+	DesiredReceived int64   `json:"desired_received"`
+	DesiredRefused  int64   `json:"desired_values_refused"`
+	AckP50          float64 `json:"ack_latency_p50_ms"`
+	AckP99          float64 `json:"ack_latency_p99_ms"`
+	AckMax          float64 `json:"ack_latency_max_ms"`
 
 	ReadingsPerSecSent  float64 `json:"readings_per_second_offered"`
 	ReadingsPerSecAcked float64 `json:"readings_per_second_acked"`
@@ -404,6 +412,7 @@ func (f *Fleet) Stats() Stats {
 	st.ReadingsSent, st.ReadingsAcked = c.readingsSent.Load(), c.readingsAcked.Load()
 	st.Reconnects, st.FaultsSent, st.FaultsAnswered, st.Violations = c.reconnects.Load(), c.faultsSent.Load(), c.faultsAnswered.Load(), c.violations.Load()
 	st.Commands, st.CommandsOK, st.CommandsFailed, st.Dropped = c.commands.Load(), c.commandsOK.Load(), c.commandsFailed.Load(), c.dropped.Load()
+	st.StateAcked, st.DesiredReceived, st.DesiredRefused = c.stateAcked.Load(), c.desiredReceived.Load(), c.desiredRefused.Load()
 	if st.Elapsed > 0 {
 		st.ReadingsPerSecSent = float64(st.ReadingsSent) / st.Elapsed
 		st.ReadingsPerSecAcked = float64(st.ReadingsAcked) / st.Elapsed

@@ -22,6 +22,11 @@ type link interface {
 	// commands yields the hub's commands (the transport drops one that
 	// arrives while 16 are waiting).
 	commands() <-chan wsCommand
+	// desired yields the hub's desired state documents, the newest only
+	// (desiredQueue coalesces).
+	desired() <-chan desiredDoc
+	// report writes a reported state patch (a reportFrame).
+	report(ctx context.Context, frame []byte) error
 	// ended is closed when the connection ends by itself; endErr says why.
 	ended() <-chan struct{}
 	endErr() error
@@ -47,6 +52,10 @@ func (d *device) stream(ctx context.Context, l link) error {
 			return err
 		}
 	}
+	// Firmware, boot time and settings at every connect.
+	if err := l.report(ctx, d.connectReport()); err != nil {
+		return err
+	}
 	timer := time.NewTimer(d.phase())
 	defer timer.Stop()
 	for {
@@ -57,6 +66,12 @@ func (d *device) stream(ctx context.Context, l link) error {
 			timer.Reset(d.phase())
 		case <-l.ended():
 			return l.endErr()
+		case doc := <-l.desired():
+			if frame := d.applyDesired(doc); frame != nil {
+				if err := l.report(ctx, frame); err != nil {
+					return err
+				}
+			}
 		case c := <-l.commands():
 			res, reboot := d.command(c.id, c.name, c.params)
 			if err := l.answer(ctx, res); err != nil {

@@ -97,16 +97,26 @@ func (d *device) runMQTT(ctx context.Context) error {
 	defer c.Disconnect(100)
 
 	cmds := make(chan wsCommand, 16)
+	states := newDesiredQueue()
 	id := d.cred.ID
 	errTopic := telemetry.Topic(id, telemetry.KindErrors)
-	sub := c.SubscribeMultiple(map[string]byte{telemetry.Topic(id, telemetry.KindCommands): 1, errTopic: 0}, func(_ paho.Client, m paho.Message) {
+	desiredTopic := stateDesiredTopic(id)
+	sub := c.SubscribeMultiple(map[string]byte{telemetry.Topic(id, telemetry.KindCommands): 1, errTopic: 0, desiredTopic: 1}, func(_ paho.Client, m paho.Message) {
 		var f wsFrame
 		if json.Unmarshal(m.Payload(), &f) != nil {
 			d.f.c.violation("%s: hub published a message that is not JSON on %s", d.cred.ID, m.Topic())
 			return
 		}
-		if m.Topic() == errTopic {
+		switch m.Topic() {
+		case errTopic:
+			if isStateID(f.ID) {
+				d.stateAnswered(f.ID, f.Code)
+				return
+			}
 			d.answered(f.ID, f.Code, time.Now())
+			return
+		case desiredTopic:
+			states.put(desiredDoc{Desired: f.Desired, Delta: f.Delta, Version: f.Version})
 			return
 		}
 		select {
@@ -128,7 +138,7 @@ func (d *device) runMQTT(ctx context.Context) error {
 		d.settlePubacks(inflight, stop)
 	}()
 	defer func() { close(stop); <-waiterDone }()
-	return d.stream(ctx, &mqttLink{d: d, c: c, id: id, cmds: cmds, inflight: inflight, end: end})
+	return d.stream(ctx, &mqttLink{d: d, c: c, id: id, cmds: cmds, states: states, inflight: inflight, end: end})
 }
 
 // settlePubacks settles PUBACKs in publish order until stop closes.
@@ -181,6 +191,7 @@ type mqttLink struct {
 	c        paho.Client
 	id       string
 	cmds     chan wsCommand   // bounded at 16; the subscription handler drops when full
+	states   desiredQueue     // the newest desired document; the handler coalesces
 	inflight chan inflightMsg // bounded by MaxInflight; send waits (back-pressure) or ends with the connection
 	end      *endOnce
 }
@@ -215,9 +226,21 @@ func (l *mqttLink) answer(ctx context.Context, res []byte) error {
 }
 
 func (l *mqttLink) commands() <-chan wsCommand { return l.cmds }
-func (l *mqttLink) ended() <-chan struct{}     { return l.end.ch }
-func (l *mqttLink) endErr() error              { return l.end.err }
-func (l *mqttLink) oversizedAnswer() string    { return "the broker closing the connection" }
+func (l *mqttLink) desired() <-chan desiredDoc { return l.states }
+
+// report publishes a reported patch at QoS 1 and waits for its PUBACK
+// (bounded); a refusal would come on the errors topic.
+func (l *mqttLink) report(ctx context.Context, frame []byte) error {
+	t := l.c.Publish(stateReportedTopic(l.id), 1, false, reportPatch(frame))
+	if !waitToken(ctx, t, 10*time.Second) || t.Error() != nil {
+		return fmt.Errorf("publish reported state: %v", t.Error())
+	}
+	l.d.stateAnswered("", "")
+	return nil
+}
+func (l *mqttLink) ended() <-chan struct{}  { return l.end.ch }
+func (l *mqttLink) endErr() error           { return l.end.err }
+func (l *mqttLink) oversizedAnswer() string { return "the broker closing the connection" }
 
 // settleOversized settles the oversized message: for MQTT the broker
 // closing the connection is the documented answer.

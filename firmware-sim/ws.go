@@ -26,6 +26,10 @@ type wsFrame struct {
 	Code   string          `json:"code"`
 	Name   string          `json:"name"`
 	Params json.RawMessage `json:"params"`
+	// A "state" frame from the hub: the desired document.
+	Desired map[string]json.RawMessage `json:"desired"`
+	Delta   map[string]json.RawMessage `json:"delta"`
+	Version int64                      `json:"version"`
 }
 
 type wsCommand struct {
@@ -71,9 +75,9 @@ func (d *device) runWS(ctx context.Context) error {
 	}
 	d.f.c.connected.Add(1)
 	defer d.f.c.connected.Add(-1)
-	l := &wsLink{conn: conn, cmds: make(chan wsCommand, 16), end: newEndOnce()}
+	l := &wsLink{conn: conn, cmds: make(chan wsCommand, 16), states: newDesiredQueue(), end: newEndOnce()}
 	go func() { // owner: the wsLink; ends when conn is closed (wsLink.close waits for it)
-		l.end.end(d.readWS(conn, l.cmds))
+		l.end.end(d.readWS(conn, l.cmds, l.states))
 	}()
 	return d.stream(ctx, l)
 }
@@ -83,6 +87,7 @@ func (d *device) runWS(ctx context.Context) error {
 type wsLink struct {
 	conn   *websocket.Conn
 	cmds   chan wsCommand // bounded at 16; readWS drops a command when full
+	states desiredQueue   // the newest desired document; readWS coalesces
 	end    *endOnce
 	closed bool // only the send loop touches it
 }
@@ -95,6 +100,8 @@ func (l *wsLink) write(b []byte) error {
 func (l *wsLink) send(_ context.Context, _, _ string, payload []byte) error { return l.write(payload) }
 func (l *wsLink) answer(_ context.Context, result []byte) error             { return l.write(result) }
 func (l *wsLink) commands() <-chan wsCommand                                { return l.cmds }
+func (l *wsLink) desired() <-chan desiredDoc                                { return l.states }
+func (l *wsLink) report(_ context.Context, frame []byte) error              { return l.write(frame) }
 func (l *wsLink) ended() <-chan struct{}                                    { return l.end.ch }
 func (l *wsLink) endErr() error                                             { return l.end.err }
 func (l *wsLink) oversizedAnswer() string                                   { return "close 1009" }
@@ -114,8 +121,9 @@ func (l *wsLink) close() {
 }
 
 // readWS is the connection's one reader: acks and errors settle the
-// ledger, commands go to the sender (dropped if 16 are already waiting).
-func (d *device) readWS(conn *websocket.Conn, cmds chan<- wsCommand) error {
+// ledger, commands go to the sender (dropped if 16 are already waiting),
+// desired documents too (the newest replaces one not yet applied).
+func (d *device) readWS(conn *websocket.Conn, cmds chan<- wsCommand, states desiredQueue) error {
 	conn.SetReadLimit(1 << 20)
 	for {
 		_, data, err := conn.ReadMessage()
@@ -133,9 +141,19 @@ func (d *device) readWS(conn *websocket.Conn, cmds chan<- wsCommand) error {
 		now := time.Now()
 		switch f.Type {
 		case "ack":
+			if isStateID(f.ID) {
+				d.stateAnswered(f.ID, "")
+				continue
+			}
 			d.answered(f.ID, "", now)
 		case "error":
+			if isStateID(f.ID) {
+				d.stateAnswered(f.ID, f.Code)
+				continue
+			}
 			d.answered(f.ID, f.Code, now)
+		case "state":
+			states.put(desiredDoc{Desired: f.Desired, Delta: f.Delta, Version: f.Version})
 		case "command":
 			select {
 			case cmds <- wsCommand{f.ID, f.Name, f.Params}:

@@ -313,7 +313,7 @@ type cliGroup struct{ name, summary string }
 
 func cliGroups() []cliGroup {
 	return []cliGroup{
-		{"device", "manage devices: create, list, get, metrics, export, rejections, update, rotate, delete, import"},
+		{"device", "manage devices: create, list, get, metrics, export, rejections, update, rotate, delete, import, state"},
 		{"token", "manage operator API tokens: create, list, revoke"},
 		{"command", "send commands to devices and follow them: send, list, get, cancel"},
 		{"alert", "alerts and their rules: list, ack, silence; rule create, list, delete"},
@@ -383,6 +383,9 @@ func adminCLI(ctx context.Context, group string, args []string, getenv func(stri
 		return adminCLI(ctx, "alert rule", args[1:], getenv, stdout, stderr)
 	}
 	sub, args := args[0], args[1:]
+	if group == "device" && sub == "state" && len(args) > 0 { // two-word subcommands: device state get|set
+		sub, args = sub+" "+args[0], args[1:]
+	}
 	switch sub {
 	case "-h", "-help", "--help", "help":
 		writeGroupUsage(stdout, group)
@@ -644,7 +647,7 @@ func cliCommands() []cliCommand {
 			help:    "Cancels command CMD of DEVICE while it is still queued; once sent it cannot be (exit code 5).",
 			run:     commandCancel,
 		},
-	}, alertCommands()...)
+	}, append(alertCommands(), stateCommands()...)...)
 }
 
 func deviceCreate(ctx context.Context, e *cliEnv, pos []string) error {

@@ -399,6 +399,7 @@ function resetDevicePage() {
   cmdRows.clear();
   cmdSeen.clear();
   if (typeof ledgerReset === "function") ledgerReset(); // ledger.js
+  if (typeof statePanel !== "undefined") statePanel.reset(); // state.js
 }
 
 async function openDevice(id) {
@@ -427,6 +428,7 @@ async function openDevice(id) {
   loadRejections();
   loadCommands();
   if (typeof ledgerLoad === "function") { ledgerLoad(); state.timers.push(setInterval(ledgerLoad, 5000)); } // ledger.js
+  if (typeof statePanel !== "undefined") statePanel.open(state.device); // state.js
   state.timers.push(setInterval(() => { loadRejections(); if (state.device && !state.device.d.online) setPresence(state.device.d); }, 5000));
 }
 
@@ -469,6 +471,8 @@ function onDeviceEvent(ev) {
     addTimeline(ev);
   } else if (ev.type === "command") {
     updateCommand(ev.id, ev.status);
+  } else if (ev.type === "state" && typeof statePanel !== "undefined") {
+    statePanel.onEvent(ev); // state.js
   }
 }
 
