@@ -235,6 +235,12 @@ func TestDeviceStateInBrowser(t *testing.T) {
 	fleetDone := make(chan error, 1)
 	go func() { fleetDone <- fleet.Run(fleetCtx) }()
 	defer func() { stopFleet(); <-fleetDone }()
+	// The simulator provisions its device in the background: open its
+	// page once it exists.
+	waitUntil(t, "the simulator provisions simst-1", loadWait, func() bool {
+		st, _ := h.api(t, "GET", "/api/v1/devices/simst-1", h.adminToken, nil)
+		return st == 200
+	})
 	p.device(h.url, "simst-1")
 	p.text(`#state-rows tr[data-key="firmware"] td[data-side="reported"]`, func(s string) bool { return s == `"`+firmwaresim.Firmware+`"` })
 	p.run(chromedp.Click("#state-add", chromedp.ByQuery),
