@@ -1,0 +1,166 @@
+package alerts_test
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fieldhub/fieldhub/dashboard/alerts"
+)
+
+// Adversarial review of issue #23 (review-alerts). Each test names a
+// defect found by attacking the engine; they fail until it is fixed.
+
+// A device whose labels change (PATCH /api/v1/devices/{id}) so that a
+// label-selected rule no longer selects it keeps its firing alert
+// forever: reading() skips rules that do not select the device, so even
+// a clearing reading never resolves it, and no sweep or hook looks at
+// it. applyRules resolves such alerts when the RULE changes ("rule no
+// longer selects the device"); a device change must end the same way.
+func TestAttackAlertsReviewDeviceLabelsChangedLeavesFiringStuck(t *testing.T) {
+	h := newHarness(t)
+	h.rule(`{"name":"north hot","selector":{"labels":{"site":"north"}},"severity":"warning",
+		"condition":{"type":"threshold","metric":"temp","op":">","value":80}}`)
+	h.reading("pump-1", 85)
+	h.want("pump-1", alerts.StateFiring, true)
+
+	// The operator moves pump-1 to another site: the rule no longer selects it.
+	h.fleet.mu.Lock()
+	d := h.fleet.devs["pump-1"]
+	d.Labels = map[string]string{"site": "south"}
+	h.fleet.devs["pump-1"] = d
+	h.fleet.mu.Unlock()
+
+	h.clock.Add(time.Second)
+	h.reading("pump-1", 20) // would clear it anyway
+	h.clock.Add(time.Minute)
+	h.e.Sweep(h.ctx)
+	if a := h.state("pump-1"); a.State != alerts.StateResolved {
+		t.Fatalf("pump-1 no longer matches the rule's selector and reads 20, yet its alert %s is %s: stuck open forever", a.ID, a.State)
+	}
+}
+
+// A firing rejections alert is resolved by the first sweep after a
+// restart although the window is still full: the per-(rule, device)
+// rejection window (Engine.rejs) lives only in memory, and sweep resolves
+// any open rejections alert whose in-memory window is empty. The contract:
+// "A restart keeps firing alerts firing".
+func TestAttackAlertsReviewRejectionsRestartResolvesFiring(t *testing.T) {
+	h := newHarness(t)
+	h.rule(`{"name":"bad","severity":"warning","condition":{"type":"rejections","count":2,"window":"5m"}}`)
+	for range 3 {
+		h.e.StepRejected(h.ctx, "pump-1")
+	}
+	h.want("pump-1", alerts.StateFiring, true)
+	h.outbox() // the firing notification
+
+	h.restart()
+	h.clock.Add(time.Second) // well inside the 5m window
+	h.e.Sweep(h.ctx)
+	if a := h.state("pump-1"); a.State != alerts.StateFiring {
+		t.Fatalf("1s after 3 rejections in a 5m window (count 2), a restart made the alert %s (resolved notification %v)", a.State, h.outbox())
+	}
+}
+
+// With several instances (PostgreSQL) every instance's resync loads all
+// open alerts, and its sweep resolves any rejections alert it has no
+// in-memory window for: instance B resolves, within one resync, the
+// rejections alert instance A just fired for a device whose session A
+// holds (and A re-opens it at the next rejection: flapping, with a
+// firing+resolved notification pair each time). Two engines over one
+// store are two instances.
+func TestAttackAlertsReviewRejectionsOtherInstanceResolves(t *testing.T) {
+	h := newHarness(t)
+	h.rule(`{"name":"bad","severity":"warning","condition":{"type":"rejections","count":2,"window":"5m"}}`)
+	for range 3 {
+		h.e.StepRejected(h.ctx, "pump-1") // instance A holds pump-1's session
+	}
+	h.want("pump-1", alerts.StateFiring, true)
+
+	b, err := alerts.New(alerts.Options{Store: h.store, Devices: h.fleet, Targets: targets, Now: h.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Load(h.ctx); err != nil { // B's periodic resync
+		t.Fatal(err)
+	}
+	h.clock.Add(time.Second)
+	b.Sweep(h.ctx) // B saw none of pump-1's rejections
+	if a := h.state("pump-1"); a.State != alerts.StateFiring {
+		t.Fatalf("instance B, which never saw pump-1's rejections, moved A's firing alert to %s", a.State)
+	}
+}
+
+// PUT of a threshold rule into an offline rule (same id, same selector)
+// keeps the threshold episode: it stays firing under a rule whose
+// condition (offline) is false for the online, reporting device, and no
+// reading or sweep ever resolves it (threshold evaluation no longer looks
+// at the rule; offline only resolves on an online event). "A rule change
+// applies to new evaluations at once."
+func TestAttackAlertsReviewRuleTypeChangeLeavesFiringStuck(t *testing.T) {
+	h := newHarness(t)
+	r := h.rule(`{"name":"hot","severity":"warning","condition":{"type":"threshold","metric":"temp","op":">","value":80}}`)
+	h.presence("pump-1", true)
+	h.reading("pump-1", 85)
+	h.want("pump-1", alerts.StateFiring, true)
+
+	var spec alerts.RuleSpec
+	if err := json.Unmarshal([]byte(`{"name":"hot","severity":"warning","condition":{"type":"offline","for":"1m"}}`), &spec); err != nil {
+		t.Fatal(err)
+	}
+	if err := spec.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	upd := r
+	upd.RuleSpec, upd.Version = spec, r.Version+1
+	if err := h.store.PutRule(h.ctx, upd, r.Version); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.e.ReloadRules(h.ctx); err != nil { // what PUT's applyRules does
+		t.Fatal(err)
+	}
+	h.clock.Add(time.Second)
+	h.reading("pump-1", 20)
+	h.clock.Add(2 * time.Minute)
+	h.e.Sweep(h.ctx)
+	if a := h.state("pump-1"); a.State == alerts.StateFiring {
+		t.Fatalf("rule %s is now 'offline for 1m' and pump-1 is online and reporting, yet alert %s still fires (summary %q)", r.ID, a.ID, a.Summary)
+	}
+}
+
+// An alert that was notified, then silenced, keeps silenced_until after
+// the silence ended (only alerts whose firing was held back are cleared
+// by the sweep): the REST alert says "silenced until <past time>" forever,
+// against "silenced_until (omitted if not silenced)".
+func TestAttackAlertsReviewSilencedUntilOutlivesSilence(t *testing.T) {
+	h := newHarness(t)
+	h.rule(`{"name":"hot","severity":"warning","condition":{"type":"threshold","metric":"temp","op":">","value":80}}`)
+	h.reading("pump-1", 85) // firing and notified, before the engine runs
+	a := h.want("pump-1", alerts.StateFiring, true)
+	srv := serveEngine(t, h)
+
+	st, body := post(t, srv.URL+"/api/v1/silences", []byte(`{"device":"pump-1","for":"1m"}`))
+	if st != http.StatusCreated {
+		t.Fatalf("silence: %d %s", st, body)
+	}
+	h.clock.Add(2 * time.Minute) // the silence ended
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get(srv.URL + "/api/v1/alerts/" + a.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(b), `"silenced_until"`) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("2m after a 1m silence ended, the alert still shows it: %.400s", b)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
