@@ -164,3 +164,39 @@ func TestAttackAlertsReviewSilencedUntilOutlivesSilence(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// A no_data rule created while a device is online (and sends no temp)
+// never alerts: the engine starts a device's no_data clock only on an
+// online event or a reading of the metric (Engine.lastSeen), so a device
+// that connected before the rule existed, or before a restart of the
+// engine's view, is never watched. Contract: "no reading of metric for
+// `for` while the device is online".
+func TestAttackAlertsReviewNoDataRuleCreatedWhileOnlineNeverFires(t *testing.T) {
+	h := newHarness(t)
+	h.presence("pump-1", true) // connected first, sends other metrics only
+	h.rule(`{"name":"quiet","severity":"info","condition":{"type":"no_data","metric":"temp","for":"10m"}}`)
+	h.clock.Add(11 * time.Minute)
+	h.e.Sweep(h.ctx)
+	h.clock.Add(11 * time.Minute)
+	h.e.Sweep(h.ctx)
+	if a := h.state("pump-1"); a.State != alerts.StateFiring {
+		t.Fatalf("pump-1 online for 22m without a temp reading under a 10m no_data rule: alert %q state %q", a.ID, a.State)
+	}
+}
+
+// The contract fixes alert times as "RFC 3339 with ms"; the Alert's
+// time.Time fields marshal as RFC3339Nano, which drops a zero fraction
+// ("12:00:00Z"), so an alert on a whole second has no milliseconds.
+func TestAttackAlertsReviewAlertTimesHaveMilliseconds(t *testing.T) {
+	h := newHarness(t) // its clock is on a whole second
+	h.rule(`{"name":"hot","severity":"warning","condition":{"type":"threshold","metric":"temp","op":">","value":80}}`)
+	h.reading("pump-1", 85)
+	a := h.want("pump-1", alerts.StateFiring, true)
+	b, err := json.Marshal(a.Alert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `"since":"2026-12-01T12:00:00.000Z"`) {
+		t.Fatalf("since not RFC 3339 with ms: %s", b)
+	}
+}
