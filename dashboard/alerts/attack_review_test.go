@@ -1,6 +1,7 @@
 package alerts_test
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/fieldhub/fieldhub/dashboard/alerts"
+	"github.com/fieldhub/fieldhub/dashboard/alerts/boltstore"
 )
 
 // Adversarial review of issue #23 (review-alerts). Each test names a
@@ -198,5 +200,53 @@ func TestAttackAlertsReviewAlertTimesHaveMilliseconds(t *testing.T) {
 	}
 	if !strings.Contains(string(b), `"since":"2026-12-01T12:00:00.000Z"`) {
 		t.Fatalf("since not RFC 3339 with ms: %s", b)
+	}
+}
+
+// racyStore runs between's work once, between the engine's reads of the
+// rules and of the open alerts: another instance acting meanwhile.
+type racyStore struct {
+	*boltstore.Store
+	between func()
+}
+
+func (s *racyStore) Open(ctx context.Context, device string) ([]alerts.Record, error) {
+	if f := s.between; f != nil && device == "" {
+		s.between = nil
+		f()
+	}
+	return s.Store.Open(ctx, device)
+}
+
+// load() (the periodic resync of every instance) reads the rules, then
+// the open alerts, in separate reads: a rule created on instance A with
+// an alert opened between them is, for B, an alert of a deleted rule,
+// and B's next sweep (1s, before the next resync) resolves it "rule
+// deleted", sending a resolved notification for a rule that exists and a
+// condition that still holds; A reopens it on the next reading: a
+// firing/resolved/firing flap from nothing.
+func TestAttackAlertsReviewResyncRaceResolvesNewRulesAlert(t *testing.T) {
+	h := newHarness(t)
+	rs := &racyStore{Store: h.store}
+	b, err := alerts.New(alerts.Options{Store: rs, Devices: h.fleet, Targets: targets, Now: h.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Load(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	rs.between = func() { // instance A: a new rule, and at once its alert
+		h.rule(`{"name":"hot","severity":"warning","condition":{"type":"threshold","metric":"temp","op":">","value":80}}`)
+		h.reading("pump-1", 85)
+	}
+	if err := b.Load(h.ctx); err != nil { // B's resync
+		t.Fatal(err)
+	}
+	h.want("pump-1", alerts.StateFiring, true)
+	h.clock.Add(time.Second)
+	b.Sweep(h.ctx)
+	if a := h.state("pump-1"); a.State != alerts.StateFiring {
+		_, evs, _ := h.store.Alert(h.ctx, a.ID)
+		t.Fatalf("instance B resolved A's alert of an existing rule: %s, timeline %+v", a.State, evs)
 	}
 }
