@@ -3,6 +3,7 @@ package alerts_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"strings"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/fieldhub/fieldhub/dashboard/alerts"
 	"github.com/fieldhub/fieldhub/dashboard/alerts/boltstore"
+	"github.com/fieldhub/fieldhub/telemetry"
 )
 
 // Adversarial review of issue #23 (review-alerts). Each test names a
@@ -248,5 +250,60 @@ func TestAttackAlertsReviewResyncRaceResolvesNewRulesAlert(t *testing.T) {
 	if a := h.state("pump-1"); a.State != alerts.StateFiring {
 		_, evs, _ := h.store.Alert(h.ctx, a.ID)
 		t.Fatalf("instance B resolved A's alert of an existing rule: %s, timeline %+v", a.State, evs)
+	}
+}
+
+// flakyStore fails the next Apply (a PostgreSQL blip: a failover, a
+// connection reset) when fail is set.
+type flakyStore struct {
+	*boltstore.Store
+	fail bool
+}
+
+func (s *flakyStore) Apply(ctx context.Context, t alerts.Transition) error {
+	if s.fail {
+		s.fail = false
+		return errors.New("connection reset by peer")
+	}
+	return s.Store.Apply(ctx, t)
+}
+
+// A transition lost to one transient store error is never made again
+// when the event that caused it is a one-off: the device's "online" is
+// consumed, the resolve of its pending offline alert fails, and the
+// sweep then FIRES the offline alert (and notifies) for a device that
+// has been online all along. Nothing re-derives the resolve (presence is
+// not re-checked on sweep, and the input is not retried).
+func TestAttackAlertsReviewStoreBlipFiresOfflineForOnlineDevice(t *testing.T) {
+	h := newHarness(t)
+	h.rule(`{"name":"gone","severity":"critical","condition":{"type":"offline","for":"1m"}}`)
+	fs := &flakyStore{Store: h.store}
+	e, err := alerts.New(alerts.Options{Store: fs, Devices: h.fleet, Targets: targets, Now: h.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Load(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	step := func(online bool) {
+		e.Step(h.ctx, telemetry.Event{Type: telemetry.EventPresence, Device: "pump-1", Online: &online, At: h.clock.Now().UnixMilli()})
+	}
+	step(false)
+	h.want("pump-1", alerts.StatePending, false)
+	h.clock.Add(5 * time.Second)
+	fs.fail = true
+	step(true) // back online 5s later; its resolve hits the blip
+	// The registry keeps it online from here on.
+	h.fleet.mu.Lock()
+	d := h.fleet.devs["pump-1"]
+	d.Online = true
+	h.fleet.devs["pump-1"] = d
+	h.fleet.mu.Unlock()
+	for range 3 {
+		h.clock.Add(time.Minute)
+		e.Sweep(h.ctx)
+	}
+	if a := h.state("pump-1"); a.State == alerts.StateFiring {
+		t.Fatalf("pump-1 online since 5s after going offline, yet its offline alert fired after one store error (outbox %v)", h.outbox())
 	}
 }
