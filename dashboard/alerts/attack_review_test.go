@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"maps"
 	"net/http"
 	"strings"
 	"testing"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/fieldhub/fieldhub/dashboard/alerts"
 	"github.com/fieldhub/fieldhub/dashboard/alerts/boltstore"
+	"github.com/fieldhub/fieldhub/dashboard/alerts/notify"
 	"github.com/fieldhub/fieldhub/telemetry"
 )
 
@@ -305,5 +307,50 @@ func TestAttackAlertsReviewStoreBlipFiresOfflineForOnlineDevice(t *testing.T) {
 	}
 	if a := h.state("pump-1"); a.State == alerts.StateFiring {
 		t.Fatalf("pump-1 online since 5s after going offline, yet its offline alert fired after one store error (outbox %v)", h.outbox())
+	}
+}
+
+// Renaming a rule (or changing its severity) while one of its alerts
+// fires changes the alert's Alertmanager label set between its firing
+// and its resolved notification (alertname, severity are identity
+// labels there): Alertmanager gets the resolve for an alert it never
+// had, keeps the original firing until its resolve_timeout, and the
+// periodic re-send under the new name pages a second, duplicate alert.
+func TestAttackAlertsReviewRuleRenameSplitsAlertmanagerIdentity(t *testing.T) {
+	h := newHarness(t)
+	r := h.rule(`{"name":"hot","severity":"warning","condition":{"type":"threshold","metric":"temp","op":">","value":80}}`)
+	h.reading("pump-1", 85)
+	h.want("pump-1", alerts.StateFiring, true)
+	claim := func() []notify.Delivery {
+		ds, err := h.store.Claim(h.ctx, notify.TargetAlertmanager, h.clock.Now().Add(time.Hour), time.Millisecond, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range ds {
+			if err := h.store.Delivered(h.ctx, notify.TargetAlertmanager, d.Key); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return ds
+	}
+	fired := claim()
+	upd := r
+	upd.Name, upd.Severity, upd.Version = "very hot", "critical", r.Version+1
+	if err := h.store.PutRule(h.ctx, upd, r.Version); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.e.ReloadRules(h.ctx); err != nil { // PUT's applyRules
+		t.Fatal(err)
+	}
+	h.clock.Add(time.Second)
+	h.reading("pump-1", 20)
+	h.want("pump-1", alerts.StateResolved, true)
+	resolved := claim()
+	if len(fired) != 1 || len(resolved) != 1 {
+		t.Fatalf("deliveries: %d firing, %d resolved", len(fired), len(resolved))
+	}
+	fl, rl := notify.AlertmanagerLabels(fired[0].Notification), notify.AlertmanagerLabels(resolved[0].Notification)
+	if !maps.Equal(fl, rl) {
+		t.Fatalf("one alert, two Alertmanager identities: firing %v, resolved %v", fl, rl)
 	}
 }
