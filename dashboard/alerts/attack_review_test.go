@@ -354,3 +354,36 @@ func TestAttackAlertsReviewRuleRenameSplitsAlertmanagerIdentity(t *testing.T) {
 		t.Fatalf("one alert, two Alertmanager identities: firing %v, resolved %v", fl, rl)
 	}
 }
+
+// The same one-off loss on a device deletion: the resolve of the deleted
+// device's firing alert hits a transient store error, and the alert
+// fires forever (no event of that device will ever come; the sweep does
+// not check that the device still exists), re-sent to Alertmanager at
+// every re-send interval.
+func TestAttackAlertsReviewStoreBlipKeepsDeletedDeviceFiring(t *testing.T) {
+	h := newHarness(t)
+	h.rule(`{"name":"hot","severity":"warning","condition":{"type":"threshold","metric":"temp","op":">","value":80}}`)
+	fs := &flakyStore{Store: h.store}
+	e, err := alerts.New(alerts.Options{Store: fs, Devices: h.fleet, Targets: targets, Now: h.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Load(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.Step(h.ctx, telemetry.Event{Type: telemetry.EventReading, Device: "pump-1", TS: h.clock.Now().UnixMilli(),
+		Metrics: telemetry.Metrics{"temp": telemetry.Number(85)}})
+	h.want("pump-1", alerts.StateFiring, true)
+	h.fleet.mu.Lock()
+	delete(h.fleet.devs, "pump-1")
+	h.fleet.mu.Unlock()
+	fs.fail = true
+	e.StepDeleted(h.ctx, "pump-1")
+	for range 3 {
+		h.clock.Add(time.Minute)
+		e.Sweep(h.ctx)
+	}
+	if a := h.state("pump-1"); a.State == alerts.StateFiring {
+		t.Fatalf("pump-1 was deleted 3m ago; its alert %s still fires after one store error", a.ID)
+	}
+}
