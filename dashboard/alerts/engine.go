@@ -68,6 +68,7 @@ const (
 	inEvent = iota
 	inRejected
 	inDeleted
+	inChanged
 )
 
 type input struct {
@@ -198,6 +199,13 @@ func (e *Engine) Rejected(device, transport, id string, te *telemetry.Error) {
 // DeviceDeleted resolves a deleted device's open alerts.
 func (e *Engine) DeviceDeleted(id string) {
 	e.enqueue(input{kind: inDeleted, ev: telemetry.Event{Device: id}})
+}
+
+// DeviceChanged re-evaluates a device whose labels changed (registry
+// Update, PATCH /api/v1/devices/{id}): its alerts of rules that no
+// longer select it resolve.
+func (e *Engine) DeviceChanged(id string) {
+	e.enqueue(input{kind: inChanged, ev: telemetry.Event{Device: id}})
 }
 
 // Stats returns the engine's counters.
@@ -352,6 +360,8 @@ func (e *Engine) handleOnce(ctx context.Context, in input) {
 	switch in.kind {
 	case inDeleted:
 		e.deviceGone(ctx, in.ev.Device)
+	case inChanged:
+		e.deviceChanged(ctx, in.ev.Device)
 	case inRejected:
 		e.rejected(ctx, in.ev.Device)
 	case inEvent:
@@ -387,6 +397,7 @@ func (e *Engine) reading(ctx context.Context, ev telemetry.Event) {
 	for name, v := range ev.Metrics {
 		for _, c := range rs.noData[name] {
 			if !c.selects(ev.Device, labels) {
+				e.unselected(ctx, c, ev.Device, now)
 				continue
 			}
 			e.lastSeen[devMetric{ev.Device, name}] = now
@@ -401,6 +412,8 @@ func (e *Engine) reading(ctx context.Context, ev telemetry.Event) {
 			for _, c := range list {
 				if c.selects(ev.Device, labels) {
 					e.threshold(ctx, c, ev.Device, labels, v.Num, ts, now)
+				} else {
+					e.unselected(ctx, c, ev.Device, now)
 				}
 			}
 		}
@@ -723,6 +736,35 @@ func trimWindow(w []time.Time, from time.Time) []time.Time {
 		i++
 	}
 	return w[i:]
+}
+
+// unselected resolves the open alert of (c, device) when c no longer
+// selects the device (its labels changed after the alert opened).
+func (e *Engine) unselected(ctx context.Context, c *compiled, device string, now time.Time) {
+	if a := e.open[pairKey{c.ID, device}]; a != nil {
+		e.resolve(ctx, a, now, Event{Reason: "rule no longer selects the device"})
+	}
+}
+
+// deviceChanged resolves the device's open alerts of rules that no longer
+// select it under its current labels.
+func (e *Engine) deviceChanged(ctx context.Context, device string) {
+	labels, ok := e.labels(device)
+	if !ok {
+		e.deviceGone(ctx, device)
+		return
+	}
+	rs := e.rules.Load()
+	now := e.now()
+	e.reloadDevice(ctx, device)
+	for k, a := range e.open {
+		if k.device != device {
+			continue
+		}
+		if c := rs.byID[k.rule]; c != nil && !c.selects(device, labels) {
+			e.resolve(ctx, a, now, Event{Reason: "rule no longer selects the device"})
+		}
+	}
 }
 
 func (e *Engine) deviceGone(ctx context.Context, device string) {
