@@ -472,7 +472,7 @@ func (e *Engine) openAlert(ctx context.Context, c *compiled, device string, labe
 		return
 	}
 	r := &Record{Alert: Alert{ID: newID("alert-"), RuleID: c.ID, Rule: c.Name, Device: device, Severity: c.Severity,
-		State: StatePending, Since: now, StartedAt: now, Value: v, Labels: labels}}
+		State: StatePending, Since: now, StartedAt: now, Value: v, Labels: labels}, Cond: condKey(&c.Condition)}
 	if r.Labels == nil {
 		r.Labels = map[string]string{}
 	}
@@ -797,6 +797,10 @@ func (e *Engine) sweep(ctx context.Context) {
 		c := rs.byID[k.rule]
 		if c == nil {
 			e.resolve(ctx, a, now, Event{Reason: "rule deleted"})
+			continue
+		}
+		if a.Cond != "" && a.Cond != condKey(&c.Condition) {
+			e.resolve(ctx, a, now, Event{Reason: "rule condition changed"})
 			continue
 		}
 		switch {

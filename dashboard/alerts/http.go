@@ -168,6 +168,7 @@ func (e *Engine) withRule(r Rule, id string) []Rule {
 
 // applyRules makes rules the engine's rules. Runs on the engine's goroutine.
 func (e *Engine) applyRules(ctx context.Context, rules []Rule) {
+	old := e.rules.Load()
 	rs := newRuleSet(rules)
 	e.rules.Store(rs)
 	now := e.now()
@@ -175,6 +176,16 @@ func (e *Engine) applyRules(ctx context.Context, rules []Rule) {
 		c := rs.byID[k.rule]
 		if c == nil {
 			e.resolve(ctx, a, now, Event{Reason: "rule deleted"})
+			continue
+		}
+		// An episode belongs to its condition: a record from before Cond
+		// existed is judged by the rule it was evaluated under.
+		cond := a.Cond
+		if oc := old.byID[k.rule]; cond == "" && oc != nil {
+			cond = condKey(&oc.Condition)
+		}
+		if cond != "" && cond != condKey(&c.Condition) {
+			e.resolve(ctx, a, now, Event{Reason: "rule condition changed"})
 			continue
 		}
 		if labels, ok := e.labels(k.device); !ok || !c.selects(k.device, labels) {

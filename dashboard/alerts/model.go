@@ -345,7 +345,14 @@ type Record struct {
 	Version  int64 `json:"version"`
 	Seq      int64 `json:"seq"`
 	Notified bool  `json:"notified"`
+	// Cond is the condition (type and metric, condKey) the episode was
+	// opened under: a rule changed to another condition ends it.
+	Cond string `json:"cond,omitempty"`
 }
+
+// condKey names what an episode is about: a rule update that changes it
+// (threshold into offline, temp into pressure) ends the rule's episodes.
+func condKey(c *Condition) string { return c.Type + "/" + c.Metric }
 
 // Open reports whether the alert is pending or firing.
 func (r *Record) Open() bool { return r.State != StateResolved }
