@@ -110,6 +110,7 @@ type Engine struct {
 	open       map[pairKey]*Record
 	lastSeen   map[devMetric]time.Time
 	rejs       map[pairKey][]time.Time
+	started    time.Time // since when rejs holds every rejection this engine saw
 	silences   []Silence
 	lastRefuse time.Time
 	conflicts  int // lost compare-and-sets in the current input
@@ -141,6 +142,7 @@ func New(opts Options) (*Engine, error) {
 	e := &Engine{opts: opts, log: opts.Logger, in: make(chan input, opts.QueueSize), ctl: make(chan func(context.Context), 64),
 		open: map[pairKey]*Record{}, lastSeen: map[devMetric]time.Time{}, rejs: map[pairKey][]time.Time{}}
 	e.rules.Store(newRuleSet(nil))
+	e.started = e.now()
 	return e, nil
 }
 
@@ -725,7 +727,8 @@ func (e *Engine) rejected(ctx context.Context, device string) {
 		w = append(w, now)
 		e.rejs[key] = w
 		if len(w) > *c.Condition.Count && e.open[key] == nil {
-			e.openAlert(ctx, c, device, labels, now, nil, Event{Type: StatePending, Reason: fmt.Sprintf("%d rejected messages", len(w))})
+			e.openAlert(ctx, c, device, labels, now, nil, Event{Type: StatePending, Reason: fmt.Sprintf("%d rejected messages", len(w))},
+				func(r *Record) { t := now; r.LastRejection = &t })
 		}
 	}
 }
@@ -812,11 +815,7 @@ func (e *Engine) sweep(ctx context.Context) {
 			e.commit(ctx, &n, a.Version, []Event{{At: now, Type: EventNotified, Reason: "silence ended"}},
 				[]notify.Notification{notification(&n, notify.KindFiring, n.Seq+1, now)})
 		case c.Condition.Type == CondRejections:
-			w := trimWindow(e.rejs[k], now.Add(-time.Duration(*c.Condition.Window)))
-			e.rejs[k] = w
-			if len(w) <= *c.Condition.Count {
-				e.resolve(ctx, a, now, Event{Reason: "rejections below the count"})
-			}
+			e.sweepRejections(ctx, c, a, now)
 		}
 	}
 	for k, w := range e.rejs {
@@ -847,6 +846,38 @@ func (e *Engine) sweep(ctx context.Context) {
 				e.openAlert(ctx, c, dm.device, labels, now, nil, Event{Type: StatePending, Reason: "no data since " + last.Format(time.RFC3339)})
 			}
 		}
+	}
+}
+
+// sweepRejections resolves a rejections alert once its window is below
+// the count. Only a window this engine held for a whole window length
+// tells that; without one (a restart, or another instance's device) the
+// alert resolves only when a whole window has passed since its last
+// rejection as the store records it. An engine holding the window keeps
+// that record fresh (a write per quarter window at most).
+func (e *Engine) sweepRejections(ctx context.Context, c *compiled, a *Record, now time.Time) {
+	k := pairKey{a.RuleID, a.Device}
+	win := time.Duration(*c.Condition.Window)
+	w := trimWindow(e.rejs[k], now.Add(-win))
+	e.rejs[k] = w
+	last := a.StartedAt
+	if a.LastRejection != nil {
+		last = *a.LastRejection
+	}
+	if n := len(w); n > 0 && w[n-1].After(last) {
+		last = w[n-1]
+	}
+	full := len(w) > 0 && now.Sub(e.started) >= win
+	switch {
+	case full && len(w) <= *c.Condition.Count:
+		e.resolve(ctx, a, now, Event{Reason: "rejections below the count"})
+	case !full && now.Sub(last) >= win:
+		e.resolve(ctx, a, now, Event{Reason: "no rejections in the window"})
+	case len(w) > 0 && (a.LastRejection == nil || last.Sub(*a.LastRejection) >= win/4):
+		n := *a
+		t := last
+		n.LastRejection = &t
+		e.commit(ctx, &n, a.Version, nil, nil)
 	}
 }
 

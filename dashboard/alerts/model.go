@@ -348,6 +348,11 @@ type Record struct {
 	// Cond is the condition (type and metric, condKey) the episode was
 	// opened under: a rule changed to another condition ends it.
 	Cond string `json:"cond,omitempty"`
+	// LastRejection is, for a rejections alert, the newest rejection an
+	// engine holding its window recorded: an engine without the window
+	// (restarted, or another instance) resolves the alert only once a
+	// whole window has passed since it.
+	LastRejection *time.Time `json:"last_rejection,omitempty"`
 }
 
 // condKey names what an episode is about: a rule update that changes it
