@@ -814,6 +814,11 @@ func (e *Engine) sweep(ctx context.Context) {
 			n.Notified, n.SilencedUntil = true, nil
 			e.commit(ctx, &n, a.Version, []Event{{At: now, Type: EventNotified, Reason: "silence ended"}},
 				[]notify.Notification{notification(&n, notify.KindFiring, n.Seq+1, now)})
+		case a.SilencedUntil != nil && e.silencedUntil(a.RuleID, a.Device, now) == nil:
+			// The silence ended (or was deleted): silenced_until goes.
+			n := *a
+			n.SilencedUntil = nil
+			e.commit(ctx, &n, a.Version, nil, nil)
 		case c.Condition.Type == CondRejections:
 			e.sweepRejections(ctx, c, a, now)
 		}
