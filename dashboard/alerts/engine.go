@@ -110,7 +110,8 @@ type Engine struct {
 	open       map[pairKey]*Record
 	lastSeen   map[devMetric]time.Time
 	rejs       map[pairKey][]time.Time
-	started    time.Time // since when rejs holds every rejection this engine saw
+	started    time.Time           // since when rejs holds every rejection this engine saw
+	online     map[string]struct{} // devices whose last presence event here was online; bounded by the fleet
 	silences   []Silence
 	lastRefuse time.Time
 	conflicts  int // lost compare-and-sets in the current input
@@ -140,7 +141,8 @@ func New(opts Options) (*Engine, error) {
 		opts.MaxOpen = MaxOpenAlerts
 	}
 	e := &Engine{opts: opts, log: opts.Logger, in: make(chan input, opts.QueueSize), ctl: make(chan func(context.Context), 64),
-		open: map[pairKey]*Record{}, lastSeen: map[devMetric]time.Time{}, rejs: map[pairKey][]time.Time{}}
+		open: map[pairKey]*Record{}, lastSeen: map[devMetric]time.Time{}, rejs: map[pairKey][]time.Time{},
+		online: map[string]struct{}{}}
 	e.rules.Store(newRuleSet(nil))
 	e.started = e.now()
 	return e, nil
@@ -283,7 +285,10 @@ func (e *Engine) load(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("load open alerts: %w", err)
 	}
-	e.rules.Store(newRuleSet(rules))
+	prev := e.rules.Load()
+	rs := newRuleSet(rules)
+	e.rules.Store(rs)
+	e.seedNoData(prev, rs)
 	e.silences = sil
 	e.open = make(map[pairKey]*Record, len(open))
 	var firing [3]int64
@@ -316,6 +321,44 @@ func (e *Engine) reloadDevice(ctx context.Context, device string) {
 	for i := range open {
 		r := open[i]
 		e.open[pairKey{r.RuleID, r.Device}] = &r
+	}
+}
+
+// seedNoData starts, at now, the no_data clock of every online device
+// a no_data rule new in rs (not in prev, or on another metric) selects:
+// a device connected before the rule existed (or before this engine
+// loaded it) is watched from then on.
+func (e *Engine) seedNoData(prev, rs *ruleSet) {
+	var fresh []*compiled
+	for _, list := range rs.noData {
+		for _, c := range list {
+			if p := prev.byID[c.ID]; p == nil || p.Condition.Type != CondNoData || p.Condition.Metric != c.Condition.Metric {
+				fresh = append(fresh, c)
+			}
+		}
+	}
+	if len(fresh) == 0 {
+		return
+	}
+	now := e.now()
+	after := ""
+	for {
+		devs, next, _ := e.opts.Devices.List(devices.Filter{After: after, Limit: devices.MaxListPageSize})
+		for _, d := range devs {
+			if _, here := e.online[d.ID]; !d.Online && !here {
+				continue
+			}
+			for _, c := range fresh {
+				dm := devMetric{d.ID, c.Condition.Metric}
+				if _, seen := e.lastSeen[dm]; !seen && c.selects(d.ID, d.Labels) {
+					e.lastSeen[dm] = now
+				}
+			}
+		}
+		if next == "" {
+			return
+		}
+		after = next
 	}
 }
 
@@ -675,6 +718,11 @@ func (e *Engine) presence(ctx context.Context, ev telemetry.Event) {
 	e.reloadDevice(ctx, ev.Device)
 	p := &Presence{Online: *ev.Online, At: at}
 	if *ev.Online {
+		e.online[ev.Device] = struct{}{}
+	} else {
+		delete(e.online, ev.Device)
+	}
+	if *ev.Online {
 		for _, c := range rs.offline {
 			if a := e.open[pairKey{c.ID, ev.Device}]; a != nil {
 				e.resolve(ctx, a, now, Event{Presence: p, Reason: "device online"})
@@ -778,6 +826,7 @@ func (e *Engine) deviceGone(ctx context.Context, device string) {
 			e.resolve(ctx, a, now, Event{Reason: "device deleted"})
 		}
 	}
+	delete(e.online, device)
 	for k := range e.lastSeen {
 		if k.device == device {
 			delete(e.lastSeen, k)

@@ -171,6 +171,7 @@ func (e *Engine) applyRules(ctx context.Context, rules []Rule) {
 	old := e.rules.Load()
 	rs := newRuleSet(rules)
 	e.rules.Store(rs)
+	e.seedNoData(old, rs)
 	now := e.now()
 	for k, a := range e.open {
 		c := rs.byID[k.rule]
