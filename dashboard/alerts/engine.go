@@ -273,6 +273,14 @@ func (e *Engine) do(ctx context.Context, f func(ctx context.Context) error) erro
 
 // load replaces the engine's view with the store's: the store is the truth.
 func (e *Engine) load(ctx context.Context) error {
+	// Open alerts first, then rules: an alert opened meanwhile is missed
+	// until the next resync (or its device's next event), while the other
+	// order would see it without its new rule and resolve it "rule
+	// deleted".
+	open, err := e.opts.Store.Open(ctx, "")
+	if err != nil {
+		return fmt.Errorf("load open alerts: %w", err)
+	}
 	rules, err := e.opts.Store.Rules(ctx)
 	if err != nil {
 		return fmt.Errorf("load alert rules: %w", err)
@@ -280,10 +288,6 @@ func (e *Engine) load(ctx context.Context) error {
 	sil, err := e.opts.Store.Silences(ctx)
 	if err != nil {
 		return fmt.Errorf("load silences: %w", err)
-	}
-	open, err := e.opts.Store.Open(ctx, "")
-	if err != nil {
-		return fmt.Errorf("load open alerts: %w", err)
 	}
 	prev := e.rules.Load()
 	rs := newRuleSet(rules)
@@ -845,10 +849,11 @@ func (e *Engine) deviceGone(ctx context.Context, device string) {
 func (e *Engine) sweep(ctx context.Context) {
 	rs := e.rules.Load()
 	now := e.now()
+	var orphans []*Record
 	for k, a := range e.open {
 		c := rs.byID[k.rule]
 		if c == nil {
-			e.resolve(ctx, a, now, Event{Reason: "rule deleted"})
+			orphans = append(orphans, a)
 			continue
 		}
 		if a.Cond != "" && a.Cond != condKey(&c.Condition) {
@@ -872,6 +877,7 @@ func (e *Engine) sweep(ctx context.Context) {
 			e.sweepRejections(ctx, c, a, now)
 		}
 	}
+	e.resolveOrphans(ctx, orphans, now)
 	for k, w := range e.rejs {
 		if c := rs.byID[k.rule]; c == nil || len(trimWindow(w, now.Add(-time.Duration(*c.Condition.Window)))) == 0 {
 			delete(e.rejs, k)
@@ -900,6 +906,39 @@ func (e *Engine) sweep(ctx context.Context) {
 				e.openAlert(ctx, c, dm.device, labels, now, nil, Event{Type: StatePending, Reason: "no data since " + last.Format(time.RFC3339)})
 			}
 		}
+	}
+}
+
+// resolveOrphans resolves, "rule deleted", the open alerts whose rule
+// this engine does not know, once a fresh read of the rules confirms the
+// rule is gone: another instance may have just created it. A rule found
+// makes the fresh read the engine's rules.
+func (e *Engine) resolveOrphans(ctx context.Context, orphans []*Record, now time.Time) {
+	if len(orphans) == 0 {
+		return
+	}
+	rules, err := e.opts.Store.Rules(ctx)
+	if err != nil {
+		e.log.Warn("alert rules not read; alerts of unknown rules kept", "err", err)
+		return
+	}
+	ids := make(map[string]struct{}, len(rules))
+	for _, r := range rules {
+		ids[r.ID] = struct{}{}
+	}
+	stale := false
+	for _, a := range orphans {
+		if _, ok := ids[a.RuleID]; ok {
+			stale = true
+			continue
+		}
+		e.resolve(ctx, a, now, Event{Reason: "rule deleted"})
+	}
+	if stale {
+		prev := e.rules.Load()
+		rs := newRuleSet(rules)
+		e.rules.Store(rs)
+		e.seedNoData(prev, rs)
 	}
 }
 

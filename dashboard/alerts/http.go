@@ -173,10 +173,11 @@ func (e *Engine) applyRules(ctx context.Context, rules []Rule) {
 	e.rules.Store(rs)
 	e.seedNoData(old, rs)
 	now := e.now()
+	var orphans []*Record
 	for k, a := range e.open {
 		c := rs.byID[k.rule]
 		if c == nil {
-			e.resolve(ctx, a, now, Event{Reason: "rule deleted"})
+			orphans = append(orphans, a)
 			continue
 		}
 		// An episode belongs to its condition: a record from before Cond
@@ -197,6 +198,9 @@ func (e *Engine) applyRules(ctx context.Context, rules []Rule) {
 			a.Rule, a.Severity = c.Name, c.Severity // shown at once; stored with the next transition
 		}
 	}
+	// rules may be this engine's stale view plus one change: a rule it
+	// does not know may exist (made on another instance).
+	e.resolveOrphans(ctx, orphans, now)
 }
 
 func (e *Engine) listRules(w http.ResponseWriter, r *http.Request) {
