@@ -115,6 +115,7 @@ type Engine struct {
 	silences   []Silence
 	lastRefuse time.Time
 	conflicts  int // lost compare-and-sets in the current input
+	storeErrs  int // other failed store writes in the current input
 }
 
 // New returns an Engine; Run starts it.
@@ -395,24 +396,54 @@ func (e *Engine) startupOffline(ctx context.Context) {
 // handle evaluates one input; when a transition lost its compare-and-set
 // (another instance moved the alert), the device's view was reloaded
 // from the store and the input is evaluated once more against it.
+//
+// A transition lost to another store error (a failover, a connection
+// reset) is retried too, by evaluating the input again, at most
+// storeRetries times with a doubling backoff from storeBackoff, on the
+// engine's goroutine: the event that caused it (an online, a deletion)
+// may never come again. Past that it is logged and lost; meanwhile the
+// input queue fills and drops (counted) rather than block the bridge.
 func (e *Engine) handle(ctx context.Context, in input) {
-	for try := 0; try < 2; try++ {
-		e.conflicts = 0
-		e.handleOnce(ctx, in)
-		if e.conflicts == 0 {
+	conflictTries, errTries := 0, 0
+	backoff := storeBackoff
+	for retry := false; ; retry = true {
+		e.conflicts, e.storeErrs = 0, 0
+		e.handleOnce(ctx, in, retry)
+		switch {
+		case e.conflicts > 0 && conflictTries < 1:
+			conflictTries++
+		case e.storeErrs > 0 && errTries < storeRetries:
+			errTries++
+			t := time.NewTimer(backoff)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			backoff *= 2
+		default:
 			return
 		}
 	}
 }
 
-func (e *Engine) handleOnce(ctx context.Context, in input) {
+// Retries of a transition the store failed (not a lost compare-and-set).
+const (
+	storeRetries = 3
+	storeBackoff = 50 * time.Millisecond
+)
+
+// handleOnce evaluates in; retry is set when it evaluates it again (a
+// rejection is counted once).
+func (e *Engine) handleOnce(ctx context.Context, in input, retry bool) {
 	switch in.kind {
 	case inDeleted:
 		e.deviceGone(ctx, in.ev.Device)
 	case inChanged:
 		e.deviceChanged(ctx, in.ev.Device)
 	case inRejected:
-		e.rejected(ctx, in.ev.Device)
+		e.rejected(ctx, in.ev.Device, !retry)
 	case inEvent:
 		switch in.ev.Type {
 		case telemetry.EventReading:
@@ -645,6 +676,7 @@ func (e *Engine) commit(ctx context.Context, r *Record, prev int64, evs []Event,
 			e.conflicts++
 			e.log.Debug("alert changed elsewhere; reloading", "alert", r.ID, "device", r.Device)
 		} else {
+			e.storeErrs++
 			e.log.Warn("alert transition not stored", "alert", r.ID, "device", r.Device, "err", err)
 		}
 		e.reloadDevice(ctx, r.Device)
@@ -759,7 +791,9 @@ func (e *Engine) presence(ctx context.Context, ev telemetry.Event) {
 	}
 }
 
-func (e *Engine) rejected(ctx context.Context, device string) {
+// rejected counts one rejection of device (when record) and opens the
+// alerts of the rejections rules whose window is over their count.
+func (e *Engine) rejected(ctx context.Context, device string, record bool) {
 	rs := e.rules.Load()
 	labels, ok := e.labels(device)
 	if !ok {
@@ -773,10 +807,12 @@ func (e *Engine) rejected(ctx context.Context, device string) {
 		key := pairKey{c.ID, device}
 		w := trimWindow(e.rejs[key], now.Add(-time.Duration(*c.Condition.Window)))
 		// Bounded: count+1 entries are all the rule needs to know.
-		if len(w) > *c.Condition.Count {
-			w = w[len(w)-*c.Condition.Count:]
+		if record {
+			if len(w) > *c.Condition.Count {
+				w = w[len(w)-*c.Condition.Count:]
+			}
+			w = append(w, now)
 		}
-		w = append(w, now)
 		e.rejs[key] = w
 		if len(w) > *c.Condition.Count && e.open[key] == nil {
 			e.openAlert(ctx, c, device, labels, now, nil, Event{Type: StatePending, Reason: fmt.Sprintf("%d rejected messages", len(w))},
