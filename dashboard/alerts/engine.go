@@ -605,6 +605,7 @@ func (e *Engine) fireWith(ctx context.Context, r *Record, prev int64, now time.T
 	} else {
 		r.SilencedUntil = nil
 		r.Notified = true
+		r.NotifiedRule, r.NotifiedSeverity = r.Rule, r.Severity
 		notes = []notify.Notification{notification(r, notify.KindFiring, r.Seq+int64(len(evs)), now)}
 	}
 	e.commit(ctx, r, prev, evs, notes)
@@ -629,8 +630,13 @@ func (e *Engine) resolve(ctx context.Context, a *Record, now time.Time, ev Event
 // notification is the outbox entry for r entering kind; seq is the
 // timeline event it reports, which makes its key unique per transition.
 func notification(r *Record, kind string, seq int64, now time.Time) notify.Notification {
-	n := notify.Notification{Key: r.ID + "/" + strconv.FormatInt(seq, 10), Kind: kind, AlertID: r.ID, RuleID: r.RuleID, Rule: r.Rule,
-		Device: r.Device, Severity: r.Severity, Labels: r.Labels, Value: r.Value, Summary: r.Summary, At: now}
+	// The identity the alert fired with, whatever the rule is called now.
+	rule, sev := r.Rule, r.Severity
+	if r.NotifiedRule != "" {
+		rule, sev = r.NotifiedRule, r.NotifiedSeverity
+	}
+	n := notify.Notification{Key: r.ID + "/" + strconv.FormatInt(seq, 10), Kind: kind, AlertID: r.ID, RuleID: r.RuleID, Rule: rule,
+		Device: r.Device, Severity: sev, Labels: r.Labels, Value: r.Value, Summary: r.Summary, At: now}
 	if r.FiredAt != nil {
 		n.StartsAt = *r.FiredAt
 	}
@@ -902,6 +908,7 @@ func (e *Engine) sweep(ctx context.Context) {
 		case a.State == StateFiring && !a.Notified && e.silencedUntil(a.RuleID, a.Device, now) == nil:
 			n := *a
 			n.Notified, n.SilencedUntil = true, nil
+			n.NotifiedRule, n.NotifiedSeverity = n.Rule, n.Severity
 			e.commit(ctx, &n, a.Version, []Event{{At: now, Type: EventNotified, Reason: "silence ended"}},
 				[]notify.Notification{notification(&n, notify.KindFiring, n.Seq+1, now)})
 		case a.SilencedUntil != nil && e.silencedUntil(a.RuleID, a.Device, now) == nil:

@@ -195,7 +195,13 @@ func (e *Engine) applyRules(ctx context.Context, rules []Rule) {
 			continue
 		}
 		if a.Rule != c.Name || a.Severity != c.Severity {
-			a.Rule, a.Severity = c.Name, c.Severity // shown at once; stored with the next transition
+			if a.State == StateFiring && a.Severity != c.Severity { // the gauge follows the severity shown
+				e.firing[sevIndex(a.Severity)].Add(-1)
+				e.firing[sevIndex(c.Severity)].Add(1)
+			}
+			// Shown at once, stored with the next transition; the
+			// notifications keep NotifiedRule/NotifiedSeverity.
+			a.Rule, a.Severity = c.Name, c.Severity
 		}
 	}
 	// rules may be this engine's stale view plus one change: a rule it

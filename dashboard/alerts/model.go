@@ -353,6 +353,12 @@ type Record struct {
 	// (restarted, or another instance) resolves the alert only once a
 	// whole window has passed since it.
 	LastRejection *time.Time `json:"last_rejection,omitempty"`
+	// NotifiedRule and NotifiedSeverity are the rule name and severity
+	// the firing notification went out with: Alertmanager identifies an
+	// alert by its labels (alertname, severity), so the re-sends and the
+	// resolve keep them though the rule is renamed meanwhile.
+	NotifiedRule     string `json:"notified_rule,omitempty"`
+	NotifiedSeverity string `json:"notified_severity,omitempty"`
 }
 
 // condKey names what an episode is about: a rule update that changes it
@@ -454,9 +460,11 @@ func (r Record) MarshalJSON() ([]byte, error) {
 		Version       int64   `json:"version"`
 		Seq           int64   `json:"seq"`
 		Notified      bool    `json:"notified"`
-		Cond          string  `json:"cond,omitempty"`
-		LastRejection *msTime `json:"last_rejection,omitempty"`
-	}{r.Version, r.Seq, r.Notified, r.Cond, msPtr(r.LastRejection)})
+		Cond             string  `json:"cond,omitempty"`
+		LastRejection    *msTime `json:"last_rejection,omitempty"`
+		NotifiedRule     string  `json:"notified_rule,omitempty"`
+		NotifiedSeverity string  `json:"notified_severity,omitempty"`
+	}{r.Version, r.Seq, r.Notified, r.Cond, msPtr(r.LastRejection), r.NotifiedRule, r.NotifiedSeverity})
 	if err != nil {
 		return nil, err
 	}
