@@ -434,6 +434,15 @@ func (e *Engine) createSilence(w http.ResponseWriter, r *http.Request) {
 		if len(e.activeSilences(now)) >= MaxSilences {
 			return fmt.Errorf("%w: silences: at most %d active silences", ErrInvalid, MaxSilences)
 		}
+		if b.RuleID != "" && e.rules.Load().byID[b.RuleID] == nil {
+			// Unknown here: the store is the truth (another instance may
+			// have just created it).
+			if _, err := e.findRule(ctx, b.RuleID); errors.Is(err, ErrNotFound) {
+				return invalid("rule_id: no such rule")
+			} else if err != nil {
+				return err
+			}
+		}
 		if err := e.opts.Store.PutSilence(ctx, s); err != nil {
 			return err
 		}
