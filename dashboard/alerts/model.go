@@ -457,9 +457,9 @@ func (r Record) MarshalJSON() ([]byte, error) {
 		return nil, err
 	}
 	x, err := json.Marshal(struct {
-		Version       int64   `json:"version"`
-		Seq           int64   `json:"seq"`
-		Notified      bool    `json:"notified"`
+		Version          int64   `json:"version"`
+		Seq              int64   `json:"seq"`
+		Notified         bool    `json:"notified"`
 		Cond             string  `json:"cond,omitempty"`
 		LastRejection    *msTime `json:"last_rejection,omitempty"`
 		NotifiedRule     string  `json:"notified_rule,omitempty"`
