@@ -905,14 +905,14 @@ func (e *Engine) sweep(ctx context.Context) {
 		switch {
 		case a.State == StatePending && now.Sub(a.Since) >= c.Condition.forDur():
 			e.fire(ctx, a, now, Event{Type: StateFiring, Value: a.Value})
-		case a.State == StateFiring && !a.Notified && e.silencedUntil(a.RuleID, a.Device, now) == nil:
+		case a.State == StateFiring && !a.Notified && !silenceAhead(a, now) && e.silencedUntil(a.RuleID, a.Device, now) == nil:
 			n := *a
 			n.Notified, n.SilencedUntil = true, nil
 			n.NotifiedRule, n.NotifiedSeverity = n.Rule, n.Severity
 			e.commit(ctx, &n, a.Version, []Event{{At: now, Type: EventNotified, Reason: "silence ended"}},
 				[]notify.Notification{notification(&n, notify.KindFiring, n.Seq+1, now)})
-		case a.SilencedUntil != nil && e.silencedUntil(a.RuleID, a.Device, now) == nil:
-			// The silence ended (or was deleted): silenced_until goes.
+		case a.SilencedUntil != nil && !silenceAhead(a, now) && e.silencedUntil(a.RuleID, a.Device, now) == nil:
+			// The silence ended: silenced_until goes.
 			n := *a
 			n.SilencedUntil = nil
 			e.commit(ctx, &n, a.Version, nil, nil)
@@ -950,6 +950,14 @@ func (e *Engine) sweep(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// silenceAhead reports whether a's silenced_until is still ahead: the
+// silence may be one this engine has not loaded yet (made on another
+// instance); deleting a silence clears the field of the alerts it
+// covered.
+func silenceAhead(a *Record, now time.Time) bool {
+	return a.SilencedUntil != nil && a.SilencedUntil.After(now)
 }
 
 // resolveOrphans resolves, "rule deleted", the open alerts whose rule

@@ -499,6 +499,17 @@ func (e *Engine) deleteSilence(w http.ResponseWriter, r *http.Request) {
 			return err
 		}
 		e.silences = slices.DeleteFunc(e.silences, func(s Silence) bool { return s.ID == id })
+		// The alerts it covered lose silenced_until now (unless another
+		// silence covers them); the sweep then sends a firing
+		// notification it held back.
+		now := e.now()
+		for _, a := range e.open {
+			if a.SilencedUntil != nil && e.silencedUntil(a.RuleID, a.Device, now) == nil {
+				n := *a
+				n.SilencedUntil = nil
+				e.commit(ctx, &n, a.Version, nil, nil)
+			}
+		}
 		return nil
 	})
 	if err != nil {
