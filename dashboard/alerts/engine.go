@@ -903,6 +903,10 @@ func (e *Engine) sweep(ctx context.Context) {
 			continue
 		}
 		switch {
+		case a.State == StatePending && c.Condition.Type == CondOffline && now.Sub(a.Since) >= c.Condition.forDur() && e.onlineHere(a.Device):
+			// Its online event was lost (a store error past the retries):
+			// the registry knows it is connected here.
+			e.resolve(ctx, a, now, Event{Presence: &Presence{Online: true, At: now}, Reason: "device online"})
 		case a.State == StatePending && now.Sub(a.Since) >= c.Condition.forDur():
 			e.fire(ctx, a, now, Event{Type: StateFiring, Value: a.Value})
 		case a.State == StateFiring && !a.Notified && !silenceAhead(a, now) && e.silencedUntil(a.RuleID, a.Device, now) == nil:
@@ -950,6 +954,13 @@ func (e *Engine) sweep(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// onlineHere reports whether the registry has device connected to this
+// instance.
+func (e *Engine) onlineHere(device string) bool {
+	d, err := e.opts.Devices.Get(device)
+	return err == nil && d.Online
 }
 
 // silenceAhead reports whether a's silenced_until is still ahead: the
