@@ -72,7 +72,7 @@ func (h *hookReceiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := notify.Verify(h.secret, r.Header.Get("X-Fieldhub-Timestamp"), r.Header.Get("X-Fieldhub-Signature"), body, time.Now(), 0); err != nil {
 		h.t.Errorf("webhook signature: %v", err)
-		http.Error(w, "bad signature", 401)
+		http.Error(w, "bad signature", http.StatusUnauthorized)
 		return
 	}
 	var msg struct {

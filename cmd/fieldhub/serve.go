@@ -231,6 +231,12 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		if !reg.Exists(id) {
 			alertEng.DeviceDeleted(id)
 		}
+	}, OnChange: func(c devices.Changed) {
+		// Labels changed (PATCH): alerts of rules that no longer select
+		// the device resolve.
+		for _, id := range c.Updated {
+			alertEng.DeviceChanged(id)
+		}
 	}})
 	cmds, err := commands.New(ctx, commands.Options{Store: cmdStore, Devices: reg, Router: router, Fanout: fanout, Logger: log})
 	if err != nil {

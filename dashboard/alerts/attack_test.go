@@ -125,6 +125,7 @@ func TestAttackAlertsAckNote(t *testing.T) {
 		{`{"device":"pump-1","for":"800h"}`, "until: must be in the future and at most 30 days away"},
 		{`{"device":"pump-1","until":"yesterday"}`, "until: must be an RFC 3339 time"},
 		{`{"device":"no such/device","for":"1h"}`, "device: not a valid device id"},
+		{`{"rule_id":"rule-nope","for":"1h"}`, "rule_id: no such rule"},
 	} {
 		if st, b := post(t, srv.URL+"/api/v1/silences", []byte(tc.body)); st != 400 || !strings.Contains(b, tc.want) {
 			t.Errorf("silence %s: %d %s", tc.body, st, b)

@@ -69,6 +69,7 @@ const (
 	inRejected
 	inDeleted
 	inGaps
+	inChanged
 )
 
 type input struct {
@@ -111,9 +112,12 @@ type Engine struct {
 	open       map[pairKey]*Record
 	lastSeen   map[devMetric]time.Time
 	rejs       map[pairKey][]time.Time
+	started    time.Time           // since when rejs holds every rejection this engine saw
+	online     map[string]struct{} // devices whose last presence event here was online; bounded by the fleet
 	silences   []Silence
 	lastRefuse time.Time
 	conflicts  int // lost compare-and-sets in the current input
+	storeErrs  int // other failed store writes in the current input
 }
 
 // New returns an Engine; Run starts it.
@@ -140,8 +144,10 @@ func New(opts Options) (*Engine, error) {
 		opts.MaxOpen = MaxOpenAlerts
 	}
 	e := &Engine{opts: opts, log: opts.Logger, in: make(chan input, opts.QueueSize), ctl: make(chan func(context.Context), 64),
-		open: map[pairKey]*Record{}, lastSeen: map[devMetric]time.Time{}, rejs: map[pairKey][]time.Time{}}
+		open: map[pairKey]*Record{}, lastSeen: map[devMetric]time.Time{}, rejs: map[pairKey][]time.Time{},
+		online: map[string]struct{}{}}
 	e.rules.Store(newRuleSet(nil))
+	e.started = e.now()
 	return e, nil
 }
 
@@ -211,6 +217,13 @@ func (e *Engine) DeviceDeleted(id string) {
 	e.enqueue(input{kind: inDeleted, ev: telemetry.Event{Device: id}})
 }
 
+// DeviceChanged re-evaluates a device whose labels changed (registry
+// Update, PATCH /api/v1/devices/{id}): its alerts of rules that no
+// longer select it resolve.
+func (e *Engine) DeviceChanged(id string) {
+	e.enqueue(input{kind: inChanged, ev: telemetry.Event{Device: id}})
+}
+
 // Stats returns the engine's counters.
 func (e *Engine) Stats() Stats {
 	s := Stats{Firing: map[string]int64{}, Transitions: map[string]int64{}, Dropped: e.dropped.Load(), Refused: e.refused.Load()}
@@ -272,6 +285,14 @@ func (e *Engine) do(ctx context.Context, f func(ctx context.Context) error) erro
 
 // load replaces the engine's view with the store's: the store is the truth.
 func (e *Engine) load(ctx context.Context) error {
+	// Open alerts first, then rules: an alert opened meanwhile is missed
+	// until the next resync (or its device's next event), while the other
+	// order would see it without its new rule and resolve it "rule
+	// deleted".
+	open, err := e.opts.Store.Open(ctx, "")
+	if err != nil {
+		return fmt.Errorf("load open alerts: %w", err)
+	}
 	rules, err := e.opts.Store.Rules(ctx)
 	if err != nil {
 		return fmt.Errorf("load alert rules: %w", err)
@@ -280,11 +301,10 @@ func (e *Engine) load(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("load silences: %w", err)
 	}
-	open, err := e.opts.Store.Open(ctx, "")
-	if err != nil {
-		return fmt.Errorf("load open alerts: %w", err)
-	}
-	e.rules.Store(newRuleSet(rules))
+	prev := e.rules.Load()
+	rs := newRuleSet(rules)
+	e.rules.Store(rs)
+	e.seedNoData(prev, rs)
 	e.silences = sil
 	e.open = make(map[pairKey]*Record, len(open))
 	var firing [3]int64
@@ -320,6 +340,44 @@ func (e *Engine) reloadDevice(ctx context.Context, device string) {
 	}
 }
 
+// seedNoData starts, at now, the no_data clock of every online device
+// a no_data rule new in rs (not in prev, or on another metric) selects:
+// a device connected before the rule existed (or before this engine
+// loaded it) is watched from then on.
+func (e *Engine) seedNoData(prev, rs *ruleSet) {
+	var fresh []*compiled
+	for _, list := range rs.noData {
+		for _, c := range list {
+			if p := prev.byID[c.ID]; p == nil || p.Condition.Type != CondNoData || p.Condition.Metric != c.Condition.Metric {
+				fresh = append(fresh, c)
+			}
+		}
+	}
+	if len(fresh) == 0 {
+		return
+	}
+	now := e.now()
+	after := ""
+	for {
+		devs, next, _ := e.opts.Devices.List(devices.Filter{After: after, Limit: devices.MaxListPageSize})
+		for _, d := range devs {
+			if _, here := e.online[d.ID]; !d.Online && !here {
+				continue
+			}
+			for _, c := range fresh {
+				dm := devMetric{d.ID, c.Condition.Metric}
+				if _, seen := e.lastSeen[dm]; !seen && c.selects(d.ID, d.Labels) {
+					e.lastSeen[dm] = now
+				}
+			}
+		}
+		if next == "" {
+			return
+		}
+		after = next
+	}
+}
+
 func (e *Engine) startupOffline(ctx context.Context) {
 	rs := e.rules.Load()
 	if len(rs.offline) == 0 {
@@ -349,22 +407,54 @@ func (e *Engine) startupOffline(ctx context.Context) {
 // handle evaluates one input; when a transition lost its compare-and-set
 // (another instance moved the alert), the device's view was reloaded
 // from the store and the input is evaluated once more against it.
+//
+// A transition lost to another store error (a failover, a connection
+// reset) is retried too, by evaluating the input again, at most
+// storeRetries times with a doubling backoff from storeBackoff, on the
+// engine's goroutine: the event that caused it (an online, a deletion)
+// may never come again. Past that it is logged and lost; meanwhile the
+// input queue fills and drops (counted) rather than block the bridge.
 func (e *Engine) handle(ctx context.Context, in input) {
-	for try := 0; try < 2; try++ {
-		e.conflicts = 0
-		e.handleOnce(ctx, in)
-		if e.conflicts == 0 {
+	conflictTries, errTries := 0, 0
+	backoff := storeBackoff
+	for retry := false; ; retry = true {
+		e.conflicts, e.storeErrs = 0, 0
+		e.handleOnce(ctx, in, retry)
+		switch {
+		case e.conflicts > 0 && conflictTries < 1:
+			conflictTries++
+		case e.storeErrs > 0 && errTries < storeRetries:
+			errTries++
+			t := time.NewTimer(backoff)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			backoff *= 2
+		default:
 			return
 		}
 	}
 }
 
-func (e *Engine) handleOnce(ctx context.Context, in input) {
+// Retries of a transition the store failed (not a lost compare-and-set).
+const (
+	storeRetries = 3
+	storeBackoff = 50 * time.Millisecond
+)
+
+// handleOnce evaluates in; retry is set when it evaluates it again (a
+// rejection is counted once).
+func (e *Engine) handleOnce(ctx context.Context, in input, retry bool) {
 	switch in.kind {
 	case inDeleted:
 		e.deviceGone(ctx, in.ev.Device)
+	case inChanged:
+		e.deviceChanged(ctx, in.ev.Device)
 	case inRejected:
-		e.rejected(ctx, in.ev.Device)
+		e.rejected(ctx, in.ev.Device, !retry)
 	case inGaps:
 		e.gaps(ctx, in.ev.Device, in.n)
 	case inEvent:
@@ -400,6 +490,7 @@ func (e *Engine) reading(ctx context.Context, ev telemetry.Event) {
 	for name, v := range ev.Metrics {
 		for _, c := range rs.noData[name] {
 			if !c.selects(ev.Device, labels) {
+				e.unselected(ctx, c, ev.Device, now)
 				continue
 			}
 			e.lastSeen[devMetric{ev.Device, name}] = now
@@ -414,6 +505,8 @@ func (e *Engine) reading(ctx context.Context, ev telemetry.Event) {
 			for _, c := range list {
 				if c.selects(ev.Device, labels) {
 					e.threshold(ctx, c, ev.Device, labels, v.Num, ts, now)
+				} else {
+					e.unselected(ctx, c, ev.Device, now)
 				}
 			}
 		}
@@ -472,7 +565,7 @@ func (e *Engine) openAlert(ctx context.Context, c *compiled, device string, labe
 		return
 	}
 	r := &Record{Alert: Alert{ID: newID("alert-"), RuleID: c.ID, Rule: c.Name, Device: device, Severity: c.Severity,
-		State: StatePending, Since: now, StartedAt: now, Value: v, Labels: labels}}
+		State: StatePending, Since: now, StartedAt: now, Value: v, Labels: labels}, Cond: condKey(&c.Condition)}
 	if r.Labels == nil {
 		r.Labels = map[string]string{}
 	}
@@ -527,6 +620,7 @@ func (e *Engine) fireWith(ctx context.Context, r *Record, prev int64, now time.T
 	} else {
 		r.SilencedUntil = nil
 		r.Notified = true
+		r.NotifiedRule, r.NotifiedSeverity = r.Rule, r.Severity
 		notes = []notify.Notification{notification(r, notify.KindFiring, r.Seq+int64(len(evs)), now)}
 	}
 	e.commit(ctx, r, prev, evs, notes)
@@ -551,8 +645,13 @@ func (e *Engine) resolve(ctx context.Context, a *Record, now time.Time, ev Event
 // notification is the outbox entry for r entering kind; seq is the
 // timeline event it reports, which makes its key unique per transition.
 func notification(r *Record, kind string, seq int64, now time.Time) notify.Notification {
-	n := notify.Notification{Key: r.ID + "/" + strconv.FormatInt(seq, 10), Kind: kind, AlertID: r.ID, RuleID: r.RuleID, Rule: r.Rule,
-		Device: r.Device, Severity: r.Severity, Labels: r.Labels, Value: r.Value, Summary: r.Summary, At: now}
+	// The identity the alert fired with, whatever the rule is called now.
+	rule, sev := r.Rule, r.Severity
+	if r.NotifiedRule != "" {
+		rule, sev = r.NotifiedRule, r.NotifiedSeverity
+	}
+	n := notify.Notification{Key: r.ID + "/" + strconv.FormatInt(seq, 10), Kind: kind, AlertID: r.ID, RuleID: r.RuleID, Rule: rule,
+		Device: r.Device, Severity: sev, Labels: r.Labels, Value: r.Value, Summary: r.Summary, At: now}
 	if r.FiredAt != nil {
 		n.StartsAt = *r.FiredAt
 	}
@@ -598,6 +697,7 @@ func (e *Engine) commit(ctx context.Context, r *Record, prev int64, evs []Event,
 			e.conflicts++
 			e.log.Debug("alert changed elsewhere; reloading", "alert", r.ID, "device", r.Device)
 		} else {
+			e.storeErrs++
 			e.log.Warn("alert transition not stored", "alert", r.ID, "device", r.Device, "err", err)
 		}
 		e.reloadDevice(ctx, r.Device)
@@ -675,6 +775,11 @@ func (e *Engine) presence(ctx context.Context, ev telemetry.Event) {
 	e.reloadDevice(ctx, ev.Device)
 	p := &Presence{Online: *ev.Online, At: at}
 	if *ev.Online {
+		e.online[ev.Device] = struct{}{}
+	} else {
+		delete(e.online, ev.Device)
+	}
+	if *ev.Online {
 		for _, c := range rs.offline {
 			if a := e.open[pairKey{c.ID, ev.Device}]; a != nil {
 				e.resolve(ctx, a, now, Event{Presence: p, Reason: "device online"})
@@ -707,7 +812,9 @@ func (e *Engine) presence(ctx context.Context, ev telemetry.Event) {
 	}
 }
 
-func (e *Engine) rejected(ctx context.Context, device string) {
+// rejected counts one rejection of device (when record) and opens the
+// alerts of the rejections rules whose window is over their count.
+func (e *Engine) rejected(ctx context.Context, device string, record bool) {
 	rs := e.rules.Load()
 	labels, ok := e.labels(device)
 	if !ok {
@@ -721,13 +828,16 @@ func (e *Engine) rejected(ctx context.Context, device string) {
 		key := pairKey{c.ID, device}
 		w := trimWindow(e.rejs[key], now.Add(-time.Duration(*c.Condition.Window)))
 		// Bounded: count+1 entries are all the rule needs to know.
-		if len(w) > *c.Condition.Count {
-			w = w[len(w)-*c.Condition.Count:]
+		if record {
+			if len(w) > *c.Condition.Count {
+				w = w[len(w)-*c.Condition.Count:]
+			}
+			w = append(w, now)
 		}
-		w = append(w, now)
 		e.rejs[key] = w
 		if len(w) > *c.Condition.Count && e.open[key] == nil {
-			e.openAlert(ctx, c, device, labels, now, nil, Event{Type: StatePending, Reason: fmt.Sprintf("%d rejected messages", len(w))})
+			e.openAlert(ctx, c, device, labels, now, nil, Event{Type: StatePending, Reason: fmt.Sprintf("%d rejected messages", len(w))},
+				func(r *Record) { t := now; r.LastRejection = &t })
 		}
 	}
 }
@@ -765,6 +875,35 @@ func trimWindow(w []time.Time, from time.Time) []time.Time {
 	return w[i:]
 }
 
+// unselected resolves the open alert of (c, device) when c no longer
+// selects the device (its labels changed after the alert opened).
+func (e *Engine) unselected(ctx context.Context, c *compiled, device string, now time.Time) {
+	if a := e.open[pairKey{c.ID, device}]; a != nil {
+		e.resolve(ctx, a, now, Event{Reason: "rule no longer selects the device"})
+	}
+}
+
+// deviceChanged resolves the device's open alerts of rules that no longer
+// select it under its current labels.
+func (e *Engine) deviceChanged(ctx context.Context, device string) {
+	labels, ok := e.labels(device)
+	if !ok {
+		e.deviceGone(ctx, device)
+		return
+	}
+	rs := e.rules.Load()
+	now := e.now()
+	e.reloadDevice(ctx, device)
+	for k, a := range e.open {
+		if k.device != device {
+			continue
+		}
+		if c := rs.byID[k.rule]; c != nil && !c.selects(device, labels) {
+			e.resolve(ctx, a, now, Event{Reason: "rule no longer selects the device"})
+		}
+	}
+}
+
 func (e *Engine) deviceGone(ctx context.Context, device string) {
 	now := e.now()
 	e.reloadDevice(ctx, device)
@@ -773,6 +912,7 @@ func (e *Engine) deviceGone(ctx context.Context, device string) {
 			e.resolve(ctx, a, now, Event{Reason: "device deleted"})
 		}
 	}
+	delete(e.online, device)
 	for k := range e.lastSeen {
 		if k.device == device {
 			delete(e.lastSeen, k)
@@ -791,28 +931,40 @@ func (e *Engine) deviceGone(ctx context.Context, device string) {
 func (e *Engine) sweep(ctx context.Context) {
 	rs := e.rules.Load()
 	now := e.now()
+	var orphans []*Record
 	for k, a := range e.open {
 		c := rs.byID[k.rule]
 		if c == nil {
-			e.resolve(ctx, a, now, Event{Reason: "rule deleted"})
+			orphans = append(orphans, a)
+			continue
+		}
+		if a.Cond != "" && a.Cond != condKey(&c.Condition) {
+			e.resolve(ctx, a, now, Event{Reason: "rule condition changed"})
 			continue
 		}
 		switch {
+		case a.State == StatePending && c.Condition.Type == CondOffline && now.Sub(a.Since) >= c.Condition.forDur() && e.onlineHere(a.Device):
+			// Its online event was lost (a store error past the retries):
+			// the registry knows it is connected here.
+			e.resolve(ctx, a, now, Event{Presence: &Presence{Online: true, At: now}, Reason: "device online"})
 		case a.State == StatePending && now.Sub(a.Since) >= c.Condition.forDur():
 			e.fire(ctx, a, now, Event{Type: StateFiring, Value: a.Value})
-		case a.State == StateFiring && !a.Notified && e.silencedUntil(a.RuleID, a.Device, now) == nil:
+		case a.State == StateFiring && !a.Notified && !silenceAhead(a, now) && e.silencedUntil(a.RuleID, a.Device, now) == nil:
 			n := *a
 			n.Notified, n.SilencedUntil = true, nil
+			n.NotifiedRule, n.NotifiedSeverity = n.Rule, n.Severity
 			e.commit(ctx, &n, a.Version, []Event{{At: now, Type: EventNotified, Reason: "silence ended"}},
 				[]notify.Notification{notification(&n, notify.KindFiring, n.Seq+1, now)})
+		case a.SilencedUntil != nil && !silenceAhead(a, now) && e.silencedUntil(a.RuleID, a.Device, now) == nil:
+			// The silence ended: silenced_until goes.
+			n := *a
+			n.SilencedUntil = nil
+			e.commit(ctx, &n, a.Version, nil, nil)
 		case c.Condition.Type == CondRejections:
-			w := trimWindow(e.rejs[k], now.Add(-time.Duration(*c.Condition.Window)))
-			e.rejs[k] = w
-			if len(w) <= *c.Condition.Count {
-				e.resolve(ctx, a, now, Event{Reason: "rejections below the count"})
-			}
+			e.sweepRejections(ctx, c, a, now)
 		}
 	}
+	e.resolveOrphans(ctx, orphans, now)
 	for k, w := range e.rejs {
 		if c := rs.byID[k.rule]; c == nil || len(trimWindow(w, now.Add(-time.Duration(*c.Condition.Window)))) == 0 {
 			delete(e.rejs, k)
@@ -841,6 +993,86 @@ func (e *Engine) sweep(ctx context.Context) {
 				e.openAlert(ctx, c, dm.device, labels, now, nil, Event{Type: StatePending, Reason: "no data since " + last.Format(time.RFC3339)})
 			}
 		}
+	}
+}
+
+// onlineHere reports whether the registry has device connected to this
+// instance.
+func (e *Engine) onlineHere(device string) bool {
+	d, err := e.opts.Devices.Get(device)
+	return err == nil && d.Online
+}
+
+// silenceAhead reports whether a's silenced_until is still ahead: the
+// silence may be one this engine has not loaded yet (made on another
+// instance); deleting a silence clears the field of the alerts it
+// covered.
+func silenceAhead(a *Record, now time.Time) bool {
+	return a.SilencedUntil != nil && a.SilencedUntil.After(now)
+}
+
+// resolveOrphans resolves, "rule deleted", the open alerts whose rule
+// this engine does not know, once a fresh read of the rules confirms the
+// rule is gone: another instance may have just created it. A rule found
+// makes the fresh read the engine's rules.
+func (e *Engine) resolveOrphans(ctx context.Context, orphans []*Record, now time.Time) {
+	if len(orphans) == 0 {
+		return
+	}
+	rules, err := e.opts.Store.Rules(ctx)
+	if err != nil {
+		e.log.Warn("alert rules not read; alerts of unknown rules kept", "err", err)
+		return
+	}
+	ids := make(map[string]struct{}, len(rules))
+	for _, r := range rules {
+		ids[r.ID] = struct{}{}
+	}
+	stale := false
+	for _, a := range orphans {
+		if _, ok := ids[a.RuleID]; ok {
+			stale = true
+			continue
+		}
+		e.resolve(ctx, a, now, Event{Reason: "rule deleted"})
+	}
+	if stale {
+		prev := e.rules.Load()
+		rs := newRuleSet(rules)
+		e.rules.Store(rs)
+		e.seedNoData(prev, rs)
+	}
+}
+
+// sweepRejections resolves a rejections alert once its window is below
+// the count. Only a window this engine held for a whole window length
+// tells that; without one (a restart, or another instance's device) the
+// alert resolves only when a whole window has passed since its last
+// rejection as the store records it. An engine holding the window keeps
+// that record fresh (a write per quarter window at most).
+func (e *Engine) sweepRejections(ctx context.Context, c *compiled, a *Record, now time.Time) {
+	k := pairKey{a.RuleID, a.Device}
+	win := time.Duration(*c.Condition.Window)
+	w := trimWindow(e.rejs[k], now.Add(-win))
+	e.rejs[k] = w
+	last := a.StartedAt
+	if a.LastRejection != nil {
+		last = *a.LastRejection
+	}
+	if n := len(w); n > 0 && w[n-1].After(last) {
+		last = w[n-1]
+	}
+	full := len(w) > 0 && now.Sub(e.started) >= win
+	switch {
+	case full && len(w) <= *c.Condition.Count:
+		e.resolve(ctx, a, now, Event{Reason: "rejections below the count"})
+	case !full && now.Sub(last) >= win:
+		e.resolve(ctx, a, now, Event{Reason: "no rejections in the window"})
+	case len(w) > 0 && (a.LastRejection == nil || last.Sub(*a.LastRejection) >= win/4):
+		n := *a
+		t := last
+		n.LastRejection = &t
+		e.commit(ctx, &n, a.Version, nil, nil)
 	}
 }
 

@@ -168,13 +168,26 @@ func (e *Engine) withRule(r Rule, id string) []Rule {
 
 // applyRules makes rules the engine's rules. Runs on the engine's goroutine.
 func (e *Engine) applyRules(ctx context.Context, rules []Rule) {
+	old := e.rules.Load()
 	rs := newRuleSet(rules)
 	e.rules.Store(rs)
+	e.seedNoData(old, rs)
 	now := e.now()
+	var orphans []*Record
 	for k, a := range e.open {
 		c := rs.byID[k.rule]
 		if c == nil {
-			e.resolve(ctx, a, now, Event{Reason: "rule deleted"})
+			orphans = append(orphans, a)
+			continue
+		}
+		// An episode belongs to its condition: a record from before Cond
+		// existed is judged by the rule it was evaluated under.
+		cond := a.Cond
+		if oc := old.byID[k.rule]; cond == "" && oc != nil {
+			cond = condKey(&oc.Condition)
+		}
+		if cond != "" && cond != condKey(&c.Condition) {
+			e.resolve(ctx, a, now, Event{Reason: "rule condition changed"})
 			continue
 		}
 		if labels, ok := e.labels(k.device); !ok || !c.selects(k.device, labels) {
@@ -182,9 +195,18 @@ func (e *Engine) applyRules(ctx context.Context, rules []Rule) {
 			continue
 		}
 		if a.Rule != c.Name || a.Severity != c.Severity {
-			a.Rule, a.Severity = c.Name, c.Severity // shown at once; stored with the next transition
+			if a.State == StateFiring && a.Severity != c.Severity { // the gauge follows the severity shown
+				e.firing[sevIndex(a.Severity)].Add(-1)
+				e.firing[sevIndex(c.Severity)].Add(1)
+			}
+			// Shown at once, stored with the next transition; the
+			// notifications keep NotifiedRule/NotifiedSeverity.
+			a.Rule, a.Severity = c.Name, c.Severity
 		}
 	}
+	// rules may be this engine's stale view plus one change: a rule it
+	// does not know may exist (made on another instance).
+	e.resolveOrphans(ctx, orphans, now)
 }
 
 func (e *Engine) listRules(w http.ResponseWriter, r *http.Request) {
@@ -412,6 +434,15 @@ func (e *Engine) createSilence(w http.ResponseWriter, r *http.Request) {
 		if len(e.activeSilences(now)) >= MaxSilences {
 			return fmt.Errorf("%w: silences: at most %d active silences", ErrInvalid, MaxSilences)
 		}
+		if b.RuleID != "" && e.rules.Load().byID[b.RuleID] == nil {
+			// Unknown here: the store is the truth (another instance may
+			// have just created it).
+			if _, err := e.findRule(ctx, b.RuleID); errors.Is(err, ErrNotFound) {
+				return invalid("rule_id: no such rule")
+			} else if err != nil {
+				return err
+			}
+		}
 		if err := e.opts.Store.PutSilence(ctx, s); err != nil {
 			return err
 		}
@@ -468,6 +499,17 @@ func (e *Engine) deleteSilence(w http.ResponseWriter, r *http.Request) {
 			return err
 		}
 		e.silences = slices.DeleteFunc(e.silences, func(s Silence) bool { return s.ID == id })
+		// The alerts it covered lose silenced_until now (unless another
+		// silence covers them); the sweep then sends a firing
+		// notification it held back.
+		now := e.now()
+		for _, a := range e.open {
+			if a.SilencedUntil != nil && e.silencedUntil(a.RuleID, a.Device, now) == nil {
+				n := *a
+				n.SilencedUntil = nil
+				e.commit(ctx, &n, a.Version, nil, nil)
+			}
+		}
 		return nil
 	})
 	if err != nil {

@@ -354,7 +354,25 @@ type Record struct {
 	Version  int64 `json:"version"`
 	Seq      int64 `json:"seq"`
 	Notified bool  `json:"notified"`
+	// Cond is the condition (type and metric, condKey) the episode was
+	// opened under: a rule changed to another condition ends it.
+	Cond string `json:"cond,omitempty"`
+	// LastRejection is, for a rejections alert, the newest rejection an
+	// engine holding its window recorded: an engine without the window
+	// (restarted, or another instance) resolves the alert only once a
+	// whole window has passed since it.
+	LastRejection *time.Time `json:"last_rejection,omitempty"`
+	// NotifiedRule and NotifiedSeverity are the rule name and severity
+	// the firing notification went out with: Alertmanager identifies an
+	// alert by its labels (alertname, severity), so the re-sends and the
+	// resolve keep them though the rule is renamed meanwhile.
+	NotifiedRule     string `json:"notified_rule,omitempty"`
+	NotifiedSeverity string `json:"notified_severity,omitempty"`
 }
+
+// condKey names what an episode is about: a rule update that changes it
+// (threshold into offline, temp into pressure) ends the rule's episodes.
+func condKey(c *Condition) string { return c.Type + "/" + c.Metric }
 
 // Open reports whether the alert is pending or firing.
 func (r *Record) Open() bool { return r.State != StateResolved }
@@ -401,4 +419,84 @@ type Query struct {
 func (q Query) Matches(r *Record) bool {
 	return (q.State == "" || r.State == q.State) && (q.Device == "" || r.Device == q.Device) &&
 		(q.Severity == "" || r.Severity == q.Severity) && (q.RuleID == "" || r.RuleID == q.RuleID)
+}
+
+// TimeFormat is how alert times are written (REST, live events, the
+// timeline): RFC 3339 with milliseconds, always three digits, which
+// RFC3339Nano is not (it drops a zero fraction).
+const TimeFormat = "2006-01-02T15:04:05.000Z07:00"
+
+// msTime is a time.Time written in TimeFormat; it reads back as any
+// RFC 3339 time.
+type msTime time.Time
+
+// MarshalJSON writes the time in TimeFormat, UTC.
+func (t msTime) MarshalJSON() ([]byte, error) {
+	return []byte(`"` + time.Time(t).UTC().Format(TimeFormat) + `"`), nil
+}
+
+func msPtr(t *time.Time) *msTime {
+	if t == nil {
+		return nil
+	}
+	m := msTime(*t)
+	return &m
+}
+
+// MarshalJSON writes the alert with its times in TimeFormat.
+func (a Alert) MarshalJSON() ([]byte, error) {
+	type plain Alert // the fields without this method
+	return json.Marshal(struct {
+		plain
+		Since          msTime  `json:"since"`
+		StartedAt      msTime  `json:"started_at"`
+		FiredAt        *msTime `json:"fired_at,omitempty"`
+		ResolvedAt     *msTime `json:"resolved_at,omitempty"`
+		AcknowledgedAt *msTime `json:"acknowledged_at,omitempty"`
+		SilencedUntil  *msTime `json:"silenced_until,omitempty"`
+	}{plain(a), msTime(a.Since), msTime(a.StartedAt), msPtr(a.FiredAt), msPtr(a.ResolvedAt), msPtr(a.AcknowledgedAt), msPtr(a.SilencedUntil)})
+}
+
+// MarshalJSON writes the record (the stores keep it as JSON): the alert,
+// then the engine's fields. Without it Record would take Alert's
+// MarshalJSON and lose them.
+func (r Record) MarshalJSON() ([]byte, error) {
+	a, err := json.Marshal(r.Alert)
+	if err != nil {
+		return nil, err
+	}
+	x, err := json.Marshal(struct {
+		Version          int64   `json:"version"`
+		Seq              int64   `json:"seq"`
+		Notified         bool    `json:"notified"`
+		Cond             string  `json:"cond,omitempty"`
+		LastRejection    *msTime `json:"last_rejection,omitempty"`
+		NotifiedRule     string  `json:"notified_rule,omitempty"`
+		NotifiedSeverity string  `json:"notified_severity,omitempty"`
+	}{r.Version, r.Seq, r.Notified, r.Cond, msPtr(r.LastRejection), r.NotifiedRule, r.NotifiedSeverity})
+	if err != nil {
+		return nil, err
+	}
+	// Both are non-empty objects: splice them into one.
+	out := append(a[:len(a)-1:len(a)-1], ',')
+	return append(out, x[1:]...), nil
+}
+
+// MarshalJSON writes the event with its times in TimeFormat.
+func (ev Event) MarshalJSON() ([]byte, error) {
+	type plain Event
+	return json.Marshal(struct {
+		plain
+		At        msTime  `json:"at"`
+		ReadingTS *msTime `json:"reading_ts,omitempty"`
+	}{plain(ev), msTime(ev.At), msPtr(ev.ReadingTS)})
+}
+
+// MarshalJSON writes the presence change with its time in TimeFormat.
+func (p Presence) MarshalJSON() ([]byte, error) {
+	type plain Presence
+	return json.Marshal(struct {
+		plain
+		At msTime `json:"at"`
+	}{plain(p), msTime(p.At)})
 }
