@@ -30,16 +30,31 @@ func browser(t *testing.T) (context.Context, func() []string) {
 	if out, err := exec.Command("bash", "../../scripts/install-chromium").CombinedOutput(); err != nil {
 		t.Fatalf("install chromium: %v\n%s", err, out)
 	}
+	// The profile directory is removed after Chromium stopped, and again
+	// until it is gone: its helper processes can still write to it for a
+	// moment after the browser exited, and t.TempDir's one RemoveAll then
+	// fails the test.
+	profile, err := os.MkdirTemp("", "fieldhub-chromium-")
+	if err != nil {
+		t.Fatal(err)
+	}
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath("/usr/bin/chromium"),
 		chromedp.Flag("headless", true), chromedp.NoSandbox, chromedp.DisableGPU,
 		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
 		chromedp.Flag("disable-sync", true), chromedp.Flag("disable-quic", true), chromedp.NoFirstRun,
-		chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1280, 800),
+		chromedp.UserDataDir(profile), chromedp.WindowSize(1280, 800),
 	)
 	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
 	ctx, cancelC := chromedp.NewContext(actx)
-	t.Cleanup(func() { cancelC(); cancelA() })
+	t.Cleanup(func() {
+		cancelC()
+		cancelA()
+		deadline := time.Now().Add(10 * time.Second)
+		for os.RemoveAll(profile) != nil && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond) // cleanup of a scratch directory, not synchronisation
+		}
+	})
 	var mu sync.Mutex
 	var errs []string
 	chromedp.ListenTarget(ctx, func(ev any) {
