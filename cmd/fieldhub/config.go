@@ -75,6 +75,7 @@ type config struct {
 	MQTTBrokerDynsec   bool
 	MQTTBrokerIdle     time.Duration
 	InstanceID         string
+	LedgerSaveInterval time.Duration
 	// Alert notifications (dashboard/alerts/notify). The URLs may carry
 	// credentials: like the secret, they are never logged.
 	AlertmanagerURL    string
@@ -155,6 +156,7 @@ var settings = []setting{
 	{"mqtt-broker-key", "FIELDHUB_MQTT_BROKER_KEY", "", "private key file (PEM) of FIELDHUB_MQTT_BROKER_CERT", false},
 	{"mqtt-broker-dynsec", "FIELDHUB_MQTT_BROKER_DYNSEC", "false", "keep Mosquitto's dynamic-security plugin in sync with the registry (a client and a role per device)", false},
 	{"mqtt-broker-idle", "FIELDHUB_MQTT_BROKER_IDLE", "2m", "an MQTT device on the external broker shows online while heard from within this time (the broker does not say who is connected)", false},
+	{"ledger-save-interval", "FIELDHUB_LEDGER_SAVE_INTERVAL", "10s", "how often the per-device ledger is saved; with several instances on PostgreSQL also how often their seq numbers are merged (a gap shows within about two intervals)", false},
 	{"instance-id", "FIELDHUB_INSTANCE_ID", "", "this instance's name at the external broker, stable across restarts and unique per instance (default: generated once and kept in the data dir)", false},
 	{"alertmanager-url", "FIELDHUB_ALERTMANAGER_URL", "", "Prometheus Alertmanager base URL (http or https, e.g. http://alertmanager:9093): firing and resolved alerts are posted to its /api/v2/alerts", true},
 	{"alert-webhook-url", "FIELDHUB_ALERT_WEBHOOK_URL", "", "http(s) URL that gets every firing and resolved alert as a signed JSON POST; needs FIELDHUB_ALERT_WEBHOOK_SECRET", true},
@@ -240,6 +242,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 		// At most 100 ms: every acknowledgement pays it, and the bridge
 		// gives up on the spool after 5 s.
 		SpoolCommitInterval: p.durationRange("spool-commit-interval", 0, 100*time.Millisecond),
+		LedgerSaveInterval:  p.durationRange("ledger-save-interval", time.Second, 5*time.Minute),
 
 		MQTTMaxConns:    p.intRange("mqtt-max-conns", 1, 1<<22),
 		LiveMaxPerToken: p.intRange("live-max-per-token", 1, 1000),

@@ -39,7 +39,8 @@ func newLedger(ctx context.Context, cfg config, st registryStore, reg *devices.R
 			return nil, err
 		}
 	}
-	l, err := ledger.New(ctx, ledger.Options{Exists: reg.Exists, Store: ls, Instance: inst, OnGapsChanged: gapsChanged, Logger: log})
+	l, err := ledger.New(ctx, ledger.Options{Exists: reg.Exists, Store: ls, Instance: inst,
+		PersistInterval: cfg.LedgerSaveInterval, OnGapsChanged: gapsChanged, Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("open ledger: %w", err)
 	}

@@ -75,12 +75,19 @@ func (l *Ledger) Device(id string) (DeviceView, bool) {
 	defer d.mu.Unlock()
 	out := DeviceView{Instances: 1,
 		Device: id, Received: d.C[cReceived], Refused: map[string]uint64{}, Durable: d.C[cDurable],
-		Written: d.C[cWritten], DeadLettered: d.C[cDead],
-		Seq: SeqView{OpenGaps: len(d.Seq.Open), GapsTotal: d.C[cGaps], Duplicates: d.C[cDuplicates], Resets: d.C[cResets]},
+		Written: d.C[cWritten], DeadLettered: d.C[cDead], Seq: seqView(d),
 	}
 	for k, n := range d.Refused {
 		out.Refused[k] = n
 	}
+	out.LastHour = hourCounts(d, m)
+	return out, true
+}
+
+// seqView is the sequence part of d's view. d.mu is held, or d is a
+// private copy.
+func seqView(d *device) SeqView {
+	v := SeqView{OpenGaps: len(d.Seq.Open), GapsTotal: d.C[cGaps], Duplicates: d.C[cDuplicates], Resets: d.C[cResets]}
 	gaps := make([]Gap, 0, min(len(d.Seq.Open), maxGapsShown)+keptClosed)
 	gaps = append(gaps, d.Seq.Open[max(0, len(d.Seq.Open)-maxGapsShown):]...)
 	for _, g := range d.Seq.Closed {
@@ -91,9 +98,28 @@ func (l *Ledger) Device(id string) (DeviceView, bool) {
 	// The most recent first: by when a gap was last changed (closed, or
 	// noticed while open).
 	slices.SortStableFunc(gaps, func(a, b Gap) int { return b.lastChange().Compare(a.lastChange()) })
-	out.Seq.Gaps = gaps[:min(len(gaps), maxGapsShown)]
-	out.LastHour = hourCounts(d, m)
-	return out, true
+	v.Gaps = gaps[:min(len(gaps), maxGapsShown)]
+	return v
+}
+
+// addShared puts the store's sequence record of v's device (shared
+// mode: the merged tracker of every instance) into v.
+func (l *Ledger) addShared(ctx context.Context, v *DeviceView) error {
+	rec, err := l.shared.SeqRecord(ctx, v.Device)
+	if err != nil {
+		return fmt.Errorf("read the sequence record of %s: %w", v.Device, err)
+	}
+	var d device
+	if len(rec) > 0 {
+		if err := json.Unmarshal(rec, &d); err != nil {
+			return fmt.Errorf("decode the sequence record of %s: %w", v.Device, err)
+		}
+	}
+	v.Seq = seqView(&d)
+	_, m := l.minute()
+	h := hourCounts(&d, m)
+	v.LastHour.Gaps, v.LastHour.Duplicates, v.LastHour.Resets = h.Gaps, h.Duplicates, h.Resets
+	return nil
 }
 
 // hourCounts sums d's buckets of the hour ending at minute m. d.mu is
@@ -222,12 +248,39 @@ func (l *Ledger) ServeDevice(w http.ResponseWriter, r *http.Request) {
 		// This instance's counts alone, said so by instances: 1.
 		l.opts.Logger.Warn("ledger: other instances' counts unavailable", "device", id, "err", err)
 	}
+	if l.shared != nil {
+		if err := l.addShared(r.Context(), &v); err != nil {
+			// No seq part at all rather than a wrong one.
+			l.opts.Logger.Warn("ledger: sequence record unavailable", "device", id, "err", err)
+			writeUnavailable(w)
+			return
+		}
+	}
 	writeJSON(w, http.StatusOK, v)
 }
 
-// ServeFleet answers GET /api/v1/ledger; the caller checks the role.
-func (l *Ledger) ServeFleet(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, l.Fleet())
+// ServeFleet answers GET /api/v1/ledger; the caller checks the role. In
+// shared mode the devices with open gaps are the fleet's, from the
+// store.
+func (l *Ledger) ServeFleet(w http.ResponseWriter, r *http.Request) {
+	f := l.Fleet()
+	if l.shared != nil {
+		top, n, open, err := l.shared.FleetGaps(r.Context(), maxFleetDevices)
+		if err != nil {
+			l.opts.Logger.Warn("ledger: fleet gaps unavailable", "err", err)
+			writeUnavailable(w)
+			return
+		}
+		f.DevicesWithGaps, f.OpenGaps, f.Truncated = top, open, n > len(top)
+		if f.DevicesWithGaps == nil {
+			f.DevicesWithGaps = []DeviceGaps{}
+		}
+	}
+	writeJSON(w, http.StatusOK, f)
+}
+
+func writeUnavailable(w http.ResponseWriter) {
+	writeJSON(w, http.StatusServiceUnavailable, map[string]map[string]string{"error": {"code": "unavailable", "message": "the ledger's store is unavailable; try again"}})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -7,6 +7,10 @@
 // It owns that state, its persistence (through the Store it declares)
 // and its HTTP views. It imports only telemetry and the standard library.
 //
+// With a SharedStore (several instances on PostgreSQL) seq is tracked
+// once per device in the store from every instance's observations
+// (shared.go); otherwise each Ledger tracks it in memory.
+//
 // Locking: one mutex per device (device.mu), never held across devices or
 // during I/O; the device table is a sync.Map, so the hot path takes no
 // lock shared by two devices.
@@ -60,7 +64,8 @@ type Options struct {
 	Store Store
 	// Instance names this hub's records in Store; default "local".
 	Instance string
-	// PersistInterval is how often changed devices are saved; default 10 s.
+	// PersistInterval is how often changed devices are saved (and, with
+	// a SharedStore, the instances' seq observations merged); default 10 s.
 	PersistInterval time.Duration
 	// MaxOpenGaps bounds a device's open gaps; default DefaultMaxOpenGaps.
 	MaxOpenGaps int
@@ -78,6 +83,14 @@ type Ledger struct {
 	opts   Options
 	devs   sync.Map // device id -> *device
 	totals [nCounters]atomic.Uint64
+
+	// shared is opts.Store as a SharedStore, nil when seq is tracked here.
+	shared SharedStore
+	// saveSoon asks Run for an early save: a device's batch is full.
+	saveSoon chan struct{}
+	// fleetOpen and fleetWith are the fleet's open gaps and devices with
+	// some, as of this instance's last Sync (shared mode).
+	fleetOpen, fleetWith atomic.Int64
 
 	delMu   sync.Mutex // guards deleted
 	deleted map[string]struct{}
@@ -117,7 +130,10 @@ func (w *window) UnmarshalJSON(data []byte) error {
 	return nil
 }
 
-// device is one device's ledger; mu guards everything but openN.
+// device is one device's ledger; mu guards everything but openN. In
+// shared mode Seq stays empty (the tracker is the store's sequence
+// record, a device too) and pend holds the numbers made durable since
+// the last save.
 type device struct {
 	mu      sync.Mutex
 	C       [nCounters]uint64 `json:"c"`
@@ -125,6 +141,7 @@ type device struct {
 	Win     window            `json:"win"`
 	Seq     seqState          `json:"seq"`
 	dirty   bool
+	pend    *batch
 	openN   atomic.Int32
 }
 
@@ -148,9 +165,15 @@ func New(ctx context.Context, opts Options) (*Ledger, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	l := &Ledger{opts: opts, deleted: map[string]struct{}{}}
+	l := &Ledger{opts: opts, deleted: map[string]struct{}{}, saveSoon: make(chan struct{}, 1)}
 	if opts.Store == nil {
 		return l, nil
+	}
+	l.shared, _ = opts.Store.(SharedStore)
+	if l.shared != nil {
+		if err := l.shared.Join(ctx, opts.Instance, opts.Now()); err != nil {
+			return nil, fmt.Errorf("ledger: join: %w", err)
+		}
 	}
 	recs, err := opts.Store.LoadLedger(ctx, opts.Instance)
 	if err != nil {
@@ -161,6 +184,9 @@ func New(ctx context.Context, opts Options) (*Ledger, error) {
 		if err := json.Unmarshal(b, d); err != nil {
 			opts.Logger.Warn("ledger record unreadable; starting the device's ledger again", "device", id, "err", err)
 			continue
+		}
+		if l.shared != nil { // the store's sequence record is the tracker
+			d.Seq = seqState{}
 		}
 		d.openN.Store(int32(len(d.Seq.Open)))
 		for i := range nCounters {
@@ -237,6 +263,25 @@ func (l *Ledger) Durable(id, boot string, readings []telemetry.Reading) {
 	now, m := l.minute()
 	d.mu.Lock()
 	l.add(d, cDurable, uint64(len(readings)), m)
+	if l.shared != nil {
+		full := false
+		for i := range readings {
+			if readings[i].HasSeq {
+				if d.pend == nil {
+					d.pend = &batch{}
+				}
+				full = d.pend.add(boot, readings[i].Seq, now) || full
+			}
+		}
+		d.mu.Unlock()
+		if full {
+			select {
+			case l.saveSoon <- struct{}{}:
+			default:
+			}
+		}
+		return
+	}
 	before := len(d.Seq.Open)
 	for i := range readings {
 		if !readings[i].HasSeq {
@@ -313,7 +358,8 @@ func (l *Ledger) lines(data []byte, c int) {
 }
 
 // OpenGaps returns a device's number of open gaps: one atomic load, for
-// alert conditions and the overview.
+// alert conditions and the overview. In shared mode it is as of the last
+// time this instance settled the device.
 func (l *Ledger) OpenGaps(id string) int {
 	if d, ok := l.devs.Load(id); ok {
 		return int(d.(*device).openN.Load())
@@ -338,12 +384,17 @@ type Totals struct {
 }
 
 // Totals returns the counts since start of every device this instance
-// keeps, and the open gaps now.
+// keeps, and the open gaps now (in shared mode the fleet's, as of this
+// instance's last Sync; its seq counts are those its Syncs settled).
 func (l *Ledger) Totals() Totals {
 	t := Totals{
 		Received: l.totals[cReceived].Load(), Refused: l.totals[cRefused].Load(), Durable: l.totals[cDurable].Load(),
 		Written: l.totals[cWritten].Load(), DeadLettered: l.totals[cDead].Load(), Gaps: l.totals[cGaps].Load(),
 		Duplicates: l.totals[cDuplicates].Load(), Resets: l.totals[cResets].Load(),
+	}
+	if l.shared != nil {
+		t.OpenGaps = int(l.fleetOpen.Load())
+		return t
 	}
 	l.devs.Range(func(_, v any) bool {
 		t.OpenGaps += int(v.(*device).openN.Load())
@@ -361,16 +412,27 @@ func (l *Ledger) Run(ctx context.Context) error {
 	}
 	t := time.NewTicker(l.opts.PersistInterval)
 	defer t.Stop()
+	var last time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 			defer cancel()
-			return l.Persist(sctx)
-		case <-t.C:
-			if err := l.Persist(ctx); err != nil {
-				l.opts.Logger.Warn("ledger persist failed; retrying at the next interval", "err", err)
+			err := l.Persist(sctx)
+			if l.shared != nil && err == nil {
+				// The others' watermark stops waiting for this instance.
+				err = l.shared.Leave(sctx, l.opts.Instance)
 			}
+			return err
+		case <-l.saveSoon:
+			if time.Since(last) < time.Second { // at most one early save a second
+				continue
+			}
+		case <-t.C:
+		}
+		last = time.Now()
+		if err := l.Persist(ctx); err != nil && ctx.Err() == nil {
+			l.opts.Logger.Warn("ledger persist failed; retrying at the next interval", "err", err)
 		}
 	}
 }
@@ -381,45 +443,86 @@ func (l *Ledger) Persist(ctx context.Context) error {
 	if l.opts.Store == nil {
 		return nil
 	}
-	put := map[string][]byte{}
-	var dirty []*device
+	if l.shared != nil {
+		return l.sync(ctx)
+	}
+	sv := l.collect()
+	if len(sv.put) == 0 && len(sv.del) == 0 {
+		return nil
+	}
+	if err := l.opts.Store.SaveLedger(ctx, l.opts.Instance, sv.put, sv.del); err != nil {
+		l.restore(sv)
+		return fmt.Errorf("save ledger of %d devices: %w", len(sv.put), err)
+	}
+	return nil
+}
+
+// save is one save's worth of records: the changed devices encoded, the
+// deleted ones, and (shared mode) the batches taken from the devices.
+type save struct {
+	put     map[string][]byte
+	dirty   []*device
+	del     []string
+	batches map[string]Batch
+	sent    map[*device]*batch
+}
+
+// collect encodes every device changed since the last save, each under
+// its own lock, and takes its batch.
+func (l *Ledger) collect() save {
+	sv := save{put: map[string][]byte{}}
+	if l.shared != nil {
+		sv.batches, sv.sent = map[string]Batch{}, map[*device]*batch{}
+	}
 	l.devs.Range(func(k, v any) bool {
 		d := v.(*device)
 		d.mu.Lock()
 		if d.dirty {
 			if b, err := json.Marshal(d); err == nil {
-				put[k.(string)] = b
+				sv.put[k.(string)] = b
 				d.dirty = false
-				dirty = append(dirty, d)
+				sv.dirty = append(sv.dirty, d)
+			}
+		}
+		if d.pend != nil {
+			if b, err := json.Marshal([]batch{*d.pend}); err == nil {
+				sv.batches[k.(string)] = Batch{ReceivedTo: d.pend.To, Data: b}
+				sv.sent[d] = d.pend
+				d.pend = nil
 			}
 		}
 		d.mu.Unlock()
 		return true
 	})
 	l.delMu.Lock()
-	var del []string
 	for id := range l.deleted {
-		if _, again := put[id]; !again { // deleted and created again since: the new record stands
-			del = append(del, id)
+		if _, again := sv.put[id]; !again { // deleted and created again since: the new record stands
+			sv.del = append(sv.del, id)
 		}
 	}
 	clear(l.deleted)
 	l.delMu.Unlock()
-	if len(put) == 0 && len(del) == 0 {
-		return nil
+	return sv
+}
+
+// restore puts back what a failed save took, to be saved next time.
+func (l *Ledger) restore(sv save) {
+	for _, d := range sv.dirty {
+		d.mu.Lock()
+		d.dirty = true
+		d.mu.Unlock()
 	}
-	if err := l.opts.Store.SaveLedger(ctx, l.opts.Instance, put, del); err != nil {
-		for _, d := range dirty { // saved again next time
-			d.mu.Lock()
-			d.dirty = true
-			d.mu.Unlock()
+	for d, b := range sv.sent {
+		d.mu.Lock()
+		if d.pend != nil {
+			b.merge(*d.pend)
 		}
-		l.delMu.Lock()
-		for _, id := range del {
-			l.deleted[id] = struct{}{}
-		}
-		l.delMu.Unlock()
-		return fmt.Errorf("save ledger of %d devices: %w", len(put), err)
+		d.pend = b
+		d.mu.Unlock()
 	}
-	return nil
+	l.delMu.Lock()
+	for _, id := range sv.del {
+		l.deleted[id] = struct{}{}
+	}
+	l.delMu.Unlock()
 }

@@ -107,6 +107,21 @@ func (s *slot) advance(n uint64) {
 	s.Next = n + 1
 }
 
+// advanceTo marks Next..b (b >= Next) seen and moves Next to b+1: at
+// most Window bit sets, whatever the span.
+func (s *slot) advanceTo(b uint64) {
+	if b-s.Next >= Window {
+		for i := range s.Bits {
+			s.Bits[i] = ^uint64(0)
+		}
+	} else {
+		for k := s.Next; k <= b; k++ {
+			s.set(k)
+		}
+	}
+	s.Next = b + 1
+}
+
 // seqState is a device's sequence tracking: the current boot (slots[0])
 // and the one before (slots[1]), so readings of the previous boot that a
 // device resends after restarting are neither a reset nor new gaps; its
@@ -213,29 +228,96 @@ func (st *seqState) close(g Gap, now time.Time) {
 // n is inside; a gap left empty is closed. It reports whether n was in a
 // gap.
 func (st *seqState) fill(boot string, epoch uint32, n uint64, now time.Time, maxOpen int) bool {
+	_, ok := st.fillSpan(boot, epoch, n, n, now, maxOpen)
+	return ok
+}
+
+// fillSpan removes [a, min(b, To)] from the open gap of boot holding a,
+// closing it when nothing is left and splitting it when the span is
+// inside. It returns the last number filled, or false when a is in no
+// open gap.
+func (st *seqState) fillSpan(boot string, epoch uint32, a, b uint64, now time.Time, maxOpen int) (uint64, bool) {
 	for i := range st.Open {
 		g := &st.Open[i]
-		if g.Boot != boot || g.Epoch != epoch || n < g.From || n > g.To {
+		if g.Boot != boot || g.Epoch != epoch || a < g.From || a > g.To {
 			continue
 		}
+		hi := min(b, g.To)
 		switch {
-		case g.From == g.To:
+		case a == g.From && hi == g.To:
 			done := *g
 			st.Open = append(st.Open[:i], st.Open[i+1:]...)
 			st.close(done, now)
-		case n == g.From:
-			g.From++
-		case n == g.To:
-			g.To--
+		case a == g.From:
+			g.From = hi + 1
+		case hi == g.To:
+			g.To = a - 1
 		default: // split: the upper part keeps the gap's notice time
-			upper := Gap{Boot: boot, Epoch: epoch, From: n + 1, To: g.To, NoticedAt: g.NoticedAt}
-			g.To = n - 1
+			upper := Gap{Boot: boot, Epoch: epoch, From: hi + 1, To: g.To, NoticedAt: g.NoticedAt}
+			g.To = a - 1
 			st.Open = append(st.Open, Gap{})
 			copy(st.Open[i+2:], st.Open[i+1:])
 			st.Open[i+1] = upper
 			st.trim(now, maxOpen)
 		}
-		return true
+		return hi, true
 	}
-	return false
+	return 0, false
+}
+
+// slotOf returns the slot tracking boot, or nil.
+func (st *seqState) slotOf(boot string) *slot {
+	for i := range st.Slots {
+		if st.Slots[i].Used && st.Slots[i].Boot == boot {
+			return &st.Slots[i]
+		}
+	}
+	return nil
+}
+
+// seqCounts is what a span of numbers did, for the counters.
+type seqCounts struct{ gaps, duplicates, resets uint64 }
+
+func (c *seqCounts) add(ev event, reset bool) {
+	if reset {
+		c.resets++
+	}
+	switch ev {
+	case evGap:
+		c.gaps++
+	case evDuplicate:
+		c.duplicates++
+	}
+}
+
+// observeSpan records a..b (a <= b) of boot as observing them one by one
+// in ascending order would, in work bounded by the window and the open
+// gaps rather than by b-a: numbers above the newest are marked in bulk
+// (they open no gap), numbers far behind fill open gaps span by span.
+// Several instances' merged observations arrive this way (shared.go),
+// and a span there can be large.
+func (st *seqState) observeSpan(boot string, a, b uint64, now time.Time, maxOpen int) seqCounts {
+	var c seqCounts
+	for {
+		if sl := st.slotOf(boot); sl != nil {
+			switch {
+			case a == sl.Next && a < b: // in order above the newest: no gap, no duplicate
+				sl.advanceTo(b)
+				return c
+			case a+Window < sl.Next: // far behind: fills of open gaps, in bulk
+				if hi, ok := st.fillSpan(boot, sl.Epoch, a, b, now, maxOpen); ok {
+					if hi == b {
+						return c
+					}
+					a = hi + 1
+					continue
+				}
+			}
+		}
+		c.add(st.observe(boot, a, now, maxOpen))
+		if a == b {
+			return c
+		}
+		a++
+	}
 }

@@ -59,7 +59,9 @@ func TestStores(t *testing.T) {
 			}
 			l = open("i1")
 			v, ok := l.Device("d1")
-			if !ok || v.Durable != 2 || v.Received != 0 || v.Seq.OpenGaps != 1 {
+			// With PostgreSQL seq is the store's merged record, settled
+			// later (TestShared*); the embedded store tracks it here.
+			if !ok || v.Durable != 2 || v.Received != 0 || name == "bolt" && v.Seq.OpenGaps != 1 {
 				t.Fatalf("reloaded d1: %+v", v)
 			}
 			l.Forget("d2")

@@ -1,0 +1,346 @@
+package ledger
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"sort"
+	"time"
+)
+
+// Several instances (docs/architecture.md "The ledger: where each count
+// is kept"). Behind one broker a device's messages are spread over
+// instances (a shared subscription hands each message to one of them),
+// so no instance alone sees its whole seq stream. With a SharedStore the
+// instances do not track seq themselves: each keeps the numbers it made
+// durable since its last save as a batch (spans per boot), and its save
+// writes the batch and its heartbeat. A device's sequence record (the
+// tracker of seq.go, its gaps, duplicates and resets) lives once in the
+// store; whichever instance saves next settles the batches every live
+// instance has saved past (the watermark: the oldest heartbeat among
+// instances that saved within LiveFor), all of them merged in order, so
+// the tracker sees the stream as one instance would. A gap is reported
+// only once the numbers could no longer be waiting on another instance.
+
+// SharedStore is a Store that several instances share (pgstore). Sync is
+// one transaction; the ledger calls it every PersistInterval.
+type SharedStore interface {
+	Store
+	// Sync saves this instance's records (Put, Del) and batches,
+	// records its heartbeat, then
+	// settles up to MaxSettle devices whose batches are ready (received
+	// before the watermark less Slack) and not being settled by another
+	// instance: for each it calls Settle with the stored sequence record
+	// (nil at first) and the ready batches in the order they were saved,
+	// stores the result and deletes those batches.
+	Sync(ctx context.Context, req SyncRequest) (SyncResult, error)
+	// Join records this instance's heartbeat at start, before it
+	// accepts anything: the others' watermark waits for it from then.
+	Join(ctx context.Context, instance string, at time.Time) error
+	// Leave removes this instance's heartbeat after its last Sync, so
+	// the others' watermark stops waiting for it.
+	Leave(ctx context.Context, instance string) error
+	// SeqRecord returns a device's sequence record (nil if none).
+	SeqRecord(ctx context.Context, device string) ([]byte, error)
+	// FleetGaps returns the devices with open gaps, most first, at most
+	// limit, and the number of such devices and of open gaps in all.
+	FleetGaps(ctx context.Context, limit int) (top []DeviceGaps, devices, open int, err error)
+}
+
+// SyncRequest is one instance's save (see SharedStore.Sync).
+type SyncRequest struct {
+	Instance string
+	// SavedAt is when the instance took the snapshot it saves: every
+	// number it made durable before then is in Batches or already saved.
+	SavedAt time.Time
+	Put     map[string][]byte
+	Del     []string
+	Batches map[string]Batch
+	// LiveFor is how recent a heartbeat must be for the watermark to
+	// wait for its instance (a crashed instance is waited for no longer).
+	LiveFor time.Duration
+	// Slack absorbs clock differences between instances.
+	Slack     time.Duration
+	MaxSettle int
+	Settle    func(device string, rec []byte, batches [][]byte) ([]byte, Settled, error)
+}
+
+// Batch is one device's seq numbers an instance made durable since its
+// last save: Data (encoded, for Settle), and when the last of them was
+// received, which the watermark must pass before it is settled.
+type Batch struct {
+	ReceivedTo time.Time
+	Data       []byte
+}
+
+// Settled is what settling one device's batches changed.
+type Settled struct {
+	Device         string
+	OpenGapsBefore int
+	OpenGaps       int
+	Counts         seqCounts
+}
+
+// SyncResult is what a Sync settled, and the fleet's open gaps after it.
+type SyncResult struct {
+	Settled     []Settled
+	FleetOpen   int
+	FleetWithIt int
+}
+
+// maxSpans bounds the spans one device's batch keeps per save. Numbers
+// arriving in order make one span; interleaved delivery (every other
+// number to this instance) makes one per number. Beyond it the two
+// closest spans are joined: the numbers between count as seen, which can
+// hide a gap but never invent one.
+const maxSpans = 1024
+
+// numSpan is an inclusive range of seq numbers, [from, to] in JSON.
+type numSpan [2]uint64
+
+// bootSpans is one boot's numbers in a batch, ascending, disjoint.
+type bootSpans struct {
+	Boot  string    `json:"boot"`
+	Spans []numSpan `json:"spans"`
+}
+
+// batch is the seq numbers one instance made durable for one device
+// between two saves: per boot in the order the boots appeared, and the
+// numbers it saw twice within the batch.
+type batch struct {
+	From  time.Time   `json:"from"`
+	To    time.Time   `json:"to"`
+	Dups  uint64      `json:"dups,omitempty"`
+	Boots []bootSpans `json:"boots"`
+}
+
+func (b *batch) spans() int {
+	n := 0
+	for _, bs := range b.Boots {
+		n += len(bs.Spans)
+	}
+	return n
+}
+
+// add records n of boot seen at now; it reports whether the batch is
+// over its span bound (the caller asks for an early save).
+func (b *batch) add(boot string, n uint64, now time.Time) bool {
+	if b.From.IsZero() {
+		b.From = now
+	}
+	b.To = now
+	i := slices.IndexFunc(b.Boots, func(bs bootSpans) bool { return bs.Boot == boot })
+	if i < 0 {
+		b.Boots = append(b.Boots, bootSpans{Boot: boot})
+		i = len(b.Boots) - 1
+	}
+	bs := &b.Boots[i]
+	if !addNum(&bs.Spans, n) {
+		b.Dups++
+	}
+	if b.spans() <= maxSpans {
+		return false
+	}
+	joinClosest(&bs.Spans)
+	return true
+}
+
+// addNum adds n to the sorted disjoint spans; false when it was there.
+// A number one past the last span (the usual case) costs a binary
+// search and no allocation.
+func addNum(spans *[]numSpan, n uint64) bool {
+	sp := *spans
+	i := sort.Search(len(sp), func(i int) bool { return sp[i][0] > n }) // the first span after n
+	if i > 0 && sp[i-1][1] >= n {
+		return false
+	}
+	joinPrev := i > 0 && sp[i-1][1]+1 == n
+	joinNext := i < len(sp) && n+1 == sp[i][0]
+	switch {
+	case joinPrev && joinNext:
+		sp[i-1][1] = sp[i][1]
+		sp = slices.Delete(sp, i, i+1)
+	case joinPrev:
+		sp[i-1][1] = n
+	case joinNext:
+		sp[i][0] = n
+	default:
+		sp = slices.Insert(sp, i, numSpan{n, n})
+	}
+	*spans = sp
+	return true
+}
+
+// joinClosest joins the two neighbouring spans with the fewest numbers
+// between them.
+func joinClosest(spans *[]numSpan) {
+	sp := *spans
+	if len(sp) < 2 {
+		return
+	}
+	best := 0
+	for i := 1; i+1 < len(sp); i++ {
+		if sp[i+1][0]-sp[i][1] < sp[best+1][0]-sp[best][1] {
+			best = i
+		}
+	}
+	sp[best][1] = sp[best+1][1]
+	*spans = slices.Delete(sp, best+1, best+2)
+}
+
+// merge joins b into a: spans unioned (numbers in both are duplicates),
+// the time range widened.
+func (a *batch) merge(b batch) {
+	if a.From.IsZero() || (!b.From.IsZero() && b.From.Before(a.From)) {
+		a.From = b.From
+	}
+	if b.To.After(a.To) {
+		a.To = b.To
+	}
+	a.Dups += b.Dups
+	for _, bs := range b.Boots {
+		i := slices.IndexFunc(a.Boots, func(x bootSpans) bool { return x.Boot == bs.Boot })
+		if i < 0 {
+			a.Boots = append(a.Boots, bootSpans{Boot: bs.Boot})
+			i = len(a.Boots) - 1
+		}
+		all := append(slices.Clone(a.Boots[i].Spans), bs.Spans...)
+		var dups uint64
+		a.Boots[i].Spans, dups = union(all)
+		a.Dups += dups
+	}
+	for a.spans() > maxSpans {
+		i := slices.IndexFunc(a.Boots, func(bs bootSpans) bool { return len(bs.Spans) > 1 })
+		if i < 0 {
+			break
+		}
+		joinClosest(&a.Boots[i].Spans)
+	}
+}
+
+// union sorts and merges spans, returning the numbers they overlap in
+// (each a duplicate: two instances, or a resend, stored it).
+func union(all []numSpan) ([]numSpan, uint64) {
+	slices.SortFunc(all, func(x, y numSpan) int { return cmp.Compare(x[0], y[0]) })
+	var out []numSpan
+	var dups uint64
+	for _, s := range all {
+		if n := len(out); n > 0 && out[n-1][1]+1 >= s[0] {
+			last := &out[n-1]
+			if s[0] <= last[1] {
+				dups += min(s[1], last[1]) - s[0] + 1
+			}
+			last[1] = max(last[1], s[1])
+			continue
+		}
+		out = append(out, s)
+	}
+	return out, dups
+}
+
+// settle applies a device's ready batches (each an encoded []batch, in
+// the order they were saved) to its stored sequence record rec (nil at
+// first), all merged into one batch first, so numbers two instances
+// took in the same seconds are seen in order, as one instance would see
+// them. It returns the new record.
+func (l *Ledger) settle(id string, rec []byte, encoded [][]byte) ([]byte, Settled, error) {
+	out := Settled{Device: id}
+	var d device
+	if len(rec) > 0 {
+		if err := json.Unmarshal(rec, &d); err != nil {
+			// An unreadable record is started again rather than blocking
+			// the device's settling for good.
+			l.opts.Logger.Warn("ledger sequence record unreadable; starting it again", "device", id, "err", err)
+			d = device{}
+		}
+	}
+	out.OpenGapsBefore = len(d.Seq.Open)
+	var all batch
+	for _, e := range encoded {
+		var bs []batch
+		if err := json.Unmarshal(e, &bs); err != nil {
+			l.opts.Logger.Warn("ledger batch unreadable; skipped", "device", id, "err", err)
+			continue
+		}
+		for _, b := range bs {
+			all.merge(b)
+		}
+	}
+	now, m := l.minute()
+	for _, bs := range all.Boots {
+		for _, s := range bs.Spans {
+			c := d.Seq.observeSpan(bs.Boot, s[0], s[1], now, l.opts.MaxOpenGaps)
+			out.Counts.gaps += c.gaps
+			out.Counts.duplicates += c.duplicates
+			out.Counts.resets += c.resets
+		}
+	}
+	out.Counts.duplicates += all.Dups
+	addSeq(&d, out.Counts, m)
+	out.OpenGaps = len(d.Seq.Open)
+	b, err := json.Marshal(&d)
+	if err != nil {
+		return nil, Settled{}, fmt.Errorf("encode sequence record of %s: %w", id, err)
+	}
+	return b, out, nil
+}
+
+// addSeq counts c into a sequence record's counters and window.
+func addSeq(d *device, c seqCounts, minute int64) {
+	for _, x := range []struct {
+		i int
+		n uint64
+	}{{cGaps, c.gaps}, {cDuplicates, c.duplicates}, {cResets, c.resets}} {
+		if x.n == 0 {
+			continue
+		}
+		d.C[x.i] += x.n
+		b := &d.Win[minute%buckets]
+		if b.Minute != minute {
+			*b = bucket{Minute: minute}
+		}
+		b.C[x.i] += uint32(min(x.n, 1<<31))
+	}
+}
+
+// maxSettle bounds the devices one Sync settles; the rest wait for the
+// next (any instance's).
+const maxSettle = 1000
+
+// syncSlack absorbs clock differences between instances: a batch is
+// settled once every live instance saved this much past its last number.
+const syncSlack = 2 * time.Second
+
+// sync is Persist in shared mode: this instance's records and batches
+// and heartbeat in one transaction that also settles the devices whose
+// batches are ready. It runs every PersistInterval even when nothing
+// changed here: the heartbeat moves the watermark, and other instances'
+// batches need settling.
+func (l *Ledger) sync(ctx context.Context) error {
+	savedAt := l.opts.Now()
+	sv := l.collect()
+	res, err := l.shared.Sync(ctx, SyncRequest{
+		Instance: l.opts.Instance, SavedAt: savedAt, Put: sv.put, Del: sv.del, Batches: sv.batches,
+		LiveFor: 3*l.opts.PersistInterval + syncSlack, Slack: syncSlack, MaxSettle: maxSettle, Settle: l.settle,
+	})
+	if err != nil {
+		l.restore(sv)
+		return fmt.Errorf("sync ledger of %d devices: %w", len(sv.put), err)
+	}
+	for _, st := range res.Settled {
+		l.totals[cGaps].Add(st.Counts.gaps)
+		l.totals[cDuplicates].Add(st.Counts.duplicates)
+		l.totals[cResets].Add(st.Counts.resets)
+		if d, ok := l.devs.Load(st.Device); ok {
+			d.(*device).openN.Store(int32(st.OpenGaps))
+		}
+		if st.OpenGaps != st.OpenGapsBefore && l.opts.OnGapsChanged != nil {
+			l.opts.OnGapsChanged(st.Device, st.OpenGaps)
+		}
+	}
+	l.fleetOpen.Store(int64(res.FleetOpen))
+	l.fleetWith.Store(int64(res.FleetWithIt))
+	return nil
+}
