@@ -141,7 +141,7 @@ type device struct {
 	Win     window            `json:"win"`
 	Seq     seqState          `json:"seq"`
 	dirty   bool
-	pend    *batch
+	pend    *pending
 	openN   atomic.Int32
 }
 
@@ -268,7 +268,7 @@ func (l *Ledger) Durable(id, boot string, readings []telemetry.Reading) {
 		for i := range readings {
 			if readings[i].HasSeq {
 				if d.pend == nil {
-					d.pend = &batch{}
+					d.pend = &pending{}
 				}
 				full = d.pend.add(boot, readings[i].Seq, now) || full
 			}
@@ -464,7 +464,7 @@ type save struct {
 	dirty   []*device
 	del     []string
 	batches map[string]Batch
-	sent    map[*device]*batch
+	sent    map[*device][]bucketSeq
 }
 
 // collect encodes every device changed since the last save, each under
@@ -472,7 +472,7 @@ type save struct {
 func (l *Ledger) collect() save {
 	sv := save{put: map[string][]byte{}}
 	if l.shared != nil {
-		sv.batches, sv.sent = map[string]Batch{}, map[*device]*batch{}
+		sv.batches, sv.sent = map[string]Batch{}, map[*device][]bucketSeq{}
 	}
 	l.devs.Range(func(k, v any) bool {
 		d := v.(*device)
@@ -484,10 +484,10 @@ func (l *Ledger) collect() save {
 				sv.dirty = append(sv.dirty, d)
 			}
 		}
-		if d.pend != nil {
-			if b, err := json.Marshal([]batch{*d.pend}); err == nil {
-				sv.batches[k.(string)] = Batch{ReceivedTo: d.pend.To, Data: b}
-				sv.sent[d] = d.pend
+		if d.pend != nil && len(d.pend.b) > 0 {
+			if b, err := json.Marshal(d.pend.b); err == nil {
+				sv.batches[k.(string)] = Batch{From: time.Unix(d.pend.b[0].Sec, 0), Data: b}
+				sv.sent[d] = d.pend.b
 				d.pend = nil
 			}
 		}
@@ -514,10 +514,10 @@ func (l *Ledger) restore(sv save) {
 	}
 	for d, b := range sv.sent {
 		d.mu.Lock()
-		if d.pend != nil {
-			b.merge(*d.pend)
+		if d.pend == nil {
+			d.pend = &pending{}
 		}
-		d.pend = b
+		d.pend.prepend(b)
 		d.mu.Unlock()
 	}
 	l.delMu.Lock()

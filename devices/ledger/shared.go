@@ -15,14 +15,18 @@ import (
 // instances (a shared subscription hands each message to one of them),
 // so no instance alone sees its whole seq stream. With a SharedStore the
 // instances do not track seq themselves: each keeps the numbers it made
-// durable since its last save as a batch (spans per boot), and its save
-// writes the batch and its heartbeat. A device's sequence record (the
-// tracker of seq.go, its gaps, duplicates and resets) lives once in the
-// store; whichever instance saves next settles the batches every live
-// instance has saved past (the watermark: the oldest heartbeat among
-// instances that saved within LiveFor), all of them merged in order, so
-// the tracker sees the stream as one instance would. A gap is reported
-// only once the numbers could no longer be waiting on another instance.
+// durable since its last save in one-second buckets (spans per boot, by
+// the second they were received in), and its save writes them and its
+// heartbeat. A device's sequence record (the tracker of seq.go, its
+// gaps, duplicates and resets) lives once in the store; whichever
+// instance saves next settles every bucket older than the watermark (the
+// oldest heartbeat among instances that saved within LiveFor, less a
+// slack), all instances' buckets of those seconds merged and sorted, so
+// the tracker sees the stream as one instance would. Buckets are aligned
+// to whole seconds so that every instance cuts at the same second: a
+// number is settled together with every number received in the same or
+// an earlier second anywhere, and a gap is reported only once its
+// numbers can no longer be waiting on another instance.
 
 // SharedStore is a Store that several instances share (pgstore). Sync is
 // one transaction; the ledger calls it every PersistInterval.
@@ -34,7 +38,8 @@ type SharedStore interface {
 	// before the watermark less Slack) and not being settled by another
 	// instance: for each it calls Settle with the stored sequence record
 	// (nil at first) and the ready batches in the order they were saved,
-	// stores the result and deletes those batches.
+	// stores the result and deletes those batches (or keeps the part
+	// Settle left).
 	Sync(ctx context.Context, req SyncRequest) (SyncResult, error)
 	// Join records this instance's heartbeat at start, before it
 	// accepts anything: the others' watermark waits for it from then.
@@ -64,15 +69,25 @@ type SyncRequest struct {
 	// Slack absorbs clock differences between instances.
 	Slack     time.Duration
 	MaxSettle int
-	Settle    func(device string, rec []byte, batches [][]byte) ([]byte, Settled, error)
+	// Settle applies the buckets of rows older than mark to rec (nil at
+	// first) and returns the new record and the rows still holding
+	// younger buckets (same ID, new Data and From); the others are done.
+	Settle func(device string, rec []byte, rows []BatchRow, mark time.Time) ([]byte, Settled, []BatchRow, error)
 }
 
 // Batch is one device's seq numbers an instance made durable since its
-// last save: Data (encoded, for Settle), and when the last of them was
-// received, which the watermark must pass before it is settled.
+// last save: Data (encoded buckets, for Settle) and the start of its
+// oldest bucket, which the watermark must pass before any of it is
+// settled.
 type Batch struct {
-	ReceivedTo time.Time
-	Data       []byte
+	From time.Time
+	Data []byte
+}
+
+// BatchRow is a stored Batch.
+type BatchRow struct {
+	ID int64
+	Batch
 }
 
 // Settled is what settling one device's batches changed.
@@ -90,61 +105,88 @@ type SyncResult struct {
 	FleetWithIt int
 }
 
-// maxSpans bounds the spans one device's batch keeps per save. Numbers
-// arriving in order make one span; interleaved delivery (every other
-// number to this instance) makes one per number. Beyond it the two
-// closest spans are joined: the numbers between count as seen, which can
-// hide a gap but never invent one.
+// maxSpans bounds the spans one device's buckets keep between saves.
+// Numbers arriving in order make one span a second; interleaved
+// delivery (every other number to this instance) one per number. Beyond
+// it the two closest spans of a boot are joined: the numbers between
+// count as seen, which can hide a gap but never invent one.
 const maxSpans = 1024
+
+// maxBuckets bounds a device's buckets between saves (saves that keep
+// failing): beyond it the oldest is folded into the next, which only
+// settles its numbers a little later.
+const maxBuckets = 600
 
 // numSpan is an inclusive range of seq numbers, [from, to] in JSON.
 type numSpan [2]uint64
 
-// bootSpans is one boot's numbers in a batch, ascending, disjoint.
+// bootSpans is one boot's numbers in a bucket, ascending, disjoint.
 type bootSpans struct {
 	Boot  string    `json:"boot"`
 	Spans []numSpan `json:"spans"`
 }
 
-// batch is the seq numbers one instance made durable for one device
-// between two saves: per boot in the order the boots appeared, and the
-// numbers it saw twice within the batch.
-type batch struct {
-	From  time.Time   `json:"from"`
-	To    time.Time   `json:"to"`
+// bucket is the seq numbers one instance made durable for one device in
+// one second (Sec, Unix time): per boot in the order the boots appeared,
+// and how many it saw twice within the bucket.
+type bucketSeq struct {
+	Sec   int64       `json:"sec"`
 	Dups  uint64      `json:"dups,omitempty"`
 	Boots []bootSpans `json:"boots"`
 }
 
-func (b *batch) spans() int {
-	n := 0
-	for _, bs := range b.Boots {
-		n += len(bs.Spans)
-	}
-	return n
+// pending is a device's buckets since its last save, oldest first.
+type pending struct {
+	b     []bucketSeq
+	spans int
 }
 
-// add records n of boot seen at now; it reports whether the batch is
-// over its span bound (the caller asks for an early save).
-func (b *batch) add(boot string, n uint64, now time.Time) bool {
-	if b.From.IsZero() {
-		b.From = now
+// add records n of boot received at now; it reports whether the device
+// is over its span bound (the caller asks for an early save).
+func (p *pending) add(boot string, n uint64, now time.Time) bool {
+	sec := now.Unix()
+	if k := len(p.b); k == 0 || p.b[k-1].Sec < sec {
+		p.b = append(p.b, bucketSeq{Sec: sec})
+		if len(p.b) > maxBuckets {
+			p.b[1].fold(p.b[0])
+			p.b = slices.Delete(p.b, 0, 1)
+		}
 	}
-	b.To = now
+	b := &p.b[len(p.b)-1] // a clock that went back keeps filling the newest
 	i := slices.IndexFunc(b.Boots, func(bs bootSpans) bool { return bs.Boot == boot })
 	if i < 0 {
 		b.Boots = append(b.Boots, bootSpans{Boot: boot})
 		i = len(b.Boots) - 1
 	}
 	bs := &b.Boots[i]
+	before := len(bs.Spans)
 	if !addNum(&bs.Spans, n) {
 		b.Dups++
 	}
-	if b.spans() <= maxSpans {
+	p.spans += len(bs.Spans) - before
+	if p.spans <= maxSpans {
 		return false
 	}
-	joinClosest(&bs.Spans)
+	if len(bs.Spans) > 1 {
+		joinClosest(&bs.Spans)
+		p.spans--
+	}
 	return true
+}
+
+// prepend puts older buckets (a failed save's) back before p's.
+func (p *pending) prepend(older []bucketSeq) {
+	p.b = append(slices.Clone(older), p.b...)
+	for len(p.b) > maxBuckets {
+		p.b[1].fold(p.b[0])
+		p.b = slices.Delete(p.b, 0, 1)
+	}
+	p.spans = 0
+	for _, b := range p.b {
+		for _, bs := range b.Boots {
+			p.spans += len(bs.Spans)
+		}
+	}
 }
 
 // addNum adds n to the sorted disjoint spans; false when it was there.
@@ -190,33 +232,19 @@ func joinClosest(spans *[]numSpan) {
 	*spans = slices.Delete(sp, best+1, best+2)
 }
 
-// merge joins b into a: spans unioned (numbers in both are duplicates),
-// the time range widened.
-func (a *batch) merge(b batch) {
-	if a.From.IsZero() || (!b.From.IsZero() && b.From.Before(a.From)) {
-		a.From = b.From
-	}
-	if b.To.After(a.To) {
-		a.To = b.To
-	}
-	a.Dups += b.Dups
-	for _, bs := range b.Boots {
-		i := slices.IndexFunc(a.Boots, func(x bootSpans) bool { return x.Boot == bs.Boot })
+// fold joins o into b: spans unioned (numbers in both are duplicates:
+// two instances, or a resend, stored them); b keeps its second.
+func (b *bucketSeq) fold(o bucketSeq) {
+	b.Dups += o.Dups
+	for _, bs := range o.Boots {
+		i := slices.IndexFunc(b.Boots, func(x bootSpans) bool { return x.Boot == bs.Boot })
 		if i < 0 {
-			a.Boots = append(a.Boots, bootSpans{Boot: bs.Boot})
-			i = len(a.Boots) - 1
+			b.Boots = append(b.Boots, bootSpans{Boot: bs.Boot})
+			i = len(b.Boots) - 1
 		}
-		all := append(slices.Clone(a.Boots[i].Spans), bs.Spans...)
 		var dups uint64
-		a.Boots[i].Spans, dups = union(all)
-		a.Dups += dups
-	}
-	for a.spans() > maxSpans {
-		i := slices.IndexFunc(a.Boots, func(bs bootSpans) bool { return len(bs.Spans) > 1 })
-		if i < 0 {
-			break
-		}
-		joinClosest(&a.Boots[i].Spans)
+		b.Boots[i].Spans, dups = union(append(slices.Clone(b.Boots[i].Spans), bs.Spans...))
+		b.Dups += dups
 	}
 }
 
@@ -240,12 +268,13 @@ func union(all []numSpan) ([]numSpan, uint64) {
 	return out, dups
 }
 
-// settle applies a device's ready batches (each an encoded []batch, in
-// the order they were saved) to its stored sequence record rec (nil at
-// first), all merged into one batch first, so numbers two instances
-// took in the same seconds are seen in order, as one instance would see
-// them. It returns the new record.
-func (l *Ledger) settle(id string, rec []byte, encoded [][]byte) ([]byte, Settled, error) {
+// settle applies a device's buckets older than mark's second, from
+// every instance's rows, to its stored sequence record rec (nil at
+// first): merged into one bucket and sorted first, so numbers two
+// instances took in the same seconds are seen in order, as one instance
+// would see them. It returns the new record and the rows left with
+// younger buckets.
+func (l *Ledger) settle(id string, rec []byte, rows []BatchRow, mark time.Time) ([]byte, Settled, []BatchRow, error) {
 	out := Settled{Device: id}
 	var d device
 	if len(rec) > 0 {
@@ -257,16 +286,35 @@ func (l *Ledger) settle(id string, rec []byte, encoded [][]byte) ([]byte, Settle
 		}
 	}
 	out.OpenGapsBefore = len(d.Seq.Open)
-	var all batch
-	for _, e := range encoded {
-		var bs []batch
-		if err := json.Unmarshal(e, &bs); err != nil {
+	cut := mark.Unix() // buckets of earlier seconds are complete everywhere
+	var ready []bucketSeq
+	var left []BatchRow
+	for _, r := range rows {
+		var bs []bucketSeq
+		if err := json.Unmarshal(r.Data, &bs); err != nil {
 			l.opts.Logger.Warn("ledger batch unreadable; skipped", "device", id, "err", err)
 			continue
 		}
+		var young []bucketSeq
 		for _, b := range bs {
-			all.merge(b)
+			if b.Sec < cut {
+				ready = append(ready, b)
+			} else {
+				young = append(young, b)
+			}
 		}
+		if len(young) > 0 {
+			data, err := json.Marshal(young)
+			if err != nil {
+				return nil, Settled{}, nil, fmt.Errorf("encode batch of %s: %w", id, err)
+			}
+			left = append(left, BatchRow{ID: r.ID, Batch: Batch{From: time.Unix(young[0].Sec, 0), Data: data}})
+		}
+	}
+	slices.SortStableFunc(ready, func(a, b bucketSeq) int { return cmp.Compare(a.Sec, b.Sec) })
+	var all bucketSeq
+	for _, b := range ready {
+		all.fold(b)
 	}
 	now, m := l.minute()
 	for _, bs := range all.Boots {
@@ -282,9 +330,9 @@ func (l *Ledger) settle(id string, rec []byte, encoded [][]byte) ([]byte, Settle
 	out.OpenGaps = len(d.Seq.Open)
 	b, err := json.Marshal(&d)
 	if err != nil {
-		return nil, Settled{}, fmt.Errorf("encode sequence record of %s: %w", id, err)
+		return nil, Settled{}, nil, fmt.Errorf("encode sequence record of %s: %w", id, err)
 	}
-	return b, out, nil
+	return b, out, left, nil
 }
 
 // addSeq counts c into a sequence record's counters and window.

@@ -17,6 +17,7 @@ package pgstore
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -43,10 +44,10 @@ func New(ctx context.Context, pool *pgxpool.Pool) (*Store, error) {
 		id          bigserial PRIMARY KEY,
 		instance    text NOT NULL,
 		device      text NOT NULL,
-		received_to timestamptz NOT NULL,
+		received_from timestamptz NOT NULL,
 		batches     jsonb NOT NULL
 	);
-	CREATE INDEX IF NOT EXISTS fieldhub_ledger_batches_ready ON fieldhub_ledger_batches (received_to, device);
+	CREATE INDEX IF NOT EXISTS fieldhub_ledger_batches_ready ON fieldhub_ledger_batches (received_from, device);
 	CREATE INDEX IF NOT EXISTS fieldhub_ledger_batches_device ON fieldhub_ledger_batches (device, id);
 	CREATE TABLE IF NOT EXISTS fieldhub_ledger_seq (
 		device    text PRIMARY KEY,
@@ -197,8 +198,8 @@ func (s *Store) Sync(ctx context.Context, req ledger.SyncRequest) (ledger.SyncRe
 		var b pgx.Batch
 		queueSave(&b, req.Instance, req.Put, req.Del)
 		for dev, bt := range req.Batches {
-			b.Queue(`INSERT INTO fieldhub_ledger_batches (instance, device, received_to, batches) VALUES ($1, $2, $3, $4)`,
-				req.Instance, dev, bt.ReceivedTo, string(bt.Data))
+			b.Queue(`INSERT INTO fieldhub_ledger_batches (instance, device, received_from, batches) VALUES ($1, $2, $3, $4)`,
+				req.Instance, dev, bt.From, string(bt.Data))
 		}
 		b.Queue(`INSERT INTO fieldhub_ledger_instances (instance, saved_at) VALUES ($1, $2)
 			ON CONFLICT (instance) DO UPDATE SET saved_at = EXCLUDED.saved_at`, req.Instance, req.SavedAt)
@@ -212,8 +213,10 @@ func (s *Store) Sync(ctx context.Context, req ledger.SyncRequest) (ledger.SyncRe
 			req.SavedAt.Add(-req.LiveFor)).Scan(&mark); err != nil {
 			return fmt.Errorf("watermark: %w", err)
 		}
-		mark = mark.Add(-req.Slack)
-		rows, err := tx.Query(ctx, `SELECT DISTINCT device FROM fieldhub_ledger_batches WHERE received_to < $1 ORDER BY device LIMIT $2`,
+		// Buckets of whole seconds before the mark are complete on every
+		// live instance.
+		mark = mark.Add(-req.Slack).Truncate(time.Second)
+		rows, err := tx.Query(ctx, `SELECT DISTINCT device FROM fieldhub_ledger_batches WHERE received_from < $1 ORDER BY device LIMIT $2`,
 			mark, req.MaxSettle)
 		if err != nil {
 			return fmt.Errorf("ready devices: %w", err)
@@ -240,8 +243,8 @@ func (s *Store) Sync(ctx context.Context, req ledger.SyncRequest) (ledger.SyncRe
 }
 
 // settle locks the ready devices' sequence rows another instance is not
-// settling, applies their batches received before mark, and deletes
-// those.
+// settling, applies their buckets received before mark, and deletes the
+// batches done (or keeps their younger buckets).
 func (s *Store) settle(ctx context.Context, tx pgx.Tx, req ledger.SyncRequest, ready []string, mark time.Time, res *ledger.SyncResult) error {
 	if _, err := tx.Exec(ctx, `INSERT INTO fieldhub_ledger_seq (device, record) SELECT unnest($1::text[]), '{}'
 		ON CONFLICT (device) DO NOTHING`, ready); err != nil {
@@ -273,35 +276,38 @@ func (s *Store) settle(ctx context.Context, tx pgx.Tx, req ledger.SyncRequest, r
 	if len(locked) == 0 {
 		return nil
 	}
-	rows, err = tx.Query(ctx, `SELECT id, device, batches FROM fieldhub_ledger_batches WHERE device = ANY($1) AND received_to < $2
-		ORDER BY device, received_to, id`, locked, mark)
+	rows, err = tx.Query(ctx, `SELECT id, device, received_from, batches FROM fieldhub_ledger_batches WHERE device = ANY($1) AND received_from < $2
+		ORDER BY device, received_from, id`, locked, mark)
 	if err != nil {
 		return fmt.Errorf("read batches: %w", err)
 	}
-	batches := map[string][][]byte{}
+	batches := map[string][]ledger.BatchRow{}
 	var ids []int64
 	for rows.Next() {
-		var id int64
+		var r ledger.BatchRow
 		var dev string
-		var data []byte
-		if err := rows.Scan(&id, &dev, &data); err != nil {
+		if err := rows.Scan(&r.ID, &dev, &r.From, &r.Data); err != nil {
 			rows.Close()
 			return fmt.Errorf("read batches: %w", err)
 		}
-		batches[dev] = append(batches[dev], data)
-		ids = append(ids, id)
+		batches[dev] = append(batches[dev], r)
+		ids = append(ids, r.ID)
 	}
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("read batches: %w", err)
 	}
 	var b pgx.Batch
 	for _, dev := range locked {
-		rec, st, err := req.Settle(dev, recs[dev], batches[dev])
+		rec, st, left, err := req.Settle(dev, recs[dev], batches[dev], mark)
 		if err != nil {
 			return err
 		}
 		res.Settled = append(res.Settled, st)
 		b.Queue(`UPDATE fieldhub_ledger_seq SET record = $2, open_gaps = $3 WHERE device = $1`, dev, string(rec), st.OpenGaps)
+		for _, r := range left {
+			b.Queue(`UPDATE fieldhub_ledger_batches SET batches = $2, received_from = $3 WHERE id = $1`, r.ID, string(r.Data), r.From)
+			ids = slices.DeleteFunc(ids, func(id int64) bool { return id == r.ID })
+		}
 	}
 	b.Queue(`DELETE FROM fieldhub_ledger_batches WHERE id = ANY($1)`, ids)
 	if err := tx.SendBatch(ctx, &b).Close(); err != nil {
