@@ -72,6 +72,8 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzRecover$$' -fuzztime=100000x ./telemetry/spool
 	$(GO) test -run='^$$' -fuzz='^FuzzPacketPath$$' -fuzztime=20000x ./bridge/mqtt
 	$(GO) test -run='^$$' -fuzz='^FuzzMergePatch$$' -fuzztime=20000x ./devices/state
+	$(GO) test -run='^$$' -fuzz='^FuzzSeqTracker$$' -fuzztime=20000x ./devices/ledger
+	$(GO) test -run='^$$' -fuzz='^FuzzObserveSpan$$' -fuzztime=20000x ./devices/ledger
 
 # Every Go benchmark once, so none of them rots.
 bench-smoke: influxd mosquitto alertmanager

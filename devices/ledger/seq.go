@@ -304,8 +304,8 @@ func (st *seqState) observeSpan(boot string, a, b uint64, now time.Time, maxOpen
 			case a == sl.Next && a < b: // in order above the newest: no gap, no duplicate
 				sl.advanceTo(b)
 				return c
-			case a+Window < sl.Next: // far behind: fills of open gaps, in bulk
-				if hi, ok := st.fillSpan(boot, sl.Epoch, a, b, now, maxOpen); ok {
+			case a+Window < sl.Next: // far behind: fills of open gaps, in bulk, up to the window
+				if hi, ok := st.fillSpan(boot, sl.Epoch, a, min(b, sl.Next-Window-1), now, maxOpen); ok {
 					if hi == b {
 						return c
 					}
