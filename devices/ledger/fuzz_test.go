@@ -81,7 +81,7 @@ func firstSeen(data []byte) uint64 {
 // expires the oldest gap; in bulk it only shrinks.)
 func FuzzObserveSpan(f *testing.F) {
 	f.Add([]byte{0, 0, 1, 0, 5, 0, 0, 2, 0, 9, 0, 3})
-	f.Add([]byte{0, 0, 1, 0, 200, 10, 0, 100, 0, 50, 0, 20}) // a jump beyond the window, then spans far behind
+	f.Add([]byte{0, 0, 1, 0, 200, 10, 0, 100, 0, 50, 0, 20})      // a jump beyond the window, then spans far behind
 	f.Add([]byte{0, 0, 5, 0, 1, 1, 1, 0, 0, 1, 2, 0, 1, 0, 3, 0}) // boots changing
 	f.Fuzz(func(t *testing.T, data []byte) {
 		bulk, one := &seqState{}, &seqState{}
