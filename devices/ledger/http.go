@@ -50,8 +50,10 @@ type DeviceView struct {
 	Seq          SeqView           `json:"seq"`
 	// LastHour is the same counts over the last 60 one-minute buckets.
 	LastHour Counts `json:"last_hour"`
-	// Instances is how many hub instances' records the counts sum (1
-	// unless several instances share PostgreSQL); seq is this instance's.
+	// Instances is how many hub instances hold a record of the device,
+	// whose counts are summed (0 before it sent anything; more than 1
+	// only when several instances share PostgreSQL, where seq is the
+	// one merged tracker of every instance's numbers).
 	Instances int `json:"instances"`
 }
 
@@ -242,7 +244,7 @@ func (l *Ledger) ServeDevice(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, http.StatusNotFound, map[string]map[string]string{"error": {"code": "not_found", "message": "no such device"}})
 			return
 		}
-		v = DeviceView{Device: id, Refused: map[string]uint64{}, Seq: SeqView{Gaps: []Gap{}}, Instances: 1}
+		v = DeviceView{Device: id, Refused: map[string]uint64{}, Seq: SeqView{Gaps: []Gap{}}}
 	}
 	if err := l.addInstances(r.Context(), &v); err != nil {
 		// This instance's counts alone, said so by instances: 1.
