@@ -1,8 +1,11 @@
 package ledger_test
 
 import (
+	"context"
 	"testing"
 	"time"
+
+	"github.com/fieldhub/fieldhub/devices/ledger"
 )
 
 // TestAttackLedgerSharedCounterBack: docs/protocol.md says a seq going
@@ -90,5 +93,45 @@ func TestAttackLedgerSharedCrashInterleaved(t *testing.T) {
 	}
 	if v := view(t, a, "d"); v.Seq.GapsTotal > 1 || v.Seq.OpenGaps > 1 {
 		t.Errorf("a crash of b costs %d false gaps (%d open), documented: one", v.Seq.GapsTotal, v.Seq.OpenGaps)
+	}
+}
+
+// TestAttackLedgerSharedIntervalMismatch: FIELDHUB_LEDGER_SAVE_INTERVAL
+// is per instance (a rolling change of it, or one instance configured
+// apart), but the watermark's LiveFor is the syncing instance's own: a,
+// saving every second, waits 5 s for b, which saves every 10 s and is
+// healthy. Between b's saves a settles past b's numbers and counts a
+// false gap for each of them.
+func TestAttackLedgerSharedIntervalMismatch(t *testing.T) {
+	st := sharedStore(t)
+	clk := &clock{t: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)}
+	a := openShared(t, st, "a", clk, nil)
+	b, err := ledger.New(context.Background(), ledger.Options{Exists: func(string) bool { return true }, Store: st, Instance: "b",
+		Now: clk.Now, PersistInterval: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for round := range 3 {
+		for s := range 10 { // one reading a second to each
+			n := uint64(round*20 + s*2)
+			a.Durable("d", "x", one(n))
+			b.Durable("d", "x", one(n+1))
+			clk.add(time.Second)
+			persist(t, a)
+		}
+		persist(t, b)
+	}
+	for range 9 { // b's next save is due at 10 s
+		clk.add(time.Second)
+		persist(t, a)
+	}
+	clk.add(time.Second)
+	persist(t, b)
+	for range 5 {
+		clk.add(time.Second)
+		persist(t, a, b)
+	}
+	if v := view(t, a, "d"); v.Seq.GapsTotal != 0 || v.Seq.OpenGaps != 0 {
+		t.Errorf("both instances healthy, nothing skipped; gaps_total %d open %d", v.Seq.GapsTotal, v.Seq.OpenGaps)
 	}
 }
