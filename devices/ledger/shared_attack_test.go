@@ -9,7 +9,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/fieldhub/fieldhub/devices/ledger"
 	"github.com/fieldhub/fieldhub/devices/ledger/pgstore"
 	"github.com/fieldhub/fieldhub/devices/pg/pgtest"
 )
@@ -223,5 +222,3 @@ func TestAttackLedgerSharedDistinctBoots(t *testing.T) {
 		t.Errorf("one device's save holds %d spans (%d bytes), over the 1024 bound", spans, len(raw))
 	}
 }
-
-var _ = ledger.Window
