@@ -89,9 +89,14 @@ func (l *Ledger) Device(id string) (DeviceView, bool) {
 // seqView is the sequence part of d's view. d.mu is held, or d is a
 // private copy.
 func seqView(d *device) SeqView {
-	v := SeqView{OpenGaps: len(d.Seq.Open), GapsTotal: d.C[cGaps], Duplicates: d.C[cDuplicates], Resets: d.C[cResets]}
-	gaps := make([]Gap, 0, min(len(d.Seq.Open), maxGapsShown)+keptClosed)
-	gaps = append(gaps, d.Seq.Open[max(0, len(d.Seq.Open)-maxGapsShown):]...)
+	v := SeqView{OpenGaps: d.Seq.confirmedOpen(), GapsTotal: d.C[cGaps], Duplicates: d.C[cDuplicates], Resets: d.C[cResets]}
+	gaps := make([]Gap, 0, min(v.OpenGaps, maxGapsShown)+keptClosed)
+	for _, g := range d.Seq.Open { // provisional ones are not reported yet
+		if !g.provisional() {
+			gaps = append(gaps, g)
+		}
+	}
+	gaps = gaps[max(0, len(gaps)-maxGapsShown):]
 	for _, g := range d.Seq.Closed {
 		if g != nil {
 			gaps = append(gaps, *g)

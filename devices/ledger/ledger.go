@@ -171,7 +171,7 @@ func New(ctx context.Context, opts Options) (*Ledger, error) {
 	}
 	l.shared, _ = opts.Store.(SharedStore)
 	if l.shared != nil {
-		if err := l.shared.Join(ctx, opts.Instance, opts.Now()); err != nil {
+		if err := l.shared.Join(ctx, opts.Instance, opts.Now(), l.liveFor()); err != nil {
 			return nil, fmt.Errorf("ledger: join: %w", err)
 		}
 	}
@@ -463,6 +463,7 @@ type save struct {
 	put     map[string][]byte
 	dirty   []*device
 	del     []string
+	purge   []string // shared mode: every deleted device, re-created or not
 	batches map[string]Batch
 	sent    map[*device][]bucketSeq
 }
@@ -499,6 +500,9 @@ func (l *Ledger) collect() save {
 		if _, again := sv.put[id]; !again { // deleted and created again since: the new record stands
 			sv.del = append(sv.del, id)
 		}
+		if l.shared != nil {
+			sv.purge = append(sv.purge, id)
+		}
 	}
 	clear(l.deleted)
 	l.delMu.Unlock()
@@ -522,6 +526,9 @@ func (l *Ledger) restore(sv save) {
 	}
 	l.delMu.Lock()
 	for _, id := range sv.del {
+		l.deleted[id] = struct{}{}
+	}
+	for _, id := range sv.purge {
 		l.deleted[id] = struct{}{}
 	}
 	l.delMu.Unlock()

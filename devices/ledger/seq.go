@@ -36,7 +36,16 @@ type Gap struct {
 	// before this gap: a gap of an earlier count is never filled by
 	// numbers of a later one.
 	Epoch uint32 `json:"epoch,omitempty"`
+	// Cut is set while the gap is provisional (shared mode, shared.go):
+	// the merge second it was noticed at. It is confirmed, and counted,
+	// once the merges passed Cut by confirmAfter seconds still missing
+	// its numbers; filled before that, it never existed. Views list
+	// confirmed gaps only.
+	Cut int64 `json:"cut,omitempty"`
 }
+
+// provisional reports whether g is not confirmed yet.
+func (g *Gap) provisional() bool { return g.Cut != 0 }
 
 // slot is the sequence state of one boot: Next is one past the highest
 // seq seen, Base the lowest, Bits the seqs seen in [Next-Window, Next)
@@ -131,6 +140,20 @@ type seqState struct {
 	Open   []Gap            `json:"open"`
 	Closed [keptClosed]*Gap `json:"closed"`
 	NextC  int              `json:"next_closed"`
+	// cut, while a merge applies numbers (shared.go), makes the gaps
+	// opened provisional, noticed at that merge second.
+	cut int64
+}
+
+// confirmedOpen is the number of open gaps that are not provisional.
+func (st *seqState) confirmedOpen() int {
+	n := 0
+	for i := range st.Open {
+		if !st.Open[i].provisional() {
+			n++
+		}
+	}
+	return n
 }
 
 // event is what one seq did, for the counters.
@@ -202,6 +225,7 @@ func (st *seqState) observe(boot string, n uint64, now time.Time, maxOpen int) (
 
 // openGap appends g, expiring the oldest open gap beyond maxOpen.
 func (st *seqState) openGap(g Gap, now time.Time, maxOpen int) {
+	g.Cut = st.cut
 	st.Open = append(st.Open, g)
 	st.trim(now, maxOpen)
 }
@@ -216,8 +240,12 @@ func (st *seqState) trim(now time.Time, maxOpen int) {
 	}
 }
 
-// close keeps g, closed at now, among the last closed gaps.
+// close keeps g, closed at now, among the last closed gaps; a
+// provisional gap is forgotten (it was never reported).
 func (st *seqState) close(g Gap, now time.Time) {
+	if g.provisional() {
+		return
+	}
 	at := now
 	g.ClosedAt = &at
 	st.Closed[st.NextC%keptClosed] = &g
@@ -253,7 +281,7 @@ func (st *seqState) fillSpan(boot string, epoch uint32, a, b uint64, now time.Ti
 		case hi == g.To:
 			g.To = a - 1
 		default: // split: the upper part keeps the gap's notice time
-			upper := Gap{Boot: boot, Epoch: epoch, From: hi + 1, To: g.To, NoticedAt: g.NoticedAt}
+			upper := Gap{Boot: boot, Epoch: epoch, From: hi + 1, To: g.To, NoticedAt: g.NoticedAt, Cut: g.Cut}
 			g.To = a - 1
 			st.Open = append(st.Open, Gap{})
 			copy(st.Open[i+2:], st.Open[i+1:])

@@ -43,7 +43,7 @@ type SharedStore interface {
 	Sync(ctx context.Context, req SyncRequest) (SyncResult, error)
 	// Join records this instance's heartbeat at start, before it
 	// accepts anything: the others' watermark waits for it from then.
-	Join(ctx context.Context, instance string, at time.Time) error
+	Join(ctx context.Context, instance string, at time.Time, liveFor time.Duration) error
 	// Leave removes this instance's heartbeat after its last Sync, so
 	// the others' watermark stops waiting for it.
 	Leave(ctx context.Context, instance string) error
@@ -62,9 +62,14 @@ type SyncRequest struct {
 	SavedAt time.Time
 	Put     map[string][]byte
 	Del     []string
+	// Purge are deleted devices whose sequence record and batches go,
+	// before Batches are written (a device deleted and created again
+	// since starts again).
+	Purge   []string
 	Batches map[string]Batch
-	// LiveFor is how recent a heartbeat must be for the watermark to
-	// wait for its instance (a crashed instance is waited for no longer).
+	// LiveFor is how recent this instance's heartbeat must be for the
+	// others' watermark to wait for it (a crashed instance is waited for
+	// no longer); each heartbeat carries its own.
 	LiveFor time.Duration
 	// Slack absorbs clock differences between instances.
 	Slack     time.Duration
@@ -93,9 +98,13 @@ type BatchRow struct {
 // Settled is what settling one device's batches changed.
 type Settled struct {
 	Device         string
-	OpenGapsBefore int
+	OpenGapsBefore int // confirmed, before and after
 	OpenGaps       int
-	Counts         seqCounts
+	// ConfirmAt is the merge second (Unix) from which its oldest
+	// provisional gap can be confirmed, 0 when none waits: the device
+	// is settled again then, batches or not.
+	ConfirmAt int64
+	Counts    seqCounts
 }
 
 // SyncResult is what a Sync settled, and the fleet's open gaps after it.
@@ -110,7 +119,19 @@ type SyncResult struct {
 // delivery (every other number to this instance) one per number. Beyond
 // it the two closest spans of a boot are joined: the numbers between
 // count as seen, which can hide a gap but never invent one.
-const maxSpans = 1024
+const maxSpans = 4096
+
+// maxBoots bounds the boots one device's buckets keep between saves;
+// numbers of further boots are dropped and each such boot counted as a
+// reset (a device rebooting more often than that is broken, and memory
+// mode keeps two boots too).
+const maxBoots = 8
+
+// confirmAfter is how many merge seconds a provisional gap waits: a
+// number of it that another instance stamped up to the slack later by
+// its clock (or that was in a bucket of the next second) is merged by
+// then.
+const confirmAfter = 3
 
 // maxBuckets bounds a device's buckets between saves (saves that keep
 // failing): beyond it the oldest is folded into the next, which only
@@ -121,9 +142,12 @@ const maxBuckets = 600
 type numSpan [2]uint64
 
 // bootSpans is one boot's numbers in a bucket, ascending, disjoint.
+// Approx says spans were joined (over maxSpans): numbers inside them
+// may not have been seen, so they count no duplicates.
 type bootSpans struct {
-	Boot  string    `json:"boot"`
-	Spans []numSpan `json:"spans"`
+	Boot   string    `json:"boot"`
+	Spans  []numSpan `json:"spans"`
+	Approx bool      `json:"approx,omitempty"`
 }
 
 // bucket is the seq numbers one instance made durable for one device in
@@ -133,12 +157,15 @@ type bucketSeq struct {
 	Sec   int64       `json:"sec"`
 	Dups  uint64      `json:"dups,omitempty"`
 	Boots []bootSpans `json:"boots"`
+	// Resets counts boots beyond maxBoots, whose numbers were dropped.
+	Resets uint64 `json:"resets,omitempty"`
 }
 
 // pending is a device's buckets since its last save, oldest first.
 type pending struct {
 	b     []bucketSeq
 	spans int
+	boots []string // distinct, at most maxBoots
 }
 
 // add records n of boot received at now; it reports whether the device
@@ -153,6 +180,13 @@ func (p *pending) add(boot string, n uint64, now time.Time) bool {
 		}
 	}
 	b := &p.b[len(p.b)-1] // a clock that went back keeps filling the newest
+	if !slices.Contains(p.boots, boot) {
+		if len(p.boots) == maxBoots {
+			b.Resets++
+			return false
+		}
+		p.boots = append(p.boots, boot)
+	}
 	i := slices.IndexFunc(b.Boots, func(bs bootSpans) bool { return bs.Boot == boot })
 	if i < 0 {
 		b.Boots = append(b.Boots, bootSpans{Boot: boot})
@@ -169,6 +203,7 @@ func (p *pending) add(boot string, n uint64, now time.Time) bool {
 	}
 	if len(bs.Spans) > 1 {
 		joinClosest(&bs.Spans)
+		bs.Approx = true
 		p.spans--
 	}
 	return true
@@ -181,10 +216,13 @@ func (p *pending) prepend(older []bucketSeq) {
 		p.b[1].fold(p.b[0])
 		p.b = slices.Delete(p.b, 0, 1)
 	}
-	p.spans = 0
+	p.spans, p.boots = 0, nil
 	for _, b := range p.b {
 		for _, bs := range b.Boots {
 			p.spans += len(bs.Spans)
+			if !slices.Contains(p.boots, bs.Boot) {
+				p.boots = append(p.boots, bs.Boot)
+			}
 		}
 	}
 }
@@ -236,15 +274,20 @@ func joinClosest(spans *[]numSpan) {
 // two instances, or a resend, stored them); b keeps its second.
 func (b *bucketSeq) fold(o bucketSeq) {
 	b.Dups += o.Dups
+	b.Resets += o.Resets
 	for _, bs := range o.Boots {
 		i := slices.IndexFunc(b.Boots, func(x bootSpans) bool { return x.Boot == bs.Boot })
 		if i < 0 {
 			b.Boots = append(b.Boots, bootSpans{Boot: bs.Boot})
 			i = len(b.Boots) - 1
 		}
+		x := &b.Boots[i]
 		var dups uint64
-		b.Boots[i].Spans, dups = union(append(slices.Clone(b.Boots[i].Spans), bs.Spans...))
-		b.Dups += dups
+		x.Spans, dups = union(append(slices.Clone(x.Spans), bs.Spans...))
+		x.Approx = x.Approx || bs.Approx
+		if !x.Approx {
+			b.Dups += dups
+		}
 	}
 }
 
@@ -285,7 +328,7 @@ func (l *Ledger) settle(id string, rec []byte, rows []BatchRow, mark time.Time) 
 			d = device{}
 		}
 	}
-	out.OpenGapsBefore = len(d.Seq.Open)
+	out.OpenGapsBefore = d.Seq.confirmedOpen()
 	cut := mark.Unix() // buckets of earlier seconds are complete everywhere
 	var ready []bucketSeq
 	var left []BatchRow
@@ -317,17 +360,34 @@ func (l *Ledger) settle(id string, rec []byte, rows []BatchRow, mark time.Time) 
 		all.fold(b)
 	}
 	now, m := l.minute()
+	d.Seq.cut = cut // gaps opened now are provisional
 	for _, bs := range all.Boots {
 		for _, s := range bs.Spans {
 			c := d.Seq.observeSpan(bs.Boot, s[0], s[1], now, l.opts.MaxOpenGaps)
-			out.Counts.gaps += c.gaps
-			out.Counts.duplicates += c.duplicates
+			if !bs.Approx {
+				out.Counts.duplicates += c.duplicates
+			}
 			out.Counts.resets += c.resets
 		}
 	}
+	d.Seq.cut = 0
 	out.Counts.duplicates += all.Dups
+	out.Counts.resets += all.Resets
+	// Gaps still open confirmAfter merge seconds after they were
+	// noticed are real: counted now, listed from now on.
+	for i := range d.Seq.Open {
+		g := &d.Seq.Open[i]
+		switch {
+		case !g.provisional():
+		case g.Cut+confirmAfter <= cut:
+			g.Cut = 0
+			out.Counts.gaps++
+		case out.ConfirmAt == 0 || g.Cut+confirmAfter < out.ConfirmAt:
+			out.ConfirmAt = g.Cut + confirmAfter
+		}
+	}
 	addSeq(&d, out.Counts, m)
-	out.OpenGaps = len(d.Seq.Open)
+	out.OpenGaps = d.Seq.confirmedOpen()
 	b, err := json.Marshal(&d)
 	if err != nil {
 		return nil, Settled{}, nil, fmt.Errorf("encode sequence record of %s: %w", id, err)
@@ -361,6 +421,10 @@ const maxSettle = 1000
 // settled once every live instance saved this much past its last number.
 const syncSlack = 2 * time.Second
 
+// liveFor is how long the others wait for this instance's next save
+// before they take it for crashed.
+func (l *Ledger) liveFor() time.Duration { return 3*l.opts.PersistInterval + syncSlack }
+
 // sync is Persist in shared mode: this instance's records and batches
 // and heartbeat in one transaction that also settles the devices whose
 // batches are ready. It runs every PersistInterval even when nothing
@@ -371,7 +435,7 @@ func (l *Ledger) sync(ctx context.Context) error {
 	sv := l.collect()
 	res, err := l.shared.Sync(ctx, SyncRequest{
 		Instance: l.opts.Instance, SavedAt: savedAt, Put: sv.put, Del: sv.del, Batches: sv.batches,
-		LiveFor: 3*l.opts.PersistInterval + syncSlack, Slack: syncSlack, MaxSettle: maxSettle, Settle: l.settle,
+		Purge: sv.purge, LiveFor: l.liveFor(), Slack: syncSlack, MaxSettle: maxSettle, Settle: l.settle,
 	})
 	if err != nil {
 		l.restore(sv)

@@ -1,11 +1,13 @@
 package ledger_test
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -87,6 +89,19 @@ func fleet(t *testing.T, l *ledger.Ledger) ledger.FleetView {
 func openOf(v ledger.DeviceView) string {
 	s := ""
 	for _, g := range v.Seq.Gaps {
+		if g.ClosedAt == nil {
+			s += fmt.Sprintf("%s:%d-%d ", g.Boot, g.From, g.To)
+		}
+	}
+	return s
+}
+
+// openSorted is openOf in ascending order of boot and first number.
+func openSorted(v ledger.DeviceView) string {
+	gs := slices.Clone(v.Seq.Gaps)
+	slices.SortFunc(gs, func(a, b ledger.Gap) int { return cmp.Or(cmp.Compare(a.Boot, b.Boot), cmp.Compare(a.From, b.From)) })
+	s := ""
+	for _, g := range gs {
 		if g.ClosedAt == nil {
 			s += fmt.Sprintf("%s:%d-%d ", g.Boot, g.From, g.To)
 		}
@@ -250,7 +265,7 @@ func TestSharedWatermark(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.Durable("d", "x", one(15))
-	for range 4 {
+	for range 8 {
 		clk.add(time.Second)
 		persist(t, a)
 	}
@@ -270,7 +285,7 @@ func TestSharedRestartAndDelete(t *testing.T) {
 	persist(t, a) // saved, not settled yet
 	a = openShared(t, st, "a", clk, nil)
 	a.Durable("d", "x", one(4))
-	for range 4 {
+	for range 8 {
 		clk.add(time.Second)
 		persist(t, a)
 	}

@@ -52,12 +52,15 @@ func New(ctx context.Context, pool *pgxpool.Pool) (*Store, error) {
 	CREATE TABLE IF NOT EXISTS fieldhub_ledger_seq (
 		device    text PRIMARY KEY,
 		record    jsonb NOT NULL,
-		open_gaps integer NOT NULL DEFAULT 0
+		open_gaps integer NOT NULL DEFAULT 0,
+		confirm_at bigint NOT NULL DEFAULT 0
 	);
+	CREATE INDEX IF NOT EXISTS fieldhub_ledger_seq_confirm ON fieldhub_ledger_seq (confirm_at) WHERE confirm_at > 0;
 	CREATE INDEX IF NOT EXISTS fieldhub_ledger_seq_open ON fieldhub_ledger_seq (open_gaps DESC, device) WHERE open_gaps > 0;
 	CREATE TABLE IF NOT EXISTS fieldhub_ledger_instances (
 		instance text PRIMARY KEY,
-		saved_at timestamptz NOT NULL
+		saved_at timestamptz NOT NULL,
+		live_for double precision NOT NULL
 	)`)
 	if err != nil {
 		return nil, fmt.Errorf("create ledger table: %w", err)
@@ -131,15 +134,17 @@ func queueSave(b *pgx.Batch, instance string, put map[string][]byte, del []strin
 	}
 	for _, dev := range del {
 		b.Queue(`DELETE FROM fieldhub_ledger WHERE instance = $1 AND device = $2`, instance, dev)
-		b.Queue(`DELETE FROM fieldhub_ledger_batches WHERE device = $1`, dev)
-		b.Queue(`DELETE FROM fieldhub_ledger_seq WHERE device = $1`, dev)
 	}
 }
 
+// heartbeat is the upsert of an instance's last save and how long the
+// others wait for the next one.
+const heartbeat = `INSERT INTO fieldhub_ledger_instances (instance, saved_at, live_for) VALUES ($1, $2, $3)
+	ON CONFLICT (instance) DO UPDATE SET saved_at = EXCLUDED.saved_at, live_for = EXCLUDED.live_for`
+
 // Join records instance's heartbeat at start.
-func (s *Store) Join(ctx context.Context, instance string, at time.Time) error {
-	if _, err := s.db.Exec(ctx, `INSERT INTO fieldhub_ledger_instances (instance, saved_at) VALUES ($1, $2)
-		ON CONFLICT (instance) DO UPDATE SET saved_at = EXCLUDED.saved_at`, instance, at); err != nil {
+func (s *Store) Join(ctx context.Context, instance string, at time.Time, liveFor time.Duration) error {
+	if _, err := s.db.Exec(ctx, heartbeat, instance, at, liveFor.Seconds()); err != nil {
 		return fmt.Errorf("ledger heartbeat: %w", err)
 	}
 	return nil
@@ -197,27 +202,38 @@ func (s *Store) Sync(ctx context.Context, req ledger.SyncRequest) (ledger.SyncRe
 		res = ledger.SyncResult{}
 		var b pgx.Batch
 		queueSave(&b, req.Instance, req.Put, req.Del)
+		for _, dev := range req.Purge { // before this save's batches, which may be a re-created device's
+			b.Queue(`DELETE FROM fieldhub_ledger_batches WHERE device = $1`, dev)
+			b.Queue(`DELETE FROM fieldhub_ledger_seq WHERE device = $1`, dev)
+		}
 		for dev, bt := range req.Batches {
 			b.Queue(`INSERT INTO fieldhub_ledger_batches (instance, device, received_from, batches) VALUES ($1, $2, $3, $4)`,
 				req.Instance, dev, bt.From, string(bt.Data))
 		}
-		b.Queue(`INSERT INTO fieldhub_ledger_instances (instance, saved_at) VALUES ($1, $2)
-			ON CONFLICT (instance) DO UPDATE SET saved_at = EXCLUDED.saved_at`, req.Instance, req.SavedAt)
+		b.Queue(heartbeat, req.Instance, req.SavedAt, req.LiveFor.Seconds())
 		if err := tx.SendBatch(ctx, &b).Close(); err != nil {
 			return fmt.Errorf("save: %w", err)
 		}
 		// The watermark: the oldest last save among live instances (this
-		// one included), less the slack.
+		// one included; each is live for the time its own heartbeat
+		// says), less the slack.
 		var mark time.Time
-		if err := tx.QueryRow(ctx, `SELECT min(saved_at) FROM fieldhub_ledger_instances WHERE saved_at > $1`,
-			req.SavedAt.Add(-req.LiveFor)).Scan(&mark); err != nil {
+		if err := tx.QueryRow(ctx, `SELECT min(saved_at) FROM fieldhub_ledger_instances
+			WHERE saved_at + live_for * interval '1 second' > $1`, req.SavedAt).Scan(&mark); err != nil {
 			return fmt.Errorf("watermark: %w", err)
 		}
 		// Buckets of whole seconds before the mark are complete on every
 		// live instance.
 		mark = mark.Add(-req.Slack).Truncate(time.Second)
-		rows, err := tx.Query(ctx, `SELECT DISTINCT device FROM fieldhub_ledger_batches WHERE received_from < $1 ORDER BY device LIMIT $2`,
-			mark, req.MaxSettle)
+		// Ready: devices with buckets before the mark and devices with a
+		// provisional gap due for confirmation, the longest waiting first
+		// (none starves behind busier ones).
+		rows, err := tx.Query(ctx, `SELECT device FROM (
+				SELECT device, min(received_from) AS oldest FROM fieldhub_ledger_batches WHERE received_from < $1 GROUP BY device
+				UNION ALL
+				SELECT device, to_timestamp(confirm_at) FROM fieldhub_ledger_seq WHERE confirm_at > 0 AND confirm_at <= $3
+			) r GROUP BY device ORDER BY min(oldest), device LIMIT $2`,
+			mark, req.MaxSettle, mark.Unix())
 		if err != nil {
 			return fmt.Errorf("ready devices: %w", err)
 		}
@@ -303,7 +319,8 @@ func (s *Store) settle(ctx context.Context, tx pgx.Tx, req ledger.SyncRequest, r
 			return err
 		}
 		res.Settled = append(res.Settled, st)
-		b.Queue(`UPDATE fieldhub_ledger_seq SET record = $2, open_gaps = $3 WHERE device = $1`, dev, string(rec), st.OpenGaps)
+		b.Queue(`UPDATE fieldhub_ledger_seq SET record = $2, open_gaps = $3, confirm_at = $4 WHERE device = $1`,
+			dev, string(rec), st.OpenGaps, st.ConfirmAt)
 		for _, r := range left {
 			b.Queue(`UPDATE fieldhub_ledger_batches SET batches = $2, received_from = $3 WHERE id = $1`, r.ID, string(r.Data), r.From)
 			ids = slices.DeleteFunc(ids, func(id int64) bool { return id == r.ID })
