@@ -202,9 +202,12 @@ func (s *Store) Sync(ctx context.Context, req ledger.SyncRequest) (ledger.SyncRe
 		res = ledger.SyncResult{}
 		var b pgx.Batch
 		queueSave(&b, req.Instance, req.Put, req.Del)
-		for _, dev := range req.Purge { // before this save's batches, which may be a re-created device's
-			b.Queue(`DELETE FROM fieldhub_ledger_batches WHERE device = $1`, dev)
+		// Before this save's batches, which may be a re-created device's;
+		// the sequence row first, as a settle locks it first
+		// (docs/locks.md).
+		for _, dev := range req.Purge {
 			b.Queue(`DELETE FROM fieldhub_ledger_seq WHERE device = $1`, dev)
+			b.Queue(`DELETE FROM fieldhub_ledger_batches WHERE device = $1`, dev)
 		}
 		for dev, bt := range req.Batches {
 			b.Queue(`INSERT INTO fieldhub_ledger_batches (instance, device, received_from, batches) VALUES ($1, $2, $3, $4)`,
