@@ -161,3 +161,84 @@ func TestAttackLedgerShared2LatePurge(t *testing.T) {
 			openOf(v), v.Seq.GapsTotal)
 	}
 }
+
+// TestAttackLedgerShared2JoinedRunResend: 10000 readings in one second,
+// alternately to two instances (5000 one-number runs each, over
+// maxSpans), and the device skipped 101. Each instance joins its closest
+// runs, so 101 is inside a joined run: hidden, which the bounds
+// paragraph allows ("can hide a gap, never invent one"). But the joined
+// run marks 101 seen in the tracker, so the device's later resend of 101
+// (the fill one instance would see) is, far behind the window and in no
+// open gap, a counter that went back: a reset, a new epoch from 101, and
+// the next number opens a false gap 102-9999, confirmed and counted.
+func TestAttackLedgerShared2JoinedRunResend(t *testing.T) {
+	st := sharedStore(t)
+	clk := &clock{t: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)}
+	a, b, mem := openShared(t, st, "a", clk, nil), openShared(t, st, "b", clk, nil), memoryLedger(t, clk)
+	for n := uint64(0); n < 10000; n++ {
+		if n == 101 {
+			continue
+		}
+		l := a
+		if n%2 == 1 {
+			l = b
+		}
+		l.Durable("d", "x", one(n))
+		mem.Durable("d", "x", one(n))
+	}
+	for range 6 {
+		clk.add(time.Second)
+		persist(t, a, b)
+	}
+	a.Durable("d", "x", one(101)) // the device resends what it lost
+	mem.Durable("d", "x", one(101))
+	clk.add(time.Second)
+	a.Durable("d", "x", one(10000)) // and goes on
+	mem.Durable("d", "x", one(10000))
+	for range 8 {
+		clk.add(time.Second)
+		persist(t, a, b)
+	}
+	m, v := view(t, mem, "d"), view(t, a, "d")
+	if v.Seq.OpenGaps != m.Seq.OpenGaps || v.Seq.Resets != m.Seq.Resets || openSorted(v) != openSorted(m) {
+		t.Errorf("skipped 101, resent it: shared open %d (%s) resets %d gaps_total %d; one instance open %d (%s) resets %d gaps_total %d",
+			v.Seq.OpenGaps, openSorted(v), v.Seq.Resets, v.Seq.GapsTotal, m.Seq.OpenGaps, openSorted(m), m.Seq.Resets, m.Seq.GapsTotal)
+	}
+}
+
+// TestAttackLedgerShared2DroppedBootFalseGap: the boots bound drops the
+// numbers of the boot an instance meets ninth between two saves, even
+// when that is the device's current boot, which the store's tracker
+// knows and another instance keeps receiving. A device that replays
+// readings of its 8 previous boots to a (store-and-forward after being
+// offline) while its live stream goes on to a and b: a drops live 11-20,
+// b's 21-30 are merged first (b saved first), and the tracker opens a
+// false gap 11-20, confirmed and counted. No reading was lost.
+func TestAttackLedgerShared2DroppedBootFalseGap(t *testing.T) {
+	st := sharedStore(t)
+	clk := &clock{t: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)}
+	a, b := openShared(t, st, "a", clk, nil), openShared(t, st, "b", clk, nil)
+	for n := uint64(1); n <= 10; n++ {
+		a.Durable("d", "live", one(n))
+	}
+	for range 5 {
+		clk.add(time.Second)
+		persist(t, b, a)
+	}
+	for n := uint64(21); n <= 30; n++ {
+		b.Durable("d", "live", one(n))
+	}
+	for i := range 8 { // replayed readings of earlier boots
+		a.Durable("d", fmt.Sprintf("old-%d", i), one(1))
+	}
+	for n := uint64(11); n <= 20; n++ {
+		a.Durable("d", "live", one(n))
+	}
+	for range 8 {
+		clk.add(time.Second)
+		persist(t, b, a)
+	}
+	if v := view(t, a, "d"); v.Seq.GapsTotal != 0 || v.Seq.OpenGaps != 0 {
+		t.Errorf("no reading lost; gaps_total %d open %d (%s)", v.Seq.GapsTotal, v.Seq.OpenGaps, openSorted(v))
+	}
+}
