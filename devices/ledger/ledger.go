@@ -92,8 +92,8 @@ type Ledger struct {
 	// some, as of this instance's last Sync (shared mode).
 	fleetOpen, fleetWith atomic.Int64
 
-	delMu   sync.Mutex // guards deleted
-	deleted map[string]struct{}
+	delMu   sync.Mutex           // guards deleted
+	deleted map[string]time.Time // when each was forgotten
 }
 
 type bucket struct {
@@ -165,7 +165,7 @@ func New(ctx context.Context, opts Options) (*Ledger, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	l := &Ledger{opts: opts, deleted: map[string]struct{}{}, saveSoon: make(chan struct{}, 1)}
+	l := &Ledger{opts: opts, deleted: map[string]time.Time{}, saveSoon: make(chan struct{}, 1)}
 	if opts.Store == nil {
 		return l, nil
 	}
@@ -371,8 +371,9 @@ func (l *Ledger) OpenGaps(id string) int {
 // persist).
 func (l *Ledger) Forget(id string) {
 	if _, ok := l.devs.LoadAndDelete(id); ok {
+		at := l.opts.Now()
 		l.delMu.Lock()
-		l.deleted[id] = struct{}{}
+		l.deleted[id] = at
 		l.delMu.Unlock()
 	}
 }
@@ -463,7 +464,7 @@ type save struct {
 	put     map[string][]byte
 	dirty   []*device
 	del     []string
-	purge   []string // shared mode: every deleted device, re-created or not
+	purge   []Purge // every deleted device, re-created or not
 	batches map[string]Batch
 	sent    map[*device][]bucketSeq
 }
@@ -496,13 +497,11 @@ func (l *Ledger) collect() save {
 		return true
 	})
 	l.delMu.Lock()
-	for id := range l.deleted {
+	for id, at := range l.deleted {
 		if _, again := sv.put[id]; !again { // deleted and created again since: the new record stands
 			sv.del = append(sv.del, id)
 		}
-		if l.shared != nil {
-			sv.purge = append(sv.purge, id)
-		}
+		sv.purge = append(sv.purge, Purge{Device: id, At: at})
 	}
 	clear(l.deleted)
 	l.delMu.Unlock()
@@ -525,11 +524,10 @@ func (l *Ledger) restore(sv save) {
 		d.mu.Unlock()
 	}
 	l.delMu.Lock()
-	for _, id := range sv.del {
-		l.deleted[id] = struct{}{}
-	}
-	for _, id := range sv.purge {
-		l.deleted[id] = struct{}{}
+	for _, p := range sv.purge { // del is a subset of purge
+		if _, again := l.deleted[p.Device]; !again {
+			l.deleted[p.Device] = p.At
+		}
 	}
 	l.delMu.Unlock()
 }

@@ -42,6 +42,9 @@ type Gap struct {
 	// its numbers; filled before that, it never existed. Views list
 	// confirmed gaps only.
 	Cut int64 `json:"cut,omitempty"`
+	// Orig is a provisional gap's From when it was opened, kept by the
+	// parts a fill splits it into, so a split gap is counted once.
+	Orig uint64 `json:"orig,omitempty"`
 }
 
 // provisional reports whether g is not confirmed yet.
@@ -140,9 +143,48 @@ type seqState struct {
 	Open   []Gap            `json:"open"`
 	Closed [keptClosed]*Gap `json:"closed"`
 	NextC  int              `json:"next_closed"`
+	// Fuzzy are ranges a merge marked seen without knowing every number
+	// in them (spans joined over the bound, shared.go), at most
+	// maxFuzzy, newest last: a number of one coming again far behind is
+	// neither a reset nor a duplicate.
+	Fuzzy []fuzzyRange `json:"fuzzy,omitempty"`
 	// cut, while a merge applies numbers (shared.go), makes the gaps
-	// opened provisional, noticed at that merge second.
-	cut int64
+	// opened provisional, noticed at that merge second; expired counts
+	// the provisional gaps the bound expired meanwhile.
+	cut     int64
+	expired uint64
+}
+
+// fuzzyRange is one of seqState.Fuzzy.
+type fuzzyRange struct {
+	Boot     string `json:"boot"`
+	Epoch    uint32 `json:"epoch,omitempty"`
+	From, To uint64
+}
+
+// maxFuzzy bounds seqState.Fuzzy.
+const maxFuzzy = 16
+
+// addFuzzy remembers [from, to] of boot as not known exactly.
+func (st *seqState) addFuzzy(boot string, from, to uint64) {
+	var epoch uint32
+	if sl := st.slotOf(boot); sl != nil {
+		epoch = sl.Epoch
+	}
+	st.Fuzzy = append(st.Fuzzy, fuzzyRange{Boot: boot, Epoch: epoch, From: from, To: to})
+	if len(st.Fuzzy) > maxFuzzy {
+		st.Fuzzy = st.Fuzzy[1:]
+	}
+}
+
+// fuzzyEnd returns the end of the fuzzy range of boot holding n.
+func (st *seqState) fuzzyEnd(boot string, epoch uint32, n uint64) (uint64, bool) {
+	for _, f := range st.Fuzzy {
+		if f.Boot == boot && f.Epoch == epoch && n >= f.From && n <= f.To {
+			return f.To, true
+		}
+	}
+	return 0, false
 }
 
 // confirmedOpen is the number of open gaps that are not provisional.
@@ -213,6 +255,9 @@ func (st *seqState) observe(boot string, n uint64, now time.Time, maxOpen int) (
 		if st.fill(boot, sl.Epoch, n, now, maxOpen) {
 			return evFilled, reset
 		}
+		if _, ok := st.fuzzyEnd(boot, sl.Epoch, n); ok {
+			return evNew, reset // perhaps a hidden gap's fill: not a reset
+		}
 		// Backwards beyond the window and in no open gap: the counter
 		// went back without a new boot. Start again from n, in a new
 		// epoch, so the new numbers never fill the old count's gaps.
@@ -225,7 +270,7 @@ func (st *seqState) observe(boot string, n uint64, now time.Time, maxOpen int) (
 
 // openGap appends g, expiring the oldest open gap beyond maxOpen.
 func (st *seqState) openGap(g Gap, now time.Time, maxOpen int) {
-	g.Cut = st.cut
+	g.Cut, g.Orig = st.cut, g.From
 	st.Open = append(st.Open, g)
 	st.trim(now, maxOpen)
 }
@@ -235,6 +280,10 @@ func (st *seqState) trim(now time.Time, maxOpen int) {
 	for len(st.Open) > maxOpen {
 		old := st.Open[0]
 		old.Expired = true
+		if old.provisional() { // counted and kept like a confirmed gap
+			st.expired++
+			old.Cut, old.Orig = 0, 0
+		}
 		st.close(old, now)
 		st.Open = append(st.Open[:0], st.Open[1:]...)
 	}
@@ -281,7 +330,7 @@ func (st *seqState) fillSpan(boot string, epoch uint32, a, b uint64, now time.Ti
 		case hi == g.To:
 			g.To = a - 1
 		default: // split: the upper part keeps the gap's notice time
-			upper := Gap{Boot: boot, Epoch: epoch, From: hi + 1, To: g.To, NoticedAt: g.NoticedAt, Cut: g.Cut}
+			upper := Gap{Boot: boot, Epoch: epoch, From: hi + 1, To: g.To, NoticedAt: g.NoticedAt, Cut: g.Cut, Orig: g.Orig}
 			g.To = a - 1
 			st.Open = append(st.Open, Gap{})
 			copy(st.Open[i+2:], st.Open[i+1:])
@@ -334,6 +383,14 @@ func (st *seqState) observeSpan(boot string, a, b uint64, now time.Time, maxOpen
 				return c
 			case a+Window < sl.Next: // far behind: fills of open gaps, in bulk, up to the window
 				if hi, ok := st.fillSpan(boot, sl.Epoch, a, min(b, sl.Next-Window-1), now, maxOpen); ok {
+					if hi == b {
+						return c
+					}
+					a = hi + 1
+					continue
+				}
+				if end, ok := st.fuzzyEnd(boot, sl.Epoch, a); ok {
+					hi := min(b, end, sl.Next-Window-1)
 					if hi == b {
 						return c
 					}

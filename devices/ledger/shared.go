@@ -65,7 +65,7 @@ type SyncRequest struct {
 	// Purge are deleted devices whose sequence record and batches go,
 	// before Batches are written (a device deleted and created again
 	// since starts again).
-	Purge   []string
+	Purge   []Purge
 	Batches map[string]Batch
 	// LiveFor is how recent this instance's heartbeat must be for the
 	// others' watermark to wait for it (a crashed instance is waited for
@@ -78,6 +78,15 @@ type SyncRequest struct {
 	// first) and returns the new record and the rows still holding
 	// younger buckets (same ID, new Data and From); the others are done.
 	Settle func(device string, rec []byte, rows []BatchRow, mark time.Time) ([]byte, Settled, []BatchRow, error)
+}
+
+// Purge is a deleted device, and when this instance was told: its
+// sequence record (if last settled before At) and its batches received
+// before At go. A re-created device's newer ones stay, even when this
+// instance's save comes late.
+type Purge struct {
+	Device string
+	At     time.Time
 }
 
 // Batch is one device's seq numbers an instance made durable since its
@@ -121,10 +130,11 @@ type SyncResult struct {
 // count as seen, which can hide a gap but never invent one.
 const maxSpans = 4096
 
-// maxBoots bounds the boots one device's buckets keep between saves;
-// numbers of further boots are dropped and each such boot counted as a
-// reset (a device rebooting more often than that is broken, and memory
-// mode keeps two boots too).
+// maxBoots bounds the boots one device's buckets keep between saves:
+// a further boot evicts the one least recently used, whose numbers are
+// dropped and which counts as one reset (a device rebooting more often
+// than that is broken; memory mode keeps two boots). The boot in use is
+// never the one evicted.
 const maxBoots = 8
 
 // confirmAfter is how many merge seconds a provisional gap waits: a
@@ -165,7 +175,7 @@ type bucketSeq struct {
 type pending struct {
 	b     []bucketSeq
 	spans int
-	boots []string // distinct, at most maxBoots
+	boots []string // distinct, least recently used first, at most maxBoots
 }
 
 // add records n of boot received at now; it reports whether the device
@@ -177,15 +187,20 @@ func (p *pending) add(boot string, n uint64, now time.Time) bool {
 		if len(p.b) > maxBuckets {
 			p.b[1].fold(p.b[0])
 			p.b = slices.Delete(p.b, 0, 1)
+			p.recount()
 		}
 	}
 	b := &p.b[len(p.b)-1] // a clock that went back keeps filling the newest
-	if !slices.Contains(p.boots, boot) {
-		if len(p.boots) == maxBoots {
-			b.Resets++
-			return false
+	if k := len(p.boots); k == 0 || p.boots[k-1] != boot {
+		if j := slices.Index(p.boots, boot); j >= 0 {
+			p.boots = append(slices.Delete(p.boots, j, j+1), boot)
+		} else {
+			if k == maxBoots {
+				p.evict(p.boots[0])
+				b.Resets++
+			}
+			p.boots = append(p.boots, boot)
 		}
-		p.boots = append(p.boots, boot)
 	}
 	i := slices.IndexFunc(b.Boots, func(bs bootSpans) bool { return bs.Boot == boot })
 	if i < 0 {
@@ -209,6 +224,37 @@ func (p *pending) add(boot string, n uint64, now time.Time) bool {
 	return true
 }
 
+// evict drops boot's numbers from every bucket.
+func (p *pending) evict(boot string) {
+	p.boots = slices.DeleteFunc(p.boots, func(x string) bool { return x == boot })
+	for i := range p.b {
+		p.b[i].Boots = slices.DeleteFunc(p.b[i].Boots, func(bs bootSpans) bool { return bs.Boot == boot })
+	}
+	p.recount()
+}
+
+// recount recomputes spans and boots from the buckets.
+func (p *pending) recount() {
+	p.spans = 0
+	var boots []string
+	for _, b := range p.b {
+		for _, bs := range b.Boots {
+			p.spans += len(bs.Spans)
+			if !slices.Contains(boots, bs.Boot) {
+				boots = append(boots, bs.Boot)
+			}
+		}
+	}
+	// Keep the recency order of the boots still present.
+	kept := slices.DeleteFunc(slices.Clone(p.boots), func(x string) bool { return !slices.Contains(boots, x) })
+	for _, x := range boots {
+		if !slices.Contains(kept, x) {
+			kept = append([]string{x}, kept...)
+		}
+	}
+	p.boots = kept
+}
+
 // prepend puts older buckets (a failed save's) back before p's.
 func (p *pending) prepend(older []bucketSeq) {
 	p.b = append(slices.Clone(older), p.b...)
@@ -216,14 +262,10 @@ func (p *pending) prepend(older []bucketSeq) {
 		p.b[1].fold(p.b[0])
 		p.b = slices.Delete(p.b, 0, 1)
 	}
-	p.spans, p.boots = 0, nil
-	for _, b := range p.b {
-		for _, bs := range b.Boots {
-			p.spans += len(bs.Spans)
-			if !slices.Contains(p.boots, bs.Boot) {
-				p.boots = append(p.boots, bs.Boot)
-			}
-		}
+	p.recount()
+	for len(p.boots) > maxBoots {
+		p.evict(p.boots[0])
+		p.b[len(p.b)-1].Resets++
 	}
 }
 
@@ -369,19 +411,37 @@ func (l *Ledger) settle(id string, rec []byte, rows []BatchRow, mark time.Time) 
 			}
 			out.Counts.resets += c.resets
 		}
+		if bs.Approx && len(bs.Spans) > 0 { // which numbers the joins invented is unknown
+			d.Seq.addFuzzy(bs.Boot, bs.Spans[0][0], bs.Spans[len(bs.Spans)-1][1])
+		}
 	}
 	d.Seq.cut = 0
 	out.Counts.duplicates += all.Dups
 	out.Counts.resets += all.Resets
+	// Provisional gaps the bound on open gaps expired are counted, as
+	// memory mode counts every gap it opened.
+	out.Counts.gaps += d.Seq.expired
+	d.Seq.expired = 0
 	// Gaps still open confirmAfter merge seconds after they were
-	// noticed are real: counted now, listed from now on.
+	// noticed are real: counted now (the parts of a split gap once),
+	// listed from now on.
+	type origin struct {
+		boot  string
+		epoch uint32
+		cut   int64
+		orig  uint64
+	}
+	var counted []origin
 	for i := range d.Seq.Open {
 		g := &d.Seq.Open[i]
 		switch {
 		case !g.provisional():
 		case g.Cut+confirmAfter <= cut:
-			g.Cut = 0
-			out.Counts.gaps++
+			if o := (origin{g.Boot, g.Epoch, g.Cut, g.Orig}); !slices.Contains(counted, o) {
+				counted = append(counted, o)
+				out.Counts.gaps++
+			}
+			g.Cut, g.Orig = 0, 0
 		case out.ConfirmAt == 0 || g.Cut+confirmAfter < out.ConfirmAt:
 			out.ConfirmAt = g.Cut + confirmAfter
 		}

@@ -53,7 +53,8 @@ func New(ctx context.Context, pool *pgxpool.Pool) (*Store, error) {
 		device    text PRIMARY KEY,
 		record    jsonb NOT NULL,
 		open_gaps integer NOT NULL DEFAULT 0,
-		confirm_at bigint NOT NULL DEFAULT 0
+		confirm_at bigint NOT NULL DEFAULT 0,
+		settled_at timestamptz NOT NULL DEFAULT now()
 	);
 	CREATE INDEX IF NOT EXISTS fieldhub_ledger_seq_confirm ON fieldhub_ledger_seq (confirm_at) WHERE confirm_at > 0;
 	CREATE INDEX IF NOT EXISTS fieldhub_ledger_seq_open ON fieldhub_ledger_seq (open_gaps DESC, device) WHERE open_gaps > 0;
@@ -205,9 +206,9 @@ func (s *Store) Sync(ctx context.Context, req ledger.SyncRequest) (ledger.SyncRe
 		// Before this save's batches, which may be a re-created device's;
 		// the sequence row first, as a settle locks it first
 		// (docs/locks.md).
-		for _, dev := range req.Purge {
-			b.Queue(`DELETE FROM fieldhub_ledger_seq WHERE device = $1`, dev)
-			b.Queue(`DELETE FROM fieldhub_ledger_batches WHERE device = $1`, dev)
+		for _, p := range req.Purge {
+			b.Queue(`DELETE FROM fieldhub_ledger_seq WHERE device = $1 AND settled_at < $2`, p.Device, p.At)
+			b.Queue(`DELETE FROM fieldhub_ledger_batches WHERE device = $1 AND received_from < $2`, p.Device, p.At)
 		}
 		for dev, bt := range req.Batches {
 			b.Queue(`INSERT INTO fieldhub_ledger_batches (instance, device, received_from, batches) VALUES ($1, $2, $3, $4)`,
@@ -265,8 +266,11 @@ func (s *Store) Sync(ctx context.Context, req ledger.SyncRequest) (ledger.SyncRe
 // settling, applies their buckets received before mark, and deletes the
 // batches done (or keeps their younger buckets).
 func (s *Store) settle(ctx context.Context, tx pgx.Tx, req ledger.SyncRequest, ready []string, mark time.Time, res *ledger.SyncResult) error {
-	if _, err := tx.Exec(ctx, `INSERT INTO fieldhub_ledger_seq (device, record) SELECT unnest($1::text[]), '{}'
-		ON CONFLICT (device) DO NOTHING`, ready); err != nil {
+	// In device order, as every instance locks them (a new row is locked
+	// by its insert).
+	if _, err := tx.Exec(ctx, `INSERT INTO fieldhub_ledger_seq (device, record, settled_at)
+		SELECT d, '{}', $2 FROM unnest($1::text[]) AS d ORDER BY d
+		ON CONFLICT (device) DO NOTHING`, ready, req.SavedAt); err != nil {
 		return fmt.Errorf("sequence rows: %w", err)
 	}
 	rows, err := tx.Query(ctx, `SELECT device, record FROM fieldhub_ledger_seq WHERE device = ANY($1)
@@ -322,8 +326,8 @@ func (s *Store) settle(ctx context.Context, tx pgx.Tx, req ledger.SyncRequest, r
 			return err
 		}
 		res.Settled = append(res.Settled, st)
-		b.Queue(`UPDATE fieldhub_ledger_seq SET record = $2, open_gaps = $3, confirm_at = $4 WHERE device = $1`,
-			dev, string(rec), st.OpenGaps, st.ConfirmAt)
+		b.Queue(`UPDATE fieldhub_ledger_seq SET record = $2, open_gaps = $3, confirm_at = $4, settled_at = $5 WHERE device = $1`,
+			dev, string(rec), st.OpenGaps, st.ConfirmAt, req.SavedAt)
 		for _, r := range left {
 			b.Queue(`UPDATE fieldhub_ledger_batches SET batches = $2, received_from = $3 WHERE id = $1`, r.ID, string(r.Data), r.From)
 			ids = slices.DeleteFunc(ids, func(id int64) bool { return id == r.ID })
