@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -299,5 +300,33 @@ func TestSharedRestartAndDelete(t *testing.T) {
 	}
 	if f := fleet(t, a); f.OpenGaps != 0 {
 		t.Fatalf("fleet after delete: %+v", f)
+	}
+}
+
+// TestSharedViewsUnavailable: with the database gone, the views say so
+// (503) rather than answer without the merged part (a device with no
+// gaps, a fleet with none).
+func TestSharedViewsUnavailable(t *testing.T) {
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, pgtest.Database(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := pgstore.New(ctx, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk := &clock{t: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)}
+	a := openShared(t, st, "a", clk, nil)
+	a.Durable("d", "x", one(1))
+	pool.Close()
+	for path, serve := range map[string]http.HandlerFunc{"/api/v1/devices/d/ledger": a.ServeDevice, "/api/v1/ledger": a.ServeFleet} {
+		rec := httptest.NewRecorder()
+		r := httptest.NewRequest("GET", path, nil)
+		r.SetPathValue("id", "d")
+		serve(rec, r)
+		if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), `"unavailable"`) {
+			t.Errorf("%s with the database gone: %d %s", path, rec.Code, rec.Body)
+		}
 	}
 }
