@@ -19,8 +19,11 @@ func TestImportRules(t *testing.T) {
 		"telemetry":  {"telemetry"},
 		"devices":    {"telemetry"},
 		"devices/pg": {"devices", "telemetry"},
-		// The ledger and its stores know the wire contract only.
-		"devices/ledger": {"telemetry"},
+		// The ledger and its stores know the wire contract only; the
+		// PostgreSQL store, which settles the instances' merged seq
+		// numbers, speaks the ledger's SharedStore types.
+		"devices/ledger":         {"telemetry"},
+		"devices/ledger/pgstore": {"devices/ledger"},
 		// Device state and its stores: the model knows only the wire
 		// contract; its stores know only the model.
 		"devices/state": {"devices/state", "telemetry"},
