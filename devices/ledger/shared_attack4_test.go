@@ -3,6 +3,8 @@ package ledger_test
 import (
 	"context"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -106,5 +108,42 @@ func TestAttackLedgerShared3NegativeNextClosed(t *testing.T) {
 		if err := persistOrPanic(a, 20*time.Second); err != nil {
 			t.Fatalf("a sequence record with next_closed -1: %v (want it read as 0, or the record started again)", err)
 		}
+	}
+}
+
+// TestAttackLedgerShared3UnreadableRecordView: a sequence record with a
+// slot window of the wrong size (valid JSON, so jsonb holds it).
+// settle treats it as unreadable and starts it again ("rather than
+// blocking the device"), but only when the device has batches: a quiet
+// device is never settled again, and its view answers 503 "the ledger's
+// store is unavailable; try again" for good, with PostgreSQL up, while
+// GET /api/v1/ledger still lists its open gap from the open_gaps column.
+// The two views disagree and retrying never helps.
+func TestAttackLedgerShared3UnreadableRecordView(t *testing.T) {
+	st, pool := sharedStorePool(t)
+	clk := &clock{t: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)}
+	a := openShared(t, st, "a", clk, nil)
+	a.Durable("d", "x", one(1))
+	a.Durable("d", "x", one(5)) // skipped 2-4
+	for range 8 {
+		clk.add(time.Second)
+		persist(t, a)
+	}
+	if _, err := pool.Exec(context.Background(),
+		`UPDATE fieldhub_ledger_seq SET record = jsonb_set(record, '{seq,slots,0,bits}', '"AAAA"') WHERE device = 'd'`); err != nil {
+		t.Fatal(err)
+	}
+	for range 8 { // the device is quiet; the instance keeps saving
+		clk.add(time.Second)
+		persist(t, a)
+	}
+	f := fleet(t, a)
+	rec := httptest.NewRecorder()
+	r := httptest.NewRequest("GET", "/api/v1/devices/d/ledger", nil)
+	r.SetPathValue("id", "d")
+	a.ServeDevice(rec, r)
+	if rec.Code != http.StatusOK {
+		t.Errorf("device view of an unreadable record, PostgreSQL up, 8 saves later: %d %s; the fleet view meanwhile: %d open gaps %v",
+			rec.Code, rec.Body, f.OpenGaps, f.DevicesWithGaps)
 	}
 }
