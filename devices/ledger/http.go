@@ -116,15 +116,16 @@ func (l *Ledger) addShared(ctx context.Context, v *DeviceView) error {
 	if err != nil {
 		return fmt.Errorf("read the sequence record of %s: %w", v.Device, err)
 	}
-	var d device
-	if len(rec) > 0 {
-		if err := json.Unmarshal(rec, &d); err != nil {
-			return fmt.Errorf("decode the sequence record of %s: %w", v.Device, err)
-		}
+	d, err := l.decodeRecord(v.Device, rec)
+	if err != nil {
+		// The store answered, with a record the next settle starts
+		// again: an empty seq part, not an outage.
+		l.opts.Logger.Warn("ledger sequence record unreadable; shown empty", "device", v.Device, "err", err)
+		d = &device{}
 	}
-	v.Seq = seqView(&d)
+	v.Seq = seqView(d)
 	_, m := l.minute()
-	h := hourCounts(&d, m)
+	h := hourCounts(d, m)
 	v.LastHour.Gaps, v.LastHour.Duplicates, v.LastHour.Resets = h.Gaps, h.Duplicates, h.Resets
 	return nil
 }

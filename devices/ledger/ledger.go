@@ -185,6 +185,10 @@ func New(ctx context.Context, opts Options) (*Ledger, error) {
 			opts.Logger.Warn("ledger record unreadable; starting the device's ledger again", "device", id, "err", err)
 			continue
 		}
+		if !d.Seq.valid(max(opts.MaxOpenGaps, DefaultMaxOpenGaps)) {
+			opts.Logger.Warn("ledger record not one the hub writes; starting the device's ledger again", "device", id)
+			continue
+		}
 		if l.shared != nil { // the store's sequence record is the tracker
 			d.Seq = seqState{}
 		}

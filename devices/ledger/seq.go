@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
+
+	"github.com/fieldhub/fieldhub/telemetry"
 )
 
 // Window is how many sequence numbers behind the newest one a device's
@@ -185,6 +187,31 @@ func (st *seqState) fuzzyEnd(boot string, epoch uint32, n uint64) (uint64, bool)
 		}
 	}
 	return 0, false
+}
+
+// valid reports whether a stored tracker is one this code could have
+// written: a record edited or corrupted in the store is started again
+// rather than trusted (an index out of range, a loop to 2^64).
+func (st *seqState) valid(maxOpen int) bool {
+	if st.NextC < 0 || st.NextC >= keptClosed || len(st.Open) > maxOpen || len(st.Fuzzy) > maxFuzzy {
+		return false
+	}
+	for _, sl := range st.Slots {
+		if sl.Used && (sl.Next > telemetry.MaxSeq+1 || sl.Base > sl.Next) {
+			return false
+		}
+	}
+	for _, g := range st.Open {
+		if g.From > g.To || g.To > telemetry.MaxSeq {
+			return false
+		}
+	}
+	for _, f := range st.Fuzzy {
+		if f.From > f.To {
+			return false
+		}
+	}
+	return true
 }
 
 // confirmedOpen is the number of open gaps that are not provisional.
@@ -375,6 +402,9 @@ func (c *seqCounts) add(ev event, reset bool) {
 // and a span there can be large.
 func (st *seqState) observeSpan(boot string, a, b uint64, now time.Time, maxOpen int) seqCounts {
 	var c seqCounts
+	if a > b || b > telemetry.MaxSeq { // not from any instance (valid checks stored spans)
+		return c
+	}
 	for {
 		if sl := st.slotOf(boot); sl != nil {
 			switch {

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"sort"
 	"time"
+
+	"github.com/fieldhub/fieldhub/telemetry"
 )
 
 // Several instances (docs/architecture.md "The ledger: where each count
@@ -361,14 +363,12 @@ func union(all []numSpan) ([]numSpan, uint64) {
 // younger buckets.
 func (l *Ledger) settle(id string, rec []byte, rows []BatchRow, mark time.Time) ([]byte, Settled, []BatchRow, error) {
 	out := Settled{Device: id}
-	var d device
-	if len(rec) > 0 {
-		if err := json.Unmarshal(rec, &d); err != nil {
-			// An unreadable record is started again rather than blocking
-			// the device's settling for good.
-			l.opts.Logger.Warn("ledger sequence record unreadable; starting it again", "device", id, "err", err)
-			d = device{}
-		}
+	d, err := l.decodeRecord(id, rec)
+	if err != nil {
+		// An unreadable record is started again rather than blocking
+		// the device's settling for good.
+		l.opts.Logger.Warn("ledger sequence record unreadable; starting it again", "device", id, "err", err)
+		d = &device{}
 	}
 	out.OpenGapsBefore = d.Seq.confirmedOpen()
 	cut := mark.Unix() // buckets of earlier seconds are complete everywhere
@@ -376,7 +376,7 @@ func (l *Ledger) settle(id string, rec []byte, rows []BatchRow, mark time.Time) 
 	var left []BatchRow
 	for _, r := range rows {
 		var bs []bucketSeq
-		if err := json.Unmarshal(r.Data, &bs); err != nil {
+		if err := json.Unmarshal(r.Data, &bs); err != nil || !validBuckets(bs) {
 			l.opts.Logger.Warn("ledger batch unreadable; skipped", "device", id, "err", err)
 			continue
 		}
@@ -446,13 +446,53 @@ func (l *Ledger) settle(id string, rec []byte, rows []BatchRow, mark time.Time) 
 			out.ConfirmAt = g.Cut + confirmAfter
 		}
 	}
-	addSeq(&d, out.Counts, m)
+	addSeq(d, out.Counts, m)
 	out.OpenGaps = d.Seq.confirmedOpen()
-	b, err := json.Marshal(&d)
+	b, err := json.Marshal(d)
 	if err != nil {
 		return nil, Settled{}, nil, fmt.Errorf("encode sequence record of %s: %w", id, err)
 	}
 	return b, out, left, nil
+}
+
+// decodeRecord decodes a stored sequence record (nil: a new one),
+// refusing one this code could not have written.
+func (l *Ledger) decodeRecord(id string, rec []byte) (*device, error) {
+	d := &device{}
+	if len(rec) == 0 {
+		return d, nil
+	}
+	if err := json.Unmarshal(rec, d); err != nil {
+		return nil, fmt.Errorf("decode the sequence record of %s: %w", id, err)
+	}
+	if !d.Seq.valid(max(l.opts.MaxOpenGaps, DefaultMaxOpenGaps)) {
+		return nil, fmt.Errorf("the sequence record of %s is not one the hub writes", id)
+	}
+	return d, nil
+}
+
+// validBuckets reports whether stored buckets are ones an instance
+// could have saved: bounded, each span ascending within the seq range.
+func validBuckets(bs []bucketSeq) bool {
+	if len(bs) > maxBuckets {
+		return false
+	}
+	for _, b := range bs {
+		if len(b.Boots) > maxBoots {
+			return false
+		}
+		for _, x := range b.Boots {
+			if len(x.Spans) > maxSpans {
+				return false
+			}
+			for _, sp := range x.Spans {
+				if sp[0] > sp[1] || sp[1] > telemetry.MaxSeq {
+					return false
+				}
+			}
+		}
+	}
+	return true
 }
 
 // addSeq counts c into a sequence record's counters and window.
