@@ -58,6 +58,7 @@ func TestLedgerTwoInstances(t *testing.T) {
 		mqttCreds = append(mqttCreds, firmwaresim.Cred{ID: id, Token: a.createDevice(t, id)})
 	}
 	all := append(slices.Clone(wsCreds), mqttCreds...)
+	gapsRule := a.createRule(t, `{"name":"lossy","selector":{},"severity":"info","condition":{"type":"gaps","count":0}}`)
 	waitUntil(t, "instance B knows every device", loadWait, func() bool {
 		for _, c := range all {
 			if st, _ := b.api(t, "GET", "/api/v1/devices/"+c.ID, b.adminToken, nil); st != 200 {
@@ -221,6 +222,23 @@ func TestLedgerTwoInstances(t *testing.T) {
 	t.Logf("%d gaps skipped by the simulator; %.0f of %d MQTT devices on both instances; %.0f resets, %.0f duplicates", len(skipped), onBoth, mqttDevices, resets, dups)
 	if resets == 0 {
 		t.Error("no resets: the reboot fault did not run")
+	}
+
+	// The gaps alert ran on the merged numbers: every device with gaps
+	// has one alert, firing, never resolved and fired again (a false
+	// gap that a later merge closed would do that), and no device
+	// without gaps has any.
+	for _, c := range all {
+		if len(want[c.ID]) > 0 { // the engine evaluates behind a queue
+			a.waitAlert(t, gapsRule, c.ID, "firing")
+		}
+		list := a.alertsOf(t, "device="+c.ID+"&rule="+gapsRule)
+		switch {
+		case len(want[c.ID]) == 0 && len(list) != 0:
+			t.Errorf("%s skipped nothing, yet has gaps alerts: %v", c.ID, list)
+		case len(want[c.ID]) > 0 && len(list) != 1:
+			t.Errorf("%s skipped %v: alerts %v, want one, firing", c.ID, want[c.ID], list)
+		}
 	}
 
 	// The fleet view is fleet-wide on either instance.
