@@ -173,26 +173,7 @@ func TestLedgerTwoInstances(t *testing.T) {
 	}
 	// Wait for every view to settle; what is still wrong at the deadline
 	// is reported device by device below.
-	settleBy := time.Now().Add(loadWait)
-	settled := time.Now()
-	for {
-		ok := true
-		for _, c := range all {
-			if mismatch(c.ID, views(c.ID)) != "" {
-				ok = false
-				break
-			}
-		}
-		if ok {
-			t.Logf("both instances' ledgers settled %s after the fleet finished", time.Since(settled).Round(time.Millisecond))
-			break
-		}
-		if time.Now().After(settleBy) {
-			t.Errorf("the ledgers did not settle within %s", loadWait)
-			break
-		}
-		time.Sleep(100 * time.Millisecond) // polling the views, not synchronising
-	}
+	waitLedgersSettled(t, "both instances' ledgers", all, func(id string) string { return mismatch(id, views(id)) })
 	var onBoth, dups, resets float64
 	for _, c := range all {
 		v := views(c.ID)
@@ -300,6 +281,32 @@ func openGaps(seq map[string]any) []string {
 	}
 	slices.Sort(open)
 	return open
+}
+
+// waitLedgersSettled polls until check finds nothing wrong with any of
+// the devices, or loadWait passed; the caller then reports what is still
+// wrong, device by device.
+func waitLedgersSettled(t *testing.T, what string, devices []firmwaresim.Cred, check func(id string) string) {
+	t.Helper()
+	start := time.Now()
+	for {
+		ok := true
+		for _, c := range devices {
+			if check(c.ID) != "" {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			t.Logf("%s settled %s after the fleet finished", what, time.Since(start).Round(time.Millisecond))
+			return
+		}
+		if time.Since(start) > loadWait {
+			t.Errorf("the ledgers did not settle within %s", loadWait)
+			return
+		}
+		time.Sleep(100 * time.Millisecond) // polling the views, not synchronising
+	}
 }
 
 // canonicalSeq is a device view's seq part as JSON with its gaps in one

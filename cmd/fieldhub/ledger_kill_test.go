@@ -279,26 +279,7 @@ func ledgerThreeInstancesKill(t *testing.T, thirds int, down func(r *killRun) qu
 		}
 		return strings.Join(out, "; ")
 	}
-	settleBy := time.Now().Add(loadWait)
-	settled := time.Now()
-	for {
-		ok := true
-		for _, cr := range all {
-			if mismatch(cr.ID, views(cr.ID)) != "" {
-				ok = false
-				break
-			}
-		}
-		if ok {
-			t.Logf("the three ledgers settled %s after the fleet finished", time.Since(settled).Round(time.Millisecond))
-			break
-		}
-		if time.Now().After(settleBy) {
-			t.Errorf("the ledgers did not settle within %s", loadWait)
-			break
-		}
-		time.Sleep(100 * time.Millisecond) // polling the views, not synchronising
-	}
+	waitLedgersSettled(t, "the three ledgers", all, func(id string) string { return mismatch(id, views(id)) })
 	var lostTotal, onAll int
 	var earliest time.Duration // how long before the kill the oldest lost number was stamped
 	fleetOpen := map[string]int{}

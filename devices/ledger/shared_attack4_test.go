@@ -77,13 +77,10 @@ func TestAttackLedgerShared3ReversedSpan(t *testing.T) {
 	}
 }
 
-// TestAttackLedgerShared3NegativeNextClosed: a sequence record whose
-// next_closed is -1. seqState.close indexes Closed[NextC%keptClosed],
-// -1 in Go, so the first gap the device's resends fill panics inside
-// Sync: nothing in Run or pgx recovers, the hub process exits, and every
-// instance that settles the device afterwards exits the same way (a
-// crash loop of the whole cluster, from one row).
-func TestAttackLedgerShared3NegativeNextClosed(t *testing.T) {
+// withGap24 is one instance whose device d skipped 2-4, settled and
+// confirmed, and the pool under it, for a test to corrupt the record.
+func withGap24(t *testing.T) (*ledger.Ledger, *pgxpool.Pool, *clock) {
+	t.Helper()
 	st, pool := sharedStorePool(t)
 	clk := &clock{t: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)}
 	a := openShared(t, st, "a", clk, nil)
@@ -96,6 +93,17 @@ func TestAttackLedgerShared3NegativeNextClosed(t *testing.T) {
 	if v := view(t, a, "d"); v.Seq.OpenGaps != 1 {
 		t.Fatalf("setup: open gaps %d, want 1 (2-4)", v.Seq.OpenGaps)
 	}
+	return a, pool, clk
+}
+
+// TestAttackLedgerShared3NegativeNextClosed: a sequence record whose
+// next_closed is -1. seqState.close indexes Closed[NextC%keptClosed],
+// -1 in Go, so the first gap the device's resends fill panics inside
+// Sync: nothing in Run or pgx recovers, the hub process exits, and every
+// instance that settles the device afterwards exits the same way (a
+// crash loop of the whole cluster, from one row).
+func TestAttackLedgerShared3NegativeNextClosed(t *testing.T) {
+	a, pool, clk := withGap24(t)
 	if _, err := pool.Exec(context.Background(),
 		`UPDATE fieldhub_ledger_seq SET record = jsonb_set(record, '{seq,next_closed}', '-1') WHERE device = 'd'`); err != nil {
 		t.Fatal(err)
@@ -120,15 +128,7 @@ func TestAttackLedgerShared3NegativeNextClosed(t *testing.T) {
 // GET /api/v1/ledger still lists its open gap from the open_gaps column.
 // The two views disagree and retrying never helps.
 func TestAttackLedgerShared3UnreadableRecordView(t *testing.T) {
-	st, pool := sharedStorePool(t)
-	clk := &clock{t: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)}
-	a := openShared(t, st, "a", clk, nil)
-	a.Durable("d", "x", one(1))
-	a.Durable("d", "x", one(5)) // skipped 2-4
-	for range 8 {
-		clk.add(time.Second)
-		persist(t, a)
-	}
+	a, pool, clk := withGap24(t)
 	if _, err := pool.Exec(context.Background(),
 		`UPDATE fieldhub_ledger_seq SET record = jsonb_set(record, '{seq,slots,0,bits}', '"AAAA"') WHERE device = 'd'`); err != nil {
 		t.Fatal(err)

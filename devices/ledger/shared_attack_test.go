@@ -6,29 +6,7 @@ import (
 	"fmt"
 	"testing"
 	"time"
-
-	"github.com/jackc/pgx/v5/pgxpool"
-
-	"github.com/fieldhub/fieldhub/devices/ledger/pgstore"
-	"github.com/fieldhub/fieldhub/devices/pg/pgtest"
 )
-
-// sharedStorePool is sharedStore that also hands back the pool, so an
-// attack can look at what an instance saved.
-func sharedStorePool(t *testing.T) (*pgstore.Store, *pgxpool.Pool) {
-	t.Helper()
-	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, pgtest.Database(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	st, err := pgstore.New(ctx, pool)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return st, pool
-}
 
 // TestAttackLedgerSharedClockSkew: two instances whose clocks differ by
 // 900 ms (well inside the 2 s slack that "absorbs clock differences

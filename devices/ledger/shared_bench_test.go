@@ -6,34 +6,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/fieldhub/fieldhub/devices/ledger"
-	"github.com/fieldhub/fieldhub/devices/ledger/pgstore"
-	"github.com/fieldhub/fieldhub/devices/pg/pgtest"
 )
-
-func benchStore(b *testing.B) *pgstore.Store {
-	b.Helper()
-	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, pgtest.Database(b))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(pool.Close)
-	st, err := pgstore.New(ctx, pool)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return st
-}
 
 // BenchmarkLedgerReadingShared is BenchmarkLedgerReading in shared mode
 // (PostgreSQL): the ingest path records the number into the device's
 // bucket instead of tracking it; no I/O.
 func BenchmarkLedgerReadingShared(b *testing.B) {
 	clk := &clock{t: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)}
-	l, err := ledger.New(context.Background(), ledger.Options{Exists: func(string) bool { return true }, Store: benchStore(b), Instance: "a", Now: clk.Now})
+	l, err := ledger.New(context.Background(), ledger.Options{Exists: func(string) bool { return true }, Store: sharedStore(b), Instance: "a", Now: clk.Now})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -55,7 +36,7 @@ func BenchmarkLedgerReadingShared(b *testing.B) {
 // PostgreSQL: what every instance pays each interval.
 func BenchmarkSharedSync1000Devices(b *testing.B) {
 	clk := &clock{t: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)}
-	l, err := ledger.New(context.Background(), ledger.Options{Exists: func(string) bool { return true }, Store: benchStore(b), Instance: "a",
+	l, err := ledger.New(context.Background(), ledger.Options{Exists: func(string) bool { return true }, Store: sharedStore(b), Instance: "a",
 		Now: clk.Now, PersistInterval: 10 * time.Second})
 	if err != nil {
 		b.Fatal(err)

@@ -34,7 +34,14 @@ func (c *clock) add(d time.Duration) {
 	c.mu.Unlock()
 }
 
-func sharedStore(t *testing.T) *pgstore.Store {
+func sharedStore(t testing.TB) *pgstore.Store {
+	st, _ := sharedStorePool(t)
+	return st
+}
+
+// sharedStorePool is a pgstore on a fresh database, and its pool, so a
+// test can look at (or corrupt) what instances saved.
+func sharedStorePool(t testing.TB) (*pgstore.Store, *pgxpool.Pool) {
 	t.Helper()
 	ctx := context.Background()
 	pool, err := pgxpool.New(ctx, pgtest.Database(t))
@@ -46,7 +53,7 @@ func sharedStore(t *testing.T) *pgstore.Store {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return st
+	return st, pool
 }
 
 func openShared(t *testing.T, st ledger.Store, inst string, clk *clock, gaps func(string, int)) *ledger.Ledger {
